@@ -1,0 +1,6 @@
+"""Policy and status persistence (SQLAlchemy 2; SQLite by default, PostgreSQL supported)."""
+
+from .db import default_db_path, normalize_url
+from .repository import ApplyResult, ObjectChange, ProxyStatus, Store
+
+__all__ = ["ApplyResult", "ObjectChange", "ProxyStatus", "Store", "default_db_path", "normalize_url"]

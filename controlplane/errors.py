@@ -1,0 +1,67 @@
+"""One error tree for the whole control plane.
+
+Every error a user can cause is a :class:`GatewayError` whose message is a single line that
+names the object and field at fault. The CLI maps each class to its own exit code, so scripts
+can tell "you asked for something wrong" from "the system is unwell".
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Conflict",
+    "GatewayError",
+    "NotFound",
+    "PolicyInvalid",
+    "StoreError",
+    "TranslationError",
+    "WaitFailed",
+]
+
+
+class GatewayError(Exception):
+    """Base of every error meant to be read by a user."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class PolicyInvalid(GatewayError):
+    """The input does not describe valid policy (schema, value or cross-reference)."""
+
+    exit_code = 2
+
+
+class NotFound(GatewayError):
+    """The named object does not exist."""
+
+    exit_code = 3
+
+
+class Conflict(GatewayError):
+    """The change collides with existing state (duplicate name, object still referenced)."""
+
+    exit_code = 4
+
+
+class StoreError(GatewayError):
+    """The policy database could not be reached or migrated."""
+
+    exit_code = 5
+
+
+class TranslationError(GatewayError):
+    """Valid policy that could not be turned into Envoy configuration."""
+
+    exit_code = 6
+
+
+class WaitFailed(GatewayError):
+    """A proxy rejected the change, or did not acknowledge it in time."""
+
+    exit_code = 7

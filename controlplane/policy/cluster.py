@@ -1,0 +1,103 @@
+"""A cluster: the backends a route sends traffic to, and how Envoy treats them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import Field, field_validator
+
+from .common import Duration, Name, PolicyModel, parse_hostport
+
+__all__ = [
+    "CircuitBreakers",
+    "Cluster",
+    "HealthCheck",
+    "LbPolicy",
+    "OutlierDetection",
+    "UpstreamProtocol",
+]
+
+
+class LbPolicy(StrEnum):
+    round_robin = "round_robin"
+    least_request = "least_request"
+    random = "random"
+    ring_hash = "ring_hash"
+    maglev = "maglev"
+
+
+class UpstreamProtocol(StrEnum):
+    http1 = "http1"
+    http2 = "http2"
+
+
+class HealthCheck(PolicyModel):
+    """Active HTTP health checking: Envoy probes every endpoint itself."""
+
+    path: str = Field("/healthz", pattern=r"^/")
+    interval: Duration = "5s"
+    timeout: Duration = "1s"
+    healthy_threshold: int = Field(2, ge=1, le=100)
+    unhealthy_threshold: int = Field(3, ge=1, le=100)
+    expected_statuses: list[int] = Field(default_factory=lambda: [200])
+    host: str | None = None
+
+    @field_validator("expected_statuses")
+    @classmethod
+    def _statuses(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("must name at least one status")
+        for status in value:
+            if not 100 <= status <= 599:
+                raise ValueError(f"{status} is not an HTTP status (100-599)")
+        return sorted(set(value))
+
+
+class CircuitBreakers(PolicyModel):
+    """Limits on what Envoy sends to the cluster at once; excess fails fast with 503."""
+
+    max_connections: int | None = Field(None, ge=1)
+    max_pending_requests: int | None = Field(None, ge=1)
+    max_requests: int | None = Field(None, ge=1)
+    max_retries: int | None = Field(None, ge=0)
+
+
+class OutlierDetection(PolicyModel):
+    """Passive ejection of endpoints that keep failing."""
+
+    consecutive_5xx: int = Field(5, ge=1)
+    interval: Duration = "10s"
+    base_ejection_time: Duration = "30s"
+    max_ejection_percent: int = Field(10, ge=1, le=100)
+
+
+class Cluster(PolicyModel):
+    """Backends as ``host:port``: IP endpoints are streamed over EDS, names resolved by DNS."""
+
+    kind: ClassVar[str] = "cluster"
+
+    name: Name
+    endpoints: list[str] = Field(min_length=1, description="host:port of each backend")
+    lb_policy: LbPolicy = LbPolicy.round_robin
+    connect_timeout: Duration = "5s"
+    protocol: UpstreamProtocol = Field(
+        UpstreamProtocol.http1, description="http2 for gRPC backends"
+    )
+    health_check: HealthCheck | None = None
+    circuit_breakers: CircuitBreakers | None = None
+    outlier_detection: OutlierDetection | None = None
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        seen: set[tuple[str, int]] = set()
+        for endpoint in value:
+            parsed = parse_hostport(endpoint)
+            if parsed in seen:
+                raise ValueError(f"{endpoint!r} is listed twice")
+            seen.add(parsed)
+        return value
+
+    def parsed_endpoints(self) -> list[tuple[str, int]]:
+        return [parse_hostport(e) for e in self.endpoints]

@@ -1,0 +1,143 @@
+"""Shared field types of the policy models.
+
+Values are normalised on input (durations become ``"250ms"``/``"5s"``) so that what a user
+applies, what the store keeps and what ``export`` writes are the same text: that is what
+makes ``apply -f $(export)`` a no-op.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, ClassVar
+
+import re2
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+__all__ = [
+    "Duration",
+    "Hostname",
+    "Name",
+    "PolicyModel",
+    "Regex",
+    "duration_ms",
+    "parse_hostport",
+]
+
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+_HOST_RE = re.compile(
+    r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+class PolicyModel(BaseModel):
+    """Base of every policy object: strict about unknown fields, immutable once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    kind: ClassVar[str] = ""
+
+    def spec(self) -> dict[str, Any]:
+        """The canonical JSON form stored in the database and written by ``export``."""
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+
+def _check_name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(
+            "must be 1-63 lower-case letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _check_hostname(value: str) -> str:
+    value = value.lower()
+    if len(value) > 253 or not _HOST_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid host name (a '*.' prefix is allowed)")
+    return value
+
+
+def _parse_duration(value: Any) -> str:
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as '250ms', '5s', '1m'")
+    if isinstance(value, int | float):
+        ms = float(value) * 1000
+    elif isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if not m:
+            raise ValueError(f"{value!r} is not a duration; use e.g. '250ms', '5s', '1m', '1h'")
+        ms = float(m.group(1)) * _UNIT_MS[m.group(2) or "s"]
+    else:
+        raise ValueError("must be a duration such as '250ms', '5s', '1m'")
+    if ms != int(ms):
+        raise ValueError("has a resolution of 1ms")
+    ms_int = int(ms)
+    if ms_int <= 0:
+        raise ValueError("must be greater than zero")
+    if ms_int > 365 * 24 * 3_600_000:
+        raise ValueError("must be at most one year")
+    return f"{ms_int // 1000}s" if ms_int % 1000 == 0 else f"{ms_int}ms"
+
+
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # the error is reported to the user, not to stderr
+    return options
+
+
+def _check_regex(value: str) -> str:
+    try:
+        re2.compile(value, _re2_options())
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode(errors="replace")
+        raise ValueError(f"invalid RE2 regex {value!r}: {reason}") from None
+    return value
+
+
+def duration_ms(value: str) -> int:
+    """Milliseconds of a normalised duration string."""
+    return int(value[:-2]) if value.endswith("ms") else int(value[:-1]) * 1000
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6) and check both halves."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} must be host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{value!r}: {host!r} is not an IPv6 address") from None
+    else:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            _check_hostname(host)
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r}: port must be a number from 1 to 65535")
+    return host.lower(), int(port_text)
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+Name = Annotated[str, AfterValidator(_check_name), Field(examples=["users-api"])]
+Hostname = Annotated[str, AfterValidator(_check_hostname)]
+Duration = Annotated[
+    str,
+    BeforeValidator(_parse_duration),
+    Field(json_schema_extra={"pattern": r"^\d+(\.\d+)?(ms|s|m|h)?$"}, examples=["250ms", "5s"]),
+]
+Regex = Annotated[str, AfterValidator(_check_regex)]

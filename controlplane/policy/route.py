@@ -1,0 +1,298 @@
+"""A route: which requests (match) go where (action), and what happens on the way.
+
+Order is predictable: higher ``priority`` first; within a priority, exact paths before
+regexes before prefixes, longer paths before shorter ones, then the route with more header
+and query conditions, then the name. See :func:`controlplane.translate.route.sort_key`.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator, model_validator
+
+from .common import Duration, Hostname, Name, PolicyModel, Regex
+
+__all__ = [
+    "DirectResponse",
+    "HeaderMatch",
+    "HeaderOps",
+    "Method",
+    "QueryMatch",
+    "Redirect",
+    "RegexRewrite",
+    "Retry",
+    "Route",
+    "RouteMatch",
+    "WeightedBackend",
+]
+
+_HEADER_NAME_RE = re.compile(r"^:?[a-z0-9!#$%&'*+.^_`|~-]+$")
+_RETRY_ON = {
+    "5xx",
+    "gateway-error",
+    "reset",
+    "connect-failure",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "envoy-ratelimited",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+}
+
+
+def _header_name(value: str) -> str:
+    value = value.lower()
+    if not _HEADER_NAME_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid HTTP header name")
+    return value
+
+
+def _header_value(value: str) -> str:
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError("header values cannot contain CR, LF or NUL")
+    return value
+
+
+class Method(StrEnum):
+    GET = "GET"
+    HEAD = "HEAD"
+    POST = "POST"
+    PUT = "PUT"
+    PATCH = "PATCH"
+    DELETE = "DELETE"
+    OPTIONS = "OPTIONS"
+    CONNECT = "CONNECT"
+    TRACE = "TRACE"
+
+
+def _exactly_one(model: PolicyModel, fields: tuple[str, ...], what: str) -> str:
+    given = [f for f in fields if getattr(model, f) is not None]
+    if len(given) != 1:
+        names = ", ".join(fields)
+        raise ValueError(f"{what}: set exactly one of {names} (got {len(given)})")
+    return given[0]
+
+
+class HeaderMatch(PolicyModel):
+    """A request header condition: exact value, prefix, RE2 regex, or mere presence."""
+
+    name: str
+    exact: str | None = None
+    prefix: str | None = None
+    regex: Regex | None = None
+    present: bool | None = None
+    invert: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _header_name(value)
+
+    @model_validator(mode="after")
+    def _one(self) -> HeaderMatch:
+        _exactly_one(self, ("exact", "prefix", "regex", "present"), f"header {self.name!r}")
+        return self
+
+
+class QueryMatch(PolicyModel):
+    """A query-parameter condition: exact value, RE2 regex, or mere presence."""
+
+    name: str = Field(min_length=1)
+    exact: str | None = None
+    regex: Regex | None = None
+    present: bool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> QueryMatch:
+        _exactly_one(self, ("exact", "regex", "present"), f"query parameter {self.name!r}")
+        return self
+
+
+class RouteMatch(PolicyModel):
+    """What a request must look like; one path condition plus optional method/header/query."""
+
+    path: str | None = Field(None, description="exact path")
+    path_prefix: str | None = None
+    path_regex: Regex | None = Field(None, description="RE2 regex over the whole path")
+    methods: list[Method] = Field(default_factory=list)
+    headers: list[HeaderMatch] = Field(default_factory=list)
+    query: list[QueryMatch] = Field(default_factory=list)
+
+    @field_validator("path", "path_prefix")
+    @classmethod
+    def _starts_with_slash(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"{value!r} must start with '/'")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_methods(cls, value: list[Method]) -> list[Method]:
+        return sorted(set(value))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_prefix(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not any(
+            data.get(k) is not None for k in ("path", "path_prefix", "path_regex")
+        ):
+            data = {**data, "path_prefix": "/"}
+        return data
+
+    @model_validator(mode="after")
+    def _one_path(self) -> RouteMatch:
+        _exactly_one(self, ("path", "path_prefix", "path_regex"), "match")
+        return self
+
+
+class WeightedBackend(PolicyModel):
+    cluster: Name
+    weight: int = Field(ge=0, le=1_000_000)
+
+
+class RegexRewrite(PolicyModel):
+    pattern: Regex
+    substitution: str
+
+
+class Retry(PolicyModel):
+    """Retries on the conditions named in ``retry_on`` (Envoy's x-envoy-retry-on values)."""
+
+    attempts: int = Field(1, ge=1, le=10)
+    retry_on: list[str] = Field(default_factory=lambda: ["5xx", "connect-failure", "reset"])
+    per_try_timeout: Duration | None = None
+    retriable_status_codes: list[int] = Field(default_factory=list)
+
+    @field_validator("retry_on")
+    @classmethod
+    def _conditions(cls, value: list[str]) -> list[str]:
+        for cond in value:
+            if cond not in _RETRY_ON:
+                known = ", ".join(sorted(_RETRY_ON))
+                raise ValueError(f"{cond!r} is not a retry condition ({known})")
+        if not value:
+            raise ValueError("name at least one condition")
+        return value
+
+
+class HeaderOps(PolicyModel):
+    """Header changes: ``set`` overwrites, ``add`` appends, ``remove`` deletes."""
+
+    set: dict[str, str] = Field(default_factory=dict)
+    add: dict[str, str] = Field(default_factory=dict)
+    remove: list[str] = Field(default_factory=list)
+
+    @field_validator("set", "add")
+    @classmethod
+    def _valid_pairs(cls, value: dict[str, str]) -> dict[str, str]:
+        return {_header_name(k): _header_value(v) for k, v in value.items()}
+
+    @field_validator("remove")
+    @classmethod
+    def _valid_names(cls, value: list[str]) -> list[str]:
+        return [_header_name(v) for v in value]
+
+
+class Redirect(PolicyModel):
+    scheme: str | None = Field(None, pattern=r"^(http|https)$")
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    path: str | None = Field(None, pattern=r"^/")
+    prefix_rewrite: str | None = None
+    status: int = Field(302, description="301, 302, 303, 307 or 308")
+    strip_query: bool = False
+
+    @field_validator("status")
+    @classmethod
+    def _status(cls, value: int) -> int:
+        if value not in (301, 302, 303, 307, 308):
+            raise ValueError("must be 301, 302, 303, 307 or 308")
+        return value
+
+
+class DirectResponse(PolicyModel):
+    status: int = Field(ge=200, le=599)
+    body: str | None = Field(None, max_length=4096)
+
+
+class Route(PolicyModel):
+    """Match plus exactly one action: ``cluster``, ``backends``, ``redirect`` or ``direct_response``."""
+
+    kind: ClassVar[str] = "route"
+
+    name: Name
+    gateways: list[Name] = Field(min_length=1)
+    hosts: list[Hostname] = Field(default_factory=list)
+    match: RouteMatch = Field(default_factory=lambda: RouteMatch(path_prefix="/"))
+    priority: int = Field(0, ge=-1000, le=1000, description="higher wins; default 0")
+    cluster: Name | None = None
+    backends: list[WeightedBackend] | None = Field(
+        None, min_length=1, description="weighted clusters, e.g. a 90/10 canary"
+    )
+    redirect: Redirect | None = None
+    direct_response: DirectResponse | None = None
+    prefix_rewrite: str | None = None
+    regex_rewrite: RegexRewrite | None = None
+    host_rewrite: str | None = None
+    timeout: Duration | None = None
+    idle_timeout: Duration | None = None
+    retries: Retry | None = None
+    request_headers: HeaderOps | None = None
+    response_headers: HeaderOps | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gateway_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "gateway" in data:
+            data = dict(data)
+            single = data.pop("gateway")
+            if "gateways" in data:
+                raise ValueError("set either gateway or gateways, not both")
+            data["gateways"] = [single]
+        return data
+
+    @field_validator("gateways", "hosts")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("names must be unique")
+        return value
+
+    @model_validator(mode="after")
+    def _action(self) -> Route:
+        action = _exactly_one(
+            self, ("cluster", "backends", "redirect", "direct_response"), "action"
+        )
+        forwards = action in ("cluster", "backends")
+        for field in ("prefix_rewrite", "regex_rewrite", "host_rewrite", "retries", "timeout"):
+            if getattr(self, field) is not None and not forwards:
+                raise ValueError(f"{field}: only applies to routes that forward to a cluster")
+        if self.backends is not None:
+            names = [b.cluster for b in self.backends]
+            if len(set(names)) != len(names):
+                raise ValueError("backends: each cluster may appear once")
+            if sum(b.weight for b in self.backends) <= 0:
+                raise ValueError("backends: weights must add up to more than zero")
+        if self.prefix_rewrite is not None and self.regex_rewrite is not None:
+            raise ValueError("set either prefix_rewrite or regex_rewrite, not both")
+        if self.prefix_rewrite is not None and self.match.path_regex is not None:
+            raise ValueError("prefix_rewrite: needs a path or path_prefix match; use regex_rewrite")
+        return self
+
+    def clusters(self) -> list[str]:
+        """Clusters this route sends traffic to."""
+        if self.cluster is not None:
+            return [self.cluster]
+        return [b.cluster for b in self.backends or []]
+
+    def references(self) -> list[tuple[str, str]]:
+        return [("gateway", g) for g in self.gateways] + [("cluster", c) for c in self.clusters()]

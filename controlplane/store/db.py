@@ -1,0 +1,75 @@
+"""Engines for SQLite (default) and PostgreSQL, with the locking each needs.
+
+SQLite: WAL so the controller reads while a CLI writes, and writers start with
+``BEGIN IMMEDIATE`` so two writers queue on the lock instead of failing at commit time.
+PostgreSQL: every write transaction first updates the single ``meta`` row, which serialises
+writers on a row lock. Either way no update is lost.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+__all__ = ["default_db_path", "make_engines", "normalize_url"]
+
+
+def default_db_path() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "gatewayctl" / "gateway.db"
+
+
+def normalize_url(db: str | None) -> str:
+    """A file path or any SQLAlchemy URL; ``None`` means the per-user default file."""
+    if not db:
+        db = str(default_db_path())
+    if "://" in db:
+        url = make_url(db)
+        if url.drivername == "postgresql":  # prefer psycopg 3, which we depend on
+            url = url.set(drivername="postgresql+psycopg")
+        return url.render_as_string(hide_password=False)
+    return f"sqlite:///{Path(db).expanduser().resolve()}"
+
+
+def _prepare_sqlite_file(path: str) -> None:
+    """Create the file readable by its owner only: it will hold credentials."""
+    if path in ("", ":memory:"):
+        return
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    if not file.exists():
+        fd = os.open(file, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+
+
+def make_engines(url: str) -> tuple[Engine, Engine]:
+    """(writer, reader) engines; they differ only in how SQLite transactions begin."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        engine = create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+        return engine, engine
+    _prepare_sqlite_file(parsed.database or "")
+
+    def build(begin: str) -> Engine:
+        engine = create_engine(url, poolclass=NullPool if not parsed.database else None)
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn) -> None:  # type: ignore[no-untyped-def]
+            conn.exec_driver_sql(begin)
+
+        return engine
+
+    return build("BEGIN IMMEDIATE"), build("BEGIN")

@@ -1,0 +1,395 @@
+"""The policy store: every change is one transaction that bumps the revision.
+
+Callers hand over validated policy objects; the store adds what only the database can
+check atomically (names unique, references resolvable at commit time) and records which
+objects each revision touched so watchers read only the difference.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, delete, insert, select, text, update
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from ..errors import Conflict, NotFound, PolicyInvalid, StoreError
+from ..policy import KINDS, Bundle, PolicyModel, parse_object, references
+from .db import make_engines, normalize_url
+from .tables import Change, ControllerRow, GatewayBuild, Meta, ProxyRow, Ref, Resource
+
+__all__ = ["ApplyResult", "ObjectChange", "ProxyStatus", "Store"]
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@dataclass(frozen=True)
+class ObjectChange:
+    """One object created, updated or deleted, with its canonical spec before and after."""
+
+    op: str
+    kind: str
+    name: str
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    revision: int
+    changes: list[ObjectChange] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ProxyStatus:
+    node_id: str
+    gateway: str
+    controller: str
+    connected: bool
+    address: str
+    envoy_version: str
+    acked_revision: int
+    nack_revision: int | None
+    nack_type: str | None
+    nack_error: str | None
+    nack_objects: str | None
+    connected_at: float
+    updated_at: float
+
+
+class Store:
+    """Policy and status in one SQL database (SQLite file or PostgreSQL)."""
+
+    def __init__(self, db: str | None = None, *, migrate: bool = True) -> None:
+        self.url = normalize_url(db)
+        try:
+            self._writer, self._reader = make_engines(self.url)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise StoreError(f"cannot open database {self.url!r}: {exc}") from None
+        if migrate:
+            self.migrate()
+
+    def close(self) -> None:
+        self._writer.dispose()
+        self._reader.dispose()
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (cheap when it already is)."""
+        head = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+        try:
+            with self._writer.begin() as conn:
+                current = MigrationContext.configure(conn).get_current_revision()
+                if current == head:
+                    return
+                cfg = self._alembic_config()
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except OperationalError as exc:
+            raise StoreError(f"cannot open database {self.url!r}: {exc.orig}") from None
+
+    def _alembic_config(self) -> Config:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        return cfg
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def revision(self) -> int:
+        with self._reader.connect() as conn:
+            return int(conn.execute(select(Meta.revision).where(Meta.id == 1)).scalar_one())
+
+    def get(self, kind: str, name: str) -> PolicyModel:
+        with self._reader.connect() as conn:
+            spec = conn.execute(
+                select(Resource.spec).where(Resource.kind == kind, Resource.name == name)
+            ).scalar_one_or_none()
+        if spec is None:
+            raise NotFound(f"{kind} {name!r} does not exist")
+        return _load(kind, spec)
+
+    def list(self, kind: str) -> list[PolicyModel]:
+        with self._reader.connect() as conn:
+            rows = conn.execute(
+                select(Resource.spec).where(Resource.kind == kind).order_by(Resource.name)
+            ).scalars()
+            return [_load(kind, spec) for spec in rows]
+
+    def load_all(self) -> tuple[int, list[PolicyModel]]:
+        """Every object and the revision they belong to, read in one transaction."""
+        with self._reader.begin() as conn:
+            rev = int(conn.execute(select(Meta.revision).where(Meta.id == 1)).scalar_one())
+            rows = conn.execute(select(Resource.kind, Resource.name, Resource.spec)).all()
+        return rev, [_load(kind, spec) for kind, _name, spec in rows if kind in KINDS]
+
+    def bundle(self) -> Bundle:
+        return Bundle.from_objects(self.load_all()[1])
+
+    def changes_since(
+        self, revision: int
+    ) -> tuple[int, list[tuple[str, str, PolicyModel | None]]]:
+        """(newest revision, [(kind, name, object or None if deleted)]) after ``revision``."""
+        with self._reader.begin() as conn:
+            rev = int(conn.execute(select(Meta.revision).where(Meta.id == 1)).scalar_one())
+            if rev == revision:
+                return rev, []
+            touched = conn.execute(
+                select(Change.kind, Change.name)
+                .where(Change.revision > revision, Change.revision <= rev)
+                .distinct()
+            ).all()
+            out: list[tuple[str, str, PolicyModel | None]] = []
+            for kind, name in touched:
+                spec = conn.execute(
+                    select(Resource.spec).where(Resource.kind == kind, Resource.name == name)
+                ).scalar_one_or_none()
+                out.append((kind, name, None if spec is None else _load(kind, spec)))
+        return rev, out
+
+    def changed_objects(self, after: int, upto: int) -> list[tuple[str, str]]:
+        """Objects touched by revisions in (after, upto]: the suspects of a rejection."""
+        with self._reader.connect() as conn:
+            rows = conn.execute(
+                select(Change.kind, Change.name)
+                .where(Change.revision > after, Change.revision <= upto)
+                .distinct()
+                .order_by(Change.kind, Change.name)
+            ).all()
+        return [(k, n) for k, n in rows]
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def create(self, obj: PolicyModel) -> int:
+        return self._commit([("create", obj.kind, obj.name, obj)]).revision  # type: ignore[attr-defined]
+
+    def replace(self, obj: PolicyModel) -> int:
+        return self._commit([("update", obj.kind, obj.name, obj)]).revision  # type: ignore[attr-defined]
+
+    def update(
+        self, kind: str, name: str, patch: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> ApplyResult:
+        """Read-modify-write inside the write transaction, so concurrent patches both land."""
+
+        def plan(current: dict[tuple[str, str], dict[str, Any]]) -> list[_Op]:
+            spec = current.get((kind, name))
+            if spec is None:
+                raise NotFound(f"{kind} {name!r} does not exist")
+            new = parse_object(kind, patch(dict(spec)), f"{kind} {name!r}")
+            if new.name != name:  # type: ignore[attr-defined]
+                raise PolicyInvalid(f"{kind} {name!r}: name: cannot be changed by update")
+            return [("update", kind, name, new)]
+
+        return self._commit(plan, keys=[(kind, name)])
+
+    def delete(self, kind: str, name: str) -> int:
+        return self._commit([("delete", kind, name, None)]).revision
+
+    def apply(self, bundle: Bundle, *, prune: bool = False, dry_run: bool = False) -> ApplyResult:
+        """Make the store hold the bundle's objects (and, with prune, nothing else)."""
+        wanted = {(o.kind, o.name): o for o in bundle.objects()}  # type: ignore[attr-defined]
+
+        def plan(current: dict[tuple[str, str], dict[str, Any]]) -> list[_Op]:
+            ops: list[_Op] = []
+            for key, obj in wanted.items():
+                if key not in current:
+                    ops.append(("create", *key, obj))
+                elif current[key] != obj.spec():
+                    ops.append(("update", *key, obj))
+            if prune:
+                ops += [("delete", *key, None) for key in current if key not in wanted]
+            return ops
+
+        return self._commit(plan, dry_run=dry_run)
+
+    # -- the one write path -------------------------------------------------------------
+
+    def _commit(
+        self,
+        plan: Sequence[_Op] | Callable[[dict[tuple[str, str], dict[str, Any]]], list[_Op]],
+        *,
+        keys: Iterable[tuple[str, str]] | None = None,
+        dry_run: bool = False,
+    ) -> ApplyResult:
+        try:
+            with self._writer.begin() as conn:
+                return self._commit_in(conn, plan, keys, dry_run)
+        except OperationalError as exc:
+            raise StoreError(f"database error: {exc.orig}") from None
+
+    def _commit_in(
+        self,
+        conn: Connection,
+        plan: Sequence[_Op] | Callable[[dict[tuple[str, str], dict[str, Any]]], list[_Op]],
+        keys: Iterable[tuple[str, str]] | None,
+        dry_run: bool,
+    ) -> ApplyResult:
+        # Bumping first takes the write lock (the meta row in PostgreSQL), so everything read
+        # below is current and no concurrent writer can interleave.
+        conn.execute(update(Meta).where(Meta.id == 1).values(revision=Meta.revision + 1))
+        rev = int(conn.execute(select(Meta.revision).where(Meta.id == 1)).scalar_one())
+        if callable(plan):
+            query = select(Resource.kind, Resource.name, Resource.spec)
+            if keys is not None:
+                wanted = list(keys)
+                query = query.where(
+                    Resource.kind.in_({k for k, _ in wanted}),
+                    Resource.name.in_({n for _, n in wanted}),
+                )
+            current = {(k, n): s for k, n, s in conn.execute(query)}
+            ops = plan(current)
+        else:
+            ops = list(plan)
+            current = _fetch(conn, [(k, n) for _, k, n, _ in ops])
+
+        changes: list[ObjectChange] = []
+        for op, kind, name, obj in ops:
+            before = current.get((kind, name))
+            if op == "create" and before is not None:
+                raise Conflict(f"{kind} {name!r} already exists (use update or apply)")
+            if op in ("update", "delete") and before is None:
+                raise NotFound(f"{kind} {name!r} does not exist")
+            after = obj.spec() if obj is not None else None
+            changes.append(ObjectChange(op, kind, name, before, after))
+        if not changes or dry_run:
+            conn.rollback()
+            return ApplyResult(rev - 1, changes)
+
+        for ch, (_, _, _, obj) in zip(changes, ops, strict=True):
+            key = (Resource.kind == ch.kind) & (Resource.name == ch.name)
+            conn.execute(delete(Ref).where((Ref.kind == ch.kind) & (Ref.name == ch.name)))
+            if ch.op == "create":
+                conn.execute(insert(Resource).values(kind=ch.kind, name=ch.name, spec=ch.after,
+                                                     revision=rev))
+            elif ch.op == "update":
+                conn.execute(update(Resource).where(key).values(spec=ch.after, revision=rev))
+            else:
+                conn.execute(delete(Resource).where(key))
+            if obj is not None:
+                edges = [
+                    {"kind": ch.kind, "name": ch.name, "to_kind": tk, "to_name": tn}
+                    for tk, tn in sorted(set(references(obj)))
+                ]
+                if edges:
+                    conn.execute(insert(Ref), edges)
+        _check_references(conn, {(c.kind, c.name) for c in changes if c.op == "delete"})
+        conn.execute(
+            insert(Change),
+            [{"revision": rev, "kind": c.kind, "name": c.name, "op": c.op} for c in changes],
+        )
+        return ApplyResult(rev, changes)
+
+    # -- status (written by controllers, read by the CLI) ---------------------------------
+
+    def save_proxy(self, status: ProxyStatus) -> None:
+        values = status.__dict__.copy()
+        with self._writer.begin() as conn:
+            done = conn.execute(
+                update(ProxyRow).where(ProxyRow.node_id == status.node_id).values(**values)
+            )
+            if done.rowcount == 0:
+                conn.execute(insert(ProxyRow).values(**values))
+
+    def disconnect_controller_proxies(self, controller: str) -> None:
+        with self._writer.begin() as conn:
+            conn.execute(
+                update(ProxyRow)
+                .where(ProxyRow.controller == controller)
+                .values(connected=False, updated_at=time.time())
+            )
+
+    def proxies(self) -> list[ProxyStatus]:
+        columns = [getattr(ProxyRow, f) for f in ProxyStatus.__dataclass_fields__]
+        with self._reader.connect() as conn:
+            rows = conn.execute(
+                select(*columns).order_by(ProxyRow.gateway, ProxyRow.node_id)
+            ).all()
+        return [ProxyStatus(**row._asdict()) for row in rows]
+
+    def save_builds(
+        self, controller: str, xds_address: str, revision: int,
+        builds: dict[str, tuple[int, str | None]], started_at: float,
+    ) -> None:
+        """Record that ``controller`` translated ``revision``; builds: gateway -> (changed, error)."""
+        now = time.time()
+        with self._writer.begin() as conn:
+            for gateway, (changed, error) in builds.items():
+                values = {"built_revision": revision, "changed_revision": changed, "error": error}
+                done = conn.execute(
+                    update(GatewayBuild).where(GatewayBuild.gateway == gateway).values(**values)
+                )
+                if done.rowcount == 0:
+                    conn.execute(insert(GatewayBuild).values(gateway=gateway, **values))
+            values2 = {"xds_address": xds_address, "built_revision": revision,
+                       "heartbeat_at": now, "started_at": started_at}
+            done = conn.execute(
+                update(ControllerRow).where(ControllerRow.id == controller).values(**values2)
+            )
+            if done.rowcount == 0:
+                conn.execute(insert(ControllerRow).values(id=controller, **values2))
+
+    def gateway_builds(self) -> dict[str, tuple[int, int, str | None]]:
+        with self._reader.connect() as conn:
+            rows = conn.execute(
+                select(GatewayBuild.gateway, GatewayBuild.built_revision,
+                       GatewayBuild.changed_revision, GatewayBuild.error)
+            ).all()
+        return {g: (b, c, e) for g, b, c, e in rows}
+
+    def controllers(self) -> list[tuple[str, str, int, float]]:
+        with self._reader.connect() as conn:
+            rows = conn.execute(
+                select(ControllerRow.id, ControllerRow.xds_address,
+                       ControllerRow.built_revision, ControllerRow.heartbeat_at)
+            ).all()
+        return [(i, a, r, h) for i, a, r, h in rows]
+
+    def ping(self) -> None:
+        with self._reader.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+
+_Op = tuple[str, str, str, PolicyModel | None]
+
+
+def _load(kind: str, spec: dict[str, Any]) -> PolicyModel:
+    return KINDS[kind].model_validate(spec)
+
+
+def _fetch(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    out = {}
+    for kind, name in keys:
+        spec = conn.execute(
+            select(Resource.spec).where(Resource.kind == kind, Resource.name == name)
+        ).scalar_one_or_none()
+        if spec is not None:
+            out[(kind, name)] = spec
+    return out
+
+
+def _check_references(conn: Connection, deleted: set[tuple[str, str]]) -> None:
+    target = Resource.__table__.alias("target")
+    dangling = conn.execute(
+        select(Ref.kind, Ref.name, Ref.to_kind, Ref.to_name)
+        .select_from(
+            Ref.__table__.outerjoin(
+                target, (target.c.kind == Ref.to_kind) & (target.c.name == Ref.to_name)
+            )
+        )
+        .where(target.c.name.is_(None))
+        .limit(1)
+    ).first()
+    if dangling is None:
+        return
+    kind, name, to_kind, to_name = dangling
+    if (to_kind, to_name) in deleted:
+        raise Conflict(f"cannot delete {to_kind} {to_name!r}: {kind} {name!r} uses it")
+    raise PolicyInvalid(f"{kind} {name!r}: {to_kind} {to_name!r} does not exist")
+
