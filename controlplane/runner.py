@@ -1,0 +1,156 @@
+"""The revision watcher: store -> policy state -> translate -> snapshot -> cache.
+
+Polling one indexed row every ``poll_interval`` (20 ms) notices a commit by any process,
+on SQLite or PostgreSQL, in under 50 ms for a few hundred microseconds of CPU per second;
+only the objects that changed are then read. A gateway whose translation fails keeps
+serving its last good snapshot and the error is recorded for ``status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+
+from .errors import GatewayError
+from .policy import Cluster, Gateway, PolicyModel, Route
+from .store import Store
+from .translate import GatewayView, Resources, Translator, build_views
+from .xds.cache import SnapshotCache
+from .xds.snapshot import FragmentCache, build_snapshot
+
+__all__ = ["Runner"]
+
+log = logging.getLogger(__name__)
+
+
+class Runner:
+    def __init__(
+        self,
+        store: Store,
+        cache: SnapshotCache,
+        *,
+        controller: str,
+        xds_address: str,
+        poll_interval: float = 0.02,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.controller = controller
+        self.xds_address = xds_address
+        self.poll_interval = poll_interval
+        self.revision = -1
+        self.started_at = time.time()
+        self.objects: dict[str, dict[str, PolicyModel]] = {"gateway": {}, "cluster": {}, "route": {}}
+        self.errors: dict[str, str] = {}
+        self._translator = Translator()
+        self._fragments = FragmentCache()
+        self._record_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Load everything and publish every gateway before the first stream is answered."""
+        revision, objects = await asyncio.to_thread(self.store.load_all)
+        for obj in objects:
+            self.objects[obj.kind][obj.name] = obj  # type: ignore[attr-defined]
+        self._rebuild(set(self.objects["gateway"]), revision)
+        self.revision = revision
+        self.cache.ready.set()
+        await self._record()
+        log.info("loaded revision %d: %s", revision,
+                 ", ".join(f"{len(v)} {k}s" for k, v in self.objects.items()))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.poll()
+            except GatewayError as exc:
+                log.error("%s", exc)
+            except Exception:
+                log.exception("revision watcher failed; retrying")
+                await asyncio.sleep(1)
+
+    async def poll(self) -> bool:
+        """Apply whatever was committed since the last poll; True if a revision was seen."""
+        revision, changes = await asyncio.to_thread(self.store.changes_since, self.revision)
+        if revision == self.revision:
+            return False
+        affected: set[str] = set()
+        for kind, name, obj in changes:
+            old = self.objects[kind].get(name)
+            affected |= self._gateways_of(kind, name, old) | self._gateways_of(kind, name, obj)
+            if obj is None:
+                self.objects[kind].pop(name, None)
+            else:
+                self.objects[kind][name] = obj
+        started = time.perf_counter()
+        self._rebuild(affected, revision)
+        self.revision = revision
+        log.info("revision %d: %d object(s) changed, %d gateway(s) rebuilt in %.1f ms",
+                 revision, len(changes), len(affected), (time.perf_counter() - started) * 1e3)
+        self._schedule_record()
+        return True
+
+    # -- translation --------------------------------------------------------------------------
+
+    def _gateways_of(self, kind: str, name: str, obj: PolicyModel | None) -> set[str]:
+        if obj is None:
+            return set()
+        if isinstance(obj, Gateway):
+            return {obj.name}
+        if isinstance(obj, Route):
+            return set(obj.gateways)
+        if isinstance(obj, Cluster):
+            return {g for r in self.objects["route"].values()
+                    for g in r.gateways if name in r.clusters()}  # type: ignore[attr-defined]
+        return set()
+
+    def _rebuild(self, gateways: Iterable[str], revision: int) -> None:
+        wanted = set(gateways)
+        live = {n: g for n, g in self.objects["gateway"].items() if n in wanted}
+        routes = [r for r in self.objects["route"].values()
+                  if wanted.intersection(r.gateways)]  # type: ignore[attr-defined]
+        views = build_views(live.values(), routes, self.objects["cluster"])  # type: ignore[arg-type]
+        for name in sorted(wanted):
+            view = views.get(name)
+            try:
+                resources = self._translator.translate(view) if view else Resources()
+                previous = self.cache.get(name) if name in self.cache.gateways() else None
+                snapshot = build_snapshot(name, revision, resources, previous, self._fragments)
+            except GatewayError as exc:
+                self.errors[name] = str(exc)
+                log.error("gateway %s keeps its last good configuration: %s", name, exc)
+                continue
+            self.errors.pop(name, None)
+            self.cache.publish(snapshot)
+        for name in self.cache.gateways():  # unaffected gateways are current at this revision
+            if name not in wanted:
+                self.cache.advance(name, revision)
+        self._translator.forget(self.objects["route"], self.objects["cluster"])
+
+    # -- status -------------------------------------------------------------------------------
+
+    def _schedule_record(self) -> None:
+        if self._record_task is None or self._record_task.done():
+            self._record_task = asyncio.create_task(self._record())
+
+    async def _record(self) -> None:
+        """Tell CLIs waiting on ``--wait`` which revision this controller has translated."""
+        recorded = -1
+        while recorded != self.revision:
+            recorded = self.revision
+            builds = {
+                name: (self.cache.get(name).changed_revision, self.errors.get(name))
+                for name in self.cache.gateways()
+            }
+            try:
+                await asyncio.to_thread(
+                    self.store.save_builds, self.controller, self.xds_address, recorded,
+                    builds, self.started_at,
+                )
+            except Exception:
+                log.exception("could not record build status")
+                return

@@ -1,0 +1,18 @@
+"""Controller settings: flags override ``GATEWAY_*`` environment variables; built on demand."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    db: str | None = Field(None, description="SQLite file path or SQLAlchemy URL")
+    xds_address: str = "0.0.0.0:18000"
+    health_address: str | None = "0.0.0.0:18001"
+    poll_interval: float = Field(0.02, gt=0, le=5)
+    controller_id: str | None = None

@@ -1,0 +1,43 @@
+"""Small helpers shared by the translate modules (protobuf plumbing only)."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import config_source_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from google.protobuf import any_pb2, duration_pb2
+
+from ..policy.common import duration_ms
+
+__all__ = ["ads_source", "duration", "pack", "regex", "string_match"]
+
+
+def duration(value: str) -> duration_pb2.Duration:
+    ms = duration_ms(value)
+    return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+def pack(message: object) -> any_pb2.Any:
+    out = any_pb2.Any()
+    out.Pack(message)  # type: ignore[arg-type]
+    return out
+
+
+def ads_source() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(),
+        resource_api_version=config_source_pb2.ApiVersion.V3,
+    )
+
+
+def regex(pattern: str) -> regex_pb2.RegexMatcher:
+    return regex_pb2.RegexMatcher(regex=pattern)
+
+
+def string_match(
+    *, exact: str | None = None, prefix: str | None = None, pattern: str | None = None
+) -> string_pb2.StringMatcher:
+    if exact is not None:
+        return string_pb2.StringMatcher(exact=exact)
+    if prefix is not None:
+        return string_pb2.StringMatcher(prefix=prefix)
+    return string_pb2.StringMatcher(safe_regex=regex(pattern or ""))

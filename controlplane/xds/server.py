@@ -1,0 +1,273 @@
+"""ADS (state of the world) over grpc.aio.
+
+One :class:`AdsStream` per Envoy connection. It knows nothing about policy: it reads the
+newest :class:`Snapshot` of its gateway from the cache and sends what the Envoy asked for
+and has not got yet. Responses are pre-serialised bytes (see ``snapshot.py``), so the gRPC
+method is registered with an identity serializer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
+from ..translate import CLUSTER, ENDPOINT
+from .cache import CHANGED, SnapshotCache
+from .snapshot import PUSH_ORDER, WILDCARD_TYPES, Snapshot
+from .status import ProxyState, StatusRecorder
+
+__all__ = ["ADS_SERVICE", "AdsServer", "AdsStream"]
+
+log = logging.getLogger(__name__)
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+_CLOSED = object()
+
+
+@dataclass
+class TypeState:
+    """What one stream has asked for and been sent, for one resource type."""
+
+    subscribed: bool = False
+    names: frozenset[str] = frozenset()
+    nonce: str = ""
+    #: newest content sent per resource, whatever Envoy made of it (never resend it)
+    sent_version: str = ""
+    sent: dict[str, bytes] = field(default_factory=dict)
+    #: content of the response awaiting ACK/NACK
+    pending_version: str = ""
+    pending: dict[str, bytes] = field(default_factory=dict)
+    #: content Envoy accepted
+    acked_version: str = ""
+    acked: dict[str, bytes] = field(default_factory=dict)
+
+
+class AdsStream:
+    """The state machine of one Envoy's ADS stream."""
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        recorder: StatusRecorder,
+        write: object,
+        peer: str,
+    ) -> None:
+        self.cache = cache
+        self.recorder = recorder
+        self._write = write
+        self.peer = peer
+        self.types = {t: TypeState() for t in PUSH_ORDER}
+        self._nonces = itertools.count(1)
+        self._cds_since_eds = False
+        self.proxy: ProxyState | None = None
+
+    async def run(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]) -> None:
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        reader = asyncio.create_task(_pump(requests, queue))
+        sub = None
+        try:
+            first = await queue.get()
+            if first is _CLOSED or not isinstance(first, discovery_pb2.DiscoveryRequest):
+                return
+            node = first.node
+            gateway = node.cluster or "default"
+            version = node.user_agent_build_version.version
+            self.proxy = ProxyState(
+                node_id=node.id or self.peer,
+                gateway=gateway,
+                address=self.peer,
+                envoy_version=".".join(
+                    str(x) for x in (version.major_number, version.minor_number, version.patch)
+                ),
+            )
+            log.info("stream open: node %s gateway %s from %s", node.id, gateway, self.peer)
+            # Never answer before the full state is loaded: an empty answer would roll back.
+            await self.cache.ready.wait()
+            sub = self.cache.subscribe(gateway, queue)
+            await self._on_request(first)
+            while True:
+                item = await queue.get()
+                if item is _CLOSED:
+                    return
+                if item is CHANGED:
+                    sub.taken()
+                    await self._on_snapshot()
+                elif isinstance(item, discovery_pb2.DiscoveryRequest):
+                    await self._on_request(item)
+        finally:
+            reader.cancel()
+            if sub is not None:
+                self.cache.unsubscribe(sub)
+            if self.proxy is not None:
+                self.proxy.connected = False
+                self.recorder.changed(self.proxy)
+                log.info("stream closed: node %s", self.proxy.node_id)
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def _on_request(self, req: discovery_pb2.DiscoveryRequest) -> None:
+        st = self.types.get(req.type_url)
+        if st is None:
+            log.debug("ignoring request for unsupported type %s", req.type_url)
+            return
+        if req.response_nonce and req.response_nonce != st.nonce:
+            return  # answers a response that has since been superseded
+        names = frozenset() if req.type_url in WILDCARD_TYPES else frozenset(req.resource_names)
+        names_changed = names != st.names
+        st.names = names
+        first = not st.subscribed
+        st.subscribed = True
+        snap = self.cache.get(self.proxy.gateway)  # type: ignore[union-attr]
+        if req.HasField("error_detail"):
+            self._on_nack(req, snap)
+        elif req.response_nonce:
+            st.acked_version = st.pending_version
+            if req.type_url in WILDCARD_TYPES:
+                st.acked = st.pending
+            else:
+                st.acked.update(st.pending)
+                st.pending = {}
+            self._update_sync(snap)
+        if first or not req.response_nonce:
+            await self._send(req.type_url, snap, force=True)
+        elif req.type_url == ENDPOINT and self._cds_since_eds:
+            # A cluster that CDS changed warms until it gets its endpoints again, even when
+            # they are unchanged: answer, or Envoy waits for its 15 s fetch timeout.
+            self._cds_since_eds = False
+            await self._send(ENDPOINT, snap, force=True)
+        elif names_changed and not req.HasField("error_detail"):
+            await self._send(req.type_url, snap, force=False)
+
+    def _on_nack(self, req: discovery_pb2.DiscoveryRequest, snap: Snapshot) -> None:
+        assert self.proxy is not None
+        st = self.types[req.type_url]
+        rejected = list(st.pending)
+        candidates: list[tuple[str, str]] = []
+        for name in rejected:
+            candidates.extend(snap.sources.get((req.type_url, name), []))
+        p = self.proxy
+        p.nack_revision = int(st.pending_version.split("-", 1)[0] or 0)
+        p.nack_type = req.type_url.rsplit(".", 1)[-1]
+        p.nack_error = req.error_detail.message
+        p.nack_candidates = sorted(set(candidates))
+        p.nack_objects = []
+        log.warning(
+            "node %s rejected %s version %s: %s",
+            p.node_id, p.nack_type, st.pending_version, req.error_detail.message,
+        )
+        st.pending, st.pending_version = {}, st.acked_version
+        self.recorder.changed(p)
+
+    # -- pushes ---------------------------------------------------------------------------
+
+    async def _on_snapshot(self) -> None:
+        snap = self.cache.get(self.proxy.gateway)  # type: ignore[union-attr]
+        for type_url in PUSH_ORDER:
+            if self.types[type_url].subscribed:
+                await self._send(type_url, snap, force=False)
+        self._update_sync(snap)
+
+    async def _send(self, type_url: str, snap: Snapshot, *, force: bool) -> None:
+        st = self.types[type_url]
+        ts = snap.types[type_url]
+        if type_url in WILDCARD_TYPES:
+            if not force and ts.version == st.sent_version:
+                return
+            names = None
+            sent = dict(ts.fragments)
+        else:
+            wanted = sorted(n for n in st.names if n in ts.fragments)
+            if not force:
+                wanted = [n for n in wanted if st.sent.get(n) is not ts.fragments[n]]
+            if not wanted:
+                return
+            names = wanted
+            sent = {n: ts.fragments[n] for n in wanted}
+        nonce = str(next(self._nonces))
+        await self._write(ts.response(type_url, nonce, names))  # type: ignore[operator]
+        st.nonce = nonce
+        st.sent_version = st.pending_version = ts.version
+        if names is None:
+            st.sent = st.pending = sent
+        else:
+            # an ACK of this nonce also covers earlier responses whose ACKs went stale
+            st.sent.update(sent)
+            st.pending = {**st.pending, **sent}
+        if type_url == CLUSTER:
+            self._cds_since_eds = True
+
+    def _update_sync(self, snap: Snapshot) -> None:
+        """A proxy runs revision R when every type it uses matches snapshot R as ACKed."""
+        assert self.proxy is not None
+        for type_url, st in self.types.items():
+            ts = snap.types[type_url]
+            if type_url in WILDCARD_TYPES:
+                if st.acked_version != ts.version:
+                    return
+            else:
+                for name in st.names:
+                    frag = ts.fragments.get(name)
+                    if frag is not None and st.acked.get(name) is not frag:
+                        return
+        if self.proxy.acked_revision != snap.revision:
+            self.proxy.acked_revision = snap.revision
+            self.recorder.changed(self.proxy)
+
+
+async def _pump(requests: AsyncIterator[object], queue: asyncio.Queue[object]) -> None:
+    try:
+        async for req in requests:
+            queue.put_nowait(req)
+    except (asyncio.CancelledError, grpc.RpcError):
+        pass
+    finally:
+        queue.put_nowait(_CLOSED)
+
+
+class AdsServer:
+    """Registers the ADS method on a grpc.aio server."""
+
+    def __init__(self, cache: SnapshotCache, recorder: StatusRecorder) -> None:
+        self.cache = cache
+        self.recorder = recorder
+        self.active: set[AdsStream] = set()
+
+    async def _stream(
+        self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        stream = AdsStream(self.cache, self.recorder, context.write, context.peer())
+        self.active.add(stream)
+        try:
+            await stream.run(requests)
+        finally:
+            self.active.discard(stream)
+
+    async def _delta(self, requests: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "delta xDS is not served yet; use SotW ADS")
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            ADS_SERVICE,
+            {
+                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self._stream,
+                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                    response_serializer=_identity,
+                ),
+                "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self._delta,
+                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                    response_serializer=_identity,
+                ),
+            },
+        )
+
+
+def _identity(data: bytes) -> bytes:
+    return data

@@ -1,0 +1,135 @@
+"""Per-gateway snapshots: resources serialised once, shared by every stream of the gateway.
+
+Each resource is kept as a ready-made fragment of a ``DiscoveryResponse`` (field 2, one
+``Any``). Protobuf concatenation is merge, so a stream builds its response by joining the
+fragments it needs and one small header with version, type URL and nonce: no per-stream
+serialisation, whatever the number of Envoys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from ..errors import TranslationError
+from ..translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
+
+__all__ = ["PUSH_ORDER", "FragmentCache", "Snapshot", "TypeSnapshot", "build_snapshot"]
+
+#: make-before-break: clusters and their endpoints exist before anything routes to them
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+#: types whose requests name no resources and whose responses carry all of them
+WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
+
+
+@dataclass(frozen=True)
+class TypeSnapshot:
+    """All resources of one type for one gateway, and a version that changes with them."""
+
+    version: str
+    fragments: dict[str, bytes]
+
+    def response(self, type_url: str, nonce: str, names: Iterable[str] | None = None) -> bytes:
+        header = discovery_pb2.DiscoveryResponse(
+            version_info=self.version, type_url=type_url, nonce=nonce
+        ).SerializeToString()
+        if names is None:
+            body = b"".join(self.fragments[n] for n in sorted(self.fragments))
+        else:
+            body = b"".join(self.fragments[n] for n in names if n in self.fragments)
+        return body + header
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One gateway's configuration at one policy revision."""
+
+    gateway: str
+    revision: int
+    #: the revision at which this gateway's configuration last changed
+    changed_revision: int
+    types: dict[str, TypeSnapshot]
+    sources: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
+
+    def type_version(self, type_url: str) -> str:
+        return self.types[type_url].version
+
+    def at(self, revision: int) -> Snapshot:
+        """The same configuration, current as of a later revision that did not change it."""
+        return dataclasses.replace(self, revision=revision)
+
+
+class FragmentCache:
+    """Serialised fragments per resource, reused while the message object is unchanged."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, str, str], tuple[Message, bytes]] = {}
+
+    def fragment(self, gateway: str, type_url: str, name: str, message: Message) -> bytes:
+        key = (gateway, type_url, name)
+        hit = self._by_key.get(key)
+        if hit is not None and hit[0] is message:
+            return hit[1]
+        packed = any_pb2.Any()
+        packed.Pack(message, deterministic=True)  # type: ignore[call-arg]
+        data = discovery_pb2.DiscoveryResponse(resources=[packed]).SerializeToString(
+            deterministic=True
+        )
+        self._by_key[key] = (message, data)
+        return data
+
+    def prune(self, gateway: str, type_url: str, names: Iterable[str]) -> None:
+        keep = set(names)
+        for key in [k for k in self._by_key if k[:2] == (gateway, type_url) and k[2] not in keep]:
+            del self._by_key[key]
+
+
+def _consistency_errors(resources: Resources) -> list[str]:
+    present = {(t, n) for t, items in resources.by_type.items() for n in items}
+    out = []
+    for (type_url, name), needs in resources.needs.items():
+        for need in needs:
+            if need not in present:
+                out.append(
+                    f"{type_url.rsplit('.', 1)[-1]} {name!r} needs "
+                    f"{need[0].rsplit('.', 1)[-1]} {need[1]!r}, which is missing"
+                )
+    return out
+
+
+def build_snapshot(
+    gateway: str,
+    revision: int,
+    resources: Resources,
+    previous: Snapshot | None,
+    fragments: FragmentCache,
+) -> Snapshot:
+    """Serialise, check consistency, and keep the previous version of unchanged types."""
+    problems = _consistency_errors(resources)
+    if problems:
+        raise TranslationError(f"gateway {gateway!r}: inconsistent configuration: {problems[0]}")
+    types: dict[str, TypeSnapshot] = {}
+    changed = False
+    for type_url in PUSH_ORDER:
+        items = resources.by_type.get(type_url, {})
+        frags = {name: fragments.fragment(gateway, type_url, name, msg) for name, msg in items.items()}
+        if previous is not None and len(previous.types[type_url].fragments) > len(frags):
+            fragments.prune(gateway, type_url, frags)
+        old = previous.types.get(type_url) if previous else None
+        if old is not None and old.fragments == frags:
+            types[type_url] = old
+            continue
+        changed = True
+        digest = hashlib.blake2b(digest_size=6)
+        for name in sorted(frags):
+            digest.update(name.encode())
+            digest.update(frags[name])
+        types[type_url] = TypeSnapshot(f"{revision}-{digest.hexdigest()}", frags)
+    changed_revision = revision if changed or previous is None else previous.changed_revision
+    return Snapshot(gateway, revision, changed_revision, types, resources.sources)

@@ -1,0 +1,131 @@
+"""Proxy status flowing back from the streams to the database, off the push path.
+
+Streams update an in-memory :class:`ProxyState`; the recorder writes the newest state of each
+changed proxy in batches from a worker thread, so a slow database never delays a push.
+A rejection is mapped back to the policy objects that most likely caused it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+
+from ..store import ProxyStatus, Store
+
+__all__ = ["ProxyState", "StatusRecorder", "suspects"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ProxyState:
+    node_id: str
+    gateway: str
+    address: str
+    envoy_version: str
+    connected_at: float = dataclasses.field(default_factory=time.time)
+    connected: bool = True
+    acked_revision: int = 0
+    nack_revision: int | None = None
+    nack_type: str | None = None
+    nack_error: str | None = None
+    #: resource names in the rejected response, mapped to policy objects by the recorder
+    nack_candidates: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    nack_objects: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+def suspects(
+    error: str, candidates: list[tuple[str, str]], specs: dict[tuple[str, str], str]
+) -> list[tuple[str, str]]:
+    """Candidates whose name or any value of whose spec appears in Envoy's error text."""
+    hits = []
+    for key in candidates:
+        _kind, name = key
+        text = specs.get(key, "")
+        values = _leaf_strings(json.loads(text)) if text else []
+        if f"'{name}'" in error or any(len(v) > 2 and v in error for v in values):
+            hits.append(key)
+    return hits or candidates
+
+
+def _leaf_strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _leaf_strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _leaf_strings(v)]
+    return []
+
+
+class StatusRecorder:
+    def __init__(self, store: Store, controller: str) -> None:
+        self.store = store
+        self.controller = controller
+        self._dirty: dict[str, ProxyState] = {}
+        self._wake = asyncio.Event()
+
+    def changed(self, state: ProxyState) -> None:
+        self._dirty[state.node_id] = state
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        batch, self._dirty = self._dirty, {}
+        if not batch:
+            return
+        rows = [self._row(s) for s in batch.values()]
+        try:
+            await asyncio.to_thread(self._write, batch, rows)
+        except Exception:  # status is best effort; the push path must not die with it
+            log.exception("could not record proxy status")
+
+    def _row(self, s: ProxyState) -> ProxyStatus:
+        return ProxyStatus(
+            node_id=s.node_id,
+            gateway=s.gateway,
+            controller=self.controller,
+            connected=s.connected,
+            address=s.address,
+            envoy_version=s.envoy_version,
+            acked_revision=s.acked_revision,
+            nack_revision=s.nack_revision,
+            nack_type=s.nack_type,
+            nack_error=s.nack_error,
+            nack_objects=None,
+            connected_at=s.connected_at,
+            updated_at=time.time(),
+        )
+
+    def _write(self, batch: dict[str, ProxyState], rows: list[ProxyStatus]) -> None:
+        for state, row in zip(batch.values(), rows, strict=True):
+            if state.nack_error and state.nack_candidates and not state.nack_objects:
+                state.nack_objects = self._narrow(state)
+            if state.nack_objects:
+                row = dataclasses.replace(
+                    row, nack_objects=", ".join(f"{k} {n}" for k, n in state.nack_objects)
+                )
+            self.store.save_proxy(row)
+
+    def _narrow(self, state: ProxyState) -> list[tuple[str, str]]:
+        """Prefer objects changed since the proxy's last good revision, then the error text."""
+        candidates = state.nack_candidates
+        if state.nack_revision is not None:
+            recent = set(self.store.changed_objects(state.acked_revision, state.nack_revision))
+            narrowed = [c for c in candidates if c in recent]
+            candidates = narrowed or candidates
+        specs = {}
+        for kind, name in candidates[:200]:
+            try:
+                specs[(kind, name)] = json.dumps(self.store.get(kind, name).spec())
+            except Exception:
+                continue
+        return suspects(state.nack_error or "", candidates[:200], specs)
