@@ -1,0 +1,302 @@
+"""The docker-compose stack, the Dockerfile and the local Envoy launcher must agree.
+
+No Docker engine runs in CI, so the stack itself cannot be started here. Instead these
+tests pin down everything that would make it diverge from what the tests exercise: the same
+bootstrap and launcher script, the same Envoy version, the same ports and addresses. The
+bootstrap is rendered and checked by the real Envoy binary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controlplane.envoy_launcher import EnvoySpec, bootstrap_dir, find_envoy_binary
+
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+ENVOY_DIR = REPO / "envoy"
+BOOTSTRAP = ENVOY_DIR / "bootstrap.yaml"
+RUN_ENVOY = ENVOY_DIR / "run-envoy.sh"
+
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+
+def _compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict), "docker-compose.yml is not a mapping"
+    return data
+
+
+def _service(name: str) -> dict[str, Any]:
+    services = _compose()["services"]
+    assert name in services, f"service {name!r} missing from docker-compose.yml"
+    svc = services[name]
+    assert isinstance(svc, dict)
+    return svc
+
+
+def _as_argv(command: str | list[str]) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+
+
+def _flag(argv: list[str], flag: str) -> str:
+    """Value of `--flag VALUE` or `--flag=VALUE` in argv; fails the test if absent."""
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    raise AssertionError(f"{flag} not found in {argv}")
+
+
+def _port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def _container_ports(ports: list[Any]) -> dict[int, int]:
+    """Map container port -> published host port for short-syntax "HOST:CONTAINER" entries."""
+    mapping: dict[int, int] = {}
+    for entry in ports:
+        parts = str(entry).split("/")[0].split(":")
+        assert len(parts) >= 2, f"port {entry!r} is not published with HOST:CONTAINER"
+        mapping[int(parts[-1])] = int(parts[-2])
+    return mapping
+
+
+def _compose_envoy_env() -> dict[str, str]:
+    env = _service("envoy").get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _dockerfile_cmd() -> list[str]:
+    cmd_lines = [
+        line for line in DOCKERFILE.read_text().splitlines() if line.strip().startswith("CMD ")
+    ]
+    assert len(cmd_lines) == 1, f"expected exactly one CMD in Dockerfile, got {cmd_lines}"
+    cmd = json.loads(cmd_lines[0].strip()[len("CMD ") :])
+    assert isinstance(cmd, list), "Dockerfile CMD must use the exec (JSON array) form"
+    return [str(a) for a in cmd]
+
+
+def _envoy_version(binary: str) -> str:
+    out = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    match = re.search(r"/(\d+\.\d+\.\d+)/", out)
+    assert match, f"cannot parse Envoy version from {out!r}"
+    return match.group(1)
+
+
+def _render(env: dict[str, str], rendered: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Run run-envoy.sh with `env`, rendering to `rendered`, passing `extra` to Envoy."""
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+    full_env["ENVOY_RENDERED"] = str(rendered)
+    return subprocess.run(
+        ["bash", str(RUN_ENVOY), *extra],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=rendered.parent,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# (a) the compose tool itself accepts the file
+
+
+def _compose_cli() -> list[str] | None:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker"):
+        probe = subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, text=True, timeout=30
+        )
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    return None
+
+
+def test_compose_config_is_valid() -> None:
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip(
+            "neither docker-compose nor `docker compose` is installed "
+            "(apt-get install -y docker-compose)"
+        )
+    result = subprocess.run(
+        [*cli, "-f", str(COMPOSE_FILE), "config", "-q"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"{' '.join(cli)} config -q failed:\n{result.stderr}"
+
+
+# ---------------------------------------------------------------------------------------
+# (b) compose, Dockerfile, bootstrap and launcher agree
+
+
+def test_compose_envoy_version_matches_test_envoy() -> None:
+    image = _service("envoy")["image"]
+    repo_name, _, tag = image.partition(":")
+    assert repo_name == "envoyproxy/envoy", image
+    tag_version = re.fullmatch(r"v(\d+\.\d+\.\d+)", tag)
+    assert tag_version, f"envoy image must be pinned to an exact vX.Y.Z tag, got {image!r}"
+    assert tag_version.group(1) == _envoy_version(find_envoy_binary())
+
+
+def test_compose_envoy_runs_the_shared_bootstrap() -> None:
+    envoy = _service("envoy")
+    mounts = [str(v) for v in envoy.get("volumes", [])]
+    assert "./envoy:/etc/envoy:ro" in mounts, mounts
+    argv = _as_argv(envoy.get("entrypoint") or []) + _as_argv(envoy.get("command") or [])
+    assert "/etc/envoy/run-envoy.sh" in argv, argv
+
+    # The launcher used by tests and `gatewayctl up` reads the very same files.
+    launcher_dir = bootstrap_dir()
+    for name in ("bootstrap.yaml", "run-envoy.sh"):
+        assert (launcher_dir / name).read_bytes() == (ENVOY_DIR / name).read_bytes(), name
+
+
+def test_xds_port_agrees_between_controller_and_envoy() -> None:
+    controller = _service("controller")
+    argv = _as_argv(controller["command"])
+    xds_port = _port_of(_flag(argv, "--xds-address"))
+    env = _compose_envoy_env()
+    assert env["XDS_HOST"] == "controller"
+    assert int(env["XDS_PORT"]) == xds_port
+    published = _container_ports(controller["ports"])
+    assert published.get(xds_port) == xds_port, controller["ports"]
+
+    health_port = _port_of(_flag(argv, "--health-address"))
+    assert published.get(health_port) == health_port, controller["ports"]
+    healthcheck = " ".join(_as_argv(controller["healthcheck"]["test"]))
+    assert f"http://127.0.0.1:{health_port}/healthz" in healthcheck
+
+    envoy_ports = _container_ports(_service("envoy")["ports"])
+    assert int(env["ADMIN_PORT"]) in envoy_ports
+    assert env["ADMIN_ADDRESS"] == "0.0.0.0", "admin must be reachable through the port map"
+    assert _service("envoy")["depends_on"]["controller"]["condition"] == "service_healthy"
+
+
+def test_dockerfile_cmd_matches_compose_controller() -> None:
+    cmd = _dockerfile_cmd()
+    compose_cmd = _as_argv(_service("controller")["command"])
+    for flag in ("--xds-address", "--health-address", "--db"):
+        assert _flag(cmd, flag) == _flag(compose_cmd, flag), flag
+    assert cmd == compose_cmd
+
+    text = DOCKERFILE.read_text()
+    exposed = {int(p) for line in re.findall(r"^EXPOSE\s+(.+)$", text, re.M) for p in line.split()}
+    assert {_port_of(_flag(cmd, "--xds-address")), _port_of(_flag(cmd, "--health-address"))} <= (
+        exposed
+    )
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert re.search(r"^VOLUME\s+/data\b", text, re.M)
+    assert _flag(cmd, "--db").startswith("/data/")
+    assert "gateway-data:/data" in [str(v) for v in _service("controller")["volumes"]]
+    assert "gateway-data" in _compose()["volumes"]
+
+
+def test_demo_backends_run_the_echo_module() -> None:
+    controller_image = _service("controller")["image"]
+    for name in ("users", "orders"):
+        svc = _service(name)
+        assert svc["image"] == controller_image
+        argv = _as_argv(svc["command"])
+        assert argv[:3] == ["python", "-m", "controlplane.demo.echo"], argv
+        assert _flag(argv, "--name") == name
+    import controlplane.demo.echo as echo
+
+    assert callable(echo.main)
+
+
+def test_every_bootstrap_placeholder_is_supplied() -> None:
+    placeholders = set(PLACEHOLDER.findall(BOOTSTRAP.read_text()))
+    expected = {"NODE_ID", "GATEWAY", "XDS_HOST", "XDS_PORT", "ADMIN_ADDRESS", "ADMIN_PORT"}
+    assert placeholders == expected
+
+    compose_env = _compose_envoy_env()
+    assert placeholders <= set(compose_env), placeholders - set(compose_env)
+
+    spec_env = EnvoySpec(node_id="n", gateway="g", xds_host="127.0.0.1", xds_port=1).env()
+    assert placeholders <= set(spec_env), placeholders - set(spec_env)
+
+    # EnvoySpec.env() sets only what run-envoy.sh actually reads.
+    script = RUN_ENVOY.read_text()
+    for name in spec_env:
+        assert "${" + name in script, f"run-envoy.sh does not read {name}"
+    for name in compose_env:
+        assert "${" + name in script, f"compose sets {name}, which run-envoy.sh ignores"
+
+
+# ---------------------------------------------------------------------------------------
+# (c) the rendered bootstrap is valid for the real Envoy
+
+
+@pytest.mark.parametrize("source", ["compose", "launcher"])
+def test_rendered_bootstrap_validates_with_envoy(source: str, tmp_path: Path) -> None:
+    if source == "compose":
+        env = _compose_envoy_env()
+    else:
+        env = EnvoySpec(
+            node_id="test-node",
+            gateway="public",
+            xds_host="127.0.0.1",
+            xds_port=18000,
+            admin_port=19901,
+        ).env()
+    env["ENVOY_BIN"] = find_envoy_binary()
+    rendered = tmp_path / "bootstrap.yaml"
+
+    result = _render(env, rendered, "--mode", "validate")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK" in result.stdout + result.stderr
+
+    text = rendered.read_text()
+    assert not PLACEHOLDER.search(text)
+    boot = yaml.safe_load(text)
+    assert boot["node"] == {"id": env["NODE_ID"], "cluster": env["GATEWAY"]}
+    admin = boot["admin"]["address"]["socket_address"]
+    assert (admin["address"], admin["port_value"]) == (env["ADMIN_ADDRESS"], int(env["ADMIN_PORT"]))
+    (cluster,) = boot["static_resources"]["clusters"]
+    assert cluster["name"] == "xds_cluster" and cluster["type"] == "STRICT_DNS"
+    sock = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+        "socket_address"
+    ]
+    assert (sock["address"], sock["port_value"]) == (env["XDS_HOST"], int(env["XDS_PORT"]))
+    ads = boot["dynamic_resources"]["ads_config"]
+    assert ads["set_node_on_first_message_only"] is True
+    backoff = ads["grpc_services"][0]["envoy_grpc"]["retry_policy"]["retry_back_off"]
+    assert backoff == {"base_interval": "0.1s", "max_interval": "1s"}
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [("NODE_ID", "a|b"), ("GATEWAY", "x&y"), ("XDS_HOST", "h/ost"), ("ADMIN_PORT", "99999")],
+)
+def test_run_envoy_rejects_unsafe_values(var: str, value: str, tmp_path: Path) -> None:
+    # ENVOY_BIN=true: if the value slipped through, the script would exec `true` and exit 0.
+    env = {var: value, "ENVOY_BIN": "true"}
+    result = _render(env, tmp_path / "bootstrap.yaml")
+    assert result.returncode != 0
+    assert var in result.stderr
