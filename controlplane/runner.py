@@ -16,13 +16,16 @@ from collections.abc import Iterable
 from .errors import GatewayError
 from .policy import Cluster, Gateway, PolicyModel, Route
 from .store import Store
-from .translate import GatewayView, Resources, Translator, build_views
+from .translate import Resources, Translator, build_views
 from .xds.cache import SnapshotCache
 from .xds.snapshot import FragmentCache, build_snapshot
 
 __all__ = ["Runner"]
 
 log = logging.getLogger(__name__)
+
+#: seconds between liveness records; readers presume a controller dead after 15 s
+HEARTBEAT = 5.0
 
 
 class Runner:
@@ -63,8 +66,12 @@ class Runner:
                  ", ".join(f"{len(v)} {k}s" for k, v in self.objects.items()))
 
     async def run(self) -> None:
+        last_beat = time.monotonic()
         while True:
             await asyncio.sleep(self.poll_interval)
+            if time.monotonic() - last_beat >= HEARTBEAT:
+                last_beat = time.monotonic()
+                self._schedule_record()
             try:
                 await self.poll()
             except GatewayError as exc:
@@ -139,7 +146,7 @@ class Runner:
 
     async def _record(self) -> None:
         """Tell CLIs waiting on ``--wait`` which revision this controller has translated."""
-        recorded = -1
+        recorded = None
         while recorded != self.revision:
             recorded = self.revision
             builds = {

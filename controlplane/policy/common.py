@@ -12,7 +12,14 @@ import re
 from typing import Annotated, Any, ClassVar
 
 import re2
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
 
 __all__ = [
     "Duration",
@@ -138,6 +145,16 @@ Hostname = Annotated[str, AfterValidator(_check_hostname)]
 Duration = Annotated[
     str,
     BeforeValidator(_parse_duration),
-    Field(json_schema_extra={"pattern": r"^\d+(\.\d+)?(ms|s|m|h)?$"}, examples=["250ms", "5s"]),
+    # The validator takes a number of seconds or a string with a unit; the schema says so.
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$"},
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 365 * 24 * 3600},
+            ],
+            "description": "a duration: '250ms', '5s', '1m', '1h', or a number of seconds",
+            "examples": ["250ms", "5s", 0.25],
+        }
+    ),
 ]
 Regex = Annotated[str, AfterValidator(_check_regex)]

@@ -13,12 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, delete, insert, select, text, update
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy import Connection, delete, insert, inspect, select, text, update
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
 from ..errors import Conflict, NotFound, PolicyInvalid, StoreError
 from ..policy import KINDS, Bundle, PolicyModel, parse_object, references
@@ -28,6 +24,9 @@ from .tables import Change, ControllerRow, GatewayBuild, Meta, ProxyRow, Ref, Re
 __all__ = ["ApplyResult", "ObjectChange", "ProxyStatus", "Store"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+#: newest migration; a test checks it against alembic's head. Comparing it with one query
+#: keeps alembic (150 ms to import) out of every CLI call on an up-to-date database.
+SCHEMA_HEAD = "0001"
 
 
 @dataclass(frozen=True)
@@ -83,23 +82,24 @@ class Store:
     # -- schema ---------------------------------------------------------------------------
 
     def migrate(self) -> None:
-        """Bring the schema to the newest migration (cheap when it already is)."""
-        head = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+        """Bring the schema to the newest migration (one query when it already is)."""
         try:
+            if self.schema_version() == SCHEMA_HEAD:
+                return
+            from alembic import command
+
             with self._writer.begin() as conn:
-                current = MigrationContext.configure(conn).get_current_revision()
-                if current == head:
-                    return
-                cfg = self._alembic_config()
+                cfg = alembic_config()
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
-        except OperationalError as exc:
+        except (OperationalError, ProgrammingError) as exc:
             raise StoreError(f"cannot open database {self.url!r}: {exc.orig}") from None
 
-    def _alembic_config(self) -> Config:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(_MIGRATIONS))
-        return cfg
+    def schema_version(self) -> str | None:
+        with self._reader.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -188,6 +188,21 @@ class Store:
             return [("update", kind, name, new)]
 
         return self._commit(plan, keys=[(kind, name)])
+
+    def apply_objects(self, objects: Iterable[PolicyModel]) -> ApplyResult:
+        """Create or replace these objects in one transaction, leaving others alone."""
+        ops: list[_Op] = []
+        wanted = {(o.kind, o.name): o for o in objects}  # type: ignore[attr-defined]
+
+        def plan(current: dict[tuple[str, str], dict[str, Any]]) -> list[_Op]:
+            for key, obj in wanted.items():
+                if key not in current:
+                    ops.append(("create", *key, obj))
+                elif current[key] != obj.spec():
+                    ops.append(("update", *key, obj))
+            return ops
+
+        return self._commit(plan, keys=list(wanted))
 
     def delete(self, kind: str, name: str) -> int:
         return self._commit([("delete", kind, name, None)]).revision
@@ -357,6 +372,14 @@ class Store:
 
 
 _Op = tuple[str, str, str, PolicyModel | None]
+
+
+def alembic_config() -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    return cfg
 
 
 def _load(kind: str, spec: dict[str, Any]) -> PolicyModel:

@@ -8,10 +8,9 @@ are STRICT_DNS clusters with their endpoints inline (EDS cannot carry names).
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import address_pb2, health_check_pb2
+from envoy.config.core.v3 import address_pb2, health_check_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from envoy.config.core.v3 import protocol_pb2
 from envoy.type.v3 import range_pb2
 from google.protobuf import wrappers_pb2
 

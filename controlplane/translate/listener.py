@@ -7,7 +7,6 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-
 from google.protobuf import wrappers_pb2
 
 from ..policy import Gateway

@@ -30,8 +30,12 @@ _REDIRECT_CODES = {
 _PATH_RANK = {"path": 0, "path_regex": 1, "path_prefix": 2}
 
 
-def sort_key(route: Route) -> tuple[int, int, int, int, int, int, str]:
-    """Higher priority, then exact < regex < prefix, longer paths, more conditions, name."""
+def sort_key(route: Route) -> tuple[int, int, int, int, int, str]:
+    """Higher priority, then exact < regex < prefix, longer paths, more conditions, name.
+
+    Conditions are header and query conditions counted together; a method condition only
+    breaks ties between routes with as many.
+    """
     m = route.match
     kind = "path" if m.path is not None else "path_regex" if m.path_regex is not None else "path_prefix"
     path = m.path or m.path_regex or m.path_prefix or ""
@@ -39,8 +43,7 @@ def sort_key(route: Route) -> tuple[int, int, int, int, int, int, str]:
         -route.priority,
         _PATH_RANK[kind],
         -len(path),
-        -len(m.headers),
-        -len(m.query),
+        -(len(m.headers) + len(m.query)),
         -1 if m.methods else 0,
         route.name,
     )

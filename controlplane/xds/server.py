@@ -87,6 +87,7 @@ class AdsStream:
                 ),
             )
             log.info("stream open: node %s gateway %s from %s", node.id, gateway, self.peer)
+            self.recorder.changed(self.proxy)
             # Never answer before the full state is loaded: an empty answer would roll back.
             await self.cache.ready.wait()
             sub = self.cache.subscribe(gateway, queue)

