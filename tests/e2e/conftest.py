@@ -1,0 +1,54 @@
+"""Fixtures for end-to-end tests: a temp database, the CLI, a controller, Envoys, backends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from controlplane.demo.echo import EchoServer
+from controlplane.envoy_launcher import free_port
+
+from .harness import Cli, Controller, Envoy
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(db=str(tmp_path / "gateway.db"))
+
+
+@pytest.fixture
+def controller(cli: Cli, tmp_path: Path) -> Iterator[Controller]:
+    c = Controller(cli, tmp_path)
+    c.start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def envoy_factory(controller: Controller, tmp_path: Path) -> Iterator[Callable[..., Envoy]]:
+    started: list[Envoy] = []
+
+    def make(gateway: str = "public", node_id: str | None = None) -> Envoy:
+        envoy = Envoy(gateway, node_id or f"{gateway}-{len(started) + 1}", controller.xds_port,
+                      tmp_path)
+        started.append(envoy)
+        return envoy
+
+    yield make
+    for envoy in started:
+        envoy.stop()
+
+
+@pytest.fixture
+def backends() -> Iterator[dict[str, EchoServer]]:
+    servers = {name: EchoServer(name).start() for name in ("alpha", "beta")}
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture
+def gateway_port() -> int:
+    return free_port()

@@ -1,0 +1,170 @@
+"""Processes for end-to-end tests: the real CLI, the real controller, real Envoys.
+
+Everything runs on loopback with ephemeral ports, started the same way a user starts it:
+``gatewayctl serve`` and ``envoy/run-envoy.sh`` (the bootstrap docker-compose uses).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controlplane.envoy_launcher import EnvoySpec, free_port, server_info, start_envoy, wait_ready
+
+
+def gatewayctl_command() -> list[str]:
+    """The installed console script next to this interpreter, as a user would run it."""
+    script = Path(sys.executable).with_name("gatewayctl")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("gatewayctl")
+    return [found] if found else [sys.executable, "-m", "controlplane.cli"]
+
+
+@dataclass
+class Cli:
+    db: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def run(self, *args: str, input: str | None = None, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "GATEWAY_DB": self.db, **self.env}
+        proc = subprocess.run(
+            [*gatewayctl_command(), *args], env=env, input=input, capture_output=True,
+            text=True, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"gatewayctl {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}{proc.stdout}"
+            )
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run("-o", "json", *args).stdout)
+
+
+class Controller:
+    """``gatewayctl serve`` as a child process; can be killed and restarted on the same ports."""
+
+    def __init__(self, cli: Cli, log_dir: Path) -> None:
+        self.cli = cli
+        self.xds_port = free_port()
+        self.health_port = free_port()
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 20) -> None:
+        self.starts += 1
+        log = open(self.log_dir / f"controller-{self.starts}.log", "wb")  # noqa: SIM115
+        env = {**os.environ, "GATEWAY_DB": self.cli.db}
+        self.proc = subprocess.Popen(
+            [*gatewayctl_command(), "serve", "--xds-address", f"127.0.0.1:{self.xds_port}",
+             "--health-address", f"127.0.0.1:{self.health_port}"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"controller exited {self.proc.returncode}: {self.log()}")
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.health_port}/healthz", timeout=1
+                ) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"controller not healthy after {timeout}s: {self.log()}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        path = self.log_dir / f"controller-{self.starts}.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+class Envoy:
+    def __init__(self, gateway: str, node_id: str, xds_port: int, log_dir: Path) -> None:
+        self.admin_port = free_port()
+        self.spec = EnvoySpec(node_id=node_id, gateway=gateway, xds_host="127.0.0.1",
+                              xds_port=xds_port, admin_port=self.admin_port, log_level="warning")
+        self.log_path = log_dir / f"envoy-{node_id}.log"
+        self.proc = start_envoy(self.spec, log_path=self.log_path)
+        wait_ready(self.admin_port, 40, process=self.proc)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def uptime(self) -> int:
+        return int(server_info(self.admin_port)["uptime_current_epoch"].rstrip("s"))  # type: ignore[union-attr]
+
+    def info(self) -> dict[str, Any]:
+        return server_info(self.admin_port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def request(port: int, path: str, *, method: str = "GET", headers: dict[str, str] | None = None,
+            timeout: float = 5) -> tuple[int, dict[str, str], Any]:
+    """One request through Envoy on a new connection: (status, headers, JSON body or text)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        hdrs = {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+    try:
+        body: Any = json.loads(data)
+    except ValueError:
+        body = data.decode(errors="replace")
+    return resp.status, hdrs, body
+
+
+def wait_until(predicate: Any, timeout: float = 10, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value {last!r})")
+
+
+def backend_of(port: int, path: str) -> str | int:
+    """Which echo backend answered, or the status when none did."""
+    status, headers, _ = request(port, path)
+    return headers.get("x-backend", status) if status == 200 else status

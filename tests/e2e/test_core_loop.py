@@ -1,0 +1,173 @@
+"""The core loop through the real CLI, the real controller and a real Envoy."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from controlplane.envoy_launcher import stats
+from controlplane.policy import Route
+from controlplane.store import Store
+
+from .harness import backend_of, request, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def _setup(cli, backends, gateway_port: int) -> None:  # type: ignore[no-untyped-def]
+    cli.run("gateway", "add", "public", "--port", str(gateway_port), "--address", "127.0.0.1")
+    for name, server in backends.items():
+        cli.run("cluster", "add", name, "--endpoint", f"127.0.0.1:{server.port}")
+
+
+def test_route_lifecycle_without_restart(cli, controller, envoy_factory, backends, gateway_port):
+    _setup(cli, backends, gateway_port)
+    envoy = envoy_factory("public")
+    pid, uptime = envoy.pid, envoy.uptime()
+
+    cli.run("route", "add", "users", "--gateway", "public", "--path-prefix", "/users",
+            "--cluster", "alpha", "--wait")
+    # --wait returned: the very first request must already see the route
+    assert backend_of(gateway_port, "/users/1") == "alpha"
+
+    cli.run("route", "update", "users", "--cluster", "beta", "--wait")
+    assert backend_of(gateway_port, "/users/1") == "beta"
+
+    cli.run("route", "delete", "users", "--wait")
+    assert backend_of(gateway_port, "/users/1") == 404
+
+    time.sleep(1.1)  # uptime has a resolution of one second
+    info = envoy.info()
+    assert envoy.pid == pid and envoy.proc.poll() is None
+    assert int(info["uptime_current_epoch"].rstrip("s")) > uptime
+    assert info["command_line_options"]["restart_epoch"] == 0
+    rds = stats(envoy.admin_port, r"rds\.public\.update_success$")
+    assert rds["http.public.rds.public.update_success"] >= 3  # three pushes, one process
+
+    status = cli.json("status")
+    [proxy] = status["proxies"]
+    assert proxy["connected"] and proxy["in_sync"]
+    assert proxy["acked_revision"] == status["revision"]
+
+
+def test_no_failed_request_during_200_changes(cli, controller, envoy_factory, backends,
+                                               gateway_port):
+    _setup(cli, backends, gateway_port)
+    cli.run("route", "add", "stable", "--gateway", "public", "--path-prefix", "/stable",
+            "--cluster", "alpha", "--wait")
+    envoy_factory("public")
+    store = Store(cli.db)
+    outcomes: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=5)
+        while not stop.is_set():
+            try:
+                conn.request("GET", "/stable/x")
+                resp = conn.getresponse()
+                resp.read()
+                outcomes["2xx" if 200 <= resp.status < 300 else f"status {resp.status}"] += 1
+            except (OSError, http.client.HTTPException) as exc:
+                outcomes[f"error {type(exc).__name__}"] += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=5)
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(20)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        for i in range(200):
+            # churn: create, move between clusters, and delete other routes; also touch the
+            # stable route itself (timeout) so its own RouteConfiguration entry is replaced
+            name = f"churn-{i % 20}"
+            if i % 3 == 0:
+                store.apply_objects([Route(name=name, gateways=["public"],
+                                           match={"path_prefix": f"/churn/{i % 20}"},
+                                           cluster="beta" if i % 2 else "alpha")])
+            elif i % 3 == 1:
+                store.apply_objects([Route(name="stable", gateways=["public"],
+                                           match={"path_prefix": "/stable"}, cluster="alpha",
+                                           timeout=f"{10 + i}s")])
+            else:
+                try:
+                    store.delete("route", f"churn-{(i - 2) % 20}")
+                except Exception:
+                    store.apply_objects([Route(name=name, gateways=["public"], cluster="alpha",
+                                               match={"path": f"/c/{i}"})])
+            time.sleep(0.01)
+        last = store.revision()
+        wait_until(lambda: all(p.acked_revision >= last for p in store.proxies()), 10)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert outcomes["2xx"] > 1000, outcomes
+    assert set(outcomes) == {"2xx"}, f"failed requests during changes: {outcomes}"
+
+
+def test_controller_outage_and_restart(cli, controller, envoy_factory, backends, gateway_port):
+    _setup(cli, backends, gateway_port)
+    cli.run("route", "add", "a", "--gateway", "public", "--path-prefix", "/a", "--cluster",
+            "alpha", "--wait")
+    envoy = envoy_factory("public")
+    pid = envoy.pid
+
+    controller.kill()
+    for _ in range(20):  # Envoy serves the last accepted config while the controller is away
+        assert backend_of(gateway_port, "/a") == "alpha"
+        time.sleep(0.05)
+    # policy changes while the controller is down are committed to the database
+    cli.run("route", "add", "b", "--gateway", "public", "--path-prefix", "/b", "--cluster", "beta")
+
+    controller.start()
+    wait_until(lambda: backend_of(gateway_port, "/b") == "beta", 10)
+    assert backend_of(gateway_port, "/a") == "alpha"  # nothing rolled back
+    assert envoy.pid == pid and envoy.proc.poll() is None
+    assert envoy.info()["command_line_options"]["restart_epoch"] == 0
+    cli.run("route", "update", "a", "--cluster", "beta", "--wait")
+    assert backend_of(gateway_port, "/a") == "beta"
+
+
+def test_rejected_change_is_reported(cli, controller, envoy_factory, backends, gateway_port):
+    _setup(cli, backends, gateway_port)
+    cli.run("gateway", "add", "internal", "--port", str(gateway_port + 1 if gateway_port < 65000
+                                                      else gateway_port - 1),
+            "--address", "127.0.0.1")
+    cli.run("route", "add", "good", "--gateway", "public", "--gateway", "internal",
+            "--path-prefix", "/good", "--cluster", "alpha", "--wait")
+    envoy_factory("public", "pub-1")
+    envoy_factory("internal", "int-1")
+
+    # RE2 accepts this regex, but its program is bigger than Envoy's default limit (100):
+    # only the proxies can refuse it.
+    big = "/(abc|def|ghi|jkl|mno|pqr|stu|vwx|yz0|123|456|789){3,9}"
+    proc = cli.run("route", "add", "greedy", "--gateway", "public", "--path-regex", big,
+                   "--cluster", "beta", "--wait=10s", check=False)
+    assert proc.returncode == 7, proc.stderr
+    assert "pub-1" in proc.stderr and "route greedy" in proc.stderr
+    assert "program size" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 2  # "created (revision N)" + the error
+
+    status = cli.json("status")
+    proxies = {p["node"]: p for p in status["proxies"]}
+    nack = proxies["pub-1"]["last_nack"]
+    assert nack["type"] == "RouteConfiguration" and nack["objects"] == "route greedy"
+    assert not proxies["pub-1"]["in_sync"]
+    assert proxies["int-1"]["in_sync"] and proxies["int-1"]["last_nack"] is None
+
+    # the rejected proxy keeps its earlier routes; the other gateway keeps taking changes
+    assert backend_of(gateway_port, "/good") == "alpha"
+    cli.run("route", "add", "more", "--gateway", "internal", "--path-prefix", "/more",
+            "--cluster", "beta", "--wait")
+
+    cli.run("route", "delete", "greedy", "--wait")
+    status = cli.json("status")
+    assert all(p["in_sync"] for p in status["proxies"])
