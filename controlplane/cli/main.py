@@ -54,7 +54,9 @@ def _expand_wait(argv: list[str]) -> list[str]:
 
 def run() -> None:
     try:
-        app(args=_expand_wait(sys.argv[1:]), prog_name="gatewayctl", standalone_mode=False)
+        code = app(args=_expand_wait(sys.argv[1:]), prog_name="gatewayctl", standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here
+            sys.exit(code)
     except GatewayError as exc:
         stderr.print(f"error: {exc}", markup=False)
         sys.exit(exc.exit_code)

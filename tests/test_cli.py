@@ -1,0 +1,158 @@
+"""The CLI without Envoy: bad input is refused with one line and changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controlplane.store import Store
+from tests.e2e.harness import Cli
+
+GOOD = """
+gateways:
+  - {name: public, port: 8080}
+clusters:
+  - {name: users, endpoints: ["127.0.0.1:9001", "users.internal:8080"], lb_policy: least_request}
+  - {name: orders, endpoints: ["127.0.0.1:9002"]}
+routes:
+  - name: users-api
+    gateway: public
+    match: {path_prefix: /users, methods: [GET, POST]}
+    cluster: users
+    timeout: 2s
+  - name: orders-canary
+    gateway: public
+    match: {path_prefix: /orders}
+    backends: [{cluster: orders, weight: 90}, {cluster: users, weight: 10}]
+"""
+
+
+@pytest.fixture
+def loaded(tmp_path: Path) -> Cli:
+    cli = Cli(db=str(tmp_path / "gateway.db"))
+    cli.run("apply", "-f", "-", input=GOOD)
+    return cli
+
+
+def _state(cli: Cli) -> tuple[int, str]:
+    """Revision and full contents, read straight from the database."""
+    store = Store(cli.db)
+    try:
+        return store.revision(), store.bundle().to_yaml()
+    finally:
+        store.close()
+
+
+BAD_FILES = {
+    "malformed YAML": ("routes: [", "malformed YAML"),
+    "unknown field": (GOOD.replace("timeout: 2s", "timeout: 2s\n    colour: red"),
+                      "routes[0] 'users-api': colour: unknown field"),
+    "invalid regex": (GOOD.replace("path_prefix: /users", "path_regex: '/users/(['"),
+                      "match.path_regex: invalid RE2 regex"),
+    "unknown cluster": (GOOD.replace("cluster: users\n", "cluster: nobody\n"),
+                        "route 'users-api': cluster 'nobody' does not exist"),
+    "duplicate name": (GOOD.replace("name: orders,", "name: users,"),
+                       "clusters: duplicate name 'users'"),
+    "port out of range": (GOOD.replace("port: 8080", "port: 70000"),
+                          "gateways[0] 'public': port: Input should be less than or equal to 65535"),
+    "wrong type": (GOOD.replace("port: 8080", "port: eighty"),
+                   "gateways[0] 'public': port: Input should be a valid integer"),
+    "weights sum to zero": (GOOD.replace("weight: 90", "weight: 0").replace("weight: 10", "weight: 0"),
+                            "backends: weights must add up to more than zero"),
+    "bad duration": (GOOD.replace("timeout: 2s", "timeout: soon"), "timeout: 'soon' is not a duration"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_file_changes_nothing(loaded: Cli, case: str) -> None:
+    text, expected = BAD_FILES[case]
+    before = _state(loaded)
+    proc = loaded.run("apply", "-f", "-", input=text, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert expected in lines[0]
+    assert _state(loaded) == before
+
+
+BAD_COMMANDS = {
+    "unknown cluster": (["route", "add", "x", "--gateway", "public", "--cluster", "nobody"], 2,
+                        "cluster 'nobody' does not exist"),
+    "invalid regex": (["route", "add", "x", "--gateway", "public", "--path-regex", "(",
+                       "--cluster", "users"], 2, "match.path_regex: invalid RE2 regex"),
+    "duplicate name": (["cluster", "add", "users", "--endpoint", "127.0.0.1:1"], 4,
+                       "cluster 'users' already exists"),
+    "port out of range": (["gateway", "add", "g2", "--port", "0"], 2,
+                          "gateway 'g2': port: Input should be greater than or equal to 1"),
+    "bad endpoint": (["cluster", "add", "c2", "--endpoint", "nowhere"], 2,
+                     "must be host:port"),
+    "delete in use": (["cluster", "delete", "orders"], 4,
+                      "cannot delete cluster 'orders': route 'orders-canary' uses it"),
+    "missing object": (["route", "update", "ghost", "--timeout", "1s"], 3,
+                       "route 'ghost' does not exist"),
+    "two actions": (["route", "update", "users-api", "--direct-response", "200",
+                     "--cluster", "users"], 2, "action: set exactly one of"),
+    "bad method": (["route", "update", "users-api", "--method", "FETCH"], 2, "match.methods[0]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_COMMANDS))
+def test_bad_command_changes_nothing(loaded: Cli, case: str) -> None:
+    args, code, expected = BAD_COMMANDS[case]
+    before = _state(loaded)
+    proc = loaded.run(*args, check=False)
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert _state(loaded) == before
+
+
+def test_export_round_trips_and_diff(loaded: Cli, tmp_path: Path) -> None:
+    exported = loaded.run("export").stdout
+    path = tmp_path / "exported.yaml"
+    path.write_text(exported)
+    revision = loaded.json("status")["revision"]
+    assert loaded.run("apply", "-f", str(path)).stderr.startswith("no changes")
+    assert loaded.run("diff", "-f", str(path)).returncode == 0
+    assert loaded.json("status")["revision"] == revision
+    assert loaded.run("export").stdout == exported
+
+    changed = exported.replace("timeout: 2s", "timeout: 3s")
+    path.write_text(changed)
+    diff = loaded.run("diff", "-f", str(path), check=False)
+    assert diff.returncode == 1 and "~ route users-api" in diff.stdout and "2s -> 3s" in diff.stdout
+    dry = loaded.run("apply", "-f", str(path), "--dry-run")
+    assert "~ route users-api" in dry.stdout
+    assert loaded.json("status")["revision"] == revision  # dry run wrote nothing
+    loaded.run("apply", "-f", str(path))
+    assert loaded.json("status")["revision"] == revision + 1
+    assert loaded.run("export").stdout == changed
+
+
+def test_prune_deletes_what_the_file_no_longer_names(loaded: Cli) -> None:
+    smaller = GOOD.split("  - name: orders-canary")[0]
+    kept = loaded.run("apply", "-f", "-", input=smaller)
+    assert "orders-canary" not in kept.stdout  # without --prune nothing is deleted
+    assert "orders-canary" in loaded.run("route", "list").stdout
+    pruned = loaded.run("apply", "-f", "-", "--prune", input=smaller)
+    assert "- route orders-canary" in pruned.stdout
+    assert [r["name"] for r in loaded.json("route", "list")] == ["users-api"]
+
+
+def test_update_merges_into_stored_object(loaded: Cli) -> None:
+    loaded.run("route", "update", "users-api", "--retries", "2", "--set-request-header", "x-a=1")
+    route = loaded.json("route", "get", "users-api")
+    assert route["timeout"] == "2s"  # untouched fields stay
+    assert route["retries"] == {"attempts": 2}
+    assert route["request_headers"] == {"set": {"x-a": "1"}}
+    loaded.run("route", "update", "orders-canary", "--cluster", "orders")
+    canary = loaded.json("route", "get", "orders-canary")
+    assert canary["cluster"] == "orders" and "backends" not in canary
+
+
+def test_list_formats(loaded: Cli) -> None:
+    table = loaded.run("cluster", "list").stdout
+    assert "users" in table and "least_request" in table
+    assert {c["name"] for c in loaded.json("cluster", "list")} == {"users", "orders"}
+    assert "endpoints:" in loaded.run("-o", "yaml", "cluster", "get", "users").stdout
