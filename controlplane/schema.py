@@ -56,7 +56,9 @@ def bundle_schema() -> dict[str, Any]:
 
 def render(schema: dict[str, Any] | None = None) -> str:
     """The exact text of ``schemas/gateway.schema.json``."""
-    return json.dumps(bundle_schema() if schema is None else schema, sort_keys=True, indent=2) + "\n"
+    return (
+        json.dumps(bundle_schema() if schema is None else schema, sort_keys=True, indent=2) + "\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

