@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs into .venv and run it.
+#   bash scripts/test.sh [pytest args...]
+# Needs python3 (>= 3.11) with venv. As root on Debian it also installs docker-compose
+# (to validate docker-compose.yml without a Docker engine) and PostgreSQL (multi-controller
+# tests) when they are missing; without them those tests are skipped with a reason.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test,postgres]'
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    missing=()
+    command -v docker-compose >/dev/null || missing+=(docker-compose)
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]} (apt)"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+            || echo "warning: could not install ${missing[*]}; the tests that need them will be skipped"
+    fi
+fi
+
+exec .venv/bin/python -m pytest "$@"
