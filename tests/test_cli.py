@@ -81,6 +81,13 @@ BAD_COMMANDS = {
                         "cluster 'nobody' does not exist"),
     "invalid regex": (["route", "add", "x", "--gateway", "public", "--path-regex", "(",
                        "--cluster", "users"], 2, "match.path_regex: invalid RE2 regex"),
+    "regex too complex for Envoy": (
+        ["route", "add", "x", "--gateway", "public", "--cluster", "users", "--path-regex",
+         "/(abc|def|ghi|jkl|mno|pqr|stu|vwx|yz0|123|456|789){3,9}"], 2,
+        "match.path_regex: regex '/(abc|def|ghi|jkl|mno|pqr|stu|vwx|yz0|123|456|789){3,9}' is "
+        "too complex for Envoy (RE2 program size 353 > 100)"),
+    "header Envoy cannot set": (["route", "update", "users-api", "--set-request-header",
+                                 "host=x"], 2, "'host' cannot be changed here"),
     "duplicate name": (["cluster", "add", "users", "--endpoint", "127.0.0.1:1"], 4,
                        "cluster 'users' already exists"),
     "port out of range": (["gateway", "add", "g2", "--port", "0"], 2,

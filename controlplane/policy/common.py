@@ -42,7 +42,7 @@ _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 class PolicyModel(BaseModel):
     """Base of every policy object: strict about unknown fields, immutable once validated."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: ClassVar[str] = ""
 
@@ -95,14 +95,25 @@ def _re2_options() -> re2.Options:
     return options
 
 
+#: Envoy refuses regexes whose compiled RE2 program is larger than this (its default
+#: ``re2.max_program_size.error_level``); checking here turns a proxy-side rejection into
+#: an input error.
+MAX_REGEX_PROGRAM_SIZE = 100
+
+
 def _check_regex(value: str) -> str:
     try:
-        re2.compile(value, _re2_options())
+        compiled = re2.compile(value, _re2_options())
     except re2.error as exc:
         reason = exc.args[0] if exc.args else exc
         if isinstance(reason, bytes):
             reason = reason.decode(errors="replace")
         raise ValueError(f"invalid RE2 regex {value!r}: {reason}") from None
+    if compiled.programsize > MAX_REGEX_PROGRAM_SIZE:
+        raise ValueError(
+            f"regex {value!r} is too complex for Envoy (RE2 program size "
+            f"{compiled.programsize} > {MAX_REGEX_PROGRAM_SIZE}); simplify it"
+        )
     return value
 
 

@@ -56,6 +56,14 @@ def _header_name(value: str) -> str:
     return value
 
 
+def _mutable_header(value: str) -> str:
+    """Envoy refuses to add or remove pseudo-headers and ``host`` (use host_rewrite)."""
+    value = _header_name(value)
+    if value.startswith(":") or value == "host":
+        raise ValueError(f"{value!r} cannot be changed here (use host_rewrite for the host)")
+    return value
+
+
 def _header_value(value: str) -> str:
     if any(c in value for c in "\r\n\0"):
         raise ValueError("header values cannot contain CR, LF or NUL")
@@ -87,7 +95,7 @@ class HeaderMatch(PolicyModel):
 
     name: str
     exact: str | None = None
-    prefix: str | None = None
+    prefix: str | None = Field(None, min_length=1)
     regex: Regex | None = None
     present: bool | None = None
     invert: bool = False
@@ -183,6 +191,14 @@ class Retry(PolicyModel):
             raise ValueError("name at least one condition")
         return value
 
+    @model_validator(mode="after")
+    def _status_codes_need_condition(self) -> Retry:
+        if self.retriable_status_codes and "retriable-status-codes" not in self.retry_on:
+            raise ValueError(
+                "retriable_status_codes: only used when retry_on includes retriable-status-codes"
+            )
+        return self
+
 
 class HeaderOps(PolicyModel):
     """Header changes: ``set`` overwrites, ``add`` appends, ``remove`` deletes."""
@@ -194,12 +210,12 @@ class HeaderOps(PolicyModel):
     @field_validator("set", "add")
     @classmethod
     def _valid_pairs(cls, value: dict[str, str]) -> dict[str, str]:
-        return {_header_name(k): _header_value(v) for k, v in value.items()}
+        return {_mutable_header(k): _header_value(v) for k, v in value.items()}
 
     @field_validator("remove")
     @classmethod
     def _valid_names(cls, value: list[str]) -> list[str]:
-        return [_header_name(v) for v in value]
+        return [_mutable_header(v) for v in value]
 
 
 class Redirect(PolicyModel):

@@ -272,12 +272,16 @@ class Store:
             if op in ("update", "delete") and before is None:
                 raise NotFound(f"{kind} {name!r} does not exist")
             after = obj.spec() if obj is not None else None
+            if op == "update" and after == before:
+                continue  # an update to the same content is no change and bumps nothing
             changes.append(ObjectChange(op, kind, name, before, after))
         if not changes or dry_run:
             conn.rollback()
             return ApplyResult(rev - 1, changes)
 
-        for ch, (_, _, _, obj) in zip(changes, ops, strict=True):
+        objects = {(k, n): o for _, k, n, o in ops}
+        for ch in changes:
+            obj = objects[(ch.kind, ch.name)]
             key = (Resource.kind == ch.kind) & (Resource.name == ch.name)
             conn.execute(delete(Ref).where((Ref.kind == ch.kind) & (Ref.name == ch.name)))
             if ch.op == "create":
