@@ -51,7 +51,10 @@ def make_engines(url: str) -> tuple[Engine, Engine]:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         engine = create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
-        return engine, engine
+        # Reads see one snapshot per transaction, as SQLite's do (READ COMMITTED would let a
+        # commit land between load_all's or changes_since's statements). Writers stay READ
+        # COMMITTED: they queue on the meta row lock instead of failing to serialise.
+        return engine, engine.execution_options(isolation_level="REPEATABLE READ")
     _prepare_sqlite_file(parsed.database or "")
 
     def build(begin: str) -> Engine:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, inspect, select, text, update
-from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from ..errors import Conflict, NotFound, PolicyInvalid, StoreError
 from ..policy import KINDS, Bundle, PolicyModel, parse_object, references
@@ -27,6 +27,8 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 #: newest migration; a test checks it against alembic's head. Comparing it with one query
 #: keeps alembic (150 ms to import) out of every CLI call on an up-to-date database.
 SCHEMA_HEAD = "0001"
+#: PostgreSQL advisory lock held while migrating
+_MIGRATE_LOCK = 0x6761_7465
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,10 @@ class Store:
             from alembic import command
 
             with self._writer.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    # Controllers starting together: one migrates, the others wait here and
+                    # then find the schema current (alembic re-reads the version).
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATE_LOCK})
                 cfg = alembic_config()
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
@@ -309,12 +315,27 @@ class Store:
 
     def save_proxy(self, status: ProxyStatus) -> None:
         values = status.__dict__.copy()
-        with self._writer.begin() as conn:
+
+        def write(conn: Connection) -> None:
             done = conn.execute(
                 update(ProxyRow).where(ProxyRow.node_id == status.node_id).values(**values)
             )
             if done.rowcount == 0:
                 conn.execute(insert(ProxyRow).values(**values))
+
+        self._write_status(write)
+
+    def _write_status(self, write: Callable[[Connection], None]) -> None:
+        """Run an update-else-insert transaction. On PostgreSQL two controllers can both find
+        no row and both insert; the second fails on the key, and its rerun updates the row."""
+        for attempt in range(3):
+            try:
+                with self._writer.begin() as conn:
+                    write(conn)
+                return
+            except IntegrityError:
+                if attempt == 2:
+                    raise
 
     def disconnect_controller_proxies(self, controller: str) -> None:
         with self._writer.begin() as conn:
@@ -338,7 +359,8 @@ class Store:
     ) -> None:
         """Record that ``controller`` translated ``revision``; builds: gateway -> (changed, error)."""
         now = time.time()
-        with self._writer.begin() as conn:
+
+        def write(conn: Connection) -> None:
             for gateway, (changed, error) in builds.items():
                 values = {"built_revision": revision, "changed_revision": changed, "error": error}
                 done = conn.execute(
@@ -353,6 +375,8 @@ class Store:
             )
             if done.rowcount == 0:
                 conn.execute(insert(ControllerRow).values(id=controller, **values2))
+
+        self._write_status(write)
 
     def gateway_builds(self) -> dict[str, tuple[int, int, str | None]]:
         with self._reader.connect() as conn:

@@ -327,9 +327,9 @@ OPENER = textwrap.dedent(
 
 def test_controllers_starting_together_migrate_once(pg_url: str, tmp_path: Path) -> None:
     outputs = _workers(tmp_path, [
-        [sys.executable, "-c", OPENER, pg_url, str(n), str(tmp_path)] for n in range(3)
+        [sys.executable, "-c", OPENER, pg_url, str(n), str(tmp_path)] for n in range(2)
     ])
-    assert [o.split() for o in outputs] == [[SCHEMA_HEAD, "0"]] * 3
+    assert [o.split() for o in outputs] == [[SCHEMA_HEAD, "0"]] * 2
 
 
 def test_controllers_recording_the_same_gateway_at_once(loaded: Store, pg_url: str) -> None:
@@ -351,6 +351,6 @@ def test_controllers_recording_the_same_gateway_at_once(loaded: Store, pg_url: s
         event.remove(loaded._writer, "after_cursor_execute", race)
     assert fired
     assert loaded.gateway_builds() == {"web": (rev, rev, None)}
-    assert sorted(c[:3] for c in loaded.controllers()) == [
+    assert sorted(c[:3] for c in cast(Any, loaded.controllers())) == [
         ("ctl-a", "127.0.0.1:1", rev), ("ctl-b", "127.0.0.1:2", rev)]
     other.close()
