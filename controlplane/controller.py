@@ -39,7 +39,10 @@ class Controller:
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder(self.store, self.id)
         self.runner = Runner(
-            self.store, self.cache, controller=self.id, xds_address=settings.xds_address,
+            self.store,
+            self.cache,
+            controller=self.id,
+            xds_address=settings.xds_address,
             poll_interval=settings.poll_interval,
         )
         self.ads = AdsServer(self.cache, self.recorder)
@@ -67,8 +70,12 @@ class Controller:
             host, port = _split(self.settings.health_address)
             self._health = await asyncio.start_server(self._serve_health, host, port)
             self.health_port = self._health.sockets[0].getsockname()[1]
-        log.info("controller %s serving xDS on %s (port %d)", self.id,
-                 self.settings.xds_address, self.xds_port)
+        log.info(
+            "controller %s serving xDS on %s (port %d)",
+            self.id,
+            self.settings.xds_address,
+            self.xds_port,
+        )
 
     async def run(self) -> None:
         """Until cancelled: watch revisions and record proxy status."""
@@ -88,14 +95,20 @@ class Controller:
             "controller": self.id,
             "ready": self.cache.ready.is_set(),
             "revision": self.runner.revision,
-            "gateways": {g: {"streams": self.cache.streams(g),
-                             "changed_revision": self.cache.get(g).changed_revision,
-                             "error": self.runner.errors.get(g)}
-                         for g in self.cache.gateways()},
+            "gateways": {
+                g: {
+                    "streams": self.cache.streams(g),
+                    "changed_revision": self.cache.get(g).changed_revision,
+                    "error": self.runner.errors.get(g),
+                }
+                for g in self.cache.gateways()
+            },
             "streams": len(self.ads.active),
         }
 
-    async def _serve_health(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_health(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
             while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
@@ -112,7 +125,8 @@ class Controller:
             reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
             writer.write(
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data
+                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+                + data
             )
             await writer.drain()
         except (TimeoutError, ConnectionError, IndexError):

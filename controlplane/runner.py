@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
+from typing import cast
 
 from .errors import GatewayError
 from .policy import Cluster, Gateway, PolicyModel, Route
@@ -45,7 +46,11 @@ class Runner:
         self.poll_interval = poll_interval
         self.revision = -1
         self.started_at = time.time()
-        self.objects: dict[str, dict[str, PolicyModel]] = {"gateway": {}, "cluster": {}, "route": {}}
+        self.objects: dict[str, dict[str, PolicyModel]] = {
+            "gateway": {},
+            "cluster": {},
+            "route": {},
+        }
         self.errors: dict[str, str] = {}
         self._translator = Translator()
         self._fragments = FragmentCache()
@@ -62,8 +67,11 @@ class Runner:
         self.revision = revision
         self.cache.ready.set()
         await self._record()
-        log.info("loaded revision %d: %s", revision,
-                 ", ".join(f"{len(v)} {k}s" for k, v in self.objects.items()))
+        log.info(
+            "loaded revision %d: %s",
+            revision,
+            ", ".join(f"{len(v)} {k}s" for k, v in self.objects.items()),
+        )
 
     async def run(self) -> None:
         last_beat = time.monotonic()
@@ -96,8 +104,13 @@ class Runner:
         started = time.perf_counter()
         self._rebuild(affected, revision)
         self.revision = revision
-        log.info("revision %d: %d object(s) changed, %d gateway(s) rebuilt in %.1f ms",
-                 revision, len(changes), len(affected), (time.perf_counter() - started) * 1e3)
+        log.info(
+            "revision %d: %d object(s) changed, %d gateway(s) rebuilt in %.1f ms",
+            revision,
+            len(changes),
+            len(affected),
+            (time.perf_counter() - started) * 1e3,
+        )
         self._schedule_record()
         return True
 
@@ -111,15 +124,16 @@ class Runner:
         if isinstance(obj, Route):
             return set(obj.gateways)
         if isinstance(obj, Cluster):
-            return {g for r in self.objects["route"].values()
-                    for g in r.gateways if name in r.clusters()}  # type: ignore[attr-defined]
+            return {g for r in self._routes().values() for g in r.gateways if name in r.clusters()}
         return set()
+
+    def _routes(self) -> dict[str, Route]:
+        return cast(dict[str, Route], self.objects["route"])
 
     def _rebuild(self, gateways: Iterable[str], revision: int) -> None:
         wanted = set(gateways)
         live = {n: g for n, g in self.objects["gateway"].items() if n in wanted}
-        routes = [r for r in self.objects["route"].values()
-                  if wanted.intersection(r.gateways)]  # type: ignore[attr-defined]
+        routes = [r for r in self._routes().values() if wanted.intersection(r.gateways)]
         views = build_views(live.values(), routes, self.objects["cluster"])  # type: ignore[arg-type]
         for name in sorted(wanted):
             view = views.get(name)
@@ -155,8 +169,12 @@ class Runner:
             }
             try:
                 await asyncio.to_thread(
-                    self.store.save_builds, self.controller, self.xds_address, recorded,
-                    builds, self.started_at,
+                    self.store.save_builds,
+                    self.controller,
+                    self.xds_address,
+                    recorded,
+                    builds,
+                    self.started_at,
                 )
             except Exception:
                 log.exception("could not record build status")

@@ -95,8 +95,14 @@ class PgCluster:
             extra = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
             env.update(HOME=self.user.pw_dir, USER=self.user.pw_name, LOGNAME=self.user.pw_name)
         proc = subprocess.run(
-            [str(self.bin_dir / tool), *args], cwd=self.base, env=env, capture_output=True,
-            text=True, timeout=60, check=False, **extra,
+            [str(self.bin_dir / tool), *args],
+            cwd=self.base,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            **extra,
         )
         if proc.returncode != 0:
             raise RuntimeError(
@@ -133,8 +139,10 @@ def start_cluster() -> PgCluster:
     """Start a cluster, or ``pytest.skip`` when PostgreSQL is not installed."""
     bin_dir = find_binaries()
     if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl, postgres) not found in "
-                    "/usr/lib/postgresql/*/bin or on PATH")
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found in "
+            "/usr/lib/postgresql/*/bin or on PATH"
+        )
     try:
         import psycopg  # noqa: F401
     except ImportError:
@@ -148,8 +156,19 @@ def start_cluster() -> PgCluster:
         os.chown(base, user.pw_uid, user.pw_gid)
     cluster = PgCluster(bin_dir, base, 0, user)
     try:
-        cluster.run("initdb", "-D", str(cluster.data), "-U", SUPERUSER, "--auth=trust",
-                    "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
+        cluster.run(
+            "initdb",
+            "-D",
+            str(cluster.data),
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        )
         for attempt in range(3):  # a free port may be taken between probe and bind
             cluster.port = _free_port()
             with open(cluster.data / "postgresql.auto.conf", "a") as conf:
@@ -161,8 +180,17 @@ def start_cluster() -> PgCluster:
                     "max_connections = 300\n"
                 )
             try:
-                cluster.run("pg_ctl", "start", "-D", str(cluster.data), "-l",
-                            str(cluster.log_path), "-w", "-t", "30")
+                cluster.run(
+                    "pg_ctl",
+                    "start",
+                    "-D",
+                    str(cluster.data),
+                    "-l",
+                    str(cluster.log_path),
+                    "-w",
+                    "-t",
+                    "30",
+                )
                 break
             except RuntimeError:
                 if attempt == 2:

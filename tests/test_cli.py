@@ -46,21 +46,38 @@ def _state(cli: Cli) -> tuple[int, str]:
 
 BAD_FILES = {
     "malformed YAML": ("routes: [", "malformed YAML"),
-    "unknown field": (GOOD.replace("timeout: 2s", "timeout: 2s\n    colour: red"),
-                      "routes[0] 'users-api': colour: unknown field"),
-    "invalid regex": (GOOD.replace("path_prefix: /users", "path_regex: '/users/(['"),
-                      "match.path_regex: invalid RE2 regex"),
-    "unknown cluster": (GOOD.replace("cluster: users\n", "cluster: nobody\n"),
-                        "route 'users-api': cluster 'nobody' does not exist"),
-    "duplicate name": (GOOD.replace("name: orders,", "name: users,"),
-                       "clusters: duplicate name 'users'"),
-    "port out of range": (GOOD.replace("port: 8080", "port: 70000"),
-                          "gateways[0] 'public': port: Input should be less than or equal to 65535"),
-    "wrong type": (GOOD.replace("port: 8080", "port: eighty"),
-                   "gateways[0] 'public': port: Input should be a valid integer"),
-    "weights sum to zero": (GOOD.replace("weight: 90", "weight: 0").replace("weight: 10", "weight: 0"),
-                            "backends: weights must add up to more than zero"),
-    "bad duration": (GOOD.replace("timeout: 2s", "timeout: soon"), "timeout: 'soon' is not a duration"),
+    "unknown field": (
+        GOOD.replace("timeout: 2s", "timeout: 2s\n    colour: red"),
+        "routes[0] 'users-api': colour: unknown field",
+    ),
+    "invalid regex": (
+        GOOD.replace("path_prefix: /users", "path_regex: '/users/(['"),
+        "match.path_regex: invalid RE2 regex",
+    ),
+    "unknown cluster": (
+        GOOD.replace("cluster: users\n", "cluster: nobody\n"),
+        "route 'users-api': cluster 'nobody' does not exist",
+    ),
+    "duplicate name": (
+        GOOD.replace("name: orders,", "name: users,"),
+        "clusters: duplicate name 'users'",
+    ),
+    "port out of range": (
+        GOOD.replace("port: 8080", "port: 70000"),
+        "gateways[0] 'public': port: Input should be less than or equal to 65535",
+    ),
+    "wrong type": (
+        GOOD.replace("port: 8080", "port: eighty"),
+        "gateways[0] 'public': port: Input should be a valid integer",
+    ),
+    "weights sum to zero": (
+        GOOD.replace("weight: 90", "weight: 0").replace("weight: 10", "weight: 0"),
+        "backends: weights must add up to more than zero",
+    ),
+    "bad duration": (
+        GOOD.replace("timeout: 2s", "timeout: soon"),
+        "timeout: 'soon' is not a duration",
+    ),
 }
 
 
@@ -77,29 +94,63 @@ def test_bad_file_changes_nothing(loaded: Cli, case: str) -> None:
 
 
 BAD_COMMANDS = {
-    "unknown cluster": (["route", "add", "x", "--gateway", "public", "--cluster", "nobody"], 2,
-                        "cluster 'nobody' does not exist"),
-    "invalid regex": (["route", "add", "x", "--gateway", "public", "--path-regex", "(",
-                       "--cluster", "users"], 2, "match.path_regex: invalid RE2 regex"),
+    "unknown cluster": (
+        ["route", "add", "x", "--gateway", "public", "--cluster", "nobody"],
+        2,
+        "cluster 'nobody' does not exist",
+    ),
+    "invalid regex": (
+        ["route", "add", "x", "--gateway", "public", "--path-regex", "(", "--cluster", "users"],
+        2,
+        "match.path_regex: invalid RE2 regex",
+    ),
     "regex too complex for Envoy": (
-        ["route", "add", "x", "--gateway", "public", "--cluster", "users", "--path-regex",
-         "/(abc|def|ghi|jkl|mno|pqr|stu|vwx|yz0|123|456|789){3,9}"], 2,
+        [
+            "route",
+            "add",
+            "x",
+            "--gateway",
+            "public",
+            "--cluster",
+            "users",
+            "--path-regex",
+            "/(abc|def|ghi|jkl|mno|pqr|stu|vwx|yz0|123|456|789){3,9}",
+        ],
+        2,
         "match.path_regex: regex '/(abc|def|ghi|jkl|mno|pqr|stu|vwx|yz0|123|456|789){3,9}' is "
-        "too complex for Envoy (RE2 program size 353 > 100)"),
-    "header Envoy cannot set": (["route", "update", "users-api", "--set-request-header",
-                                 "host=x"], 2, "'host' cannot be changed here"),
-    "duplicate name": (["cluster", "add", "users", "--endpoint", "127.0.0.1:1"], 4,
-                       "cluster 'users' already exists"),
-    "port out of range": (["gateway", "add", "g2", "--port", "0"], 2,
-                          "gateway 'g2': port: Input should be greater than or equal to 1"),
-    "bad endpoint": (["cluster", "add", "c2", "--endpoint", "nowhere"], 2,
-                     "must be host:port"),
-    "delete in use": (["cluster", "delete", "orders"], 4,
-                      "cannot delete cluster 'orders': route 'orders-canary' uses it"),
-    "missing object": (["route", "update", "ghost", "--timeout", "1s"], 3,
-                       "route 'ghost' does not exist"),
-    "two actions": (["route", "update", "users-api", "--direct-response", "200",
-                     "--cluster", "users"], 2, "action: set exactly one of"),
+        "too complex for Envoy (RE2 program size 353 > 100)",
+    ),
+    "header Envoy cannot set": (
+        ["route", "update", "users-api", "--set-request-header", "host=x"],
+        2,
+        "'host' cannot be changed here",
+    ),
+    "duplicate name": (
+        ["cluster", "add", "users", "--endpoint", "127.0.0.1:1"],
+        4,
+        "cluster 'users' already exists",
+    ),
+    "port out of range": (
+        ["gateway", "add", "g2", "--port", "0"],
+        2,
+        "gateway 'g2': port: Input should be greater than or equal to 1",
+    ),
+    "bad endpoint": (["cluster", "add", "c2", "--endpoint", "nowhere"], 2, "must be host:port"),
+    "delete in use": (
+        ["cluster", "delete", "orders"],
+        4,
+        "cannot delete cluster 'orders': route 'orders-canary' uses it",
+    ),
+    "missing object": (
+        ["route", "update", "ghost", "--timeout", "1s"],
+        3,
+        "route 'ghost' does not exist",
+    ),
+    "two actions": (
+        ["route", "update", "users-api", "--direct-response", "200", "--cluster", "users"],
+        2,
+        "action: set exactly one of",
+    ),
     "bad method": (["route", "update", "users-api", "--method", "FETCH"], 2, "match.methods[0]"),
 }
 

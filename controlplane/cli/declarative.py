@@ -55,8 +55,10 @@ def _short(value: Any) -> str:
 
 
 def _changes_data(changes: list[ObjectChange]) -> list[dict[str, Any]]:
-    return [{"op": c.op, "kind": c.kind, "name": c.name, "before": c.before, "after": c.after}
-            for c in changes]
+    return [
+        {"op": c.op, "kind": c.kind, "name": c.name, "before": c.before, "after": c.after}
+        for c in changes
+    ]
 
 
 def register_declarative(app: typer.Typer) -> None:
@@ -64,9 +66,7 @@ def register_declarative(app: typer.Typer) -> None:
     def apply(
         ctx: typer.Context,
         file: FileOption,
-        prune: Annotated[
-            bool, typer.Option(help="Delete objects the file does not name.")
-        ] = False,
+        prune: Annotated[bool, typer.Option(help="Delete objects the file does not name.")] = False,
         dry_run: Annotated[
             bool, typer.Option("--dry-run", help="Show what would change; write nothing.")
         ] = False,
@@ -77,8 +77,14 @@ def register_declarative(app: typer.Typer) -> None:
         bundle = _read(file)
         result = c.store.apply(bundle, prune=prune, dry_run=dry_run)
         if c.output != Format.table:
-            emit({"revision": result.revision, "dry_run": dry_run,
-                  "changes": _changes_data(result.changes)}, c.output)
+            emit(
+                {
+                    "revision": result.revision,
+                    "dry_run": dry_run,
+                    "changes": _changes_data(result.changes),
+                },
+                c.output,
+            )
         else:
             for line in _describe(result.changes):
                 print(line)
@@ -93,7 +99,9 @@ def register_declarative(app: typer.Typer) -> None:
     def diff(
         ctx: typer.Context,
         file: FileOption,
-        prune: Annotated[bool, typer.Option(help="Also show deletions apply --prune would make.")] = False,
+        prune: Annotated[
+            bool, typer.Option(help="Also show deletions apply --prune would make.")
+        ] = False,
     ) -> None:
         """Show what ``apply -f FILE`` would change; exit 1 when there are differences."""
         c = ctx_of(ctx)

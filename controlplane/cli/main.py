@@ -33,8 +33,10 @@ def main(
     ctx: typer.Context,
     db: Annotated[
         str | None,
-        typer.Option(envvar="GATEWAY_DB",
-                     help="SQLite file or SQLAlchemy URL [~/.local/share/gatewayctl/gateway.db]."),
+        typer.Option(
+            envvar="GATEWAY_DB",
+            help="SQLite file or SQLAlchemy URL [~/.local/share/gatewayctl/gateway.db].",
+        ),
     ] = None,
     output: Annotated[Format, typer.Option("--output", "-o", help="Output format.")] = Format.table,
 ) -> None:

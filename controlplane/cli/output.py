@@ -32,7 +32,9 @@ def emit(data: Any, fmt: Format) -> None:
         print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), end="")
 
 
-def emit_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None) -> None:
+def emit_table(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None
+) -> None:
     table = Table(title=title, show_edge=False, header_style="bold", pad_edge=False)
     for col in columns:
         table.add_column(col, overflow="fold")

@@ -132,7 +132,9 @@ def route_fields(
     query: Annotated[
         list[str] | None, typer.Option(help="Query parameter NAME=VALUE, NAME~REGEX or NAME.")
     ] = None,
-    cluster: Annotated[str | None, typer.Option(help="Send matching requests to this cluster.")] = None,
+    cluster: Annotated[
+        str | None, typer.Option(help="Send matching requests to this cluster.")
+    ] = None,
     backend: Annotated[
         list[str] | None, typer.Option(help="Weighted CLUSTER=WEIGHT (repeatable), e.g. a canary.")
     ] = None,
@@ -241,7 +243,8 @@ def _merge(spec: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
             merged.pop(key, None)
     if "match" in fields and {"path", "path_prefix", "path_regex"} & fields["match"].keys():
         merged["match"] = {
-            k: v for k, v in merged.get("match", {}).items()
+            k: v
+            for k, v in merged.get("match", {}).items()
             if k not in ("path", "path_prefix", "path_regex")
         }
     for key, value in fields.items():
@@ -257,7 +260,10 @@ def _merge(spec: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
 
 def _match_text(m: dict[str, Any]) -> str:
     path = (
-        f"= {m['path']}" if "path" in m else f"~ {m['path_regex']}" if "path_regex" in m
+        f"= {m['path']}"
+        if "path" in m
+        else f"~ {m['path_regex']}"
+        if "path_regex" in m
         else f"{m.get('path_prefix', '/')}*"
     )
     extra = [",".join(m["methods"])] if m.get("methods") else []
@@ -281,18 +287,32 @@ def _action_text(s: dict[str, Any]) -> str:
 COLUMNS: dict[str, tuple[list[str], Callable[[dict[str, Any]], list[Any]]]] = {
     "gateway": (
         ["NAME", "ADDRESS", "PORT", "HOSTNAMES"],
-        lambda s: [s["name"], s.get("address", "0.0.0.0"), s["port"],
-                   ", ".join(s.get("hostnames", [])) or "*"],
+        lambda s: [
+            s["name"],
+            s.get("address", "0.0.0.0"),
+            s["port"],
+            ", ".join(s.get("hostnames", [])) or "*",
+        ],
     ),
     "cluster": (
         ["NAME", "ENDPOINTS", "LB", "PROTOCOL"],
-        lambda s: [s["name"], ", ".join(s["endpoints"]), s.get("lb_policy", "round_robin"),
-                   s.get("protocol", "http1")],
+        lambda s: [
+            s["name"],
+            ", ".join(s["endpoints"]),
+            s.get("lb_policy", "round_robin"),
+            s.get("protocol", "http1"),
+        ],
     ),
     "route": (
         ["NAME", "GATEWAYS", "HOSTS", "MATCH", "ACTION", "PRIORITY"],
-        lambda s: [s["name"], ", ".join(s["gateways"]), ", ".join(s.get("hosts", [])) or "*",
-                   _match_text(s.get("match", {})), _action_text(s), s.get("priority", 0)],
+        lambda s: [
+            s["name"],
+            ", ".join(s["gateways"]),
+            ", ".join(s.get("hosts", [])) or "*",
+            _match_text(s.get("match", {})),
+            _action_text(s),
+            s.get("priority", 0),
+        ],
     ),
 }
 
@@ -313,7 +333,8 @@ def _command(
     params = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
         inspect.Parameter(
-            "name", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            "name",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
             annotation=Annotated[str, typer.Argument(help="Object name.")],
         ),
     ]
@@ -323,8 +344,11 @@ def _command(
             params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
             option_names.append(p.name)
     if with_wait:
-        params.append(inspect.Parameter("wait", inspect.Parameter.KEYWORD_ONLY,
-                                        annotation=WaitOption, default=None))
+        params.append(
+            inspect.Parameter(
+                "wait", inspect.Parameter.KEYWORD_ONLY, annotation=WaitOption, default=None
+            )
+        )
 
     def command(ctx: typer.Context, name: str, **kwargs: Any) -> None:
         fields = fields_fn(**{k: kwargs[k] for k in option_names}) if fields_fn else {}
@@ -363,7 +387,9 @@ def _kind_app(kind: str) -> typer.Typer:
 
     def get(ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None) -> None:
         c = ctx_of(ctx)
-        emit(c.store.get(kind, name).spec(), Format.json if c.output == Format.json else Format.yaml)
+        emit(
+            c.store.get(kind, name).spec(), Format.json if c.output == Format.json else Format.yaml
+        )
 
     add.__doc__ = f"Create a {kind}."
     update.__doc__ = f"Change some fields of a {kind}."
@@ -378,7 +404,7 @@ def _kind_app(kind: str) -> typer.Typer:
     def list_(ctx: typer.Context) -> None:
         """List every object of this kind."""
         c = ctx_of(ctx)
-        specs = [o.spec() for o in c.store.list(kind)]
+        specs = [o.spec() for o in c.store.list_objects(kind)]
         if c.output == Format.table:
             columns, row = COLUMNS[kind]
             emit_table(columns, [row(s) for s in specs])
@@ -391,4 +417,3 @@ def _kind_app(kind: str) -> typer.Typer:
 def register_resources(app: typer.Typer) -> None:
     for kind in KINDS:
         app.add_typer(_kind_app(kind), name=kind)
-

@@ -35,8 +35,11 @@ def register_run(app: typer.Typer) -> None:
             str, typer.Option(envvar="GATEWAY_XDS_ADDRESS", help="ADS gRPC listen address.")
         ] = "0.0.0.0:18000",
         health_address: Annotated[
-            str, typer.Option(envvar="GATEWAY_HEALTH_ADDRESS",
-                              help="HTTP /healthz and /status address; empty to disable.")
+            str,
+            typer.Option(
+                envvar="GATEWAY_HEALTH_ADDRESS",
+                help="HTTP /healthz and /status address; empty to disable.",
+            ),
         ] = "0.0.0.0:18001",
         log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
         db: DbOption = None,
@@ -48,8 +51,9 @@ def register_run(app: typer.Typer) -> None:
             ctx_of(ctx).db = db
         logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        settings = Settings(db=ctx_of(ctx).db, xds_address=xds_address,
-                            health_address=health_address or None)
+        settings = Settings(
+            db=ctx_of(ctx).db, xds_address=xds_address, health_address=health_address or None
+        )
         asyncio.run(run_controller(settings))
 
     @app.command()
@@ -89,15 +93,19 @@ def register_run(app: typer.Typer) -> None:
             store.apply_objects([cluster, route])
 
         async def main() -> None:
-            settings = Settings(db=c.db, xds_address=f"127.0.0.1:{xds_port}",
-                                health_address=None)
+            settings = Settings(db=c.db, xds_address=f"127.0.0.1:{xds_port}", health_address=None)
             controller = Controller(settings)
             await controller.start()
             task = asyncio.create_task(controller.run())
             envoy: subprocess.Popen[bytes] | None = None
             try:
-                spec = EnvoySpec(node_id=f"{gateway}-local", gateway=gateway,
-                                 xds_host="127.0.0.1", xds_port=xds_port, admin_port=admin_port)
+                spec = EnvoySpec(
+                    node_id=f"{gateway}-local",
+                    gateway=gateway,
+                    xds_host="127.0.0.1",
+                    xds_port=xds_port,
+                    admin_port=admin_port,
+                )
                 envoy = start_envoy(spec)
                 await asyncio.to_thread(wait_ready, admin_port, 30.0, process=envoy)
                 host = gw.address if gw.address != "0.0.0.0" else "127.0.0.1"  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import typer
 
@@ -24,38 +25,68 @@ def register_status(app: typer.Typer) -> None:
         controllers = store.controllers()
         live = {cid for cid, _, _, beat in controllers if beat >= now - STALE_AFTER}
         builds = store.gateway_builds()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for p in store.proxies():
             connected = p.connected and p.controller in live
             changed = builds.get(p.gateway, (0, 0, None))[1]
             in_sync = connected and p.acked_revision >= changed
             nack = None
             if p.nack_error:
-                nack = {"revision": p.nack_revision, "type": p.nack_type,
-                        "objects": p.nack_objects, "error": p.nack_error}
-            rows.append({
-                "node": p.node_id, "gateway": p.gateway, "connected": connected,
-                "controller": p.controller, "envoy": p.envoy_version,
-                "acked_revision": p.acked_revision, "in_sync": in_sync, "last_nack": nack,
-            })
+                nack = {
+                    "revision": p.nack_revision,
+                    "type": p.nack_type,
+                    "objects": p.nack_objects,
+                    "error": p.nack_error,
+                }
+            rows.append(
+                {
+                    "node": p.node_id,
+                    "gateway": p.gateway,
+                    "connected": connected,
+                    "controller": p.controller,
+                    "envoy": p.envoy_version,
+                    "acked_revision": p.acked_revision,
+                    "in_sync": in_sync,
+                    "last_nack": nack,
+                }
+            )
         if c.output != Format.table:
-            emit({"revision": revision,
-                  "controllers": [{"id": i, "xds_address": a, "built_revision": b,
-                                   "alive": i in live} for i, a, b, _ in controllers],
-                  "gateways": {g: {"built_revision": b, "changed_revision": ch, "error": e}
-                               for g, (b, ch, e) in builds.items()},
-                  "proxies": rows}, c.output)
+            emit(
+                {
+                    "revision": revision,
+                    "controllers": [
+                        {"id": i, "xds_address": a, "built_revision": b, "alive": i in live}
+                        for i, a, b, _ in controllers
+                    ],
+                    "gateways": {
+                        g: {"built_revision": b, "changed_revision": ch, "error": e}
+                        for g, (b, ch, e) in builds.items()
+                    },
+                    "proxies": rows,
+                },
+                c.output,
+            )
             return
-        stderr.print(f"policy revision {revision}; "
-                     f"{len(live)} live controller(s) of {len(controllers)} known")
+        stderr.print(
+            f"policy revision {revision}; "
+            f"{len(live)} live controller(s) of {len(controllers)} known"
+        )
         for gateway, (_, _, error) in sorted(builds.items()):
             if error:
                 stderr.print(f"gateway {gateway}: not updated: {error}")
         emit_table(
             ["NODE", "GATEWAY", "CONNECTED", "ACKED", "IN SYNC", "LAST NACK"],
-            [[r["node"], r["gateway"], "yes" if r["connected"] else "no", r["acked_revision"],
-              "yes" if r["in_sync"] else "NO",
-              _nack_text(r["last_nack"])] for r in rows],
+            [
+                [
+                    r["node"],
+                    r["gateway"],
+                    "yes" if r["connected"] else "no",
+                    r["acked_revision"],
+                    "yes" if r["in_sync"] else "NO",
+                    _nack_text(r["last_nack"]),
+                ]
+                for r in rows
+            ],
         )
 
 

@@ -42,11 +42,15 @@ def wait_for_revision(store: Store, revision: int, timeout: float) -> list[str]:
 def _check(store: Store, revision: int) -> tuple[list[str], bool]:
     controllers = store.controllers()
     if not controllers:
-        return [f"no controller has recorded revision {revision} (is `gatewayctl serve` running?)"], False
+        return [
+            f"no controller has recorded revision {revision} (is `gatewayctl serve` running?)"
+        ], False
     if max(built for _, _, built, _ in controllers) < revision:
         return [f"no controller has translated revision {revision} yet"], False
     builds = store.gateway_builds()
-    affected = sorted(g for g, (_, changed, error) in builds.items() if changed >= revision or error)
+    affected = sorted(
+        g for g, (_, changed, error) in builds.items() if changed >= revision or error
+    )
     for gateway in affected:
         error = builds[gateway][2]
         if error:

@@ -116,7 +116,7 @@ class Bundle(BaseModel):
                 where = f"{key}[{i}]" + (f" {name!r}" if isinstance(name, str) else "")
                 out.append(parse_object(kind, item, where))
             parsed[key] = out
-        bundle = cls.model_construct(**parsed)  # already validated item by item
+        bundle = cls.model_construct(**parsed)  # type: ignore[arg-type]  # validated above
         bundle.check()
         return bundle
 

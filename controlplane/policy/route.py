@@ -241,7 +241,7 @@ class DirectResponse(PolicyModel):
 
 
 class Route(PolicyModel):
-    """Match plus exactly one action: ``cluster``, ``backends``, ``redirect`` or ``direct_response``."""
+    """Match plus one action: ``cluster``, ``backends``, ``redirect`` or ``direct_response``."""
 
     kind: ClassVar[str] = "route"
 

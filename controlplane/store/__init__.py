@@ -3,4 +3,11 @@
 from .db import default_db_path, normalize_url
 from .repository import ApplyResult, ObjectChange, ProxyStatus, Store
 
-__all__ = ["ApplyResult", "ObjectChange", "ProxyStatus", "Store", "default_db_path", "normalize_url"]
+__all__ = [
+    "ApplyResult",
+    "ObjectChange",
+    "ProxyStatus",
+    "Store",
+    "default_db_path",
+    "normalize_url",
+]

@@ -122,7 +122,7 @@ class Store:
             raise NotFound(f"{kind} {name!r} does not exist")
         return _load(kind, spec)
 
-    def list(self, kind: str) -> list[PolicyModel]:
+    def list_objects(self, kind: str) -> list[PolicyModel]:
         with self._reader.connect() as conn:
             rows = conn.execute(
                 select(Resource.spec).where(Resource.kind == kind).order_by(Resource.name)
@@ -139,9 +139,7 @@ class Store:
     def bundle(self) -> Bundle:
         return Bundle.from_objects(self.load_all()[1])
 
-    def changes_since(
-        self, revision: int
-    ) -> tuple[int, list[tuple[str, str, PolicyModel | None]]]:
+    def changes_since(self, revision: int) -> tuple[int, list[tuple[str, str, PolicyModel | None]]]:
         """(newest revision, [(kind, name, object or None if deleted)]) after ``revision``."""
         with self._reader.begin() as conn:
             rev = int(conn.execute(select(Meta.revision).where(Meta.id == 1)).scalar_one())
@@ -291,8 +289,9 @@ class Store:
             key = (Resource.kind == ch.kind) & (Resource.name == ch.name)
             conn.execute(delete(Ref).where((Ref.kind == ch.kind) & (Ref.name == ch.name)))
             if ch.op == "create":
-                conn.execute(insert(Resource).values(kind=ch.kind, name=ch.name, spec=ch.after,
-                                                     revision=rev))
+                conn.execute(
+                    insert(Resource).values(kind=ch.kind, name=ch.name, spec=ch.after, revision=rev)
+                )
             elif ch.op == "update":
                 conn.execute(update(Resource).where(key).values(spec=ch.after, revision=rev))
             else:
@@ -348,16 +347,18 @@ class Store:
     def proxies(self) -> list[ProxyStatus]:
         columns = [getattr(ProxyRow, f) for f in ProxyStatus.__dataclass_fields__]
         with self._reader.connect() as conn:
-            rows = conn.execute(
-                select(*columns).order_by(ProxyRow.gateway, ProxyRow.node_id)
-            ).all()
+            rows = conn.execute(select(*columns).order_by(ProxyRow.gateway, ProxyRow.node_id)).all()
         return [ProxyStatus(**row._asdict()) for row in rows]
 
     def save_builds(
-        self, controller: str, xds_address: str, revision: int,
-        builds: dict[str, tuple[int, str | None]], started_at: float,
+        self,
+        controller: str,
+        xds_address: str,
+        revision: int,
+        builds: dict[str, tuple[int, str | None]],
+        started_at: float,
     ) -> None:
-        """Record that ``controller`` translated ``revision``; builds: gateway -> (changed, error)."""
+        """Record that ``controller`` translated ``revision``; gateway -> (changed, error)."""
         now = time.time()
 
         def write(conn: Connection) -> None:
@@ -368,8 +369,12 @@ class Store:
                 )
                 if done.rowcount == 0:
                     conn.execute(insert(GatewayBuild).values(gateway=gateway, **values))
-            values2 = {"xds_address": xds_address, "built_revision": revision,
-                       "heartbeat_at": now, "started_at": started_at}
+            values2 = {
+                "xds_address": xds_address,
+                "built_revision": revision,
+                "heartbeat_at": now,
+                "started_at": started_at,
+            }
             done = conn.execute(
                 update(ControllerRow).where(ControllerRow.id == controller).values(**values2)
             )
@@ -381,16 +386,24 @@ class Store:
     def gateway_builds(self) -> dict[str, tuple[int, int, str | None]]:
         with self._reader.connect() as conn:
             rows = conn.execute(
-                select(GatewayBuild.gateway, GatewayBuild.built_revision,
-                       GatewayBuild.changed_revision, GatewayBuild.error)
+                select(
+                    GatewayBuild.gateway,
+                    GatewayBuild.built_revision,
+                    GatewayBuild.changed_revision,
+                    GatewayBuild.error,
+                )
             ).all()
         return {g: (b, c, e) for g, b, c, e in rows}
 
     def controllers(self) -> list[tuple[str, str, int, float]]:
         with self._reader.connect() as conn:
             rows = conn.execute(
-                select(ControllerRow.id, ControllerRow.xds_address,
-                       ControllerRow.built_revision, ControllerRow.heartbeat_at)
+                select(
+                    ControllerRow.id,
+                    ControllerRow.xds_address,
+                    ControllerRow.built_revision,
+                    ControllerRow.heartbeat_at,
+                )
             ).all()
         return [(i, a, r, h) for i, a, r, h in rows]
 
@@ -443,4 +456,3 @@ def _check_references(conn: Connection, deleted: set[tuple[str, str]]) -> None:
     if (to_kind, to_name) in deleted:
         raise Conflict(f"cannot delete {to_kind} {to_name!r}: {kind} {name!r} uses it")
     raise PolicyInvalid(f"{kind} {name!r}: {to_kind} {to_name!r} does not exist")
-

@@ -1,4 +1,4 @@
-"""Policy -> Envoy protobufs, one module per feature; only this package and ``xds`` import Envoy types.
+"""Policy -> Envoy protobufs, one module per feature; only here and in ``xds`` are Envoy types.
 
 The input of a translation is a :class:`GatewayView` (the intermediate representation: one
 gateway and exactly the policy objects it needs); the output is plain Envoy messages per xDS
@@ -90,8 +90,13 @@ class Translator:
     def translate(self, view: GatewayView) -> Resources:
         out = Resources()
         gw = view.gateway
-        out.add(LISTENER, gw.name, listener_resource(gw), [("gateway", gw.name)],
-                needs=[(ROUTE, gw.name)])
+        out.add(
+            LISTENER,
+            gw.name,
+            listener_resource(gw),
+            [("gateway", gw.name)],
+            needs=[(ROUTE, gw.name)],
+        )
         out.add(
             ROUTE,
             gw.name,
@@ -102,8 +107,13 @@ class Translator:
         for cluster in view.clusters:
             message, cla = self._cluster(cluster)
             src = [("cluster", cluster.name)]
-            out.add(CLUSTER, cluster.name, message, src,
-                    needs=[(ENDPOINT, cluster.name)] if cla is not None else ())
+            out.add(
+                CLUSTER,
+                cluster.name,
+                message,
+                src,
+                needs=[(ENDPOINT, cluster.name)] if cla is not None else (),
+            )
             if cla is not None:
                 out.add(ENDPOINT, cluster.name, cla, src)
         return out

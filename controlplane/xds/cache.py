@@ -83,4 +83,3 @@ class SnapshotCache:
 
     def streams(self, gateway: str) -> int:
         return len(self._subscribers.get(gateway, ()))
-

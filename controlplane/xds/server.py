@@ -160,7 +160,10 @@ class AdsStream:
         p.nack_objects = []
         log.warning(
             "node %s rejected %s version %s: %s",
-            p.node_id, p.nack_type, st.pending_version, req.error_detail.message,
+            p.node_id,
+            p.nack_type,
+            st.pending_version,
+            req.error_detail.message,
         )
         st.pending, st.pending_version = {}, st.acked_version
         self.recorder.changed(p)
@@ -240,7 +243,9 @@ class AdsServer:
         self.active: set[AdsStream] = set()
 
     async def _stream(
-        self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
+        self,
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext,
     ) -> None:
         stream = AdsStream(self.cache, self.recorder, context.write, context.peer())
         self.active.add(stream)
@@ -250,7 +255,9 @@ class AdsServer:
             self.active.discard(stream)
 
     async def _delta(self, requests: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "delta xDS is not served yet; use SotW ADS")
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "delta xDS is not served yet; use SotW ADS"
+        )
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(

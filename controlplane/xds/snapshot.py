@@ -118,7 +118,9 @@ def build_snapshot(
     changed = False
     for type_url in PUSH_ORDER:
         items = resources.by_type.get(type_url, {})
-        frags = {name: fragments.fragment(gateway, type_url, name, msg) for name, msg in items.items()}
+        frags = {
+            name: fragments.fragment(gateway, type_url, name, msg) for name, msg in items.items()
+        }
         if previous is not None and len(previous.types[type_url].fragments) > len(frags):
             fragments.prune(gateway, type_url, frags)
         old = previous.types.get(type_url) if previous else None

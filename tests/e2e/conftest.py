@@ -31,8 +31,9 @@ def envoy_factory(controller: Controller, tmp_path: Path) -> Iterator[Callable[.
     started: list[Envoy] = []
 
     def make(gateway: str = "public", node_id: str | None = None) -> Envoy:
-        envoy = Envoy(gateway, node_id or f"{gateway}-{len(started) + 1}", controller.xds_port,
-                      tmp_path)
+        envoy = Envoy(
+            gateway, node_id or f"{gateway}-{len(started) + 1}", controller.xds_port, tmp_path
+        )
         started.append(envoy)
         return envoy
 

@@ -36,12 +36,17 @@ class Cli:
     db: str
     env: dict[str, str] = field(default_factory=dict)
 
-    def run(self, *args: str, input: str | None = None, check: bool = True,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "GATEWAY_DB": self.db, **self.env}
         proc = subprocess.run(
-            [*gatewayctl_command(), *args], env=env, input=input, capture_output=True,
-            text=True, timeout=timeout,
+            [*gatewayctl_command(), *args],
+            env=env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if check and proc.returncode != 0:
             raise AssertionError(
@@ -69,9 +74,17 @@ class Controller:
         log = open(self.log_dir / f"controller-{self.starts}.log", "wb")  # noqa: SIM115
         env = {**os.environ, "GATEWAY_DB": self.cli.db}
         self.proc = subprocess.Popen(
-            [*gatewayctl_command(), "serve", "--xds-address", f"127.0.0.1:{self.xds_port}",
-             "--health-address", f"127.0.0.1:{self.health_port}"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                *gatewayctl_command(),
+                "serve",
+                "--xds-address",
+                f"127.0.0.1:{self.xds_port}",
+                "--health-address",
+                f"127.0.0.1:{self.health_port}",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -110,8 +123,14 @@ class Controller:
 class Envoy:
     def __init__(self, gateway: str, node_id: str, xds_port: int, log_dir: Path) -> None:
         self.admin_port = free_port()
-        self.spec = EnvoySpec(node_id=node_id, gateway=gateway, xds_host="127.0.0.1",
-                              xds_port=xds_port, admin_port=self.admin_port, log_level="warning")
+        self.spec = EnvoySpec(
+            node_id=node_id,
+            gateway=gateway,
+            xds_host="127.0.0.1",
+            xds_port=xds_port,
+            admin_port=self.admin_port,
+            log_level="warning",
+        )
         self.log_path = log_dir / f"envoy-{node_id}.log"
         self.proc = start_envoy(self.spec, log_path=self.log_path)
         wait_ready(self.admin_port, 40, process=self.proc)
@@ -135,8 +154,14 @@ class Envoy:
                 self.proc.kill()
 
 
-def request(port: int, path: str, *, method: str = "GET", headers: dict[str, str] | None = None,
-            timeout: float = 5) -> tuple[int, dict[str, str], Any]:
+def request(
+    port: int,
+    path: str,
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    timeout: float = 5,
+) -> tuple[int, dict[str, str], Any]:
     """One request through Envoy on a new connection: (status, headers, JSON body or text)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:

@@ -38,8 +38,9 @@ def test_compose_stack_as_processes(tmp_path: Path) -> None:
 
     def spawn(argv: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
         with open(tmp_path / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log,
-                                    stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+            )
         procs.append(proc)
         return proc
 
@@ -57,15 +58,23 @@ def test_compose_stack_as_processes(tmp_path: Path) -> None:
         argv = _replace(argv, "--xds-address", f"127.0.0.1:{ports['xds']}")
         argv = _replace(argv, "--health-address", f"127.0.0.1:{ports['health']}")
         assert argv[0] == "gatewayctl"
-        spawn([*gatewayctl_command(), *argv[1:]], {**ctl["environment"], "GATEWAY_DB": db},
-              "controller")
+        spawn(
+            [*gatewayctl_command(), *argv[1:]],
+            {**ctl["environment"], "GATEWAY_DB": db},
+            "controller",
+        )
 
         # envoy: run-envoy.sh with the compose environment
         env = {k: str(v) for k, v in services["envoy"]["environment"].items()}
         assert services["envoy"]["command"] == ["bash", "/etc/envoy/run-envoy.sh"]
-        env.update(XDS_HOST="127.0.0.1", XDS_PORT=str(ports["xds"]), ADMIN_ADDRESS="127.0.0.1",
-                   ADMIN_PORT=str(ports["admin"]), ENVOY_BIN=find_envoy_binary(),
-                   ENVOY_RENDERED=str(tmp_path / "bootstrap.yaml"))
+        env.update(
+            XDS_HOST="127.0.0.1",
+            XDS_PORT=str(ports["xds"]),
+            ADMIN_ADDRESS="127.0.0.1",
+            ADMIN_PORT=str(ports["admin"]),
+            ENVOY_BIN=find_envoy_binary(),
+            ENVOY_RENDERED=str(tmp_path / "bootstrap.yaml"),
+        )
         envoy = spawn(["bash", str(bootstrap_dir() / "run-envoy.sh")], env, "envoy")
         wait_ready(ports["admin"], 40, process=envoy)
 

@@ -14,7 +14,7 @@ from controlplane.envoy_launcher import free_port, stats
 from controlplane.policy import Route
 from controlplane.store import Store
 
-from .harness import backend_of, request, wait_until
+from .harness import backend_of, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -30,8 +30,18 @@ def test_route_lifecycle_without_restart(cli, controller, envoy_factory, backend
     envoy = envoy_factory("public")
     pid, uptime = envoy.pid, envoy.uptime()
 
-    cli.run("route", "add", "users", "--gateway", "public", "--path-prefix", "/users",
-            "--cluster", "alpha", "--wait")
+    cli.run(
+        "route",
+        "add",
+        "users",
+        "--gateway",
+        "public",
+        "--path-prefix",
+        "/users",
+        "--cluster",
+        "alpha",
+        "--wait",
+    )
     # --wait returned: the very first request must already see the route
     assert backend_of(gateway_port, "/users/1") == "alpha"
 
@@ -55,11 +65,22 @@ def test_route_lifecycle_without_restart(cli, controller, envoy_factory, backend
     assert proxy["acked_revision"] == status["revision"]
 
 
-def test_no_failed_request_during_200_changes(cli, controller, envoy_factory, backends,
-                                               gateway_port):
+def test_no_failed_request_during_200_changes(
+    cli, controller, envoy_factory, backends, gateway_port
+):
     _setup(cli, backends, gateway_port)
-    cli.run("route", "add", "stable", "--gateway", "public", "--path-prefix", "/stable",
-            "--cluster", "alpha", "--wait")
+    cli.run(
+        "route",
+        "add",
+        "stable",
+        "--gateway",
+        "public",
+        "--path-prefix",
+        "/stable",
+        "--cluster",
+        "alpha",
+        "--wait",
+    )
     envoy_factory("public")
     store = Store(cli.db)
     outcomes: Counter[str] = Counter()
@@ -89,19 +110,42 @@ def test_no_failed_request_during_200_changes(cli, controller, envoy_factory, ba
             # stable route itself (timeout) so its own RouteConfiguration entry is replaced
             name = f"churn-{i % 20}"
             if i % 3 == 0:
-                store.apply_objects([Route(name=name, gateways=["public"],
-                                           match={"path_prefix": f"/churn/{i % 20}"},
-                                           cluster="beta" if i % 2 else "alpha")])
+                store.apply_objects(
+                    [
+                        Route(
+                            name=name,
+                            gateways=["public"],
+                            match={"path_prefix": f"/churn/{i % 20}"},
+                            cluster="beta" if i % 2 else "alpha",
+                        )
+                    ]
+                )
             elif i % 3 == 1:
-                store.apply_objects([Route(name="stable", gateways=["public"],
-                                           match={"path_prefix": "/stable"}, cluster="alpha",
-                                           timeout=f"{10 + i}s")])
+                store.apply_objects(
+                    [
+                        Route(
+                            name="stable",
+                            gateways=["public"],
+                            match={"path_prefix": "/stable"},
+                            cluster="alpha",
+                            timeout=f"{10 + i}s",
+                        )
+                    ]
+                )
             else:
                 try:
                     store.delete("route", f"churn-{(i - 2) % 20}")
                 except Exception:
-                    store.apply_objects([Route(name=name, gateways=["public"], cluster="alpha",
-                                               match={"path": f"/c/{i}"})])
+                    store.apply_objects(
+                        [
+                            Route(
+                                name=name,
+                                gateways=["public"],
+                                cluster="alpha",
+                                match={"path": f"/c/{i}"},
+                            )
+                        ]
+                    )
             time.sleep(0.01)
         last = store.revision()
         wait_until(lambda: all(p.acked_revision >= last for p in store.proxies()), 10)
@@ -116,8 +160,18 @@ def test_no_failed_request_during_200_changes(cli, controller, envoy_factory, ba
 
 def test_controller_outage_and_restart(cli, controller, envoy_factory, backends, gateway_port):
     _setup(cli, backends, gateway_port)
-    cli.run("route", "add", "a", "--gateway", "public", "--path-prefix", "/a", "--cluster",
-            "alpha", "--wait")
+    cli.run(
+        "route",
+        "add",
+        "a",
+        "--gateway",
+        "public",
+        "--path-prefix",
+        "/a",
+        "--cluster",
+        "alpha",
+        "--wait",
+    )
     envoy = envoy_factory("public")
     pid = envoy.pid
 
@@ -141,8 +195,20 @@ def test_rejected_change_is_reported(cli, controller, envoy_factory, backends, g
     _setup(cli, backends, gateway_port)
     internal_port = free_port()
     cli.run("gateway", "add", "internal", "--port", str(internal_port), "--address", "127.0.0.1")
-    cli.run("route", "add", "good", "--gateway", "public", "--gateway", "internal",
-            "--path-prefix", "/good", "--cluster", "alpha", "--wait")
+    cli.run(
+        "route",
+        "add",
+        "good",
+        "--gateway",
+        "public",
+        "--gateway",
+        "internal",
+        "--path-prefix",
+        "/good",
+        "--cluster",
+        "alpha",
+        "--wait",
+    )
     envoy_factory("public", "pub-1")
     envoy_factory("internal", "int-1")
 
@@ -151,8 +217,9 @@ def test_rejected_change_is_reported(cli, controller, envoy_factory, backends, g
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        proc = cli.run("gateway", "update", "public", "--port", str(taken), "--wait=10s",
-                       check=False)
+        proc = cli.run(
+            "gateway", "update", "public", "--port", str(taken), "--wait=10s", check=False
+        )
         assert proc.returncode == 7, proc.stderr
         error = proc.stderr.strip().splitlines()[-1]
         assert error.startswith("error: proxy pub-1 of gateway 'public' rejected Listener")
@@ -170,8 +237,18 @@ def test_rejected_change_is_reported(cli, controller, envoy_factory, backends, g
         # the refusing proxy keeps serving its earlier listener and routes ...
         assert backend_of(gateway_port, "/good") == "alpha"
         # ... and the other gateway keeps taking changes
-        cli.run("route", "add", "more", "--gateway", "internal", "--path-prefix", "/more",
-                "--cluster", "beta", "--wait")
+        cli.run(
+            "route",
+            "add",
+            "more",
+            "--gateway",
+            "internal",
+            "--path-prefix",
+            "/more",
+            "--cluster",
+            "beta",
+            "--wait",
+        )
         assert backend_of(internal_port, "/more") == "beta"
 
     cli.run("gateway", "update", "public", "--port", str(gateway_port), "--wait")

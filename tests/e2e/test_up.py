@@ -23,9 +23,22 @@ def test_up_serves_the_demo_and_takes_changes(tmp_path: Path) -> None:
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [*gatewayctl_command(), "--db", db, "up", "--demo", "--port", str(port),
-             "--xds-port", str(xds), "--admin-port", str(admin)],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "GATEWAY_DB": ""},
+            [
+                *gatewayctl_command(),
+                "--db",
+                db,
+                "up",
+                "--demo",
+                "--port",
+                str(port),
+                "--xds-port",
+                str(xds),
+                "--admin-port",
+                str(admin),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "GATEWAY_DB": ""},
             start_new_session=True,
         )
     try:
@@ -38,8 +51,20 @@ def test_up_serves_the_demo_and_takes_changes(tmp_path: Path) -> None:
 
         # the CLI changes the running gateway: same database, pushed live
         cli = Cli(db=db)
-        cli.run("route", "add", "teapot", "--gateway", "public", "--path", "/tea",
-                "--direct-response", "418", "--body", "short and stout", "--wait")
+        cli.run(
+            "route",
+            "add",
+            "teapot",
+            "--gateway",
+            "public",
+            "--path",
+            "/tea",
+            "--direct-response",
+            "418",
+            "--body",
+            "short and stout",
+            "--wait",
+        )
         status, _, body = request(port, "/tea")
         assert (status, body) == (418, "short and stout")
         [proxy] = cli.json("status")["proxies"]

@@ -17,21 +17,45 @@ def _counter(envoy, name: str) -> int:  # type: ignore[no-untyped-def]
     return stats(envoy.admin_port, name.replace(".", r"\.") + "$").get(name, 0)
 
 
-def test_only_changed_resources_are_pushed(cli, controller, envoy_factory, backends,
-                                           gateway_port):
+def test_only_changed_resources_are_pushed(cli, controller, envoy_factory, backends, gateway_port):
     other_port = free_port()
     cli.run("gateway", "add", "public", "--port", str(gateway_port), "--address", "127.0.0.1")
     cli.run("gateway", "add", "other", "--port", str(other_port), "--address", "127.0.0.1")
     cli.run("cluster", "add", "alpha", "--endpoint", f"127.0.0.1:{backends['alpha'].port}")
-    cli.run("route", "add", "a", "--gateway", "public", "--path-prefix", "/a", "--cluster",
-            "alpha", "--wait")
-    cli.run("route", "add", "o", "--gateway", "other", "--path-prefix", "/o", "--cluster",
-            "alpha", "--wait")
+    cli.run(
+        "route",
+        "add",
+        "a",
+        "--gateway",
+        "public",
+        "--path-prefix",
+        "/a",
+        "--cluster",
+        "alpha",
+        "--wait",
+    )
+    cli.run(
+        "route",
+        "add",
+        "o",
+        "--gateway",
+        "other",
+        "--path-prefix",
+        "/o",
+        "--cluster",
+        "alpha",
+        "--wait",
+    )
     public = envoy_factory("public")
     time.sleep(0.3)
-    before = {n: _counter(public, n) for n in
-              ("cluster_manager.cds.update_attempt", "listener_manager.lds.update_attempt",
-               "http.public.rds.public.update_attempt")}
+    before = {
+        n: _counter(public, n)
+        for n in (
+            "cluster_manager.cds.update_attempt",
+            "listener_manager.lds.update_attempt",
+            "http.public.rds.public.update_attempt",
+        )
+    }
 
     # a change to another gateway reaches no Envoy of this one
     cli.run("route", "update", "o", "--timeout", "3s", "--wait")
@@ -42,21 +66,38 @@ def test_only_changed_resources_are_pushed(cli, controller, envoy_factory, backe
     cli.run("route", "update", "a", "--timeout", "3s", "--wait")
     time.sleep(0.3)
     after = {n: _counter(public, n) for n in before}
-    assert after["http.public.rds.public.update_attempt"] == \
-        before["http.public.rds.public.update_attempt"] + 1
-    assert after["cluster_manager.cds.update_attempt"] == before["cluster_manager.cds.update_attempt"]
-    assert after["listener_manager.lds.update_attempt"] == \
-        before["listener_manager.lds.update_attempt"]
+    assert (
+        after["http.public.rds.public.update_attempt"]
+        == before["http.public.rds.public.update_attempt"] + 1
+    )
+    assert (
+        after["cluster_manager.cds.update_attempt"] == before["cluster_manager.cds.update_attempt"]
+    )
+    assert (
+        after["listener_manager.lds.update_attempt"]
+        == before["listener_manager.lds.update_attempt"]
+    )
     assert backend_of(gateway_port, "/a") == "alpha"
 
 
-def test_cluster_change_does_not_wait_for_eds_timeout(cli, controller, envoy_factory, backends,
-                                                      gateway_port):
+def test_cluster_change_does_not_wait_for_eds_timeout(
+    cli, controller, envoy_factory, backends, gateway_port
+):
     """Changing an EDS cluster re-warms it; Envoy must get its endpoints again at once."""
     cli.run("gateway", "add", "public", "--port", str(gateway_port), "--address", "127.0.0.1")
     cli.run("cluster", "add", "alpha", "--endpoint", f"127.0.0.1:{backends['alpha'].port}")
-    cli.run("route", "add", "a", "--gateway", "public", "--path-prefix", "/", "--cluster",
-            "alpha", "--wait")
+    cli.run(
+        "route",
+        "add",
+        "a",
+        "--gateway",
+        "public",
+        "--path-prefix",
+        "/",
+        "--cluster",
+        "alpha",
+        "--wait",
+    )
     envoy = envoy_factory("public")
     for lb in ("least_request", "random", "round_robin"):
         started = time.monotonic()
@@ -67,14 +108,16 @@ def test_cluster_change_does_not_wait_for_eds_timeout(cli, controller, envoy_fac
         assert backend_of(gateway_port, "/x") == "alpha"
     # endpoints change: an EDS-only update, the cluster itself is untouched
     cds = _counter(envoy, "cluster_manager.cds.update_success")
-    cli.run("cluster", "update", "alpha", "--endpoint", f"127.0.0.1:{backends['beta'].port}",
-            "--wait")
+    cli.run(
+        "cluster", "update", "alpha", "--endpoint", f"127.0.0.1:{backends['beta'].port}", "--wait"
+    )
     wait_until(lambda: backend_of(gateway_port, "/x") == "beta", 5)
     assert _counter(envoy, "cluster_manager.cds.update_success") == cds
 
 
-def test_envoy_started_before_its_gateway_exists(cli, controller, envoy_factory, backends,
-                                                  gateway_port):
+def test_envoy_started_before_its_gateway_exists(
+    cli, controller, envoy_factory, backends, gateway_port
+):
     """An unknown gateway gets an empty configuration at once, not a 15 s start-up stall."""
     started = time.monotonic()
     envoy = envoy_factory("later")

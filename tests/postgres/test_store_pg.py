@@ -72,8 +72,16 @@ def test_migrations_run_on_an_empty_database(pg_url: str) -> None:
         assert store.schema_version() == SCHEMA_HEAD
         with store._reader.connect() as conn:
             tables = set(inspect(conn).get_table_names())
-        assert {"alembic_version", "meta", "resources", "refs", "changes", "proxies",
-                "gateway_builds", "controllers"} <= tables
+        assert {
+            "alembic_version",
+            "meta",
+            "resources",
+            "refs",
+            "changes",
+            "proxies",
+            "gateway_builds",
+            "controllers",
+        } <= tables
         assert store.revision() == 0
     finally:
         store.close()
@@ -102,24 +110,44 @@ def test_revision_bumps_once_per_commit(store: Store) -> None:
 @pytest.mark.parametrize(
     ("change", "error", "message"),
     [
-        (lambda s: s.create(_route("ghost", cluster="nope")), PolicyInvalid,
-         "route 'ghost': cluster 'nope' does not exist"),
-        (lambda s: s.create(_cluster("users", "10.0.0.7:80")), Conflict,
-         "cluster 'users' already exists"),
-        (lambda s: s.delete("cluster", "users"), Conflict,
-         "cannot delete cluster 'users': route 'users' uses it"),
+        (
+            lambda s: s.create(_route("ghost", cluster="nope")),
+            PolicyInvalid,
+            "route 'ghost': cluster 'nope' does not exist",
+        ),
+        (
+            lambda s: s.create(_cluster("users", "10.0.0.7:80")),
+            Conflict,
+            "cluster 'users' already exists",
+        ),
+        (
+            lambda s: s.delete("cluster", "users"),
+            Conflict,
+            "cannot delete cluster 'users': route 'users' uses it",
+        ),
         (lambda s: s.delete("route", "nope"), NotFound, "route 'nope' does not exist"),
-        (lambda s: s.update("route", "users", lambda spec: {**spec, "cluster": "nope"}),
-         PolicyInvalid, "route 'users': cluster 'nope' does not exist"),
-        (lambda s: s.apply(Bundle.model_construct(
-            gateways=[], clusters=[_cluster("new", "10.0.0.5:80")],
-            routes=[_route("new", cluster="new"), _route("ghost", cluster="nope")])),
-         PolicyInvalid, "route 'ghost': cluster 'nope' does not exist"),
+        (
+            lambda s: s.update("route", "users", lambda spec: {**spec, "cluster": "nope"}),
+            PolicyInvalid,
+            "route 'users': cluster 'nope' does not exist",
+        ),
+        (
+            lambda s: s.apply(
+                Bundle.model_construct(
+                    gateways=[],
+                    clusters=[_cluster("new", "10.0.0.5:80")],
+                    routes=[_route("new", cluster="new"), _route("ghost", cluster="nope")],
+                )
+            ),
+            PolicyInvalid,
+            "route 'ghost': cluster 'nope' does not exist",
+        ),
     ],
     ids=["dangling", "duplicate", "referenced", "missing", "dangling-update", "multi-object"],
 )
-def test_failing_change_writes_nothing(loaded: Store, change: Any, error: type[Exception],
-                                       message: str) -> None:
+def test_failing_change_writes_nothing(
+    loaded: Store, change: Any, error: type[Exception], message: str
+) -> None:
     before = _state(loaded)
     with pytest.raises(error, match=message):
         change(loaded)
@@ -197,10 +225,14 @@ def test_reads_see_one_revision_while_others_commit(loaded: Store, pg_url: str) 
     def commit_in_between(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if not fired and "FROM meta" in statement:
             # rev + 2: the route now uses a cluster created in the same commit
-            fired.append(writer.apply_objects(
-                [_cluster("fresh", "10.0.0.4:80"), _route("moving", cluster="fresh",
-                                                          match={"path": "/moving"})]
-            ).revision)
+            fired.append(
+                writer.apply_objects(
+                    [
+                        _cluster("fresh", "10.0.0.4:80"),
+                        _route("moving", cluster="fresh", match={"path": "/moving"}),
+                    ]
+                ).revision
+            )
 
     engine = loaded._reader
     event.listen(engine, "after_cursor_execute", commit_in_between)
@@ -258,10 +290,14 @@ WORKER = textwrap.dedent(
 
 def _workers(folder: Path, commands: list[list[str]]) -> list[str]:
     """Run the commands at the same time (released together); return their stdout."""
-    env = {**os.environ,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env) for cmd in commands]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for cmd in commands
+    ]
     try:
         deadline = time.monotonic() + 30
         while len(list(folder.glob("ready-*"))) < len(procs):
@@ -283,13 +319,17 @@ def _workers(folder: Path, commands: list[list[str]]) -> list[str]:
                 proc.wait()
 
 
-def test_concurrent_updates_and_creates_lose_nothing(loaded: Store, pg_url: str,
-                                                     tmp_path: Path) -> None:
+def test_concurrent_updates_and_creates_lose_nothing(
+    loaded: Store, pg_url: str, tmp_path: Path
+) -> None:
     rev = loaded.revision()
-    outputs = _workers(tmp_path, [
-        [sys.executable, "-c", WORKER, pg_url, "max_connections", "a", str(tmp_path)],
-        [sys.executable, "-c", WORKER, pg_url, "max_requests", "b", str(tmp_path)],
-    ])
+    outputs = _workers(
+        tmp_path,
+        [
+            [sys.executable, "-c", WORKER, pg_url, "max_connections", "a", str(tmp_path)],
+            [sys.executable, "-c", WORKER, pg_url, "max_requests", "b", str(tmp_path)],
+        ],
+    )
     spans = [json.loads(out) for out in outputs]
     assert max(s for s, _ in spans) < min(e for _, e in spans), "writers did not overlap"
 
@@ -298,13 +338,14 @@ def test_concurrent_updates_and_creates_lose_nothing(loaded: Store, pg_url: str,
     assert isinstance(users, Cluster) and users.circuit_breakers is not None
     assert users.circuit_breakers.max_connections == 51
     assert users.circuit_breakers.max_requests == 51
-    names = {r.name for r in loaded.list("route")}  # type: ignore[attr-defined]
+    names = {r.name for r in loaded.list_objects("route")}  # type: ignore[attr-defined]
     assert names == {"users", "orders"} | {f"{p}-{i}" for p in "ab" for i in range(50)}
     # One change-log entry per commit, each at its own revision: no two commits shared one.
     with create_engine(pg_url).connect() as conn:
-        per_revision = conn.execute(text(
-            "SELECT revision, count(*) FROM changes WHERE revision > :rev GROUP BY revision"
-        ), {"rev": rev}).all()
+        per_revision = conn.execute(
+            text("SELECT revision, count(*) FROM changes WHERE revision > :rev GROUP BY revision"),
+            {"rev": rev},
+        ).all()
     assert sorted(r for r, _ in per_revision) == list(range(rev + 1, rev + 201))
     assert {n for _, n in per_revision} == {1}
 
@@ -326,9 +367,9 @@ OPENER = textwrap.dedent(
 
 
 def test_controllers_starting_together_migrate_once(pg_url: str, tmp_path: Path) -> None:
-    outputs = _workers(tmp_path, [
-        [sys.executable, "-c", OPENER, pg_url, str(n), str(tmp_path)] for n in range(2)
-    ])
+    outputs = _workers(
+        tmp_path, [[sys.executable, "-c", OPENER, pg_url, str(n), str(tmp_path)] for n in range(2)]
+    )
     assert [o.split() for o in outputs] == [[SCHEMA_HEAD, "0"]] * 2
 
 
@@ -352,5 +393,7 @@ def test_controllers_recording_the_same_gateway_at_once(loaded: Store, pg_url: s
     assert fired
     assert loaded.gateway_builds() == {"web": (rev, rev, None)}
     assert sorted(c[:3] for c in cast(Any, loaded.controllers())) == [
-        ("ctl-a", "127.0.0.1:1", rev), ("ctl-b", "127.0.0.1:2", rev)]
+        ("ctl-a", "127.0.0.1:1", rev),
+        ("ctl-b", "127.0.0.1:2", rev),
+    ]
     other.close()

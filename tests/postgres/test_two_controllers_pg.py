@@ -67,8 +67,14 @@ def stack(pg_url: str, tmp_path: Path) -> Iterator[tuple[Cli, list[Controller], 
         # Started together on an empty database: both migrate, one waits for the other.
         list(pool.map(lambda c: c.start(), controllers))
 
-        cli.run("apply", "-f", "-", input=POLICY.format(
-            port=gateway_port, alpha=backends["alpha"].port, beta=backends["beta"].port))
+        cli.run(
+            "apply",
+            "-f",
+            "-",
+            input=POLICY.format(
+                port=gateway_port, alpha=backends["alpha"].port, beta=backends["beta"].port
+            ),
+        )
 
         def envoy(i: int) -> Envoy:
             return Envoy("public", f"public-{i + 1}", controllers[i].xds_port, dirs[i])
@@ -94,17 +100,30 @@ def test_two_controllers_serve_one_gateway(
     # Both proxies are known before --wait, so it has two proxies to wait for.
     store = Store(cli.db, migrate=False)
     try:
-        def connected() -> list[tuple[str, str, bool]]:
-            return sorted((p.node_id, p.controller, p.connected)
-                          for p in cast(Any, store.proxies()))
 
-        wait_until(lambda: connected() == [("public-1", ids[0], True), ("public-2", ids[1], True)],
-                   10)
+        def connected() -> list[tuple[str, str, bool]]:
+            return sorted(
+                (p.node_id, p.controller, p.connected) for p in cast(Any, store.proxies())
+            )
+
+        wait_until(
+            lambda: connected() == [("public-1", ids[0], True), ("public-2", ids[1], True)], 10
+        )
     finally:
         store.close()
 
-    cli.run("route", "add", "users", "--gateway", "public", "--path-prefix", "/users",
-            "--cluster", "alpha", "--wait")
+    cli.run(
+        "route",
+        "add",
+        "users",
+        "--gateway",
+        "public",
+        "--path-prefix",
+        "/users",
+        "--cluster",
+        "alpha",
+        "--wait",
+    )
     revision = cli.json("status")["revision"]
     # --wait returned: every request, whichever Envoy accepts it, already sees the route.
     assert _spread(port, "/users/1") == {"alpha": 40}
@@ -118,8 +137,9 @@ def test_two_controllers_serve_one_gateway(
 
     status = cli.json("status")
     assert status["revision"] == revision + 1
-    assert sorted((c["id"], c["alive"], c["built_revision"]) for c in status["controllers"]) \
-        == sorted((i, True, revision + 1) for i in ids)
+    assert sorted(
+        (c["id"], c["alive"], c["built_revision"]) for c in status["controllers"]
+    ) == sorted((i, True, revision + 1) for i in ids)
     proxies = {p["node"]: p for p in status["proxies"]}
     assert set(proxies) == {"public-1", "public-2"}
     for node, controller_id in zip(("public-1", "public-2"), ids, strict=True):

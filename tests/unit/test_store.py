@@ -320,6 +320,6 @@ def test_concurrent_creates_lose_nothing(loaded: Store, db: Path, tmp_path: Path
     rev = loaded.revision()
     _run_concurrently(db, tmp_path, "create", ["a", "b"])
     assert loaded.revision() == rev + 100
-    names = {r.name for r in loaded.list("route")}  # type: ignore[attr-defined]
+    names = {r.name for r in loaded.list_objects("route")}  # type: ignore[attr-defined]
     assert names == {"users", "orders"} | {f"{p}-{i}" for p in "ab" for i in range(50)}
     assert len(_changes_since(loaded, rev)[1]) == 100
