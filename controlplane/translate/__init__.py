@@ -16,12 +16,14 @@ from ..policy import Cluster, Gateway, Route
 from .cluster import cluster_resource, is_eds, load_assignment
 from .listener import listener_resource
 from .route import RouteCache, route_configuration
+from .wire import Encoded
 
 __all__ = [
     "CLUSTER",
     "ENDPOINT",
     "LISTENER",
     "ROUTE",
+    "Encoded",
     "GatewayView",
     "Resources",
     "Translator",
@@ -49,7 +51,7 @@ class GatewayView:
 class Resources:
     """Envoy messages per type URL, keyed by resource name."""
 
-    by_type: dict[str, dict[str, Message]] = field(
+    by_type: dict[str, dict[str, Message | Encoded]] = field(
         default_factory=lambda: {CLUSTER: {}, ENDPOINT: {}, LISTENER: {}, ROUTE: {}}
     )
     #: (type, name) -> the policy objects that produced it, for reporting rejections
@@ -61,7 +63,7 @@ class Resources:
         self,
         type_url: str,
         name: str,
-        message: Message,
+        message: Message | Encoded,
         sources: list[PolicyRef],
         needs: Iterable[tuple[str, str]] = (),
     ) -> None:
@@ -70,6 +72,11 @@ class Resources:
         needed = list(needs)
         if needed:
             self.needs[(type_url, name)] = needed
+
+    def message(self, type_url: str, name: str) -> Message:
+        """The resource as a protobuf message, whatever form it is kept in."""
+        item = self.by_type[type_url][name]
+        return item.message() if isinstance(item, Encoded) else item
 
 
 class Translator:

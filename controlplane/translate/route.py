@@ -17,6 +17,7 @@ from google.protobuf import wrappers_pb2
 from ..policy import Gateway, Route
 from ..policy.route import HeaderOps
 from .common import duration, regex, string_match
+from .wire import Encoded, field
 
 __all__ = ["RouteCache", "route_configuration", "route_resource", "sort_key"]
 
@@ -180,18 +181,20 @@ def route_resource(route: Route) -> rc.Route:
 
 
 class RouteCache:
-    """Route messages by policy object identity: unchanged objects are not rebuilt."""
+    """Serialised routes by policy object identity: unchanged objects are not rebuilt."""
 
     def __init__(self) -> None:
-        self._built: dict[str, tuple[Route, rc.Route, tuple[object, ...]]] = {}
+        self._built: dict[str, tuple[Route, bytes, tuple[object, ...]]] = {}
 
-    def get(self, route: Route) -> tuple[rc.Route, tuple[object, ...]]:
+    def get(self, route: Route) -> tuple[bytes, tuple[object, ...]]:
+        """(the route as VirtualHost field 3, its sort key)."""
         hit = self._built.get(route.name)
         if hit is not None and hit[0] is route:
             return hit[1], hit[2]
-        message, key = route_resource(route), sort_key(route)
-        self._built[route.name] = (route, message, key)
-        return message, key
+        data = field(3, route_resource(route).SerializeToString(deterministic=True))
+        key = sort_key(route)
+        self._built[route.name] = (route, data, key)
+        return data, key
 
     def forget(self, keep: Iterable[str]) -> None:
         alive = set(keep)
@@ -201,25 +204,30 @@ class RouteCache:
 
 def route_configuration(
     gateway: Gateway, routes: Sequence[Route], cache: RouteCache | None = None
-) -> route_pb2.RouteConfiguration:
+) -> Encoded:
     """Virtual hosts: one per host named by a route, plus one for the gateway's other hosts.
 
     A route without ``hosts`` applies to every host, so it is added to each virtual host;
-    Envoy picks the most specific virtual host first, and within it routes keep the order
-    of :func:`sort_key`, where a host-specific route wins ties with a catch-all.
+    Envoy picks the most specific virtual host first, so host-specific routes always win
+    over a catch-all for their host.
     """
     cache = cache or RouteCache()
-    entries = sorted((cache.get(r)[::-1], r) for r in routes)  # ((sort key, message), route)
-    ordered = [(route, key_msg[1]) for key_msg, route in entries]
+    built = [(*cache.get(r)[::-1], r) for r in routes]  # (sort key, bytes, route)
+    built.sort(key=lambda item: item[0])
     hosts = sorted({h for r in routes for h in r.hosts})
-    config = route_pb2.RouteConfiguration(name=gateway.name)
+    parts = [field(1, gateway.name.encode())]
     for host in hosts:
-        vh = config.virtual_hosts.add(name=host, domains=[host])
-        vh.routes.extend(msg for r, msg in ordered if not r.hosts or host in r.hosts)
+        body = b"".join(data for _, data, r in built if not r.hosts or host in r.hosts)
+        parts.append(field(2, _virtual_host(host, [host], body)))
     default_domains = (
         [h for h in gateway.hostnames if h not in hosts] if gateway.hostnames else ["*"]
     )
     if default_domains:
-        vh = config.virtual_hosts.add(name=gateway.name, domains=default_domains)
-        vh.routes.extend(msg for r, msg in ordered if not r.hosts)
-    return config
+        body = b"".join(data for _, data, r in built if not r.hosts)
+        parts.append(field(2, _virtual_host(gateway.name, default_domains, body)))
+    return Encoded(route_pb2.RouteConfiguration, b"".join(parts))
+
+
+def _virtual_host(name: str, domains: list[str], routes: bytes) -> bytes:
+    """VirtualHost: name (1), domains (2), routes (3, already encoded)."""
+    return field(1, name.encode()) + b"".join(field(2, d.encode()) for d in domains) + routes

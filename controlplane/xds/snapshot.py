@@ -14,11 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from ..errors import TranslationError
-from ..translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
+from ..translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, Encoded, Resources, wire
 
 __all__ = ["PUSH_ORDER", "FragmentCache", "Snapshot", "TypeSnapshot", "build_snapshot"]
 
@@ -69,18 +68,19 @@ class FragmentCache:
     """Serialised fragments per resource, reused while the message object is unchanged."""
 
     def __init__(self) -> None:
-        self._by_key: dict[tuple[str, str, str], tuple[Message, bytes]] = {}
+        self._by_key: dict[tuple[str, str, str], tuple[Message | Encoded, bytes]] = {}
 
-    def fragment(self, gateway: str, type_url: str, name: str, message: Message) -> bytes:
+    def fragment(self, gateway: str, type_url: str, name: str, message: Message | Encoded) -> bytes:
         key = (gateway, type_url, name)
         hit = self._by_key.get(key)
         if hit is not None and hit[0] is message:
             return hit[1]
-        packed = any_pb2.Any()
-        packed.Pack(message, deterministic=True)  # type: ignore[call-arg]
-        data = discovery_pb2.DiscoveryResponse(resources=[packed]).SerializeToString(
-            deterministic=True
-        )
+        if isinstance(message, Encoded):
+            value = message.data
+        else:
+            value = message.SerializeToString(deterministic=True)
+        # DiscoveryResponse.resources (2) holding one Any {type_url (1), value (2)}
+        data = wire.field(2, wire.field(1, type_url.encode()) + wire.field(2, value))
         self._by_key[key] = (message, data)
         return data
 

@@ -43,7 +43,7 @@ def translate_case(case: str) -> dict[str, str]:
         for suffix, type_url in TYPES.items():
             items = resources.by_type[type_url]
             dicts = [
-                MessageToDict(items[name], preserving_proto_field_name=True)
+                MessageToDict(resources.message(type_url, name), preserving_proto_field_name=True)
                 for name in sorted(items)
             ]
             text = json.dumps(dicts, sort_keys=True, indent=2) + "\n"
