@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
 from typing import cast
 
 from .errors import GatewayError
 from .policy import Cluster, Gateway, PolicyModel, Route
 from .store import Store
-from .translate import Resources, Translator, build_views
+from .translate import GatewayView, Resources, Translator
 from .xds.cache import SnapshotCache
 from .xds.snapshot import FragmentCache, build_snapshot
 
@@ -52,6 +51,8 @@ class Runner:
             "route": {},
         }
         self.errors: dict[str, str] = {}
+        #: gateway -> its routes by name, kept up to date change by change
+        self.by_gateway: dict[str, dict[str, Route]] = {}
         self._translator = Translator()
         self._fragments = FragmentCache()
         self._record_task: asyncio.Task[None] | None = None
@@ -62,7 +63,7 @@ class Runner:
         """Load everything and publish every gateway before the first stream is answered."""
         revision, objects = await asyncio.to_thread(self.store.load_all)
         for obj in objects:
-            self.objects[obj.kind][obj.name] = obj  # type: ignore[attr-defined]
+            self._put(obj.kind, obj.name, obj)  # type: ignore[attr-defined]
         self._rebuild(set(self.objects["gateway"]), revision)
         self.revision = revision
         self.cache.ready.set()
@@ -97,10 +98,7 @@ class Runner:
         for kind, name, obj in changes:
             old = self.objects[kind].get(name)
             affected |= self._gateways_of(kind, name, old) | self._gateways_of(kind, name, obj)
-            if obj is None:
-                self.objects[kind].pop(name, None)
-            else:
-                self.objects[kind][name] = obj
+            self._put(kind, name, obj)
         started = time.perf_counter()
         self._rebuild(affected, revision)
         self.revision = revision
@@ -116,6 +114,20 @@ class Runner:
 
     # -- translation --------------------------------------------------------------------------
 
+    def _put(self, kind: str, name: str, obj: PolicyModel | None) -> None:
+        """Replace one object in the state and in the per-gateway route index."""
+        old = self.objects[kind].pop(name, None)
+        if obj is not None:
+            self.objects[kind][name] = obj
+        if isinstance(old, Route):
+            for gateway in old.gateways:
+                self.by_gateway.get(gateway, {}).pop(name, None)
+        if isinstance(obj, Route):
+            for gateway in obj.gateways:
+                self.by_gateway.setdefault(gateway, {})[name] = obj
+        if kind == "cluster" and obj is None:
+            self._translator.forget_cluster(name)
+
     def _gateways_of(self, kind: str, name: str, obj: PolicyModel | None) -> set[str]:
         if obj is None:
             return set()
@@ -124,21 +136,20 @@ class Runner:
         if isinstance(obj, Route):
             return set(obj.gateways)
         if isinstance(obj, Cluster):
-            return {g for r in self._routes().values() for g in r.gateways if name in r.clusters()}
+            return {g for g in self.by_gateway if self._translator.uses_cluster(g, name)}
         return set()
 
-    def _routes(self) -> dict[str, Route]:
-        return cast(dict[str, Route], self.objects["route"])
-
-    def _rebuild(self, gateways: Iterable[str], revision: int) -> None:
-        wanted = set(gateways)
-        live = {n: g for n, g in self.objects["gateway"].items() if n in wanted}
-        routes = [r for r in self._routes().values() if wanted.intersection(r.gateways)]
-        views = build_views(live.values(), routes, self.objects["cluster"])  # type: ignore[arg-type]
-        for name in sorted(wanted):
-            view = views.get(name)
+    def _rebuild(self, gateways: set[str], revision: int) -> None:
+        clusters = cast(dict[str, Cluster], self.objects["cluster"])
+        for name in sorted(gateways):
+            gateway = cast(Gateway | None, self.objects["gateway"].get(name))
             try:
-                resources = self._translator.translate(view) if view else Resources()
+                if gateway is None:
+                    self._translator.forget_gateway(name)
+                    resources = Resources()
+                else:
+                    routes = self.by_gateway.get(name, {})
+                    resources = self._translator.translate(GatewayView(gateway, routes, clusters))
                 previous = self.cache.get(name) if name in self.cache.gateways() else None
                 snapshot = build_snapshot(name, revision, resources, previous, self._fragments)
             except GatewayError as exc:
@@ -148,9 +159,8 @@ class Runner:
             self.errors.pop(name, None)
             self.cache.publish(snapshot)
         for name in self.cache.gateways():  # unaffected gateways are current at this revision
-            if name not in wanted:
+            if name not in gateways:
                 self.cache.advance(name, revision)
-        self._translator.forget(self.objects["route"], self.objects["cluster"])
 
     # -- status -------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ type, plus the links needed to check consistency and to map a rejection back to 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from ..policy import Cluster, Gateway, Route
 from .cluster import cluster_resource, is_eds, load_assignment
 from .listener import listener_resource
-from .route import RouteCache, route_configuration
+from .route import RouteTable
 from .wire import Encoded
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "Encoded",
     "GatewayView",
     "Resources",
+    "Sources",
     "Translator",
     "build_views",
 ]
@@ -40,11 +41,26 @@ PolicyRef = tuple[str, str]  # (kind, name)
 
 @dataclass(frozen=True)
 class GatewayView:
-    """Everything one gateway's Envoys need, and nothing else."""
+    """Everything one gateway's Envoys need: the gateway, its routes, the clusters by name.
+
+    ``clusters`` may hold more than the gateway uses; translation takes only those its
+    routes name. Mappings (not copies) let the runner pass its live indexes as they are.
+    """
 
     gateway: Gateway
-    routes: tuple[Route, ...]
-    clusters: tuple[Cluster, ...]
+    routes: Mapping[str, Route]
+    clusters: Mapping[str, Cluster]
+
+
+class Sources:
+    """Policy objects behind one resource, listed only when a rejection needs them."""
+
+    def __init__(self, kind: str, names: tuple[str, ...]) -> None:
+        self.kind = kind
+        self.names = names
+
+    def __iter__(self) -> Iterator[PolicyRef]:
+        return ((self.kind, n) for n in self.names)
 
 
 @dataclass
@@ -55,7 +71,7 @@ class Resources:
         default_factory=lambda: {CLUSTER: {}, ENDPOINT: {}, LISTENER: {}, ROUTE: {}}
     )
     #: (type, name) -> the policy objects that produced it, for reporting rejections
-    sources: dict[tuple[str, str], list[PolicyRef]] = field(default_factory=dict)
+    sources: dict[tuple[str, str], Iterable[PolicyRef]] = field(default_factory=dict)
     #: (type, name) -> resources it needs, for the consistency check
     needs: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
 
@@ -64,7 +80,7 @@ class Resources:
         type_url: str,
         name: str,
         message: Message | Encoded,
-        sources: list[PolicyRef],
+        sources: Iterable[PolicyRef],
         needs: Iterable[tuple[str, str]] = (),
     ) -> None:
         self.by_type[type_url][name] = message
@@ -80,10 +96,10 @@ class Resources:
 
 
 class Translator:
-    """Turns views into resources, reusing messages of unchanged policy objects."""
+    """Turns views into resources, reusing the encoding of unchanged policy objects."""
 
     def __init__(self) -> None:
-        self.routes = RouteCache()
+        self._tables: dict[str, RouteTable] = {}
         self._clusters: dict[str, tuple[Cluster, Message, Message | None]] = {}
 
     def _cluster(self, cluster: Cluster) -> tuple[Message, Message | None]:
@@ -94,9 +110,15 @@ class Translator:
             self._clusters[cluster.name] = hit
         return hit[1], hit[2]
 
+    def uses_cluster(self, gateway: str, cluster: str) -> bool:
+        table = self._tables.get(gateway)
+        return table is not None and cluster in table.clusters
+
     def translate(self, view: GatewayView) -> Resources:
         out = Resources()
         gw = view.gateway
+        table = self._tables.setdefault(gw.name, RouteTable())
+        table.sync(view.routes)
         out.add(
             LISTENER,
             gw.name,
@@ -104,14 +126,18 @@ class Translator:
             [("gateway", gw.name)],
             needs=[(ROUTE, gw.name)],
         )
+        used = sorted(table.clusters)
         out.add(
             ROUTE,
             gw.name,
-            route_configuration(gw, view.routes, self.routes),
-            [("route", r.name) for r in view.routes],
-            needs=[(CLUSTER, c) for r in view.routes for c in r.clusters()],
+            table.encode(gw),
+            Sources("route", table.names()),
+            needs=[(CLUSTER, c) for c in used],
         )
-        for cluster in view.clusters:
+        for name in used:
+            cluster = view.clusters.get(name)
+            if cluster is None:
+                continue  # reported by the snapshot's consistency check
             message, cla = self._cluster(cluster)
             src = [("cluster", cluster.name)]
             out.add(
@@ -125,25 +151,19 @@ class Translator:
                 out.add(ENDPOINT, cluster.name, cla, src)
         return out
 
-    def forget(self, routes: Iterable[str], clusters: Iterable[str]) -> None:
-        """Drop cached messages of objects that no longer exist."""
-        self.routes.forget(routes)
-        alive = set(clusters)
-        for name in [n for n in self._clusters if n not in alive]:
-            del self._clusters[name]
+    def forget_gateway(self, gateway: str) -> None:
+        self._tables.pop(gateway, None)
+
+    def forget_cluster(self, cluster: str) -> None:
+        self._clusters.pop(cluster, None)
 
 
 def build_views(
-    gateways: Iterable[Gateway], routes: Iterable[Route], clusters: dict[str, Cluster]
+    gateways: Iterable[Gateway], routes: Iterable[Route], clusters: Mapping[str, Cluster]
 ) -> dict[str, GatewayView]:
-    """Group policy per gateway: its routes (any order) and the clusters they use."""
-    by_gateway: dict[str, list[Route]] = {}
+    """Group policy per gateway (the runner keeps these groups up to date instead)."""
+    by_gateway: dict[str, dict[str, Route]] = {}
     for route in routes:
         for name in route.gateways:
-            by_gateway.setdefault(name, []).append(route)
-    views = {}
-    for gw in gateways:
-        rs = by_gateway.get(gw.name, [])
-        used = sorted({c for r in rs for c in r.clusters()})
-        views[gw.name] = GatewayView(gw, tuple(rs), tuple(clusters[c] for c in used))
-    return views
+            by_gateway.setdefault(name, {})[route.name] = route
+    return {gw.name: GatewayView(gw, by_gateway.get(gw.name, {}), clusters) for gw in gateways}

@@ -54,7 +54,7 @@ class Snapshot:
     #: the revision at which this gateway's configuration last changed
     changed_revision: int
     types: dict[str, TypeSnapshot]
-    sources: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
+    sources: dict[tuple[str, str], Iterable[tuple[str, str]]] = field(default_factory=dict)
 
     def type_version(self, type_url: str) -> str:
         return self.types[type_url].version
