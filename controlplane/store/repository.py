@@ -284,25 +284,29 @@ class Store:
             return ApplyResult(rev - 1, changes)
 
         objects = {(k, n): o for _, k, n, o in ops}
+        created, edges = [], []
         for ch in changes:
             obj = objects[(ch.kind, ch.name)]
             key = (Resource.kind == ch.kind) & (Resource.name == ch.name)
-            conn.execute(delete(Ref).where((Ref.kind == ch.kind) & (Ref.name == ch.name)))
-            if ch.op == "create":
-                conn.execute(
-                    insert(Resource).values(kind=ch.kind, name=ch.name, spec=ch.after, revision=rev)
+            if ch.op == "create":  # new objects have no edges yet; inserted in bulk below
+                created.append(
+                    {"kind": ch.kind, "name": ch.name, "spec": ch.after, "revision": rev}
                 )
-            elif ch.op == "update":
-                conn.execute(update(Resource).where(key).values(spec=ch.after, revision=rev))
             else:
-                conn.execute(delete(Resource).where(key))
+                conn.execute(delete(Ref).where((Ref.kind == ch.kind) & (Ref.name == ch.name)))
+                if ch.op == "update":
+                    conn.execute(update(Resource).where(key).values(spec=ch.after, revision=rev))
+                else:
+                    conn.execute(delete(Resource).where(key))
             if obj is not None:
-                edges = [
+                edges += [
                     {"kind": ch.kind, "name": ch.name, "to_kind": tk, "to_name": tn}
                     for tk, tn in sorted(set(references(obj)))
                 ]
-                if edges:
-                    conn.execute(insert(Ref), edges)
+        if created:
+            conn.execute(insert(Resource), created)
+        if edges:
+            conn.execute(insert(Ref), edges)
         _check_references(conn, {(c.kind, c.name) for c in changes if c.op == "delete"})
         conn.execute(
             insert(Change),
