@@ -323,3 +323,12 @@ def test_concurrent_creates_lose_nothing(loaded: Store, db: Path, tmp_path: Path
     names = {r.name for r in loaded.list_objects("route")}  # type: ignore[attr-defined]
     assert names == {"users", "orders"} | {f"{p}-{i}" for p in "ab" for i in range(50)}
     assert len(_changes_since(loaded, rev)[1]) == 100
+
+
+def test_schema_head_constant_matches_the_migrations() -> None:
+    """Store.migrate skips alembic when the database is at SCHEMA_HEAD: it must be the head."""
+    from alembic.script import ScriptDirectory
+
+    from controlplane.store.repository import SCHEMA_HEAD, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == SCHEMA_HEAD
