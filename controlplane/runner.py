@@ -76,18 +76,37 @@ class Runner:
 
     async def run(self) -> None:
         last_beat = time.monotonic()
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            if time.monotonic() - last_beat >= HEARTBEAT:
-                last_beat = time.monotonic()
-                self._schedule_record()
-            try:
-                await self.poll()
-            except GatewayError as exc:
-                log.error("%s", exc)
-            except Exception:
-                log.exception("revision watcher failed; retrying")
-                await asyncio.sleep(1)
+        probe = self.store.probe()
+        seen: object = None
+        sqlite = self.store.url.startswith("sqlite")
+        try:
+            while True:
+                await asyncio.sleep(self.poll_interval)
+                if time.monotonic() - last_beat >= HEARTBEAT:
+                    last_beat = time.monotonic()
+                    self._schedule_record()
+                try:
+                    # SQLite's probe takes microseconds: run it inline, not in a thread
+                    token = probe() if sqlite else await asyncio.to_thread(probe)
+                except Exception:
+                    log.exception("cannot read the policy revision; retrying")
+                    await asyncio.sleep(1)
+                    continue
+                if token != seen and await self._poll_safely():
+                    seen = token
+        finally:
+            probe.close()
+
+    async def _poll_safely(self) -> bool:
+        try:
+            await self.poll()
+            return True
+        except GatewayError as exc:
+            log.error("%s", exc)
+        except Exception:
+            log.exception("revision watcher failed; retrying")
+            await asyncio.sleep(1)
+        return False
 
     async def poll(self) -> bool:
         """Apply whatever was committed since the last poll; True if a revision was seen."""

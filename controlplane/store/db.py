@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-__all__ = ["default_db_path", "make_engines", "normalize_url"]
+__all__ = ["RevisionProbe", "default_db_path", "make_engines", "normalize_url"]
 
 
 def default_db_path() -> Path:
@@ -76,3 +77,43 @@ def make_engines(url: str) -> tuple[Engine, Engine]:
         return engine
 
     return build("BEGIN IMMEDIATE"), build("BEGIN")
+
+
+class RevisionProbe:
+    """A cheap "has anything been committed?" check for the watcher's 20 ms loop.
+
+    SQLite: ``PRAGMA data_version`` on a dedicated connection changes whenever another
+    connection commits; it costs microseconds and no SQL parsing of our tables. PostgreSQL:
+    one primary-key read of ``meta.revision`` on a dedicated autocommit connection. Either
+    way the result only says *whether* to look; the store then reads what changed.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._conn: Any = None
+        self._sqlite = engine.dialect.name == "sqlite"
+
+    def __call__(self) -> object:
+        if self._conn is None:
+            self._conn = self._engine.raw_connection()
+            if not self._sqlite:
+                self._conn.driver_connection.autocommit = True
+        cur = self._conn.cursor()
+        try:
+            if self._sqlite:
+                cur.execute("PRAGMA data_version")
+            else:
+                cur.execute("SELECT revision FROM meta WHERE id = 1")
+            return cur.fetchone()[0]
+        except Exception:
+            self.close()  # reconnect on the next call
+            raise
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None

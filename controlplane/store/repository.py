@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, S
 
 from ..errors import Conflict, NotFound, PolicyInvalid, StoreError
 from ..policy import KINDS, Bundle, PolicyModel, parse_object, references
-from .db import make_engines, normalize_url
+from .db import RevisionProbe, make_engines, normalize_url
 from .tables import Change, ControllerRow, GatewayBuild, Meta, ProxyRow, Ref, Resource
 
 __all__ = ["ApplyResult", "ObjectChange", "ProxyStatus", "Store"]
@@ -108,6 +108,10 @@ class Store:
             return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
     # -- reads ----------------------------------------------------------------------------
+
+    def probe(self) -> RevisionProbe:
+        """A dedicated cheap commit detector (see :class:`RevisionProbe`)."""
+        return RevisionProbe(self._reader)
 
     def revision(self) -> int:
         with self._reader.connect() as conn:
