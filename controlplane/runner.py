@@ -168,7 +168,8 @@ class Runner:
                     resources = Resources()
                 else:
                     routes = self.by_gateway.get(name, {})
-                    resources = self._translator.translate(GatewayView(gateway, routes, clusters))
+                    view = GatewayView(gateway, routes, clusters, self.objects)
+                    resources = self._translator.translate(view)
                 previous = self.cache.get(name) if name in self.cache.gateways() else None
                 snapshot = build_snapshot(name, revision, resources, previous, self._fragments)
             except GatewayError as exc:

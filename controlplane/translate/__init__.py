@@ -16,6 +16,7 @@ from ..policy import Cluster, Gateway, Route
 from .cluster import cluster_resource, is_eds, load_assignment
 from .listener import listener_resource
 from .route import RouteTable
+from .view import GatewayView
 from .wire import Encoded
 
 __all__ = [
@@ -37,19 +38,6 @@ CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
 PolicyRef = tuple[str, str]  # (kind, name)
-
-
-@dataclass(frozen=True)
-class GatewayView:
-    """Everything one gateway's Envoys need: the gateway, its routes, the clusters by name.
-
-    ``clusters`` may hold more than the gateway uses; translation takes only those its
-    routes name. Mappings (not copies) let the runner pass its live indexes as they are.
-    """
-
-    gateway: Gateway
-    routes: Mapping[str, Route]
-    clusters: Mapping[str, Cluster]
 
 
 class Sources:
@@ -122,7 +110,7 @@ class Translator:
         out.add(
             LISTENER,
             gw.name,
-            listener_resource(gw),
+            listener_resource(view),
             [("gateway", gw.name)],
             needs=[(ROUTE, gw.name)],
         )

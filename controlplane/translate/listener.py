@@ -9,21 +9,22 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import wrappers_pb2
 
-from ..policy import Gateway
 from .common import ads_source, pack
 from .filters import http_filters
+from .view import GatewayView
 
 __all__ = ["listener_resource"]
 
 HCM = "envoy.filters.network.http_connection_manager"
 
 
-def listener_resource(gateway: Gateway) -> listener_pb2.Listener:
+def listener_resource(view: GatewayView) -> listener_pb2.Listener:
+    gateway = view.gateway
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=gateway.name,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=ads_source(), route_config_name=gateway.name),
-        http_filters=http_filters(gateway),
+        http_filters=http_filters(view),
         # Hosts are matched without the port, so "api.example.com" matches on any port.
         strip_any_host_port=True,
         normalize_path=wrappers_pb2.BoolValue(value=True),
