@@ -16,10 +16,12 @@ from contextlib import suppress
 
 import grpc
 
+from .errors import GatewayError
 from .runner import Runner
 from .settings import Settings
 from .store import Store
 from .xds import AdsServer, SnapshotCache, StatusRecorder
+from .xds.mtls import HandshakeLog, server_credentials
 
 __all__ = ["Controller", "serve"]
 
@@ -48,10 +50,25 @@ class Controller:
         self.ads = AdsServer(self.cache, self.recorder)
         self._grpc: grpc.aio.Server | None = None
         self._health: asyncio.Server | None = None
+        self._handshakes: HandshakeLog | None = None
         self.xds_port = 0
         self.health_port = 0
 
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        """mTLS credentials when the settings name the files, else None (plaintext)."""
+        s = self.settings
+        files = (s.xds_tls_cert, s.xds_tls_key, s.xds_client_ca)
+        if not any(files):
+            return None
+        if not all(files):
+            raise GatewayError(
+                "--xds-tls-cert, --xds-tls-key and --xds-client-ca go together: "
+                "the controller serves TLS only to clients the CA vouches for"
+            )
+        return server_credentials(*files)  # type: ignore[arg-type]
+
     async def start(self) -> None:
+        credentials = self._credentials()
         await self.runner.load()
         self._grpc = grpc.aio.server(
             options=[
@@ -62,7 +79,12 @@ class Controller:
             ]
         )
         self._grpc.add_generic_rpc_handlers((self.ads.handler(),))
-        self.xds_port = self._grpc.add_insecure_port(self.settings.xds_address)
+        if credentials is None:
+            self.xds_port = self._grpc.add_insecure_port(self.settings.xds_address)
+        else:
+            self._handshakes = HandshakeLog()
+            self._handshakes.start()
+            self.xds_port = self._grpc.add_secure_port(self.settings.xds_address, credentials)
         if self.xds_port == 0:
             raise OSError(f"cannot listen for xDS on {self.settings.xds_address}")
         await self._grpc.start()
@@ -71,10 +93,11 @@ class Controller:
             self._health = await asyncio.start_server(self._serve_health, host, port)
             self.health_port = self._health.sockets[0].getsockname()[1]
         log.info(
-            "controller %s serving xDS on %s (port %d)",
+            "controller %s serving xDS on %s (port %d)%s",
             self.id,
             self.settings.xds_address,
             self.xds_port,
+            f" over mutual TLS (client CA {self.settings.xds_client_ca})" if credentials else "",
         )
 
     async def run(self) -> None:
@@ -87,6 +110,8 @@ class Controller:
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)
         await self.recorder.flush()
+        if self._handshakes is not None:
+            self._handshakes.stop()
         with suppress(Exception):
             await asyncio.to_thread(self.store.disconnect_controller_proxies, self.id)
 

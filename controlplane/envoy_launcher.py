@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: Files that make a directory a usable bootstrap directory.
-_BOOTSTRAP_FILES = ("bootstrap.yaml", "run-envoy.sh")
+_BOOTSTRAP_FILES = ("bootstrap.yaml", "bootstrap-mtls.yaml", "run-envoy.sh")
 
 
 class EnvoyNotFoundError(RuntimeError):
@@ -110,6 +110,11 @@ class EnvoySpec:
     admin_address: str = "127.0.0.1"
     admin_port: int = 9901
     log_level: str = "info"
+    #: mutual TLS to the controller (all three or none): this Envoy's client certificate and
+    #: key, and the CA that signed the controller's certificate (bootstrap-mtls.yaml)
+    xds_tls_cert: str | None = None
+    xds_tls_key: str | None = None
+    xds_tls_ca: str | None = None
 
     def env(self) -> dict[str, str]:
         """Return the variables run-envoy.sh reads (and nothing else).
@@ -117,7 +122,7 @@ class EnvoySpec:
         Kept to exactly the script's inputs so a test can check that the bootstrap's
         placeholders, this mapping and the compose file's envoy environment agree.
         """
-        return {
+        env = {
             "NODE_ID": self.node_id,
             "GATEWAY": self.gateway,
             "XDS_HOST": self.xds_host,
@@ -127,6 +132,14 @@ class EnvoySpec:
             "ENVOY_LOG_LEVEL": self.log_level,
             "ENVOY_BIN": find_envoy_binary(),
         }
+        for name, value in (
+            ("XDS_TLS_CERT", self.xds_tls_cert),
+            ("XDS_TLS_KEY", self.xds_tls_key),
+            ("XDS_TLS_CA", self.xds_tls_ca),
+        ):
+            if value is not None:
+                env[name] = value
+        return env
 
 
 def start_envoy(

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 from typing import cast
 
 from .errors import GatewayError
-from .policy import Cluster, Gateway, PolicyModel, Route
+from .policy import KINDS, Cluster, Gateway, PolicyModel, Route
+from .policy.certificate import Certificate
 from .store import Store
 from .translate import GatewayView, Resources, Translator
+from .translate.auth import next_key_expiry
 from .xds.cache import SnapshotCache
 from .xds.snapshot import FragmentCache, build_snapshot
 
@@ -45,11 +48,8 @@ class Runner:
         self.poll_interval = poll_interval
         self.revision = -1
         self.started_at = time.time()
-        self.objects: dict[str, dict[str, PolicyModel]] = {
-            "gateway": {},
-            "cluster": {},
-            "route": {},
-        }
+        self._next_expiry: datetime | None = None
+        self.objects: dict[str, dict[str, PolicyModel]] = {kind: {} for kind in KINDS}
         self.errors: dict[str, str] = {}
         #: gateway -> its routes by name, kept up to date change by change
         self.by_gateway: dict[str, dict[str, Route]] = {}
@@ -85,6 +85,7 @@ class Runner:
                 if time.monotonic() - last_beat >= HEARTBEAT:
                     last_beat = time.monotonic()
                     self._schedule_record()
+                self._expire_keys()
                 try:
                     # SQLite's probe takes microseconds: run it inline, not in a thread
                     token = probe() if sqlite else await asyncio.to_thread(probe)
@@ -156,7 +157,22 @@ class Runner:
             return set(obj.gateways)
         if isinstance(obj, Cluster):
             return {g for g in self.by_gateway if self._translator.uses_cluster(g, name)}
-        return set()
+        if isinstance(obj, Certificate):  # the gateways whose tls names it
+            return {
+                g.name
+                for g in cast(dict[str, Gateway], self.objects["gateway"]).values()
+                if g.tls is not None and name in g.tls.certificates
+            }
+        # identity providers, consumers and keys are shared by every gateway
+        return set(self.objects["gateway"])
+
+    def _expire_keys(self) -> None:
+        """Envoy cannot expire a key by itself: rebuild when the next one expires."""
+        now = datetime.now(UTC)
+        if self._next_expiry is None or now < self._next_expiry:
+            return
+        log.info("an API key expired: rebuilding every gateway")
+        self._rebuild(set(self.objects["gateway"]), self.revision)
 
     def _rebuild(self, gateways: set[str], revision: int) -> None:
         clusters = cast(dict[str, Cluster], self.objects["cluster"])
@@ -178,6 +194,7 @@ class Runner:
                 continue
             self.errors.pop(name, None)
             self.cache.publish(snapshot)
+        self._next_expiry = next_key_expiry(self.objects["api_key"], datetime.now(UTC))
         for name in self.cache.gateways():  # unaffected gateways are current at this revision
             if name not in gateways:
                 self.cache.advance(name, revision)

@@ -16,3 +16,8 @@ class Settings(BaseSettings):
     health_address: str | None = "0.0.0.0:18001"
     poll_interval: float = Field(0.02, gt=0, le=5)
     controller_id: str | None = None
+    #: ADS over TLS, only for clients with a certificate signed by ``xds_client_ca``: the
+    #: controller's certificate and key, and the CA (all three, or none for plaintext)
+    xds_tls_cert: str | None = None
+    xds_tls_key: str | None = None
+    xds_client_ca: str | None = None

@@ -6,6 +6,9 @@
 # Variables (defaults): NODE_ID (envoy-$(hostname)), GATEWAY (default), XDS_HOST (127.0.0.1),
 # XDS_PORT (18000), ADMIN_ADDRESS (127.0.0.1), ADMIN_PORT (9901), ENVOY_BOOTSTRAP (template),
 # ENVOY_RENDERED (output file), ENVOY_BIN (envoy), ENVOY_LOG_LEVEL (info).
+# Mutual TLS to the controller: XDS_TLS_CERT, XDS_TLS_KEY (this Envoy's client certificate
+# and key) and XDS_TLS_CA (the CA of the controller's certificate), all three or none; when
+# set, the template defaults to bootstrap-mtls.yaml.
 # Extra arguments are passed to Envoy.
 set -euo pipefail
 
@@ -17,7 +20,12 @@ XDS_HOST="${XDS_HOST:-127.0.0.1}"
 XDS_PORT="${XDS_PORT:-18000}"
 ADMIN_ADDRESS="${ADMIN_ADDRESS:-127.0.0.1}"
 ADMIN_PORT="${ADMIN_PORT:-9901}"
-ENVOY_BOOTSTRAP="${ENVOY_BOOTSTRAP:-${script_dir}/bootstrap.yaml}"
+XDS_TLS_CERT="${XDS_TLS_CERT:-}"
+XDS_TLS_KEY="${XDS_TLS_KEY:-}"
+XDS_TLS_CA="${XDS_TLS_CA:-}"
+template=bootstrap.yaml
+[[ -n "${XDS_TLS_CERT}${XDS_TLS_KEY}${XDS_TLS_CA}" ]] && template=bootstrap-mtls.yaml
+ENVOY_BOOTSTRAP="${ENVOY_BOOTSTRAP:-${script_dir}/${template}}"
 ENVOY_RENDERED="${ENVOY_RENDERED:-/tmp/envoy-bootstrap-${NODE_ID}.yaml}"
 
 die() {
@@ -38,13 +46,30 @@ for var in XDS_PORT ADMIN_PORT; do
 done
 [[ -r "$ENVOY_BOOTSTRAP" ]] || die "bootstrap template not readable: $ENVOY_BOOTSTRAP"
 
+substituted=(NODE_ID GATEWAY XDS_HOST XDS_PORT ADMIN_ADDRESS ADMIN_PORT)
+if [[ "$template" == bootstrap-mtls.yaml ]]; then
+    path_re='^[A-Za-z0-9._/-]+$'
+    for var in XDS_TLS_CERT XDS_TLS_KEY XDS_TLS_CA; do
+        [[ -n "${!var}" ]] || die "$var is required with XDS_TLS_CERT/XDS_TLS_KEY/XDS_TLS_CA (all three or none)"
+        [[ "${!var}" =~ $path_re ]] || die "$var='${!var}' must be a path matching $path_re"
+        [[ -r "${!var}" ]] || die "$var: cannot read ${!var}"
+    done
+    # The controller's certificate must name XDS_HOST: as an IP SAN or a DNS SAN.
+    if [[ "$XDS_HOST" =~ ^[0-9.]+$ || "$XDS_HOST" == *:* ]]; then
+        XDS_TLS_SAN_TYPE=IP_ADDRESS
+    else
+        XDS_TLS_SAN_TYPE=DNS
+    fi
+    substituted+=(XDS_TLS_CERT XDS_TLS_KEY XDS_TLS_CA XDS_TLS_SAN_TYPE)
+fi
+
 # Escape sed replacement metacharacters anyway (defence in depth if the checks above change).
 sed_escape() {
     printf '%s' "$1" | sed -e 's/[\\|&]/\\&/g'
 }
 
 sed_args=()
-for var in NODE_ID GATEWAY XDS_HOST XDS_PORT ADMIN_ADDRESS ADMIN_PORT; do
+for var in "${substituted[@]}"; do
     sed_args+=(-e "s|\${${var}}|$(sed_escape "${!var}")|g")
 done
 

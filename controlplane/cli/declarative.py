@@ -10,7 +10,7 @@ import typer
 import yaml
 
 from ..errors import PolicyInvalid
-from ..policy import Bundle
+from ..policy import KINDS, Bundle
 from ..store import ObjectChange
 from .context import ctx_of, finish_change
 from .output import Format, emit, stderr
@@ -31,7 +31,8 @@ def _read(path: str) -> Bundle:
             text, source = Path(path).read_text(), path
         except OSError as exc:
             raise PolicyInvalid(f"{path}: cannot read: {exc.strerror}") from None
-    return Bundle.from_text(text, source)
+    # references may name objects already stored: the store checks them in the transaction
+    return Bundle.from_text(text, source, self_contained=False)
 
 
 def _describe(changes: list[ObjectChange]) -> list[str]:
@@ -42,7 +43,9 @@ def _describe(changes: list[ObjectChange]) -> list[str]:
         if ch.op == "update":
             for key in sorted(set(ch.before or {}) | set(ch.after or {})):
                 old, new = (ch.before or {}).get(key), (ch.after or {}).get(key)
-                if old != new:
+                if old != new and key in _secret_fields(ch.kind):
+                    lines.append(f"    {key}: (secret, changed)")
+                elif old != new:
                     lines.append(f"    {key}: {_short(old)} -> {_short(new)}")
     return lines
 
@@ -54,9 +57,27 @@ def _short(value: Any) -> str:
     return text.removesuffix("...").strip()
 
 
+def _secret_fields(kind: str) -> tuple[str, ...]:
+    """Fields never printed in change summaries (a certificate's private key)."""
+    return tuple(getattr(KINDS.get(kind), "secret_fields", ()))
+
+
+def _redact(kind: str, spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    hidden = _secret_fields(kind)
+    if spec is None or not hidden:
+        return spec
+    return {k: "(secret)" if k in hidden else v for k, v in spec.items()}
+
+
 def _changes_data(changes: list[ObjectChange]) -> list[dict[str, Any]]:
     return [
-        {"op": c.op, "kind": c.kind, "name": c.name, "before": c.before, "after": c.after}
+        {
+            "op": c.op,
+            "kind": c.kind,
+            "name": c.name,
+            "before": _redact(c.kind, c.before),
+            "after": _redact(c.kind, c.after),
+        }
         for c in changes
     ]
 

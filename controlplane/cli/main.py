@@ -8,8 +8,10 @@ from typing import Annotated
 import typer
 
 from ..errors import GatewayError
+from .certs import register_certs
 from .context import Ctx
 from .declarative import register_declarative
+from .keys import register_keys
 from .output import Format, stderr
 from .resources import register_resources
 from .run import register_run
@@ -43,7 +45,8 @@ def main(
     ctx.obj = Ctx(db=db, output=output)
 
 
-register_resources(app)
+register_keys(register_resources(app))
+register_certs(app)
 register_declarative(app)
 register_status(app)
 register_run(app)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import typer
 
 from ..errors import PolicyInvalid
-from ..policy import KINDS, parse_object
+from ..policy import parse_object
 from .context import ctx_of, finish_change
 from .output import Format, emit, emit_table
 
@@ -69,11 +69,23 @@ def gateway_fields(
     hostname: Annotated[
         list[str] | None, typer.Option(help="Host name served (repeatable; default any).")
     ] = None,
+    tls_cert: Annotated[
+        list[str] | None,
+        typer.Option(help="Serve HTTPS with this certificate (repeatable; first = default)."),
+    ] = None,
+    http_redirect_port: Annotated[
+        int | None, typer.Option(help="Also redirect plain HTTP on this port to HTTPS.")
+    ] = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     _set(out, "port", port)
     _set(out, "address", address)
     _set(out, "hostnames", hostname)
+    tls: dict[str, Any] = {}
+    _set(tls, "certificates", tls_cert)
+    _set(tls, "http_redirect_port", http_redirect_port)
+    if tls:
+        out["tls"] = tls
     return out
 
 
@@ -212,6 +224,104 @@ def route_fields(
     return out
 
 
+def auth_fields(
+    auth_jwt: Annotated[
+        list[str] | None, typer.Option(help="Require a JWT from this provider (repeatable: any).")
+    ] = None,
+    auth_api_key: Annotated[
+        bool | None,
+        typer.Option("--auth-api-key/--no-auth-api-key", help="Accept an API key (x-api-key)."),
+    ] = None,
+    auth_public: Annotated[
+        bool, typer.Option("--auth-public", help="Open to anyone (clears auth settings).")
+    ] = False,
+    auth_scope: Annotated[list[str] | None, typer.Option(help="Required scope (all).")] = None,
+    auth_claim: Annotated[
+        list[str] | None, typer.Option(help="CLAIM=V1,V2: the claim must be one of these.")
+    ] = None,
+    auth_consumer: Annotated[list[str] | None, typer.Option(help="Allowed consumer.")] = None,
+    auth_group: Annotated[list[str] | None, typer.Option(help="Allowed consumer group.")] = None,
+) -> dict[str, Any]:
+    auth: dict[str, Any] = {}
+    if auth_public:
+        auth = {
+            "jwt": [],
+            "api_key": False,
+            "scopes": [],
+            "claims": {},
+            "consumers": [],
+            "groups": [],
+        }
+    _set(auth, "jwt", auth_jwt)
+    if auth_api_key is not None:
+        auth["api_key"] = auth_api_key
+    _set(auth, "scopes", auth_scope)
+    if auth_claim:
+        auth["claims"] = {k: v.split(",") for k, v in _pairs(auth_claim, "--auth-claim").items()}
+    _set(auth, "consumers", auth_consumer)
+    _set(auth, "groups", auth_group)
+    return {"auth": auth} if auth or auth_public else {}
+
+
+def jwt_provider_fields(
+    issuer: Annotated[str | None, typer.Option(help="The iss claim tokens carry (URL).")] = None,
+    audience: Annotated[list[str] | None, typer.Option(help="Accepted aud (repeatable).")] = None,
+    jwks_file: Annotated[
+        str | None, typer.Option(help="File with the JSON Web Key Set (inline keys).")
+    ] = None,
+    jwks_uri: Annotated[str | None, typer.Option(help="URL Envoy fetches the keys from.")] = None,
+    jwks_cache_duration: Annotated[str | None, typer.Option(help="e.g. 5m.")] = None,
+    token_header: Annotated[
+        list[str] | None, typer.Option(help="NAME or NAME=PREFIX holding the token.")
+    ] = None,
+    token_query: Annotated[list[str] | None, typer.Option(help="Query parameter.")] = None,
+    token_cookie: Annotated[list[str] | None, typer.Option(help="Cookie.")] = None,
+    clock_skew: Annotated[str | None, typer.Option(help="e.g. 60s.")] = None,
+    claim_header: Annotated[
+        list[str] | None, typer.Option(help="CLAIM=HEADER passed to the backend.")
+    ] = None,
+    consumer_claim: Annotated[str | None, typer.Option(help="Claim naming the consumer.")] = None,
+    forward_token: Annotated[
+        bool | None, typer.Option("--forward-token/--no-forward-token")
+    ] = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _set(out, "issuer", issuer)
+    _set(out, "audiences", audience)
+    if jwks_file is not None:
+        try:
+            with open(jwks_file, encoding="utf-8") as handle:
+                out["jwks"] = handle.read()
+        except OSError as exc:
+            raise PolicyInvalid(f"--jwks-file: cannot read {jwks_file}: {exc.strerror}") from None
+        out["jwks_uri"] = None
+    if jwks_uri is not None:
+        out["jwks_uri"], out["jwks"] = jwks_uri, None
+    _set(out, "jwks_cache_duration", jwks_cache_duration)
+    if token_header:
+        out["headers"] = [
+            {"name": n, "prefix": p} if sep else {"name": n, "prefix": ""}
+            for n, sep, p in (h.partition("=") for h in token_header)
+        ]
+    _set(out, "query_params", token_query)
+    _set(out, "cookies", token_cookie)
+    _set(out, "clock_skew", clock_skew)
+    if claim_header:
+        out["claims_to_headers"] = _pairs(claim_header, "--claim-header")
+    _set(out, "consumer_claim", consumer_claim)
+    if forward_token is not None:
+        out["forward_token"] = forward_token
+    return out
+
+
+def consumer_fields(
+    group: Annotated[list[str] | None, typer.Option(help="Group (repeatable; replaces).")] = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _set(out, "groups", group)
+    return out
+
+
 def _redirect(target: str, status: int | None) -> dict[str, Any]:
     parts = urlsplit(target)
     out: dict[str, Any] = {}
@@ -294,6 +404,19 @@ COLUMNS: dict[str, tuple[list[str], Callable[[dict[str, Any]], list[Any]]]] = {
             ", ".join(s.get("hostnames", [])) or "*",
         ],
     ),
+    "jwt_provider": (
+        ["NAME", "ISSUER", "AUDIENCES", "KEYS"],
+        lambda s: [
+            s["name"],
+            s["issuer"],
+            ", ".join(s.get("audiences", [])) or "*",
+            s.get("jwks_uri") or "inline",
+        ],
+    ),
+    "consumer": (
+        ["NAME", "GROUPS"],
+        lambda s: [s["name"], ", ".join(s.get("groups", []))],
+    ),
     "cluster": (
         ["NAME", "ENDPOINTS", "LB", "PROTOCOL"],
         lambda s: [
@@ -316,18 +439,22 @@ COLUMNS: dict[str, tuple[list[str], Callable[[dict[str, Any]], list[Any]]]] = {
     ),
 }
 
-FIELDS: dict[str, Callable[..., dict[str, Any]]] = {
-    "gateway": gateway_fields,
-    "cluster": cluster_fields,
-    "route": route_fields,
+FIELDS: dict[str, list[Callable[..., dict[str, Any]]]] = {
+    "gateway": [gateway_fields, auth_fields],
+    "cluster": [cluster_fields],
+    "route": [route_fields, auth_fields],
+    "jwt_provider": [jwt_provider_fields],
+    "consumer": [consumer_fields],
 }
+#: kind -> command group name
+COMMAND = {"jwt_provider": "jwt-provider"}
 
 
 # -- command factories --------------------------------------------------------------------
 
 
 def _command(
-    body: Callable[..., None], fields_fn: Callable[..., dict[str, Any]] | None, with_wait: bool
+    body: Callable[..., None], fields_fns: list[Callable[..., dict[str, Any]]], with_wait: bool
 ) -> Callable[..., None]:
     """A function whose signature is ctx + NAME + the kind's options (+ --wait) for typer."""
     params = [
@@ -338,11 +465,13 @@ def _command(
             annotation=Annotated[str, typer.Argument(help="Object name.")],
         ),
     ]
-    option_names: list[str] = []
-    if fields_fn is not None:
-        for p in inspect.signature(fields_fn, eval_str=True).parameters.values():
+    option_names: list[list[str]] = []
+    for fn in fields_fns:
+        names = []
+        for p in inspect.signature(fn, eval_str=True).parameters.values():
             params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
-            option_names.append(p.name)
+            names.append(p.name)
+        option_names.append(names)
     if with_wait:
         params.append(
             inspect.Parameter(
@@ -351,7 +480,9 @@ def _command(
         )
 
     def command(ctx: typer.Context, name: str, **kwargs: Any) -> None:
-        fields = fields_fn(**{k: kwargs[k] for k in option_names}) if fields_fn else {}
+        fields: dict[str, Any] = {}
+        for fn, names in zip(fields_fns, option_names, strict=True):
+            fields.update(fn(**{k: kwargs[k] for k in names}))
         body(ctx, name, fields, kwargs.get("wait"))
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -361,7 +492,8 @@ def _command(
 
 
 def _kind_app(kind: str) -> typer.Typer:
-    app = typer.Typer(help=f"Manage {kind}s.", no_args_is_help=True)
+    label = kind.replace("_", " ")
+    app = typer.Typer(help=f"Manage {label}s.", no_args_is_help=True)
     fields_fn = FIELDS[kind]
 
     def add(ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None) -> None:
@@ -397,8 +529,8 @@ def _kind_app(kind: str) -> typer.Typer:
     get.__doc__ = f"Show one {kind}."
     app.command("add")(_command(add, fields_fn, True))
     app.command("update")(_command(update, fields_fn, True))
-    app.command("delete")(_command(delete, None, True))
-    app.command("get")(_command(get, None, False))
+    app.command("delete")(_command(delete, [], True))
+    app.command("get")(_command(get, [], False))
 
     @app.command("list")
     def list_(ctx: typer.Context) -> None:
@@ -414,6 +546,10 @@ def _kind_app(kind: str) -> typer.Typer:
     return app
 
 
-def register_resources(app: typer.Typer) -> None:
-    for kind in KINDS:
-        app.add_typer(_kind_app(kind), name=kind)
+def register_resources(app: typer.Typer) -> typer.Typer:
+    """Add a command group per declarative kind; returns the consumer group (for keys)."""
+    groups = {}
+    for kind in FIELDS:
+        groups[kind] = _kind_app(kind)
+        app.add_typer(groups[kind], name=COMMAND.get(kind, kind))
+    return groups["consumer"]

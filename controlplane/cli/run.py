@@ -43,6 +43,20 @@ def register_run(app: typer.Typer) -> None:
         ] = "0.0.0.0:18001",
         log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
         db: DbOption = None,
+        xds_tls_cert: Annotated[
+            str | None,
+            typer.Option(envvar="GATEWAY_XDS_TLS_CERT", help="Serve ADS over TLS: PEM cert."),
+        ] = None,
+        xds_tls_key: Annotated[
+            str | None, typer.Option(envvar="GATEWAY_XDS_TLS_KEY", help="Its PEM private key.")
+        ] = None,
+        xds_client_ca: Annotated[
+            str | None,
+            typer.Option(
+                envvar="GATEWAY_XDS_CLIENT_CA",
+                help="Require Envoy client certificates signed by this PEM CA.",
+            ),
+        ] = None,
     ) -> None:
         """Run the controller: stream gateway policy to every connected Envoy over ADS."""
         from ..controller import serve as run_controller
@@ -52,7 +66,12 @@ def register_run(app: typer.Typer) -> None:
         logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         settings = Settings(
-            db=ctx_of(ctx).db, xds_address=xds_address, health_address=health_address or None
+            db=ctx_of(ctx).db,
+            xds_address=xds_address,
+            health_address=health_address or None,
+            xds_tls_cert=xds_tls_cert,
+            xds_tls_key=xds_tls_key,
+            xds_client_ca=xds_client_ca,
         )
         asyncio.run(run_controller(settings))
 

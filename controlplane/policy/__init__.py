@@ -1,23 +1,34 @@
 """User-facing policy models (pydantic v2), one module per kind."""
 
+from .auth import AuthPolicy
 from .bundle import KINDS, PLURALS, Bundle, format_validation_error, parse_object, references
+from .certificate import Certificate, GatewayTls
 from .cluster import Cluster, LbPolicy, UpstreamProtocol
 from .common import PolicyModel
+from .consumer import ApiKey, Consumer, new_api_key
 from .gateway import Gateway
+from .jwt import JwtProvider
 from .route import Route, RouteMatch
 
 __all__ = [
     "KINDS",
     "PLURALS",
+    "ApiKey",
+    "AuthPolicy",
     "Bundle",
+    "Certificate",
     "Cluster",
+    "Consumer",
     "Gateway",
+    "GatewayTls",
+    "JwtProvider",
     "LbPolicy",
     "PolicyModel",
     "Route",
     "RouteMatch",
     "UpstreamProtocol",
     "format_validation_error",
+    "new_api_key",
     "parse_object",
     "references",
 ]

@@ -14,9 +14,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import PolicyInvalid
+from .certificate import Certificate
 from .cluster import Cluster
 from .common import PolicyModel
+from .consumer import ApiKey, Consumer
 from .gateway import Gateway
+from .jwt import JwtProvider
 from .route import Route
 
 __all__ = [
@@ -29,9 +32,25 @@ __all__ = [
 ]
 
 #: kind name -> model class. A new policy kind is added here and nowhere in the store.
-KINDS: dict[str, type[PolicyModel]] = {"gateway": Gateway, "cluster": Cluster, "route": Route}
+KINDS: dict[str, type[PolicyModel]] = {
+    "gateway": Gateway,
+    "cluster": Cluster,
+    "route": Route,
+    "jwt_provider": JwtProvider,
+    "consumer": Consumer,
+    "api_key": ApiKey,
+    "certificate": Certificate,
+}
 #: kind name -> key in the declarative file
-PLURALS: dict[str, str] = {"gateway": "gateways", "cluster": "clusters", "route": "routes"}
+#: Kinds without an entry (API keys) hold secrets and are managed imperatively only.
+PLURALS: dict[str, str] = {
+    "jwt_provider": "jwt_providers",
+    "consumer": "consumers",
+    "certificate": "certificates",
+    "gateway": "gateways",
+    "cluster": "clusters",
+    "route": "routes",
+}
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -62,38 +81,56 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
 def parse_object(kind: str, data: Any, where: str | None = None) -> PolicyModel:
     """Validate one object of ``kind``; errors name it as ``kind 'name'``."""
     model = KINDS[kind]
+    name = data.get("name") if isinstance(data, Mapping) else None
+    label = where or (f"{kind} {name!r}" if isinstance(name, str) else kind)
     try:
-        return model.model_validate(data)
+        obj = model.model_validate(data)
     except ValidationError as exc:
-        name = data.get("name") if isinstance(data, Mapping) else None
-        label = where or (f"{kind} {name!r}" if isinstance(name, str) else kind)
         raise PolicyInvalid(format_validation_error(exc, label)) from None
+    # checks of new input only, not of stored objects (a stored certificate may expire)
+    input_problem = getattr(obj, "input_problem", None)
+    problem = input_problem() if input_problem is not None else None
+    if problem:
+        raise PolicyInvalid(f"{label}: {problem}")
+    return obj
 
 
 class Bundle(BaseModel):
-    """The declarative file: ``gateways``, ``clusters`` and ``routes`` lists."""
+    """The declarative file: a list per kind (``gateways``, ``clusters``, ``routes``...)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    jwt_providers: list[JwtProvider] = Field(default_factory=list)
+    consumers: list[Consumer] = Field(default_factory=list)
+    certificates: list[Certificate] = Field(default_factory=list)
     gateways: list[Gateway] = Field(default_factory=list)
     clusters: list[Cluster] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
 
     def objects(self) -> Iterator[PolicyModel]:
-        for kind in KINDS:
-            yield from getattr(self, PLURALS[kind])
+        for key in PLURALS.values():
+            yield from getattr(self, key)
+
+    def by_kind(self) -> dict[str, dict[str, PolicyModel]]:
+        """kind -> name -> object, the shape translation reads other objects in."""
+        out: dict[str, dict[str, PolicyModel]] = {kind: {} for kind in PLURALS}
+        for obj in self.objects():
+            out[obj.kind][obj.name] = obj  # type: ignore[attr-defined]
+        return out
 
     @classmethod
     def from_objects(cls, objects: Iterable[PolicyModel]) -> Bundle:
-        groups: dict[str, list[PolicyModel]] = {PLURALS[k]: [] for k in KINDS}
+        """The declarative kinds among ``objects`` (secrets such as API keys are left out)."""
+        groups: dict[str, list[PolicyModel]] = {key: [] for key in PLURALS.values()}
         for obj in objects:
-            groups[PLURALS[obj.kind]].append(obj)
+            if obj.kind in PLURALS:
+                groups[PLURALS[obj.kind]].append(obj)
         for items in groups.values():
             items.sort(key=lambda o: o.name)  # type: ignore[attr-defined]
         return cls.model_validate({k: [o.model_dump() for o in v] for k, v in groups.items()})
 
     @classmethod
-    def parse(cls, data: Any) -> Bundle:
+    def parse(cls, data: Any, *, self_contained: bool = True) -> Bundle:
         """Validate a decoded file, with errors like ``routes[2] 'api': match.path: ...``."""
         if data is None:
             data = {}
@@ -117,11 +154,12 @@ class Bundle(BaseModel):
                 out.append(parse_object(kind, item, where))
             parsed[key] = out
         bundle = cls.model_construct(**parsed)  # type: ignore[arg-type]  # validated above
-        bundle.check()
+        bundle.check(references=self_contained)
         return bundle
 
     @classmethod
-    def from_text(cls, text: str, source: str = "input") -> Bundle:
+    def from_text(cls, text: str, source: str = "input", *, self_contained: bool = True) -> Bundle:
+        """Parse a file; ``self_contained=False`` leaves references to the store to check."""
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -129,26 +167,31 @@ class Bundle(BaseModel):
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(exc, "problem", None) or "not valid YAML"
             raise PolicyInvalid(f"{source}: malformed YAML{where}: {problem}") from None
-        return cls.parse(data)
+        return cls.parse(data, self_contained=self_contained)
 
-    def check(self) -> None:
-        """Unique names per kind and resolvable references; raises PolicyInvalid."""
+    def check(self, *, references: bool = True) -> None:
+        """Unique names per kind and (optionally) resolvable references; raises PolicyInvalid."""
         names: dict[str, set[str]] = {k: set() for k in KINDS}
         for kind, key in PLURALS.items():
             for obj in getattr(self, key):
                 if obj.name in names[kind]:
                     raise PolicyInvalid(f"{key}: duplicate name {obj.name!r}")
                 names[kind].add(obj.name)
+        if not references:
+            return
         problems = reference_errors(self.objects(), lambda kind, name: name in names[kind])
         if problems:
             raise PolicyInvalid(problems[0])
 
     def to_data(self) -> dict[str, Any]:
-        """The canonical file content; ``from_text`` of its YAML gives an equal bundle."""
-        return {
-            key: [o.spec() for o in sorted(getattr(self, key), key=lambda o: o.name)]
-            for key in PLURALS.values()
-        }
+        """The canonical file content (kinds with no objects left out); ``from_text`` of its
+        YAML gives an equal bundle."""
+        out = {}
+        for key in PLURALS.values():
+            items = sorted(getattr(self, key), key=lambda o: o.name)
+            if items:
+                out[key] = [o.spec() for o in items]
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_data(), sort_keys=False, default_flow_style=False)

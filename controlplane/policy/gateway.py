@@ -9,8 +9,10 @@ from __future__ import annotations
 import ipaddress
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from .auth import AuthPolicy
+from .certificate import GatewayTls
 from .common import Hostname, Name, PolicyModel
 
 __all__ = ["Gateway"]
@@ -28,6 +30,10 @@ class Gateway(PolicyModel):
         default_factory=list,
         description="Host names this gateway answers for; empty means any host",
     )
+    auth: AuthPolicy | None = Field(
+        None, description="default for routes that set no auth; unset: open to anyone"
+    )
+    tls: GatewayTls | None = Field(None, description="serve HTTPS on the port; unset: plain HTTP")
 
     @field_validator("address")
     @classmethod
@@ -43,3 +49,13 @@ class Gateway(PolicyModel):
         if len(set(value)) != len(value):
             raise ValueError("host names must be unique")
         return value
+
+    @model_validator(mode="after")
+    def _redirect_port(self) -> Gateway:
+        if self.tls is not None and self.tls.http_redirect_port == self.port:
+            raise ValueError("tls.http_redirect_port: must differ from the gateway's port")
+        return self
+
+    def references(self) -> list[tuple[str, str]]:
+        refs = self.auth.references() if self.auth else []
+        return refs + (self.tls.references() if self.tls else [])

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
+from .auth import AuthPolicy
 from .common import Duration, Hostname, Name, PolicyModel, Regex
 
 __all__ = [
@@ -264,6 +265,9 @@ class Route(PolicyModel):
     retries: Retry | None = None
     request_headers: HeaderOps | None = None
     response_headers: HeaderOps | None = None
+    auth: AuthPolicy | None = Field(
+        None, description="who may call; unset: the gateway's default; {}: anyone"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -311,4 +315,5 @@ class Route(PolicyModel):
         return [b.cluster for b in self.backends or []]
 
     def references(self) -> list[tuple[str, str]]:
-        return [("gateway", g) for g in self.gateways] + [("cluster", c) for c in self.clusters()]
+        refs = [("gateway", g) for g in self.gateways] + [("cluster", c) for c in self.clusters()]
+        return refs + (self.auth.references() if self.auth else [])

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, delete, insert, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from ..errors import Conflict, NotFound, PolicyInvalid, StoreError
-from ..policy import KINDS, Bundle, PolicyModel, parse_object, references
+from ..policy import KINDS, PLURALS, Bundle, PolicyModel, parse_object, references
 from .db import RevisionProbe, make_engines, normalize_url
 from .tables import Change, ControllerRow, GatewayBuild, Meta, ProxyRow, Ref, Resource
 
@@ -226,8 +226,12 @@ class Store:
                     ops.append(("create", *key, obj))
                 elif current[key] != obj.spec():
                     ops.append(("update", *key, obj))
-            if prune:
-                ops += [("delete", *key, None) for key in current if key not in wanted]
+            if prune:  # only declarative kinds: API keys are not in files
+                ops += [
+                    ("delete", *key, None)
+                    for key in current
+                    if key not in wanted and key[0] in PLURALS
+                ]
             return ops
 
         return self._commit(plan, dry_run=dry_run)

@@ -9,21 +9,30 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any, cast
 
+from envoy.config.core.v3 import extension_pb2
 from google.protobuf.message import Message
 
-from ..policy import Cluster, Gateway, Route
+from ..policy import Cluster, Consumer, Gateway, PolicyModel, Route
+from ..policy.certificate import Certificate
+from .auth import auth_context, jwks_clusters
 from .cluster import cluster_resource, is_eds, load_assignment
+from .common import pack
+from .filters import http_filters
 from .listener import listener_resource
 from .route import RouteTable
+from .tls import redirect_listener, secret_resource, secure_listener
 from .view import GatewayView
 from .wire import Encoded
 
 __all__ = [
     "CLUSTER",
     "ENDPOINT",
+    "EXTENSION",
     "LISTENER",
     "ROUTE",
+    "SECRET",
     "Encoded",
     "GatewayView",
     "Resources",
@@ -33,9 +42,11 @@ __all__ = [
 ]
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+EXTENSION = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 PolicyRef = tuple[str, str]  # (kind, name)
 
@@ -56,7 +67,14 @@ class Resources:
     """Envoy messages per type URL, keyed by resource name."""
 
     by_type: dict[str, dict[str, Message | Encoded]] = field(
-        default_factory=lambda: {CLUSTER: {}, ENDPOINT: {}, LISTENER: {}, ROUTE: {}}
+        default_factory=lambda: {
+            CLUSTER: {},
+            ENDPOINT: {},
+            EXTENSION: {},
+            LISTENER: {},
+            ROUTE: {},
+            SECRET: {},
+        }
     )
     #: (type, name) -> the policy objects that produced it, for reporting rejections
     sources: dict[tuple[str, str], Iterable[PolicyRef]] = field(default_factory=dict)
@@ -106,14 +124,24 @@ class Translator:
         out = Resources()
         gw = view.gateway
         table = self._tables.setdefault(gw.name, RouteTable())
-        table.sync(view.routes)
+        consumers = cast(Mapping[str, Consumer], view.objects.get("consumer", {}))
+        table.sync(view.routes, auth_context(gw, consumers))
+        filters, dynamic = http_filters(view, table)
         out.add(
             LISTENER,
             gw.name,
-            listener_resource(view),
+            listener_resource(view, filters),
             [("gateway", gw.name)],
-            needs=[(ROUTE, gw.name)],
+            needs=[(ROUTE, gw.name)] + [(EXTENSION, name) for name in dynamic],
         )
+        for name, config in dynamic.items():
+            out.add(
+                EXTENSION,
+                name,
+                extension_pb2.TypedExtensionConfig(name=name, typed_config=pack(config)),
+                [(k, o) for k in ("jwt_provider", "consumer") for o in view.objects.get(k, {})],
+            )
+        self._add_tls(out, view)
         used = sorted(table.clusters)
         out.add(
             ROUTE,
@@ -122,6 +150,9 @@ class Translator:
             Sources("route", table.names()),
             needs=[(CLUSTER, c) for c in used],
         )
+        for cluster_message in jwks_clusters(view):
+            provider = cluster_message.name.removeprefix("jwks.")
+            out.add(CLUSTER, cluster_message.name, cluster_message, [("jwt_provider", provider)])
         for name in used:
             cluster = view.clusters.get(name)
             if cluster is None:
@@ -139,6 +170,25 @@ class Translator:
                 out.add(ENDPOINT, cluster.name, cla, src)
         return out
 
+    def _add_tls(self, out: Resources, view: GatewayView) -> None:
+        """HTTPS: SNI filter chains naming certificates served over SDS, and the optional
+        plain-HTTP listener that redirects to HTTPS."""
+        gw = view.gateway
+        if gw.tls is None:
+            return
+        known = cast(Mapping[str, Certificate], view.objects.get("certificate", {}))
+        certs = [known[n] for n in gw.tls.certificates if n in known]
+        secure_listener(cast(Any, out.message(LISTENER, gw.name)), certs)
+        # a missing certificate is reported by the snapshot's consistency check
+        out.needs.setdefault((LISTENER, gw.name), []).extend(
+            (SECRET, n) for n in gw.tls.certificates
+        )
+        for cert in certs:
+            out.add(SECRET, cert.name, secret_resource(cert), [("certificate", cert.name)])
+        redirect = redirect_listener(gw)
+        if redirect is not None:
+            out.add(LISTENER, redirect.name, redirect, [("gateway", gw.name)])
+
     def forget_gateway(self, gateway: str) -> None:
         self._tables.pop(gateway, None)
 
@@ -147,11 +197,17 @@ class Translator:
 
 
 def build_views(
-    gateways: Iterable[Gateway], routes: Iterable[Route], clusters: Mapping[str, Cluster]
+    gateways: Iterable[Gateway],
+    routes: Iterable[Route],
+    clusters: Mapping[str, Cluster],
+    objects: Mapping[str, Mapping[str, PolicyModel]] | None = None,
 ) -> dict[str, GatewayView]:
     """Group policy per gateway (the runner keeps these groups up to date instead)."""
     by_gateway: dict[str, dict[str, Route]] = {}
     for route in routes:
         for name in route.gateways:
             by_gateway.setdefault(name, {})[route.name] = route
-    return {gw.name: GatewayView(gw, by_gateway.get(gw.name, {}), clusters) for gw in gateways}
+    return {
+        gw.name: GatewayView(gw, by_gateway.get(gw.name, {}), clusters, objects or {})
+        for gw in gateways
+    }

@@ -11,30 +11,70 @@ settings go in each route's ``typed_per_filter_config`` under the same filter na
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from envoy.config.core.v3 import config_source_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from google.protobuf.message import Message
 
-from .common import pack
+from . import auth
+from .common import ads_source, pack
 from .view import GatewayView
 
-__all__ = ["ORDER", "http_filters"]
+__all__ = ["ORDER", "FilterSpec", "http_filters"]
 
-FilterFactory = Callable[[GatewayView], Message | None]
+if TYPE_CHECKING:
+    from .route import RouteTable
 
-#: (filter name, factory); the router must stay last.
-ORDER: list[tuple[str, FilterFactory]] = [
-    ("envoy.filters.http.router", lambda _view: router_pb2.Router()),
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """One HTTP filter: its name (also its ECDS resource name and per-route config key)."""
+
+    name: str
+    config: Callable[[GatewayView, RouteTable], Message | None]
+    #: delivered over ECDS: its config changes without touching the listener
+    dynamic: bool = True
+
+
+def _jwt(view: GatewayView, table: RouteTable) -> Message:
+    return auth.jwt_filter(view, sorted(table.jwt_requirements))
+
+
+#: The filter chain, in order; the router must stay last.
+ORDER: list[FilterSpec] = [
+    FilterSpec(auth.STRIP_FILTER, lambda view, _t: auth.strip_filter(view)),
+    FilterSpec(auth.JWT_FILTER, _jwt),
+    FilterSpec(auth.API_KEY_FILTER, lambda view, _t: auth.api_key_filter(view)),
+    FilterSpec(auth.RBAC_FILTER, lambda view, _t: auth.rbac_filter_config(view)),
+    FilterSpec("envoy.filters.http.router", lambda _v, _t: router_pb2.Router(), dynamic=False),
 ]
 
 
-def http_filters(view: GatewayView) -> list[hcm_pb2.HttpFilter]:
-    out = []
-    for name, factory in ORDER:
-        config = factory(view)
-        if config is not None:
-            out.append(hcm_pb2.HttpFilter(name=name, typed_config=pack(config)))
-    return out
+def http_filters(
+    view: GatewayView, table: RouteTable
+) -> tuple[list[hcm_pb2.HttpFilter], dict[str, Message]]:
+    """The listener's filter list, and the configs to serve over ECDS by name."""
+    listed, dynamic = [], {}
+    for spec in ORDER:
+        config = spec.config(view, table)
+        if config is None:
+            continue
+        if spec.dynamic:
+            dynamic[spec.name] = config
+            listed.append(
+                hcm_pb2.HttpFilter(
+                    name=spec.name,
+                    config_discovery=config_source_pb2.ExtensionConfigSource(
+                        config_source=ads_source(),
+                        type_urls=["type.googleapis.com/" + config.DESCRIPTOR.full_name],
+                    ),
+                )
+            )
+        else:
+            listed.append(hcm_pb2.HttpFilter(name=spec.name, typed_config=pack(config)))
+    return listed, dynamic

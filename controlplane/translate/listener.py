@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from envoy.config.core.v3 import address_pb2
+from envoy.config.accesslog.v3 import accesslog_pb2 as access_log_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -10,7 +11,6 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import wrappers_pb2
 
 from .common import ads_source, pack
-from .filters import http_filters
 from .view import GatewayView
 
 __all__ = ["listener_resource"]
@@ -18,13 +18,16 @@ __all__ = ["listener_resource"]
 HCM = "envoy.filters.network.http_connection_manager"
 
 
-def listener_resource(view: GatewayView) -> listener_pb2.Listener:
+def listener_resource(
+    view: GatewayView, filters: list[hcm_pb2.HttpFilter]
+) -> listener_pb2.Listener:
     gateway = view.gateway
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=gateway.name,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=ads_source(), route_config_name=gateway.name),
-        http_filters=http_filters(view),
+        http_filters=filters,
+        local_reply_config=_challenge_on_401(),
         # Hosts are matched without the port, so "api.example.com" matches on any port.
         strip_any_host_port=True,
         normalize_path=wrappers_pb2.BoolValue(value=True),
@@ -43,4 +46,30 @@ def listener_resource(view: GatewayView) -> listener_pb2.Listener:
                 filters=[listener_components_pb2.Filter(name=HCM, typed_config=pack(hcm))]
             )
         ],
+    )
+
+
+def _challenge_on_401() -> hcm_pb2.LocalReplyConfig:
+    """Every 401 the gateway sends carries a challenge (JWT's own has a more precise one)."""
+    return hcm_pb2.LocalReplyConfig(
+        mappers=[
+            hcm_pb2.ResponseMapper(
+                filter=access_log_pb2.AccessLogFilter(
+                    status_code_filter=access_log_pb2.StatusCodeFilter(
+                        comparison=access_log_pb2.ComparisonFilter(
+                            op=access_log_pb2.ComparisonFilter.EQ,
+                            value=base_pb2.RuntimeUInt32(default_value=401, runtime_key="gw_401"),
+                        )
+                    )
+                ),
+                headers_to_add=[
+                    base_pb2.HeaderValueOption(
+                        header=base_pb2.HeaderValue(
+                            key="www-authenticate", value='Bearer realm="gateway", ApiKey'
+                        ),
+                        append_action=base_pb2.HeaderValueOption.ADD_IF_ABSENT,
+                    )
+                ],
+            )
+        ]
     )

@@ -18,8 +18,14 @@ from google.protobuf import wrappers_pb2
 
 from ..policy import Gateway, Route
 from ..policy.route import HeaderOps
+from .auth import AuthContext, jwt_requirements, not_found_route, route_variants
 from .common import duration, regex, string_match
 from .wire import Encoded, field
+
+#: the context of a gateway without auth and consumers
+NO_AUTH = AuthContext(default=None, groups=())
+#: appended to every virtual host, so unmatched requests get 404 rather than 401
+_NOT_FOUND = field(3, not_found_route().SerializeToString(deterministic=True))
 
 __all__ = ["RouteTable", "route_configuration", "route_resource", "sort_key"]
 
@@ -217,6 +223,9 @@ class RouteTable:
         self._catch_all = _Ordered()  # routes without hosts
         self._hosts: dict[str, _Ordered] = {}  # host -> its routes and every catch-all
         self.clusters: Counter[str] = Counter()
+        #: sets of JWT providers routes accept (one named requirement each)
+        self.jwt_requirements: Counter[tuple[str, ...]] = Counter()
+        self._context: AuthContext | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -224,7 +233,12 @@ class RouteTable:
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
 
-    def sync(self, routes: Mapping[str, Route]) -> None:
+    def sync(self, routes: Mapping[str, Route], context: AuthContext | None = None) -> None:
+        context = context or NO_AUTH
+        if context != self._context:  # e.g. the gateway's default auth: re-encode all
+            for name in list(self._entries):
+                self._remove(name)
+            self._context = context
         for name in self._entries.keys() - routes.keys():
             self._remove(name)
         for name, route in routes.items():
@@ -235,10 +249,15 @@ class RouteTable:
                 self._add(route)
 
     def _add(self, route: Route) -> None:
+        assert self._context is not None
         key = sort_key(route)
-        data = field(3, route_resource(route).SerializeToString(deterministic=True))
+        variants = route_variants(route, route_resource(route), self._context)
+        data = b"".join(field(3, v.SerializeToString(deterministic=True)) for v in variants)
         self._entries[route.name] = (route, key, data)
         self.clusters.update(route.clusters())
+        requirement = jwt_requirements(route, self._context)
+        if requirement is not None:
+            self.jwt_requirements[requirement] += 1
         if route.hosts:
             for host in route.hosts:
                 if host not in self._hosts:
@@ -255,6 +274,12 @@ class RouteTable:
         for cluster in route.clusters():
             if self.clusters[cluster] <= 0:
                 del self.clusters[cluster]
+        assert self._context is not None
+        requirement = jwt_requirements(route, self._context)
+        if requirement is not None:
+            self.jwt_requirements[requirement] -= 1
+            if self.jwt_requirements[requirement] <= 0:
+                del self.jwt_requirements[requirement]
         if route.hosts:
             for host in route.hosts:
                 ordered = self._hosts[host]
@@ -275,22 +300,24 @@ class RouteTable:
         """
         parts = [field(1, gateway.name.encode())]
         for host in sorted(self._hosts):
-            body = b"".join(self._hosts[host].data)
+            body = b"".join(self._hosts[host].data) + _NOT_FOUND
             parts.append(field(2, _virtual_host(host, [host], body)))
         if gateway.hostnames:
             default_domains = [h for h in gateway.hostnames if h not in self._hosts]
         else:
             default_domains = ["*"]
         if default_domains:
-            body = b"".join(self._catch_all.data)
+            body = b"".join(self._catch_all.data) + _NOT_FOUND
             parts.append(field(2, _virtual_host(gateway.name, default_domains, body)))
         return Encoded(route_pb2.RouteConfiguration, b"".join(parts))
 
 
-def route_configuration(gateway: Gateway, routes: Iterable[Route]) -> Encoded:
+def route_configuration(
+    gateway: Gateway, routes: Iterable[Route], context: AuthContext | None = None
+) -> Encoded:
     """The RouteConfiguration of a gateway with these routes (no state kept)."""
     table = RouteTable()
-    table.sync({r.name: r for r in routes})
+    table.sync({r.name: r for r in routes}, context or AuthContext(gateway.auth, ()))
     return table.encode(gateway)
 
 

@@ -19,6 +19,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from ..translate import CLUSTER, ENDPOINT
 from .cache import CHANGED, SnapshotCache
+from .mtls import client_identity
 from .snapshot import PUSH_ORDER, WILDCARD_TYPES, Snapshot
 from .status import ProxyState, StatusRecorder
 
@@ -248,6 +249,9 @@ class AdsServer:
         context: grpc.aio.ServicerContext,
     ) -> None:
         stream = AdsStream(self.cache, self.recorder, context.write, context.peer())
+        identity = client_identity(context)
+        if identity is not None:
+            log.info("xDS client %s authenticated as %s", context.peer(), identity)
         self.active.add(stream)
         try:
             await stream.run(requests)

@@ -17,12 +17,23 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import Message
 
 from ..errors import TranslationError
-from ..translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, Encoded, Resources, wire
+from ..translate import (
+    CLUSTER,
+    ENDPOINT,
+    EXTENSION,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    Encoded,
+    Resources,
+    wire,
+)
 
 __all__ = ["PUSH_ORDER", "FragmentCache", "Snapshot", "TypeSnapshot", "build_snapshot"]
 
-#: make-before-break: clusters and their endpoints exist before anything routes to them
-PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+#: make-before-break: clusters and their endpoints exist before anything routes to them,
+#: certificates (SDS) before the listeners that serve them
+PUSH_ORDER = (CLUSTER, ENDPOINT, EXTENSION, SECRET, LISTENER, ROUTE)
 #: types whose requests name no resources and whose responses carry all of them
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 

@@ -61,8 +61,9 @@ class Cli:
 class Controller:
     """``gatewayctl serve`` as a child process; can be killed and restarted on the same ports."""
 
-    def __init__(self, cli: Cli, log_dir: Path) -> None:
+    def __init__(self, cli: Cli, log_dir: Path, args: tuple[str, ...] = ()) -> None:
         self.cli = cli
+        self.args = args  # extra ``serve`` options
         self.xds_port = free_port()
         self.health_port = free_port()
         self.log_dir = log_dir
@@ -81,6 +82,7 @@ class Controller:
                 f"127.0.0.1:{self.xds_port}",
                 "--health-address",
                 f"127.0.0.1:{self.health_port}",
+                *self.args,
             ],
             env=env,
             stdout=log,
@@ -121,7 +123,16 @@ class Controller:
 
 
 class Envoy:
-    def __init__(self, gateway: str, node_id: str, xds_port: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        gateway: str,
+        node_id: str,
+        xds_port: int,
+        log_dir: Path,
+        *,
+        wait: bool = True,
+        **spec_fields: Any,
+    ) -> None:
         self.admin_port = free_port()
         self.spec = EnvoySpec(
             node_id=node_id,
@@ -130,10 +141,12 @@ class Envoy:
             xds_port=xds_port,
             admin_port=self.admin_port,
             log_level="warning",
+            **spec_fields,
         )
         self.log_path = log_dir / f"envoy-{node_id}.log"
         self.proc = start_envoy(self.spec, log_path=self.log_path)
-        wait_ready(self.admin_port, 40, process=self.proc)
+        if wait:
+            wait_ready(self.admin_port, 40, process=self.proc)
 
     @property
     def pid(self) -> int:

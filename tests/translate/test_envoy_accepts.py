@@ -3,7 +3,9 @@
 Per case, the golden listeners, routes, clusters and endpoints of all its gateways become
 one static bootstrap: RDS is replaced by the route configuration inline and EDS by the
 cluster's load assignment, which Envoy validates the same way (and it checks that every
-cluster a route names exists). The Envoys run in parallel, so this takes about a second.
+cluster a route names exists); SDS secrets become static secrets (Envoy loads the
+certificate and key, and checks that they match). The Envoys run in parallel, so this takes
+about a second.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def static_bootstrap(case: str) -> dict[str, Any]:
     """A bootstrap with every gateway of ``case`` as static listeners and clusters."""
     listeners: list[dict[str, Any]] = []
     clusters: dict[str, dict[str, Any]] = {}
+    secrets: dict[str, dict[str, Any]] = {}
     gateways = sorted(
         p.name[len(case) + 1 : -len(".listeners.json")]
         for p in OUT.glob(f"{case}.*.listeners.json")
@@ -40,12 +43,23 @@ def static_bootstrap(case: str) -> dict[str, Any]:
     for gw in gateways:
         routes = {r["name"]: r for r in _load(OUT / f"{case}.{gw}.routes.json")}
         assignments = {e["cluster_name"]: e for e in _load(OUT / f"{case}.{gw}.endpoints.json")}
+        extensions = {e["name"]: e for e in _load(OUT / f"{case}.{gw}.extensions.json")}
+        for secret in _load(OUT / f"{case}.{gw}.secrets.json"):
+            assert secrets.setdefault(secret["name"], secret) == secret
         for listener in _load(OUT / f"{case}.{gw}.listeners.json"):
-            for chain in listener["filter_chains"]:
+            default_chain = listener.get("default_filter_chain")
+            for chain in listener["filter_chains"] + ([default_chain] if default_chain else []):
+                _static_secrets(chain)
                 for flt in chain["filters"]:
                     hcm = flt["typed_config"]
-                    rds = hcm.pop("rds")
-                    hcm["route_config"] = routes[rds["route_config_name"]]
+                    rds = hcm.pop("rds", None)  # the HTTPS redirect listener has its routes inline
+                    if rds is not None:
+                        hcm["route_config"] = routes[rds["route_config_name"]]
+                    for http_filter in hcm["http_filters"]:  # ECDS -> the served config
+                        if http_filter.pop("config_discovery", None) is not None:
+                            http_filter["typed_config"] = extensions[http_filter["name"]][
+                                "typed_config"
+                            ]
             listeners.append(listener)
         for cluster in _load(OUT / f"{case}.{gw}.clusters.json"):
             if cluster["type"] == "EDS":
@@ -54,7 +68,23 @@ def static_bootstrap(case: str) -> dict[str, Any]:
                 cluster["load_assignment"] = assignments[service]
             # A cluster used by several gateways must be the same for all of them.
             assert clusters.setdefault(cluster["name"], cluster) == cluster
-    return {"static_resources": {"listeners": listeners, "clusters": list(clusters.values())}}
+    return {
+        "static_resources": {
+            "listeners": listeners,
+            "clusters": list(clusters.values()),
+            "secrets": list(secrets.values()),
+        }
+    }
+
+
+def _static_secrets(chain: dict[str, Any]) -> None:
+    """SDS over ADS -> the static secret of the same name (what the golden secrets hold)."""
+    socket = chain.get("transport_socket")
+    if socket is None:
+        return
+    context = socket["typed_config"]["common_tls_context"]
+    for sds in context.get("tls_certificate_sds_secret_configs", []):
+        assert sds.pop("sds_config") == {"ads": {}, "resource_api_version": "V3"}
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,30 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 
 from controlplane.policy import Bundle
-from controlplane.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, Translator, build_views
+from controlplane.translate import (
+    CLUSTER,
+    ENDPOINT,
+    EXTENSION,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    Translator,
+    build_views,
+)
 
 DATA = Path(__file__).parent / "testdata"
 IN = DATA / "in"
 OUT = DATA / "out"
 CASES = sorted(p.stem for p in IN.glob("*.yaml"))
 #: file suffix -> xDS type
-TYPES = {"listeners": LISTENER, "routes": ROUTE, "clusters": CLUSTER, "endpoints": ENDPOINT}
+TYPES = {
+    "listeners": LISTENER,
+    "routes": ROUTE,
+    "clusters": CLUSTER,
+    "endpoints": ENDPOINT,
+    "extensions": EXTENSION,
+    "secrets": SECRET,
+}
 UPDATE_HINT = "run `pytest tests/translate --update-golden` and review the diff"
 
 
@@ -35,7 +51,9 @@ def translate_case(case: str) -> dict[str, str]:
     """Output file name -> expected text, for every gateway of the case."""
     path = IN / f"{case}.yaml"
     bundle = Bundle.from_text(path.read_text(encoding="utf-8"), str(path))
-    views = build_views(bundle.gateways, bundle.routes, {c.name: c for c in bundle.clusters})
+    views = build_views(
+        bundle.gateways, bundle.routes, {c.name: c for c in bundle.clusters}, bundle.by_kind()
+    )
     translator = Translator()
     out = {}
     for gateway, view in views.items():
@@ -91,9 +109,12 @@ def test_no_outputs_without_input(update_golden: bool) -> None:
 def _route_names(case: str, gateway: str) -> dict[str, list[str]]:
     routes = json.loads(translate_case(case)[f"{case}.{gateway}.routes.json"])
     assert len(routes) == 1
-    return {
-        vh["name"]: [r["name"] for r in vh.get("routes", [])] for vh in routes[0]["virtual_hosts"]
-    }
+    out = {}
+    for vh in routes[0]["virtual_hosts"]:
+        names = [r["name"] for r in vh.get("routes", [])]
+        assert names[-1] == "gateway.not_found"  # every virtual host ends with the 404 route
+        out[vh["name"]] = names[:-1]
+    return out
 
 
 def test_route_order_is_the_documented_one() -> None:

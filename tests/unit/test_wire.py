@@ -32,6 +32,11 @@ def test_encoded_route_configuration_matches_protobuf() -> None:
     message = resources.message(ROUTE, "public")
     assert isinstance(message, route_pb2.RouteConfiguration)
     assert [vh.name for vh in message.virtual_hosts] == ["b.example.com", "public"]
-    assert [r.name for r in message.virtual_hosts[0].routes] == ["r2", "r3", "r1"]
+    assert [r.name for r in message.virtual_hosts[0].routes] == [
+        "r2",
+        "r3",
+        "r1",
+        "gateway.not_found",
+    ]
     assert list(message.virtual_hosts[1].domains) == ["a.example.com"]
     assert encoded.data == message.SerializeToString(deterministic=True)  # type: ignore[union-attr]

@@ -1,0 +1,116 @@
+"""``consumer key add|list|revoke``: API keys are shown once and listed by prefix only."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import NotFound, PolicyInvalid
+from ..policy import ApiKey, new_api_key
+from .context import ctx_of, finish_change
+from .output import Format, emit, emit_table
+from .resources import WaitOption
+
+__all__ = ["register_keys"]
+
+_RELATIVE = re.compile(r"^(\d+)([mhd])$")
+
+
+def _expiry(value: str | None) -> datetime | None:
+    """``30d``, ``12h``, ``90m`` from now, or an ISO 8601 date/time."""
+    if value is None:
+        return None
+    match = _RELATIVE.match(value)
+    if match:
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+        return datetime.now(UTC) + timedelta(**{unit: int(match.group(1))})
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise PolicyInvalid(
+            f"--expires: {value!r} is neither a duration (30d, 12h, 90m) nor an ISO date"
+        ) from None
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if parsed <= datetime.now(UTC):
+        raise PolicyInvalid(f"--expires: {value!r} is in the past")
+    return parsed
+
+
+def _row(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.name,
+        "consumer": key.consumer,
+        "prefix": key.prefix + "...",
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        "expired": key.expired(),
+    }
+
+
+def register_keys(consumer_app: typer.Typer) -> None:
+    keys = typer.Typer(help="Manage a consumer's API keys.", no_args_is_help=True)
+    consumer_app.add_typer(keys, name="key")
+
+    @keys.command("add")
+    def add(
+        ctx: typer.Context,
+        consumer: Annotated[str, typer.Argument(help="The consumer the key identifies.")],
+        expires: Annotated[
+            str | None, typer.Option(help="30d, 12h, 90m, or an ISO 8601 time.")
+        ] = None,
+        wait: WaitOption = None,
+    ) -> None:
+        """Create a key; it is printed once, on standard output, and never shown again."""
+        c = ctx_of(ctx)
+        key = new_api_key(consumer, _expiry(expires))
+        revision = c.store.create(key)
+        if c.output == Format.table:
+            print(key.key)
+        else:
+            emit({**_row(key), "key": key.key}, c.output)
+        finish_change(c, revision, f"api key {key.name} created for {consumer!r}", wait)
+
+    @keys.command("list")
+    def list_(
+        ctx: typer.Context,
+        consumer: Annotated[str | None, typer.Argument(help="Only this consumer's keys.")] = None,
+    ) -> None:
+        """List keys by id and prefix (the key itself is never shown again)."""
+        c = ctx_of(ctx)
+        rows = [
+            _row(k)  # type: ignore[arg-type]
+            for k in c.store.list_objects("api_key")
+            if consumer is None or k.consumer == consumer  # type: ignore[attr-defined]
+        ]
+        if c.output == Format.table:
+            emit_table(
+                ["ID", "CONSUMER", "PREFIX", "EXPIRES"],
+                [
+                    [
+                        r["id"],
+                        r["consumer"],
+                        r["prefix"],
+                        (r["expires_at"] or "never") + (" (expired)" if r["expired"] else ""),
+                    ]
+                    for r in rows
+                ],
+            )
+        else:
+            emit(rows, c.output)
+
+    @keys.command("revoke")
+    def revoke(
+        ctx: typer.Context,
+        key_id: Annotated[str, typer.Argument(help="The key's id (ak_...).")],
+        wait: WaitOption = None,
+    ) -> None:
+        """Delete a key; with --wait, return once no proxy accepts it any more."""
+        c = ctx_of(ctx)
+        try:
+            revision = c.store.delete("api_key", key_id)
+        except NotFound:
+            raise NotFound(f"api key {key_id!r} does not exist") from None
+        finish_change(c, revision, f"api key {key_id} revoked", wait)
+

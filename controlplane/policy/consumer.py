@@ -1,0 +1,69 @@
+"""Consumers (who calls) and their API keys.
+
+A caller is one consumer whichever way it authenticates: by API key (the key's consumer) or
+by JWT (the provider's ``consumer_claim``, ``sub`` by default, names the consumer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from pydantic import Field, field_validator
+
+from .common import Name, PolicyModel
+
+__all__ = ["ApiKey", "Consumer", "new_api_key"]
+
+
+class Consumer(PolicyModel):
+    kind: ClassVar[str] = "consumer"
+
+    name: Name
+    groups: list[Name] = Field(default_factory=list)
+
+    @field_validator("groups")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        return sorted(set(value))
+
+
+class ApiKey(PolicyModel):
+    """A secret a consumer sends in ``x-api-key``. Managed with ``consumer key ...`` only.
+
+    Keys are not part of the declarative file (``apply``/``export``), so policy files never
+    carry secrets; ``name`` is a public id derived from the key, shown in listings.
+    """
+
+    kind: ClassVar[str] = "api_key"
+
+    name: str = Field(pattern=r"^ak_[0-9a-f]{12}$")
+    consumer: Name
+    key: str = Field(min_length=22, description="at least 128 bits of randomness")
+    expires_at: datetime | None = None
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    def references(self) -> list[tuple[str, str]]:
+        return [("consumer", self.consumer)]
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC))
+
+    @property
+    def prefix(self) -> str:
+        return self.key[:8]
+
+
+def new_api_key(consumer: str, expires_at: datetime | None = None) -> ApiKey:
+    """192 random bits, URL-safe; the id is a digest, so it reveals nothing of the key."""
+    key = "gw_" + secrets.token_urlsafe(24)
+    key_id = "ak_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    return ApiKey(name=key_id, consumer=consumer, key=key, expires_at=expires_at)

@@ -1,0 +1,418 @@
+"""Authentication and authorisation at the edge: JWT, API keys, rules, consumer identity.
+
+Everything is enforced by Envoy filters; nothing calls into Python per request.
+
+* ``gateway.strip_identity`` (header_mutation) removes client-sent copies of the identity
+  headers first, so only the gateway can set ``x-consumer-id`` and claim headers.
+* ``gateway.jwt_authn`` checks tokens; the consumer claim becomes ``x-consumer-id``.
+* ``gateway.api_key_auth`` checks ``x-api-key``; the key's consumer becomes ``x-consumer-id``
+  and the key is not forwarded.
+* ``gateway.rbac`` applies per-route rules (scopes, claims, consumers, groups) -> 403.
+
+Filter configs that depend on policy objects (providers, keys) are delivered over ECDS, so a
+revoked key or a new provider changes no listener: connections stay open and the next
+request sees the change. A route accepting *either* credential becomes two Envoy routes:
+one for requests carrying ``x-api-key`` (API key required), one for the rest (JWT required).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import cast
+from urllib.parse import urlsplit
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, http_uri_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2 as apikey
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.type.matcher.v3 import metadata_pb2, regex_pb2, string_pb2, value_pb2
+
+from ..policy import ApiKey, AuthPolicy, Consumer, Gateway, JwtProvider, Route
+from .common import duration, pack
+from .view import GatewayView
+
+__all__ = [
+    "API_KEY_FILTER",
+    "CONSUMER_HEADER",
+    "JWT_FILTER",
+    "RBAC_FILTER",
+    "STRIP_FILTER",
+    "AuthContext",
+    "api_key_filter",
+    "auth_context",
+    "jwks_clusters",
+    "jwt_filter",
+    "rbac_filter_config",
+    "route_variants",
+    "strip_filter",
+]
+
+STRIP_FILTER = "gateway.strip_identity"
+JWT_FILTER = "gateway.jwt_authn"
+API_KEY_FILTER = "gateway.api_key_auth"
+RBAC_FILTER = "gateway.rbac"
+CONSUMER_HEADER = "x-consumer-id"
+API_KEY_HEADER = "x-api-key"
+JWT_NAMESPACE = "envoy.filters.http.jwt_authn"
+JWT_PAYLOAD = "jwt_payload"
+SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
+
+
+@dataclass(frozen=True)
+class AuthContext:
+    """What a route's auth translation depends on besides the route itself.
+
+    Route encodings are cached per route object; when this context changes (the gateway's
+    default, group membership), the gateway's routes are re-encoded.
+    """
+
+    default: AuthPolicy | None
+    groups: tuple[tuple[str, tuple[str, ...]], ...]  # group -> consumers, sorted
+
+    def members(self, group: str) -> tuple[str, ...]:
+        return dict(self.groups).get(group, ())
+
+
+def auth_context(gateway: Gateway, consumers: Mapping[str, Consumer]) -> AuthContext:
+    groups: dict[str, list[str]] = {}
+    for consumer in consumers.values():
+        for group in consumer.groups:
+            groups.setdefault(group, []).append(consumer.name)
+    return AuthContext(
+        gateway.auth, tuple(sorted((g, tuple(sorted(m))) for g, m in groups.items()))
+    )
+
+
+def _objects(view: GatewayView, kind: str) -> Mapping[str, object]:
+    return view.objects.get(kind, {})
+
+
+def _providers(view: GatewayView) -> list[JwtProvider]:
+    providers = cast(Mapping[str, JwtProvider], _objects(view, "jwt_provider"))
+    return sorted(providers.values(), key=lambda p: p.name)
+
+
+# -- gateway-level filter configs (delivered over ECDS) -------------------------------------
+
+
+def strip_filter(view: GatewayView) -> header_mutation_pb2.HeaderMutation:
+    headers = {CONSUMER_HEADER}
+    for provider in _providers(view):
+        headers.update(provider.claims_to_headers.values())
+    return header_mutation_pb2.HeaderMutation(
+        mutations=header_mutation_pb2.Mutations(
+            request_mutations=[mutation_rules_pb2.HeaderMutation(remove=h) for h in sorted(headers)]
+        )
+    )
+
+
+def _jwks_cluster_name(provider: JwtProvider) -> str:
+    return f"jwks.{provider.name}"
+
+
+def _provider(provider: JwtProvider) -> jwt.JwtProvider:
+    out = jwt.JwtProvider(
+        issuer=provider.issuer,
+        audiences=provider.audiences,
+        forward=provider.forward_token,
+        clock_skew_seconds=max(1, int(duration(provider.clock_skew).seconds)),
+        payload_in_metadata=JWT_PAYLOAD,
+        from_headers=[jwt.JwtHeader(name=h.name, value_prefix=h.prefix) for h in provider.headers],
+        from_params=provider.query_params,
+        from_cookies=provider.cookies,
+        claim_to_headers=[
+            jwt.JwtClaimToHeader(header_name=CONSUMER_HEADER, claim_name=provider.consumer_claim)
+        ]
+        + [
+            jwt.JwtClaimToHeader(header_name=header, claim_name=claim)
+            for claim, header in sorted(provider.claims_to_headers.items())
+        ],
+        jwt_cache_config=jwt.JwtCacheConfig(jwt_cache_size=1000),
+    )
+    if provider.jwks is not None:
+        out.local_jwks.inline_string = provider.jwks
+    else:
+        out.remote_jwks.CopyFrom(
+            jwt.RemoteJwks(
+                http_uri=http_uri_pb2.HttpUri(
+                    uri=provider.jwks_uri,
+                    cluster=_jwks_cluster_name(provider),
+                    timeout=duration(provider.jwks_fetch_timeout),
+                ),
+                cache_duration=duration(provider.jwks_cache_duration),
+                async_fetch=jwt.JwksAsyncFetch(),
+            )
+        )
+    return out
+
+
+def jwt_filter(view: GatewayView, requirements: list[tuple[str, ...]]) -> jwt.JwtAuthentication:
+    """Every provider, and one named requirement per set of providers routes accept."""
+    config = jwt.JwtAuthentication(
+        providers={p.name: _provider(p) for p in _providers(view)},
+        bypass_cors_preflight=True,
+    )
+    for names in requirements:
+        config.requirement_map[_requirement_name(names)].CopyFrom(_requirement(names))
+    return config
+
+
+def _requirement_name(providers: tuple[str, ...]) -> str:
+    return "any:" + ",".join(providers)
+
+
+def _requirement(providers: tuple[str, ...]) -> jwt.JwtRequirement:
+    if len(providers) == 1:
+        return jwt.JwtRequirement(provider_name=providers[0])
+    return jwt.JwtRequirement(
+        requires_any=jwt.JwtRequirementOrList(
+            requirements=[jwt.JwtRequirement(provider_name=p) for p in providers]
+        )
+    )
+
+
+def api_key_filter(view: GatewayView, now: datetime | None = None) -> apikey.ApiKeyAuth:
+    """Every unexpired key with its consumer; expired keys are simply absent."""
+    now = now or datetime.now(UTC)
+    keys = sorted(
+        (k for k in _objects(view, "api_key").values() if not k.expired(now)),  # type: ignore[attr-defined]
+        key=lambda k: k.name,  # type: ignore[attr-defined]
+    )
+    return apikey.ApiKeyAuth(
+        credentials=[apikey.Credential(key=k.key, client=k.consumer) for k in keys],  # type: ignore[attr-defined]
+        key_sources=[apikey.KeySource(header=API_KEY_HEADER)],
+        forwarding=apikey.Forwarding(header=CONSUMER_HEADER, hide_credentials=True),
+    )
+
+
+def next_key_expiry(objects: Mapping[str, object], now: datetime) -> datetime | None:
+    """When the next still-valid key expires: the runner rebuilds then."""
+    pending = [
+        k.expires_at  # type: ignore[attr-defined]
+        for k in objects.values()
+        if isinstance(k, ApiKey) and k.expires_at is not None and k.expires_at > now
+    ]
+    return min(pending) if pending else None
+
+
+def rbac_filter_config(_view: GatewayView) -> rbac_filter.RBAC:
+    """No gateway-wide rules: routes carry their own (an RBAC without rules allows all)."""
+    return rbac_filter.RBAC()
+
+
+def jwks_clusters(view: GatewayView) -> list[cluster_pb2.Cluster]:
+    """One cluster per remote JWKS host, TLS (system CAs, SNI) for https URIs."""
+    out = []
+    for provider in _providers(view):
+        if provider.jwks_uri is None:
+            continue
+        url = urlsplit(provider.jwks_uri)
+        host = url.hostname or ""
+        port = url.port or (443 if url.scheme == "https" else 80)
+        cluster = cluster_pb2.Cluster(
+            name=_jwks_cluster_name(provider),
+            type=cluster_pb2.Cluster.STRICT_DNS,
+            dns_lookup_family=cluster_pb2.Cluster.V4_PREFERRED,
+            connect_timeout=duration(provider.jwks_fetch_timeout),
+            load_assignment=endpoint_pb2.ClusterLoadAssignment(
+                cluster_name=_jwks_cluster_name(provider),
+                endpoints=[
+                    endpoint_components_pb2.LocalityLbEndpoints(
+                        lb_endpoints=[
+                            endpoint_components_pb2.LbEndpoint(
+                                endpoint=endpoint_components_pb2.Endpoint(
+                                    address=address_pb2.Address(
+                                        socket_address=address_pb2.SocketAddress(
+                                            address=host, port_value=port
+                                        )
+                                    )
+                                )
+                            )
+                        ]
+                    )
+                ],
+            ),
+        )
+        if url.scheme == "https":
+            tls = tls_pb2.UpstreamTlsContext(
+                sni=host,
+                common_tls_context=tls_pb2.CommonTlsContext(
+                    validation_context=tls_pb2.CertificateValidationContext(
+                        trusted_ca=base_pb2.DataSource(filename=SYSTEM_CA)
+                    )
+                ),
+            )
+            cluster.transport_socket.name = "envoy.transport_sockets.tls"
+            cluster.transport_socket.typed_config.CopyFrom(pack(tls))
+        out.append(cluster)
+    return out
+
+
+# -- per-route ------------------------------------------------------------------------------
+
+
+def effective_auth(route: Route, context: AuthContext) -> AuthPolicy | None:
+    return route.auth if route.auth is not None else context.default
+
+
+def jwt_requirements(route: Route, context: AuthContext) -> tuple[str, ...] | None:
+    auth = effective_auth(route, context)
+    return tuple(sorted(auth.jwt)) if auth is not None and auth.jwt else None
+
+
+def _string(value: str) -> value_pb2.ValueMatcher:
+    return value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=value))
+
+
+def _claim(claim: str, matcher: value_pb2.ValueMatcher) -> rbac_config.Principal:
+    return rbac_config.Principal(
+        metadata=metadata_pb2.MetadataMatcher(
+            filter=JWT_NAMESPACE,
+            path=[
+                metadata_pb2.MetadataMatcher.PathSegment(key=JWT_PAYLOAD),
+                metadata_pb2.MetadataMatcher.PathSegment(key=claim),
+            ],
+            value=matcher,
+        )
+    )
+
+
+def _scope(scope: str) -> rbac_config.Principal:
+    """``scope`` as a space-separated string (RFC 8693) or ``scp`` as a list."""
+    word = "(^|.* )" + _re_escape(scope) + "( .*|$)"
+    as_string = _claim(
+        "scope",
+        value_pb2.ValueMatcher(
+            string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=word))
+        ),
+    )
+    as_list = _claim(
+        "scp", value_pb2.ValueMatcher(list_match=value_pb2.ListMatcher(one_of=_string(scope)))
+    )
+    return rbac_config.Principal(or_ids=rbac_config.Principal.Set(ids=[as_string, as_list]))
+
+
+def _re_escape(text: str) -> str:
+    return "".join("\\" + c if not c.isalnum() and c not in "_-:/" else c for c in text)
+
+
+def _consumer_is(names: list[str]) -> rbac_config.Principal:
+    return rbac_config.Principal(
+        or_ids=rbac_config.Principal.Set(
+            ids=[
+                rbac_config.Principal(
+                    header=rc.HeaderMatcher(
+                        name=CONSUMER_HEADER, string_match=string_pb2.StringMatcher(exact=n)
+                    )
+                )
+                for n in names
+            ]
+        )
+    )
+
+
+def _rules(auth: AuthPolicy, context: AuthContext, via_jwt: bool) -> rbac_filter.RBACPerRoute:
+    principals: list[rbac_config.Principal] = []
+    if via_jwt:
+        principals += [_scope(s) for s in auth.scopes]
+        for claim, values in sorted(auth.claims.items()):
+            principals.append(
+                rbac_config.Principal(
+                    or_ids=rbac_config.Principal.Set(
+                        ids=[_claim(claim, _string(v)) for v in values]
+                    )
+                )
+            )
+    allowed = _allowed_consumers(auth, context)
+    if allowed is not None:
+        principals.append(
+            _consumer_is(allowed)
+            if allowed
+            else rbac_config.Principal(not_id=rbac_config.Principal(any=True))
+        )
+    policy = rbac_config.Policy(
+        permissions=[rbac_config.Permission(any=True)],
+        principals=[rbac_config.Principal(and_ids=rbac_config.Principal.Set(ids=principals))],
+    )
+    return rbac_filter.RBACPerRoute(
+        rbac=rbac_filter.RBAC(
+            rules=rbac_config.RBAC(action=rbac_config.RBAC.ALLOW, policies={"route": policy})
+        )
+    )
+
+
+def _allowed_consumers(auth: AuthPolicy, context: AuthContext) -> list[str] | None:
+    """None: anyone authenticated; otherwise the listed consumers plus the groups' members."""
+    if not auth.consumers and not auth.groups:
+        return None
+    names = set(auth.consumers)
+    for group in auth.groups:
+        names.update(context.members(group))
+    return sorted(names)
+
+
+def not_found_route() -> rc.Route:
+    """The last route of every virtual host: a plain 404 that asks for no credentials."""
+    out = rc.Route(
+        name="gateway.not_found",
+        match=rc.RouteMatch(prefix="/"),
+        direct_response=rc.DirectResponseAction(status=404),
+    )
+    _configure(out, jwt_req=None, api_key=False, rules=None)
+    return out
+
+
+def route_variants(route: Route, message: rc.Route, context: AuthContext) -> list[rc.Route]:
+    """The Envoy route(s) for one policy route, with per-filter settings for its auth."""
+    auth = effective_auth(route, context)
+    if auth is None or auth.public:
+        _configure(message, jwt_req=None, api_key=False, rules=None)
+        return [message]
+    rules = auth if auth.has_rules else None
+    if auth.jwt and auth.api_key:
+        keyed = rc.Route()
+        keyed.CopyFrom(message)
+        keyed.match.headers.append(rc.HeaderMatcher(name=API_KEY_HEADER, present_match=True))
+        _configure(keyed, jwt_req=None, api_key=True, rules=rules, context=context)
+        _configure(
+            message, jwt_req=tuple(sorted(auth.jwt)), api_key=False, rules=rules, context=context
+        )
+        return [keyed, message]
+    _configure(
+        message,
+        jwt_req=tuple(sorted(auth.jwt)) if auth.jwt else None,
+        api_key=auth.api_key,
+        rules=rules,
+        context=context,
+    )
+    return [message]
+
+
+def _configure(
+    message: rc.Route,
+    *,
+    jwt_req: tuple[str, ...] | None,
+    api_key: bool,
+    rules: AuthPolicy | None,
+    context: AuthContext | None = None,
+) -> None:
+    per = message.typed_per_filter_config
+    if jwt_req is None:
+        per[JWT_FILTER].CopyFrom(pack(jwt.PerRouteConfig(disabled=True)))
+    else:
+        per[JWT_FILTER].CopyFrom(
+            pack(jwt.PerRouteConfig(requirement_name=_requirement_name(jwt_req)))
+        )
+    if not api_key:
+        per[API_KEY_FILTER].CopyFrom(pack(rc.FilterConfig(disabled=True)))
+    if rules is not None and context is not None:
+        per[RBAC_FILTER].CopyFrom(pack(_rules(rules, context, via_jwt=jwt_req is not None)))
