@@ -113,4 +113,3 @@ def register_keys(consumer_app: typer.Typer) -> None:
         except NotFound:
             raise NotFound(f"api key {key_id!r} does not exist") from None
         finish_change(c, revision, f"api key {key_id} revoked", wait)
-

@@ -263,6 +263,29 @@ def auth_fields(
     return {"auth": auth} if auth or auth_public else {}
 
 
+def cors_fields(
+    cors_origin: Annotated[
+        list[str] | None, typer.Option(help="Allowed origin, e.g. https://*.example.com.")
+    ] = None,
+    cors_method: Annotated[list[str] | None, typer.Option(help="Allowed method.")] = None,
+    cors_header: Annotated[list[str] | None, typer.Option(help="Allowed request header.")] = None,
+    cors_expose_header: Annotated[list[str] | None, typer.Option()] = None,
+    cors_credentials: Annotated[
+        bool | None, typer.Option("--cors-credentials/--no-cors-credentials")
+    ] = None,
+    cors_max_age: Annotated[str | None, typer.Option(help="Preflight cache, e.g. 10m.")] = None,
+) -> dict[str, Any]:
+    cors: dict[str, Any] = {}
+    _set(cors, "allow_origins", cors_origin)
+    _set(cors, "allow_methods", cors_method)
+    _set(cors, "allow_headers", cors_header)
+    _set(cors, "expose_headers", cors_expose_header)
+    if cors_credentials is not None:
+        cors["allow_credentials"] = cors_credentials
+    _set(cors, "max_age", cors_max_age)
+    return {"cors": cors} if cors else {}
+
+
 def jwt_provider_fields(
     issuer: Annotated[str | None, typer.Option(help="The iss claim tokens carry (URL).")] = None,
     audience: Annotated[list[str] | None, typer.Option(help="Accepted aud (repeatable).")] = None,
@@ -440,9 +463,9 @@ COLUMNS: dict[str, tuple[list[str], Callable[[dict[str, Any]], list[Any]]]] = {
 }
 
 FIELDS: dict[str, list[Callable[..., dict[str, Any]]]] = {
-    "gateway": [gateway_fields, auth_fields],
+    "gateway": [gateway_fields, auth_fields, cors_fields],
     "cluster": [cluster_fields],
-    "route": [route_fields, auth_fields],
+    "route": [route_fields, auth_fields, cors_fields],
     "jwt_provider": [jwt_provider_fields],
     "consumer": [consumer_fields],
 }

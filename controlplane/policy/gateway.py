@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from .auth import AuthPolicy
 from .certificate import GatewayTls
 from .common import Hostname, Name, PolicyModel
+from .cors import CorsPolicy
 
 __all__ = ["Gateway"]
 
@@ -33,6 +34,7 @@ class Gateway(PolicyModel):
     auth: AuthPolicy | None = Field(
         None, description="default for routes that set no auth; unset: open to anyone"
     )
+    cors: CorsPolicy | None = Field(None, description="default CORS policy of its routes")
     tls: GatewayTls | None = Field(None, description="serve HTTPS on the port; unset: plain HTTP")
 
     @field_validator("address")

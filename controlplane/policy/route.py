@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .auth import AuthPolicy
 from .common import Duration, Hostname, Name, PolicyModel, Regex
+from .cors import CorsPolicy
 
 __all__ = [
     "DirectResponse",
@@ -268,6 +269,7 @@ class Route(PolicyModel):
     auth: AuthPolicy | None = Field(
         None, description="who may call; unset: the gateway's default; {}: anyone"
     )
+    cors: CorsPolicy | None = Field(None, description="unset: the gateway's CORS policy")
 
     @model_validator(mode="before")
     @classmethod

@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from ..policy import Cluster, Consumer, Gateway, PolicyModel, Route
 from ..policy.certificate import Certificate
-from .auth import auth_context, jwks_clusters
+from .auth import jwks_clusters, route_context
 from .cluster import cluster_resource, is_eds, load_assignment
 from .common import pack
 from .filters import http_filters
@@ -125,7 +125,7 @@ class Translator:
         gw = view.gateway
         table = self._tables.setdefault(gw.name, RouteTable())
         consumers = cast(Mapping[str, Consumer], view.objects.get("consumer", {}))
-        table.sync(view.routes, auth_context(gw, consumers))
+        table.sync(view.routes, route_context(gw, consumers))
         filters, dynamic = http_filters(view, table)
         out.add(
             LISTENER,

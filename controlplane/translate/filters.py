@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from . import auth
 from .common import ads_source, pack
+from .cors import CORS_FILTER, cors_filter
 from .view import GatewayView
 
 __all__ = ["ORDER", "FilterSpec", "http_filters"]
@@ -48,6 +49,8 @@ def _jwt(view: GatewayView, table: RouteTable) -> Message:
 #: The filter chain, in order; the router must stay last.
 ORDER: list[FilterSpec] = [
     FilterSpec(auth.STRIP_FILTER, lambda view, _t: auth.strip_filter(view)),
+    # before authentication: a preflight is answered without credentials
+    FilterSpec(CORS_FILTER, lambda _v, _t: cors_filter(), dynamic=False),
     FilterSpec(auth.JWT_FILTER, _jwt),
     FilterSpec(auth.API_KEY_FILTER, lambda view, _t: auth.api_key_filter(view)),
     FilterSpec(auth.RBAC_FILTER, lambda view, _t: auth.rbac_filter_config(view)),

@@ -18,14 +18,27 @@ from google.protobuf import wrappers_pb2
 
 from ..policy import Gateway, Route
 from ..policy.route import HeaderOps
-from .auth import AuthContext, jwt_requirements, not_found_route, route_variants
+from .auth import (
+    RouteContext,
+    jwt_requirements,
+    not_found_route,
+    route_context,
+    route_variants,
+    virtual_host_defaults,
+)
 from .common import duration, regex, string_match
+from .cors import apply_cors
 from .wire import Encoded, field
 
 #: the context of a gateway without auth and consumers
-NO_AUTH = AuthContext(default=None, groups=())
+NO_AUTH = RouteContext(default=None, groups=())
 #: appended to every virtual host, so unmatched requests get 404 rather than 401
 _NOT_FOUND = field(3, not_found_route().SerializeToString(deterministic=True))
+#: VirtualHost.typed_per_filter_config (15): map entries {key (1), value (2)}, sorted by key
+_VIRTUAL_HOST_DEFAULTS = b"".join(
+    field(15, field(1, key.encode()) + field(2, value.SerializeToString(deterministic=True)))
+    for key, value in sorted(virtual_host_defaults().items())
+)
 
 __all__ = ["RouteTable", "route_configuration", "route_resource", "sort_key"]
 
@@ -225,7 +238,7 @@ class RouteTable:
         self.clusters: Counter[str] = Counter()
         #: sets of JWT providers routes accept (one named requirement each)
         self.jwt_requirements: Counter[tuple[str, ...]] = Counter()
-        self._context: AuthContext | None = None
+        self._context: RouteContext | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -233,7 +246,7 @@ class RouteTable:
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
 
-    def sync(self, routes: Mapping[str, Route], context: AuthContext | None = None) -> None:
+    def sync(self, routes: Mapping[str, Route], context: RouteContext | None = None) -> None:
         context = context or NO_AUTH
         if context != self._context:  # e.g. the gateway's default auth: re-encode all
             for name in list(self._entries):
@@ -252,6 +265,8 @@ class RouteTable:
         assert self._context is not None
         key = sort_key(route)
         variants = route_variants(route, route_resource(route), self._context)
+        for variant in variants:
+            apply_cors(variant, route, self._context)
         data = b"".join(field(3, v.SerializeToString(deterministic=True)) for v in variants)
         self._entries[route.name] = (route, key, data)
         self.clusters.update(route.clusters())
@@ -313,14 +328,20 @@ class RouteTable:
 
 
 def route_configuration(
-    gateway: Gateway, routes: Iterable[Route], context: AuthContext | None = None
+    gateway: Gateway, routes: Iterable[Route], context: RouteContext | None = None
 ) -> Encoded:
     """The RouteConfiguration of a gateway with these routes (no state kept)."""
     table = RouteTable()
-    table.sync({r.name: r for r in routes}, context or AuthContext(gateway.auth, ()))
+    table.sync({r.name: r for r in routes}, context or route_context(gateway, {}))
     return table.encode(gateway)
 
 
 def _virtual_host(name: str, domains: list[str], routes: bytes) -> bytes:
-    """VirtualHost: name (1), domains (2), routes (3, already encoded)."""
-    return field(1, name.encode()) + b"".join(field(2, d.encode()) for d in domains) + routes
+    """VirtualHost: name (1), domains (2), routes (3, already encoded), then the per-filter
+    defaults (15), in field order as deterministic serialisation writes them."""
+    return (
+        field(1, name.encode())
+        + b"".join(field(2, d.encode()) for d in domains)
+        + routes
+        + _VIRTUAL_HOST_DEFAULTS
+    )
