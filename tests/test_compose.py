@@ -27,6 +27,7 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 ENVOY_DIR = REPO / "envoy"
 BOOTSTRAP = ENVOY_DIR / "bootstrap.yaml"
+BOOTSTRAP_MTLS = ENVOY_DIR / "bootstrap-mtls.yaml"
 RUN_ENVOY = ENVOY_DIR / "run-envoy.sh"
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -173,7 +174,7 @@ def test_compose_envoy_runs_the_shared_bootstrap() -> None:
 
     # The launcher used by tests and `gatewayctl up` reads the very same files.
     launcher_dir = bootstrap_dir()
-    for name in ("bootstrap.yaml", "run-envoy.sh"):
+    for name in ("bootstrap.yaml", "bootstrap-mtls.yaml", "run-envoy.sh"):
         assert (launcher_dir / name).read_bytes() == (ENVOY_DIR / name).read_bytes(), name
 
 
@@ -300,3 +301,96 @@ def test_run_envoy_rejects_unsafe_values(var: str, value: str, tmp_path: Path) -
     result = _render(env, tmp_path / "bootstrap.yaml")
     assert result.returncode != 0
     assert var in result.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# (d) the mutual-TLS variant of the bootstrap (a controller serving ADS over mTLS)
+
+TLS_VARS = {"XDS_TLS_CERT", "XDS_TLS_KEY", "XDS_TLS_CA"}
+
+
+def test_mtls_bootstrap_is_the_bootstrap_plus_a_transport_socket() -> None:
+    base = yaml.safe_load(BOOTSTRAP.read_text())
+    mtls = yaml.safe_load(BOOTSTRAP_MTLS.read_text())
+    (cluster,) = mtls["static_resources"]["clusters"]
+    socket = cluster.pop("transport_socket")
+    assert mtls == base  # nothing else may drift
+    context = socket["typed_config"]["common_tls_context"]
+    assert context["validation_context"]["trusted_ca"] == {"filename": "${XDS_TLS_CA}"}
+    assert context["tls_certificates"] == [
+        {
+            "certificate_chain": {"filename": "${XDS_TLS_CERT}"},
+            "private_key": {"filename": "${XDS_TLS_KEY}"},
+        }
+    ]
+
+
+def test_every_mtls_placeholder_is_supplied() -> None:
+    base = set(PLACEHOLDER.findall(BOOTSTRAP.read_text()))
+    placeholders = set(PLACEHOLDER.findall(BOOTSTRAP_MTLS.read_text()))
+    assert placeholders == base | TLS_VARS | {"XDS_TLS_SAN_TYPE"}
+    spec_env = EnvoySpec(
+        node_id="n",
+        gateway="g",
+        xds_host="127.0.0.1",
+        xds_port=1,
+        xds_tls_cert="/c.pem",
+        xds_tls_key="/c.key",
+        xds_tls_ca="/ca.pem",
+    ).env()
+    # XDS_TLS_SAN_TYPE is derived by the script from XDS_HOST, not supplied
+    assert placeholders - {"XDS_TLS_SAN_TYPE"} <= set(spec_env)
+    script = RUN_ENVOY.read_text()
+    assert "XDS_TLS_SAN_TYPE=IP_ADDRESS" in script and "XDS_TLS_SAN_TYPE=DNS" in script
+    for name in spec_env:
+        assert "${" + name in script, f"run-envoy.sh does not read {name}"
+    # a plain spec sets no TLS variable, so the plain template is used
+    plain = EnvoySpec(node_id="n", gateway="g", xds_host="127.0.0.1", xds_port=1).env()
+    assert not TLS_VARS & set(plain)
+
+
+@pytest.mark.parametrize(("host", "san_type"), [("127.0.0.1", "IP_ADDRESS"), ("controller", "DNS")])
+def test_rendered_mtls_bootstrap_validates_with_envoy(
+    host: str, san_type: str, tmp_path: Path
+) -> None:
+    from tests.e2e.tlsutil import TestCA
+
+    ca = TestCA()
+    cert, key = ca.issue("envoy-1", ["envoy-1"], client=True).write(tmp_path, "client")
+    env = EnvoySpec(
+        node_id="test-node",
+        gateway="public",
+        xds_host=host,
+        xds_port=18000,
+        admin_port=19901,
+        xds_tls_cert=cert,
+        xds_tls_key=key,
+        xds_tls_ca=ca.write(tmp_path),
+    ).env()
+    rendered = tmp_path / "bootstrap.yaml"
+    result = _render(env, rendered, "--mode", "validate")
+    assert result.returncode == 0, result.stdout + result.stderr
+    boot = yaml.safe_load(rendered.read_text())
+    (cluster,) = boot["static_resources"]["clusters"]
+    context = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+    assert context["tls_certificates"][0]["private_key"] == {"filename": key}
+    (san,) = context["validation_context"]["match_typed_subject_alt_names"]
+    assert san == {"san_type": san_type, "matcher": {"exact": host}}
+
+
+def test_run_envoy_wants_all_tls_files_or_none(tmp_path: Path) -> None:
+    present = tmp_path / "c.pem"
+    present.write_text("x")
+    for env, expected in (
+        ({"XDS_TLS_CERT": str(present)}, "XDS_TLS_KEY is required"),
+        (
+            {"XDS_TLS_CERT": str(present), "XDS_TLS_KEY": str(present), "XDS_TLS_CA": "/no/ca"},
+            "XDS_TLS_CA: cannot read /no/ca",
+        ),
+        (
+            {"XDS_TLS_CERT": "a b", "XDS_TLS_KEY": str(present), "XDS_TLS_CA": str(present)},
+            "XDS_TLS_CERT='a b' must be a path",
+        ),
+    ):
+        result = _render({**env, "ENVOY_BIN": "true"}, tmp_path / "bootstrap.yaml")
+        assert result.returncode != 0 and expected in result.stderr, result.stderr
