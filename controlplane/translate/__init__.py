@@ -125,7 +125,7 @@ class Translator:
         gw = view.gateway
         table = self._tables.setdefault(gw.name, RouteTable())
         consumers = cast(Mapping[str, Consumer], view.objects.get("consumer", {}))
-        table.sync(view.routes, route_context(gw, consumers))
+        table.sync(view.routes, route_context(gw, consumers), view.changed_routes)
         filters, dynamic = http_filters(view, table)
         out.add(
             LISTENER,

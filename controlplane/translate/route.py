@@ -246,19 +246,33 @@ class RouteTable:
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
 
-    def sync(self, routes: Mapping[str, Route], context: RouteContext | None = None) -> None:
+    def sync(
+        self,
+        routes: Mapping[str, Route],
+        context: RouteContext | None = None,
+        changed: frozenset[str] | None = None,
+    ) -> None:
+        """Make the table hold ``routes``; ``changed`` (when known) limits the work to them."""
         context = context or NO_AUTH
         if context != self._context:  # e.g. the gateway's default auth: re-encode all
             for name in list(self._entries):
                 self._remove(name)
             self._context = context
-        for name in self._entries.keys() - routes.keys():
-            self._remove(name)
-        for name, route in routes.items():
+            changed = None
+        if changed is None:
+            for name in self._entries.keys() - routes.keys():
+                self._remove(name)
+            names: Iterable[str] = routes.keys()
+        else:
+            names = changed
+        for name in names:
+            route = routes.get(name)
             entry = self._entries.get(name)
-            if entry is None or entry[0] is not route:
-                if entry is not None:
-                    self._remove(name)
+            if entry is not None and entry[0] is route:
+                continue
+            if entry is not None:
+                self._remove(name)
+            if route is not None:
                 self._add(route)
 
     def _add(self, route: Route) -> None:

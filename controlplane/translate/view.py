@@ -24,3 +24,5 @@ class GatewayView:
     routes: Mapping[str, Route]
     clusters: Mapping[str, Cluster]
     objects: Mapping[str, Mapping[str, PolicyModel]] = field(default_factory=dict)
+    #: names of routes changed since this gateway was last translated; None: not known
+    changed_routes: frozenset[str] | None = None
