@@ -89,11 +89,17 @@ class Runner:
             loop.add_reader(watch.fd, wake.set)
             interval *= 5  # only a safety net now
         try:
+            rechecks = 0
             while True:
-                # a file event wakes us at once; the interval is the fallback
+                # a file event wakes us at once; the interval is the fallback. A write to
+                # the WAL can precede the commit becoming visible (the index is in shared
+                # memory, which raises no event), so a wake that finds nothing new looks
+                # again a few times shortly after.
+                timeout = 0.002 if rechecks else interval
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), interval)
-                if wake.is_set():
+                    await asyncio.wait_for(wake.wait(), timeout)
+                woke = wake.is_set()
+                if woke:
                     wake.clear()
                     watch.drain()  # type: ignore[union-attr]
                 if time.monotonic() - last_beat >= HEARTBEAT:
@@ -107,8 +113,14 @@ class Runner:
                     log.exception("cannot read the policy revision; retrying")
                     await asyncio.sleep(1)
                     continue
-                if token != seen and await self._poll_safely():
-                    seen = token
+                if token != seen:
+                    rechecks = 0
+                    if await self._poll_safely():
+                        seen = token
+                elif woke:
+                    rechecks = 5
+                elif rechecks:
+                    rechecks -= 1
         finally:
             probe.close()
             if watch is not None:
