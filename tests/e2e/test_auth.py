@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import threading
 import time
@@ -163,7 +164,7 @@ def test_jwt(secured, gateway_port, signer) -> None:  # type: ignore[no-untyped-
     assert status == 200 and "x-consumer-id" not in body["headers"]
 
 
-def test_api_keys(secured, cli, gateway_port, signer) -> None:  # type: ignore[no-untyped-def]
+def test_api_keys(secured, cli, controller, gateway_port, signer) -> None:  # type: ignore[no-untyped-def]
     port = gateway_port
     acme_key = cli.run("consumer", "key", "add", "acme").stdout.strip()
     globex_key = cli.run("consumer", "key", "add", "globex", "--wait").stdout.strip()
@@ -189,11 +190,26 @@ def test_api_keys(secured, cli, gateway_port, signer) -> None:  # type: ignore[n
     assert _seen(port, "/customers", {"x-api-key": acme_key})[0] == 200
     assert _seen(port, "/customers", {"x-api-key": globex_key})[0] == 403
 
+    # keys never reach a log: the controller's, Envoy's
+    logs = [*controller.log_dir.glob("controller-*.log"), secured.log_path]
+    assert logs and all(acme_key not in p.read_text(errors="replace") for p in logs)
+
     # revocation takes effect with --wait, on a connection opened before it
     [acme_id] = [k["id"] for k in listing if k["consumer"] == "acme"]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+
+    def on_open_connection(key: str) -> int:
+        conn.request("GET", "/keyed", headers={"x-api-key": key})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+
+    assert on_open_connection(acme_key) == 200
     cli.run("consumer", "key", "revoke", acme_id, "--wait")
+    assert on_open_connection(acme_key) == 401  # same connection, next request
+    assert on_open_connection(globex_key) == 200
+    conn.close()
     assert _seen(port, "/keyed", {"x-api-key": acme_key})[0] == 401
-    assert _seen(port, "/keyed", {"x-api-key": globex_key})[0] == 200
 
 
 def test_expired_key(secured, cli, gateway_port) -> None:  # type: ignore[no-untyped-def]
