@@ -25,8 +25,7 @@ from urllib.parse import urlsplit
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, http_uri_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.core.v3 import base_pb2, http_uri_pb2
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2 as apikey
@@ -40,6 +39,7 @@ from google.protobuf import any_pb2
 
 from ..policy import ApiKey, AuthPolicy, Consumer, Gateway, JwtProvider, Route
 from ..policy.cors import CorsPolicy
+from .cluster import endpoints_of
 from .common import duration, pack
 from .view import GatewayView
 
@@ -229,24 +229,7 @@ def jwks_clusters(view: GatewayView) -> list[cluster_pb2.Cluster]:
             type=cluster_pb2.Cluster.STRICT_DNS,
             dns_lookup_family=cluster_pb2.Cluster.V4_PREFERRED,
             connect_timeout=duration(provider.jwks_fetch_timeout),
-            load_assignment=endpoint_pb2.ClusterLoadAssignment(
-                cluster_name=_jwks_cluster_name(provider),
-                endpoints=[
-                    endpoint_components_pb2.LocalityLbEndpoints(
-                        lb_endpoints=[
-                            endpoint_components_pb2.LbEndpoint(
-                                endpoint=endpoint_components_pb2.Endpoint(
-                                    address=address_pb2.Address(
-                                        socket_address=address_pb2.SocketAddress(
-                                            address=host, port_value=port
-                                        )
-                                    )
-                                )
-                            )
-                        ]
-                    )
-                ],
-            ),
+            load_assignment=endpoints_of(_jwks_cluster_name(provider), [(host, port)]),
         )
         if url.scheme == "https":
             tls = tls_pb2.UpstreamTlsContext(

@@ -7,6 +7,8 @@ are STRICT_DNS clusters with their endpoints inline (EDS cannot carry names).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, health_check_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -19,7 +21,7 @@ from ..policy.cluster import LbPolicy, UpstreamProtocol
 from ..policy.common import is_ip
 from .common import ads_source, duration, pack
 
-__all__ = ["cluster_resource", "is_eds", "load_assignment"]
+__all__ = ["cluster_resource", "endpoints_of", "is_eds", "load_assignment"]
 
 _LB = {
     LbPolicy.round_robin: cluster_pb2.Cluster.ROUND_ROBIN,
@@ -36,8 +38,13 @@ def is_eds(cluster: Cluster) -> bool:
 
 
 def load_assignment(cluster: Cluster) -> endpoint_pb2.ClusterLoadAssignment:
+    return endpoints_of(cluster.name, cluster.parsed_endpoints())
+
+
+def endpoints_of(name: str, hosts: Iterable[tuple[str, int]]) -> endpoint_pb2.ClusterLoadAssignment:
+    """One locality with these ``(host, port)`` endpoints."""
     return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=cluster.name,
+        cluster_name=name,
         endpoints=[
             endpoint_components_pb2.LocalityLbEndpoints(
                 lb_endpoints=[
@@ -50,7 +57,7 @@ def load_assignment(cluster: Cluster) -> endpoint_pb2.ClusterLoadAssignment:
                             )
                         )
                     )
-                    for host, port in cluster.parsed_endpoints()
+                    for host, port in hosts
                 ]
             )
         ],
