@@ -6,9 +6,8 @@ import asyncio
 import logging
 import subprocess
 import sys
-import time
 from contextlib import suppress
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -97,7 +96,7 @@ def register_run(app: typer.Typer) -> None:
         c = ctx_of(ctx)
         store = c.store
         try:
-            gw = store.get("gateway", gateway)
+            gw = cast(Gateway, store.get("gateway", gateway))
         except NotFound:
             gw = Gateway(name=gateway, port=port, address="127.0.0.1")
             store.create(gw)
@@ -127,14 +126,14 @@ def register_run(app: typer.Typer) -> None:
                 )
                 envoy = start_envoy(spec)
                 await asyncio.to_thread(wait_ready, admin_port, 30.0, process=envoy)
-                host = gw.address if gw.address != "0.0.0.0" else "127.0.0.1"  # type: ignore[attr-defined]
+                host = gw.address if gw.address != "0.0.0.0" else "127.0.0.1"
                 stderr.print(
-                    f"gateway {gateway!r} is up: send requests to http://{host}:{gw.port}/ "  # type: ignore[attr-defined]
+                    f"gateway {gateway!r} is up: send requests to http://{host}:{gw.port}/ "
                     f"(Envoy pid {envoy.pid}, admin http://127.0.0.1:{admin_port}/, "
                     f"policy in {store.url}). Ctrl-C stops."
                 )
                 if demo_server is not None:
-                    stderr.print(f"try: curl http://{host}:{gw.port}/hello")  # type: ignore[attr-defined]
+                    stderr.print(f"try: curl http://{host}:{gw.port}/hello")
                 while envoy.poll() is None:
                     await asyncio.sleep(0.5)
                 raise GatewayError(f"Envoy exited with code {envoy.returncode}")
@@ -152,4 +151,3 @@ def register_run(app: typer.Typer) -> None:
 
         with suppress(KeyboardInterrupt):
             asyncio.run(main())
-        time.sleep(0)
