@@ -18,6 +18,7 @@ from typing import cast
 from .errors import GatewayError
 from .policy import KINDS, Cluster, Gateway, PolicyModel, Route
 from .policy.certificate import Certificate
+from .policy.ratelimit import Plan
 from .store import Store
 from .store.db import FileWatch
 from .translate import GatewayView, Resources, Translator
@@ -192,6 +193,12 @@ class Runner:
                 g.name
                 for g in cast(dict[str, Gateway], self.objects["gateway"]).values()
                 if g.tls is not None and name in g.tls.certificates
+            }
+        if isinstance(obj, Plan):  # only gateways whose routes limit by consumer
+            return {g for g in self.by_gateway if self._translator.uses_plans(g)} | {
+                g.name
+                for g in cast(dict[str, Gateway], self.objects["gateway"]).values()
+                if g.rate_limit is not None and g.rate_limit.key == "consumer"
             }
         # identity providers, consumers and keys are shared by every gateway
         return set(self.objects["gateway"])

@@ -16,6 +16,7 @@ import typer
 
 from ..errors import PolicyInvalid
 from ..policy import parse_object
+from ..policy.ratelimit import parse_limit
 from .context import ctx_of, finish_change
 from .output import Format, emit, emit_table
 
@@ -337,12 +338,97 @@ def jwt_provider_fields(
     return out
 
 
+def _limits(values: list[str] | None, burst: int | None, option: str) -> list[dict[str, Any]]:
+    """``60/minute`` or ``60/minute:90`` (burst 90); ``--burst`` applies to a single limit."""
+    out = []
+    for item in values or []:
+        text, sep, own_burst = item.partition(":")
+        if sep and not own_burst.strip().lstrip("-").isdigit():
+            raise PolicyInvalid(f"{option}: burst in {item!r} must be a whole number")
+        try:
+            out.append(parse_limit(text, int(own_burst) if sep else None))
+        except ValueError as exc:
+            raise PolicyInvalid(f"{option}: {exc}") from None
+    if burst is not None:
+        if len(out) != 1:
+            raise PolicyInvalid(
+                f"{option}: --burst needs exactly one limit (or write 60/minute:90 per limit)"
+            )
+        out[0]["burst"] = burst
+    return out
+
+
 def consumer_fields(
     group: Annotated[list[str] | None, typer.Option(help="Group (repeatable; replaces).")] = None,
+    plan: Annotated[
+        str | None, typer.Option(help="Usage plan whose limits apply ('' for none).")
+    ] = None,
+    limit: Annotated[
+        list[str] | None,
+        typer.Option(help="Own limit replacing the plan's, e.g. 100/minute (repeatable)."),
+    ] = None,
+    no_limits: Annotated[
+        bool, typer.Option("--no-limits", help="Drop the consumer's own limits.")
+    ] = False,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     _set(out, "groups", group)
+    if plan is not None:
+        out["plan"] = plan or None
+    _set(out, "limits", _limits(limit, None, "--limit"))
+    if no_limits:
+        out["limits"] = []
     return out
+
+
+def plan_fields(
+    limit: Annotated[
+        list[str] | None,
+        typer.Option(help="N/second|minute|hour|day, e.g. 60/minute (repeatable; replaces)."),
+    ] = None,
+    burst: Annotated[
+        int | None, typer.Option(help="Burst of the single --limit (at least its rate).")
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="Shown in plan list.")] = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _set(out, "limits", _limits(limit, burst, "--limit"))
+    _set(out, "description", description)
+    return out
+
+
+def rate_limit_fields(
+    rate_limit_key: Annotated[
+        str | None,
+        typer.Option(help="Count per consumer, client_ip, header:NAME or none (whole route)."),
+    ] = None,
+    rate_limit: Annotated[
+        list[str] | None,
+        typer.Option(help="Limit for callers without a plan, e.g. 100/minute (repeatable)."),
+    ] = None,
+    rate_limit_burst: Annotated[int | None, typer.Option(help="Burst of a single limit.")] = None,
+    rate_limit_plans: Annotated[
+        bool | None,
+        typer.Option(
+            "--rate-limit-plans/--no-rate-limit-plans",
+            help="Consumers' plans apply (key consumer; default on).",
+        ),
+    ] = None,
+    rate_limit_off: Annotated[
+        bool, typer.Option("--rate-limit-off", help="No rate limit (clears the settings).")
+    ] = False,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if rate_limit_off:
+        out = {"key": "none", "limits": [], "use_plans": False}
+    if rate_limit_key is not None:
+        out["key"] = rate_limit_key
+        out["use_plans"] = rate_limit_key.strip() == "consumer"
+    if rate_limit is not None or rate_limit_burst is not None:
+        out["limits"] = _limits(rate_limit, rate_limit_burst, "--rate-limit")
+    if rate_limit_plans is not None:
+        out["use_plans"] = rate_limit_plans
+    return {"rate_limit": out} if out else {}
 
 
 def _redirect(target: str, status: int | None) -> dict[str, Any]:
@@ -405,6 +491,13 @@ def _match_text(m: dict[str, Any]) -> str:
     return " ".join([path, *extra])
 
 
+def _limits_text(limits: list[dict[str, Any]]) -> str:
+    return ", ".join(
+        f"{x['requests']}/{x['per']}" + (f" (burst {x['burst']})" if "burst" in x else "")
+        for x in limits
+    )
+
+
 def _action_text(s: dict[str, Any]) -> str:
     if "cluster" in s:
         return f"-> {s['cluster']}"
@@ -437,8 +530,16 @@ COLUMNS: dict[str, tuple[list[str], Callable[[dict[str, Any]], list[Any]]]] = {
         ],
     ),
     "consumer": (
-        ["NAME", "GROUPS"],
-        lambda s: [s["name"], ", ".join(s.get("groups", []))],
+        ["NAME", "GROUPS", "PLAN"],
+        lambda s: [
+            s["name"],
+            ", ".join(s.get("groups", [])),
+            "own limits" if s.get("limits") else s.get("plan", ""),
+        ],
+    ),
+    "plan": (
+        ["NAME", "LIMITS", "DESCRIPTION"],
+        lambda s: [s["name"], _limits_text(s.get("limits", [])), s.get("description", "")],
     ),
     "cluster": (
         ["NAME", "ENDPOINTS", "LB", "PROTOCOL"],
@@ -463,11 +564,12 @@ COLUMNS: dict[str, tuple[list[str], Callable[[dict[str, Any]], list[Any]]]] = {
 }
 
 FIELDS: dict[str, list[Callable[..., dict[str, Any]]]] = {
-    "gateway": [gateway_fields, auth_fields, cors_fields],
+    "gateway": [gateway_fields, auth_fields, cors_fields, rate_limit_fields],
     "cluster": [cluster_fields],
-    "route": [route_fields, auth_fields, cors_fields],
+    "route": [route_fields, auth_fields, cors_fields, rate_limit_fields],
     "jwt_provider": [jwt_provider_fields],
     "consumer": [consumer_fields],
+    "plan": [plan_fields],
 }
 #: kind -> command group name
 COMMAND = {"jwt_provider": "jwt-provider"}

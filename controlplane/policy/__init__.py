@@ -8,6 +8,7 @@ from .common import PolicyModel
 from .consumer import ApiKey, Consumer, new_api_key
 from .gateway import Gateway
 from .jwt import JwtProvider
+from .ratelimit import Limit, Plan, RateLimit
 from .route import Route, RouteMatch
 
 __all__ = [
@@ -23,7 +24,10 @@ __all__ = [
     "GatewayTls",
     "JwtProvider",
     "LbPolicy",
+    "Limit",
+    "Plan",
     "PolicyModel",
+    "RateLimit",
     "Route",
     "RouteMatch",
     "UpstreamProtocol",

@@ -20,6 +20,7 @@ from .common import PolicyModel
 from .consumer import ApiKey, Consumer
 from .gateway import Gateway
 from .jwt import JwtProvider
+from .ratelimit import Plan
 from .route import Route
 
 __all__ = [
@@ -38,6 +39,7 @@ KINDS: dict[str, type[PolicyModel]] = {
     "route": Route,
     "jwt_provider": JwtProvider,
     "consumer": Consumer,
+    "plan": Plan,
     "api_key": ApiKey,
     "certificate": Certificate,
 }
@@ -45,6 +47,7 @@ KINDS: dict[str, type[PolicyModel]] = {
 #: Kinds without an entry (API keys) hold secrets and are managed imperatively only.
 PLURALS: dict[str, str] = {
     "jwt_provider": "jwt_providers",
+    "plan": "plans",
     "consumer": "consumers",
     "certificate": "certificates",
     "gateway": "gateways",
@@ -101,6 +104,7 @@ class Bundle(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     jwt_providers: list[JwtProvider] = Field(default_factory=list)
+    plans: list[Plan] = Field(default_factory=list)
     consumers: list[Consumer] = Field(default_factory=list)
     certificates: list[Certificate] = Field(default_factory=list)
     gateways: list[Gateway] = Field(default_factory=list)

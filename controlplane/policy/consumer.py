@@ -14,6 +14,7 @@ from typing import ClassVar
 from pydantic import Field, field_validator
 
 from .common import Name, PolicyModel
+from .ratelimit import Limit, check_limits
 
 __all__ = ["ApiKey", "Consumer", "new_api_key"]
 
@@ -23,11 +24,20 @@ class Consumer(PolicyModel):
 
     name: Name
     groups: list[Name] = Field(default_factory=list)
+    plan: Name | None = Field(None, description="usage plan whose limits apply")
+    limits: list[Limit] = Field(
+        default_factory=list, description="own limits, replacing the plan's"
+    )
 
     @field_validator("groups")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
         return sorted(set(value))
+
+    _limits = field_validator("limits")(classmethod(lambda cls, v: check_limits(v)))
+
+    def references(self) -> list[tuple[str, str]]:
+        return [("plan", self.plan)] if self.plan else []
 
 
 class ApiKey(PolicyModel):

@@ -15,6 +15,7 @@ from .auth import AuthPolicy
 from .certificate import GatewayTls
 from .common import Hostname, Name, PolicyModel
 from .cors import CorsPolicy
+from .ratelimit import RateLimit
 
 __all__ = ["Gateway"]
 
@@ -35,6 +36,7 @@ class Gateway(PolicyModel):
         None, description="default for routes that set no auth; unset: open to anyone"
     )
     cors: CorsPolicy | None = Field(None, description="default CORS policy of its routes")
+    rate_limit: RateLimit | None = Field(None, description="default rate limit of its routes")
     tls: GatewayTls | None = Field(None, description="serve HTTPS on the port; unset: plain HTTP")
 
     @field_validator("address")

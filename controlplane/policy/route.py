@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from .auth import AuthPolicy
 from .common import Duration, Hostname, Name, PolicyModel, Regex
 from .cors import CorsPolicy
+from .ratelimit import RateLimit
 
 __all__ = [
     "DirectResponse",
@@ -270,6 +271,9 @@ class Route(PolicyModel):
         None, description="who may call; unset: the gateway's default; {}: anyone"
     )
     cors: CorsPolicy | None = Field(None, description="unset: the gateway's CORS policy")
+    rate_limit: RateLimit | None = Field(
+        None, description="unset: the gateway's rate limit; {key: none}: no limit"
+    )
 
     @model_validator(mode="before")
     @classmethod

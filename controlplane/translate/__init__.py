@@ -21,6 +21,7 @@ from .cluster import cluster_resource, is_eds, load_assignment
 from .common import pack
 from .filters import http_filters
 from .listener import listener_resource
+from .ratelimit import rate_limit_context
 from .route import RouteTable
 from .tls import redirect_listener, secret_resource, secure_listener
 from .view import GatewayView
@@ -120,12 +121,26 @@ class Translator:
         table = self._tables.get(gateway)
         return table is not None and cluster in table.clusters
 
+    def uses_plans(self, gateway: str) -> bool:
+        """Whether the gateway's routes limit by consumer (plans and consumers matter)."""
+        table = self._tables.get(gateway)
+        return table is not None and table.uses_plans
+
     def translate(self, view: GatewayView) -> Resources:
         out = Resources()
         gw = view.gateway
         table = self._tables.setdefault(gw.name, RouteTable())
         consumers = cast(Mapping[str, Consumer], view.objects.get("consumer", {}))
-        table.sync(view.routes, route_context(gw, consumers), view.changed_routes)
+        context = rate_limit_context(
+            route_context(gw, consumers),
+            gw.rate_limit,
+            view.routes,
+            view.changed_routes,
+            table.consumer_limited > 0,
+            view.objects,
+        )
+        table.sync(view.routes, context, view.changed_routes)
+        table.uses_plans = bool(context.descriptor_capacity)
         filters, dynamic = http_filters(view, table)
         out.add(
             LISTENER,

@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from . import auth
 from .common import ads_source, pack
 from .cors import CORS_FILTER, cors_filter
+from .ratelimit import RATE_LIMIT_FILTER, rate_limit_filter
 from .view import GatewayView
 
 __all__ = ["ORDER", "FilterSpec", "http_filters"]
@@ -54,6 +55,8 @@ ORDER: list[FilterSpec] = [
     FilterSpec(auth.JWT_FILTER, _jwt),
     FilterSpec(auth.API_KEY_FILTER, lambda view, _t: auth.api_key_filter(view)),
     FilterSpec(auth.RBAC_FILTER, lambda view, _t: auth.rbac_filter_config(view)),
+    # after authentication and authorisation: x-consumer-id is set, refused calls not counted
+    FilterSpec(RATE_LIMIT_FILTER, lambda _v, _t: rate_limit_filter(), dynamic=False),
     FilterSpec("envoy.filters.http.router", lambda _v, _t: router_pb2.Router(), dynamic=False),
 ]
 

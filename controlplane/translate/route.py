@@ -28,6 +28,7 @@ from .auth import (
 )
 from .common import duration, regex, string_match
 from .cors import apply_cors
+from .ratelimit import apply_rate_limit, uses_consumers
 from .wire import Encoded, field
 
 #: the context of a gateway without auth and consumers
@@ -239,6 +240,10 @@ class RouteTable:
         #: sets of JWT providers routes accept (one named requirement each)
         self.jwt_requirements: Counter[tuple[str, ...]] = Counter()
         self._context: RouteContext | None = None
+        #: routes whose own rate limit is keyed by consumer (they need the plans)
+        self.consumer_limited = 0
+        #: whether the last sync's context carried the consumers' plans
+        self.uses_plans = False
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -279,8 +284,14 @@ class RouteTable:
         assert self._context is not None
         key = sort_key(route)
         variants = route_variants(route, route_resource(route), self._context)
+        ctx = self._context
         for variant in variants:
-            apply_cors(variant, route, self._context)
+            apply_cors(variant, route, ctx)
+            apply_rate_limit(
+                variant, route, ctx.rate_limit, ctx.consumer_limits, ctx.descriptor_capacity
+            )
+        if uses_consumers(route.rate_limit):
+            self.consumer_limited += 1
         data = b"".join(field(3, v.SerializeToString(deterministic=True)) for v in variants)
         self._entries[route.name] = (route, key, data)
         self.clusters.update(route.clusters())
@@ -299,6 +310,8 @@ class RouteTable:
 
     def _remove(self, name: str) -> None:
         route, key, _ = self._entries.pop(name)
+        if uses_consumers(route.rate_limit):
+            self.consumer_limited -= 1
         self.clusters.subtract(route.clusters())
         for cluster in route.clusters():
             if self.clusters[cluster] <= 0:
