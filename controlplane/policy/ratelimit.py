@@ -99,7 +99,8 @@ class RateLimit(PolicyModel):
 
     key: str = Field("consumer", description="consumer, client_ip, header:NAME or none")
     limits: list[Limit] = Field(default_factory=list, description="for callers without a plan")
-    use_plans: bool = Field(False, description="consumers' plans apply (key consumer only)")
+    # default True so that ``export`` writes ``use_plans: false`` whenever it is off
+    use_plans: bool = Field(True, description="consumers' plans apply (key consumer only)")
 
     @model_validator(mode="before")
     @classmethod

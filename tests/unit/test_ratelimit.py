@@ -59,3 +59,15 @@ def test_capacity_keeps_every_consumer_bucket() -> None:
 def test_unlimited_without_limits_or_plans() -> None:
     assert rate_limit_config(RateLimit(key="consumer"), (), 1024) is None
     assert rate_limit_config(RateLimit(key="none"), (), 1024) is None
+
+
+def test_rate_limit_round_trips_through_its_spec() -> None:
+    for data in (
+        {},
+        {"key": "consumer", "use_plans": False, "limits": [{"requests": 5, "per": "minute"}]},
+        {"key": "client_ip", "limits": [{"requests": 5, "per": "second", "burst": 9}]},
+        {"key": "header:X-Tenant"},
+        {"key": "none"},
+    ):
+        policy = RateLimit.model_validate(data)
+        assert RateLimit.model_validate(policy.spec()) == policy
