@@ -327,14 +327,7 @@ class Store:
     def save_proxy(self, status: ProxyStatus) -> None:
         values = status.__dict__.copy()
 
-        def write(conn: Connection) -> None:
-            done = conn.execute(
-                update(ProxyRow).where(ProxyRow.node_id == status.node_id).values(**values)
-            )
-            if done.rowcount == 0:
-                conn.execute(insert(ProxyRow).values(**values))
-
-        self._write_status(write)
+        self._write_status(lambda conn: _upsert(conn, ProxyRow.node_id, status.node_id, values))
 
     def _write_status(self, write: Callable[[Connection], None]) -> None:
         """Run an update-else-insert transaction. On PostgreSQL two controllers can both find
@@ -375,23 +368,15 @@ class Store:
 
         def write(conn: Connection) -> None:
             for gateway, (changed, error) in builds.items():
-                values = {"built_revision": revision, "changed_revision": changed, "error": error}
-                done = conn.execute(
-                    update(GatewayBuild).where(GatewayBuild.gateway == gateway).values(**values)
-                )
-                if done.rowcount == 0:
-                    conn.execute(insert(GatewayBuild).values(gateway=gateway, **values))
-            values2 = {
+                build = {"built_revision": revision, "changed_revision": changed, "error": error}
+                _upsert(conn, GatewayBuild.gateway, gateway, build)
+            liveness = {
                 "xds_address": xds_address,
                 "built_revision": revision,
                 "heartbeat_at": now,
                 "started_at": started_at,
             }
-            done = conn.execute(
-                update(ControllerRow).where(ControllerRow.id == controller).values(**values2)
-            )
-            if done.rowcount == 0:
-                conn.execute(insert(ControllerRow).values(id=controller, **values2))
+            _upsert(conn, ControllerRow.id, controller, liveness)
 
         self._write_status(write)
 
@@ -425,6 +410,14 @@ class Store:
 
 
 _Op = tuple[str, str, str, PolicyModel | None]
+
+
+def _upsert(conn: Connection, column: Any, key: str, values: dict[str, Any]) -> None:
+    """Update the row whose ``column`` is ``key``, or insert it (see ``_write_status``)."""
+    table = column.class_
+    done = conn.execute(update(table).where(column == key).values(**values))
+    if done.rowcount == 0:
+        conn.execute(insert(table).values({column.key: key, **values}))
 
 
 def alembic_config() -> Any:
