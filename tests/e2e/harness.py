@@ -54,6 +54,23 @@ class Cli:
             )
         return proc
 
+    def add_gateway(self, name: str, port: int, *extra: str) -> None:
+        self.run("gateway", "add", name, "--port", str(port), "--address", "127.0.0.1", *extra)
+
+    def add_route(self, name: str, gateway: str, prefix: str, cluster: str, *extra: str) -> None:
+        self.run(
+            "route",
+            "add",
+            name,
+            "--gateway",
+            gateway,
+            "--path-prefix",
+            prefix,
+            "--cluster",
+            cluster,
+            *extra,
+        )
+
     def json(self, *args: str) -> Any:
         return json.loads(self.run("-o", "json", *args).stdout)
 

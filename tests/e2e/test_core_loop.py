@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _setup(cli, backends, gateway_port: int) -> None:  # type: ignore[no-untyped-def]
-    cli.run("gateway", "add", "public", "--port", str(gateway_port), "--address", "127.0.0.1")
+    cli.add_gateway("public", gateway_port)
     for name, server in backends.items():
         cli.run("cluster", "add", name, "--endpoint", f"127.0.0.1:{server.port}")
 
@@ -30,18 +30,7 @@ def test_route_lifecycle_without_restart(cli, controller, envoy_factory, backend
     envoy = envoy_factory("public")
     pid, uptime = envoy.pid, envoy.uptime()
 
-    cli.run(
-        "route",
-        "add",
-        "users",
-        "--gateway",
-        "public",
-        "--path-prefix",
-        "/users",
-        "--cluster",
-        "alpha",
-        "--wait",
-    )
+    cli.add_route("users", "public", "/users", "alpha", "--wait")
     # --wait returned: the very first request must already see the route
     assert backend_of(gateway_port, "/users/1") == "alpha"
 
@@ -69,18 +58,7 @@ def test_no_failed_request_during_200_changes(
     cli, controller, envoy_factory, backends, gateway_port
 ):
     _setup(cli, backends, gateway_port)
-    cli.run(
-        "route",
-        "add",
-        "stable",
-        "--gateway",
-        "public",
-        "--path-prefix",
-        "/stable",
-        "--cluster",
-        "alpha",
-        "--wait",
-    )
+    cli.add_route("stable", "public", "/stable", "alpha", "--wait")
     envoy_factory("public")
     store = Store(cli.db)
     outcomes: Counter[str] = Counter()
@@ -160,18 +138,7 @@ def test_no_failed_request_during_200_changes(
 
 def test_controller_outage_and_restart(cli, controller, envoy_factory, backends, gateway_port):
     _setup(cli, backends, gateway_port)
-    cli.run(
-        "route",
-        "add",
-        "a",
-        "--gateway",
-        "public",
-        "--path-prefix",
-        "/a",
-        "--cluster",
-        "alpha",
-        "--wait",
-    )
+    cli.add_route("a", "public", "/a", "alpha", "--wait")
     envoy = envoy_factory("public")
     pid = envoy.pid
 
@@ -194,7 +161,7 @@ def test_controller_outage_and_restart(cli, controller, envoy_factory, backends,
 def test_rejected_change_is_reported(cli, controller, envoy_factory, backends, gateway_port):
     _setup(cli, backends, gateway_port)
     internal_port = free_port()
-    cli.run("gateway", "add", "internal", "--port", str(internal_port), "--address", "127.0.0.1")
+    cli.add_gateway("internal", internal_port)
     cli.run(
         "route",
         "add",
@@ -237,18 +204,7 @@ def test_rejected_change_is_reported(cli, controller, envoy_factory, backends, g
         # the refusing proxy keeps serving its earlier listener and routes ...
         assert backend_of(gateway_port, "/good") == "alpha"
         # ... and the other gateway keeps taking changes
-        cli.run(
-            "route",
-            "add",
-            "more",
-            "--gateway",
-            "internal",
-            "--path-prefix",
-            "/more",
-            "--cluster",
-            "beta",
-            "--wait",
-        )
+        cli.add_route("more", "internal", "/more", "beta", "--wait")
         assert backend_of(internal_port, "/more") == "beta"
 
     cli.run("gateway", "update", "public", "--port", str(gateway_port), "--wait")

@@ -19,33 +19,11 @@ def _counter(envoy, name: str) -> int:  # type: ignore[no-untyped-def]
 
 def test_only_changed_resources_are_pushed(cli, controller, envoy_factory, backends, gateway_port):
     other_port = free_port()
-    cli.run("gateway", "add", "public", "--port", str(gateway_port), "--address", "127.0.0.1")
-    cli.run("gateway", "add", "other", "--port", str(other_port), "--address", "127.0.0.1")
+    cli.add_gateway("public", gateway_port)
+    cli.add_gateway("other", other_port)
     cli.run("cluster", "add", "alpha", "--endpoint", f"127.0.0.1:{backends['alpha'].port}")
-    cli.run(
-        "route",
-        "add",
-        "a",
-        "--gateway",
-        "public",
-        "--path-prefix",
-        "/a",
-        "--cluster",
-        "alpha",
-        "--wait",
-    )
-    cli.run(
-        "route",
-        "add",
-        "o",
-        "--gateway",
-        "other",
-        "--path-prefix",
-        "/o",
-        "--cluster",
-        "alpha",
-        "--wait",
-    )
+    cli.add_route("a", "public", "/a", "alpha", "--wait")
+    cli.add_route("o", "other", "/o", "alpha", "--wait")
     public = envoy_factory("public")
     time.sleep(0.3)
     before = {
@@ -84,20 +62,9 @@ def test_cluster_change_does_not_wait_for_eds_timeout(
     cli, controller, envoy_factory, backends, gateway_port
 ):
     """Changing an EDS cluster re-warms it; Envoy must get its endpoints again at once."""
-    cli.run("gateway", "add", "public", "--port", str(gateway_port), "--address", "127.0.0.1")
+    cli.add_gateway("public", gateway_port)
     cli.run("cluster", "add", "alpha", "--endpoint", f"127.0.0.1:{backends['alpha'].port}")
-    cli.run(
-        "route",
-        "add",
-        "a",
-        "--gateway",
-        "public",
-        "--path-prefix",
-        "/",
-        "--cluster",
-        "alpha",
-        "--wait",
-    )
+    cli.add_route("a", "public", "/", "alpha", "--wait")
     envoy = envoy_factory("public")
     for lb in ("least_request", "random", "round_robin"):
         started = time.monotonic()
@@ -122,7 +89,7 @@ def test_envoy_started_before_its_gateway_exists(
     started = time.monotonic()
     envoy = envoy_factory("later")
     assert time.monotonic() - started < 10
-    cli.run("gateway", "add", "later", "--port", str(gateway_port), "--address", "127.0.0.1")
+    cli.add_gateway("later", gateway_port)
     cli.run("cluster", "add", "alpha", "--endpoint", f"127.0.0.1:{backends['alpha'].port}")
     cli.run("route", "add", "r", "--gateway", "later", "--cluster", "alpha", "--wait")
     assert backend_of(gateway_port, "/") == "alpha"
