@@ -227,7 +227,7 @@ class Runner:
                     routes = self.by_gateway.get(name, {})
                     view = GatewayView(gateway, routes, clusters, self.objects, changed_routes)
                     resources = self._translator.translate(view)
-                previous = self.cache.get(name) if name in self.cache.gateways() else None
+                previous = self.cache.published(name)
                 snapshot = build_snapshot(name, revision, resources, previous, self._fragments)
             except GatewayError as exc:
                 self.errors[name] = str(exc)

@@ -108,6 +108,7 @@ class Translator:
     def __init__(self) -> None:
         self._tables: dict[str, RouteTable] = {}
         self._clusters: dict[str, tuple[Cluster, Message, Message | None]] = {}
+        self._extensions: dict[tuple[str, str], tuple[Message, Message]] = {}
 
     def _cluster(self, cluster: Cluster) -> tuple[Message, Message | None]:
         hit = self._clusters.get(cluster.name)
@@ -116,6 +117,16 @@ class Translator:
             hit = (cluster, cluster_resource(cluster), cla)
             self._clusters[cluster.name] = hit
         return hit[1], hit[2]
+
+    def _extension(self, gateway: str, name: str, config: Message) -> Message:
+        """The ECDS resource, reused while the filter's config object is unchanged (so an
+        unchanged config with thousands of entries is not packed again)."""
+        hit = self._extensions.get((gateway, name))
+        if hit is None or hit[0] is not config:
+            wrapped = extension_pb2.TypedExtensionConfig(name=name, typed_config=pack(config))
+            hit = (config, wrapped)
+            self._extensions[(gateway, name)] = hit
+        return hit[1]
 
     def uses_cluster(self, gateway: str, cluster: str) -> bool:
         table = self._tables.get(gateway)
@@ -131,16 +142,8 @@ class Translator:
         gw = view.gateway
         table = self._tables.setdefault(gw.name, RouteTable())
         consumers = cast(Mapping[str, Consumer], view.objects.get("consumer", {}))
-        context = rate_limit_context(
-            route_context(gw, consumers),
-            gw.rate_limit,
-            view.routes,
-            view.changed_routes,
-            table.consumer_limited > 0,
-            view.objects,
-        )
+        context = rate_limit_context(route_context(gw, consumers), gw.rate_limit)
         table.sync(view.routes, context, view.changed_routes)
-        table.uses_plans = bool(context.descriptor_capacity)
         filters, dynamic = http_filters(view, table)
         out.add(
             LISTENER,
@@ -153,7 +156,7 @@ class Translator:
             out.add(
                 EXTENSION,
                 name,
-                extension_pb2.TypedExtensionConfig(name=name, typed_config=pack(config)),
+                self._extension(gw.name, name, config),
                 [(k, o) for k in ("jwt_provider", "consumer") for o in view.objects.get(k, {})],
             )
         self._add_tls(out, view)
@@ -206,6 +209,8 @@ class Translator:
 
     def forget_gateway(self, gateway: str) -> None:
         self._tables.pop(gateway, None)
+        for key in [k for k in self._extensions if k[0] == gateway]:
+            del self._extensions[key]
 
     def forget_cluster(self, cluster: str) -> None:
         self._clusters.pop(cluster, None)

@@ -39,7 +39,7 @@ from google.protobuf import any_pb2
 
 from ..policy import ApiKey, AuthPolicy, Consumer, Gateway, JwtProvider, Route
 from ..policy.cors import CorsPolicy
-from ..policy.ratelimit import Limit, RateLimit
+from ..policy.ratelimit import RateLimit
 from .cluster import endpoints_of
 from .common import duration, pack
 from .view import GatewayView
@@ -83,9 +83,6 @@ class RouteContext:
     groups: tuple[tuple[str, tuple[str, ...]], ...]  # group -> consumers, sorted
     cors: CorsPolicy | None = None  # the gateway's CORS policy
     rate_limit: RateLimit | None = None  # the gateway's default rate limit
-    #: consumer -> its limits (plan or own), only for gateways that limit by consumer
-    consumer_limits: tuple[tuple[str, tuple[Limit, ...]], ...] = ()
-    descriptor_capacity: int = 0  # LRU size of per-consumer buckets
 
     def members(self, group: str) -> tuple[str, ...]:
         return dict(self.groups).get(group, ())

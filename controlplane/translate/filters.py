@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from . import auth
 from .common import ads_source, pack
 from .cors import CORS_FILTER, cors_filter
-from .ratelimit import RATE_LIMIT_FILTER, rate_limit_filter
+from .ratelimit import RATE_LIMIT_FILTER, plans_of, rate_limit_config
 from .view import GatewayView
 
 __all__ = ["ORDER", "FilterSpec", "http_filters"]
@@ -43,6 +43,18 @@ class FilterSpec:
     dynamic: bool = True
 
 
+def _rate_limits(view: GatewayView, table: RouteTable) -> Message | None:
+    """Rebuilt only when the routes' limits, the plans or the consumer count change."""
+    plans = plans_of(view.objects) if table.uses_plans else ()
+    consumers = len(view.objects.get("consumer", {}))
+    key = (table.rate_limit_version, consumers, plans)
+    cached = table.rate_limit_cache
+    if cached is None or cached[0] != key:
+        cached = (key, rate_limit_config(table.rate_limits, plans, consumers))
+        table.rate_limit_cache = cached
+    return cached[1]  # type: ignore[return-value]
+
+
 def _jwt(view: GatewayView, table: RouteTable) -> Message:
     return auth.jwt_filter(view, sorted(table.jwt_requirements))
 
@@ -56,7 +68,7 @@ ORDER: list[FilterSpec] = [
     FilterSpec(auth.API_KEY_FILTER, lambda view, _t: auth.api_key_filter(view)),
     FilterSpec(auth.RBAC_FILTER, lambda view, _t: auth.rbac_filter_config(view)),
     # after authentication and authorisation: x-consumer-id is set, refused calls not counted
-    FilterSpec(RATE_LIMIT_FILTER, lambda _v, _t: rate_limit_filter(), dynamic=False),
+    FilterSpec(RATE_LIMIT_FILTER, _rate_limits),
     FilterSpec("envoy.filters.http.router", lambda _v, _t: router_pb2.Router(), dynamic=False),
 ]
 

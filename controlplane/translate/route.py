@@ -17,6 +17,7 @@ from envoy.type.matcher.v3 import regex_pb2
 from google.protobuf import wrappers_pb2
 
 from ..policy import Gateway, Route
+from ..policy.ratelimit import RateLimit
 from ..policy.route import HeaderOps
 from .auth import (
     RouteContext,
@@ -240,10 +241,19 @@ class RouteTable:
         #: sets of JWT providers routes accept (one named requirement each)
         self.jwt_requirements: Counter[tuple[str, ...]] = Counter()
         self._context: RouteContext | None = None
-        #: routes whose own rate limit is keyed by consumer (they need the plans)
-        self.consumer_limited = 0
-        #: whether the last sync's context carried the consumers' plans
-        self.uses_plans = False
+        #: route -> its effective rate limit, for the routes that may be limited
+        self.rate_limits: dict[str, RateLimit] = {}
+        #: bumped whenever ``rate_limits`` changes (the filter config is cached on it)
+        self.rate_limit_version = 0
+        #: the gateway's rate-limit filter config, with the inputs it was built from
+        self.rate_limit_cache: tuple[object, object] | None = None
+        #: routes whose effective rate limit applies the consumers' plans
+        self.plan_limited = 0
+
+    @property
+    def uses_plans(self) -> bool:
+        """Whether plans and consumers matter to this gateway's rate limits."""
+        return self.plan_limited > 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -285,13 +295,15 @@ class RouteTable:
         key = sort_key(route)
         variants = route_variants(route, route_resource(route), self._context)
         ctx = self._context
+        policy = None
         for variant in variants:
             apply_cors(variant, route, ctx)
-            apply_rate_limit(
-                variant, route, ctx.rate_limit, ctx.consumer_limits, ctx.descriptor_capacity
-            )
-        if uses_consumers(route.rate_limit):
-            self.consumer_limited += 1
+            policy = apply_rate_limit(variant, route, ctx.rate_limit)
+        if policy is not None:
+            self.rate_limits[route.name] = policy
+            self.rate_limit_version += 1
+            if uses_consumers(policy) and policy.use_plans:
+                self.plan_limited += 1
         data = b"".join(field(3, v.SerializeToString(deterministic=True)) for v in variants)
         self._entries[route.name] = (route, key, data)
         self.clusters.update(route.clusters())
@@ -310,8 +322,11 @@ class RouteTable:
 
     def _remove(self, name: str) -> None:
         route, key, _ = self._entries.pop(name)
-        if uses_consumers(route.rate_limit):
-            self.consumer_limited -= 1
+        policy = self.rate_limits.pop(name, None)
+        if policy is not None:
+            self.rate_limit_version += 1
+            if uses_consumers(policy) and policy.use_plans:
+                self.plan_limited -= 1
         self.clusters.subtract(route.clusters())
         for cluster in route.clusters():
             if self.clusters[cluster] <= 0:

@@ -2,14 +2,21 @@
 
 The runner ``publish``-es a snapshot per gateway; each stream ``subscribe``-s a queue and
 receives a single wake-up token per change (coalesced), then reads the newest snapshot.
+
+The cache also knows how many Envoys serve each gateway (its subscribed streams) and adds
+that membership to what it serves: the ClusterLoadAssignment of the bootstrap's local
+cluster, one member per connected Envoy. Envoy's local rate limit divides every budget by
+the member count, so a limit holds for the gateway as a whole; a replica joining or leaving
+re-pushes only this one small resource.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from ..translate import Resources
-from .snapshot import FragmentCache, Snapshot, build_snapshot
+from ..translate import ENDPOINT, Resources
+from ..translate.ratelimit import REPLICAS, replica_assignment
+from .snapshot import FragmentCache, Snapshot, build_snapshot, resource_fragment
 
 __all__ = ["CHANGED", "SnapshotCache", "Subscription"]
 
@@ -36,50 +43,82 @@ class Subscription:
 
 class SnapshotCache:
     def __init__(self) -> None:
-        self._snapshots: dict[str, Snapshot] = {}
+        #: what the runner published, per gateway
+        self._published: dict[str, Snapshot] = {}
+        #: what streams are served: the published snapshot plus the replica membership
+        self._served: dict[str, Snapshot] = {}
         self._subscribers: dict[str, set[Subscription]] = {}
-        self._empty: dict[str, Snapshot] = {}
+        self._members: dict[int, bytes] = {}
         self.ready = asyncio.Event()
 
     def get(self, gateway: str) -> Snapshot:
         """The newest snapshot; an unknown gateway gets an empty one so Envoy starts at once."""
-        snap = self._snapshots.get(gateway)
-        if snap is not None:
-            return snap
-        empty = self._empty.get(gateway)
-        if empty is None:
-            empty = build_snapshot(gateway, 0, Resources(), None, FragmentCache())
-            self._empty[gateway] = empty
-        return empty
+        snap = self._served.get(gateway)
+        if snap is None:
+            snap = self._serve(gateway)
+        return snap
+
+    def published(self, gateway: str) -> Snapshot | None:
+        """The runner's last snapshot of ``gateway`` (without membership), if any."""
+        return self._published.get(gateway)
 
     def gateways(self) -> list[str]:
-        return sorted(self._snapshots)
+        return sorted(self._published)
 
     def publish(self, snapshot: Snapshot) -> None:
-        previous = self._snapshots.get(snapshot.gateway)
-        self._snapshots[snapshot.gateway] = snapshot
+        previous = self._published.get(snapshot.gateway)
+        self._published[snapshot.gateway] = snapshot
         if previous is not None and previous is snapshot:
             return
-        for sub in self._subscribers.get(snapshot.gateway, ()):
-            sub.notify()
+        self._serve(snapshot.gateway)
+        self._notify(snapshot.gateway)
 
     def advance(self, gateway: str, revision: int) -> None:
         """Mark an unchanged gateway current at ``revision`` (its proxies are then in sync)."""
-        snap = self._snapshots.get(gateway)
+        snap = self._published.get(gateway)
         if snap is not None and snap.revision < revision:
             self.publish(snap.at(revision))
 
     def subscribe(self, gateway: str, queue: asyncio.Queue[object]) -> Subscription:
         sub = Subscription(gateway, queue)
         self._subscribers.setdefault(gateway, set()).add(sub)
+        self._membership_changed(gateway)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         subs = self._subscribers.get(sub.gateway)
-        if subs is not None:
+        if subs is not None and sub in subs:
             subs.discard(sub)
             if not subs:
                 del self._subscribers[sub.gateway]
+            self._membership_changed(sub.gateway)
 
     def streams(self, gateway: str) -> int:
         return len(self._subscribers.get(gateway, ()))
+
+    # -- membership ---------------------------------------------------------------------------
+
+    def _serve(self, gateway: str) -> Snapshot:
+        base = self._published.get(gateway)
+        if base is None:
+            base = build_snapshot(gateway, 0, Resources(), None, FragmentCache())
+        count = max(1, self.streams(gateway))
+        fragment = self._members.get(count)
+        if fragment is None:
+            data = replica_assignment(count).SerializeToString(deterministic=True)
+            fragment = self._members.setdefault(count, resource_fragment(ENDPOINT, data))
+        served = base.with_fragment(ENDPOINT, REPLICAS, fragment, f"r{count}")
+        self._served[gateway] = served
+        return served
+
+    def _membership_changed(self, gateway: str) -> None:
+        if gateway in self._published or gateway in self._served:
+            self._serve(gateway)
+        if self._subscribers.get(gateway):
+            self._notify(gateway)
+        elif gateway not in self._published:
+            self._served.pop(gateway, None)
+
+    def _notify(self, gateway: str) -> None:
+        for sub in self._subscribers.get(gateway, ()):
+            sub.notify()

@@ -29,7 +29,14 @@ from ..translate import (
     wire,
 )
 
-__all__ = ["PUSH_ORDER", "FragmentCache", "Snapshot", "TypeSnapshot", "build_snapshot"]
+__all__ = [
+    "PUSH_ORDER",
+    "FragmentCache",
+    "Snapshot",
+    "TypeSnapshot",
+    "build_snapshot",
+    "resource_fragment",
+]
 
 #: make-before-break: clusters and their endpoints exist before anything routes to them,
 #: certificates (SDS) before the listeners that serve them
@@ -74,6 +81,18 @@ class Snapshot:
         """The same configuration, current as of a later revision that did not change it."""
         return dataclasses.replace(self, revision=revision)
 
+    def with_fragment(self, type_url: str, name: str, fragment: bytes, tag: str) -> Snapshot:
+        """This snapshot plus one resource that is not policy (e.g. the gateway's replica
+        list); ``tag`` distinguishes the type's version from the one without it."""
+        old = self.types[type_url]
+        added = TypeSnapshot(f"{old.version}+{tag}", {**old.fragments, name: fragment})
+        return dataclasses.replace(self, types={**self.types, type_url: added})
+
+
+def resource_fragment(type_url: str, value: bytes) -> bytes:
+    """DiscoveryResponse.resources (2) holding one Any {type_url (1), value (2)}."""
+    return wire.field(2, wire.field(1, type_url.encode()) + wire.field(2, value))
+
 
 class FragmentCache:
     """Serialised fragments per resource, reused while the message object is unchanged."""
@@ -90,8 +109,7 @@ class FragmentCache:
             value = message.data
         else:
             value = message.SerializeToString(deterministic=True)
-        # DiscoveryResponse.resources (2) holding one Any {type_url (1), value (2)}
-        data = wire.field(2, wire.field(1, type_url.encode()) + wire.field(2, value))
+        data = resource_fragment(type_url, value)
         self._by_key[key] = (message, data)
         return data
 

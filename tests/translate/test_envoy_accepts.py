@@ -68,12 +68,23 @@ def static_bootstrap(case: str) -> dict[str, Any]:
                 cluster["load_assignment"] = assignments[service]
             # A cluster used by several gateways must be the same for all of them.
             assert clusters.setdefault(cluster["name"], cluster) == cluster
+    # the bootstrap's local cluster (the gateway's replicas), which rate limits divide by
+    replicas = {
+        "name": "gateway_replicas",
+        "type": "STATIC",
+        "load_assignment": {
+            "cluster_name": "gateway_replicas",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": "127.0.0.1", "port_value": 1}}}}]}],
+        },
+    }  # fmt: skip
     return {
+        "cluster_manager": {"local_cluster_name": "gateway_replicas"},
         "static_resources": {
             "listeners": listeners,
-            "clusters": list(clusters.values()),
+            "clusters": [*clusters.values(), replicas],
             "secrets": list(secrets.values()),
-        }
+        },
     }
 
 

@@ -1,11 +1,16 @@
-"""Rate-limit translation: plans reach only the gateways that limit by consumer."""
+"""Rate-limit translation: one filter config per gateway, routes carry only their name."""
 
 from __future__ import annotations
 
 from controlplane.policy import Cluster, Consumer, Gateway, Plan, Route
 from controlplane.policy.ratelimit import RateLimit
-from controlplane.translate import Translator, build_views
-from controlplane.translate.ratelimit import consumer_limits, descriptor_capacity, rate_limit_config
+from controlplane.translate import EXTENSION, ROUTE, Translator, build_views
+from controlplane.translate.ratelimit import (
+    RATE_LIMIT_FILTER,
+    consumer_limits,
+    descriptor_capacity,
+    rate_limit_config,
+)
 
 
 def _objects(plan_rate: int) -> dict[str, dict[str, object]]:
@@ -27,21 +32,33 @@ ROUTES = [
 CLUSTERS = {"c": Cluster(name="c", endpoints=["127.0.0.1:9"])}
 
 
-def _state(plan_rate: int):  # type: ignore[no-untyped-def]
-    return build_views(GATEWAYS, ROUTES, CLUSTERS, _objects(plan_rate))  # type: ignore[arg-type]
+def _state(plan_rate: int, routes: list[Route] = ROUTES):  # type: ignore[no-untyped-def]
+    return build_views(GATEWAYS, routes, CLUSTERS, _objects(plan_rate))  # type: ignore[arg-type]
 
 
-def test_a_plan_change_re_encodes_only_gateways_limiting_by_consumer() -> None:
+def test_a_plan_change_touches_only_the_filter_config_of_gateways_limiting_by_consumer() -> None:
     translator = Translator()
-    for view in _state(10).values():
-        translator.translate(view)
-    before = {g: dict(translator._tables[g]._entries) for g in ("limited", "plain")}
+    first = {g: translator.translate(v) for g, v in _state(10).items()}
     assert translator.uses_plans("limited") and not translator.uses_plans("plain")
-    for view in _state(20).values():
-        translator.translate(view)
-    after = {g: translator._tables[g]._entries for g in ("limited", "plain")}
-    assert after["plain"]["b"][2] is before["plain"]["b"][2]  # not re-encoded
-    assert after["limited"]["a"][2] != before["limited"]["a"][2]
+    assert RATE_LIMIT_FILTER not in first["plain"].by_type[EXTENSION]
+    second = {g: translator.translate(v) for g, v in _state(20).items()}
+    # routes are not re-encoded (their counters live in the filter config, not in RDS)
+    for gw in ("limited", "plain"):
+        assert second[gw].by_type[ROUTE][gw].data == first[gw].by_type[ROUTE][gw].data
+    before = first["limited"].message(EXTENSION, RATE_LIMIT_FILTER)
+    after = second["limited"].message(EXTENSION, RATE_LIMIT_FILTER)
+    assert before != after
+
+
+def test_unrelated_route_change_keeps_the_filter_config() -> None:
+    translator = Translator()
+    first = translator.translate(_state(10)["limited"])
+    extra = Route(name="z", gateways=["limited"], cluster="c")
+    second = translator.translate(_state(10, [*ROUTES, extra])["limited"])
+    assert second.by_type[ROUTE]["limited"].data != first.by_type[ROUTE]["limited"].data
+    assert second.by_type[EXTENSION][RATE_LIMIT_FILTER] is first.by_type[EXTENSION][
+        RATE_LIMIT_FILTER
+    ]
 
 
 def test_capacity_keeps_every_consumer_bucket() -> None:
@@ -49,16 +66,32 @@ def test_capacity_keeps_every_consumer_bucket() -> None:
         assert descriptor_capacity(count) >= max(2 * count, 1024)
     plans = consumer_limits({f"c{i}": Consumer(name=f"c{i}") for i in range(5000)}, {})
     config = rate_limit_config(
-        RateLimit(key="consumer", limits=[{"requests": 5, "per": "minute"}]),
+        {"r": RateLimit(key="consumer", limits=[{"requests": 5, "per": "minute"}])},
         plans,
-        descriptor_capacity(5000),
+        5000,
     )
     assert config is not None and config.max_dynamic_descriptors.value >= 10_000
+    assert config.HasField("local_cluster_rate_limit")
 
 
 def test_unlimited_without_limits_or_plans() -> None:
-    assert rate_limit_config(RateLimit(key="consumer"), (), 1024) is None
-    assert rate_limit_config(RateLimit(key="none"), (), 1024) is None
+    assert rate_limit_config({"r": RateLimit(key="consumer")}, (), 0) is None
+    assert rate_limit_config({"r": RateLimit(key="none")}, (), 0) is None
+    assert rate_limit_config({}, (), 0) is None
+
+
+def test_header_keys_are_distinct_per_header() -> None:
+    config = rate_limit_config(
+        {
+            "a": RateLimit(key="header:x-a", limits=[{"requests": 5, "per": "minute"}]),
+            "b": RateLimit(key="header:x-b", limits=[{"requests": 5, "per": "minute"}]),
+        },
+        (),
+        0,
+    )
+    assert config is not None
+    keys = {tuple(e.key for e in d.entries) for d in config.descriptors}
+    assert keys == {("route", "limit", "header.x-a"), ("route", "limit", "header.x-b")}
 
 
 def test_rate_limit_round_trips_through_its_spec() -> None:
