@@ -104,3 +104,29 @@ def test_rate_limit_round_trips_through_its_spec() -> None:
     ):
         policy = RateLimit.model_validate(data)
         assert RateLimit.model_validate(policy.spec()) == policy
+
+
+JWKS = '{"keys": [{"kty": "EC", "crv": "P-256", "kid": "k", "x": "' + "A" * 43 + '", "y": "' + "A" * 43 + '"}]}'
+
+
+def test_both_routes_of_an_either_credential_route_share_one_budget() -> None:
+    from controlplane.policy import JwtProvider
+    from controlplane.translate.ratelimit import METADATA_NAMESPACE
+
+    route = Route(
+        name="either",
+        gateways=["limited"],
+        cluster="c",
+        auth={"jwt": ["corp"], "api_key": True},
+        rate_limit={"key": "consumer", "limits": [{"requests": 5, "per": "minute"}]},
+    )
+    objects = _objects(10)
+    objects["jwt_provider"] = {
+        "corp": JwtProvider(name="corp", issuer="https://i.test", jwks=JWKS)
+    }
+    view = build_views(GATEWAYS[:1], [route], CLUSTERS, objects)["limited"]  # type: ignore[arg-type]
+    config = Translator().translate(view).message(ROUTE, "limited")
+    variants = [r for vh in config.virtual_hosts for r in vh.routes if r.name.startswith("either")]
+    assert len(variants) == 2  # with x-api-key / without
+    names = {r.metadata.filter_metadata[METADATA_NAMESPACE]["route"] for r in variants}
+    assert names == {"either"}  # one policy name: one set of buckets
