@@ -80,10 +80,13 @@ def _setup(cli, gateway_port: int, backends, tmp_path: Path, consumers: list[str
         "jwt_providers": [
             {"name": "corp", "issuer": ISSUER, "audiences": ["api"], "jwks": signer.jwks()}
         ],
-        "plans": [{"name": "tiny", "limits": [{"requests": 2, "per": "hour"}]},
-                  {"name": "team", "limits": [{"requests": 20, "per": "minute"}]}],  # fmt: skip
-        "consumers": [{"name": c, **({"plan": "tiny"} if i % 2 else {})}
-                      for i, c in enumerate(consumers)],  # fmt: skip
+        "plans": [
+            {"name": "tiny", "limits": [{"requests": 2, "per": "hour"}]},
+            {"name": "team", "limits": [{"requests": 20, "per": "minute"}]},
+        ],
+        "consumers": [
+            {"name": c, **({"plan": "tiny"} if i % 2 else {})} for i, c in enumerate(consumers)
+        ],
         "routes": [
             {
                 "name": "api",

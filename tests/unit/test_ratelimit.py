@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from controlplane.policy import Cluster, Consumer, Gateway, Plan, Route
 from controlplane.policy.ratelimit import RateLimit
 from controlplane.translate import EXTENSION, ROUTE, Translator, build_views
@@ -56,9 +58,9 @@ def test_unrelated_route_change_keeps_the_filter_config() -> None:
     extra = Route(name="z", gateways=["limited"], cluster="c")
     second = translator.translate(_state(10, [*ROUTES, extra])["limited"])
     assert second.by_type[ROUTE]["limited"].data != first.by_type[ROUTE]["limited"].data
-    assert second.by_type[EXTENSION][RATE_LIMIT_FILTER] is first.by_type[EXTENSION][
-        RATE_LIMIT_FILTER
-    ]
+    assert (
+        second.by_type[EXTENSION][RATE_LIMIT_FILTER] is first.by_type[EXTENSION][RATE_LIMIT_FILTER]
+    )
 
 
 def test_capacity_keeps_every_consumer_bucket() -> None:
@@ -106,7 +108,8 @@ def test_rate_limit_round_trips_through_its_spec() -> None:
         assert RateLimit.model_validate(policy.spec()) == policy
 
 
-JWKS = '{"keys": [{"kty": "EC", "crv": "P-256", "kid": "k", "x": "' + "A" * 43 + '", "y": "' + "A" * 43 + '"}]}'
+_XY = "A" * 43
+JWKS = json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k", "x": _XY, "y": _XY}]})
 
 
 def test_both_routes_of_an_either_credential_route_share_one_budget() -> None:
@@ -121,9 +124,7 @@ def test_both_routes_of_an_either_credential_route_share_one_budget() -> None:
         rate_limit={"key": "consumer", "limits": [{"requests": 5, "per": "minute"}]},
     )
     objects = _objects(10)
-    objects["jwt_provider"] = {
-        "corp": JwtProvider(name="corp", issuer="https://i.test", jwks=JWKS)
-    }
+    objects["jwt_provider"] = {"corp": JwtProvider(name="corp", issuer="https://i.test", jwks=JWKS)}
     view = build_views(GATEWAYS[:1], [route], CLUSTERS, objects)["limited"]  # type: ignore[arg-type]
     config = Translator().translate(view).message(ROUTE, "limited")
     variants = [r for vh in config.virtual_hosts for r in vh.routes if r.name.startswith("either")]
