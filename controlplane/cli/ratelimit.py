@@ -1,0 +1,141 @@
+"""``gatewayctl ratelimit set|off|inherit|list``: rate limits as a policy of their own.
+
+A rate limit is stored on the route (or, as its routes' default, on the gateway) it applies
+to, so it is exported, applied and validated with that object; these commands are the view
+of those settings across objects. ``set`` replaces the whole limit of its target; ``off``
+exempts a route from its gateway's default; ``inherit`` gives a route its gateway's default
+back.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import PolicyInvalid
+from ..policy.ratelimit import SECONDS, Per
+from .context import ctx_of, finish_change
+from .output import emit, emit_table
+from .resources import WaitOption, _limits
+
+__all__ = ["register_ratelimit"]
+
+RouteOption = Annotated[str | None, typer.Option("--route", help="The route it applies to.")]
+GatewayOption = Annotated[
+    str | None, typer.Option("--gateway", help="The gateway whose routes it applies to.")
+]
+
+
+def _target(route: str | None, gateway: str | None) -> tuple[str, str]:
+    if (route is None) == (gateway is None):
+        raise PolicyInvalid("ratelimit: name exactly one of --route or --gateway")
+    return ("route", route) if route is not None else ("gateway", gateway)  # type: ignore[return-value]
+
+
+def _change(
+    ctx: typer.Context, kind: str, name: str, value: Any, what: str, wait: str | None
+) -> None:
+    c = ctx_of(ctx)
+
+    def patch(spec: dict[str, Any]) -> dict[str, Any]:
+        spec = dict(spec)
+        if value is None:
+            spec.pop("rate_limit", None)
+        else:
+            spec["rate_limit"] = value
+        return spec
+
+    result = c.store.update(kind, name, patch)
+    message = (
+        f"rate limit of {kind} {name!r} {what}"
+        if result.changes
+        else (f"rate limit of {kind} {name!r} unchanged")
+    )
+    finish_change(c, result.revision, message, wait if result.changes else None)
+
+
+def _limits_text(policy: dict[str, Any]) -> str:
+    parts = []
+    for limit in sorted(policy.get("limits", []), key=lambda x: SECONDS[Per(x["per"])]):
+        burst = f" (burst {limit['burst']})" if limit.get("burst") else ""
+        parts.append(f"{limit['requests']}/{limit['per']}{burst}")
+    return ", ".join(parts) or "-"
+
+
+def register_ratelimit(app: typer.Typer) -> None:
+    group = typer.Typer(help="Manage rate limits of routes and gateways.", no_args_is_help=True)
+
+    @group.command("set")
+    def set_(
+        ctx: typer.Context,
+        route: RouteOption = None,
+        gateway: GatewayOption = None,
+        key: Annotated[
+            str,
+            typer.Option(help="Count per consumer, client_ip, header:NAME or none (whole route)."),
+        ] = "consumer",
+        limit: Annotated[
+            list[str] | None,
+            typer.Option(help="e.g. 100/minute or 100/minute:150 (burst); repeatable."),
+        ] = None,
+        burst: Annotated[int | None, typer.Option(help="Burst of a single limit.")] = None,
+        plans: Annotated[
+            bool | None,
+            typer.Option("--plans/--no-plans", help="Consumers' plans apply (key consumer)."),
+        ] = None,
+        wait: WaitOption = None,
+    ) -> None:
+        """Replace the rate limit of a route, or the default of a gateway's routes."""
+        kind, name = _target(route, gateway)
+        value: dict[str, Any] = {"key": key, "limits": _limits(limit, burst, "--limit")}
+        value["use_plans"] = plans if plans is not None else key.strip() == "consumer"
+        if not value["limits"] and not value["use_plans"]:
+            raise PolicyInvalid("ratelimit set: give --limit (or --plans with key consumer)")
+        _change(ctx, kind, name, value, "set", wait)
+
+    @group.command("off")
+    def off(ctx: typer.Context, route: RouteOption = None, gateway: GatewayOption = None,
+            wait: WaitOption = None) -> None:  # fmt: skip
+        """No limit: a route is exempt from its gateway's default; a gateway drops its default."""
+        kind, name = _target(route, gateway)
+        value = {"key": "none", "limits": [], "use_plans": False} if kind == "route" else None
+        _change(ctx, kind, name, value, "removed", wait)
+
+    @group.command("inherit")
+    def inherit(
+        ctx: typer.Context,
+        route: Annotated[str, typer.Option("--route", help="The route.")],
+        wait: WaitOption = None,
+    ) -> None:
+        """Give a route its gateway's default rate limit again."""
+        _change(ctx, "route", route, None, "reset to the gateway's default", wait)
+
+    @group.command("list")
+    def list_(ctx: typer.Context) -> None:
+        """Every rate limit: on gateways (defaults of their routes) and on routes."""
+        c = ctx_of(ctx)
+        rows: list[dict[str, Any]] = []
+        for kind in ("gateway", "route"):
+            for obj in c.store.list_objects(kind):
+                spec = obj.spec()
+                policy = getattr(obj, "rate_limit", None)
+                if policy is None:
+                    continue
+                rows.append(
+                    {
+                        "target": f"{kind}/{spec['name']}",
+                        "key": policy.key,
+                        "limits": _limits_text(policy.model_dump(mode="json")),
+                        "plans": policy.use_plans,
+                    }
+                )
+        if c.output.value == "table":
+            emit_table(
+                ["TARGET", "KEY", "LIMITS", "PLANS"],
+                [[r["target"], r["key"], r["limits"], "yes" if r["plans"] else "no"] for r in rows],
+            )
+        else:
+            emit(rows, c.output)
+
+    app.add_typer(group, name="ratelimit")
