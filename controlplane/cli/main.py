@@ -17,6 +17,7 @@ from .ratelimit import register_ratelimit
 from .resources import register_resources
 from .run import register_run
 from .status import register_status
+from .traffic import register_cache
 
 __all__ = ["app", "run"]
 
@@ -52,6 +53,7 @@ register_ratelimit(app)
 register_declarative(app)
 register_status(app)
 register_run(app)
+register_cache(app)
 
 
 def _expand_wait(argv: list[str]) -> list[str]:

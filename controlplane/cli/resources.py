@@ -19,6 +19,7 @@ from ..policy import parse_object
 from ..policy.ratelimit import parse_limit
 from .context import ctx_of, finish_change
 from .output import Format, emit, emit_table
+from .traffic import cluster_traffic_fields, gateway_traffic_fields, route_traffic_fields
 
 __all__ = ["register_resources"]
 
@@ -564,9 +565,12 @@ COLUMNS: dict[str, tuple[list[str], Callable[[dict[str, Any]], list[Any]]]] = {
 }
 
 FIELDS: dict[str, list[Callable[..., dict[str, Any]]]] = {
-    "gateway": [gateway_fields, auth_fields, cors_fields, rate_limit_fields],
-    "cluster": [cluster_fields],
-    "route": [route_fields, auth_fields, cors_fields, rate_limit_fields],
+    "gateway": [
+        *(gateway_fields, auth_fields, cors_fields, rate_limit_fields),
+        gateway_traffic_fields,
+    ],
+    "cluster": [cluster_fields, cluster_traffic_fields],
+    "route": [route_fields, auth_fields, cors_fields, rate_limit_fields, route_traffic_fields],
     "jwt_provider": [jwt_provider_fields],
     "consumer": [consumer_fields],
     "plan": [plan_fields],
@@ -607,7 +611,11 @@ def _command(
     def command(ctx: typer.Context, name: str, **kwargs: Any) -> None:
         fields: dict[str, Any] = {}
         for fn, names in zip(fields_fns, option_names, strict=True):
-            fields.update(fn(**{k: kwargs[k] for k in names}))
+            for key, value in fn(**{k: kwargs[k] for k in names}).items():
+                # two option groups may fill one section (circuit_breakers, outlier_detection)
+                if isinstance(value, dict) and isinstance(fields.get(key), dict):
+                    value = {**fields[key], **value}
+                fields[key] = value
         body(ctx, name, fields, kwargs.get("wait"))
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -4,8 +4,12 @@ Each request is answered with JSON describing what arrived (method, path, header
 an `x-backend` header naming the server, so a test talking through Envoy can tell which
 upstream served it and what Envoy added or removed. Two request headers steer the reply:
 `x-echo-status: NNN` picks the status code and `x-echo-delay-ms: N` delays it (for retry,
-timeout and outlier tests). `GET /__echo/hits` reports the request count without counting
-itself, so a test can ask a backend directly how much traffic reached it.
+timeout and outlier tests); `x-echo-cache-control: V` sends `Cache-Control: V` back and
+`x-echo-pad: N` adds N bytes of padding to the JSON (caching and compression tests). A test
+holding the server can also make it fail: `fail_next = N` answers the next N requests with
+`fail_status`, `status = 503` answers every request so. `GET /__echo/hits` reports the
+request count without counting itself, so a test can ask a backend directly how much
+traffic reached it.
 
 Runs in-process (`EchoServer`) for tests and as `python -m controlplane.demo.echo` for the
 docker-compose demo backends. Standard library only.
@@ -84,12 +88,16 @@ class _EchoHandler(BaseHTTPRequestHandler):
                 kept += chunk[: MAX_ECHO_BODY - len(kept)]
         return bytes(kept)
 
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
+    def _send(
+        self, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None
+    ) -> None:
         body = json.dumps(payload).encode()
         # 204 and 304 must not carry a body; sending one would desync keep-alive clients.
         bodyless = status in (204, 304)
         self.send_response(status)
         self.send_header("x-backend", self.server.echo.name)
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
         if not bodyless:
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -121,15 +129,23 @@ class _EchoHandler(BaseHTTPRequestHandler):
             if delay_ms:
                 time.sleep(delay_ms / 1000.0)
 
-        record = {
+        record: dict[str, Any] = {
             "backend": echo.name,
             "method": self.command,
             "path": self.path,
             "headers": {name.lower(): value for name, value in self.headers.items()},
             "body": body.decode("utf-8", "replace"),
         }
+        pad = self.headers.get("x-echo-pad", "")
+        if pad.isdigit():
+            record["pad"] = "x" * min(int(pad), MAX_ECHO_BODY)
+        extra = {}
+        cache_control = self.headers.get("x-echo-cache-control")
+        if cache_control:
+            extra["Cache-Control"] = cache_control
+        status = echo._forced_status(status)
         echo._record(record)
-        self._send(status, record)
+        self._send(status, record, extra)
 
     do_GET = _handle
     do_POST = _handle
@@ -158,6 +174,18 @@ class EchoServer:
         self._httpd = _EchoHTTPServer((host, port), _EchoHandler)
         self._httpd.echo = self
         self._thread: threading.Thread | None = None
+        #: answer the next N requests with ``fail_status`` (retry tests)
+        self.fail_next = 0
+        self.fail_status = 503
+        #: answer every request with this status (outlier tests); None: as asked
+        self.status: int | None = None
+
+    def _forced_status(self, asked: int) -> int:
+        with self._lock:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                return self.fail_status
+        return self.status if self.status is not None else asked
 
     @property
     def host(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .common import Duration, Name, PolicyModel, parse_hostport
 
@@ -15,6 +15,7 @@ __all__ = [
     "HealthCheck",
     "LbPolicy",
     "OutlierDetection",
+    "RetryBudget",
     "UpstreamProtocol",
 ]
 
@@ -54,6 +55,14 @@ class HealthCheck(PolicyModel):
         return sorted(set(value))
 
 
+class RetryBudget(PolicyModel):
+    """Retries allowed at once, as a share of the requests in flight (Envoy's retry budget):
+    when a backend fails, retries cannot multiply its load."""
+
+    percent: float = Field(20, gt=0, le=100, description="retries in flight / requests in flight")
+    min_concurrency: int = Field(3, ge=1, description="retries always allowed at once")
+
+
 class CircuitBreakers(PolicyModel):
     """Limits on what Envoy sends to the cluster at once; excess fails fast with 503."""
 
@@ -61,6 +70,13 @@ class CircuitBreakers(PolicyModel):
     max_pending_requests: int | None = Field(None, ge=1)
     max_requests: int | None = Field(None, ge=1)
     max_retries: int | None = Field(None, ge=0)
+    retry_budget: RetryBudget | None = Field(None, description="replaces max_retries")
+
+    @model_validator(mode="after")
+    def _budget_or_max(self) -> CircuitBreakers:
+        if self.retry_budget is not None and self.max_retries is not None:
+            raise ValueError("set max_retries or retry_budget, not both")
+        return self
 
 
 class OutlierDetection(PolicyModel):

@@ -16,6 +16,7 @@ from .certificate import GatewayTls
 from .common import Hostname, Name, PolicyModel
 from .cors import CorsPolicy
 from .ratelimit import RateLimit
+from .traffic import Compression
 
 __all__ = ["Gateway"]
 
@@ -38,6 +39,9 @@ class Gateway(PolicyModel):
     cors: CorsPolicy | None = Field(None, description="default CORS policy of its routes")
     rate_limit: RateLimit | None = Field(None, description="default rate limit of its routes")
     tls: GatewayTls | None = Field(None, description="serve HTTPS on the port; unset: plain HTTP")
+    compression: Compression | None = Field(
+        None, description="compress responses of its routes (a route may opt out)"
+    )
 
     @field_validator("address")
     @classmethod

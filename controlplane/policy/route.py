@@ -17,6 +17,14 @@ from .auth import AuthPolicy
 from .common import Duration, Hostname, Name, PolicyModel, Regex
 from .cors import CorsPolicy
 from .ratelimit import RateLimit
+from .traffic import (
+    BodyTransform,
+    CachePolicy,
+    Fault,
+    HashKey,
+    QueryOps,
+    header_template,
+)
 
 __all__ = [
     "DirectResponse",
@@ -70,6 +78,7 @@ def _mutable_header(value: str) -> str:
 def _header_value(value: str) -> str:
     if any(c in value for c in "\r\n\0"):
         raise ValueError("header values cannot contain CR, LF or NUL")
+    header_template(value)  # placeholders are known, a literal % is written %%
     return value
 
 
@@ -274,6 +283,17 @@ class Route(PolicyModel):
     rate_limit: RateLimit | None = Field(
         None, description="unset: the gateway's rate limit; {key: none}: no limit"
     )
+    hash_on: list[HashKey] = Field(
+        default_factory=list, description="consistent-hash keys (ring_hash/maglev clusters)"
+    )
+    fault: Fault | None = Field(None, description="injected delays and aborts, for testing")
+    request_query: QueryOps | None = None
+    request_body: BodyTransform | None = Field(None, description="JSON request body changes")
+    response_body: BodyTransform | None = Field(None, description="JSON response body changes")
+    cache: CachePolicy | None = Field(None, description="response caching for GET and HEAD")
+    compression: bool | None = Field(
+        None, description="unset: the gateway's setting; false: never compress this route"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -299,9 +319,14 @@ class Route(PolicyModel):
             self, ("cluster", "backends", "redirect", "direct_response"), "action"
         )
         forwards = action in ("cluster", "backends")
-        for field in ("prefix_rewrite", "regex_rewrite", "host_rewrite", "retries", "timeout"):
+        for field in (
+            *("prefix_rewrite", "regex_rewrite", "host_rewrite", "retries", "timeout"),
+            *("fault", "request_query", "request_body", "response_body", "cache"),
+        ):
             if getattr(self, field) is not None and not forwards:
                 raise ValueError(f"{field}: only applies to routes that forward to a cluster")
+        if self.hash_on and not forwards:
+            raise ValueError("hash_on: only applies to routes that forward to a cluster")
         if self.backends is not None:
             names = [b.cluster for b in self.backends]
             if len(set(names)) != len(names):

@@ -114,6 +114,9 @@ def cluster_resource(cluster: Cluster) -> cluster_pb2.Cluster:
             value = getattr(cb, field)
             if value is not None:
                 getattr(thresholds, field).value = value
+        if cb.retry_budget is not None:
+            thresholds.retry_budget.budget_percent.value = cb.retry_budget.percent
+            thresholds.retry_budget.min_retry_concurrency.value = cb.retry_budget.min_concurrency
         out.circuit_breakers.thresholds.append(thresholds)
     if cluster.outlier_detection is not None:
         od = cluster.outlier_detection

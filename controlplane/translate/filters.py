@@ -21,10 +21,23 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf.message import Message
 
+from ..policy.traffic import CompressionAlgorithm
 from . import auth
 from .common import ads_source, pack
 from .cors import CORS_FILTER, cors_filter
 from .ratelimit import RATE_LIMIT_FILTER, plans_of, rate_limit_config
+from .traffic import (
+    BODY_FILTER,
+    CACHE_FILTER,
+    COMPRESS_PREFIX,
+    FAULT_FILTER,
+    MUTATION_FILTER,
+    body_filter,
+    cache_filter,
+    compressor,
+    fault_filter,
+    mutation_filter,
+)
 from .view import GatewayView
 
 __all__ = ["ORDER", "FilterSpec", "http_filters"]
@@ -41,6 +54,12 @@ class FilterSpec:
     config: Callable[[GatewayView, RouteTable], Message | None]
     #: delivered over ECDS: its config changes without touching the listener
     dynamic: bool = True
+    #: off unless a route's per-filter config turns it on (routes without it pay nothing)
+    disabled: bool = False
+
+
+def _used(table: RouteTable, feature: str, config: Callable[[], Message]) -> Message | None:
+    return config() if table.features[feature] > 0 else None
 
 
 def _rate_limits(view: GatewayView, table: RouteTable) -> Message | None:
@@ -69,6 +88,22 @@ ORDER: list[FilterSpec] = [
     FilterSpec(auth.RBAC_FILTER, lambda view, _t: auth.rbac_filter_config(view)),
     # after authentication and authorisation: x-consumer-id is set, refused calls not counted
     FilterSpec(RATE_LIMIT_FILTER, _rate_limits),
+    # traffic policy (translate/traffic.py): each only where a route uses it
+    FilterSpec(FAULT_FILTER, lambda _v, t: _used(t, FAULT_FILTER, fault_filter), False, True),
+    # before the cache: query changes and the cache-key header are part of the key
+    FilterSpec(MUTATION_FILTER, lambda _v, t: _used(t, MUTATION_FILTER, mutation_filter), False),
+    # before the cache: entries are kept uncompressed, hits compressed like misses
+    *[
+        FilterSpec(
+            COMPRESS_PREFIX + a.value,
+            lambda v, t, a=a: compressor(v.gateway, t.features["compression"] > 0, a),  # type: ignore[misc]
+            dynamic=False,
+        )
+        for a in CompressionAlgorithm
+    ],
+    FilterSpec(CACHE_FILTER, lambda _v, t: _used(t, CACHE_FILTER, cache_filter), False),
+    # nearest the router: the cache keeps transformed responses
+    FilterSpec(BODY_FILTER, lambda _v, t: _used(t, BODY_FILTER, body_filter), False, True),
     FilterSpec("envoy.filters.http.router", lambda _v, _t: router_pb2.Router(), dynamic=False),
 ]
 
@@ -95,4 +130,11 @@ def http_filters(
             )
         else:
             listed.append(hcm_pb2.HttpFilter(name=spec.name, typed_config=pack(config)))
+        if spec.disabled or _disabled_compressor(spec.name, view):
+            listed[-1].disabled = True
     return listed, dynamic
+
+
+def _disabled_compressor(name: str, view: GatewayView) -> bool:
+    """Compressors of a gateway without compression are there for routes that ask for it."""
+    return name.startswith(COMPRESS_PREFIX) and view.gateway.compression is None

@@ -30,6 +30,7 @@ from .auth import (
 from .common import duration, regex, string_match
 from .cors import apply_cors
 from .ratelimit import apply_rate_limit, uses_consumers
+from .traffic import apply_traffic, envoy_header_value, route_features
 from .wire import Encoded, field
 
 #: the context of a gateway without auth and consumers
@@ -124,7 +125,8 @@ def _header_options(ops: HeaderOps) -> list[base_pb2.HeaderValueOption]:
         for key in sorted(mapping):
             out.append(
                 base_pb2.HeaderValueOption(
-                    header=base_pb2.HeaderValue(key=key, value=mapping[key]), append_action=action
+                    header=base_pb2.HeaderValue(key=key, value=envoy_header_value(mapping[key])),
+                    append_action=action,
                 )
             )
     return out
@@ -200,6 +202,7 @@ def route_resource(route: Route) -> rc.Route:
     if route.response_headers is not None:
         out.response_headers_to_add.extend(_header_options(route.response_headers))
         out.response_headers_to_remove.extend(route.response_headers.remove)
+    apply_traffic(out, route)
     return out
 
 
@@ -249,6 +252,8 @@ class RouteTable:
         self.rate_limit_cache: tuple[object, object] | None = None
         #: routes whose effective rate limit applies the consumers' plans
         self.plan_limited = 0
+        #: routes per traffic feature (translate/traffic.py): which filters are needed
+        self.features: Counter[str] = Counter()
 
     @property
     def uses_plans(self) -> bool:
@@ -307,6 +312,7 @@ class RouteTable:
         data = b"".join(field(3, v.SerializeToString(deterministic=True)) for v in variants)
         self._entries[route.name] = (route, key, data)
         self.clusters.update(route.clusters())
+        self.features.update(route_features(route))
         requirement = jwt_requirements(route, self._context)
         if requirement is not None:
             self.jwt_requirements[requirement] += 1
@@ -331,6 +337,7 @@ class RouteTable:
         for cluster in route.clusters():
             if self.clusters[cluster] <= 0:
                 del self.clusters[cluster]
+        self.features.subtract(route_features(route))
         assert self._context is not None
         requirement = jwt_requirements(route, self._context)
         if requirement is not None:
