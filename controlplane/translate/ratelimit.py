@@ -13,8 +13,8 @@ over ECDS) holds every bucket of the gateway:
 * the route's own limits are descriptors with an empty key value: one bucket per distinct
   caller, in an LRU of ``max_dynamic_descriptors`` sized from the consumer count (at least
   twice it per bucket kind), so a consumer still calling keeps its bucket;
-* a request matching no descriptor (no consumer, no such header) meets the default bucket,
-  which is unlimited.
+* a request matching no descriptor (a route without limits, no consumer, no such header)
+  is not limited and gets no X-RateLimit headers (the filter has no default bucket).
 
 Because the buckets live in the filter config and not in the RouteConfiguration, a change
 to routes that does not touch limits leaves every counter as it is, and the two Envoy routes
@@ -198,7 +198,8 @@ def rate_limit_config(
     out = lrl.LocalRateLimit(
         stat_prefix=_STAT_PREFIX,
         status=http_status_pb2.HttpStatus(code=http_status_pb2.TooManyRequests),
-        token_bucket=_bucket(None),
+        # no default bucket: a request matching no descriptor (an unlimited route, no
+        # consumer) is neither limited nor given X-RateLimit headers
         always_consume_default_token_bucket=wrappers_pb2.BoolValue(value=False),
         filter_enabled=_percent("gateway.rate_limit.enabled"),
         filter_enforced=_percent("gateway.rate_limit.enforced"),

@@ -99,6 +99,9 @@ def test_gateway_default_and_route_off(cli, controller, envoy_factory, backends,
     assert got == [200, 200, 429]
     assert request(port, "/a", headers=t2)[0] == 200  # another tenant, another bucket
     assert [request(port, "/free", headers=t1)[0] for _ in range(5)] == [200] * 5
+    # an exempt route says nothing about limits
+    assert "x-ratelimit-limit" not in request(port, "/free", headers=t1)[1]
+    assert request(port, "/a", headers=t2)[1]["x-ratelimit-limit"] == "2"
 
 
 BAD = [
