@@ -16,11 +16,14 @@ from contextlib import suppress
 
 import grpc
 
+from .analytics.sink import AccessLogSink
 from .errors import GatewayError
+from .metrics import CONTENT_TYPE, Registry
 from .runner import Runner
 from .settings import Settings
 from .store import Store
 from .xds import AdsServer, SnapshotCache, StatusRecorder
+from .xds.metrics import XdsMetrics
 from .xds.mtls import HandshakeLog, server_credentials
 
 __all__ = ["Controller", "serve"]
@@ -47,7 +50,25 @@ class Controller:
             xds_address=settings.xds_address,
             poll_interval=settings.poll_interval,
         )
-        self.ads = AdsServer(self.cache, self.recorder)
+        self.metrics = Registry()
+        self.ads = AdsServer(self.cache, self.recorder, XdsMetrics(self.metrics))
+        self.metrics.gauge(
+            "gateway_connected_proxies",
+            "Proxies with an open ADS stream to this controller, per gateway.",
+            lambda: {(("gateway", g),): float(n) for g, n in self.ads.connected().items()},
+        )
+        self.metrics.gauge(
+            "gateway_policy_revision",
+            "The policy revision this controller has translated and serves.",
+            lambda: float(self.runner.revision),
+        )
+        #: Envoy's access-log service, served on the xDS port (gateways with analytics on)
+        self.sink = AccessLogSink(
+            settings.db,
+            sink_id=self.id,
+            registry=self.metrics,
+            retention_s=settings.analytics_retention_days * 86400,
+        )
         self._grpc: grpc.aio.Server | None = None
         self._health: asyncio.Server | None = None
         self._handshakes: HandshakeLog | None = None
@@ -78,7 +99,7 @@ class Controller:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ]
         )
-        self._grpc.add_generic_rpc_handlers((self.ads.handler(),))
+        self._grpc.add_generic_rpc_handlers((self.ads.handler(), self.sink.handler()))
         if credentials is None:
             self.xds_port = self._grpc.add_insecure_port(self.settings.xds_address)
         else:
@@ -102,7 +123,7 @@ class Controller:
 
     async def run(self) -> None:
         """Until cancelled: watch revisions and record proxy status."""
-        await asyncio.gather(self.runner.run(), self.recorder.run())
+        await asyncio.gather(self.runner.run(), self.recorder.run(), self.sink.run())
 
     async def stop(self) -> None:
         if self._health is not None:
@@ -110,6 +131,9 @@ class Controller:
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)
         await self.recorder.flush()
+        with suppress(Exception):
+            await self.sink.flush()
+        self.sink.close()
         if self._handshakes is not None:
             self._handshakes.stop()
         with suppress(Exception):
@@ -139,8 +163,12 @@ class Controller:
             while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
                 pass
             path = line.split()[1].decode() if len(line.split()) > 1 else "/"
+            path = path.split("?", 1)[0]
             ok = self.cache.ready.is_set()
-            if path in ("/healthz", "/readyz"):
+            content_type = "application/json"
+            if path == "/metrics":
+                status, body, content_type = 200, self.metrics.render(), CONTENT_TYPE
+            elif path in ("/healthz", "/readyz"):
                 status, body = (200 if ok else 503), json.dumps({"ok": ok})
             elif path == "/status":
                 status, body = 200, json.dumps(self.health())
@@ -149,7 +177,7 @@ class Controller:
             data = body.encode()
             reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
             writer.write(
-                f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
                 + data
             )

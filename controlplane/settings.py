@@ -21,3 +21,5 @@ class Settings(BaseSettings):
     xds_tls_cert: str | None = None
     xds_tls_key: str | None = None
     xds_client_ca: str | None = None
+    #: access-log rollups older than this are deleted by the sink
+    analytics_retention_days: float = Field(30, gt=0)

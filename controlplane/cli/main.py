@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import GatewayError
+from .analytics import register_analytics
 from .certs import register_certs
 from .context import Ctx
 from .declarative import register_declarative
@@ -54,6 +55,7 @@ register_declarative(app)
 register_status(app)
 register_run(app)
 register_cache(app)
+register_analytics(app)
 
 
 def _expand_wait(argv: list[str]) -> list[str]:

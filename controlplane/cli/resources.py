@@ -17,6 +17,7 @@ import typer
 from ..errors import PolicyInvalid
 from ..policy import parse_object
 from ..policy.ratelimit import parse_limit
+from .analytics import observability_fields
 from .context import ctx_of, finish_change
 from .output import Format, emit, emit_table
 from .traffic import cluster_traffic_fields, gateway_traffic_fields, route_traffic_fields
@@ -568,6 +569,7 @@ FIELDS: dict[str, list[Callable[..., dict[str, Any]]]] = {
     "gateway": [
         *(gateway_fields, auth_fields, cors_fields, rate_limit_fields),
         gateway_traffic_fields,
+        observability_fields,
     ],
     "cluster": [cluster_fields, cluster_traffic_fields],
     "route": [route_fields, auth_fields, cors_fields, rate_limit_fields, route_traffic_fields],

@@ -15,6 +15,7 @@ from .auth import AuthPolicy
 from .certificate import GatewayTls
 from .common import Hostname, Name, PolicyModel
 from .cors import CorsPolicy
+from .observability import AccessLog, Analytics
 from .ratelimit import RateLimit
 from .traffic import Compression
 
@@ -42,6 +43,8 @@ class Gateway(PolicyModel):
     compression: Compression | None = Field(
         None, description="compress responses of its routes (a route may opt out)"
     )
+    access_log: AccessLog | None = Field(None, description="one line per request on stdout")
+    analytics: Analytics | None = Field(None, description="usage analytics (rollups in the db)")
 
     @field_validator("address")
     @classmethod

@@ -19,14 +19,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, S
 from ..errors import Conflict, NotFound, PolicyInvalid, StoreError
 from ..policy import KINDS, PLURALS, Bundle, PolicyModel, parse_object, references
 from .db import RevisionProbe, make_engines, normalize_url
-from .tables import Change, ControllerRow, GatewayBuild, Meta, ProxyRow, Ref, Resource
+from .tables import Change, ControllerRow, EventRow, GatewayBuild, Meta, ProxyRow, Ref, Resource
 
 __all__ = ["ApplyResult", "ObjectChange", "ProxyStatus", "Store"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 #: newest migration; a test checks it against alembic's head. Comparing it with one query
 #: keeps alembic (150 ms to import) out of every CLI call on an up-to-date database.
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 #: PostgreSQL advisory lock held while migrating
 _MIGRATE_LOCK = 0x6761_7465
 
@@ -63,6 +63,7 @@ class ProxyStatus:
     nack_objects: str | None
     connected_at: float
     updated_at: float
+    acked_at: float | None = None
 
 
 class Store:
@@ -318,7 +319,10 @@ class Store:
         _check_references(conn, {(c.kind, c.name) for c in changes if c.op == "delete"})
         conn.execute(
             insert(Change),
-            [{"revision": rev, "kind": c.kind, "name": c.name, "op": c.op} for c in changes],
+            [
+                {"revision": rev, "kind": c.kind, "name": c.name, "op": c.op, "at": time.time()}
+                for c in changes
+            ],
         )
         return ApplyResult(rev, changes)
 
@@ -403,6 +407,53 @@ class Store:
                 )
             ).all()
         return [(i, a, r, h) for i, a, r, h in rows]
+
+    # -- event history (not policy: never bumps the revision) --------------------------------
+
+    def add_events(self, events: list[dict[str, Any]], keep: int = 100_000) -> None:
+        """Append events; beyond ``keep`` rows the oldest are deleted (checked now and then)."""
+        with self._writer.begin() as conn:
+            conn.execute(insert(EventRow), events)
+            last = conn.execute(select(EventRow.id).order_by(EventRow.id.desc()).limit(1)).scalar()
+            if last is not None and last % 1000 < len(events):
+                conn.execute(delete(EventRow).where(EventRow.id <= last - keep))
+
+    def events(self, since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest events and policy changes (oldest first), merged by time."""
+        with self._reader.connect() as conn:
+            q = select(
+                EventRow.at,
+                EventRow.kind,
+                EventRow.gateway,
+                EventRow.node,
+                EventRow.revision,
+                EventRow.detail,
+            )
+            c = select(Change.at, Change.op, Change.kind, Change.name, Change.revision).where(
+                Change.at.is_not(None)
+            )
+            if since is not None:
+                q = q.where(EventRow.at >= since)
+                c = c.where(Change.at >= since)
+            rows = conn.execute(q.order_by(EventRow.at.desc()).limit(limit)).all()
+            changes = conn.execute(c.order_by(Change.id.desc()).limit(limit)).all()
+        out = [
+            {"at": at, "kind": kind, "gateway": gw, "node": node, "revision": rev, "detail": d}
+            for at, kind, gw, node, rev, d in rows
+        ]
+        out += [
+            {
+                "at": at,
+                "kind": "change",
+                "gateway": "",
+                "node": "",
+                "revision": rev,
+                "detail": f"{op} {kind} {name}",
+            }
+            for at, op, kind, name, rev in changes
+        ]
+        out.sort(key=lambda e: float(e["at"] or 0))
+        return out[-limit:]
 
     def ping(self) -> None:
         with self._reader.connect() as conn:

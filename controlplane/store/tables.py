@@ -19,7 +19,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Change", "ControllerRow", "GatewayBuild", "Meta", "ProxyRow", "Ref", "Resource"]
+__all__ = [
+    "Base",
+    "Change",
+    "ControllerRow",
+    "EventRow",
+    "GatewayBuild",
+    "Meta",
+    "ProxyRow",
+    "Ref",
+    "Resource",
+    "RollupRow",
+]
 
 
 class Base(DeclarativeBase):
@@ -62,6 +73,8 @@ class Change(Base):
     kind: Mapped[str] = mapped_column(String(32), nullable=False)
     name: Mapped[str] = mapped_column(String(128), nullable=False)
     op: Mapped[str] = mapped_column(String(8), nullable=False)  # create | update | delete
+    #: when the revision was committed (null for revisions written before it was recorded)
+    at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class ProxyRow(Base):
@@ -81,6 +94,7 @@ class ProxyRow(Base):
     nack_objects: Mapped[str | None] = mapped_column(Text, nullable=True)
     connected_at: Mapped[float] = mapped_column(Float, nullable=False)
     updated_at: Mapped[float] = mapped_column(Float, nullable=False)
+    acked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class GatewayBuild(Base):
@@ -100,3 +114,40 @@ class ControllerRow(Base):
     built_revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
     started_at: Mapped[float] = mapped_column(Float, nullable=False)
     heartbeat_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class RollupRow(Base):
+    """Access-log totals for one minute x gateway x route x consumer x status class.
+
+    Each sink writes rows of its own (``sink``), so several sinks (one per controller) never
+    contend for a row; readers sum over sinks. These rows are not policy: they are written
+    outside ``Store._commit`` and never bump the revision.
+    """
+
+    __tablename__ = "analytics_rollups"
+    minute: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # unix time // 60
+    gateway: Mapped[str] = mapped_column(String(128), primary_key=True)
+    route: Mapped[str] = mapped_column(String(255), primary_key=True)
+    consumer: Mapped[str] = mapped_column(String(255), primary_key=True)
+    status_class: Mapped[str] = mapped_column(String(8), primary_key=True)
+    sink: Mapped[str] = mapped_column(String(255), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    bytes_in: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    bytes_out: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    latency_ms_sum: Mapped[float] = mapped_column(Float, nullable=False)
+    #: counts per latency bucket (see analytics/histogram.py), "i:n,i:n" for non-empty ones
+    latency_hist: Mapped[str] = mapped_column(Text, nullable=False)
+    __table_args__ = (Index("ix_analytics_rollups_sink_minute", "sink", "minute"),)
+
+
+class EventRow(Base):
+    """Something that happened to a proxy or the policy: push, ack, nack, connect, ..."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, nullable=False, index=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    gateway: Mapped[str] = mapped_column(String(128), nullable=False)
+    node: Mapped[str] = mapped_column(String(255), nullable=False)
+    revision: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    detail: Mapped[str] = mapped_column(Text, nullable=False)

@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 
 from ..policy import Cluster, Consumer, Gateway, PolicyModel, Route
 from ..policy.certificate import Certificate
+from .accesslog import SINK_CLUSTER, sink_cluster
 from .auth import jwks_clusters, route_context
 from .cluster import cluster_resource, is_eds, load_assignment
 from .common import pack
@@ -168,6 +169,9 @@ class Translator:
             Sources("route", table.names()),
             needs=[(CLUSTER, c) for c in used],
         )
+        analytics_sink = sink_cluster(gw)
+        if analytics_sink is not None:
+            out.add(CLUSTER, SINK_CLUSTER, analytics_sink, [("gateway", gw.name)])
         for cluster_message in jwks_clusters(view):
             provider = cluster_message.name.removeprefix("jwks.")
             out.add(CLUSTER, cluster_message.name, cluster_message, [("jwt_provider", provider)])

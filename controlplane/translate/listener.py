@@ -10,6 +10,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import wrappers_pb2
 
+from .accesslog import access_logs
 from .common import ads_source, pack
 from .view import GatewayView
 
@@ -33,6 +34,7 @@ def listener_resource(
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
         use_remote_address=wrappers_pb2.BoolValue(value=True),
+        access_log=access_logs(gateway),
     )
     return listener_pb2.Listener(
         name=gateway.name,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from ..translate import CLUSTER, ENDPOINT
 from .cache import CHANGED, SnapshotCache
+from .metrics import XdsMetrics
 from .mtls import client_identity
 from .snapshot import PUSH_ORDER, WILDCARD_TYPES, Snapshot
 from .status import ProxyState, StatusRecorder
@@ -47,6 +49,8 @@ class TypeState:
     #: content Envoy accepted
     acked_version: str = ""
     acked: dict[str, bytes] = field(default_factory=dict)
+    #: when the newest response was sent (monotonic), for the push latency metric
+    sent_at: float = 0.0
 
 
 class AdsStream:
@@ -58,15 +62,19 @@ class AdsStream:
         recorder: StatusRecorder,
         write: object,
         peer: str,
+        metrics: XdsMetrics | None = None,
     ) -> None:
         self.cache = cache
         self.recorder = recorder
         self._write = write
         self.peer = peer
+        self.metrics = metrics
         self.types = {t: TypeState() for t in PUSH_ORDER}
         self._nonces = itertools.count(1)
         self._cds_since_eds = False
         self.proxy: ProxyState | None = None
+        #: resource types sent since the last push event was recorded
+        self._pushed: set[str] = set()
 
     async def run(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]) -> None:
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -88,6 +96,7 @@ class AdsStream:
                 ),
             )
             log.info("stream open: node %s gateway %s from %s", node.id, gateway, self.peer)
+            self.recorder.event("connect", self.proxy, None, f"Envoy {self.proxy.envoy_version}")
             self.recorder.changed(self.proxy)
             # Never answer before the full state is loaded: an empty answer would roll back.
             await self.cache.ready.wait()
@@ -108,6 +117,7 @@ class AdsStream:
                 self.cache.unsubscribe(sub)
             if self.proxy is not None:
                 self.proxy.connected = False
+                self.recorder.event("disconnect", self.proxy, None, "stream closed")
                 self.recorder.changed(self.proxy)
                 log.info("stream closed: node %s", self.proxy.node_id)
 
@@ -129,6 +139,15 @@ class AdsStream:
         if req.HasField("error_detail"):
             self._on_nack(req, snap)
         elif req.response_nonce:
+            if self.metrics is not None and st.sent_at:
+                self.metrics.acked(
+                    self.proxy.gateway,  # type: ignore[union-attr]
+                    req.type_url,
+                    time.monotonic() - st.sent_at,
+                )
+                st.sent_at = 0.0
+            self.proxy.acked_at = time.time()  # type: ignore[union-attr]
+            self.recorder.changed(self.proxy)  # type: ignore[arg-type]
             st.acked_version = st.pending_version
             if req.type_url in WILDCARD_TYPES:
                 st.acked = st.pending
@@ -145,6 +164,7 @@ class AdsStream:
             await self._send(ENDPOINT, snap, force=True)
         elif names_changed and not req.HasField("error_detail"):
             await self._send(req.type_url, snap, force=False)
+        self._record_push(snap.revision)
 
     def _on_nack(self, req: discovery_pb2.DiscoveryRequest, snap: Snapshot) -> None:
         assert self.proxy is not None
@@ -159,6 +179,10 @@ class AdsStream:
         p.nack_error = req.error_detail.message
         p.nack_candidates = sorted(set(candidates))
         p.nack_objects = []
+        st.sent_at = 0.0
+        if self.metrics is not None:
+            self.metrics.nacked(p.gateway, req.type_url)
+        self.recorder.event("nack", p, p.nack_revision, f"{p.nack_type}: {p.nack_error}")
         log.warning(
             "node %s rejected %s version %s: %s",
             p.node_id,
@@ -176,7 +200,14 @@ class AdsStream:
         for type_url in PUSH_ORDER:
             if self.types[type_url].subscribed:
                 await self._send(type_url, snap, force=False)
+        self._record_push(snap.revision)
         self._update_sync(snap)
+
+    def _record_push(self, revision: int) -> None:
+        if self._pushed and self.proxy is not None:
+            detail = ", ".join(sorted(self._pushed))
+            self.recorder.event("push", self.proxy, revision, detail)
+            self._pushed = set()
 
     async def _send(self, type_url: str, snap: Snapshot, *, force: bool) -> None:
         st = self.types[type_url]
@@ -197,6 +228,10 @@ class AdsStream:
         nonce = str(next(self._nonces))
         await self._write(ts.response(type_url, nonce, names))  # type: ignore[operator]
         st.nonce = nonce
+        st.sent_at = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.pushed(self.proxy.gateway, type_url)  # type: ignore[union-attr]
+        self._pushed.add(type_url.rsplit(".", 1)[-1])
         st.sent_version = st.pending_version = ts.version
         if names is None:
             st.sent = st.pending = sent
@@ -222,6 +257,7 @@ class AdsStream:
                         return
         if self.proxy.acked_revision != snap.revision:
             self.proxy.acked_revision = snap.revision
+            self.recorder.event("ack", self.proxy, snap.revision, "in sync")
             self.recorder.changed(self.proxy)
 
 
@@ -238,17 +274,28 @@ async def _pump(requests: AsyncIterator[object], queue: asyncio.Queue[object]) -
 class AdsServer:
     """Registers the ADS method on a grpc.aio server."""
 
-    def __init__(self, cache: SnapshotCache, recorder: StatusRecorder) -> None:
+    def __init__(
+        self, cache: SnapshotCache, recorder: StatusRecorder, metrics: XdsMetrics | None = None
+    ) -> None:
         self.cache = cache
         self.recorder = recorder
+        self.metrics = metrics
         self.active: set[AdsStream] = set()
+
+    def connected(self) -> dict[str, int]:
+        """Open streams per gateway (the proxies connected to this controller)."""
+        out: dict[str, int] = {}
+        for stream in self.active:
+            if stream.proxy is not None:
+                out[stream.proxy.gateway] = out.get(stream.proxy.gateway, 0) + 1
+        return out
 
     async def _stream(
         self,
         requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        stream = AdsStream(self.cache, self.recorder, context.write, context.peer())
+        stream = AdsStream(self.cache, self.recorder, context.write, context.peer(), self.metrics)
         identity = client_identity(context)
         if identity is not None:
             log.info("xDS client %s authenticated as %s", context.peer(), identity)

@@ -35,6 +35,8 @@ class ProxyState:
     #: resource names in the rejected response, mapped to policy objects by the recorder
     nack_candidates: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     nack_objects: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    #: when the proxy last ACKed a response (wall clock)
+    acked_at: float | None = None
 
 
 def suspects(
@@ -66,7 +68,22 @@ class StatusRecorder:
         self.store = store
         self.controller = controller
         self._dirty: dict[str, ProxyState] = {}
+        self._events: list[dict[str, object]] = []
         self._wake = asyncio.Event()
+
+    def event(self, kind: str, state: ProxyState, revision: int | None, detail: str) -> None:
+        """Queue an event (push, ack, nack, connect, disconnect) for the event history."""
+        self._events.append(
+            {
+                "at": time.time(),
+                "kind": kind,
+                "gateway": state.gateway,
+                "node": state.node_id,
+                "revision": revision,
+                "detail": detail[:2000],
+            }
+        )
+        self._wake.set()
 
     def changed(self, state: ProxyState) -> None:
         self._dirty[state.node_id] = state
@@ -80,6 +97,12 @@ class StatusRecorder:
 
     async def flush(self) -> None:
         batch, self._dirty = self._dirty, {}
+        events, self._events = self._events, []
+        if events:
+            try:
+                await asyncio.to_thread(self.store.add_events, events)
+            except Exception:
+                log.exception("could not record events")
         if not batch:
             return
         rows = [self._row(s) for s in batch.values()]
@@ -103,6 +126,7 @@ class StatusRecorder:
             nack_objects=None,
             connected_at=s.connected_at,
             updated_at=time.time(),
+            acked_at=s.acked_at,
         )
 
     def _write(self, batch: dict[str, ProxyState], rows: list[ProxyStatus]) -> None:

@@ -1,0 +1,392 @@
+"""``analytics`` (usage reports from the rollups), ``analytics-sink`` and ``events``.
+
+Reports read only the database, like ``status``: no controller address is needed, and a
+report works the same against SQLite or PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import typer
+
+from ..errors import GatewayError, NotFound, PolicyInvalid
+from .context import ctx_of
+from .output import Format, emit, emit_table, stderr
+
+__all__ = ["observability_fields", "parse_time", "register_analytics"]
+
+_AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_time(value: str, option: str, now: float | None = None) -> float:
+    """``1h`` (that long ago), ``now``, ``today`` (UTC midnight) or an ISO 8601 time (UTC
+    when no offset is given) -> unix time."""
+    now = time.time() if now is None else now
+    text = value.strip().lower()
+    if text == "now":
+        return now
+    if text == "today":
+        return float(int(now // 86400) * 86400)
+    m = _AGO.match(text)
+    if m:
+        return now - float(m.group(1)) * _UNIT[m.group(2)]
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise PolicyInvalid(
+            f"{option}: {value!r} is not a time (1h, 30m, 2d, now, today or ISO 8601)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def observability_fields(
+    access_log: Annotated[
+        str | None, typer.Option(help="Access log lines on Envoy's stdout: json, text or off.")
+    ] = None,
+    access_log_field: Annotated[
+        list[str] | None,
+        typer.Option(help="Field of the access log line (repeatable; default all)."),
+    ] = None,
+    analytics: Annotated[
+        bool | None,
+        typer.Option("--analytics/--no-analytics", help="Usage analytics for this gateway."),
+    ] = None,
+    analytics_sink: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT of a `gatewayctl analytics-sink` (default: the controller)."),
+    ] = None,
+    analytics_flush_interval: Annotated[
+        str | None, typer.Option(help="How long Envoy buffers access-log entries [1s].")
+    ] = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    log: dict[str, Any] = {}
+    if access_log is not None:
+        log["format"] = access_log
+    if access_log_field:
+        log["fields"] = access_log_field
+    if log:
+        out["access_log"] = log
+    section: dict[str, Any] = {}
+    if analytics is not None:
+        section["enabled"] = analytics
+    if analytics_sink is not None:
+        section["sink"] = analytics_sink
+        section.setdefault("enabled", True)
+    if analytics_flush_interval is not None:
+        section["flush_interval"] = analytics_flush_interval
+    if section:
+        out["analytics"] = section
+    return out
+
+
+Since = Annotated[str, typer.Option(help="Start: 1h (ago), today, ISO time.")]
+Until = Annotated[str, typer.Option(help="End: now, 10m (ago), ISO time.")]
+GatewayOpt = Annotated[str | None, typer.Option("--gateway", help="Only this gateway.")]
+RouteOpt = Annotated[str | None, typer.Option("--route", help="Only this route.")]
+ConsumerOpt = Annotated[
+    str | None, typer.Option("--consumer", help="Only this consumer ('-' for none).")
+]
+LimitOpt = Annotated[int, typer.Option(help="Rows to show (0: all).")]
+
+
+def _rows(
+    ctx: typer.Context,
+    since: str,
+    until: str,
+    gateway: str | None,
+    route: str | None,
+    consumer: str | None,
+) -> tuple[list[Any], float, float]:
+    from ..analytics.rollup import Filter, RollupReader
+
+    start = parse_time(since, "--since")
+    end = parse_time(until, "--until")
+    if end <= start:
+        raise PolicyInvalid(f"--until: must be after --since ({since})")
+    c = ctx_of(ctx)
+    c.store  # noqa: B018 - opens (and migrates) the database first
+    reader = RollupReader.open(c.db)
+    who = "" if consumer == "-" else consumer
+    rows = list(reader.rows(Filter(start, end, gateway, route, who)))
+    return rows, start, end
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def _top_table(entries: list[dict[str, Any]], by: str) -> None:
+    """Narrow enough for 80 columns; bytes and 1xx/3xx are in the JSON output."""
+    emit_table(
+        [by.upper(), "REQUESTS", "2XX", "4XX", "5XX", "ERRORS", "P50 MS", "P95 MS", "P99 MS"],
+        [
+            [
+                e[by],
+                f"{e['requests']:,}",
+                f"{e['status'].get('2xx', 0):,}",
+                f"{e['status'].get('4xx', 0):,}",
+                f"{e['status'].get('5xx', 0):,}",
+                _pct(e["error_rate"]),
+                _ms(e["latency_ms"]["p50"]),
+                _ms(e["latency_ms"]["p95"]),
+                _ms(e["latency_ms"]["p99"]),
+            ]
+            for e in entries
+        ],
+    )
+
+
+def register_analytics(app: typer.Typer) -> None:
+    group = typer.Typer(
+        help="Usage analytics from the access-log rollups (gateways with analytics on).",
+        no_args_is_help=True,
+    )
+    app.add_typer(group, name="analytics")
+
+    @group.command("summary")
+    def summary(
+        ctx: typer.Context,
+        since: Since = "1h",
+        until: Until = "now",
+        gateway: GatewayOpt = None,
+        route: RouteOpt = None,
+        consumer: ConsumerOpt = None,
+    ) -> None:
+        """Requests per status class, error rate and latency percentiles."""
+        from ..analytics.report import summarise
+
+        rows, start, end = _rows(ctx, since, until, gateway, route, consumer)
+        data = summarise(rows)
+        data["since"] = datetime.fromtimestamp(start, UTC).isoformat()
+        data["until"] = datetime.fromtimestamp(end, UTC).isoformat()
+        c = ctx_of(ctx)
+        if c.output != Format.table:
+            emit(data, c.output)
+            return
+        lat = data["latency_ms"]
+        stderr.print(f"{data['since']} .. {data['until']}")
+        emit_table(
+            [
+                "REQUESTS",
+                *[k.upper() for k in data["status"]],
+                "ERRORS",
+                "P50 MS",
+                "P95 MS",
+                "P99 MS",
+            ],
+            [
+                [
+                    f"{data['requests']:,}",
+                    *[f"{v:,}" for v in data["status"].values()],
+                    _pct(data["error_rate"]),
+                    _ms(lat["p50"]),
+                    _ms(lat["p95"]),
+                    _ms(lat["p99"]),
+                ]
+            ],
+        )
+
+    def _top(by: str) -> Any:
+        def command(
+            ctx: typer.Context,
+            since: Since = "1h",
+            until: Until = "now",
+            gateway: GatewayOpt = None,
+            route: RouteOpt = None,
+            consumer: ConsumerOpt = None,
+            limit: LimitOpt = 10,
+        ) -> None:
+            from ..analytics.report import top
+
+            rows, _, _ = _rows(ctx, since, until, gateway, route, consumer)
+            entries = top(rows, by, limit)
+            c = ctx_of(ctx)
+            if c.output != Format.table:
+                emit(entries, c.output)
+            else:
+                _top_table(entries, by)
+
+        command.__doc__ = f"Top {by}s by requests, with status classes and percentiles."
+        return command
+
+    group.command("consumers")(_top("consumer"))
+    group.command("routes")(_top("route"))
+    group.command("gateways")(_top("gateway"))
+
+    @group.command("usage")
+    def usage(
+        ctx: typer.Context,
+        consumer: Annotated[
+            str | None, typer.Argument(help="Consumer (default: every consumer with limits).")
+        ] = None,
+    ) -> None:
+        """Requests of consumers in the current period of each of their limits, against them."""
+        from ..analytics.rollup import Filter, RollupReader
+        from ..policy import Consumer
+        from ..policy.ratelimit import SECONDS, Plan
+
+        c = ctx_of(ctx)
+        store = c.store
+        consumers = cast(list[Consumer], store.list_objects("consumer"))
+        if consumer is not None:
+            consumers = [x for x in consumers if x.name == consumer]
+            if not consumers:
+                raise NotFound(f"consumer {consumer!r} does not exist")
+        plans = {p.name: p for p in cast(list[Plan], store.list_objects("plan"))}
+        reader = RollupReader.open(c.db)
+        now = time.time()
+        period_word = {"minute": "this minute", "hour": "this hour", "day": "today"}
+        out = []
+        for who in consumers:
+            limits = who.limits or (plans[who.plan].limits if who.plan in plans else [])
+            for limit in limits:
+                per = str(limit.per)
+                if per == "second":
+                    continue  # rollups are per minute: a second's usage is not kept
+                start = now // SECONDS[limit.per] * SECONDS[limit.per]
+                used = reader.total_requests(Filter(start, now + 60, consumer=who.name))
+                out.append(
+                    {
+                        "consumer": who.name,
+                        "plan": who.plan if not who.limits else None,
+                        "per": per,
+                        "used": used,
+                        "limit": limit.requests,
+                        "text": f"{who.name}: {used:,} of {limit.requests:,} {period_word[per]}",
+                    }
+                )
+        if c.output != Format.table:
+            emit(out, c.output)
+            return
+        if not out:
+            stderr.print("no consumer with minute, hour or day limits")
+        for entry in out:
+            print(entry["text"])
+
+    @group.command("chart")
+    def chart(
+        ctx: typer.Context,
+        since: Since = "1h",
+        until: Until = "now",
+        gateway: GatewayOpt = None,
+        route: RouteOpt = None,
+        consumer: ConsumerOpt = None,
+        step: Annotated[str, typer.Option(help="Time per bar: 1m, 5m, 1h...")] = "1m",
+        html: Annotated[
+            Path | None, typer.Option("--html", help="Write a self-contained HTML report here.")
+        ] = None,
+    ) -> None:
+        """Requests, errors and p99 latency over time; in the terminal or as an HTML report."""
+        from ..analytics.report import html_report, series, summarise, text_chart, top
+
+        m = _AGO.match(step)
+        if not m or float(m.group(1)) * _UNIT[m.group(2)] < 60:
+            raise PolicyInvalid(f"--step: {step!r} must be a duration of at least 1m")
+        step_s = int(float(m.group(1)) * _UNIT[m.group(2)])
+        rows, start, end = _rows(ctx, since, until, gateway, route, consumer)
+        points = series(rows, start, end, step_s)
+        c = ctx_of(ctx)
+        if html is not None:
+            title = "Gateway analytics " + " ".join(
+                f"{k}={v}"
+                for k, v in (("gateway", gateway), ("route", route), ("consumer", consumer))
+                if v
+            )
+            report = html_report(
+                title.strip(),
+                points,
+                summarise(rows),
+                top(rows, "consumer", 20),
+                top(rows, "route", 20),
+            )
+            html.write_text(report, encoding="utf-8")
+            stderr.print(f"wrote {html} ({len(points)} points)")
+            return
+        if c.output != Format.table:
+            emit(points, c.output)
+            return
+        print(text_chart(points))
+
+    @app.command("analytics-sink")
+    def analytics_sink(
+        ctx: typer.Context,
+        address: Annotated[
+            str, typer.Option(envvar="GATEWAY_SINK_ADDRESS", help="gRPC access-log listen address.")
+        ] = "0.0.0.0:18002",
+        http_address: Annotated[
+            str,
+            typer.Option(
+                envvar="GATEWAY_SINK_HTTP_ADDRESS", help="/metrics and /healthz; empty: none."
+            ),
+        ] = "0.0.0.0:18003",
+        retention: Annotated[str, typer.Option(help="Keep rollups this long.")] = "30d",
+        log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    ) -> None:
+        """Run the access-log sink as its own process (gateways with --analytics-sink)."""
+        from ..analytics.sink import serve_sink
+
+        m = _AGO.match(retention)
+        if not m:
+            raise PolicyInvalid(f"--retention: {retention!r} is not a duration like 30d")
+        logging.basicConfig(
+            level=log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        try:
+            asyncio.run(
+                serve_sink(
+                    ctx_of(ctx).db,
+                    address,
+                    http_address or None,
+                    retention_s=float(m.group(1)) * _UNIT[m.group(2)],
+                )
+            )
+        except OSError as exc:
+            raise GatewayError(str(exc)) from None
+
+    @app.command("events")
+    def events(
+        ctx: typer.Context,
+        since: Annotated[str | None, typer.Option(help="Only after: 1h (ago), ISO time.")] = None,
+        limit: Annotated[int, typer.Option(help="Newest N events.")] = 50,
+    ) -> None:
+        """History of policy changes, pushes, ACKs, NACKs and proxy connections."""
+        c = ctx_of(ctx)
+        start = parse_time(since, "--since") if since else None
+        items = c.store.events(start, limit)
+        for e in items:
+            e["time"] = datetime.fromtimestamp(e["at"], UTC).isoformat(timespec="milliseconds")
+        if c.output != Format.table:
+            emit(items, c.output)
+            return
+        emit_table(
+            ["TIME (UTC)", "EVENT", "GATEWAY", "NODE", "REV", "DETAIL"],
+            [
+                [
+                    e["time"][:23].replace("T", " "),
+                    e["kind"],
+                    e["gateway"],
+                    e["node"],
+                    e["revision"] if e["revision"] is not None else "",
+                    " ".join(str(e["detail"]).split())[:120],
+                ]
+                for e in items
+            ],
+        )

@@ -1,0 +1,93 @@
+"""Per-gateway observability: structured access logs to stdout and usage analytics.
+
+Both are optional gateway settings; a gateway without them gets exactly the configuration
+it had before they existed. ``access_log`` makes every Envoy of the gateway print one line
+per request on its stdout (JSON or text, with the fields chosen from :data:`LOG_FIELDS`).
+``analytics`` streams the same requests to a sink over gRPC (Envoy's access-log service,
+buffered in Envoy, never on the request path), which keeps per-minute rollups in the policy
+database: the controller by default, or a separate ``gatewayctl analytics-sink``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field, field_validator
+
+from .common import Duration, PolicyModel, parse_hostport
+
+__all__ = ["LOG_FIELDS", "AccessLog", "Analytics", "LogFormat"]
+
+#: field name -> Envoy command operator; the catalogue a gateway's ``fields`` pick from
+LOG_FIELDS: dict[str, str] = {
+    "start_time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "status": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration_ms": "%DURATION%",
+    "upstream_service_time_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "request_duration_ms": "%REQUEST_DURATION%",
+    "response_duration_ms": "%RESPONSE_DURATION%",
+    "consumer": "%REQ(X-CONSUMER-ID)%",
+    "route": "%ROUTE_NAME%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "client_ip": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+}
+
+
+class LogFormat(StrEnum):
+    json = "json"
+    text = "text"
+    off = "off"
+
+
+class AccessLog(PolicyModel):
+    """One line per request on each Envoy's stdout."""
+
+    format: LogFormat = Field(LogFormat.json, description="json (one object per line), text or off")
+    fields: list[str] = Field(
+        default_factory=lambda: list(LOG_FIELDS),
+        description="which fields, from: " + ", ".join(LOG_FIELDS),
+    )
+
+    @field_validator("fields")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in LOG_FIELDS:
+                raise ValueError(f"unknown field {name!r} (known: {', '.join(LOG_FIELDS)})")
+        if len(set(value)) != len(value):
+            raise ValueError("fields must be unique")
+        if not value:
+            raise ValueError("at least one field (or format: off)")
+        return value
+
+
+class Analytics(PolicyModel):
+    """Usage analytics: Envoy streams its access log to a sink that keeps rollups."""
+
+    enabled: bool = True
+    sink: str | None = Field(
+        None,
+        description="HOST:PORT of a `gatewayctl analytics-sink`; unset: the controller itself",
+    )
+    buffer_size_bytes: int = Field(
+        16384, ge=0, le=16 * 1024 * 1024, description="Envoy sends a batch when it has this much"
+    )
+    flush_interval: Duration = Field("1s", description="... or after this long")
+
+    @field_validator("sink")
+    @classmethod
+    def _sink(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_hostport(value)
+        return value

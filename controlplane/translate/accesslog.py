@@ -1,0 +1,105 @@
+"""Gateway observability -> the HTTP connection manager's access loggers (and a sink cluster).
+
+Two loggers, both asynchronous in Envoy: ``stdout`` for structured lines an operator's log
+shipper picks up, and ``http_grpc`` (the access-log service) for usage analytics. The gRPC
+logger buffers entries in Envoy and sends them in batches on a long-lived stream; a slow
+or dead sink costs dropped log entries, never a request. The sink is the controller (through
+the bootstrap's ``xds_cluster``) unless the gateway names a separate one, which then gets a
+cluster of its own.
+"""
+
+from __future__ import annotations
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2, protocol_pb2
+from envoy.config.core.v3 import substitution_format_string_pb2 as fmt_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
+
+from ..policy import Gateway
+from ..policy.common import is_ip, parse_hostport
+from ..policy.observability import LOG_FIELDS, LogFormat
+from .cluster import endpoints_of
+from .common import duration, pack
+
+__all__ = ["SINK_CLUSTER", "XDS_CLUSTER", "access_logs", "sink_cluster"]
+
+#: the bootstrap's static cluster to the controller (envoy/bootstrap.yaml)
+XDS_CLUSTER = "xds_cluster"
+#: a name no policy cluster can have (policy names have no ':')
+SINK_CLUSTER = "analytics:sink"
+#: request headers the sink reads from each entry
+LOGGED_HEADERS = ["x-consumer-id"]
+
+
+def access_logs(gateway: Gateway) -> list[accesslog_pb2.AccessLog]:
+    """The loggers of the gateway's HTTP connection manager (none by default)."""
+    out = []
+    log = gateway.access_log
+    if log is not None and log.format != LogFormat.off:
+        out.append(
+            accesslog_pb2.AccessLog(
+                name="envoy.access_loggers.stdout",
+                typed_config=pack(stream_pb2.StdoutAccessLog(log_format=_format(log))),
+            )
+        )
+    analytics = gateway.analytics
+    if analytics is not None and analytics.enabled:
+        cluster = XDS_CLUSTER if analytics.sink is None else SINK_CLUSTER
+        config = als_pb2.HttpGrpcAccessLogConfig(
+            common_config=als_pb2.CommonGrpcAccessLogConfig(
+                log_name=gateway.name,
+                transport_api_version=config_source_pb2.ApiVersion.V3,
+                grpc_service=grpc_service_pb2.GrpcService(
+                    envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=cluster)
+                ),
+                buffer_size_bytes=wrappers_pb2.UInt32Value(value=analytics.buffer_size_bytes),
+                buffer_flush_interval=duration(analytics.flush_interval),
+            ),
+            additional_request_headers_to_log=LOGGED_HEADERS,
+        )
+        out.append(
+            accesslog_pb2.AccessLog(
+                name="envoy.access_loggers.http_grpc", typed_config=pack(config)
+            )
+        )
+    return out
+
+
+def _format(log: object) -> fmt_pb2.SubstitutionFormatString:
+    fields: list[str] = log.fields  # type: ignore[attr-defined]
+    if log.format == LogFormat.text:  # type: ignore[attr-defined]
+        line = " ".join(f"{name}={LOG_FIELDS[name]}" for name in fields) + "\n"
+        return fmt_pb2.SubstitutionFormatString(
+            text_format_source=base_pb2.DataSource(inline_string=line)
+        )
+    struct = struct_pb2.Struct()
+    for name in fields:
+        struct[name] = LOG_FIELDS[name]
+    return fmt_pb2.SubstitutionFormatString(json_format=struct)
+
+
+def sink_cluster(gateway: Gateway) -> cluster_pb2.Cluster | None:
+    """The cluster of a separate analytics sink (HTTP/2, for gRPC), when the gateway names one."""
+    analytics = gateway.analytics
+    if analytics is None or not analytics.enabled or analytics.sink is None:
+        return None
+    host, port = parse_hostport(analytics.sink)
+    options = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    )
+    cluster = cluster_pb2.Cluster(
+        name=SINK_CLUSTER,
+        type=cluster_pb2.Cluster.STATIC if is_ip(host) else cluster_pb2.Cluster.STRICT_DNS,
+        connect_timeout=duration("1s"),
+        load_assignment=endpoints_of(SINK_CLUSTER, [(host, port)]),
+    )
+    cluster.typed_extension_protocol_options[
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ].CopyFrom(pack(options))
+    return cluster

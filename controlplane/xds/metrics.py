@@ -1,0 +1,47 @@
+"""What the ADS streams report to Prometheus: responses pushed, their ACK latency, NACKs.
+
+Kept apart from the stream state machine: a stream calls three methods, and the registry
+(shared with the analytics sink in the controller) renders them for ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from ..metrics import Registry
+
+__all__ = ["XdsMetrics"]
+
+#: seconds: push latency (response sent -> ACK received) is milliseconds normally
+PUSH_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
+
+def short_type(type_url: str) -> str:
+    return type_url.rsplit(".", 1)[-1]
+
+
+class XdsMetrics:
+    def __init__(self, registry: Registry) -> None:
+        self.pushes = registry.counter(
+            "gateway_xds_pushes_total",
+            "xDS responses sent to proxies, by gateway and resource type.",
+        )
+        self.acks = registry.counter(
+            "gateway_xds_acks_total", "xDS responses ACKed by proxies, by gateway and type."
+        )
+        self.nacks = registry.counter(
+            "gateway_xds_nacks_total", "xDS responses rejected (NACKed) by proxies."
+        )
+        self.push_latency = registry.histogram(
+            "gateway_xds_push_latency_seconds",
+            "Time from sending an xDS response to its ACK, by resource type.",
+            PUSH_BUCKETS,
+        )
+
+    def pushed(self, gateway: str, type_url: str) -> None:
+        self.pushes.inc(gateway=gateway, type=short_type(type_url))
+
+    def acked(self, gateway: str, type_url: str, seconds: float) -> None:
+        self.acks.inc(gateway=gateway, type=short_type(type_url))
+        self.push_latency.observe(seconds, type=short_type(type_url))
+
+    def nacked(self, gateway: str, type_url: str) -> None:
+        self.nacks.inc(gateway=gateway, type=short_type(type_url))
