@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: seconds between liveness records; readers presume a controller dead after 15 s
 HEARTBEAT = 5.0
+#: a controller silent this long is presumed dead and its proxies no longer count (the
+#: same limit ``status`` and ``--wait`` apply)
+DEAD_AFTER = 15.0
 
 
 class Runner:
@@ -59,6 +62,7 @@ class Runner:
         self._translator = Translator()
         self._fragments = FragmentCache()
         self._record_task: asyncio.Task[None] | None = None
+        self._members_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -106,6 +110,7 @@ class Runner:
                 if time.monotonic() - last_beat >= HEARTBEAT:
                     last_beat = time.monotonic()
                     self._schedule_record()
+                    self._schedule_members()
                 self._expire_keys()
                 try:
                     # SQLite's probe takes microseconds: run it inline, not in a thread
@@ -241,6 +246,28 @@ class Runner:
                 self.cache.advance(name, revision)
 
     # -- status -------------------------------------------------------------------------------
+
+    def _schedule_members(self) -> None:
+        if self._members_task is None or self._members_task.done():
+            self._members_task = asyncio.create_task(self._read_members())
+
+    async def _read_members(self) -> None:
+        """Envoys other live controllers serve, per gateway, so rate-limit budgets are
+        divided among every replica of a gateway, not only this controller's."""
+        try:
+            proxies, controllers = await asyncio.gather(
+                asyncio.to_thread(self.store.proxies), asyncio.to_thread(self.store.controllers)
+            )
+        except Exception:
+            log.exception("could not read other controllers' proxies")
+            return
+        now = time.time()
+        alive = {c for c, _addr, _rev, beat in controllers if now - beat < DEAD_AFTER}
+        counts: dict[str, int] = {}
+        for p in proxies:
+            if p.connected and p.controller != self.controller and p.controller in alive:
+                counts[p.gateway] = counts.get(p.gateway, 0) + 1
+        self.cache.set_remote_members(counts)
 
     def _schedule_record(self) -> None:
         if self._record_task is None or self._record_task.done():

@@ -5,9 +5,10 @@ receives a single wake-up token per change (coalesced), then reads the newest sn
 
 The cache also knows how many Envoys serve each gateway (its subscribed streams) and adds
 that membership to what it serves: the ClusterLoadAssignment of the bootstrap's local
-cluster, one member per connected Envoy. Envoy's local rate limit divides every budget by
-the member count, so a limit holds for the gateway as a whole; a replica joining or leaving
-re-pushes only this one small resource.
+cluster, one member per connected Envoy (its own streams, plus those other controllers
+sharing the database report, see :meth:`SnapshotCache.set_remote_members`). Envoy's local
+rate limit divides every budget by the member count, so a limit holds for the gateway as a
+whole; a replica joining or leaving re-pushes only this one small resource.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class SnapshotCache:
         self._served: dict[str, Snapshot] = {}
         self._subscribers: dict[str, set[Subscription]] = {}
         self._members: dict[int, bytes] = {}
+        #: gateway -> Envoys connected to other live controllers
+        self._remote: dict[str, int] = {}
         self.ready = asyncio.Event()
 
     def get(self, gateway: str) -> Snapshot:
@@ -96,13 +99,25 @@ class SnapshotCache:
     def streams(self, gateway: str) -> int:
         return len(self._subscribers.get(gateway, ()))
 
+    def set_remote_members(self, counts: dict[str, int]) -> None:
+        """Envoys per gateway that other controllers serve (read from the database)."""
+        changed = {g for g in counts.keys() | self._remote.keys()
+                   if counts.get(g, 0) != self._remote.get(g, 0)}  # fmt: skip
+        self._remote = {g: n for g, n in counts.items() if n}
+        for gateway in changed:
+            self._membership_changed(gateway)
+
+    def members(self, gateway: str) -> int:
+        """Envoys serving ``gateway``, at least 1 (the one asking)."""
+        return max(1, self.streams(gateway) + self._remote.get(gateway, 0))
+
     # -- membership ---------------------------------------------------------------------------
 
     def _serve(self, gateway: str) -> Snapshot:
         base = self._published.get(gateway)
         if base is None:
             base = build_snapshot(gateway, 0, Resources(), None, FragmentCache())
-        count = max(1, self.streams(gateway))
+        count = self.members(gateway)
         fragment = self._members.get(count)
         if fragment is None:
             data = replica_assignment(count).SerializeToString(deterministic=True)

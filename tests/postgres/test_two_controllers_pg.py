@@ -91,6 +91,15 @@ def stack(pg_url: str, tmp_path: Path) -> Iterator[tuple[Cli, list[Controller], 
         yield cli, controllers, envoys, gateway_port
 
 
+def _replica_members(envoy: Envoy) -> int:
+    """Members of the local cluster as this Envoy sees them (what rate limits divide by)."""
+    url = f"http://127.0.0.1:{envoy.admin_port}/clusters"
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        lines = resp.read().decode().splitlines()
+    return len({ln.split("::")[1] for ln in lines if ln.startswith("gateway_replicas::")
+                and "::health_flags::" in ln})  # fmt: skip
+
+
 def test_two_controllers_serve_one_gateway(
     stack: tuple[Cli, list[Controller], list[Envoy], int],
 ) -> None:
@@ -111,6 +120,10 @@ def test_two_controllers_serve_one_gateway(
         )
     finally:
         store.close()
+
+    # each controller counts the other's Envoy too (read from the database on its
+    # heartbeat), so a rate-limit budget is divided by 2, not 1, on both Envoys
+    wait_until(lambda: all(_replica_members(e) == 2 for e in envoys), 15)
 
     cli.run(
         "route",
