@@ -22,6 +22,7 @@ from .metrics import CONTENT_TYPE, Registry
 from .runner import Runner
 from .settings import Settings
 from .store import Store
+from .translate import AggregationTarget
 from .xds import AdsServer, SnapshotCache, StatusRecorder
 from .xds.metrics import XdsMetrics
 from .xds.mtls import HandshakeLog, server_credentials
@@ -34,6 +35,13 @@ log = logging.getLogger(__name__)
 def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def aggregation_target(settings: Settings) -> AggregationTarget:
+    try:
+        return AggregationTarget.parse(settings.aggregator, settings.aggregation_address)
+    except ValueError as exc:
+        raise GatewayError(f"aggregation settings: {exc}") from None
 
 
 class Controller:
@@ -49,6 +57,7 @@ class Controller:
             controller=self.id,
             xds_address=settings.xds_address,
             poll_interval=settings.poll_interval,
+            aggregation=aggregation_target(settings),
         )
         self.metrics = Registry()
         self.ads = AdsServer(self.cache, self.recorder, XdsMetrics(self.metrics))

@@ -21,7 +21,7 @@ from .policy.certificate import Certificate
 from .policy.ratelimit import Plan
 from .store import Store
 from .store.db import FileWatch
-from .translate import GatewayView, Resources, Translator
+from .translate import AggregationTarget, GatewayView, Resources, Translator
 from .translate.auth import next_key_expiry
 from .xds.cache import SnapshotCache
 from .xds.snapshot import FragmentCache, build_snapshot
@@ -46,6 +46,7 @@ class Runner:
         controller: str,
         xds_address: str,
         poll_interval: float = 0.02,
+        aggregation: AggregationTarget | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -59,7 +60,7 @@ class Runner:
         self.errors: dict[str, str] = {}
         #: gateway -> its routes by name, kept up to date change by change
         self.by_gateway: dict[str, dict[str, Route]] = {}
-        self._translator = Translator()
+        self._translator = Translator(aggregation)
         self._fragments = FragmentCache()
         self._record_task: asyncio.Task[None] | None = None
         self._members_task: asyncio.Task[None] | None = None

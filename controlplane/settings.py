@@ -23,3 +23,10 @@ class Settings(BaseSettings):
     xds_client_ca: str | None = None
     #: access-log rollups older than this are deleted by the sink
     analytics_retention_days: float = Field(30, gt=0)
+    #: the aggregation service (``gatewayctl aggregator``) that aggregate routes go to:
+    #: ``host:port[,host:port...]``; a DNS name stands for every replica it resolves to
+    aggregator: str = "127.0.0.1:8081"
+    #: IP address the Envoys bind their parts listener on (the aggregation service calls
+    #: parts through it): loopback when the service runs on the same host, the internal
+    #: network's address (or 0.0.0.0 on it) when it runs elsewhere
+    aggregation_address: str = "127.0.0.1"

@@ -79,9 +79,14 @@ def gateway_fields(
     http_redirect_port: Annotated[
         int | None, typer.Option(help="Also redirect plain HTTP on this port to HTTPS.")
     ] = None,
+    aggregation_port: Annotated[
+        int | None,
+        typer.Option(help="Internal port aggregate routes call their parts through [18081]."),
+    ] = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     _set(out, "port", port)
+    _set(out, "aggregation_port", aggregation_port)
     _set(out, "address", address)
     _set(out, "hostnames", hostname)
     tls: dict[str, Any] = {}
@@ -457,7 +462,7 @@ def _merge(spec: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     Setting one action (cluster, backends, redirect, direct_response) drops the others, so
     ``route update api --cluster v2`` moves a canary route back to a single cluster.
     """
-    actions = {"cluster", "backends", "redirect", "direct_response"}
+    actions = {"cluster", "backends", "redirect", "direct_response", "aggregate"}
     merged = dict(spec)
     if actions & fields.keys():
         for key in actions:
@@ -508,6 +513,9 @@ def _action_text(s: dict[str, Any]) -> str:
     if "redirect" in s:
         r = s["redirect"]
         return f"redirect {r.get('status', 302)} {r.get('host', '')}{r.get('path', '')}"
+    if "aggregate" in s:
+        parts = s["aggregate"]["parts"]
+        return "aggregate " + ", ".join(f"{p['name']}:{p['cluster']}" for p in parts)
     d = s["direct_response"]
     return f"respond {d['status']}"
 

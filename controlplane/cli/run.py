@@ -56,6 +56,20 @@ def register_run(app: typer.Typer) -> None:
                 help="Require Envoy client certificates signed by this PEM CA.",
             ),
         ] = None,
+        aggregator: Annotated[
+            str,
+            typer.Option(
+                envvar="GATEWAY_AGGREGATOR",
+                help="Aggregation service for aggregate routes: host:port[,host:port...].",
+            ),
+        ] = "127.0.0.1:8081",
+        aggregation_address: Annotated[
+            str,
+            typer.Option(
+                envvar="GATEWAY_AGGREGATION_ADDRESS",
+                help="IP the Envoys bind their parts listener on (reachable by the service).",
+            ),
+        ] = "127.0.0.1",
     ) -> None:
         """Run the controller: stream gateway policy to every connected Envoy over ADS."""
         from ..controller import serve as run_controller
@@ -71,8 +85,35 @@ def register_run(app: typer.Typer) -> None:
             xds_tls_cert=xds_tls_cert,
             xds_tls_key=xds_tls_key,
             xds_client_ca=xds_client_ca,
+            aggregator=aggregator,
+            aggregation_address=aggregation_address,
         )
         asyncio.run(run_controller(settings))
+
+    @app.command("aggregator")
+    def aggregator_command(
+        host: Annotated[
+            str,
+            typer.Option(envvar="GATEWAY_AGGREGATOR_HOST", help="Address to listen on."),
+        ] = "127.0.0.1",
+        port: Annotated[
+            int, typer.Option(envvar="GATEWAY_AGGREGATOR_PORT", help="Port to listen on.")
+        ] = 8081,
+        parts_host: Annotated[
+            str | None,
+            typer.Option(
+                help="Call parts through the Envoy at this host (default: the Envoy that "
+                "sent the request)."
+            ),
+        ] = None,
+        log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    ) -> None:
+        """Run the aggregation service that answers aggregate routes (stateless; run as
+        many replicas as the load needs, behind GATEWAY_AGGREGATOR of the controller)."""
+        from ..aggregator.service import serve as run_aggregator
+
+        logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+        asyncio.run(run_aggregator(host, port, parts_host))
 
     @app.command()
     def up(
@@ -81,6 +122,9 @@ def register_run(app: typer.Typer) -> None:
         port: Annotated[int, typer.Option(help="Listener port, if the gateway is created.")] = 8080,
         xds_port: Annotated[int, typer.Option()] = 18000,
         admin_port: Annotated[int, typer.Option(help="Envoy admin port.")] = 9901,
+        aggregator_port: Annotated[
+            int, typer.Option(help="Port of the aggregation service (aggregate routes).")
+        ] = 8081,
         demo: Annotated[
             bool, typer.Option(help="Also start a demo backend and route / to it.")
         ] = False,
@@ -111,11 +155,25 @@ def register_run(app: typer.Typer) -> None:
             store.apply_objects([cluster, route])
 
         async def main() -> None:
-            settings = Settings(db=c.db, xds_address=f"127.0.0.1:{xds_port}", health_address=None)
+            settings = Settings(
+                db=c.db,
+                xds_address=f"127.0.0.1:{xds_port}",
+                health_address=None,
+                aggregator=f"127.0.0.1:{aggregator_port}",
+                aggregation_address="127.0.0.1",
+            )
             controller = Controller(settings)
             await controller.start()
             task = asyncio.create_task(controller.run())
             envoy: subprocess.Popen[bytes] | None = None
+            # the aggregation service for aggregate routes, as its own process (as deployed)
+            aggregator = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "controlplane.cli", "aggregator"),
+                    *("--host", "127.0.0.1", "--port", str(aggregator_port)),
+                    *("--log-level", "warning"),
+                ]
+            )
             try:
                 spec = EnvoySpec(
                     node_id=f"{gateway}-local",
@@ -130,6 +188,7 @@ def register_run(app: typer.Typer) -> None:
                 stderr.print(
                     f"gateway {gateway!r} is up: send requests to http://{host}:{gw.port}/ "
                     f"(Envoy pid {envoy.pid}, admin http://127.0.0.1:{admin_port}/, "
+                    f"aggregation service 127.0.0.1:{aggregator_port}, "
                     f"policy in {store.url}). Ctrl-C stops."
                 )
                 if demo_server is not None:
@@ -142,6 +201,10 @@ def register_run(app: typer.Typer) -> None:
                     envoy.terminate()
                     with suppress(subprocess.TimeoutExpired):
                         envoy.wait(5)
+                if aggregator.poll() is None:
+                    aggregator.terminate()
+                    with suppress(subprocess.TimeoutExpired):
+                        aggregator.wait(5)
                 task.cancel()
                 with suppress(asyncio.CancelledError):
                     await task

@@ -121,6 +121,8 @@ class _EchoHandler(BaseHTTPRequestHandler):
                 candidate = 0
             status = candidate if 200 <= candidate <= 599 else 400
         raw_delay = self.headers.get("x-echo-delay-ms")
+        if not raw_delay and echo.delay_ms:
+            time.sleep(echo.delay_ms / 1000.0)
         if raw_delay:
             try:
                 delay_ms = min(max(float(raw_delay), 0.0), MAX_DELAY_MS)
@@ -164,9 +166,17 @@ class EchoServer:
     """
 
     def __init__(
-        self, name: str, host: str = "127.0.0.1", port: int = 0, keep_requests: int = 100
+        self,
+        name: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        keep_requests: int = 100,
+        delay_ms: float = 0,
     ) -> None:
         self.name = name
+        #: delay of every answer without an x-echo-delay-ms header (a slow backend for
+        #: aggregation tests, whose callers cannot add headers per backend)
+        self.delay_ms = delay_ms
         self._lock = threading.Lock()
         self._hits = 0
         self._requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep_requests)
@@ -262,8 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True, help="backend name, sent back as x-backend")
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
+    parser.add_argument("--delay-ms", type=float, default=0, help="delay of every answer")
     args = parser.parse_args(argv)
-    server = EchoServer(args.name, host=args.host, port=args.port)
+    server = EchoServer(args.name, host=args.host, port=args.port, delay_ms=args.delay_ms)
 
     def _terminate(signum: int, frame: object) -> None:
         # As PID 1 in a container SIGTERM is otherwise ignored and `docker stop` waits 10 s.

@@ -45,6 +45,13 @@ class Gateway(PolicyModel):
     )
     access_log: AccessLog | None = Field(None, description="one line per request on stdout")
     analytics: Analytics | None = Field(None, description="usage analytics (rollups in the db)")
+    aggregation_port: int = Field(
+        18081,
+        ge=1,
+        le=65535,
+        description="port of the internal listener aggregate routes call their parts through "
+        "(opened only when the gateway has aggregate routes)",
+    )
 
     @field_validator("address")
     @classmethod
@@ -65,6 +72,10 @@ class Gateway(PolicyModel):
     def _redirect_port(self) -> Gateway:
         if self.tls is not None and self.tls.http_redirect_port == self.port:
             raise ValueError("tls.http_redirect_port: must differ from the gateway's port")
+        if self.aggregation_port == self.port or (
+            self.tls is not None and self.aggregation_port == self.tls.http_redirect_port
+        ):
+            raise ValueError("aggregation_port: must differ from the gateway's other ports")
         return self
 
     def references(self) -> list[tuple[str, str]]:

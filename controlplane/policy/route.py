@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
+from .aggregate import Aggregate
 from .auth import AuthPolicy
 from .common import Duration, Hostname, Name, PolicyModel, Regex
 from .cors import CorsPolicy
@@ -253,7 +254,8 @@ class DirectResponse(PolicyModel):
 
 
 class Route(PolicyModel):
-    """Match plus one action: ``cluster``, ``backends``, ``redirect`` or ``direct_response``."""
+    """Match plus one action: ``cluster``, ``backends``, ``redirect``, ``direct_response``
+    or ``aggregate``."""
 
     kind: ClassVar[str] = "route"
 
@@ -268,6 +270,9 @@ class Route(PolicyModel):
     )
     redirect: Redirect | None = None
     direct_response: DirectResponse | None = None
+    aggregate: Aggregate | None = Field(
+        None, description="call several clusters in parallel, answer one JSON object"
+    )
     prefix_rewrite: str | None = None
     regex_rewrite: RegexRewrite | None = None
     host_rewrite: str | None = None
@@ -316,7 +321,7 @@ class Route(PolicyModel):
     @model_validator(mode="after")
     def _action(self) -> Route:
         action = _exactly_one(
-            self, ("cluster", "backends", "redirect", "direct_response"), "action"
+            self, ("cluster", "backends", "redirect", "direct_response", "aggregate"), "action"
         )
         forwards = action in ("cluster", "backends")
         for field in (
@@ -333,6 +338,8 @@ class Route(PolicyModel):
                 raise ValueError("backends: each cluster may appear once")
             if sum(b.weight for b in self.backends) <= 0:
                 raise ValueError("backends: weights must add up to more than zero")
+        if self.aggregate is not None:
+            self.aggregate.check_placeholders(self.match.path_regex)
         if self.prefix_rewrite is not None and self.regex_rewrite is not None:
             raise ValueError("set either prefix_rewrite or regex_rewrite, not both")
         if self.prefix_rewrite is not None and self.match.path_regex is not None:
@@ -343,6 +350,8 @@ class Route(PolicyModel):
         """Clusters this route sends traffic to."""
         if self.cluster is not None:
             return [self.cluster]
+        if self.aggregate is not None:
+            return self.aggregate.clusters()
         return [b.cluster for b in self.backends or []]
 
     def references(self) -> list[tuple[str, str]]:

@@ -8,7 +8,7 @@ type, plus the links needed to check consistency and to map a rejection back to 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from envoy.config.core.v3 import extension_pb2
@@ -17,6 +17,14 @@ from google.protobuf.message import Message
 from ..policy import Cluster, Consumer, Gateway, PolicyModel, Route
 from ..policy.certificate import Certificate
 from .accesslog import SINK_CLUSTER, sink_cluster
+from .aggregate import (
+    AGGREGATOR_CLUSTER,
+    AggregationTarget,
+    aggregator_cluster,
+    part_timeouts,
+    parts_listener,
+    parts_listener_name,
+)
 from .auth import jwks_clusters, route_context
 from .cluster import cluster_resource, is_eds, load_assignment
 from .common import pack
@@ -35,6 +43,7 @@ __all__ = [
     "LISTENER",
     "ROUTE",
     "SECRET",
+    "AggregationTarget",
     "Encoded",
     "GatewayView",
     "Resources",
@@ -106,10 +115,12 @@ class Resources:
 class Translator:
     """Turns views into resources, reusing the encoding of unchanged policy objects."""
 
-    def __init__(self) -> None:
+    def __init__(self, aggregation: AggregationTarget | None = None) -> None:
         self._tables: dict[str, RouteTable] = {}
         self._clusters: dict[str, tuple[Cluster, Message, Message | None]] = {}
         self._extensions: dict[tuple[str, str], tuple[Message, Message]] = {}
+        self.aggregation = aggregation or AggregationTarget()
+        self._aggregator = aggregator_cluster(self.aggregation)
 
     def _cluster(self, cluster: Cluster) -> tuple[Message, Message | None]:
         hit = self._clusters.get(cluster.name)
@@ -144,6 +155,7 @@ class Translator:
         table = self._tables.setdefault(gw.name, RouteTable())
         consumers = cast(Mapping[str, Consumer], view.objects.get("consumer", {}))
         context = rate_limit_context(route_context(gw, consumers), gw.rate_limit)
+        context = replace(context, aggregation_port=gw.aggregation_port)
         table.sync(view.routes, context, view.changed_routes)
         filters, dynamic = http_filters(view, table)
         out.add(
@@ -167,11 +179,13 @@ class Translator:
             gw.name,
             table.encode(gw),
             Sources("route", table.names()),
-            needs=[(CLUSTER, c) for c in used],
+            needs=[(CLUSTER, c) for c in used]
+            + ([(CLUSTER, AGGREGATOR_CLUSTER)] if table.aggregates else []),
         )
         analytics_sink = sink_cluster(gw)
         if analytics_sink is not None:
             out.add(CLUSTER, SINK_CLUSTER, analytics_sink, [("gateway", gw.name)])
+        self._add_aggregation(out, gw, table)
         for cluster_message in jwks_clusters(view):
             provider = cluster_message.name.removeprefix("jwks.")
             out.add(CLUSTER, cluster_message.name, cluster_message, [("jwt_provider", provider)])
@@ -210,6 +224,21 @@ class Translator:
         redirect = redirect_listener(gw)
         if redirect is not None:
             out.add(LISTENER, redirect.name, redirect, [("gateway", gw.name)])
+
+    def _add_aggregation(self, out: Resources, gw: Gateway, table: RouteTable) -> None:
+        """Aggregate routes: the service's cluster and the listener it calls parts through."""
+        if not table.aggregates:
+            return
+        aggregates = sorted(table.aggregates)
+        out.add(CLUSTER, AGGREGATOR_CLUSTER, self._aggregator, Sources("route", tuple(aggregates)))
+        timeouts = part_timeouts(table.aggregates.values())
+        out.add(
+            LISTENER,
+            parts_listener_name(gw),
+            parts_listener(gw, timeouts, self.aggregation.address),
+            [("gateway", gw.name), *(("route", name) for name in aggregates)],
+            needs=[(CLUSTER, c) for c in sorted(timeouts)],
+        )
 
     def forget_gateway(self, gateway: str) -> None:
         self._tables.pop(gateway, None)

@@ -83,6 +83,7 @@ class RouteContext:
     groups: tuple[tuple[str, tuple[str, ...]], ...]  # group -> consumers, sorted
     cors: CorsPolicy | None = None  # the gateway's CORS policy
     rate_limit: RateLimit | None = None  # the gateway's default rate limit
+    aggregation_port: int = 0  # the gateway's parts listener, named by aggregate routes
 
     def members(self, group: str) -> tuple[str, ...]:
         return dict(self.groups).get(group, ())

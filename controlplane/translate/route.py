@@ -19,6 +19,7 @@ from google.protobuf import wrappers_pb2
 from ..policy import Gateway, Route
 from ..policy.ratelimit import RateLimit
 from ..policy.route import HeaderOps
+from .aggregate import aggregate_action, apply_aggregate
 from .auth import (
     RouteContext,
     jwt_requirements,
@@ -194,6 +195,8 @@ def route_resource(route: Route) -> rc.Route:
         out.direct_response.status = d.status
         if d.body is not None:
             out.direct_response.body.inline_string = d.body
+    elif route.aggregate is not None:
+        out.route.CopyFrom(aggregate_action(route))
     else:
         out.route.CopyFrom(_forward(route))
     if route.request_headers is not None:
@@ -254,6 +257,8 @@ class RouteTable:
         self.plan_limited = 0
         #: routes per traffic feature (translate/traffic.py): which filters are needed
         self.features: Counter[str] = Counter()
+        #: aggregate routes by name (they need the aggregation service and parts listener)
+        self.aggregates: dict[str, Route] = {}
 
     @property
     def uses_plans(self) -> bool:
@@ -303,6 +308,7 @@ class RouteTable:
         policy = None
         for variant in variants:
             apply_cors(variant, route, ctx)
+            apply_aggregate(variant, route, ctx.aggregation_port)
             policy = apply_rate_limit(variant, route, ctx.rate_limit)
         if policy is not None:
             self.rate_limits[route.name] = policy
@@ -311,6 +317,8 @@ class RouteTable:
                 self.plan_limited += 1
         data = b"".join(field(3, v.SerializeToString(deterministic=True)) for v in variants)
         self._entries[route.name] = (route, key, data)
+        if route.aggregate is not None:
+            self.aggregates[route.name] = route
         self.clusters.update(route.clusters())
         self.features.update(route_features(route))
         requirement = jwt_requirements(route, self._context)
@@ -328,6 +336,7 @@ class RouteTable:
 
     def _remove(self, name: str) -> None:
         route, key, _ = self._entries.pop(name)
+        self.aggregates.pop(name, None)
         policy = self.rate_limits.pop(name, None)
         if policy is not None:
             self.rate_limit_version += 1

@@ -144,7 +144,7 @@ def _error(text: str) -> str:
         pytest.param(
             BASE + "routes: [{name: r, gateway: web}]",
             "routes[0] 'r': action: set exactly one of cluster, backends, redirect, "
-            "direct_response (got 0)",
+            "direct_response, aggregate (got 0)",
             id="no-action",
         ),
     ],
