@@ -34,7 +34,10 @@ def test_compose_stack_as_processes(tmp_path: Path) -> None:
     services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
     db = str(tmp_path / "gateway.db")
     procs: list[subprocess.Popen[bytes]] = []
-    ports = {name: free_port() for name in ("users", "orders", "xds", "health", "admin", "gw")}
+    ports = {
+        name: free_port()
+        for name in ("users", "orders", "xds", "health", "admin", "gw", "aggregator", "parts")
+    }
 
     def spawn(argv: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
         with open(tmp_path / f"{name}.log", "wb") as log:
@@ -51,6 +54,12 @@ def test_compose_stack_as_processes(tmp_path: Path) -> None:
             assert argv[:3] == ["python", "-m", "controlplane.demo.echo"]
             spawn([sys.executable, *argv[1:]], {}, name)
 
+        # aggregation service: the compose command on loopback
+        argv = list(services["aggregator"]["command"])
+        argv = _replace(_replace(argv, "--port", str(ports["aggregator"])), "--host", "127.0.0.1")
+        assert argv[:2] == ["gatewayctl", "aggregator"]
+        spawn([*gatewayctl_command(), *argv[1:]], {}, "aggregator")
+
         # controller: the compose command and environment, database moved to tmp
         ctl = services["controller"]
         argv = list(ctl["command"])
@@ -60,7 +69,12 @@ def test_compose_stack_as_processes(tmp_path: Path) -> None:
         assert argv[0] == "gatewayctl"
         spawn(
             [*gatewayctl_command(), *argv[1:]],
-            {**ctl["environment"], "GATEWAY_DB": db},
+            {
+                **ctl["environment"],
+                "GATEWAY_DB": db,
+                "GATEWAY_AGGREGATOR": f"127.0.0.1:{ports['aggregator']}",
+                "GATEWAY_AGGREGATION_ADDRESS": "127.0.0.1",
+            },
             "controller",
         )
 
@@ -83,6 +97,7 @@ def test_compose_stack_as_processes(tmp_path: Path) -> None:
         demo = demo.replace("users:8080", f"127.0.0.1:{ports['users']}")
         demo = demo.replace("orders:8080", f"127.0.0.1:{ports['orders']}")
         demo = demo.replace("port: 8080", f"port: {ports['gw']}")
+        demo = demo.replace("aggregation_port: 18081", f"aggregation_port: {ports['parts']}")
         cli = Cli(db=db)
         cli.run("apply", "-f", "-", "--wait", input=demo)
 
@@ -91,6 +106,11 @@ def test_compose_stack_as_processes(tmp_path: Path) -> None:
         assert status == 200 and headers["x-backend"] == "orders"
         assert headers["x-served-by"] == "gateway" and body["path"] == "/orders?id=1"
         assert backend_of(ports["gw"], "/nothing") == 404
+        # the aggregate route: both backends in one answer, through the aggregation service
+        status, _, body = wait_until(
+            lambda: (r := request(ports["gw"], "/overview/7"))[0] == 200 and r, 20, 0.1
+        )
+        assert body["user"]["path"] == "/users/7" and body["orders"]["path"] == "/orders?user=7"
 
         [proxy] = cli.json("status")["proxies"]
         assert proxy["node"] == env["NODE_ID"] and proxy["gateway"] == env["GATEWAY"]
