@@ -256,10 +256,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['p99']:>10.1f}{r['max']:>10.1f}"
         )
     a, s = out["aggregate"], out["slowest"]
+    ratio = f"; aggregate p50 / sum of delays {a['p50'] / total:.2f}" if total else ""
     print(
         f"aggregate - slowest part: p50 {a['p50'] - s['p50']:+.1f} ms, "
-        f"p99 {a['p99'] - s['p99']:+.1f} ms; aggregate p50 / sum of delays "
-        f"{a['p50'] / total:.2f}"
+        f"p99 {a['p99'] - s['p99']:+.1f} ms{ratio}"
     )
     print(json.dumps({"delays": delays, "results": out, "wall_s": wall}))
 
