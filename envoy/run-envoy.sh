@@ -82,5 +82,7 @@ if grep -q '\${[A-Za-z_][A-Za-z0-9_]*}' "$ENVOY_RENDERED"; then
     die "unsubstituted placeholder left in $ENVOY_RENDERED: $(grep -o '\${[A-Za-z_][A-Za-z0-9_]*}' "$ENVOY_RENDERED" | sort -u | tr '\n' ' ')"
 fi
 
+# Access-log lines on stdout (a gateway's access_log setting) are written within a second
+# instead of Envoy's default of ten.
 exec "${ENVOY_BIN:-envoy}" -c "$ENVOY_RENDERED" --disable-hot-restart \
-    --log-level "${ENVOY_LOG_LEVEL:-info}" "$@"
+    --log-level "${ENVOY_LOG_LEVEL:-info}" --file-flush-interval-msec 1000 "$@"

@@ -2,8 +2,9 @@
 # Install everything the test suite needs into .venv and run it.
 #   bash scripts/test.sh [pytest args...]
 # Needs python3 (>= 3.11) with venv. As root on Debian it also installs docker-compose
-# (to validate docker-compose.yml without a Docker engine) and PostgreSQL (multi-controller
-# tests) when they are missing; without them those tests are skipped with a reason.
+# (to validate docker-compose.yml without a Docker engine), PostgreSQL (multi-controller
+# tests) and Chromium (the HTML report test) when they are missing; without them those
+# tests are skipped with a reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=()
     command -v docker-compose >/dev/null || missing+=(docker-compose)
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+    # headless browser for the HTML analytics report test
+    command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing ${missing[*]} (apt)"
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \

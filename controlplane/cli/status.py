@@ -26,6 +26,7 @@ def register_status(app: typer.Typer) -> None:
         live = {cid for cid, _, _, beat in controllers if beat >= now - STALE_AFTER}
         builds = store.gateway_builds()
         rows: list[dict[str, Any]] = []
+        specs: dict[str, dict[str, Any] | None] = {}
         for p in store.proxies():
             connected = p.connected and p.controller in live
             changed = builds.get(p.gateway, (0, 0, None))[1]
@@ -36,6 +37,7 @@ def register_status(app: typer.Typer) -> None:
                     "revision": p.nack_revision,
                     "type": p.nack_type,
                     "objects": p.nack_objects,
+                    "field": _nack_field(store, p.nack_objects, p.nack_error, specs),
                     "error": p.nack_error,
                 }
             rows.append(
@@ -46,6 +48,8 @@ def register_status(app: typer.Typer) -> None:
                     "controller": p.controller,
                     "envoy": p.envoy_version,
                     "acked_revision": p.acked_revision,
+                    "acked_at": p.acked_at,
+                    "since_ack_s": None if p.acked_at is None else round(now - p.acked_at, 3),
                     "in_sync": in_sync,
                     "last_nack": nack,
                 }
@@ -75,13 +79,15 @@ def register_status(app: typer.Typer) -> None:
             if error:
                 stderr.print(f"gateway {gateway}: not updated: {error}")
         emit_table(
-            ["NODE", "GATEWAY", "CONNECTED", "ACKED", "IN SYNC", "LAST NACK"],
+            ["NODE", "GATEWAY", "ENVOY", "CONNECTED", "ACKED", "LAST ACK", "IN SYNC", "LAST NACK"],
             [
                 [
                     r["node"],
                     r["gateway"],
+                    r["envoy"],
                     "yes" if r["connected"] else "no",
                     r["acked_revision"],
+                    _ago(r["since_ack_s"]),
                     "yes" if r["in_sync"] else "NO",
                     _nack_text(r["last_nack"]),
                 ]
@@ -96,5 +102,35 @@ def _nack_text(nack: dict[str, object] | None) -> str:
     error = " ".join(str(nack["error"]).split())
     if len(error) > 160:
         error = error[:157] + "..."
-    objects = f" [{nack['objects']}]" if nack["objects"] else ""
+    field = f": {nack['field']}" if nack.get("field") else ""
+    objects = f" [{nack['objects']}{field}]" if nack["objects"] else ""
     return f"r{nack['revision']} {nack['type']}{objects}: {error}"
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def _nack_field(
+    store: Any, objects: str | None, error: str, specs: dict[str, dict[str, Any] | None]
+) -> str | None:
+    """The field of the first object named by the rejection that Envoy's error points at."""
+    from ..xds.status import nack_field
+
+    if not objects:
+        return None
+    first = objects.split(",")[0].strip()
+    kind, _, name = first.partition(" ")
+    if first not in specs:
+        try:
+            specs[first] = store.get(kind, name).spec()
+        except Exception:  # deleted since: no field to name
+            specs[first] = None
+    spec = specs[first]
+    return None if spec is None else nack_field(error, kind, spec)

@@ -15,7 +15,7 @@ import time
 
 from ..store import ProxyStatus, Store
 
-__all__ = ["ProxyState", "StatusRecorder", "suspects"]
+__all__ = ["ProxyState", "StatusRecorder", "nack_field", "suspects"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,39 @@ def suspects(
         if f"'{name}'" in error or any(len(v) > 2 and v in error for v in values):
             hits.append(key)
     return hits or candidates
+
+
+#: Envoy error phrases whose cause is a field no value of which is quoted in the text
+_PHRASES = {
+    "gateway": [("Address already in use", "port"), ("Cannot assign requested address", "address")],
+}
+
+
+def nack_field(error: str, kind: str, spec: dict[str, object]) -> str | None:
+    """The field of a policy object that a proxy's rejection most likely concerns.
+
+    Known phrases first (a bind failure is the gateway's port); then the longest value of
+    the spec that Envoy's error quotes (a bad regex is quoted, so its field is found).
+    """
+    for phrase, field in _PHRASES.get(kind, []):
+        if phrase in error:
+            return field
+    best: tuple[int, str] | None = None
+    for path, value in _leaves(spec, ""):
+        text = str(value)
+        if path == "name" or len(text) < 3 or isinstance(value, bool):
+            continue
+        if text in error and (best is None or len(text) > best[0]):
+            best = (len(text), path)
+    return best[1] if best else None
+
+
+def _leaves(value: object, path: str) -> list[tuple[str, object]]:
+    if isinstance(value, dict):
+        return [leaf for k, v in value.items() for leaf in _leaves(v, f"{path}.{k}" if path else k)]
+    if isinstance(value, list):
+        return [leaf for i, v in enumerate(value) for leaf in _leaves(v, f"{path}[{i}]")]
+    return [(path, value)]
 
 
 def _leaf_strings(value: object) -> list[str]:
