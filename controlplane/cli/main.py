@@ -14,6 +14,7 @@ from .context import Ctx
 from .declarative import register_declarative
 from .keys import register_keys
 from .output import Format, stderr
+from .protos import register_protos
 from .ratelimit import register_ratelimit
 from .resources import register_resources
 from .run import register_run
@@ -51,6 +52,7 @@ def main(
 register_keys(register_resources(app))
 register_certs(app)
 register_ratelimit(app)
+register_protos(app)
 register_declarative(app)
 register_status(app)
 register_run(app)

@@ -20,6 +20,7 @@ from ..policy.ratelimit import parse_limit
 from .analytics import observability_fields
 from .context import ctx_of, finish_change
 from .output import Format, emit, emit_table
+from .protocol_options import protocol_fields
 from .traffic import cluster_traffic_fields, gateway_traffic_fields, route_traffic_fields
 
 __all__ = ["register_resources"]
@@ -580,7 +581,14 @@ FIELDS: dict[str, list[Callable[..., dict[str, Any]]]] = {
         observability_fields,
     ],
     "cluster": [cluster_fields, cluster_traffic_fields],
-    "route": [route_fields, auth_fields, cors_fields, rate_limit_fields, route_traffic_fields],
+    "route": [
+        route_fields,
+        auth_fields,
+        cors_fields,
+        rate_limit_fields,
+        route_traffic_fields,
+        protocol_fields,
+    ],
     "jwt_provider": [jwt_provider_fields],
     "consumer": [consumer_fields],
     "plan": [plan_fields],

@@ -1,17 +1,28 @@
 """User-facing policy models (pydantic v2), one module per kind."""
 
 from .auth import AuthPolicy
-from .bundle import KINDS, PLURALS, Bundle, format_validation_error, parse_object, references
+from .bundle import (
+    CONTENT_KINDS,
+    KINDS,
+    PLURALS,
+    Bundle,
+    content_errors,
+    format_validation_error,
+    parse_object,
+    references,
+)
 from .certificate import Certificate, GatewayTls
 from .cluster import Cluster, LbPolicy, UpstreamProtocol
 from .common import PolicyModel
 from .consumer import ApiKey, Consumer, new_api_key
 from .gateway import Gateway
 from .jwt import JwtProvider
+from .proto import Proto, Transcoding
 from .ratelimit import Limit, Plan, RateLimit
 from .route import Route, RouteMatch
 
 __all__ = [
+    "CONTENT_KINDS",
     "KINDS",
     "PLURALS",
     "ApiKey",
@@ -27,10 +38,13 @@ __all__ = [
     "Limit",
     "Plan",
     "PolicyModel",
+    "Proto",
     "RateLimit",
     "Route",
     "RouteMatch",
+    "Transcoding",
     "UpstreamProtocol",
+    "content_errors",
     "format_validation_error",
     "new_api_key",
     "parse_object",

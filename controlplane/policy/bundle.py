@@ -20,13 +20,16 @@ from .common import PolicyModel
 from .consumer import ApiKey, Consumer
 from .gateway import Gateway
 from .jwt import JwtProvider
+from .proto import Proto
 from .ratelimit import Plan
 from .route import Route
 
 __all__ = [
+    "CONTENT_KINDS",
     "KINDS",
     "PLURALS",
     "Bundle",
+    "content_errors",
     "format_validation_error",
     "parse_object",
     "reference_errors",
@@ -42,6 +45,7 @@ KINDS: dict[str, type[PolicyModel]] = {
     "plan": Plan,
     "api_key": ApiKey,
     "certificate": Certificate,
+    "proto": Proto,
 }
 #: kind name -> key in the declarative file
 #: Kinds without an entry (API keys) hold secrets and are managed imperatively only.
@@ -50,6 +54,7 @@ PLURALS: dict[str, str] = {
     "plan": "plans",
     "consumer": "consumers",
     "certificate": "certificates",
+    "proto": "protos",
     "gateway": "gateways",
     "cluster": "clusters",
     "route": "routes",
@@ -107,6 +112,7 @@ class Bundle(BaseModel):
     plans: list[Plan] = Field(default_factory=list)
     consumers: list[Consumer] = Field(default_factory=list)
     certificates: list[Certificate] = Field(default_factory=list)
+    protos: list[Proto] = Field(default_factory=list)
     gateways: list[Gateway] = Field(default_factory=list)
     clusters: list[Cluster] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
@@ -186,6 +192,10 @@ class Bundle(BaseModel):
         problems = reference_errors(self.objects(), lambda kind, name: name in names[kind])
         if problems:
             raise PolicyInvalid(problems[0])
+        by_kind = self.by_kind()
+        problems = content_errors(self.objects(), lambda kind, name: by_kind[kind].get(name))
+        if problems:
+            raise PolicyInvalid(problems[0])
 
     def to_data(self) -> dict[str, Any]:
         """The canonical file content (kinds with no objects left out); ``from_text`` of its
@@ -205,6 +215,27 @@ def references(obj: PolicyModel) -> list[tuple[str, str]]:
     """(kind, name) of every object ``obj`` depends on."""
     refs = getattr(obj, "references", None)
     return list(refs()) if refs else []
+
+
+#: kinds whose content (not only existence) other objects depend on: an update of one of
+#: these re-checks the objects that reference it
+CONTENT_KINDS = frozenset({"proto"})
+
+
+def content_errors(objects: Iterable[PolicyModel], lookup: Any) -> list[str]:
+    """Problems with what referenced objects contain (a route exposing a service its proto
+    lacks); objects opt in with ``reference_problem(kind, target)``."""
+    out = []
+    for obj in objects:
+        check = getattr(obj, "reference_problem", None)
+        if check is None:
+            continue
+        for kind, name in references(obj):
+            target = lookup(kind, name)
+            problem = check(kind, target) if target is not None else None
+            if problem:
+                out.append(f"{obj.kind} {obj.name!r}: {problem}")  # type: ignore[attr-defined]
+    return out
 
 
 def reference_errors(objects: Iterable[PolicyModel], exists: Any) -> list[str]:

@@ -17,6 +17,7 @@ from .aggregate import Aggregate
 from .auth import AuthPolicy
 from .common import Duration, Hostname, Name, PolicyModel, Regex
 from .cors import CorsPolicy
+from .proto import Proto, Transcoding
 from .ratelimit import RateLimit
 from .traffic import (
     BodyTransform,
@@ -299,6 +300,14 @@ class Route(PolicyModel):
     compression: bool | None = Field(
         None, description="unset: the gateway's setting; false: never compress this route"
     )
+    grpc_timeout_max: Duration | None = Field(
+        None, description="honour the client's grpc-timeout header, up to this long"
+    )
+    transcoding: Transcoding | None = Field(
+        None, description="JSON/REST -> gRPC with the services of a proto"
+    )
+    grpc_web: bool = Field(False, description="accept gRPC-Web (browsers) besides native gRPC")
+    websocket: bool = Field(False, description="allow WebSocket upgrades (idle_timeout applies)")
 
     @model_validator(mode="before")
     @classmethod
@@ -327,6 +336,7 @@ class Route(PolicyModel):
         for field in (
             *("prefix_rewrite", "regex_rewrite", "host_rewrite", "retries", "timeout"),
             *("fault", "request_query", "request_body", "response_body", "cache"),
+            *("grpc_timeout_max", "transcoding"),
         ):
             if getattr(self, field) is not None and not forwards:
                 raise ValueError(f"{field}: only applies to routes that forward to a cluster")
@@ -340,6 +350,9 @@ class Route(PolicyModel):
                 raise ValueError("backends: weights must add up to more than zero")
         if self.aggregate is not None:
             self.aggregate.check_placeholders(self.match.path_regex)
+        for flag in ("grpc_web", "websocket"):
+            if getattr(self, flag) and not forwards:
+                raise ValueError(f"{flag}: only applies to routes that forward to a cluster")
         if self.prefix_rewrite is not None and self.regex_rewrite is not None:
             raise ValueError("set either prefix_rewrite or regex_rewrite, not both")
         if self.prefix_rewrite is not None and self.match.path_regex is not None:
@@ -356,4 +369,12 @@ class Route(PolicyModel):
 
     def references(self) -> list[tuple[str, str]]:
         refs = [("gateway", g) for g in self.gateways] + [("cluster", c) for c in self.clusters()]
+        if self.transcoding is not None:
+            refs.append(("proto", self.transcoding.proto))
         return refs + (self.auth.references() if self.auth else [])
+
+    def reference_problem(self, kind: str, target: PolicyModel) -> str | None:
+        """A problem with an object this route references beyond its existence."""
+        if kind == "proto" and self.transcoding is not None and isinstance(target, Proto):
+            return self.transcoding.problem_with(target)
+        return None

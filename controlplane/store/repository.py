@@ -17,7 +17,16 @@ from sqlalchemy import Connection, delete, insert, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from ..errors import Conflict, NotFound, PolicyInvalid, StoreError
-from ..policy import KINDS, PLURALS, Bundle, PolicyModel, parse_object, references
+from ..policy import (
+    CONTENT_KINDS,
+    KINDS,
+    PLURALS,
+    Bundle,
+    PolicyModel,
+    content_errors,
+    parse_object,
+    references,
+)
 from .db import RevisionProbe, make_engines, normalize_url
 from .tables import Change, ControllerRow, EventRow, GatewayBuild, Meta, ProxyRow, Ref, Resource
 
@@ -317,6 +326,7 @@ class Store:
         if edges:
             conn.execute(insert(Ref), edges)
         _check_references(conn, {(c.kind, c.name) for c in changes if c.op == "delete"})
+        _check_contents(conn, changes, objects)
         conn.execute(
             insert(Change),
             [
@@ -492,6 +502,48 @@ def _fetch(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str
         if spec is not None:
             out[(kind, name)] = spec
     return out
+
+
+def _check_contents(
+    conn: Connection,
+    changes: list[ObjectChange],
+    objects: dict[tuple[str, str], PolicyModel | None],
+) -> None:
+    """What referenced objects hold (a proto's services), checked inside the transaction:
+    for the objects written, and for the referrers of an updated proto."""
+    loaded: dict[tuple[str, str], PolicyModel | None] = {}
+
+    def lookup(kind: str, name: str) -> PolicyModel | None:
+        key = (kind, name)
+        if key not in loaded:
+            obj = objects.get(key)
+            if obj is None:
+                spec = _fetch(conn, [key]).get(key)
+                obj = _load(kind, spec) if spec is not None else None
+            loaded[key] = obj
+        return loaded[key]
+
+    checked = [
+        obj
+        for c in changes
+        if c.op != "delete"
+        and (obj := objects.get((c.kind, c.name))) is not None
+        and hasattr(obj, "reference_problem")
+    ]
+    for c in changes:
+        if c.op != "update" or c.kind not in CONTENT_KINDS:
+            continue
+        rows = conn.execute(
+            select(Ref.kind, Ref.name).where(Ref.to_kind == c.kind, Ref.to_name == c.name)
+        )
+        for kind, name in rows:
+            if (kind, name) not in objects:
+                referrer = lookup(kind, name)
+                if referrer is not None:
+                    checked.append(referrer)
+    problems = content_errors(checked, lookup)
+    if problems:
+        raise PolicyInvalid(problems[0])
 
 
 def _check_references(conn: Connection, deleted: set[tuple[str, str]]) -> None:

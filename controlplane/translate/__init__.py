@@ -30,6 +30,7 @@ from .cluster import cluster_resource, is_eds, load_assignment
 from .common import pack
 from .filters import http_filters
 from .listener import listener_resource
+from .protocols import TRANSCODING, proto_context
 from .ratelimit import rate_limit_context
 from .route import RouteTable
 from .tls import redirect_listener, secret_resource, secure_listener
@@ -156,6 +157,13 @@ class Translator:
         consumers = cast(Mapping[str, Consumer], view.objects.get("consumer", {}))
         context = rate_limit_context(route_context(gw, consumers), gw.rate_limit)
         context = replace(context, aggregation_port=gw.aggregation_port)
+        context = proto_context(
+            context,
+            view.routes,
+            view.changed_routes,
+            table.protocols[TRANSCODING] > 0,
+            view,
+        )
         table.sync(view.routes, context, view.changed_routes)
         filters, dynamic = http_filters(view, table)
         out.add(

@@ -39,6 +39,7 @@ from google.protobuf import any_pb2
 
 from ..policy import ApiKey, AuthPolicy, Consumer, Gateway, JwtProvider, Route
 from ..policy.cors import CorsPolicy
+from ..policy.proto import Proto
 from ..policy.ratelimit import RateLimit
 from .cluster import endpoints_of
 from .common import duration, pack
@@ -84,6 +85,8 @@ class RouteContext:
     cors: CorsPolicy | None = None  # the gateway's CORS policy
     rate_limit: RateLimit | None = None  # the gateway's default rate limit
     aggregation_port: int = 0  # the gateway's parts listener, named by aggregate routes
+    #: proto name -> proto, only for gateways with a transcoding route
+    protos: tuple[tuple[str, Proto], ...] = ()
 
     def members(self, group: str) -> tuple[str, ...]:
         return dict(self.groups).get(group, ())

@@ -25,6 +25,7 @@ from ..policy.traffic import CompressionAlgorithm
 from . import auth
 from .common import ads_source, pack
 from .cors import CORS_FILTER, cors_filter
+from .protocols import GRPC_WEB_FILTER, TRANSCODER_FILTER, grpc_web_filter, transcoder_filter
 from .ratelimit import RATE_LIMIT_FILTER, plans_of, rate_limit_config
 from .traffic import (
     BODY_FILTER,
@@ -104,6 +105,10 @@ ORDER: list[FilterSpec] = [
     FilterSpec(CACHE_FILTER, lambda _v, t: _used(t, CACHE_FILTER, cache_filter), False),
     # nearest the router: the cache keeps transformed responses
     FilterSpec(BODY_FILTER, lambda _v, t: _used(t, BODY_FILTER, body_filter), False, True),
+    # nearest the router: the filters above see JSON, gRPC-Web becomes gRPC first, and the
+    # transcoder passes native gRPC on untouched
+    FilterSpec(GRPC_WEB_FILTER, lambda _v, t: grpc_web_filter(t), dynamic=False, disabled=True),
+    FilterSpec(TRANSCODER_FILTER, lambda _v, t: transcoder_filter(t), dynamic=False, disabled=True),
     FilterSpec("envoy.filters.http.router", lambda _v, _t: router_pb2.Router(), dynamic=False),
 ]
 

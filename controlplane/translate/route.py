@@ -30,6 +30,7 @@ from .auth import (
 )
 from .common import duration, regex, string_match
 from .cors import apply_cors
+from .protocols import apply_protocols, protocol_features
 from .ratelimit import apply_rate_limit, uses_consumers
 from .traffic import apply_traffic, envoy_header_value, route_features
 from .wire import Encoded, field
@@ -259,6 +260,8 @@ class RouteTable:
         self.features: Counter[str] = Counter()
         #: aggregate routes by name (they need the aggregation service and parts listener)
         self.aggregates: dict[str, Route] = {}
+        #: routes per protocol feature (transcoding, grpc_web): their filters are in the chain
+        self.protocols: Counter[str] = Counter()
 
     @property
     def uses_plans(self) -> bool:
@@ -303,9 +306,12 @@ class RouteTable:
     def _add(self, route: Route) -> None:
         assert self._context is not None
         key = sort_key(route)
-        variants = route_variants(route, route_resource(route), self._context)
         ctx = self._context
         policy = None
+        base = route_resource(route)
+        apply_protocols(base, route, ctx.protos)
+        self.protocols.update(protocol_features(route))
+        variants = route_variants(route, base, ctx)
         for variant in variants:
             apply_cors(variant, route, ctx)
             apply_aggregate(variant, route, ctx.aggregation_port)
@@ -337,6 +343,7 @@ class RouteTable:
     def _remove(self, name: str) -> None:
         route, key, _ = self._entries.pop(name)
         self.aggregates.pop(name, None)
+        self.protocols.subtract(protocol_features(route))
         policy = self.rate_limits.pop(name, None)
         if policy is not None:
             self.rate_limit_version += 1
