@@ -205,6 +205,17 @@ def test_json_access_log_lines(
         assert failed["status"] == 503 and failed["consumer"] == "acme"
         assert refused["status"] == 401 and refused["consumer"] is None
 
+        # Envoy's own statistics in Prometheus format on its admin port
+        url = f"http://127.0.0.1:{envoy.admin_port}/stats/prometheus"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            prom = resp.read().decode()
+        total = re.search(
+            r'^envoy_http_downstream_rq_total\{envoy_http_conn_manager_prefix="public"\} (\d+)',
+            prom,
+            re.MULTILINE,
+        )
+        assert total and int(total.group(1)) >= 3
+
         # text format, a chosen set of fields
         cli.run(
             "gateway",
