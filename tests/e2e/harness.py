@@ -191,11 +191,12 @@ def request(
     method: str = "GET",
     headers: dict[str, str] | None = None,
     timeout: float = 5,
+    body: str | bytes | None = None,
 ) -> tuple[int, dict[str, str], Any]:
     """One request through Envoy on a new connection: (status, headers, JSON body or text)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request(method, path, headers=headers or {})
+        conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
         data = resp.read()
         hdrs = {k.lower(): v for k, v in resp.getheaders()}
