@@ -34,6 +34,7 @@ from .protocols import TRANSCODING, proto_context
 from .ratelimit import rate_limit_context
 from .route import RouteTable
 from .tls import redirect_listener, secret_resource, secure_listener
+from .traffic import cache_cluster, cache_cluster_name, cached_routes
 from .view import GatewayView
 from .wire import Encoded
 
@@ -182,13 +183,15 @@ class Translator:
             )
         self._add_tls(out, view)
         used = sorted(table.clusters)
+        cached = cached_routes(view, table.features)
         out.add(
             ROUTE,
             gw.name,
             table.encode(gw),
             Sources("route", table.names()),
             needs=[(CLUSTER, c) for c in used]
-            + ([(CLUSTER, AGGREGATOR_CLUSTER)] if table.aggregates else []),
+            + ([(CLUSTER, AGGREGATOR_CLUSTER)] if table.aggregates else [])
+            + [(CLUSTER, cache_cluster_name(r.name, c)) for r in cached for c in r.clusters()],
         )
         analytics_sink = sink_cluster(gw)
         if analytics_sink is not None:
@@ -212,6 +215,20 @@ class Translator:
             )
             if cla is not None:
                 out.add(ENDPOINT, cluster.name, cla, src)
+        for route in cached:  # the clusters cached routes fetch misses from (traffic.py)
+            for name in route.clusters():
+                cluster = view.clusters.get(name)
+                if cluster is None:
+                    continue
+                message, cla = self._cluster(cluster)
+                copy = cache_cluster(cast(Any, message), route)
+                out.add(
+                    CLUSTER,
+                    copy.name,
+                    copy,
+                    [("route", route.name), ("cluster", name)],
+                    needs=[(ENDPOINT, name)] if cla is not None else (),
+                )
         return out
 
     def _add_tls(self, out: Resources, view: GatewayView) -> None:

@@ -30,11 +30,13 @@ from .ratelimit import RATE_LIMIT_FILTER, plans_of, rate_limit_config
 from .traffic import (
     BODY_FILTER,
     CACHE_FILTER,
+    CACHE_KEY_FILTER,
     COMPRESS_PREFIX,
     FAULT_FILTER,
     MUTATION_FILTER,
     body_filter,
     cache_filter,
+    cache_key_filter,
     compressor,
     fault_filter,
     mutation_filter,
@@ -102,6 +104,7 @@ ORDER: list[FilterSpec] = [
         )
         for a in CompressionAlgorithm
     ],
+    FilterSpec(CACHE_KEY_FILTER, lambda _v, t: _used(t, CACHE_FILTER, cache_key_filter), False),
     FilterSpec(CACHE_FILTER, lambda _v, t: _used(t, CACHE_FILTER, cache_filter), False),
     # nearest the router: the cache keeps transformed responses
     FilterSpec(BODY_FILTER, lambda _v, t: _used(t, BODY_FILTER, body_filter), False, True),

@@ -12,15 +12,19 @@ Filters, in chain order (after authentication and rate limits, before the router
   header, before the cache so that the key sees them.
 * ``gateway.compress.<algorithm>`` (compressor): before the cache, so cached responses are
   kept uncompressed and hits are compressed like misses.
-* ``gateway.cache`` (cache_v2, in-memory ``simple_http_cache``).
+* ``gateway.cache`` (cache_v2, in-memory ``simple_http_cache``); a miss is fetched by the
+  cache itself from ``cache.<route>.<cluster>``, a copy of the route's cluster whose
+  upstream filter adds the caching headers (see :func:`cache_cluster`).
 * ``gateway.body_transform`` (lua): JSON body changes, nearest the router, so the cache
   keeps transformed responses.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import base_pb2, extension_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -35,8 +39,13 @@ from envoy.extensions.filters.http.compressor.v3 import compressor_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.extensions.http.cache_v2.simple_http_cache.v3 import config_pb2 as simple_cache
-from envoy.type.matcher.v3 import http_inputs_pb2, string_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import http_inputs_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
@@ -50,15 +59,21 @@ from ..policy.traffic import Compression, CompressionAlgorithm, header_template
 from .auth import CONSUMER_HEADER, JWT_NAMESPACE, JWT_PAYLOAD
 from .common import duration, pack
 from .lua_json import body_script
+from .view import GatewayView
 
 __all__ = [
     "BODY_FILTER",
     "CACHE_FILTER",
+    "CACHE_KEY_FILTER",
     "CACHE_KEY_HEADER",
+    "CACHE_KEY_PARAM",
     "COMPRESS_PREFIX",
     "FAULT_FILTER",
     "MUTATION_FILTER",
     "apply_traffic",
+    "cache_cluster",
+    "cache_cluster_name",
+    "cached_routes",
     "compressor",
     "envoy_header_value",
     "route_features",
@@ -69,11 +84,29 @@ MUTATION_FILTER = "gateway.request_mutation"
 CACHE_FILTER = "gateway.cache"
 BODY_FILTER = "gateway.body_transform"
 COMPRESS_PREFIX = "gateway.compress."
-#: request header the cache varies on: the route's cache generation and, if asked, the
+#: request header with a cached route's key: its cache generation and, if asked, the
 #: consumer; set before the cache filter and removed before the request leaves Envoy
 CACHE_KEY_HEADER = "x-gateway-cache-key"
-#: request headers a response may vary on and still be cached
-_VARY_ALLOWED = (CACHE_KEY_HEADER, "accept", "accept-language", "origin")
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+#: query parameter the cache key is carried in: Envoy's cache keys on host, path and query
+#: only, so ``gateway.cache_key`` appends the key header's value to the query
+CACHE_KEY_PARAM = "gateway-cache-key"
+CACHE_KEY_FILTER = "gateway.cache_key"
+#: appends the cache-key header to the query; a client's own copies of the parameter
+#: stay in front of it, so a key always ends with the caller's own identity
+_CACHE_KEY_SCRIPT = """
+local function escape(text)
+  return (text:gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
+end
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local key = headers:get("KEY_HEADER")
+  if key == nil then return end
+  local path = headers:get(":path")
+  local sep = path:find("?", 1, true) and "&" or "?"
+  headers:replace(":path", path .. sep .. "KEY_PARAM=" .. escape(key))
+end
+""".replace("KEY_HEADER", CACHE_KEY_HEADER).replace("KEY_PARAM", CACHE_KEY_PARAM)
 
 _LIBRARIES: dict[CompressionAlgorithm, tuple[str, Message]] = {
     CompressionAlgorithm.gzip: ("envoy.compression.gzip.compressor", gzip_pb2.Gzip()),
@@ -141,10 +174,7 @@ def cache_filter() -> matching_pb2.ExtensionWithMatcher:
     so it runs only where ``gateway.request_mutation`` has set the key, i.e. on routes
     with a ``cache`` policy.
     """
-    cache = cache_pb2.CacheV2Config(
-        typed_config=pack(simple_cache.SimpleHttpCacheV2Config()),
-        allowed_vary_headers=[string_pb2.StringMatcher(exact=h) for h in _VARY_ALLOWED],
-    )
+    cache = cache_pb2.CacheV2Config(typed_config=pack(simple_cache.SimpleHttpCacheV2Config()))
     keyed = xds_matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
         input=xds_extension_pb2.TypedExtensionConfig(
             name="cache-key",
@@ -175,6 +205,10 @@ def cache_filter() -> matching_pb2.ExtensionWithMatcher:
             )
         ),
     )
+
+
+def cache_key_filter() -> lua_pb2.Lua:
+    return lua_pb2.Lua(default_source_code=base_pb2.DataSource(inline_string=_CACHE_KEY_SCRIPT))
 
 
 def body_filter() -> lua_pb2.Lua:
@@ -275,28 +309,74 @@ def _mutation(route: Route) -> header_mutation_pb2.HeaderMutationPerRoute:
     return header_mutation_pb2.HeaderMutationPerRoute(mutations=mutations)
 
 
-def _cache_headers(message: rc.Route, route: Route) -> None:
-    """What the router adds for the cache: the response varies on the cache-key header (so
-    entries are per generation and consumer), the policy TTL, and the key header never
-    reaches the backend."""
+def cache_cluster_name(route: str, cluster: str) -> str:
+    return f"cache.{route}.{cluster}"
+
+
+def cached_routes(view: GatewayView, features: Counter[str]) -> list[Route]:
+    """The gateway's routes with a cache policy (a scan only when there are some)."""
+    if features[CACHE_FILTER] <= 0:
+        return []
+    return sorted((r for r in view.routes.values() if r.cache is not None), key=lambda r: r.name)
+
+
+def _cache_headers(route: Route) -> header_mutation_pb2.HeaderMutation:
+    """What a cached route's responses get before the cache sees them (the policy TTL);
+    the cache key, as header and query parameter, does not reach the backend."""
     assert route.cache is not None
-    message.request_headers_to_remove.append(CACHE_KEY_HEADER)
-    message.response_headers_to_add.append(
-        base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key="vary", value=CACHE_KEY_HEADER),
-            append_action=base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD,
-        )
-    )
+    response = []
     if route.cache.ttl is not None:
         seconds = max(1, duration_ms(route.cache.ttl) // 1000)
-        message.response_headers_to_add.append(
-            base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key="cache-control", value=f"max-age={seconds}"),
-                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-                if route.cache.override
-                else base_pb2.HeaderValueOption.ADD_IF_ABSENT,
+        response.append(
+            mutation_rules_pb2.HeaderMutation(
+                append=base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key="cache-control", value=f"max-age={seconds}"),
+                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+                    if route.cache.override
+                    else base_pb2.HeaderValueOption.ADD_IF_ABSENT,
+                )
             )
         )
+    return header_mutation_pb2.HeaderMutation(
+        mutations=header_mutation_pb2.Mutations(
+            request_mutations=[mutation_rules_pb2.HeaderMutation(remove=CACHE_KEY_HEADER)],
+            query_parameter_mutations=[base_pb2.KeyValueMutation(remove=CACHE_KEY_PARAM)],
+            response_mutations=response,
+        )
+    )
+
+
+def cache_cluster(base: cluster_pb2.Cluster, route: Route) -> cluster_pb2.Cluster:
+    """The cluster a cached route sends to: its cluster plus an upstream filter that sets
+    the caching headers.
+
+    Envoy's cache filter fetches a miss itself, past the router's per-route header
+    changes, so the only place between the backend and the cache that can still change
+    the response is the cluster's upstream filter chain. The copy reads the same EDS
+    assignment as the original (same service name).
+    """
+    out = cluster_pb2.Cluster()
+    out.CopyFrom(base)
+    out.name = cache_cluster_name(route.name, base.name)
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    existing = out.typed_extension_protocol_options.get(_HTTP_OPTIONS)
+    if existing is not None:
+        existing.Unpack(options)
+    else:
+        options.explicit_http_config.http_protocol_options.SetInParent()
+    options.http_filters.extend(
+        [
+            hcm_pb2.HttpFilter(
+                name="gateway.cache_headers", typed_config=pack(_cache_headers(route))
+            ),
+            hcm_pb2.HttpFilter(
+                name="envoy.filters.http.upstream_codec",
+                typed_config=pack(upstream_codec_pb2.UpstreamCodec()),
+            ),
+        ]
+    )
+    out.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(options))
+    return out
 
 
 def _hash_policy(route: Route) -> list[rc.RouteAction.HashPolicy]:
@@ -328,8 +408,12 @@ def apply_traffic(message: rc.Route, route: Route) -> None:
         per[FAULT_FILTER].CopyFrom(pack(_fault(route)))
     if route.request_query is not None or route.cache is not None:
         per[MUTATION_FILTER].CopyFrom(pack(_mutation(route)))
-    if route.cache is not None:
-        _cache_headers(message, route)
+    if route.cache is not None and message.HasField("route"):
+        action = message.route
+        if action.cluster:
+            action.cluster = cache_cluster_name(route.name, action.cluster)
+        for weighted in action.weighted_clusters.clusters:
+            weighted.name = cache_cluster_name(route.name, weighted.name)
     if route.request_body is not None or route.response_body is not None:
         script = body_script(route.request_body, route.response_body)
         per[BODY_FILTER].CopyFrom(
