@@ -25,6 +25,7 @@ from .traffic import (
     Fault,
     HashKey,
     QueryOps,
+    check_cache_combination,
     header_template,
 )
 
@@ -342,6 +343,7 @@ class Route(PolicyModel):
                 raise ValueError(f"{field}: only applies to routes that forward to a cluster")
         if self.hash_on and not forwards:
             raise ValueError("hash_on: only applies to routes that forward to a cluster")
+        check_cache_combination(self)
         if self.backends is not None:
             names = [b.cluster for b in self.backends]
             if len(set(names)) != len(names):

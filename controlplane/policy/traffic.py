@@ -34,6 +34,7 @@ __all__ = [
     "HashCookie",
     "HashKey",
     "QueryOps",
+    "check_cache_combination",
     "header_template",
 ]
 
@@ -247,6 +248,32 @@ class CachePolicy(PolicyModel):
         if self.override and self.ttl is None:
             raise ValueError("override: needs a ttl")
         return self
+
+
+#: route settings a cache fill would skip: Envoy's cache fetches a miss itself, past the
+#: router's per-route changes, so a cached GET and an uncached POST would differ
+_NOT_WITH_CACHE = (
+    "prefix_rewrite",
+    "regex_rewrite",
+    "host_rewrite",
+    "retries",
+    "request_headers",
+    "response_headers",
+    "request_body",
+    "response_body",
+)
+
+
+def check_cache_combination(route: object) -> None:
+    """Refuse a cache policy together with settings its cache fills would not apply."""
+    if getattr(route, "cache", None) is None:
+        return
+    for field in _NOT_WITH_CACHE:
+        if getattr(route, field, None) is not None:
+            raise ValueError(
+                f"cache: cannot be combined with {field} (a cache miss is fetched by Envoy's "
+                "cache itself, which skips the route's own changes)"
+            )
 
 
 class CompressionAlgorithm(StrEnum):

@@ -161,6 +161,10 @@ def test_bad_cache_and_compression_input(cli) -> None:  # type: ignore[no-untype
     cases = [
         (("route", "update", "api", "--cache-override"), "cache: override: needs a ttl"),
         (("gateway", "update", "public", "--compress", "lzma"), "compression.algorithms"),
+        (
+            ("route", "update", "api", "--cache", "--prefix-rewrite", "/v2"),
+            "route 'api': cache: cannot be combined with prefix_rewrite",
+        ),
         (("cache", "purge", "api"), "route 'api': cache: the route does not cache"),
     ]
     for args, message in cases:
