@@ -130,6 +130,10 @@ class UsersStubs:
             for method, (req, resp) in self.messages.methods.items()
         }
 
+    def method(self, name: str) -> grpc.UnaryUnaryMultiCallable:
+        """The callable of one method (takes a request message)."""
+        return self._calls[name]
+
     def request(self, method: str, **fields: Any) -> Any:
         return self.messages.methods[method][0](**fields)
 
