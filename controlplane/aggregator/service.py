@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import re2
 from aiohttp import web
+from yarl import URL
 
 from .spec import PART_HEADER, SPEC_HEADER, Part, Spec, SpecError
 
@@ -158,7 +159,7 @@ class Aggregator:
                 path = path.replace("{" + name + "}", value)
             if "{" in path:
                 raise PartFailed(part.name, f"the request path {request.path!r} fills no {path!r}")
-        query = request.query_string
+        query = request.rel_url.raw_query_string  # as sent: %26 stays %26
         if spec.forward_query and query:
             path += ("&" if "?" in path else "?") + query
         return path
@@ -174,7 +175,12 @@ class Aggregator:
         }
         try:
             async with asyncio.timeout(part.timeout_ms / 1000):
-                async with self._session.get(url, headers=send, allow_redirects=False) as resp:
+                async with self._session.get(
+                    # already encoded (the route's path and the client's query as sent)
+                    URL(url, encoded=True),
+                    headers=send,
+                    allow_redirects=False,
+                ) as resp:
                     body = await resp.content.read(MAX_PART_BODY + 1)
                     status, ctype = resp.status, resp.content_type
         except TimeoutError:
