@@ -83,6 +83,13 @@ routes:
     aggregate:
       parts:
         - {{name: user, cluster: users, path: /users/1, timeout: 2s}}
+  - name: private
+    gateway: public
+    match: {{path: /private}}
+    auth: {{api_key: true}}
+    aggregate:
+      parts:
+        - {{name: user, cluster: users, path: /users/1, timeout: 2s}}
   - name: limited
     gateway: public
     match: {{path: /limited}}
@@ -224,9 +231,26 @@ def test_parts_in_parallel_and_partial_failure(stack: dict[str, Any]) -> None:
     assert body["user"]["backend"] == "users"
 
 
-def test_rate_limit_applies_to_the_composite_route(stack: dict[str, Any]) -> None:
+def test_auth_and_rate_limit_apply_to_the_composite_route(stack: dict[str, Any]) -> None:
     port = stack["port"]
     users: EchoServer = stack["backends"]["users"]
+    cli: Cli = stack["cli"]
+
+    # authentication happens in Envoy before the service; the caller's identity reaches
+    # the parts (x-consumer-id is forwarded by default), a spoofed one does not
+    cli.run("consumer", "add", "acme")
+    key = cli.run("consumer", "key", "add", "acme", "--wait").stdout.strip()
+    hits = users.hits
+    assert request(port, "/private", timeout=10)[0] == 401
+    assert request(port, "/private", headers={"x-api-key": "wrong"}, timeout=10)[0] == 401
+    assert users.hits == hits
+    status, _, body = request(
+        port, "/private", headers={"x-api-key": key, "x-consumer-id": "mallory"}, timeout=10
+    )
+    assert status == 200, body
+    assert body["user"]["headers"]["x-consumer-id"] == "acme"
+    assert "x-api-key" not in body["user"]["headers"]
+
     statuses = [request(port, "/limited", timeout=10)[0] for _ in range(3)]
     assert statuses == [200, 200, 429]
     hits = users.hits
