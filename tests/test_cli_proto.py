@@ -167,6 +167,17 @@ BAD = {
         2,
         "route 'x': transcoding.services: Field required",
     ),
+    "transcoding with a path rewrite": (
+        lambda tmp: [
+            "route",
+            "update",
+            "users-api",
+            "--prefix-rewrite",
+            "/v2",
+        ],
+        2,
+        "route 'users-api': transcoding: cannot be combined with prefix_rewrite",
+    ),
     "websocket on a direct response": (
         lambda tmp: [
             "route",

@@ -355,6 +355,9 @@ class Route(PolicyModel):
         for flag in ("grpc_web", "websocket"):
             if getattr(self, flag) and not forwards:
                 raise ValueError(f"{flag}: only applies to routes that forward to a cluster")
+        if self.transcoding is not None and (self.prefix_rewrite or self.regex_rewrite):
+            # the transcoder has already set the path to /package.Service/Method
+            raise ValueError("transcoding: cannot be combined with prefix_rewrite/regex_rewrite")
         if self.prefix_rewrite is not None and self.regex_rewrite is not None:
             raise ValueError("set either prefix_rewrite or regex_rewrite, not both")
         if self.prefix_rewrite is not None and self.match.path_regex is not None:
