@@ -70,6 +70,13 @@ def register_run(app: typer.Typer) -> None:
                 help="IP the Envoys bind their parts listener on (reachable by the service).",
             ),
         ] = "127.0.0.1",
+        analytics_retention_days: Annotated[
+            float,
+            typer.Option(
+                envvar="GATEWAY_ANALYTICS_RETENTION_DAYS",
+                help="Delete access-log rollups older than this many days.",
+            ),
+        ] = 30,
     ) -> None:
         """Run the controller: stream gateway policy to every connected Envoy over ADS."""
         from ..controller import serve as run_controller
@@ -87,6 +94,7 @@ def register_run(app: typer.Typer) -> None:
             xds_client_ca=xds_client_ca,
             aggregator=aggregator,
             aggregation_address=aggregation_address,
+            analytics_retention_days=analytics_retention_days,
         )
         asyncio.run(run_controller(settings))
 

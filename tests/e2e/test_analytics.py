@@ -93,7 +93,9 @@ def setup_gateway(
     policy = {
         "gateways": [{"name": "public", "port": port, "address": "127.0.0.1", **gateway}],
         "clusters": [{"name": "echo", "endpoints": [f"127.0.0.1:{backend.port}"]}],
-        "consumers": [{"name": name} for name in CONSUMERS],
+        "plans": [{"name": "pro", "limits": [{"requests": 1_000_000, "per": "day"}]}],
+        "consumers": [{"name": "acme", "plan": "pro"}]
+        + [{"name": name} for name in CONSUMERS[1:]],
         "routes": [
             {
                 "name": name,
@@ -187,6 +189,11 @@ def test_exact_counts_and_percentiles(
             k: sum(n for (_, r, c), n in counts.items() if r == "users" and c == k)
             for k in users["status"]
         }
+
+        # usage against the plan: acme's requests today (the probes were acme's too)
+        acme = sum(n for (c, _, _), n in counts.items() if c == "acme") + baseline
+        usage = cli.run("analytics", "usage", "acme").stdout.strip()
+        assert usage == f"acme: {acme:,} of 1,000,000 today"
 
         # the table output names every consumer
         table = cli.run("analytics", "consumers", "--since", "15m").stdout

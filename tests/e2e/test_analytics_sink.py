@@ -166,6 +166,12 @@ def test_html_report_renders_charts_in_a_browser(cli: Cli, tmp_path: Path) -> No
             rollups.add((now_minute - 4 + m, "public", "api", "acme", "2xx"), 100, 200, 3.0 + m)
         rollups.add((now_minute - 4 + m, "public", "api", "globex", "5xx"), 100, 20, 40.0)
     RollupWriter(cli.db, "test").write(rollups.take())
+    # the terminal chart: one line per minute, the seeded counts in it
+    chart = cli.run("analytics", "chart", "--since", "10m").stdout.splitlines()
+    assert chart[0].split()[:3] == ["TIME", "(UTC)", "REQUESTS"]
+    counts = [int(line.split()[-3].replace(",", "")) for line in chart[1:] if "█" in line]
+    assert counts == [11, 21, 31, 41, 51]
+
     report = tmp_path / "report.html"
     cli.run("analytics", "chart", "--since", "10m", "--html", str(report))
     page = report.read_text()
