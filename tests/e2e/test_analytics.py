@@ -94,8 +94,7 @@ def setup_gateway(
         "gateways": [{"name": "public", "port": port, "address": "127.0.0.1", **gateway}],
         "clusters": [{"name": "echo", "endpoints": [f"127.0.0.1:{backend.port}"]}],
         "plans": [{"name": "pro", "limits": [{"requests": 1_000_000, "per": "day"}]}],
-        "consumers": [{"name": "acme", "plan": "pro"}]
-        + [{"name": name} for name in CONSUMERS[1:]],
+        "consumers": [{"name": "acme", "plan": "pro"}] + [{"name": name} for name in CONSUMERS[1:]],
         "routes": [
             {
                 "name": name,
