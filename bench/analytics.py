@@ -93,7 +93,7 @@ def set_analytics(stack: Stack, sink_port: int, on: bool) -> None:
 def run_cell(
     stack: Stack,
     wrk: str,
-    sink: subprocess.Popen[bytes],
+    sink: subprocess.Popen[bytes] | None,
     sink_http: int,
     on: bool,
     duration: int,
@@ -102,7 +102,7 @@ def run_cell(
     admin = stack.ports["admin"]
     before_env = envoy_counters(admin)
     before_rollups = rollup_total(stack.db)
-    before_cpu = cpu_seconds(sink.pid)
+    before_cpu = cpu_seconds(sink.pid) if sink is not None else 0.0
     busy = machine_busy_s()
     url = f"http://127.0.0.1:{stack.ports['listener']}/ping"
     out = subprocess.run(
@@ -126,7 +126,7 @@ def run_cell(
         after_env["http.bench.downstream_rq_total"] - before_env["http.bench.downstream_rq_total"]
     )
     ingested = rollup_total(stack.db) - before_rollups
-    cpu = cpu_seconds(sink.pid) - before_cpu
+    cpu = cpu_seconds(sink.pid) - before_cpu if sink is not None else 0.0
     written = sum(
         v - before_env.get(k, 0) for k, v in after_env.items() if k.endswith("logs_written")
     )
@@ -144,9 +144,14 @@ def run_cell(
         "rollup_requests": ingested,
         "envoy_logs_written": written,
         "envoy_logs_dropped": dropped,
-        "sink_dropped": sink_metric(sink_http, "gateway_analytics_dropped_total"),
+        "sink_dropped": sink_metric(sink_http, "gateway_analytics_dropped_total")
+        if sink is not None
+        else 0.0,
+        "sink": "up" if sink is not None else "killed",
         "sink_cpu_s": round(cpu, 3),
-        "sink_cpu_ms_per_1k": round(cpu / served * 1e6, 2) if on and served else None,
+        "sink_cpu_ms_per_1k": round(cpu / served * 1e6, 2)
+        if on and served and sink is not None
+        else None,
         "machine_busy_cores": round(busy / duration, 2),
     }
 
@@ -185,12 +190,26 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     log(f"round {r + 1} analytics {'on ' if on else 'off'}: {json.dumps(cell)}")
                     cells.append(cell)
-        finally:
-            sink.terminate()
+            # the sink killed: Envoy must serve on at the same rate, dropping log entries
+            sink.kill()
             sink.wait(10)
+            cell = run_cell(stack, wrk, None, sink_http, True, args.duration, args.connections)
+            log(f"analytics on, sink killed: {json.dumps(cell)}")
+            killed = cell
+        finally:
+            if sink.poll() is None:
+                sink.terminate()
+                sink.wait(10)
     report(cells, args)
+    print(
+        f"sink killed: {killed['rps']:,.0f} requests/s, {killed['non_2xx']} failed, "
+        f"Envoy dropped {killed['envoy_logs_dropped']:,} log entries, "
+        f"{killed['rollup_requests']:,} reached the rollups"
+    )
     if args.json:
-        print(json.dumps(cells, indent=2))
+        print(json.dumps([*cells, killed], indent=2))
+    if killed["non_2xx"]:
+        return 1
     bad = [
         c
         for c in cells
