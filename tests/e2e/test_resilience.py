@@ -4,6 +4,7 @@ weighted splits changed live, and consistent hashing by header and cookie."""
 from __future__ import annotations
 
 import http.client
+import threading
 import time
 from collections import Counter
 
@@ -11,7 +12,7 @@ import pytest
 
 from controlplane.demo.echo import EchoServer
 
-from .harness import Cli, request
+from .harness import Cli, request, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -172,3 +173,43 @@ def test_bad_resilience_input(cli) -> None:  # type: ignore[no-untyped-def]
         assert message in proc.stderr, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert cli.run("export").stdout == before
+
+
+def test_health_checks_and_circuit_breaker(  # type: ignore[no-untyped-def]
+    cli, controller, envoy_factory, backends, gateway_port
+):
+    alpha, beta = backends["alpha"], backends["beta"]
+    beta.status = 503  # fails its health checks from the start
+    cli.add_gateway("public", gateway_port)
+    cli.run(
+        "cluster", "add", "checked",
+        "--endpoint", f"127.0.0.1:{alpha.port}", "--endpoint", f"127.0.0.1:{beta.port}",
+        "--health-check-path", "/healthz", "--health-check-interval", "200ms",
+    )  # fmt: skip
+    cli.run("cluster", "add", "guarded", "--endpoint", f"127.0.0.1:{alpha.port}",
+            "--max-requests", "1")  # fmt: skip
+    cli.add_route("checked", "public", "/checked", "checked")
+    cli.add_route("guarded", "public", "/guarded", "guarded")
+    envoy_factory("public")
+    cli.run("route", "update", "checked", "--timeout", "5s", "--wait")
+
+    # only the healthy endpoint gets traffic; the other sees nothing but probes
+    wait_until(lambda: _backends_of(gateway_port, "/checked", 10) == Counter({"alpha": 10}))
+    assert _backends_of(gateway_port, "/checked", 40) == Counter({"alpha": 40})
+    assert {r["path"] for r in beta.requests} == {"/healthz"}
+
+    # a second request while one is in flight overflows the breaker: 503 at once
+    results: list[tuple[int, str | None]] = []
+
+    def call(delay_ms: str) -> None:
+        status, headers, _ = request(
+            gateway_port, "/guarded", headers={"x-echo-delay-ms": delay_ms}
+        )
+        results.append((status, headers.get("x-envoy-overloaded")))
+
+    first = threading.Thread(target=call, args=("1500",))
+    first.start()
+    time.sleep(0.5)
+    call("0")
+    first.join()
+    assert sorted(results) == [(200, None), (503, "true")], results
