@@ -60,12 +60,13 @@ def test_retries_timeout_and_faults(cli, controller, envoy_factory, backends, ga
     assert status == 200 and body["path"] == "/retried"
     assert alpha.hits - before == 2
 
-    # the route timeout answers 504 long before the backend would (3 s)
+    # the route timeout answers 504 long before the backend would (5 s); only the
+    # timeout makes a 504, the bound is generous for a busy machine
     started = time.monotonic()
-    status, _, _ = request(gateway_port, "/slow", headers={"x-echo-delay-ms": "3000"})
+    status, _, _ = request(gateway_port, "/slow", headers={"x-echo-delay-ms": "5000"}, timeout=10)
     elapsed = time.monotonic() - started
     assert status == 504
-    assert 0.45 <= elapsed < 2.5, elapsed
+    assert 0.45 <= elapsed < 4.5, elapsed
 
     # injected faults: an abort never reaches the backend; a delay holds the request
     before = alpha.hits
