@@ -74,7 +74,8 @@ def test_retries_timeout_and_faults(cli, controller, envoy_factory, backends, ga
     assert status == 418 and alpha.hits == before
     started = time.monotonic()
     status, _, body = request(gateway_port, "/delayed")
-    assert status == 200 and time.monotonic() - started >= 0.4
+    # Envoy's timers have millisecond granularity: 0.39969 s was seen for 400 ms
+    assert status == 200 and time.monotonic() - started >= 0.35
     assert alpha.hits == before + 1
 
     # faults are removed live
