@@ -28,4 +28,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     fi
 fi
 
+# Two workers by default (TEST_WORKERS=1 runs in one process); a file's tests stay in one
+# worker, so module fixtures (one controller and Envoy per file) are started once.
+workers="${TEST_WORKERS:-2}"
+if [ "$workers" -gt 1 ]; then
+    exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
+fi
 exec .venv/bin/python -m pytest "$@"
