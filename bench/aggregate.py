@@ -25,31 +25,24 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python bench/aggregate.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.processes import Processes, percentile
 from bench.run import loadavg, machine
-from controlplane.envoy_launcher import EnvoySpec, free_port, start_envoy, wait_ready
+from controlplane.envoy_launcher import free_port
 
 NAMES = ("users", "orders", "recs")
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _cli() -> list[str]:
-    return [sys.executable, "-m", "controlplane.cli"]
 
 
 def _policy(port: int, parts_port: int, backends: dict[str, int]) -> str:
@@ -74,11 +67,6 @@ routes:
       parts:
 {parts}
 """
-
-
-def _pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 class Client:
@@ -109,20 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     info = machine()
     info["loadavg_start"] = loadavg()
 
-    work = Path(tempfile.mkdtemp(prefix="bench-aggregate-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-
-    def spawn(argv: list[str], name: str) -> subprocess.Popen[bytes]:
-        with open(work / f"{name}.log", "wb") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work)
-        procs.append(proc)
-        return proc
-
-    try:
+    with Processes("bench-aggregate-") as run:
         backends = {n: free_port() for n in NAMES}
         for name, port in backends.items():
-            spawn(
+            run.spawn(
                 [
                     *(sys.executable, "-m", "controlplane.demo.echo", "--name", name),
                     *("--host", "127.0.0.1", "--port", str(port)),
@@ -132,56 +110,14 @@ def main(argv: list[str] | None = None) -> None:
             )
         aggregators = [free_port() for _ in range(args.replicas)]
         for i, port in enumerate(aggregators):
-            spawn([*_cli(), "aggregator", "--port", str(port), "--log-level", "warning"], f"agg{i}")
-        db = str(work / "gateway.db")
-        xds, health = free_port(), free_port()
-        spawn(
-            [
-                *(*_cli(), "--db", db, "serve", "--xds-address", f"127.0.0.1:{xds}"),
-                *("--health-address", f"127.0.0.1:{health}", "--log-level", "warning"),
-                *("--aggregator", ",".join(f"127.0.0.1:{p}" for p in aggregators)),
-            ],
-            "controller",
-        )
-        gw, parts, admin = free_port(), free_port(), free_port()
-        subprocess.run(
-            [*_cli(), "--db", db, "apply", "-f", "-"],
-            input=_policy(gw, parts, backends).encode(),
-            check=True,
-            capture_output=True,
-            env=env,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        envoy = start_envoy(
-            EnvoySpec(
-                node_id="bench-1",
-                gateway="bench",
-                xds_host="127.0.0.1",
-                xds_port=xds,
-                admin_port=admin,
-                log_level="warning",
-            ),
-            log_path=work / "envoy.log",
-        )
-        procs.append(envoy)
-        wait_ready(admin, 40, process=envoy)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                Client(gw).get("/aggregate")
-                break
-            except (RuntimeError, OSError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+            run.spawn(
+                [*run.cli(), "aggregator", "--port", str(port), "--log-level", "warning"], f"agg{i}"
+            )
+        gw, parts = free_port(), free_port()
+        run.apply(_policy(gw, parts, backends))
+        xds = run.start_controller("--aggregator", ",".join(f"127.0.0.1:{p}" for p in aggregators))
+        run.start_envoy(xds)
+        run.until(lambda: Client(gw).get("/aggregate"), interval=0.2)
 
         results: dict[str, list[float]] = {"slowest": [], "aggregate": []}
         lock = threading.Lock()
@@ -217,15 +153,6 @@ def main(argv: list[str] | None = None) -> None:
         wall = time.perf_counter() - started
         if errors:
             raise errors[0]
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
     info["loadavg_end"] = loadavg()
     total = sum(delays.values())
@@ -233,8 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     out = {
         cell: {
             "p50": statistics.median(v),
-            "p90": _pct(v, 90),
-            "p99": _pct(v, 99),
+            "p90": percentile(v, 90),
+            "p99": percentile(v, 99),
             "max": max(v),
             "n": len(v),
         }

@@ -31,24 +31,20 @@ import argparse
 import base64
 import http.client
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from bench.harness import cpu_seconds
+from bench.processes import Processes, percentile
 from bench.run import loadavg, machine
 from controlplane.demo.grpc_users import SERVICE, UsersStubs, descriptor_set
-from controlplane.envoy_launcher import EnvoySpec, free_port, start_envoy, wait_ready
+from controlplane.envoy_launcher import free_port
 
 CELLS = ("native", "json")
 JSON_PATH = f"/{SERVICE}/GetUser"
@@ -57,10 +53,6 @@ JSON_BODY = json.dumps({"id": "42"})
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _cli() -> list[str]:
-    return [sys.executable, "-m", "controlplane.cli"]
 
 
 def _policy(port: int, backend: int) -> str:
@@ -79,11 +71,6 @@ routes:
     timeout: 30s
     transcoding: {{proto: users, services: [{SERVICE}]}}
 """
-
-
-def _pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 class JsonClient:
@@ -177,72 +164,22 @@ def main(argv: list[str] | None = None) -> None:
     info = machine()
     info["loadavg_start"] = loadavg()
 
-    work = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-
-    def spawn(argv: list[str], name: str) -> subprocess.Popen[bytes]:
-        with open(work / f"{name}.log", "wb") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work)
-        procs.append(proc)
-        return proc
-
     rounds: dict[str, list[dict[str, Any]]] = {cell: [] for cell in CELLS}
-    try:
+    with Processes("bench-grpc-") as run:
         backend = free_port()
-        spawn(
+        run.spawn(
             [sys.executable, "-m", "controlplane.demo.grpc_users", "--port", str(backend)],
             "backend",
         )
-        db = str(work / "gateway.db")
-        xds, health = free_port(), free_port()
-        spawn(
-            [
-                *(*_cli(), "--db", db, "serve", "--xds-address", f"127.0.0.1:{xds}"),
-                *("--health-address", f"127.0.0.1:{health}", "--log-level", "warning"),
-            ],
-            "controller",
-        )
-        gw, admin = free_port(), free_port()
-        subprocess.run(
-            [*_cli(), "--db", db, "apply", "-f", "-"],
-            input=_policy(gw, backend).encode(),
-            check=True,
-            capture_output=True,
-            env=env,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        envoy = start_envoy(
-            EnvoySpec(
-                node_id="bench-1",
-                gateway="bench",
-                xds_host="127.0.0.1",
-                xds_port=xds,
-                admin_port=admin,
-                log_level="warning",
-            ),
-            log_path=work / "envoy.log",
-        )
-        procs.append(envoy)
-        wait_ready(admin, 40, process=envoy)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                JsonClient(gw).call()
-                NativeClient(gw).call()
-                break
-            except (RuntimeError, OSError, grpc.RpcError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        gw = free_port()
+        run.apply(_policy(gw, backend))
+        envoy = run.start_envoy(run.start_controller())
+
+        def ready() -> None:
+            JsonClient(gw).call()
+            NativeClient(gw).call()
+
+        run.until(ready, interval=0.2)
 
         makers = {"native": lambda: NativeClient(gw), "json": lambda: JsonClient(gw)}
         log(
@@ -255,15 +192,6 @@ def main(argv: list[str] | None = None) -> None:
                 result = run_cell(makers[cell], args.requests, args.concurrency, envoy.pid)
                 rounds[cell].append(result)
                 log(f"round {r + 1} {cell}: {result['rps']:.0f} req/s")
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
     info["loadavg_end"] = loadavg()
     out = {}
@@ -272,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         out[cell] = {
             "rps": statistics.median(res["rps"] for res in results),
             "p50": statistics.median(latencies),
-            "p99": _pct(latencies, 99),
+            "p99": percentile(latencies, 99),
             "envoy_cpu_us": statistics.median(res["envoy_cpu_us"] for res in results),
             "n": len(latencies),
         }
