@@ -19,6 +19,7 @@ from ..policy import parse_object
 from ..policy.ratelimit import parse_limit
 from .analytics import observability_fields
 from .context import ctx_of, finish_change
+from .options import pairs as _pairs
 from .output import Format, emit, emit_table
 from .protocol_options import protocol_fields
 from .traffic import cluster_traffic_fields, gateway_traffic_fields, route_traffic_fields
@@ -33,16 +34,6 @@ WaitOption = Annotated[
         help="Return once every proxy of the affected gateways runs the change (default 30s).",
     ),
 ]
-
-
-def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
-    out = {}
-    for item in values or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise PolicyInvalid(f"{option}: {item!r} must be NAME=VALUE")
-        out[key.strip()] = value
-    return out
 
 
 def _condition(item: str, option: str, allow_prefix: bool) -> dict[str, Any]:

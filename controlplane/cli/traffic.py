@@ -14,6 +14,7 @@ import typer
 
 from ..errors import PolicyInvalid
 from .context import ctx_of, finish_change
+from .options import pairs as _pairs
 
 __all__ = [
     "cluster_traffic_fields",
@@ -21,16 +22,6 @@ __all__ = [
     "register_cache",
     "route_traffic_fields",
 ]
-
-
-def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
-    out = {}
-    for item in values or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise PolicyInvalid(f"{option}: {item!r} must be NAME=VALUE")
-        out[key.strip()] = value
-    return out
 
 
 def _with_percent(text: str, option: str) -> tuple[str, float | None]:
