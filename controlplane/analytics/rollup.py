@@ -32,6 +32,21 @@ def status_class(code: int) -> str:
     return f"{code // 100}xx" if 100 <= code < 600 else "none"
 
 
+#: a rollup row's key (minute, gateway, route, consumer, status class) and its cell
+_CELL_COLUMNS = (
+    RollupRow.minute,
+    RollupRow.gateway,
+    RollupRow.route,
+    RollupRow.consumer,
+    RollupRow.status_class,
+    RollupRow.requests,
+    RollupRow.bytes_in,
+    RollupRow.bytes_out,
+    RollupRow.latency_ms_sum,
+    RollupRow.latency_hist,
+)
+
+
 @dataclass(slots=True)
 class Cell:
     requests: int = 0
@@ -106,18 +121,9 @@ class RollupWriter:
         with self._writer.begin() as conn:
             existing: dict[Key, Cell] = {}
             rows = conn.execute(
-                select(
-                    RollupRow.minute,
-                    RollupRow.gateway,
-                    RollupRow.route,
-                    RollupRow.consumer,
-                    RollupRow.status_class,
-                    RollupRow.requests,
-                    RollupRow.bytes_in,
-                    RollupRow.bytes_out,
-                    RollupRow.latency_ms_sum,
-                    RollupRow.latency_hist,
-                ).where(RollupRow.sink == self.sink, RollupRow.minute.in_(minutes))
+                select(*_CELL_COLUMNS).where(
+                    RollupRow.sink == self.sink, RollupRow.minute.in_(minutes)
+                )
             )
             for m, g, r, c, s, n, bi, bo, lat, hist in rows:
                 existing[(m, g, r, c, s)] = Cell(n, bi, bo, lat, histogram.decode(hist))
@@ -200,18 +206,7 @@ class RollupReader:
 
     def rows(self, f: Filter) -> Iterator[tuple[Key, Cell]]:
         """Every (key, cell) in ``[since, until)`` at minute granularity, summed over sinks."""
-        query = select(
-            RollupRow.minute,
-            RollupRow.gateway,
-            RollupRow.route,
-            RollupRow.consumer,
-            RollupRow.status_class,
-            RollupRow.requests,
-            RollupRow.bytes_in,
-            RollupRow.bytes_out,
-            RollupRow.latency_ms_sum,
-            RollupRow.latency_hist,
-        ).where(
+        query = select(*_CELL_COLUMNS).where(
             RollupRow.minute >= int(f.since // 60),
             RollupRow.minute < int(-(-f.until // 60)),
         )
