@@ -58,6 +58,7 @@ class Controller:
             xds_address=settings.xds_address,
             poll_interval=settings.poll_interval,
             aggregation=aggregation_target(settings),
+            shard_from=settings.route_shards_from,
         )
         self.metrics = Registry()
         self.ads = AdsServer(self.cache, self.recorder, XdsMetrics(self.metrics))

@@ -47,6 +47,7 @@ class Runner:
         xds_address: str,
         poll_interval: float = 0.02,
         aggregation: AggregationTarget | None = None,
+        shard_from: int = 2000,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -60,7 +61,7 @@ class Runner:
         self.errors: dict[str, str] = {}
         #: gateway -> its routes by name, kept up to date change by change
         self.by_gateway: dict[str, dict[str, Route]] = {}
-        self._translator = Translator(aggregation)
+        self._translator = Translator(aggregation, shard_from)
         self._fragments = FragmentCache()
         self._record_task: asyncio.Task[None] | None = None
         self._members_task: asyncio.Task[None] | None = None

@@ -30,3 +30,6 @@ class Settings(BaseSettings):
     #: parts through it): loopback when the service runs on the same host, the internal
     #: network's address (or 0.0.0.0 on it) when it runs elsewhere
     aggregation_address: str = "127.0.0.1"
+    #: gateways with at least this many routes are sharded over scoped RDS when their
+    #: paths allow it (ADR 0017); 0 never shards
+    route_shards_from: int = Field(2000, ge=0)

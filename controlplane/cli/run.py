@@ -77,6 +77,14 @@ def register_run(app: typer.Typer) -> None:
                 help="Delete access-log rollups older than this many days.",
             ),
         ] = 30,
+        route_shards_from: Annotated[
+            int,
+            typer.Option(
+                envvar="GATEWAY_ROUTE_SHARDS_FROM",
+                min=0,
+                help="Shard gateways with at least this many routes (scoped RDS); 0: never.",
+            ),
+        ] = 2000,
     ) -> None:
         """Run the controller: stream gateway policy to every connected Envoy over ADS."""
         from ..controller import serve as run_controller
@@ -95,6 +103,7 @@ def register_run(app: typer.Typer) -> None:
             aggregator=aggregator,
             aggregation_address=aggregation_address,
             analytics_retention_days=analytics_retention_days,
+            route_shards_from=route_shards_from,
         )
         asyncio.run(run_controller(settings))
 

@@ -7,6 +7,7 @@ type, plus the links needed to check consistency and to map a rejection back to 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -33,6 +34,7 @@ from .listener import listener_resource
 from .protocols import TRANSCODING, proto_context
 from .ratelimit import rate_limit_context
 from .route import RouteTable
+from .shard import choose_length, scope_resource, shard_name
 from .tls import redirect_listener, secret_resource, secure_listener
 from .traffic import cache_cluster, cache_cluster_name, cached_routes
 from .view import GatewayView
@@ -44,6 +46,7 @@ __all__ = [
     "EXTENSION",
     "LISTENER",
     "ROUTE",
+    "SCOPED",
     "SECRET",
     "AggregationTarget",
     "Encoded",
@@ -57,6 +60,7 @@ __all__ = [
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 EXTENSION = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SCOPED = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
@@ -86,6 +90,7 @@ class Resources:
             EXTENSION: {},
             LISTENER: {},
             ROUTE: {},
+            SCOPED: {},
             SECRET: {},
         }
     )
@@ -114,10 +119,35 @@ class Resources:
         return item.message() if isinstance(item, Encoded) else item
 
 
-class Translator:
-    """Turns views into resources, reusing the encoding of unchanged policy objects."""
+#: seconds the shards of a replaced layout stay published: Envoy's default drain time (the
+#: old listener's connections keep using them while they drain) plus a margin
+RETIRED_SHARDS_KEPT = 660.0
 
-    def __init__(self, aggregation: AggregationTarget | None = None) -> None:
+
+@dataclass
+class _Layout:
+    """The shards of a gateway as last published: key length and (scope, routes) by name."""
+
+    length: int
+    resources: dict[str, tuple[Message, Encoded]]
+    #: monotonic time after which a replaced layout is no longer published
+    expires: float = 0.0
+
+
+class Translator:
+    """Turns views into resources, reusing the encoding of unchanged policy objects.
+
+    ``shard_from``: gateways with at least this many routes are sharded when their paths
+    allow it (translate/shard.py); 0 never shards.
+    """
+
+    def __init__(
+        self, aggregation: AggregationTarget | None = None, shard_from: int = 2000
+    ) -> None:
+        self.shard_from = shard_from
+        self._layouts: dict[str, _Layout] = {}
+        self._retired: dict[str, list[_Layout]] = {}
+        self._scopes: dict[str, Message] = {}
         self._tables: dict[str, RouteTable] = {}
         self._clusters: dict[str, tuple[Cluster, Message, Message | None]] = {}
         self._extensions: dict[tuple[str, str], tuple[Message, Message]] = {}
@@ -166,13 +196,20 @@ class Translator:
             view,
         )
         table.sync(view.routes, context, view.changed_routes)
+        length = None
+        if table.protocols[TRANSCODING] == 0:
+            length = choose_length(
+                table.shard_plan, table.literals(), len(table), table.shard_length, self.shard_from
+            )
+        table.reshard(length)
         filters, dynamic = http_filters(view, table)
+        routes_needed = [(ROUTE, gw.name)] if length is None else []
         out.add(
             LISTENER,
             gw.name,
-            listener_resource(view, filters),
+            listener_resource(view, filters, length),
             [("gateway", gw.name)],
-            needs=[(ROUTE, gw.name)] + [(EXTENSION, name) for name in dynamic],
+            needs=routes_needed + [(EXTENSION, name) for name in dynamic],
         )
         for name, config in dynamic.items():
             out.add(
@@ -184,15 +221,23 @@ class Translator:
         self._add_tls(out, view)
         used = sorted(table.clusters)
         cached = cached_routes(view, table.features)
-        out.add(
-            ROUTE,
-            gw.name,
-            table.encode(gw),
-            Sources("route", table.names()),
-            needs=[(CLUSTER, c) for c in used]
+        cluster_needs = (
+            [(CLUSTER, c) for c in used]
             + ([(CLUSTER, AGGREGATOR_CLUSTER)] if table.aggregates else [])
-            + [(CLUSTER, cache_cluster_name(r.name, c)) for r in cached for c in r.clusters()],
+            + [(CLUSTER, cache_cluster_name(r.name, c)) for r in cached for c in r.clusters()]
         )
+        if length is None:
+            out.add(
+                ROUTE,
+                gw.name,
+                table.encode(gw),
+                Sources("route", table.names()),
+                needs=cluster_needs,
+            )
+        else:
+            # the listener stands for the shards in the consistency check of clusters
+            out.needs.setdefault((LISTENER, gw.name), []).extend(cluster_needs)
+        self._add_shards(out, gw, table)
         analytics_sink = sink_cluster(gw)
         if analytics_sink is not None:
             out.add(CLUSTER, SINK_CLUSTER, analytics_sink, [("gateway", gw.name)])
@@ -230,6 +275,37 @@ class Translator:
                     needs=[(ENDPOINT, name)] if cla is not None else (),
                 )
         return out
+
+    def _add_shards(self, out: Resources, gw: Gateway, table: RouteTable) -> None:
+        """A sharded gateway's scopes and their RouteConfigurations, plus those of layouts
+        it replaced in the last RETIRED_SHARDS_KEPT seconds (ADR 0017)."""
+        now = time.monotonic()
+        previous = self._layouts.pop(gw.name, None)
+        retired = [r for r in self._retired.get(gw.name, []) if r.expires > now]
+        if previous is not None and previous.length != table.shard_length:
+            previous.expires = now + RETIRED_SHARDS_KEPT
+            retired.append(previous)
+        if retired:
+            self._retired[gw.name] = retired
+        else:
+            self._retired.pop(gw.name, None)
+        current: dict[str, tuple[Message, Encoded]] = {}
+        if table.shard_length is not None:
+            for key, (encoded, names) in table.encode_shards(gw).items():
+                name = shard_name(gw.name, key)
+                scope = self._scopes.get(name)
+                if scope is None:
+                    scope = self._scopes[name] = scope_resource(name, key)
+                current[name] = (scope, encoded)
+                sources = Sources("route", names)
+                out.add(SCOPED, name, scope, sources, needs=[(ROUTE, name)])
+                out.add(ROUTE, name, encoded, sources)
+            self._layouts[gw.name] = _Layout(table.shard_length, current)
+        for layout in retired:
+            for name, (scope, encoded) in layout.resources.items():
+                if name not in current:
+                    out.add(SCOPED, name, scope, [("gateway", gw.name)], needs=[(ROUTE, name)])
+                    out.add(ROUTE, name, encoded, [("gateway", gw.name)])
 
     def _add_tls(self, out: Resources, view: GatewayView) -> None:
         """HTTPS: SNI filter chains naming certificates served over SDS, and the optional

@@ -1,4 +1,5 @@
-"""Gateway policy -> Envoy Listener with an HTTP connection manager fed by RDS."""
+"""Gateway policy -> Envoy Listener with an HTTP connection manager fed by RDS (or scoped
+RDS for a sharded gateway)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from google.protobuf import wrappers_pb2
 
 from .accesslog import access_logs
 from .common import ads_source, pack
+from .shard import early_mutation, scoped_routes
 from .view import GatewayView
 
 __all__ = ["listener_resource"]
@@ -20,13 +22,14 @@ HCM = "envoy.filters.network.http_connection_manager"
 
 
 def listener_resource(
-    view: GatewayView, filters: list[hcm_pb2.HttpFilter]
+    view: GatewayView, filters: list[hcm_pb2.HttpFilter], shard_length: int | None = None
 ) -> listener_pb2.Listener:
+    """``shard_length``: the gateway's routes are sharded by that many path characters
+    (translate/shard.py): scoped RDS instead of one RouteConfiguration."""
     gateway = view.gateway
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=gateway.name,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        rds=hcm_pb2.Rds(config_source=ads_source(), route_config_name=gateway.name),
         http_filters=filters,
         local_reply_config=_challenge_on_401(),
         # Hosts are matched without the port, so "api.example.com" matches on any port.
@@ -36,6 +39,11 @@ def listener_resource(
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         access_log=access_logs(gateway),
     )
+    if shard_length is None:
+        hcm.rds.CopyFrom(hcm_pb2.Rds(config_source=ads_source(), route_config_name=gateway.name))
+    else:
+        hcm.scoped_routes.CopyFrom(scoped_routes(gateway.name))
+        hcm.early_header_mutation_extensions.append(early_mutation(shard_length))
     return listener_pb2.Listener(
         name=gateway.name,
         address=address_pb2.Address(

@@ -7,6 +7,8 @@ version and reused across revisions; a change to one of 10,000 routes rebuilds o
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
@@ -32,6 +34,7 @@ from .common import duration, regex, string_match
 from .cors import apply_cors
 from .protocols import apply_protocols, protocol_features
 from .ratelimit import apply_rate_limit, uses_consumers
+from .shard import SCOPE_HEADER, ShardPlan, literal, scope_key, shard_name
 from .traffic import apply_traffic, envoy_header_value, route_features
 from .wire import Encoded, field
 
@@ -210,26 +213,51 @@ def route_resource(route: Route) -> rc.Route:
     return out
 
 
+_VERSIONS = itertools.count()
+
+
 class _Ordered:
     """Encoded routes kept in sort-key order, for one virtual host."""
 
     def __init__(self) -> None:
         self.keys: list[tuple[object, ...]] = []
         self.data: list[bytes] = []
+        #: changes with every put/remove; unique across lists, so a stamp never repeats
+        self.version = next(_VERSIONS)
 
     def put(self, key: tuple[object, ...], data: bytes) -> None:
         i = bisect.bisect_left(self.keys, key)  # type: ignore[type-var]
         self.keys.insert(i, key)
         self.data.insert(i, data)
+        self.version = next(_VERSIONS)
 
     def remove(self, key: tuple[object, ...]) -> None:
         i = bisect.bisect_left(self.keys, key)  # type: ignore[type-var]
         del self.keys[i], self.data[i]
+        self.version = next(_VERSIONS)
 
     def copy(self) -> _Ordered:
         out = _Ordered()
         out.keys, out.data = list(self.keys), list(self.data)
         return out
+
+
+class _Shard:
+    """The routes of one shard: catch-alls, and per host the routes naming it."""
+
+    def __init__(self) -> None:
+        self.catch_all = _Ordered()
+        self.hosts: dict[str, _Ordered] = {}
+        self.names: set[str] = set()
+
+
+def _merged(a: _Ordered | None, b: _Ordered) -> bytes:
+    """Two ordered route lists as one, in key order."""
+    if a is None or not a.keys:
+        return b"".join(b.data)
+    first, second = zip(a.keys, a.data, strict=True), zip(b.keys, b.data, strict=True)
+    pairs = heapq.merge(first, second)  # type: ignore[type-var]
+    return b"".join(data for _, data in pairs)
 
 
 class RouteTable:
@@ -262,6 +290,12 @@ class RouteTable:
         self.aggregates: dict[str, Route] = {}
         #: routes per protocol feature (transcoding, grpc_web): their filters are in the chain
         self.protocols: Counter[str] = Counter()
+        #: sharding (translate/shard.py): the figures it is decided on, the key length in
+        #: use (None: one RouteConfiguration), the shards, and their last encodings
+        self.shard_plan = ShardPlan()
+        self.shard_length: int | None = None
+        self._shards: dict[str, _Shard] = {}
+        self._shard_out: dict[str, tuple[tuple[object, ...], Encoded, tuple[str, ...]]] = {}
 
     @property
     def uses_plans(self) -> bool:
@@ -323,6 +357,9 @@ class RouteTable:
                 self.plan_limited += 1
         data = b"".join(field(3, v.SerializeToString(deterministic=True)) for v in variants)
         self._entries[route.name] = (route, key, data)
+        self.shard_plan.add(literal(route))
+        if self.shard_length is not None:
+            self._shard_put(route, key, data)
         if route.aggregate is not None:
             self.aggregates[route.name] = route
         self.clusters.update(route.clusters())
@@ -342,6 +379,9 @@ class RouteTable:
 
     def _remove(self, name: str) -> None:
         route, key, _ = self._entries.pop(name)
+        self.shard_plan.remove(literal(route))
+        if self.shard_length is not None:
+            self._shard_drop(route, key)
         self.aggregates.pop(name, None)
         self.protocols.subtract(protocol_features(route))
         policy = self.rate_limits.pop(name, None)
@@ -371,6 +411,93 @@ class RouteTable:
             for ordered in self._hosts.values():
                 ordered.remove(key)
 
+    # -- shards (translate/shard.py) -----------------------------------------------------
+
+    def _shard_key(self, route: Route) -> str:
+        lit = literal(route)
+        assert lit is not None and self.shard_length is not None
+        return scope_key(self.shard_length, lit)
+
+    def _shard_put(self, route: Route, key: tuple[object, ...], data: bytes) -> None:
+        shard = self._shards.get(self._shard_key(route))
+        if shard is None:
+            shard = self._shards[self._shard_key(route)] = _Shard()
+        if route.hosts:
+            for host in route.hosts:
+                shard.hosts.setdefault(host, _Ordered()).put(key, data)
+        else:
+            shard.catch_all.put(key, data)
+        shard.names.add(route.name)
+
+    def _shard_drop(self, route: Route, key: tuple[object, ...]) -> None:
+        skey = self._shard_key(route)
+        shard = self._shards[skey]
+        if route.hosts:
+            for host in route.hosts:
+                ordered = shard.hosts[host]
+                ordered.remove(key)
+                if not ordered.keys:
+                    del shard.hosts[host]
+        else:
+            shard.catch_all.remove(key)
+        shard.names.discard(route.name)
+        if not shard.names:
+            del self._shards[skey]
+            self._shard_out.pop(skey, None)
+
+    def reshard(self, length: int | None) -> None:
+        """Split the routes by a new key length (None: stop sharding)."""
+        if length == self.shard_length:
+            return
+        self.shard_length = length
+        self._shards = {}
+        self._shard_out = {}
+        if length is not None:
+            for route, key, data in self._entries.values():
+                self._shard_put(route, key, data)
+
+    def literals(self) -> Iterable[str | None]:
+        return (literal(entry[0]) for entry in self._entries.values())
+
+    def encode_shards(self, gateway: Gateway) -> dict[str, tuple[Encoded, tuple[str, ...]]]:
+        """One RouteConfiguration per shard key, with the names of its routes; a shard whose
+        routes (and the gateway's hosts) did not change keeps its previous object, so it is
+        not sent again."""
+        hosts = tuple(sorted(self._hosts))
+        default = self._default_domains(gateway)
+        out: dict[str, tuple[Encoded, tuple[str, ...]]] = {}
+        for skey, shard in self._shards.items():
+            # the lists are rebuilt (new objects) whenever a route is added or removed
+            stamp = (
+                hosts,
+                tuple(default),
+                shard.catch_all.version,
+                tuple((h, o.version) for h, o in sorted(shard.hosts.items())),
+            )
+            cached = self._shard_out.get(skey)
+            if cached is not None and cached[0] == stamp:
+                out[skey] = cached[1:]
+                continue
+            name = shard_name(gateway.name, skey)
+            parts = [field(1, name.encode())]
+            for host in hosts:
+                body = _merged(shard.hosts.get(host), shard.catch_all) + _NOT_FOUND
+                parts.append(field(2, _virtual_host(host, [host], body)))
+            if default:
+                body = b"".join(shard.catch_all.data) + _NOT_FOUND
+                parts.append(field(2, _virtual_host(gateway.name, default, body)))
+            parts.append(field(8, SCOPE_HEADER.encode()))
+            encoded = Encoded(route_pb2.RouteConfiguration, b"".join(parts))
+            names = tuple(sorted(shard.names))
+            self._shard_out[skey] = (stamp, encoded, names)
+            out[skey] = (encoded, names)
+        return out
+
+    def _default_domains(self, gateway: Gateway) -> list[str]:
+        if gateway.hostnames:
+            return [h for h in gateway.hostnames if h not in self._hosts]
+        return ["*"]
+
     def encode(self, gateway: Gateway) -> Encoded:
         """Virtual hosts: one per host named by a route, plus one for the gateway's others.
 
@@ -382,10 +509,7 @@ class RouteTable:
         for host in sorted(self._hosts):
             body = b"".join(self._hosts[host].data) + _NOT_FOUND
             parts.append(field(2, _virtual_host(host, [host], body)))
-        if gateway.hostnames:
-            default_domains = [h for h in gateway.hostnames if h not in self._hosts]
-        else:
-            default_domains = ["*"]
+        default_domains = self._default_domains(gateway)
         if default_domains:
             body = b"".join(self._catch_all.data) + _NOT_FOUND
             parts.append(field(2, _virtual_host(gateway.name, default_domains, body)))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
-from ..translate import CLUSTER, ENDPOINT
+from ..translate import CLUSTER, ENDPOINT, SCOPED
 from .cache import CHANGED, SnapshotCache
 from .metrics import XdsMetrics
 from .mtls import client_identity
@@ -247,6 +247,8 @@ class AdsStream:
         assert self.proxy is not None
         for type_url, st in self.types.items():
             ts = snap.types[type_url]
+            if type_url == SCOPED and not st.subscribed and not ts.fragments:
+                continue  # only sharded gateways' listeners ask for scopes
             if type_url in WILDCARD_TYPES:
                 if st.acked_version != ts.version:
                     return

@@ -23,6 +23,7 @@ from ..translate import (
     EXTENSION,
     LISTENER,
     ROUTE,
+    SCOPED,
     SECRET,
     Encoded,
     Resources,
@@ -39,10 +40,11 @@ __all__ = [
 ]
 
 #: make-before-break: clusters and their endpoints exist before anything routes to them,
-#: certificates (SDS) before the listeners that serve them
-PUSH_ORDER = (CLUSTER, ENDPOINT, EXTENSION, SECRET, LISTENER, ROUTE)
+#: certificates (SDS) before the listeners that serve them; a sharded gateway's scopes
+#: (SRDS) name the RouteConfigurations Envoy then asks for
+PUSH_ORDER = (CLUSTER, ENDPOINT, EXTENSION, SECRET, LISTENER, SCOPED, ROUTE)
 #: types whose requests name no resources and whose responses carry all of them
-WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
+WILDCARD_TYPES = frozenset({CLUSTER, LISTENER, SCOPED})
 
 
 @dataclass(frozen=True)

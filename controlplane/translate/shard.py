@@ -1,0 +1,201 @@
+"""Route shards: a large gateway's routes split over many RouteConfigurations.
+
+Envoy rebuilds a whole RouteConfiguration whenever anything in it changes: about 5 us per
+route on a 2-core machine, ~50 ms at 10,000 routes (docs/benchmarks.md). With scoped RDS
+one HTTP connection manager picks, per request, one of many RouteConfigurations by a key.
+A sharded gateway's key is the first ``L`` characters of the request path (after Envoy's
+path normalisation, without the query), written into a request header by an early header
+mutation, so a change re-sends and rebuilds only the shard holding the changed route.
+
+Why this keeps routing unchanged: a route can match a path only if its literal path (the
+exact path, or the prefix) starts that path. When every route's literal is at least ``L``
+characters long, a route can only match paths whose first ``L`` characters equal its own,
+so it is needed in exactly one shard; a path whose first ``L`` characters no route has
+matches no route at all (Envoy answers 404 itself). Within a shard the routes keep the
+gateway's order and every shard has all the gateway's virtual hosts, so host selection and
+first-match order are those of the unsharded table. Gateways with a regex path route (no
+literal), or a route whose literal is ``/``, are not sharded; neither are gateways with
+gRPC-JSON transcoding, whose filter re-routes on a rewritten path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
+from envoy.config.core.v3 import base_pb2, extension_pb2
+from envoy.config.route.v3 import scoped_route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
+    header_mutation_pb2,
+)
+
+from ..policy import Route
+from .common import ads_source, pack
+
+__all__ = [
+    "SCOPE_HEADER",
+    "ShardPlan",
+    "choose_length",
+    "early_mutation",
+    "literal",
+    "scope_key",
+    "scope_resource",
+    "scoped_routes",
+    "shard_name",
+]
+
+#: request header carrying the shard key; set by the gateway, never taken from the client
+SCOPE_HEADER = "x-gateway-route-scope"
+#: shortest shard key: "/" plus one character
+MIN_LENGTH = 2
+#: longest shard key considered
+MAX_LENGTH = 64
+
+
+def literal(route: Route) -> str | None:
+    """The characters every path this route matches starts with (None: any path)."""
+    m = route.match
+    if m.path is not None:
+        return m.path
+    if m.path_regex is not None:
+        return None
+    return m.path_prefix or "/"
+
+
+class ShardPlan:
+    """The figures a sharding decision needs, kept up to date route by route."""
+
+    def __init__(self) -> None:
+        #: routes per literal length
+        self.lengths: Counter[int] = Counter()
+        #: routes without a literal (regex paths)
+        self.unshardable = 0
+        #: route count at the last evaluation that chose not to shard
+        self.declined_at = 0
+
+    def add(self, lit: str | None) -> None:
+        if lit is None:
+            self.unshardable += 1
+        else:
+            self.lengths[len(lit)] += 1
+
+    def remove(self, lit: str | None) -> None:
+        if lit is None:
+            self.unshardable -= 1
+        else:
+            self.lengths[len(lit)] -= 1
+            if self.lengths[len(lit)] <= 0:
+                del self.lengths[len(lit)]
+
+    def shortest(self) -> int:
+        return min(self.lengths) if self.lengths else 0
+
+
+def choose_length(
+    plan: ShardPlan,
+    literals: Iterable[str | None],
+    count: int,
+    current: int | None,
+    min_routes: int,
+) -> int | None:
+    """The shard key length for a gateway of ``count`` routes, or None (one table).
+
+    Keeps the current length while it is still valid, so adding routes does not reshuffle
+    shards (a new length means a new listener, see ADR 0017). Otherwise picks the shortest
+    length whose largest shard has at most max(64, sqrt(count)) routes, or the length that
+    spreads them most; declines when even that leaves one shard with most of the routes.
+    """
+    if min_routes <= 0 or plan.unshardable:
+        return None
+    shortest = min(plan.shortest(), MAX_LENGTH)
+    if current is not None:
+        if count < min_routes // 2:
+            return None
+        if current <= shortest:
+            return current
+    elif count < min_routes or count < plan.declined_at * 5 // 4:
+        return None
+    if shortest < MIN_LENGTH:
+        plan.declined_at = count
+        return None
+    lits = [x for x in literals if x is not None]
+    target = max(64, math.isqrt(count))
+    best: tuple[int, int] | None = None  # (largest shard, length)
+    for length in range(MIN_LENGTH, shortest + 1):
+        largest = max(Counter(x[:length] for x in lits).values())
+        if largest <= target:
+            best = (largest, length)
+            break
+        if best is None or largest < best[0]:
+            best = (largest, length)
+    if best is None or best[0] > count // 2:
+        plan.declined_at = count
+        return None
+    plan.declined_at = 0
+    return best[1]
+
+
+def scope_key(length: int, lit: str) -> str:
+    """The key of the shard holding a route with this literal; the length is part of it,
+    so the shards of two layouts (old and new listener while one drains) never collide."""
+    return f"{length}{lit[:length]}"
+
+
+def shard_name(gateway: str, key: str) -> str:
+    """RouteConfiguration and scope name of one shard of a gateway."""
+    return f"{gateway}#{key}"
+
+
+def scope_resource(name: str, key: str) -> scoped_route_pb2.ScopedRouteConfiguration:
+    return scoped_route_pb2.ScopedRouteConfiguration(
+        name=name,
+        route_configuration_name=name,
+        key=scoped_route_pb2.ScopedRouteConfiguration.Key(
+            fragments=[scoped_route_pb2.ScopedRouteConfiguration.Key.Fragment(string_key=key)]
+        ),
+    )
+
+
+def scoped_routes(gateway: str) -> hcm_pb2.ScopedRoutes:
+    """The connection manager's route source for a sharded gateway: the whole header is
+    the key (no element separator, so no character of a path can split it)."""
+    extractor = hcm_pb2.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor(
+        name=SCOPE_HEADER, index=0
+    )
+    return hcm_pb2.ScopedRoutes(
+        name=gateway,
+        scope_key_builder=hcm_pb2.ScopedRoutes.ScopeKeyBuilder(
+            fragments=[
+                hcm_pb2.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder(
+                    header_value_extractor=extractor
+                )
+            ]
+        ),
+        rds_config_source=ads_source(),
+        scoped_rds=hcm_pb2.ScopedRds(scoped_rds_config_source=ads_source()),
+    )
+
+
+def early_mutation(length: int) -> extension_pb2.TypedExtensionConfig:
+    """Sets the key header before route selection, overwriting any value the client sent:
+    the length, then the first ``length`` characters of the normalised path (no query)."""
+    mutation = header_mutation_pb2.HeaderMutation(
+        mutations=[
+            mutation_rules_pb2.HeaderMutation(
+                append=base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(
+                        key=SCOPE_HEADER, value=f"{length}%PATH(NQ:PATH):{length}%"
+                    ),
+                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                )
+            )
+        ]
+    )
+    return extension_pb2.TypedExtensionConfig(
+        name="gateway.route_scope", typed_config=pack(mutation)
+    )

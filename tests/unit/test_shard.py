@@ -1,0 +1,188 @@
+"""Route shards (translate/shard.py): the choice of key length, and that a sharded gateway
+routes every request exactly as its single RouteConfiguration would."""
+
+from __future__ import annotations
+
+import random
+
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2, scoped_route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+
+from controlplane.policy import Gateway, Route
+from controlplane.translate import LISTENER, ROUTE, SCOPED, GatewayView, Translator
+from controlplane.translate.route import RouteTable
+from controlplane.translate.shard import SCOPE_HEADER, ShardPlan, choose_length, literal
+
+GW = Gateway(name="edge", port=8080)
+
+
+def _route(name: str, cluster: str = "a", **match: object) -> Route:
+    hosts = match.pop("hosts", None)
+    extra = {"hosts": hosts} if hosts else {}
+    return Route(
+        name=name, gateways=["edge"], match=match or {"path_prefix": "/"}, cluster=cluster, **extra
+    )
+
+
+def _plan(routes: list[Route]) -> ShardPlan:
+    plan = ShardPlan()
+    for r in routes:
+        plan.add(literal(r))
+    return plan
+
+
+def _choose(routes: list[Route], current: int | None = None, min_routes: int = 100) -> int | None:
+    lits = [literal(r) for r in routes]
+    return choose_length(_plan(routes), lits, len(routes), current, min_routes)
+
+
+def _bench_like(n: int) -> list[Route]:
+    return [_route(f"r{i:05d}", path_prefix=f"/r/{i:05d}") for i in range(n)]
+
+
+def test_length_spreads_routes_into_small_shards() -> None:
+    # 10,000 routes /r/00000..: 6 characters give 100 shards of 100 routes (sqrt(n))
+    assert _choose(_bench_like(10_000), min_routes=2000) == 6
+    assert _choose(_bench_like(1_000), min_routes=2000) is None  # below the threshold
+    assert _choose(_bench_like(10_000), min_routes=0) is None  # sharding off
+
+
+def test_no_sharding_when_a_route_has_no_literal_or_matches_everything() -> None:
+    routes = _bench_like(300)
+    assert _choose(routes) is not None
+    assert _choose([*routes, _route("re", path_regex="^/x/[0-9]+$")]) is None
+    assert _choose([*routes, _route("all", path_prefix="/")]) is None
+    # every route in one shard whatever the length: not worth it
+    same = [_route(f"s{i}", path="/same", hosts=[f"h{i}.example"]) for i in range(300)]
+    assert _choose(same) is None
+
+
+def test_current_length_kept_until_a_shorter_literal_arrives() -> None:
+    routes = _bench_like(10_000)
+    assert _choose(routes, current=7, min_routes=2000) == 7  # valid: kept, no reshuffle
+    shorter = [*routes, _route("short", path_prefix="/r/05")]  # literal of 5 characters
+    assert _choose(shorter, current=6, min_routes=2000) == 5
+    # all routes share "/r/0": no length up to 4 spreads them
+    assert _choose([*routes, _route("s", path_prefix="/r/0")], current=6, min_routes=2000) is None
+    assert _choose(routes[:900], current=6, min_routes=2000) is None  # fell below half
+
+
+def _first_match(config: route_pb2.RouteConfiguration, host: str, path: str) -> str | None:
+    """The route Envoy would pick (exact domain, else the wildcard or default host)."""
+    vhosts = {d: vh for vh in config.virtual_hosts for d in vh.domains}
+    vh = vhosts.get(host) or vhosts.get("*")
+    if vh is None:
+        return None
+    bare = path.split("?", 1)[0]
+    for r in vh.routes:
+        m = r.match
+        if (m.HasField("path") and m.path == bare) or (
+            m.HasField("prefix") and bare.startswith(m.prefix)
+        ):
+            return None if r.name == "gateway.not_found" else r.name
+    return None
+
+
+def _sharded_match(
+    scopes: list[scoped_route_pb2.ScopedRouteConfiguration],
+    configs: dict[str, route_pb2.RouteConfiguration],
+    length: int,
+    host: str,
+    path: str,
+) -> str | None:
+    key = f"{length}{path.split('?', 1)[0][:length]}"
+    for scope in scopes:
+        if scope.key.fragments[0].string_key == key:
+            return _first_match(configs[scope.route_configuration_name], host, path)
+    return None  # no scope: Envoy answers 404 without a route
+
+
+def _random_routes(rng: random.Random, n: int) -> list[Route]:
+    words = ["users", "orders", "use", "us", "admin", "api", "items", "u"]
+    out = []
+    for i in range(n):
+        path = "/" + "/".join(rng.choice(words) for _ in range(rng.randint(1, 3)))
+        if rng.random() < 0.3:
+            path += str(rng.randint(0, 9))
+        hosts = [rng.choice(["a.example", "b.example"])] if rng.random() < 0.25 else None
+        kind = "path" if rng.random() < 0.3 else "path_prefix"
+        out.append(_route(f"r{i}", hosts=hosts, **{kind: path}))
+    return out
+
+
+def test_sharded_routing_equals_unsharded_routing() -> None:
+    rng = random.Random(7)
+    routes = {r.name: r for r in _random_routes(rng, 400)}
+    whole = Translator(shard_from=0).translate(GatewayView(GW, routes, {}))
+    sharded = Translator(shard_from=50).translate(GatewayView(GW, routes, {}))
+    plain = whole.message(ROUTE, "edge")
+    scopes = [sharded.message(SCOPED, n) for n in sharded.by_type[SCOPED]]
+    configs = {n: sharded.message(ROUTE, n) for n in sharded.by_type[ROUTE]}
+    assert len(scopes) >= 4 and "edge" not in configs
+    length = int(scopes[0].key.fragments[0].string_key.split("/", 1)[0])
+    segments = ["users", "orders", "use", "us", "usx", "admin", "api", "items", "u", "x", "0"]
+    checked = matched = 0
+    for _ in range(5000):
+        path = "/" + "/".join(rng.choice(segments) for _ in range(rng.randint(0, 4)))
+        path += rng.choice(["", "1", "/", "?q=1", "7?a=/b"])
+        host = rng.choice(["a.example", "b.example", "c.example"])
+        expected = _first_match(plain, host, path)
+        assert _sharded_match(scopes, configs, length, host, path) == expected, (host, path)
+        checked += 1
+        matched += expected is not None
+    assert checked == 5000 and matched > 1000  # the paths hit routes, not only 404s
+    for config in configs.values():
+        assert list(config.request_headers_to_remove) == [SCOPE_HEADER]
+
+
+def _listener_hcm(resources: object) -> hcm_pb2.HttpConnectionManager:
+    listener = resources.message(LISTENER, "edge")  # type: ignore[attr-defined]
+    assert isinstance(listener, listener_pb2.Listener)
+    hcm = hcm_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    return hcm
+
+
+def test_a_change_reencodes_one_shard_and_layout_changes_keep_the_old_shards() -> None:
+    routes = {r.name: r for r in _bench_like(3000)}
+    translator = Translator(shard_from=2000)
+    first = translator.translate(GatewayView(GW, routes, {}))
+    hcm = _listener_hcm(first)
+    assert hcm.WhichOneof("route_specifier") == "scoped_routes"
+    mutation = hcm.early_header_mutation_extensions[0]
+    assert mutation.name == "gateway.route_scope"
+
+    moved = routes["r01500"].model_copy(update={"cluster": "b"})
+    second = translator.translate(
+        GatewayView(GW, {**routes, moved.name: moved}, {}, changed_routes=frozenset({moved.name}))
+    )
+    changed = [
+        n for n, enc in second.by_type[ROUTE].items() if enc is not first.by_type[ROUTE].get(n)
+    ]
+    assert changed == ["edge#7/r/0150"]  # 3,000 routes: 300 shards of 10
+    assert second.by_type[SCOPED].keys() == first.by_type[SCOPED].keys()
+
+    # a route with a 5-character literal: a new layout; the old shards stay published for
+    # the connections of the listener being drained
+    short = _route("short", path_prefix="/r/01")
+    third = translator.translate(
+        GatewayView(GW, {**routes, "short": short}, {}, changed_routes=frozenset({"short"}))
+    )
+    names = set(third.by_type[SCOPED])
+    assert {n for n in names if n.startswith("edge#7")} == set(first.by_type[SCOPED])
+    new = {n for n in names if n.startswith("edge#5")}
+    assert new == {"edge#5/r/00", "edge#5/r/01", "edge#5/r/02"}
+    assert third.message(SCOPED, "edge#5/r/01").key.fragments[0].string_key == "5/r/01"
+    assert set(third.by_type[ROUTE]) == names
+
+
+def test_table_unsharded_when_threshold_not_met() -> None:
+    table = RouteTable()
+    routes = {r.name: r for r in _bench_like(10)}
+    out = Translator().translate(GatewayView(GW, routes, {}))
+    assert _listener_hcm(out).WhichOneof("route_specifier") == "rds"
+    assert set(out.by_type[ROUTE]) == {"edge"} and not out.by_type[SCOPED]
+    assert table.shard_length is None
