@@ -75,8 +75,9 @@ class ShardPlan:
         self.lengths: Counter[int] = Counter()
         #: routes without a literal (regex paths)
         self.unshardable = 0
-        #: route count at the last evaluation that chose not to shard
-        self.declined_at = 0
+        #: (route count, shortest literal) at the last evaluation that chose not to shard:
+        #: not evaluated again until the count grows by a quarter or the literals change
+        self.declined: tuple[int, int] | None = None
 
     def add(self, lit: str | None) -> None:
         if lit is None:
@@ -107,7 +108,7 @@ def choose_length(
 
     Keeps the current length while it is still valid, so adding routes does not reshuffle
     shards (a new length means a new listener, see ADR 0017). Otherwise picks the shortest
-    length whose largest shard has at most max(64, sqrt(count)) routes, or the length that
+    length whose largest shard has at most max(16, sqrt(count)) routes, or the length that
     spreads them most; declines when even that leaves one shard with most of the routes.
     """
     if min_routes <= 0 or plan.unshardable:
@@ -118,13 +119,17 @@ def choose_length(
             return None
         if current <= shortest:
             return current
-    elif count < min_routes or count < plan.declined_at * 5 // 4:
+    elif count < min_routes:
         return None
+    elif plan.declined is not None:
+        declined_count, declined_shortest = plan.declined
+        if count < declined_count * 5 // 4 and shortest == declined_shortest:
+            return None
     if shortest < MIN_LENGTH:
-        plan.declined_at = count
+        plan.declined = (count, shortest)
         return None
     lits = [x for x in literals if x is not None]
-    target = max(64, math.isqrt(count))
+    target = max(16, math.isqrt(count))
     best: tuple[int, int] | None = None  # (largest shard, length)
     for length in range(MIN_LENGTH, shortest + 1):
         largest = max(Counter(x[:length] for x in lits).values())
@@ -134,9 +139,9 @@ def choose_length(
         if best is None or largest < best[0]:
             best = (largest, length)
     if best is None or best[0] > count // 2:
-        plan.declined_at = count
+        plan.declined = (count, shortest)
         return None
-    plan.declined_at = 0
+    plan.declined = None
     return best[1]
 
 

@@ -215,6 +215,8 @@ class AdsStream:
         if type_url in WILDCARD_TYPES:
             if not force and ts.version == st.sent_version:
                 return
+            if not force and type_url == SCOPED and not ts.fragments:
+                return  # the last retired shards expired: no listener uses scopes now
             names = None
             sent = dict(ts.fragments)
         else:
@@ -247,8 +249,11 @@ class AdsStream:
         assert self.proxy is not None
         for type_url, st in self.types.items():
             ts = snap.types[type_url]
-            if type_url == SCOPED and not st.subscribed and not ts.fragments:
-                continue  # only sharded gateways' listeners ask for scopes
+            if type_url == SCOPED and (not st.subscribed or not ts.fragments):
+                # Only sharded gateways' listeners ask for scopes (before they ACK the
+                # listener); a listener drained after a layout change stops asking, and an
+                # Envoy that watches no scopes does not ACK them.
+                continue
             if type_url in WILDCARD_TYPES:
                 if st.acked_version != ts.version:
                     return

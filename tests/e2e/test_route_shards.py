@@ -1,0 +1,195 @@
+"""Route shards (ADR 0017) through the real CLI, controller and Envoy: a gateway over the
+controller's threshold is served by scoped RDS, routes exactly as one table would, and
+changes of layout (listener changes) drop no request."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .harness import Controller, backend_of, request, wait_until
+
+pytestmark = pytest.mark.e2e
+
+#: routes: /api/users00 ... /api/users29 (alpha, odd ones beta), an exact path, and one
+#: route for one host only
+ROUTES = 30
+
+
+@pytest.fixture
+def controller(cli, tmp_path: Path) -> Iterator[Controller]:  # type: ignore[no-untyped-def]
+    c = Controller(cli, tmp_path, ("--route-shards-from", "20"))
+    c.start()
+    yield c
+    c.stop()
+
+
+def _policy(gateway_port: int, backends: dict) -> dict:  # type: ignore[type-arg]
+    routes = [
+        {
+            "name": f"users{i:02d}",
+            "gateways": ["public"],
+            "match": {"path_prefix": f"/api/users{i:02d}"},
+            "cluster": "beta" if i % 2 else "alpha",
+        }
+        for i in range(ROUTES)
+    ]
+    routes.append(
+        {
+            "name": "health",
+            "gateways": ["public"],
+            "match": {"path": "/api/health"},
+            "cluster": "beta",
+        }
+    )
+    routes.append(
+        {
+            "name": "special",
+            "gateways": ["public"],
+            "hosts": ["special.example"],
+            "match": {"path_prefix": "/api/users04"},
+            "cluster": "beta",
+        }
+    )
+    return {
+        "gateways": [{"name": "public", "port": gateway_port}],
+        "clusters": [
+            {"name": n, "endpoints": [f"127.0.0.1:{s.port}"]} for n, s in backends.items()
+        ],
+        "routes": routes,
+    }
+
+
+def _admin_json(admin_port: int, path: str) -> dict:  # type: ignore[type-arg]
+    conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
+    try:
+        conn.request("GET", path)
+        return json.loads(conn.getresponse().read())  # type: ignore[no-any-return]
+    finally:
+        conn.close()
+
+
+def _scopes(admin_port: int) -> set[str]:
+    dump = _admin_json(admin_port, "/config_dump?resource=dynamic_scoped_route_configs")
+    out = set()
+    for entry in dump.get("configs", []):
+        for scope in entry.get("scoped_route_configs", []):
+            out.add(scope["key"]["fragments"][0]["string_key"])
+    return out
+
+
+def _route_specifier(admin_port: int) -> str:
+    dump = _admin_json(admin_port, "/config_dump?resource=dynamic_listeners")
+    [listener] = [x for x in dump["configs"] if x["name"] == "public"]
+    hcm = listener["active_state"]["listener"]["filter_chains"][0]["filters"][0]["typed_config"]
+    return "scoped_routes" if "scoped_routes" in hcm else "rds"
+
+
+def test_sharded_gateway_routes_as_one_table(
+    cli, controller, envoy_factory, backends, gateway_port, tmp_path
+):  # type: ignore[no-untyped-def]
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(_policy(gateway_port, backends)))
+    envoy = envoy_factory("public")
+    cli.run("apply", "-f", str(policy), "--wait")
+
+    # 32 routes over the threshold of 20: "/api/users04" and the rest share 11 characters
+    # ("/api/users0"), so shards are keyed by 11: /api/users0, 1, 2 and /api/health
+    assert _route_specifier(envoy.admin_port) == "scoped_routes"
+    assert _scopes(envoy.admin_port) == {
+        "11/api/users0",
+        "11/api/users1",
+        "11/api/users2",
+        "11/api/health",
+    }
+    for i in range(ROUTES):
+        expected = "beta" if i % 2 else "alpha"
+        assert backend_of(gateway_port, f"/api/users{i:02d}/x?page=2") == expected, i
+    assert backend_of(gateway_port, "/api/health") == "beta"
+    assert backend_of(gateway_port, "/api/health?full=1") == "beta"
+    assert backend_of(gateway_port, "/api/health/x") == 404  # exact path only
+    assert backend_of(gateway_port, "/api/users3") == 404  # in no shard
+    assert backend_of(gateway_port, "/api/users0x") == 404  # in a shard, no route
+    assert backend_of(gateway_port, "/nothing") == 404
+    assert backend_of(gateway_port, "/api//users05/./x") == "beta"  # normalised first
+
+    # the host's own route wins for its host only, as in one table
+    status, headers, _ = request(
+        gateway_port, "/api/users04/1", headers={"Host": "special.example"}
+    )
+    assert (status, headers.get("x-backend")) == (200, "beta")
+    assert backend_of(gateway_port, "/api/users04/1") == "alpha"
+
+    # the key comes from the path, never from the client, and does not reach the upstream
+    status, headers, body = request(
+        gateway_port, "/api/users02", headers={"x-gateway-route-scope": "11/api/users1"}
+    )
+    assert (status, headers.get("x-backend")) == (200, "alpha")
+    assert "x-gateway-route-scope" not in body["headers"]
+
+    cli.run("route", "update", "users02", "--cluster", "beta", "--wait")
+    assert backend_of(gateway_port, "/api/users02") == "beta"
+    [proxy] = cli.json("status")["proxies"]
+    assert proxy["in_sync"], proxy
+
+
+def test_layout_changes_drop_no_request(
+    cli, controller, envoy_factory, backends, gateway_port, tmp_path
+):  # type: ignore[no-untyped-def]
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(_policy(gateway_port, backends)))
+    envoy = envoy_factory("public")
+    cli.run("apply", "-f", str(policy), "--wait")
+    assert _route_specifier(envoy.admin_port) == "scoped_routes"
+
+    outcomes: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def client(path: str) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=5)
+        while not stop.is_set():
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                resp.read()
+                ok = resp.status == 200
+                outcomes["200" if ok else f"status {resp.status}"] += 1
+            except (OSError, http.client.HTTPException) as exc:
+                outcomes[f"error {type(exc).__name__}"] += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=5)
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(f"/api/users{i:02d}/k",)) for i in (0, 13, 27)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: outcomes["200"] > 100)
+        # "/a" matches every /api path: no shard layout can keep it, one table again
+        cli.add_route("short", "public", "/a", "beta", "--wait")
+        assert _route_specifier(envoy.admin_port) == "rds"
+        assert backend_of(gateway_port, "/abc") == "beta"
+        assert backend_of(gateway_port, "/api/users00") == "alpha"  # longer prefix first
+        seen = outcomes["200"]
+        wait_until(lambda: outcomes["200"] > seen + 100)
+        # gone again: sharded again, by the same layout
+        cli.run("route", "delete", "short", "--wait")
+        assert _route_specifier(envoy.admin_port) == "scoped_routes"
+        assert backend_of(gateway_port, "/abc") == 404
+        seen = outcomes["200"]
+        wait_until(lambda: outcomes["200"] > seen + 100)
+        for i in range(ROUTES):
+            assert backend_of(gateway_port, f"/api/users{i:02d}") == ("beta" if i % 2 else "alpha")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert set(outcomes) == {"200"}, outcomes
+    [proxy] = cli.json("status")["proxies"]
+    assert proxy["in_sync"], proxy
