@@ -119,19 +119,10 @@ class Resources:
         return item.message() if isinstance(item, Encoded) else item
 
 
-#: seconds the shards of a replaced layout stay published: Envoy's default drain time (the
-#: old listener's connections keep using them while they drain) plus a margin
-RETIRED_SHARDS_KEPT = 660.0
-
-
-@dataclass
-class _Layout:
-    """The shards of a gateway as last published: key length and (scope, routes) by name."""
-
-    length: int
-    resources: dict[str, tuple[Message, Encoded]]
-    #: monotonic time after which a replaced layout is no longer published
-    expires: float = 0.0
+#: seconds a replaced layout of a gateway's routes stays published and up to date: Envoy's
+#: default drain time (the old listener's connections keep using it while they drain) plus
+#: a margin
+KEPT_LAYOUT_SECONDS = 660.0
 
 
 class Translator:
@@ -145,8 +136,9 @@ class Translator:
         self, aggregation: AggregationTarget | None = None, shard_from: int = 2000
     ) -> None:
         self.shard_from = shard_from
-        self._layouts: dict[str, _Layout] = {}
-        self._retired: dict[str, list[_Layout]] = {}
+        #: gateway -> replaced layouts (key length, None: one table) -> when they expire
+        self._kept: dict[str, dict[int | None, float]] = {}
+        self._translated: set[str] = set()
         self._scopes: dict[str, Message] = {}
         self._tables: dict[str, RouteTable] = {}
         self._clusters: dict[str, tuple[Cluster, Message, Message | None]] = {}
@@ -196,12 +188,14 @@ class Translator:
             view,
         )
         table.sync(view.routes, context, view.changed_routes)
+        previous = table.shard_length
         length = None
         if table.protocols[TRANSCODING] == 0:
             length = choose_length(
-                table.shard_plan, table.literals(), len(table), table.shard_length, self.shard_from
+                table.shard_plan, table.literals(), len(table), previous, self.shard_from
             )
-        table.reshard(length)
+        kept = self._kept_layouts(gw.name, previous, length)
+        table.set_layouts(length, kept)
         filters, dynamic = http_filters(view, table)
         routes_needed = [(ROUTE, gw.name)] if length is None else []
         out.add(
@@ -237,7 +231,11 @@ class Translator:
         else:
             # the listener stands for the shards in the consistency check of clusters
             out.needs.setdefault((LISTENER, gw.name), []).extend(cluster_needs)
-        self._add_shards(out, gw, table)
+        for layout in (length, *kept):
+            if layout is not None:
+                self._add_shards(out, gw, table, layout)
+        if length is not None and None in kept:  # a draining listener still uses one table
+            out.add(ROUTE, gw.name, table.encode(gw), Sources("route", table.names()))
         analytics_sink = sink_cluster(gw)
         if analytics_sink is not None:
             out.add(CLUSTER, SINK_CLUSTER, analytics_sink, [("gateway", gw.name)])
@@ -276,36 +274,34 @@ class Translator:
                 )
         return out
 
-    def _add_shards(self, out: Resources, gw: Gateway, table: RouteTable) -> None:
-        """A sharded gateway's scopes and their RouteConfigurations, plus those of layouts
-        it replaced in the last RETIRED_SHARDS_KEPT seconds (ADR 0017)."""
+    def _kept_layouts(
+        self, gateway: str, previous: int | None, current: int | None
+    ) -> list[int | None]:
+        """Layouts replaced in the last KEPT_LAYOUT_SECONDS (ADR 0017): a new layout is a new
+        listener, and the old one's connections keep using the old layout while they drain,
+        so it stays published and up to date (routes too short for it are only in the new)."""
         now = time.monotonic()
-        previous = self._layouts.pop(gw.name, None)
-        retired = [r for r in self._retired.get(gw.name, []) if r.expires > now]
-        if previous is not None and previous.length != table.shard_length:
-            previous.expires = now + RETIRED_SHARDS_KEPT
-            retired.append(previous)
-        if retired:
-            self._retired[gw.name] = retired
+        kept = {k: t for k, t in self._kept.get(gateway, {}).items() if t > now}
+        if previous != current and gateway in self._translated:
+            kept[previous] = now + KEPT_LAYOUT_SECONDS
+        self._translated.add(gateway)
+        kept.pop(current, None)
+        if kept:
+            self._kept[gateway] = kept
         else:
-            self._retired.pop(gw.name, None)
-        current: dict[str, tuple[Message, Encoded]] = {}
-        if table.shard_length is not None:
-            for key, (encoded, names) in table.encode_shards(gw).items():
-                name = shard_name(gw.name, key)
-                scope = self._scopes.get(name)
-                if scope is None:
-                    scope = self._scopes[name] = scope_resource(name, key)
-                current[name] = (scope, encoded)
-                sources = Sources("route", names)
-                out.add(SCOPED, name, scope, sources, needs=[(ROUTE, name)])
-                out.add(ROUTE, name, encoded, sources)
-            self._layouts[gw.name] = _Layout(table.shard_length, current)
-        for layout in retired:
-            for name, (scope, encoded) in layout.resources.items():
-                if name not in current:
-                    out.add(SCOPED, name, scope, [("gateway", gw.name)], needs=[(ROUTE, name)])
-                    out.add(ROUTE, name, encoded, [("gateway", gw.name)])
+            self._kept.pop(gateway, None)
+        return sorted(kept, key=lambda k: -1 if k is None else k)
+
+    def _add_shards(self, out: Resources, gw: Gateway, table: RouteTable, length: int) -> None:
+        """The scopes of one layout of a sharded gateway and their RouteConfigurations."""
+        for key, (encoded, names) in table.encode_shards(gw, length).items():
+            name = shard_name(gw.name, key)
+            scope = self._scopes.get(name)
+            if scope is None:
+                scope = self._scopes[name] = scope_resource(name, key)
+            sources = Sources("route", names)
+            out.add(SCOPED, name, scope, sources, needs=[(ROUTE, name)])
+            out.add(ROUTE, name, encoded, sources)
 
     def _add_tls(self, out: Resources, view: GatewayView) -> None:
         """HTTPS: SNI filter chains naming certificates served over SDS, and the optional

@@ -10,7 +10,7 @@ import bisect
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -251,6 +251,11 @@ class _Shard:
         self.names: set[str] = set()
 
 
+def _length_of(scope_key: str) -> int:
+    """The key length a scope key was made with (its digits before the path)."""
+    return int(scope_key.split("/", 1)[0])
+
+
 def _merged(a: _Ordered | None, b: _Ordered) -> bytes:
     """Two ordered route lists as one, in key order."""
     if a is None or not a.keys:
@@ -294,6 +299,9 @@ class RouteTable:
         #: use (None: one RouteConfiguration), the shards, and their last encodings
         self.shard_plan = ShardPlan()
         self.shard_length: int | None = None
+        #: key lengths whose shards are kept: the current one and any a draining listener uses
+        self._lengths: set[int] = set()
+        #: shards of every kept layout by scope key (the key starts with its length)
         self._shards: dict[str, _Shard] = {}
         self._shard_out: dict[str, tuple[tuple[object, ...], Encoded, tuple[str, ...]]] = {}
 
@@ -358,7 +366,7 @@ class RouteTable:
         data = b"".join(field(3, v.SerializeToString(deterministic=True)) for v in variants)
         self._entries[route.name] = (route, key, data)
         self.shard_plan.add(literal(route))
-        if self.shard_length is not None:
+        if self._lengths:
             self._shard_put(route, key, data)
         if route.aggregate is not None:
             self.aggregates[route.name] = route
@@ -380,7 +388,7 @@ class RouteTable:
     def _remove(self, name: str) -> None:
         route, key, _ = self._entries.pop(name)
         self.shard_plan.remove(literal(route))
-        if self.shard_length is not None:
+        if self._lengths:
             self._shard_drop(route, key)
         self.aggregates.pop(name, None)
         self.protocols.subtract(protocol_features(route))
@@ -413,61 +421,77 @@ class RouteTable:
 
     # -- shards (translate/shard.py) -----------------------------------------------------
 
-    def _shard_key(self, route: Route) -> str:
+    def _shard_keys(self, route: Route) -> Iterator[str]:
+        """The shard of this route in each layout kept (none where its literal is too short:
+        then it is only in the newer layout that caused the change)."""
         lit = literal(route)
-        assert lit is not None and self.shard_length is not None
-        return scope_key(self.shard_length, lit)
+        if lit is None:
+            return
+        for length in self._lengths:
+            if len(lit) >= length:
+                yield scope_key(length, lit)
 
     def _shard_put(self, route: Route, key: tuple[object, ...], data: bytes) -> None:
-        shard = self._shards.get(self._shard_key(route))
-        if shard is None:
-            shard = self._shards[self._shard_key(route)] = _Shard()
-        if route.hosts:
-            for host in route.hosts:
-                shard.hosts.setdefault(host, _Ordered()).put(key, data)
-        else:
-            shard.catch_all.put(key, data)
-        shard.names.add(route.name)
+        for skey in self._shard_keys(route):
+            shard = self._shards.get(skey)
+            if shard is None:
+                shard = self._shards[skey] = _Shard()
+            if route.hosts:
+                for host in route.hosts:
+                    shard.hosts.setdefault(host, _Ordered()).put(key, data)
+            else:
+                shard.catch_all.put(key, data)
+            shard.names.add(route.name)
 
     def _shard_drop(self, route: Route, key: tuple[object, ...]) -> None:
-        skey = self._shard_key(route)
-        shard = self._shards[skey]
-        if route.hosts:
-            for host in route.hosts:
-                ordered = shard.hosts[host]
-                ordered.remove(key)
-                if not ordered.keys:
-                    del shard.hosts[host]
-        else:
-            shard.catch_all.remove(key)
-        shard.names.discard(route.name)
-        if not shard.names:
+        for skey in self._shard_keys(route):
+            shard = self._shards[skey]
+            if route.hosts:
+                for host in route.hosts:
+                    ordered = shard.hosts[host]
+                    ordered.remove(key)
+                    if not ordered.keys:
+                        del shard.hosts[host]
+            else:
+                shard.catch_all.remove(key)
+            shard.names.discard(route.name)
+            if not shard.names:
+                del self._shards[skey]
+                self._shard_out.pop(skey, None)
+
+    def set_layouts(self, current: int | None, kept: Iterable[int | None] = ()) -> None:
+        """Shard by ``current`` (None: one RouteConfiguration), and keep the shards of the
+        ``kept`` lengths up to date too (layouts a draining listener still uses)."""
+        self.shard_length = current
+        wanted = {x for x in (current, *kept) if x is not None}
+        if wanted == self._lengths:
+            return
+        for skey in [k for k in self._shards if _length_of(k) not in wanted]:
             del self._shards[skey]
             self._shard_out.pop(skey, None)
-
-    def reshard(self, length: int | None) -> None:
-        """Split the routes by a new key length (None: stop sharding)."""
-        if length == self.shard_length:
-            return
-        self.shard_length = length
-        self._shards = {}
-        self._shard_out = {}
-        if length is not None:
+        added = wanted - self._lengths
+        self._lengths = wanted
+        if added:
+            lengths, self._lengths = self._lengths, added
             for route, key, data in self._entries.values():
                 self._shard_put(route, key, data)
+            self._lengths = lengths
 
     def literals(self) -> Iterable[str | None]:
         return (literal(entry[0]) for entry in self._entries.values())
 
-    def encode_shards(self, gateway: Gateway) -> dict[str, tuple[Encoded, tuple[str, ...]]]:
-        """One RouteConfiguration per shard key, with the names of its routes; a shard whose
-        routes (and the gateway's hosts) did not change keeps its previous object, so it is
-        not sent again."""
+    def encode_shards(
+        self, gateway: Gateway, length: int
+    ) -> dict[str, tuple[Encoded, tuple[str, ...]]]:
+        """One RouteConfiguration per shard key of one layout, with the names of its routes;
+        a shard whose routes (and the gateway's hosts) did not change keeps its previous
+        object, so it is not sent again."""
         hosts = tuple(sorted(self._hosts))
         default = self._default_domains(gateway)
         out: dict[str, tuple[Encoded, tuple[str, ...]]] = {}
         for skey, shard in self._shards.items():
-            # the lists are rebuilt (new objects) whenever a route is added or removed
+            if _length_of(skey) != length:
+                continue
             stamp = (
                 hosts,
                 tuple(default),

@@ -84,6 +84,14 @@ def _scopes(admin_port: int) -> set[str]:
     return out
 
 
+def _backend_on(conn: http.client.HTTPConnection, path: str) -> str:
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 200, resp.status
+    return resp.getheader("x-backend", "")
+
+
 def _route_specifier(admin_port: int) -> str:
     dump = _admin_json(admin_port, "/config_dump?resource=dynamic_listeners")
     [listener] = [x for x in dump["configs"] if x["name"] == "public"]
@@ -171,11 +179,21 @@ def test_layout_changes_drop_no_request(
         t.start()
     try:
         wait_until(lambda: outcomes["200"] > 100)
+        # a connection opened before the layout changes stays on the old listener
+        old = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=5)
+        assert _backend_on(old, "/api/users02") == "alpha"
+        sock = old.sock
         # "/a" matches every /api path: no shard layout can keep it, one table again
         cli.add_route("short", "public", "/a", "beta", "--wait")
         assert _route_specifier(envoy.admin_port) == "rds"
         assert backend_of(gateway_port, "/abc") == "beta"
         assert backend_of(gateway_port, "/api/users00") == "alpha"  # longer prefix first
+        # a change after the layout change reaches the old listener's connections too
+        cli.run("route", "update", "users02", "--cluster", "beta", "--wait")
+        assert backend_of(gateway_port, "/api/users02") == "beta"
+        assert _backend_on(old, "/api/users02") == "beta"
+        assert old.sock is sock, "the connection was closed: it did not test the old listener"
+        old.close()
         seen = outcomes["200"]
         wait_until(lambda: outcomes["200"] > seen + 100)
         # gone again: sharded again, by the same layout
@@ -185,7 +203,8 @@ def test_layout_changes_drop_no_request(
         seen = outcomes["200"]
         wait_until(lambda: outcomes["200"] > seen + 100)
         for i in range(ROUTES):
-            assert backend_of(gateway_port, f"/api/users{i:02d}") == ("beta" if i % 2 else "alpha")
+            expected = "beta" if i % 2 or i == 2 else "alpha"
+            assert backend_of(gateway_port, f"/api/users{i:02d}") == expected
     finally:
         stop.set()
         for t in threads:

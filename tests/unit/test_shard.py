@@ -178,6 +178,36 @@ def test_a_change_reencodes_one_shard_and_layout_changes_keep_the_old_shards() -
     assert third.message(SCOPED, "edge#5/r/01").key.fragments[0].string_key == "5/r/01"
     assert set(third.by_type[ROUTE]) == names
 
+    # the replaced layout is kept up to date: a change shows in both layouts' shards
+    back = moved.model_copy(update={"cluster": "a"})
+    fourth = translator.translate(
+        GatewayView(
+            GW,
+            {**routes, "short": short, back.name: back},
+            {},
+            changed_routes=frozenset({back.name}),
+        )
+    )
+    changed = {n for n, enc in fourth.by_type[ROUTE].items() if enc is not third.by_type[ROUTE][n]}
+    assert changed == {"edge#7/r/0150", "edge#5/r/01"}
+    for name in changed:
+        [vh] = fourth.message(ROUTE, name).virtual_hosts
+        [r] = [r for r in vh.routes if r.name == "r01500"]
+        assert r.route.cluster == "a"
+
+
+def test_leaving_one_table_keeps_it_published_for_the_draining_listener() -> None:
+    translator = Translator(shard_from=2000)
+    routes = {r.name: r for r in _bench_like(1500)}
+    first = translator.translate(GatewayView(GW, routes, {}))
+    assert set(first.by_type[ROUTE]) == {"edge"}
+    more = {r.name: r for r in _bench_like(3000)}
+    second = translator.translate(GatewayView(GW, more, {}))
+    assert _listener_hcm(second).WhichOneof("route_specifier") == "scoped_routes"
+    assert "edge" in second.by_type[ROUTE]  # the old listener's table, with all routes
+    [vh] = second.message(ROUTE, "edge").virtual_hosts
+    assert len(vh.routes) == 3000 + 1  # and the final 404
+
 
 def test_table_unsharded_when_threshold_not_met() -> None:
     table = RouteTable()
