@@ -98,6 +98,8 @@ class Resources:
     sources: dict[tuple[str, str], Iterable[PolicyRef]] = field(default_factory=dict)
     #: (type, name) -> resources it needs, for the consistency check
     needs: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
+    #: (type, name) of resources only a draining listener uses: sent after the others
+    late: set[tuple[str, str]] = field(default_factory=set)
 
     def add(
         self,
@@ -231,11 +233,14 @@ class Translator:
         else:
             # the listener stands for the shards in the consistency check of clusters
             out.needs.setdefault((LISTENER, gw.name), []).extend(cluster_needs)
-        for layout in (length, *kept):
+        if length is not None:
+            self._add_shards(out, gw, table, length)
+        for layout in kept:  # the layouts of a listener being drained
             if layout is not None:
-                self._add_shards(out, gw, table, layout)
-        if length is not None and None in kept:  # a draining listener still uses one table
-            out.add(ROUTE, gw.name, table.encode(gw), Sources("route", table.names()))
+                self._add_shards(out, gw, table, layout, late=True)
+            elif length is not None:
+                out.add(ROUTE, gw.name, table.encode(gw), Sources("route", table.names()))
+                out.late.add((ROUTE, gw.name))
         analytics_sink = sink_cluster(gw)
         if analytics_sink is not None:
             out.add(CLUSTER, SINK_CLUSTER, analytics_sink, [("gateway", gw.name)])
@@ -292,7 +297,9 @@ class Translator:
             self._kept.pop(gateway, None)
         return sorted(kept, key=lambda k: -1 if k is None else k)
 
-    def _add_shards(self, out: Resources, gw: Gateway, table: RouteTable, length: int) -> None:
+    def _add_shards(
+        self, out: Resources, gw: Gateway, table: RouteTable, length: int, late: bool = False
+    ) -> None:
         """The scopes of one layout of a sharded gateway and their RouteConfigurations."""
         for key, (encoded, names) in table.encode_shards(gw, length).items():
             name = shard_name(gw.name, key)
@@ -302,6 +309,8 @@ class Translator:
             sources = Sources("route", names)
             out.add(SCOPED, name, scope, sources, needs=[(ROUTE, name)])
             out.add(ROUTE, name, encoded, sources)
+            if late:
+                out.late.add((ROUTE, name))
 
     def _add_tls(self, out: Resources, view: GatewayView) -> None:
         """HTTPS: SNI filter chains naming certificates served over SDS, and the optional

@@ -22,7 +22,7 @@ from ..translate import CLUSTER, ENDPOINT, SCOPED
 from .cache import CHANGED, SnapshotCache
 from .metrics import XdsMetrics
 from .mtls import client_identity
-from .snapshot import PUSH_ORDER, WILDCARD_TYPES, Snapshot
+from .snapshot import PUSH_ORDER, WILDCARD_TYPES, Snapshot, TypeSnapshot
 from .status import ProxyState, StatusRecorder
 
 __all__ = ["ADS_SERVICE", "AdsServer", "AdsStream"]
@@ -216,17 +216,22 @@ class AdsStream:
             if not force and ts.version == st.sent_version:
                 return
             if not force and type_url == SCOPED and not ts.fragments:
-                return  # the last retired shards expired: no listener uses scopes now
-            names = None
-            sent = dict(ts.fragments)
-        else:
-            wanted = sorted(n for n in st.names if n in ts.fragments)
-            if not force:
-                wanted = [n for n in wanted if st.sent.get(n) is not ts.fragments[n]]
-            if not wanted:
-                return
-            names = wanted
-            sent = {n: ts.fragments[n] for n in wanted}
+                return  # the last kept shards expired: no listener uses scopes now
+            await self._respond(type_url, ts, None)
+            return
+        wanted = sorted(n for n in st.names if n in ts.fragments)
+        if not force:
+            wanted = [n for n in wanted if st.sent.get(n) is not ts.fragments[n]]
+        # Envoy applies one response after the other: what serving listeners use first,
+        # then, in a response of its own, what only a listener being drained still uses
+        for names in ([n for n in wanted if n not in ts.late], [n for n in wanted if n in ts.late]):
+            if names:
+                await self._respond(type_url, ts, names)
+
+    async def _respond(self, type_url: str, ts: TypeSnapshot, names: list[str] | None) -> None:
+        """One DiscoveryResponse: every resource of a wildcard type, or these names."""
+        st = self.types[type_url]
+        sent = dict(ts.fragments) if names is None else {n: ts.fragments[n] for n in names}
         nonce = str(next(self._nonces))
         await self._write(ts.response(type_url, nonce, names))  # type: ignore[operator]
         st.nonce = nonce

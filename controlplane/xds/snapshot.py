@@ -53,6 +53,9 @@ class TypeSnapshot:
 
     version: str
     fragments: dict[str, bytes]
+    #: resources sent in a response of their own after the others (a listener being
+    #: drained still uses them; Envoy applies the others first)
+    late: frozenset[str] = frozenset()
 
     def response(self, type_url: str, nonce: str, names: Iterable[str] | None = None) -> bytes:
         header = discovery_pb2.DiscoveryResponse(
@@ -87,7 +90,7 @@ class Snapshot:
         """This snapshot plus one resource that is not policy (e.g. the gateway's replica
         list); ``tag`` distinguishes the type's version from the one without it."""
         old = self.types[type_url]
-        added = TypeSnapshot(f"{old.version}+{tag}", {**old.fragments, name: fragment})
+        added = TypeSnapshot(f"{old.version}+{tag}", {**old.fragments, name: fragment}, old.late)
         return dataclasses.replace(self, types={**self.types, type_url: added})
 
 
@@ -154,8 +157,9 @@ def build_snapshot(
         }
         if previous is not None and len(previous.types[type_url].fragments) > len(frags):
             fragments.prune(gateway, type_url, frags)
+        late = frozenset(n for t, n in resources.late if t == type_url)
         old = previous.types.get(type_url) if previous else None
-        if old is not None and old.fragments == frags:
+        if old is not None and old.fragments == frags and old.late == late:
             types[type_url] = old
             continue
         changed = True
@@ -163,6 +167,6 @@ def build_snapshot(
         for name in sorted(frags):
             digest.update(name.encode())
             digest.update(frags[name])
-        types[type_url] = TypeSnapshot(f"{revision}-{digest.hexdigest()}", frags)
+        types[type_url] = TypeSnapshot(f"{revision}-{digest.hexdigest()}", frags, late)
     changed_revision = revision if changed or previous is None else previous.changed_revision
     return Snapshot(gateway, revision, changed_revision, types, resources.sources)
