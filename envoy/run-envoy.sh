@@ -83,6 +83,9 @@ if grep -q '\${[A-Za-z_][A-Za-z0-9_]*}' "$ENVOY_RENDERED"; then
 fi
 
 # Access-log lines on stdout (a gateway's access_log setting) are written within a second
-# instead of Envoy's default of ten.
+# instead of Envoy's default of ten. When a listener changes, its open connections close
+# after their next response (Connection: close, HTTP/2 GOAWAY) rather than over the 600 s
+# drain time, so clients move to the new listener at once (docs/decisions/0017).
 exec "${ENVOY_BIN:-envoy}" -c "$ENVOY_RENDERED" --disable-hot-restart \
-    --log-level "${ENVOY_LOG_LEVEL:-info}" --file-flush-interval-msec 1000 "$@"
+    --log-level "${ENVOY_LOG_LEVEL:-info}" --file-flush-interval-msec 1000 \
+    --drain-strategy immediate "$@"

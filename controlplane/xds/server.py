@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 _CLOSED = object()
+_LATE = object()
+#: at most one response per type per this many seconds carries resources only a listener
+#: being drained uses (ADR 0017): Envoy rebuilds them on its main thread, ahead of changes
+#: that serving listeners wait for. A proxy is in sync without them: that listener's
+#: connections close after their next response (run-envoy.sh: --drain-strategy immediate).
+LATE_INTERVAL = 1.0
 
 
 @dataclass
@@ -51,6 +57,9 @@ class TypeState:
     acked: dict[str, bytes] = field(default_factory=dict)
     #: when the newest response was sent (monotonic), for the push latency metric
     sent_at: float = 0.0
+    #: when resources only a draining listener uses were last sent; whether more wait
+    late_at: float = 0.0
+    late_waiting: bool = False
 
 
 class AdsStream:
@@ -73,11 +82,13 @@ class AdsStream:
         self._nonces = itertools.count(1)
         self._cds_since_eds = False
         self.proxy: ProxyState | None = None
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
         #: resource types sent since the last push event was recorded
         self._pushed: set[str] = set()
 
     async def run(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]) -> None:
         queue: asyncio.Queue[object] = asyncio.Queue()
+        self._queue = queue
         reader = asyncio.create_task(_pump(requests, queue))
         sub = None
         try:
@@ -108,6 +119,9 @@ class AdsStream:
                     return
                 if item is CHANGED:
                     sub.taken()
+                    await self._on_snapshot()
+                elif isinstance(item, tuple) and item[0] is _LATE:
+                    self.types[item[1]].late_waiting = False
                     await self._on_snapshot()
                 elif isinstance(item, discovery_pb2.DiscoveryRequest):
                     await self._on_request(item)
@@ -223,10 +237,21 @@ class AdsStream:
         if not force:
             wanted = [n for n in wanted if st.sent.get(n) is not ts.fragments[n]]
         # Envoy applies one response after the other: what serving listeners use first,
-        # then, in a response of its own, what only a listener being drained still uses
-        for names in ([n for n in wanted if n not in ts.late], [n for n in wanted if n in ts.late]):
-            if names:
-                await self._respond(type_url, ts, names)
+        # then, in a response of its own and at most every LATE_INTERVAL, what only a
+        # listener being drained still uses
+        early = [n for n in wanted if n not in ts.late]
+        if early:
+            await self._respond(type_url, ts, early)
+        late = [n for n in wanted if n in ts.late]
+        if not late:
+            return
+        wait = st.late_at + LATE_INTERVAL - time.monotonic()
+        if force or wait <= 0:
+            await self._respond(type_url, ts, late)
+            st.late_at = time.monotonic()
+        elif not st.late_waiting:
+            st.late_waiting = True
+            asyncio.get_running_loop().call_later(wait, self._queue.put_nowait, (_LATE, type_url))
 
     async def _respond(self, type_url: str, ts: TypeSnapshot, names: list[str] | None) -> None:
         """One DiscoveryResponse: every resource of a wildcard type, or these names."""
@@ -263,7 +288,7 @@ class AdsStream:
                 if st.acked_version != ts.version:
                     return
             else:
-                for name in st.names:
+                for name in st.names - ts.late:  # late: see LATE_INTERVAL
                     frag = ts.fragments.get(name)
                     if frag is not None and st.acked.get(name) is not frag:
                         return
