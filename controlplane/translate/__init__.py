@@ -193,9 +193,7 @@ class Translator:
         previous = table.shard_length
         length = None
         if table.protocols[TRANSCODING] == 0:
-            length = choose_length(
-                table.shard_plan, table.literals(), len(table), previous, self.shard_from
-            )
+            length = choose_length(table.shard_plan, len(table), self.shard_from)
         kept = self._kept_layouts(gw.name, previous, length)
         table.set_layouts(length, kept)
         filters, dynamic = http_filters(view, table)

@@ -477,9 +477,6 @@ class RouteTable:
                 self._shard_put(route, key, data)
             self._lengths = lengths
 
-    def literals(self) -> Iterable[str | None]:
-        return (literal(entry[0]) for entry in self._entries.values())
-
     def encode_shards(
         self, gateway: Gateway, length: int
     ) -> dict[str, tuple[Encoded, tuple[str, ...]]]:

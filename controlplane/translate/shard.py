@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from typing import Any
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import base_pb2, extension_pb2
@@ -51,10 +51,8 @@ __all__ = [
 
 #: request header carrying the shard key; set by the gateway, never taken from the client
 SCOPE_HEADER = "x-gateway-route-scope"
-#: shortest shard key: "/" plus one character
-MIN_LENGTH = 2
-#: longest shard key considered
-MAX_LENGTH = 64
+#: the key lengths considered: "/" plus at least one character, every length up to 16
+LENGTHS = (*range(2, 17), 20, 24, 32)
 
 
 def literal(route: Route) -> str | None:
@@ -68,80 +66,97 @@ def literal(route: Route) -> str | None:
 
 
 class ShardPlan:
-    """The figures a sharding decision needs, kept up to date route by route."""
+    """The figures a sharding decision needs, kept up to date route by route.
+
+    For each candidate key length, the routes per key and the shards per size: the decision
+    is then a function of the routes alone (not of their history), so a restarted
+    controller, or another controller sharing the database, picks the layout the Envoys
+    already have, and answering it costs no pass over the routes.
+    """
 
     def __init__(self) -> None:
         #: routes per literal length
         self.lengths: Counter[int] = Counter()
         #: routes without a literal (regex paths)
         self.unshardable = 0
-        #: (route count, shortest literal) at the last evaluation that chose not to shard:
-        #: not evaluated again until the count grows by a quarter or the literals change
-        self.declined: tuple[int, int] | None = None
+        #: per candidate length: routes per key, and shards per size (plain dicts: this
+        #: runs for every route of a bulk load)
+        self._keys: dict[int, dict[str, int]] = {n: {} for n in LENGTHS}
+        self._sizes: dict[int, dict[int, int]] = {n: {} for n in LENGTHS}
 
     def add(self, lit: str | None) -> None:
         if lit is None:
             self.unshardable += 1
-        else:
-            self.lengths[len(lit)] += 1
+            return
+        self.lengths[len(lit)] += 1
+        for n in LENGTHS:
+            if n > len(lit):
+                break
+            keys, sizes = self._keys[n], self._sizes[n]
+            key = lit[:n]
+            size = keys.get(key, 0)
+            if size:
+                _decrement(sizes, size)
+            keys[key] = size + 1
+            sizes[size + 1] = sizes.get(size + 1, 0) + 1
 
     def remove(self, lit: str | None) -> None:
         if lit is None:
             self.unshardable -= 1
-        else:
-            self.lengths[len(lit)] -= 1
-            if self.lengths[len(lit)] <= 0:
-                del self.lengths[len(lit)]
+            return
+        _decrement(self.lengths, len(lit))
+        for n in LENGTHS:
+            if n > len(lit):
+                break
+            keys, sizes = self._keys[n], self._sizes[n]
+            key = lit[:n]
+            size = keys[key]
+            _decrement(sizes, size)
+            _decrement(keys, key)
+            if size > 1:
+                sizes[size - 1] = sizes.get(size - 1, 0) + 1
 
     def shortest(self) -> int:
         return min(self.lengths) if self.lengths else 0
 
+    def largest(self, length: int) -> int:
+        """Routes in the largest shard with keys of this length."""
+        sizes = self._sizes[length]
+        return max(sizes) if sizes else 0
 
-def choose_length(
-    plan: ShardPlan,
-    literals: Iterable[str | None],
-    count: int,
-    current: int | None,
-    min_routes: int,
-) -> int | None:
+
+def _decrement(counts: dict[Any, int], key: Any) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
+def choose_length(plan: ShardPlan, count: int, min_routes: int) -> int | None:
     """The shard key length for a gateway of ``count`` routes, or None (one table).
 
-    Keeps the current length while it is still valid, so adding routes does not reshuffle
-    shards (a new length means a new listener, see ADR 0017). Otherwise picks the shortest
-    length whose largest shard has at most max(16, sqrt(count)) routes, or the length that
-    spreads them most; declines when even that leaves one shard with most of the routes.
+    The shortest candidate length whose largest shard has at most max(16, sqrt(count))
+    routes, or else the one that spreads them most; None when even that leaves one shard
+    with more than half the routes. Lengths longer than the shortest literal are not
+    candidates (such a route would belong to many shards).
     """
-    if min_routes <= 0 or plan.unshardable:
+    if min_routes <= 0 or count < min_routes or plan.unshardable:
         return None
-    shortest = min(plan.shortest(), MAX_LENGTH)
-    if current is not None:
-        if count < min_routes // 2:
-            return None
-        if current <= shortest:
-            return current
-    elif count < min_routes:
-        return None
-    elif plan.declined is not None:
-        declined_count, declined_shortest = plan.declined
-        if count < declined_count * 5 // 4 and shortest == declined_shortest:
-            return None
-    if shortest < MIN_LENGTH:
-        plan.declined = (count, shortest)
-        return None
-    lits = [x for x in literals if x is not None]
+    shortest = plan.shortest()
     target = max(16, math.isqrt(count))
     best: tuple[int, int] | None = None  # (largest shard, length)
-    for length in range(MIN_LENGTH, shortest + 1):
-        largest = max(Counter(x[:length] for x in lits).values())
+    for length in LENGTHS:
+        if length > shortest:
+            break
+        largest = plan.largest(length)
         if largest <= target:
             best = (largest, length)
             break
         if best is None or largest < best[0]:
             best = (largest, length)
     if best is None or best[0] > count // 2:
-        plan.declined = (count, shortest)
         return None
-    plan.declined = None
     return best[1]
 
 

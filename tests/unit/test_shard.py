@@ -14,7 +14,13 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from controlplane.policy import Gateway, Route
 from controlplane.translate import LISTENER, ROUTE, SCOPED, GatewayView, Translator
 from controlplane.translate.route import RouteTable
-from controlplane.translate.shard import SCOPE_HEADER, ShardPlan, choose_length, literal
+from controlplane.translate.shard import (
+    LENGTHS,
+    SCOPE_HEADER,
+    ShardPlan,
+    choose_length,
+    literal,
+)
 
 GW = Gateway(name="edge", port=8080)
 
@@ -34,9 +40,8 @@ def _plan(routes: list[Route]) -> ShardPlan:
     return plan
 
 
-def _choose(routes: list[Route], current: int | None = None, min_routes: int = 100) -> int | None:
-    lits = [literal(r) for r in routes]
-    return choose_length(_plan(routes), lits, len(routes), current, min_routes)
+def _choose(routes: list[Route], min_routes: int = 100) -> int | None:
+    return choose_length(_plan(routes), len(routes), min_routes)
 
 
 def _bench_like(n: int) -> list[Route]:
@@ -60,14 +65,29 @@ def test_no_sharding_when_a_route_has_no_literal_or_matches_everything() -> None
     assert _choose(same) is None
 
 
-def test_current_length_kept_until_a_shorter_literal_arrives() -> None:
+def test_length_depends_on_the_routes_only() -> None:
     routes = _bench_like(10_000)
-    assert _choose(routes, current=7, min_routes=2000) == 7  # valid: kept, no reshuffle
     shorter = [*routes, _route("short", path_prefix="/r/05")]  # literal of 5 characters
-    assert _choose(shorter, current=6, min_routes=2000) == 5
+    assert _choose(shorter, min_routes=2000) == 5
     # all routes share "/r/0": no length up to 4 spreads them
-    assert _choose([*routes, _route("s", path_prefix="/r/0")], current=6, min_routes=2000) is None
-    assert _choose(routes[:900], current=6, min_routes=2000) is None  # fell below half
+    assert _choose([*routes, _route("s", path_prefix="/r/0")], min_routes=2000) is None
+    assert _choose(routes[:1999], min_routes=2000) is None
+
+    # built route by route, with detours, the plan ends where a fresh one starts
+    plan = _plan(routes)
+    extra = [literal(r) for r in (*_bench_like(300), _route("x", path="/r/0"))]
+    for lit in extra:
+        plan.add(lit)
+    assert choose_length(plan, 10_301, 2000) is None
+    for lit in extra:
+        plan.remove(lit)
+    fresh = _plan(routes)
+    for n in LENGTHS:
+        assert plan.largest(n) == fresh.largest(n)
+    assert choose_length(plan, 10_000, 2000) == 6
+    for r in routes:
+        plan.remove(literal(r))
+    assert plan.shortest() == 0 and all(plan.largest(n) == 0 for n in LENGTHS)
 
 
 def _first_match(config: route_pb2.RouteConfiguration, host: str, path: str) -> str | None:
