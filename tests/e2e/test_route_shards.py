@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.envoy_launcher import stats
 from controlplane.xds.server import LATE_INTERVAL
 
 from .harness import Controller, backend_of, request, wait_until
@@ -221,3 +222,60 @@ def test_layout_changes_drop_no_request(
     assert set(outcomes) == {"200"}, outcomes
     [proxy] = cli.json("status")["proxies"]
     assert proxy["in_sync"], proxy
+
+
+def test_controller_restart_keeps_the_layout(
+    cli, controller, envoy_factory, backends, gateway_port, tmp_path
+):  # type: ignore[no-untyped-def]
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(_policy(gateway_port, backends)))
+    envoy = envoy_factory("public")
+    cli.run("apply", "-f", str(policy), "--wait")
+    assert _route_specifier(envoy.admin_port) == "scoped_routes"
+    listener_changes = r"listener_manager\.listener_(modified|in_place_updated)$"
+    before = stats(envoy.admin_port, listener_changes)
+    assert len(before) == 2, before  # both counters exist
+
+    outcomes: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=5)
+        while not stop.is_set():
+            try:
+                conn.request("GET", "/api/users13/k")
+                resp = conn.getresponse()
+                resp.read()
+                outcomes["200" if resp.status == 200 else f"status {resp.status}"] += 1
+            except (OSError, http.client.HTTPException) as exc:
+                outcomes[f"error {type(exc).__name__}"] += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=5)
+        conn.close()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        wait_until(lambda: outcomes["200"] > 50)
+        controller.kill()
+        seen = outcomes["200"]
+        wait_until(lambda: outcomes["200"] > seen + 50)  # Envoy serves on its own
+        cli.run("route", "update", "users02", "--cluster", "beta")  # while no controller
+        assert backend_of(gateway_port, "/api/users02") == "alpha"
+        controller.start()
+        wait_until(lambda: backend_of(gateway_port, "/api/users02") == "beta")
+        seen = outcomes["200"]
+        wait_until(lambda: outcomes["200"] > seen + 50)
+    finally:
+        stop.set()
+        thread.join()
+    assert set(outcomes) == {"200"}, outcomes
+    # the restarted controller chose the same layout: the listener was not touched
+    assert stats(envoy.admin_port, listener_changes) == before
+    assert _scopes(envoy.admin_port) == {
+        "11/api/users0",
+        "11/api/users1",
+        "11/api/users2",
+        "11/api/health",
+    }
+    wait_until(lambda: cli.json("status")["proxies"][0]["in_sync"])
