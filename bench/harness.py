@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,9 +296,13 @@ class Stack:
         with urllib.request.urlopen(request, timeout=5) as resp:
             resp.read()
 
-    def start(self) -> Store:
+    def start(self, preload: Sequence[Route] = ()) -> Store:
+        """Backends, database, controller, Envoy; ``preload``: routes written before the
+        controller starts (its first configuration already has them)."""
         self.start_backends()
         store = self.seed()
+        if preload:
+            store.apply_objects(list(preload))
         self.start_controller()
         self.start_envoy()
         return store

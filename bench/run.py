@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # `python bench/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -51,6 +51,9 @@ from bench.harness import (
     set_cluster,
 )
 from bench.stats import summary
+
+if TYPE_CHECKING:
+    from controlplane.policy import Route
 
 TARGETS = {"hot_p50_ms": 50.0, "hot_p99_ms": 150.0, "add_p99_ms": 100.0}
 
@@ -69,10 +72,28 @@ def fmt(s: dict[str, float]) -> str:
 # -- phases ---------------------------------------------------------------------------------
 
 
+def _routes(n: int) -> list[Route]:
+    """/r/00000 -> b (keeps both clusters in use), the rest -> a."""
+    return [make_route("r", i, "b" if i == 0 else "a") for i in range(n)]
+
+
+def preloaded(stack: Stack, probe: Probe, n: int, t0: float) -> dict[str, Any]:
+    """--preload: the routes were in the database before the controller started."""
+    probe.wait_for(route_path("r", n - 1), lambda st, _b: st == 200, timeout=300)
+    live_total = time.perf_counter() - t0
+    revision = stack.store.revision() if stack.store is not None else 0
+    ack = _wait_ack(stack, revision, t0, timeout=120)
+    log(
+        f"  {n} routes preloaded: stack start -> last route live {live_total:.2f} s, "
+        f"-> ACK {ack:.2f} s"
+    )
+    return {"routes": n, "commit_s": 0.0, "live_s": live_total, "ack_s": ack}
+
+
 def bulk_load(stack: Stack, probe: Probe, n: int) -> dict[str, Any]:
-    """N routes in one transaction: /r/00000 -> b (keeps both clusters in use), the rest -> a."""
+    """N routes in one transaction (see ``_routes``)."""
     assert stack.store is not None
-    routes = [make_route("r", i, "b" if i == 0 else "a") for i in range(n)]
+    routes = _routes(n)
     t = time.perf_counter()
     result = stack.store.apply_objects(routes)
     commit = time.perf_counter() - t
@@ -340,12 +361,15 @@ def run_size(n: int, args: argparse.Namespace, rng: random.Random, last: bool) -
     out: dict[str, Any] = {"routes": n}
     with Stack(keep=args.keep, gc_log=args.gc_log, gc_freeze=args.gc_freeze) as stack:
         t = time.perf_counter()
-        stack.start()
+        stack.start(_routes(n) if args.preload else ())
         out["startup_s"] = time.perf_counter() - t
         log(f"  stack up in {out['startup_s']:.1f} s (work dir {stack.workdir})")
         probe = Probe(stack.ports["listener"], gap=args.probe_gap_ms / 1000)
         try:
-            out["bulk"] = bulk_load(stack, probe, n)
+            if args.preload:
+                out["bulk"] = preloaded(stack, probe, n, t)
+            else:
+                out["bulk"] = bulk_load(stack, probe, n)
             stack.freeze_controller_gc()
             out["rss_after_first_push_kib"] = rss_kib(stack.controller_pid)
             out["envoy_rss_after_first_push_kib"] = rss_kib(stack.envoy_pid)
@@ -597,6 +621,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--json", metavar="PATH", help="also write every figure and raw sample here")
     p.add_argument("--keep", action="store_true", help="keep work dirs (database, logs)")
+    p.add_argument(
+        "--preload",
+        action="store_true",
+        help="write the routes before the controller starts: no layout change before the "
+        "pushes (a settled sharded gateway, docs/decisions/0017)",
+    )
     p.add_argument("--seed", type=int, default=1)
     return p.parse_args(argv)
 
