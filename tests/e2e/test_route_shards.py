@@ -18,6 +18,7 @@ from controlplane.envoy_launcher import stats
 from controlplane.xds.server import LATE_INTERVAL
 
 from .harness import Controller, backend_of, request, wait_until
+from .tlsutil import TestCA, https_request
 
 pytestmark = pytest.mark.e2e
 
@@ -279,3 +280,32 @@ def test_controller_restart_keeps_the_layout(
         "11/api/health",
     }
     wait_until(lambda: cli.json("status")["proxies"][0]["in_sync"])
+
+
+def test_sharded_https_gateway(cli, controller, envoy_factory, backends, gateway_port, tmp_path):  # type: ignore[no-untyped-def]
+    """Every SNI filter chain (and the default one) routes through the same shards."""
+    ca = TestCA()
+    for name, host in (("api", "api.example.test"), ("shop", "shop.example.test")):
+        cert, key = ca.issue(host, [host]).write(tmp_path, name)
+        cli.run("cert", "add", name, "--cert", cert, "--key", key)
+    policy = _policy(gateway_port, backends)
+    policy["gateways"][0].update(address="127.0.0.1", tls={"certificates": ["api", "shop"]})
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(policy))
+    envoy = envoy_factory("public")
+    cli.run("apply", "-f", str(path), "--wait")
+    assert _scopes(envoy.admin_port) == {
+        "11/api/users0",
+        "11/api/users1",
+        "11/api/users2",
+        "11/api/health",
+    }
+    for server_name in ("api.example.test", "shop.example.test", None):
+        for i in (0, 13, 27):
+            resp = https_request(
+                gateway_port, server_name, f"/api/users{i:02d}/x", ca.pem, verify_name=False
+            )
+            expected = "beta" if i % 2 else "alpha"
+            assert (resp.status, resp.headers.get("x-backend")) == (200, expected), server_name
+        resp = https_request(gateway_port, server_name, "/nothing", ca.pem, verify_name=False)
+        assert resp.status == 404
