@@ -214,15 +214,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"{'cell':<30}{'n':>7}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'Envoy CPU us/req':>18}")
     labels = {"native": "native gRPC (grpcio)", "json": "JSON -> gRPC (transcoded)"}
-    for cell, r in out.items():
+    for cell, row in out.items():
         print(
-            f"{labels[cell]:<30}{r['n']:>7}{r['rps']:>9.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
-            f"{r['envoy_cpu_us']:>18.0f}"
+            f"{labels[cell]:<30}{row['n']:>7}{row['rps']:>9.0f}{row['p50']:>9.2f}"
+            f"{row['p99']:>9.2f}{row['envoy_cpu_us']:>18.0f}"
         )
-    n, j = out["native"], out["json"]
+    nat, js = out["native"], out["json"]
     print(
-        f"json vs native: req/s {j['rps'] / n['rps'] - 1:+.0%}, p99 {j['p99'] - n['p99']:+.2f} ms, "
-        f"Envoy CPU {j['envoy_cpu_us'] - n['envoy_cpu_us']:+.0f} us/request"
+        f"json vs native: req/s {js['rps'] / nat['rps'] - 1:+.0%}, "
+        f"p99 {js['p99'] - nat['p99']:+.2f} ms, "
+        f"Envoy CPU {js['envoy_cpu_us'] - nat['envoy_cpu_us']:+.0f} us/request"
     )
     print(
         "note: the clients and the backend are Python processes on the same machine; they, "
