@@ -13,8 +13,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,3 +226,46 @@ def backend_of(port: int, path: str) -> str | int:
     """Which echo backend answered, or the status when none did."""
     status, headers, _ = request(port, path)
     return headers.get("x-backend", status) if status == 200 else status
+
+
+class KeepAliveLoad:
+    """Clients that each request their path in a loop on one keep-alive connection until
+    the block ends, counting outcomes: "2xx", "status N" or "error ExceptionName". A
+    connection that fails is replaced, so every failure is counted once."""
+
+    def __init__(self, port: int, paths: list[str]) -> None:
+        self.port = port
+        self.paths = paths
+        self.outcomes: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(p,)) for p in paths]
+
+    def __enter__(self) -> KeepAliveLoad:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+
+    def more(self, count: int, timeout: float = 10) -> None:
+        """Wait until ``count`` more requests have succeeded."""
+        seen = self.outcomes["2xx"]
+        wait_until(lambda: self.outcomes["2xx"] >= seen + count, timeout)
+
+    def _client(self, path: str) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        while not self._stop.is_set():
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                resp.read()
+                ok = 200 <= resp.status < 300
+                self.outcomes["2xx" if ok else f"status {resp.status}"] += 1
+            except (OSError, http.client.HTTPException) as exc:
+                self.outcomes[f"error {type(exc).__name__}"] += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        conn.close()

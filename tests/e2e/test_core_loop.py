@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import http.client
 import socket
-import threading
 import time
-from collections import Counter
 
 import pytest
 
@@ -14,7 +11,7 @@ from controlplane.envoy_launcher import free_port, stats
 from controlplane.policy import Route
 from controlplane.store import Store
 
-from .harness import backend_of, wait_until
+from .harness import KeepAliveLoad, backend_of, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -61,27 +58,7 @@ def test_no_failed_request_during_200_changes(
     cli.add_route("stable", "public", "/stable", "alpha", "--wait")
     envoy_factory("public")
     store = Store(cli.db)
-    outcomes: Counter[str] = Counter()
-    stop = threading.Event()
-
-    def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=5)
-        while not stop.is_set():
-            try:
-                conn.request("GET", "/stable/x")
-                resp = conn.getresponse()
-                resp.read()
-                outcomes["2xx" if 200 <= resp.status < 300 else f"status {resp.status}"] += 1
-            except (OSError, http.client.HTTPException) as exc:
-                outcomes[f"error {type(exc).__name__}"] += 1
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=5)
-        conn.close()
-
-    threads = [threading.Thread(target=client) for _ in range(20)]
-    for t in threads:
-        t.start()
-    try:
+    with KeepAliveLoad(gateway_port, ["/stable/x"] * 20) as load:
         time.sleep(0.3)
         for i in range(200):
             # churn: create, move between clusters, and delete other routes; also touch the
@@ -128,10 +105,7 @@ def test_no_failed_request_during_200_changes(
         last = store.revision()
         wait_until(lambda: all(p.acked_revision >= last for p in store.proxies()), 10)
         time.sleep(0.2)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
+    outcomes = load.outcomes
     assert outcomes["2xx"] > 1000, outcomes
     assert set(outcomes) == {"2xx"}, f"failed requests during changes: {outcomes}"
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 from controlplane.envoy_launcher import stats
 from controlplane.xds.server import LATE_INTERVAL
 
-from .harness import Controller, backend_of, request, wait_until
+from .harness import Controller, KeepAliveLoad, backend_of, request, wait_until
 from .tlsutil import TestCA, https_request
 
 pytestmark = pytest.mark.e2e
@@ -71,6 +69,19 @@ def _policy(gateway_port: int, backends: dict) -> dict:  # type: ignore[type-arg
     }
 
 
+#: the scope keys of _policy(): 11 characters ("/api/users0" is shared by 11 routes)
+SCOPES = {"11/api/users0", "11/api/users1", "11/api/users2", "11/api/health"}
+
+
+def _apply(cli, envoy_factory, policy: dict, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """An Envoy for gateway public, then the policy applied with --wait."""
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(policy))
+    envoy = envoy_factory("public")
+    cli.run("apply", "-f", str(path), "--wait")
+    return envoy
+
+
 def _admin_json(admin_port: int, path: str) -> dict:  # type: ignore[type-arg]
     conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
     try:
@@ -107,20 +118,12 @@ def _route_specifier(admin_port: int) -> str:
 def test_sharded_gateway_routes_as_one_table(
     cli, controller, envoy_factory, backends, gateway_port, tmp_path
 ):  # type: ignore[no-untyped-def]
-    policy = tmp_path / "policy.json"
-    policy.write_text(json.dumps(_policy(gateway_port, backends)))
-    envoy = envoy_factory("public")
-    cli.run("apply", "-f", str(policy), "--wait")
+    envoy = _apply(cli, envoy_factory, _policy(gateway_port, backends), tmp_path)
 
     # 32 routes over the threshold of 20: "/api/users04" and the rest share 11 characters
     # ("/api/users0"), so shards are keyed by 11: /api/users0, 1, 2 and /api/health
     assert _route_specifier(envoy.admin_port) == "scoped_routes"
-    assert _scopes(envoy.admin_port) == {
-        "11/api/users0",
-        "11/api/users1",
-        "11/api/users2",
-        "11/api/health",
-    }
+    assert _scopes(envoy.admin_port) == SCOPES
     for i in range(ROUTES):
         expected = "beta" if i % 2 else "alpha"
         assert backend_of(gateway_port, f"/api/users{i:02d}/x?page=2") == expected, i
@@ -155,35 +158,12 @@ def test_sharded_gateway_routes_as_one_table(
 def test_layout_changes_drop_no_request(
     cli, controller, envoy_factory, backends, gateway_port, tmp_path
 ):  # type: ignore[no-untyped-def]
-    policy = tmp_path / "policy.json"
-    policy.write_text(json.dumps(_policy(gateway_port, backends)))
-    envoy = envoy_factory("public")
-    cli.run("apply", "-f", str(policy), "--wait")
+    envoy = _apply(cli, envoy_factory, _policy(gateway_port, backends), tmp_path)
     assert _route_specifier(envoy.admin_port) == "scoped_routes"
 
-    outcomes: Counter[str] = Counter()
-    stop = threading.Event()
-
-    def client(path: str) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=5)
-        while not stop.is_set():
-            try:
-                conn.request("GET", path)
-                resp = conn.getresponse()
-                resp.read()
-                ok = resp.status == 200
-                outcomes["200" if ok else f"status {resp.status}"] += 1
-            except (OSError, http.client.HTTPException) as exc:
-                outcomes[f"error {type(exc).__name__}"] += 1
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=5)
-        conn.close()
-
-    threads = [threading.Thread(target=client, args=(f"/api/users{i:02d}/k",)) for i in (0, 13, 27)]
-    for t in threads:
-        t.start()
-    try:
-        wait_until(lambda: outcomes["200"] > 100)
+    paths = [f"/api/users{i:02d}/k" for i in (0, 13, 27)]
+    with KeepAliveLoad(gateway_port, paths) as load:
+        load.more(100)
         # a connection opened before the layout changes stays on the old listener
         old = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=5)
         assert _backend_on(old, "/api/users02") == "alpha"
@@ -205,22 +185,16 @@ def test_layout_changes_drop_no_request(
         assert (resp.status, resp.getheader("x-backend")) == (200, "beta")
         assert resp.getheader("connection") == "close"  # the drained listener answered
         old.close()
-        seen = outcomes["200"]
-        wait_until(lambda: outcomes["200"] > seen + 100)
+        load.more(100)
         # gone again: sharded again, by the same layout
         cli.run("route", "delete", "short", "--wait")
         assert _route_specifier(envoy.admin_port) == "scoped_routes"
         assert backend_of(gateway_port, "/abc") == 404
-        seen = outcomes["200"]
-        wait_until(lambda: outcomes["200"] > seen + 100)
+        load.more(100)
         for i in range(ROUTES):
             expected = "beta" if i % 2 or i == 2 else "alpha"
             assert backend_of(gateway_port, f"/api/users{i:02d}") == expected
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert set(outcomes) == {"200"}, outcomes
+    assert set(load.outcomes) == {"2xx"}, load.outcomes
     [proxy] = cli.json("status")["proxies"]
     assert proxy["in_sync"], proxy
 
@@ -228,57 +202,25 @@ def test_layout_changes_drop_no_request(
 def test_controller_restart_keeps_the_layout(
     cli, controller, envoy_factory, backends, gateway_port, tmp_path
 ):  # type: ignore[no-untyped-def]
-    policy = tmp_path / "policy.json"
-    policy.write_text(json.dumps(_policy(gateway_port, backends)))
-    envoy = envoy_factory("public")
-    cli.run("apply", "-f", str(policy), "--wait")
+    envoy = _apply(cli, envoy_factory, _policy(gateway_port, backends), tmp_path)
     assert _route_specifier(envoy.admin_port) == "scoped_routes"
     listener_changes = r"listener_manager\.listener_(modified|in_place_updated)$"
     before = stats(envoy.admin_port, listener_changes)
     assert len(before) == 2, before  # both counters exist
 
-    outcomes: Counter[str] = Counter()
-    stop = threading.Event()
-
-    def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=5)
-        while not stop.is_set():
-            try:
-                conn.request("GET", "/api/users13/k")
-                resp = conn.getresponse()
-                resp.read()
-                outcomes["200" if resp.status == 200 else f"status {resp.status}"] += 1
-            except (OSError, http.client.HTTPException) as exc:
-                outcomes[f"error {type(exc).__name__}"] += 1
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=5)
-        conn.close()
-
-    thread = threading.Thread(target=client)
-    thread.start()
-    try:
-        wait_until(lambda: outcomes["200"] > 50)
+    with KeepAliveLoad(gateway_port, ["/api/users13/k"]) as load:
+        load.more(50)
         controller.kill()
-        seen = outcomes["200"]
-        wait_until(lambda: outcomes["200"] > seen + 50)  # Envoy serves on its own
+        load.more(50)  # Envoy serves on its own
         cli.run("route", "update", "users02", "--cluster", "beta")  # while no controller
         assert backend_of(gateway_port, "/api/users02") == "alpha"
         controller.start()
         wait_until(lambda: backend_of(gateway_port, "/api/users02") == "beta")
-        seen = outcomes["200"]
-        wait_until(lambda: outcomes["200"] > seen + 50)
-    finally:
-        stop.set()
-        thread.join()
-    assert set(outcomes) == {"200"}, outcomes
+        load.more(50)
+    assert set(load.outcomes) == {"2xx"}, load.outcomes
     # the restarted controller chose the same layout: the listener was not touched
     assert stats(envoy.admin_port, listener_changes) == before
-    assert _scopes(envoy.admin_port) == {
-        "11/api/users0",
-        "11/api/users1",
-        "11/api/users2",
-        "11/api/health",
-    }
+    assert _scopes(envoy.admin_port) == SCOPES
     wait_until(lambda: cli.json("status")["proxies"][0]["in_sync"])
 
 
@@ -290,16 +232,8 @@ def test_sharded_https_gateway(cli, controller, envoy_factory, backends, gateway
         cli.run("cert", "add", name, "--cert", cert, "--key", key)
     policy = _policy(gateway_port, backends)
     policy["gateways"][0].update(address="127.0.0.1", tls={"certificates": ["api", "shop"]})
-    path = tmp_path / "policy.json"
-    path.write_text(json.dumps(policy))
-    envoy = envoy_factory("public")
-    cli.run("apply", "-f", str(path), "--wait")
-    assert _scopes(envoy.admin_port) == {
-        "11/api/users0",
-        "11/api/users1",
-        "11/api/users2",
-        "11/api/health",
-    }
+    envoy = _apply(cli, envoy_factory, policy, tmp_path)
+    assert _scopes(envoy.admin_port) == SCOPES
     for server_name in ("api.example.test", "shop.example.test", None):
         for i in (0, 13, 27):
             resp = https_request(
