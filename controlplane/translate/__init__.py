@@ -140,7 +140,6 @@ class Translator:
         self.shard_from = shard_from
         #: gateway -> replaced layouts (key length, None: one table) -> when they expire
         self._kept: dict[str, dict[int | None, float]] = {}
-        self._translated: set[str] = set()
         self._scopes: dict[str, Message] = {}
         self._tables: dict[str, RouteTable] = {}
         self._clusters: dict[str, tuple[Cluster, Message, Message | None]] = {}
@@ -178,6 +177,7 @@ class Translator:
     def translate(self, view: GatewayView) -> Resources:
         out = Resources()
         gw = view.gateway
+        published = gw.name in self._tables  # an earlier layout may be in use
         table = self._tables.setdefault(gw.name, RouteTable())
         consumers = cast(Mapping[str, Consumer], view.objects.get("consumer", {}))
         context = rate_limit_context(route_context(gw, consumers), gw.rate_limit)
@@ -194,7 +194,7 @@ class Translator:
         length = None
         if table.protocols[TRANSCODING] == 0:
             length = choose_length(table.shard_plan, len(table), self.shard_from)
-        kept = self._kept_layouts(gw.name, previous, length)
+        kept = self._kept_layouts(gw.name, previous if published else length, length)
         table.set_layouts(length, kept)
         filters, dynamic = http_filters(view, table)
         routes_needed = [(ROUTE, gw.name)] if length is None else []
@@ -231,7 +231,6 @@ class Translator:
         else:
             # the listener stands for the shards in the consistency check of clusters
             out.needs.setdefault((LISTENER, gw.name), []).extend(cluster_needs)
-        if length is not None:
             self._add_shards(out, gw, table, length)
         for layout in kept:  # the layouts of a listener being drained
             if layout is not None:
@@ -285,9 +284,8 @@ class Translator:
         so it stays published and up to date (routes too short for it are only in the new)."""
         now = time.monotonic()
         kept = {k: t for k, t in self._kept.get(gateway, {}).items() if t > now}
-        if previous != current and gateway in self._translated:
+        if previous != current:
             kept[previous] = now + KEPT_LAYOUT_SECONDS
-        self._translated.add(gateway)
         kept.pop(current, None)
         if kept:
             self._kept[gateway] = kept

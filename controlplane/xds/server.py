@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
-from ..translate import CLUSTER, ENDPOINT, SCOPED
+from ..translate import CLUSTER, ENDPOINT
 from .cache import CHANGED, SnapshotCache
 from .metrics import XdsMetrics
 from .mtls import client_identity
-from .snapshot import PUSH_ORDER, WILDCARD_TYPES, Snapshot, TypeSnapshot
+from .snapshot import OPTIONAL_TYPES, PUSH_ORDER, WILDCARD_TYPES, Snapshot, TypeSnapshot
 from .status import ProxyState, StatusRecorder
 
 __all__ = ["ADS_SERVICE", "AdsServer", "AdsStream"]
@@ -229,8 +229,8 @@ class AdsStream:
         if type_url in WILDCARD_TYPES:
             if not force and ts.version == st.sent_version:
                 return
-            if not force and type_url == SCOPED and not ts.fragments:
-                return  # the last kept shards expired: no listener uses scopes now
+            if not force and type_url in OPTIONAL_TYPES and not ts.fragments:
+                return
             await self._respond(type_url, ts, None)
             return
         wanted = sorted(n for n in st.names if n in ts.fragments)
@@ -279,10 +279,7 @@ class AdsStream:
         assert self.proxy is not None
         for type_url, st in self.types.items():
             ts = snap.types[type_url]
-            if type_url == SCOPED and (not st.subscribed or not ts.fragments):
-                # Only sharded gateways' listeners ask for scopes (before they ACK the
-                # listener); a listener drained after a layout change stops asking, and an
-                # Envoy that watches no scopes does not ACK them.
+            if type_url in OPTIONAL_TYPES and (not st.subscribed or not ts.fragments):
                 continue
             if type_url in WILDCARD_TYPES:
                 if st.acked_version != ts.version:

@@ -31,6 +31,7 @@ from ..translate import (
 )
 
 __all__ = [
+    "OPTIONAL_TYPES",
     "PUSH_ORDER",
     "FragmentCache",
     "Snapshot",
@@ -45,6 +46,10 @@ __all__ = [
 PUSH_ORDER = (CLUSTER, ENDPOINT, EXTENSION, SECRET, LISTENER, SCOPED, ROUTE)
 #: types whose requests name no resources and whose responses carry all of them
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER, SCOPED})
+#: wildcard types only some listeners ask for (scopes: sharded gateways). A proxy is in
+#: sync without them unless it asks and there are some; an empty set is not pushed, since
+#: an Envoy that stopped asking (its listener drained) would not ACK it.
+OPTIONAL_TYPES = frozenset({SCOPED})
 
 
 @dataclass(frozen=True)
