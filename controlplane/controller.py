@@ -18,6 +18,7 @@ import grpc
 
 from .analytics.sink import AccessLogSink
 from .errors import GatewayError
+from .httpserve import HttpServer, serve_http_on
 from .metrics import CONTENT_TYPE, Registry
 from .runner import Runner
 from .settings import Settings
@@ -30,6 +31,8 @@ from .xds.mtls import HandshakeLog, server_credentials
 __all__ = ["Controller", "serve"]
 
 log = logging.getLogger(__name__)
+
+_JSON = "application/json"
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -80,7 +83,7 @@ class Controller:
             retention_s=settings.analytics_retention_days * 86400,
         )
         self._grpc: grpc.aio.Server | None = None
-        self._health: asyncio.Server | None = None
+        self._health: HttpServer | None = None
         self._handshakes: HandshakeLog | None = None
         self.xds_port = 0
         self.health_port = 0
@@ -121,8 +124,8 @@ class Controller:
         await self._grpc.start()
         if self.settings.health_address:
             host, port = _split(self.settings.health_address)
-            self._health = await asyncio.start_server(self._serve_health, host, port)
-            self.health_port = self._health.sockets[0].getsockname()[1]
+            self._health = await serve_http_on(host, port, self._route_health)
+            self.health_port = self._health.port
         log.info(
             "controller %s serving xDS on %s (port %d)%s",
             self.id,
@@ -137,7 +140,7 @@ class Controller:
 
     async def stop(self) -> None:
         if self._health is not None:
-            self._health.close()
+            await self._health.close()
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)
         await self.recorder.flush()
@@ -165,37 +168,16 @@ class Controller:
             "streams": len(self.ads.active),
         }
 
-    async def _serve_health(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
-            path = line.split()[1].decode() if len(line.split()) > 1 else "/"
-            path = path.split("?", 1)[0]
-            ok = self.cache.ready.is_set()
-            content_type = "application/json"
-            if path == "/metrics":
-                status, body, content_type = 200, self.metrics.render(), CONTENT_TYPE
-            elif path in ("/healthz", "/readyz"):
-                status, body = (200 if ok else 503), json.dumps({"ok": ok})
-            elif path == "/status":
-                status, body = 200, json.dumps(self.health())
-            else:
-                status, body = 404, json.dumps({"error": "not found"})
-            data = body.encode()
-            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
-            writer.write(
-                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
-                + data
-            )
-            await writer.drain()
-        except (TimeoutError, ConnectionError, IndexError):
-            pass
-        finally:
-            writer.close()
+    def _route_health(self, path: str) -> tuple[int, str, bytes]:
+        """``/healthz``, ``/readyz`` (503 until the first snapshot), ``/status``, ``/metrics``."""
+        ok = self.cache.ready.is_set()
+        if path == "/metrics":
+            return 200, CONTENT_TYPE, self.metrics.render().encode()
+        if path in ("/healthz", "/readyz"):
+            return (200 if ok else 503), _JSON, json.dumps({"ok": ok}).encode()
+        if path == "/status":
+            return 200, _JSON, json.dumps(self.health()).encode()
+        return 404, _JSON, json.dumps({"error": "not found"}).encode()
 
 
 async def serve(settings: Settings, started: asyncio.Event | None = None) -> None:

@@ -1,20 +1,48 @@
-"""A minimal HTTP/1.1 GET server for health, status and metrics endpoints (asyncio streams).
+"""The GET-only HTTP server for health, status and metrics endpoints (aiohttp.web).
 
-The controller and the analytics sink answer a handful of GETs from probes and Prometheus;
-a web framework would add a dependency and a thread for that.
+The controller and the analytics sink answer a handful of GETs from probes and Prometheus.
+Parsing HTTP is left to aiohttp (already a dependency, for the aggregation service): a
+request line that is not UTF-8, longer than the limit, or with a method it does not know is
+answered 400/405/414 by the library and logged at debug level only, never as a traceback,
+and the next request is served as usual.
 """
 
 from __future__ import annotations
 
-import asyncio
+import logging
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["Route", "serve_http", "split_address"]
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+__all__ = ["HttpServer", "Route", "serve_http", "serve_http_on", "split_address"]
 
 #: path -> (status, content type, body)
 Route = Callable[[str], tuple[int, str, bytes]]
 
-_REASONS = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
+#: request line and header field limits (aiohttp's defaults are 8190): probes send tiny requests
+MAX_LINE = 4096
+MAX_FIELD = 8190
+
+
+log = logging.getLogger(__name__)
+
+
+class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log, minus tracebacks for requests it could not parse.
+
+    aiohttp answers a malformed request (bad bytes, over-long line, bad chunking...) with a
+    4xx by itself, then logs it with ``logger.exception``: a full traceback at ERROR for what
+    is only a client's mistake or a scanner. Those become one DEBUG line; an exception raised
+    while handling a well-formed request (a bug of ours) keeps its traceback.
+    """
+
+    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kw: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.logger.debug("%s: %s", msg % args if args else msg, exc_info.message)
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kw)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -22,27 +50,46 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-async def serve_http(address: str, route: Route) -> asyncio.Server:
+class HttpServer:
+    """A running server: its bound port, and :meth:`close` to stop it."""
+
+    def __init__(self, runner: web.AppRunner, port: int) -> None:
+        self._runner = runner
+        self.port = port
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+
+
+async def serve_http(address: str, route: Route) -> HttpServer:
     host, port = split_address(address)
+    return await serve_http_on(host, port, route)
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = line.split()
-            path = parts[1].decode().split("?", 1)[0] if len(parts) > 1 else "/"
-            status, content_type, body = route(path)
-            writer.write(
-                f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, ConnectionError, IndexError, UnicodeDecodeError):
-            pass
-        finally:
-            writer.close()
 
-    return await asyncio.start_server(handle, host, port)
+async def serve_http_on(host: str, port: int, route: Route) -> HttpServer:
+    """Serve ``route`` for GET and HEAD on every path (other methods: 405) at host:port."""
+
+    async def handle(request: web.Request) -> web.Response:
+        status, content_type, body = route(request.path)
+        return web.Response(status=status, body=body, headers={"Content-Type": content_type})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        max_line_size=MAX_LINE,
+        max_field_size=MAX_FIELD,
+        keepalive_timeout=15,
+        logger=_ProtocolLog(log, {}),
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    addresses = runner.addresses  # the port actually bound (port 0 -> an ephemeral one)
+    return HttpServer(runner, int(addresses[0][1]) if addresses else port)

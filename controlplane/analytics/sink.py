@@ -236,5 +236,5 @@ async def serve_sink(
         with suppress(asyncio.CancelledError):
             await flusher
         if http is not None:
-            http.close()
+            await http.close()
         sink.close()
