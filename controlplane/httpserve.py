@@ -40,7 +40,7 @@ class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def exception(self, msg: object, *args: Any, exc_info: Any = True, **kw: Any) -> None:
         if isinstance(exc_info, HttpProcessingError):
-            self.logger.debug("%s: %s", msg % args if args else msg, exc_info.message)
+            self.logger.debug("%s: %s", str(msg) % args if args else msg, exc_info.message)
             return
         self.logger.exception(msg, *args, exc_info=exc_info, **kw)
 
