@@ -16,6 +16,7 @@ from contextlib import suppress
 
 import grpc
 
+from .analytics.scope import Scope
 from .analytics.sink import AccessLogSink
 from .errors import GatewayError
 from .httpserve import HttpServer, serve_http_on
@@ -78,6 +79,11 @@ class Controller:
         #: Envoy's access-log service, served on the xDS port (gateways with analytics on)
         self.sink = AccessLogSink(
             settings.db,
+            Scope(
+                self.runner.objects["gateway"],
+                self.runner.by_gateway,
+                self.runner.objects["consumer"],
+            ),
             sink_id=self.id,
             registry=self.metrics,
             retention_s=settings.analytics_retention_days * 86400,

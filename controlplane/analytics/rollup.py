@@ -105,7 +105,8 @@ class Rollups:
 
 
 class RollupWriter:
-    """Adds cells to the sink's rows: one transaction per flush."""
+    """Adds cells to the sink's rows: one transaction per :meth:`write` (the sink calls it
+    with batches of a bounded size)."""
 
     def __init__(self, db: str | None, sink: str) -> None:
         self.sink = sink
@@ -117,12 +118,15 @@ class RollupWriter:
     def write(self, cells: dict[Key, Cell]) -> None:
         if not cells:
             return
-        minutes = sorted({k[0] for k in cells})
         with self._writer.begin() as conn:
             existing: dict[Key, Cell] = {}
-            rows = conn.execute(
+            rows = conn.execute(  # this sink's rows that may match a cell (a few extra at most)
                 select(*_CELL_COLUMNS).where(
-                    RollupRow.sink == self.sink, RollupRow.minute.in_(minutes)
+                    RollupRow.sink == self.sink,
+                    RollupRow.minute.in_(sorted({k[0] for k in cells})),
+                    RollupRow.gateway.in_(sorted({k[1] for k in cells})),
+                    RollupRow.route.in_(sorted({k[2] for k in cells})),
+                    RollupRow.consumer.in_(sorted({k[3] for k in cells})),
                 )
             )
             for m, g, r, c, s, n, bi, bo, lat, hist in rows:
@@ -167,6 +171,10 @@ class RollupWriter:
         return int(done.rowcount or 0)
 
 
+#: the columns are BIGINT: a total saturates rather than failing the flush (and every later one)
+_MAX_INT64 = (1 << 63) - 1
+
+
 def _row(key: Key, cell: Cell, sink: str, prefix: str = "") -> dict[str, Any]:
     minute, gateway, route, consumer, klass = key
     values = {
@@ -176,9 +184,9 @@ def _row(key: Key, cell: Cell, sink: str, prefix: str = "") -> dict[str, Any]:
         "consumer": consumer,
         "status_class": klass,
         "sink": sink,
-        "requests": cell.requests,
-        "bytes_in": cell.bytes_in,
-        "bytes_out": cell.bytes_out,
+        "requests": min(cell.requests, _MAX_INT64),
+        "bytes_in": min(cell.bytes_in, _MAX_INT64),
+        "bytes_out": min(cell.bytes_out, _MAX_INT64),
         "latency_ms_sum": cell.latency_ms_sum,
         "latency_hist": histogram.encode(cell.hist),
     }

@@ -20,24 +20,50 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import suppress
+from dataclasses import dataclass
 
 import grpc
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
 
 from ..metrics import Registry
-from .rollup import Rollups, RollupWriter, status_class
+from .rollup import Cell, Key, Rollups, RollupWriter, status_class
+from .scope import OTHER, Scope, StoreScope
 
-__all__ = ["ALS_SERVICE", "AccessLogSink", "serve_sink"]
+__all__ = ["ALS_SERVICE", "AccessLogSink", "Bounds", "serve_sink"]
 
 log = logging.getLogger(__name__)
 
 ALS_SERVICE = "envoy.service.accesslog.v3.AccessLogService"
 _CONSUMER_HEADER = "x-consumer-id"
+#: one entry's byte counts are clamped to this (64 GiB): a forged entry's uint64 cannot
+#: overflow a rollup's 64-bit column and stall every later flush
+_MAX_BYTES = 1 << 36
 
 
 def _ms(duration: object) -> float:
     return duration.seconds * 1e3 + duration.nanos / 1e6  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The sink's limits, so neither memory nor the rollup table grows with what clients send.
+
+    * ``consumers_per_minute``: distinct consumers per gateway and minute; later ones (even
+      declared consumers) are counted under :data:`OTHER`. Undeclared consumers always are.
+    * ``window_minutes``: an entry whose start lies further in the past (a long WebSocket
+      session, a forged timestamp) or in the future is counted in the minute it arrives.
+    * ``max_cells``: rollup cells held in memory between flushes (or while the database is
+      away); beyond it entries are dropped and counted.
+    * ``batch``: cells written per transaction; ``pause`` seconds between two transactions,
+      so a policy write waiting for the database lock always gets it within one batch.
+    """
+
+    consumers_per_minute: int = 1000
+    window_minutes: int = 5
+    max_cells: int = 200_000
+    batch: int = 500
+    pause: float = 0.02
 
 
 class AccessLogSink:
@@ -46,18 +72,24 @@ class AccessLogSink:
     def __init__(
         self,
         db: str | None,
+        scope: Scope,
         *,
         sink_id: str | None = None,
         registry: Registry | None = None,
         flush_interval: float = 1.0,
         retention_s: float = 30 * 86400,
+        bounds: Bounds | None = None,
     ) -> None:
         self.sink_id = sink_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.rollups = Rollups()
+        self.scope = scope
+        self.bounds = bounds or Bounds()
+        self.rollups = Rollups(self.bounds.max_cells)
         self.writer = RollupWriter(db, self.sink_id)
         self.flush_interval = flush_interval
         self.retention_s = retention_s
         self.streams: dict[int, str] = {}
+        #: (gateway, minute) -> consumers counted under their own name in that minute
+        self._consumers: dict[tuple[str, int], set[str]] = {}
         self.registry = registry or Registry()
         r = self.registry
         self.m_entries = r.counter(
@@ -67,6 +99,20 @@ class AccessLogSink:
             "gateway_analytics_dropped_total",
             "Entries dropped by the sink (its buffer full while the database was unavailable).",
             lambda: float(self.rollups.dropped),
+        )
+        self.m_refused = r.counter(
+            "gateway_analytics_refused_total",
+            "Entries refused, by reason: the stream's gateway is unknown or has analytics off.",
+        )
+        self.m_refused_streams = r.counter(
+            "gateway_analytics_refused_streams_total",
+            "Access-log streams refused when they opened, by reason.",
+        )
+        self.m_folded = r.counter(
+            "gateway_analytics_folded_total",
+            "Entries counted under '(other)' (unknown route or consumer, or over the bound of "
+            "consumers per minute) or in the current minute (start outside the window), "
+            "per gateway and field.",
         )
         self.m_flushes = r.counter(
             "gateway_analytics_flushes_total", "Rollup flushes, by result (ok or error)."
@@ -90,42 +136,101 @@ class AccessLogSink:
     # -- ingestion --------------------------------------------------------------------------
 
     def ingest(self, gateway: str, entries: Iterable[accesslog_pb2.HTTPAccessLogEntry]) -> int:
+        """Add ``entries`` of a stream of ``gateway`` (already admitted) to the rollups.
+
+        Nothing in an entry can name another gateway; its route and consumer are kept only
+        if the policy knows them (see :mod:`.scope`), within the bounds.
+        """
+        entries = list(entries)
+        if not entries:
+            return 0
+        refusal = self.scope.refusal(gateway)
+        if refusal is not None:  # analytics turned off (or the gateway deleted) mid-stream
+            self.m_refused.inc(len(entries), reason=refusal)
+            return 0
         add = self.rollups.add
-        n = 0
+        scope = self.scope
+        now = int(time.time() // 60)
+        oldest = now - self.bounds.window_minutes
+        limit = self.bounds.consumers_per_minute
+        folded_route = folded_consumer = late = 0
         for e in entries:
             c = e.common_properties
             req = e.request
             resp = e.response
             latency = c.duration if c.HasField("duration") else c.time_to_last_downstream_tx_byte
+            minute = c.start_time.seconds // 60
+            if not oldest <= minute <= now:
+                minute = now
+                late += 1
+            route = c.route_name
+            if route and not scope.is_route(gateway, route):
+                route = OTHER
+                folded_route += 1
+            consumer = req.request_headers.get(_CONSUMER_HEADER, "")
+            if consumer:
+                seen = self._consumers.get((gateway, minute))
+                if seen is None:
+                    seen = self._consumers[(gateway, minute)] = set()
+                if consumer not in seen:
+                    if len(seen) < limit and scope.is_consumer(consumer):
+                        seen.add(consumer)
+                    else:
+                        consumer = OTHER
+                        folded_consumer += 1
             add(
-                (
-                    c.start_time.seconds // 60,
-                    gateway,
-                    c.route_name,
-                    req.request_headers.get(_CONSUMER_HEADER, ""),
-                    status_class(resp.response_code.value),
-                ),
-                req.request_headers_bytes + req.request_body_bytes,
-                resp.response_headers_bytes + resp.response_body_bytes,
-                _ms(latency),
+                (minute, gateway, route, consumer, status_class(resp.response_code.value)),
+                min(req.request_headers_bytes + req.request_body_bytes, _MAX_BYTES),
+                min(resp.response_headers_bytes + resp.response_body_bytes, _MAX_BYTES),
+                max(0.0, _ms(latency)),
             )
-            n += 1
-        self.m_entries.inc(n, gateway=gateway)
-        return n
+        self.m_entries.inc(len(entries), gateway=gateway)
+        if folded_route:
+            self.m_folded.inc(folded_route, gateway=gateway, field="route")
+        if folded_consumer:
+            self.m_folded.inc(folded_consumer, gateway=gateway, field="consumer")
+        if late:
+            self.m_folded.inc(late, gateway=gateway, field="minute")
+        return len(entries)
+
+    async def admit(
+        self, identifier: als_pb2.StreamAccessLogsMessage.Identifier, context: object
+    ) -> str | None:
+        """The gateway a stream writes for, decided once when it opens; None: refused.
+
+        The gateway is the node's ``cluster`` (what the stream's Envoy was configured as),
+        never the client-chosen ``log_name`` nor anything in the entries.
+        """
+        gateway = identifier.node.cluster
+        refusal = self.scope.refusal(gateway)
+        if refusal is not None:  # a gateway just created or switched on: read the policy
+            await self.scope.refresh()
+            refusal = self.scope.refusal(gateway)
+        if refusal is not None:
+            self.m_refused_streams.inc(reason=refusal)
+            log.debug("access-log stream refused (%s): node cluster %r", refusal, gateway[:128])
+            return None
+        return gateway
 
     async def _stream(
         self,
         requests: AsyncIterator[als_pb2.StreamAccessLogsMessage],
         context: grpc.aio.ServicerContext,
     ) -> als_pb2.StreamAccessLogsResponse:
-        gateway = "unknown"
         key = id(context)
+        gateway: str | None = None
         try:
             async for msg in requests:
-                if msg.HasField("identifier"):
-                    ident = msg.identifier
-                    gateway = ident.log_name or ident.node.cluster or gateway
-                    self.streams[key] = gateway
+                if gateway is None:  # the first message identifies the stream, once
+                    admitted = await self.admit(msg.identifier, context)  # none: cluster ""
+                    if admitted is None:
+                        self.m_refused.inc(len(msg.http_logs.log_entry), reason="refused_stream")
+                        await context.abort(
+                            grpc.StatusCode.PERMISSION_DENIED,
+                            "access logs are accepted only from gateways with analytics on",
+                        )
+                        return als_pb2.StreamAccessLogsResponse()  # (abort raises)
+                    gateway = self.streams[key] = admitted
                 self.ingest(gateway, msg.http_logs.log_entry)
         except (asyncio.CancelledError, grpc.RpcError):
             pass
@@ -148,19 +253,37 @@ class AccessLogSink:
     # -- flushing ---------------------------------------------------------------------------
 
     async def flush(self) -> None:
+        """Write the cells changed since the last flush, ``bounds.batch`` per transaction.
+
+        Short transactions with a pause between them: a policy write waiting on the
+        database's write lock (SQLite's busy timeout) gets it between two batches, however
+        much traffic the sink has to write.
+        """
         cells = self.rollups.take()
+        self._forget_old_minutes()
         if not cells:
             return
         started = time.perf_counter()
-        try:
-            await asyncio.to_thread(self.writer.write, cells)
-        except Exception as exc:  # the database may be away; keep the cells for the next try
-            self.rollups.give_back(cells)
-            self.m_flushes.inc(result="error")
-            log.warning("could not write access-log rollups (kept for the next flush): %s", exc)
-            return
+        items = list(cells.items())
+        step = max(1, self.bounds.batch)
+        for i in range(0, len(items), step):
+            if i:
+                await asyncio.sleep(self.bounds.pause)
+            chunk: dict[Key, Cell] = dict(items[i : i + step])
+            try:
+                await asyncio.to_thread(self.writer.write, chunk)
+            except Exception as exc:  # the database may be away; keep the cells for the next try
+                self.rollups.give_back(dict(items[i:]))
+                self.m_flushes.inc(result="error")
+                log.warning("could not write access-log rollups (kept for the next flush): %s", exc)
+                return
         self.m_flushes.inc(result="ok")
         self.m_flush_seconds.observe(time.perf_counter() - started)
+
+    def _forget_old_minutes(self) -> None:
+        oldest = int(time.time() // 60) - self.bounds.window_minutes
+        for key in [k for k in self._consumers if k[1] < oldest]:
+            del self._consumers[key]
 
     async def run(self) -> None:
         """Flush every ``flush_interval``; prune rows past the retention once a minute."""
@@ -168,6 +291,7 @@ class AccessLogSink:
         try:
             while True:
                 await asyncio.sleep(self.flush_interval)
+                await self.scope.refresh()
                 await self.flush()
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + 60
@@ -201,7 +325,9 @@ async def serve_sink(
     from ..store import Store
 
     Store(db).close()  # creates or migrates the schema
-    sink = AccessLogSink(db, retention_s=retention_s, flush_interval=flush_interval)
+    scope = StoreScope(db)
+    await scope.refresh()
+    sink = AccessLogSink(db, scope, retention_s=retention_s, flush_interval=flush_interval)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     server.add_generic_rpc_handlers((sink.handler(),))
     port = server.add_insecure_port(address)
@@ -238,3 +364,4 @@ async def serve_sink(
         if http is not None:
             await http.close()
         sink.close()
+        scope.close()
