@@ -294,18 +294,17 @@ def test_policy_writes_succeed_while_the_sink_flushes_heavily(cli: Cli, tmp_path
     )
     sender.start()
     try:
-        # the sink is busy: tens of thousands of distinct cells written
+        # the sink is busy: tens of thousands of distinct cells written, more coming
         wait_until(lambda: len(rollups(cli)) >= 20_000, timeout=180, interval=1)
+        written_before = sum(rollups(cli).values())
         failures = []
-        for k in range(8):
-            proc = cli.run(
-                "consumer", "add", f"new-{k}", check=False, timeout=120
-            )  # each one a write transaction on the policy tables
+        for k in range(8):  # each one a write transaction on the policy tables
+            proc = cli.run("consumer", "add", f"new-{k}", check=False, timeout=120)
             if proc.returncode != 0:
                 failures.append(proc.stderr.strip())
         assert failures == [], failures
-        text = metrics(controller)
-        assert metric(text, "gateway_analytics_flushes_total", result="ok") >= 3
+        # ... and the rollups kept being written in the meantime
+        assert sum(rollups(cli).values()) > written_before
     finally:
         stop.set()
         sender.join(60)
