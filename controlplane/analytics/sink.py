@@ -194,12 +194,15 @@ class AccessLogSink:
         return len(entries)
 
     async def admit(
-        self, identifier: als_pb2.StreamAccessLogsMessage.Identifier, context: object
+        self,
+        identifier: als_pb2.StreamAccessLogsMessage.Identifier,
+        context: grpc.aio.ServicerContext,
     ) -> str | None:
         """The gateway a stream writes for, decided once when it opens; None: refused.
 
         The gateway is the node's ``cluster`` (what the stream's Envoy was configured as),
-        never the client-chosen ``log_name`` nor anything in the entries.
+        never the client-chosen ``log_name`` nor anything in the entries. This is the one
+        place a stream is let in: checks of the peer (``context``) belong here too.
         """
         gateway = identifier.node.cluster
         refusal = self.scope.refusal(gateway)
