@@ -34,7 +34,11 @@ def register_secrets(app: typer.Typer) -> None:
         data = {
             "source": report.source,
             "keys": [
-                {"id": kid, "current": kid == report.current, "rows": report.rows_by_key.get(kid, 0)}
+                {
+                    "id": kid,
+                    "current": kid == report.current,
+                    "rows": report.rows_by_key.get(kid, 0),
+                }
                 for kid in report.configured
             ],
             "unknown_keys": {

@@ -413,13 +413,14 @@ class Store:
         """What ``gatewayctl secrets status`` shows: configured keys, rows per key."""
         kinds = [k for k in KINDS if _secret_fields(k)]
         with self._reader.connect() as conn:
-            by_key = dict(
-                conn.execute(
+            by_key = {
+                str(kid): int(n)
+                for kid, n in conn.execute(
                     select(Resource.secret_key_id, func.count())
                     .where(Resource.secret_key_id.is_not(None))
                     .group_by(Resource.secret_key_id)
-                ).all()
-            )
+                )
+            }
             clear = sum(
                 1
                 for kind, spec in conn.execute(
@@ -632,7 +633,7 @@ def _key_ids(conn: Connection) -> set[str]:
     rows = conn.execute(
         select(Resource.secret_key_id).where(Resource.secret_key_id.is_not(None)).distinct()
     ).scalars()
-    return set(rows)
+    return {str(kid) for kid in rows}
 
 
 def _fetch(
