@@ -319,7 +319,9 @@ class Store:
             ops = plan(current)
         else:
             ops = list(plan)
-            current = _fetch(conn, [(k, n) for _, k, n, _ in ops], self.secrets)
+            current = _fetch(conn, [(k, n) for op, k, n, _ in ops if op != "delete"], self.secrets)
+            # deleting needs no secret: a row that no longer decrypts can still be removed
+            current |= _fetch(conn, [(k, n) for op, k, n, _ in ops if op == "delete"], None)
 
         changes: list[ObjectChange] = []
         for op, kind, name, obj in ops:
@@ -637,15 +639,16 @@ def _key_ids(conn: Connection) -> set[str]:
 
 
 def _fetch(
-    conn: Connection, keys: list[tuple[str, str]], secrets: SecretKeys
+    conn: Connection, keys: list[tuple[str, str]], secrets: SecretKeys | None
 ) -> dict[tuple[str, str], dict[str, Any]]:
+    """Specs by key; without ``secrets``, only their clear part (secret fields left out)."""
     out = {}
     for kind, name in keys:
         row = conn.execute(
             select(*_SPEC).where(Resource.kind == kind, Resource.name == name)
         ).one_or_none()
         if row is not None:
-            out[(kind, name)] = _spec(secrets, kind, name, *row)
+            out[(kind, name)] = row[0] if secrets is None else _spec(secrets, kind, name, *row)
     return out
 
 
