@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, inspect, select, text, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
@@ -394,22 +394,29 @@ class Store:
                 rows = conn.execute(
                     select(Resource.kind, Resource.name, *_SPEC).where(Resource.kind.in_(kinds))
                 ).all()
-                written = 0
+                rewritten = []
                 for kind, name, spec, secret, kid in rows:
                     in_clear = set(_secret_fields(kind)) & set(spec)
                     if (kid == ring.current_id or secret is None) and not in_clear:
                         continue
                     full = _spec(self.secrets, kind, name, spec, secret, kid)
+                    columns = _seal(self.secrets, kind, name, full)
+                    rewritten.append({"k": kind, "n": name, **columns})
+                if rewritten:
                     conn.execute(
                         update(Resource)
-                        .where(Resource.kind == kind, Resource.name == name)
-                        .values(**_seal(self.secrets, kind, name, full))
+                        .where(Resource.kind == bindparam("k"), Resource.name == bindparam("n"))
+                        .values(
+                            spec=bindparam("spec"),
+                            secret=bindparam("secret"),
+                            secret_key_id=bindparam("secret_key_id"),
+                        ),
+                        rewritten,
                     )
-                    written += 1
         except OperationalError as exc:
             raise StoreError(f"database error: {exc.orig}") from None
         self._checkpoint()
-        return written
+        return len(rewritten)
 
     def secrets_report(self) -> SecretsReport:
         """What ``gatewayctl secrets status`` shows: configured keys, rows per key."""

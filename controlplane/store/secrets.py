@@ -30,7 +30,7 @@ import os
 import re
 import secrets
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -138,13 +138,18 @@ class KeyRing:
 
     keys: dict[str, bytes]
     source: str
+    _aeads: dict[str, AESGCM] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def current_id(self) -> str:
         return next(reversed(self.keys))
 
-    def describe(self) -> list[str]:
-        return list(self.keys)
+    def aead(self, kid: str) -> AESGCM:
+        """The cipher of one key, made once (loading thousands of rows reuses it)."""
+        cipher = self._aeads.get(kid)
+        if cipher is None:
+            cipher = self._aeads[kid] = AESGCM(self.keys[kid])
+        return cipher
 
 
 @dataclass(frozen=True)
@@ -315,7 +320,7 @@ class SecretKeys:
         kid = ring.current_id
         nonce = secrets.token_bytes(12)
         plain = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
-        ct = AESGCM(ring.keys[kid]).encrypt(nonce, plain, _aad(kind, name))
+        ct = ring.aead(kid).encrypt(nonce, plain, _aad(kind, name))
         return Sealed(kid, _VERSION + base64.urlsafe_b64encode(nonce + ct).decode())
 
     def open(self, kind: str, name: str, sealed: Sealed) -> dict[str, Any]:
@@ -325,7 +330,7 @@ class SecretKeys:
             raise SecretKeyError(f"{what}: secret: unknown format {sealed.blob[:3]!r}")
         try:
             raw = base64.urlsafe_b64decode(sealed.blob[len(_VERSION) :])
-            plain = AESGCM(ring.keys[sealed.key_id]).decrypt(raw[:12], raw[12:], _aad(kind, name))
+            plain = ring.aead(sealed.key_id).decrypt(raw[:12], raw[12:], _aad(kind, name))
             data = json.loads(plain)
         except (InvalidTag, binascii.Error, ValueError):
             raise SecretKeyError(
