@@ -93,8 +93,9 @@ def _parse_keys(text: str, source: str) -> list[bytes]:
         e for line in text.splitlines() for e in _SPLIT.split(line.split("#", 1)[0]) if e.strip()
     ]
     for i, entry in enumerate(entries, 1):
+        bare = entry.rstrip("=").replace("-", "+").replace("_", "/")  # either alphabet
         try:
-            key = base64.urlsafe_b64decode(entry.replace("+", "-").replace("/", "_") + "==")
+            key = base64.b64decode(bare + "=" * (-len(bare) % 4), validate=True)
         except (binascii.Error, ValueError):
             key = b""
         if len(key) != KEY_BYTES:
