@@ -368,3 +368,22 @@ def test_generate_key_file_is_0600(tmp_path: Path, db: Path) -> None:
     assert len(keys) == 2 and all(len(base64.urlsafe_b64decode(k)) == 32 for k in keys)
     printed = _gatewayctl(db, "secrets", "generate-key").stdout.strip()
     assert len(base64.urlsafe_b64decode(printed)) == 32
+
+
+def test_migration_downgrade_restores_the_clear_rows(db: Path) -> None:
+    from alembic import command
+
+    from controlplane.store.repository import alembic_config
+
+    key, cert = new_api_key("acme"), _certificate()
+    _clear_database(db, [Consumer(name="acme"), key, cert])
+    store = Store(str(db))
+    with store._writer.begin() as conn:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        cfg.attributes["secret_keys"] = store.secrets
+        command.downgrade(cfg, PREVIOUS_SCHEMA)
+    with sqlite3.connect(db) as conn:
+        specs = dict(conn.execute("SELECT name, spec FROM resources"))
+    assert json.loads(specs[key.name]) == key.spec()
+    assert json.loads(specs["api"]) == cert.spec()
