@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import os
@@ -268,13 +269,18 @@ class SecretKeys:
         path = self.default_file
         assert path is not None
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = _FILE_HEADER + format_key(new_key()) + "\n"
-        try:  # O_EXCL: two processes creating it at once keep the first one's key
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as out:  # mkstemp: mode 0600
+                out.write(_FILE_HEADER + format_key(new_key()) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            # a hard link appears whole or not at all, and never replaces a file: of two
+            # processes creating the key at once, both end up with the first one's key
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
 
     def reload(self) -> KeyRing:
         self._ring = None
