@@ -190,11 +190,12 @@ class SecretKeys:
     @classmethod
     def for_database(cls, database: str | None, sqlite: bool) -> SecretKeys:
         """The configured keys (environment) for a database URL's file (None: no file)."""
+        in_memory = not database or database == ":memory:"
         return cls(
             env_key=os.environ.get(ENV_KEY),
             key_file=os.environ.get(ENV_KEY_FILE),
-            default_file=default_key_file(database) if sqlite and database else None,
-            ephemeral=sqlite and not database,
+            default_file=default_key_file(database) if sqlite and not in_memory else None,
+            ephemeral=sqlite and in_memory,
         )
 
     # -- where the keys are ---------------------------------------------------------------
