@@ -194,7 +194,9 @@ class SecretKeys:
         return cls(
             env_key=os.environ.get(ENV_KEY),
             key_file=os.environ.get(ENV_KEY_FILE),
-            default_file=default_key_file(database) if sqlite and not in_memory else None,
+            default_file=default_key_file(database)
+            if sqlite and database and not in_memory
+            else None,
             ephemeral=sqlite and in_memory,
         )
 
