@@ -65,6 +65,8 @@ class Runner:
         self._fragments = FragmentCache()
         self._record_task: asyncio.Task[None] | None = None
         self._members_task: asyncio.Task[None] | None = None
+        self._last_error: str | None = None
+        self._last_error_at = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -139,8 +141,12 @@ class Runner:
         try:
             await self.poll()
             return True
-        except GatewayError as exc:
-            log.error("%s", exc)
+        except GatewayError as exc:  # e.g. a secret it cannot decrypt: keep serving the last
+            # good state, retry, and say so once every 10 s rather than on every poll
+            message, now = str(exc), time.monotonic()
+            if message != self._last_error or now - self._last_error_at >= 10:
+                log.error("revision not applied, still serving revision %d: %s", self.revision, exc)
+                self._last_error, self._last_error_at = message, now
         except Exception:
             log.exception("revision watcher failed; retrying")
             await asyncio.sleep(1)

@@ -11,7 +11,7 @@ import yaml
 
 from ..errors import PolicyInvalid
 from ..policy import KINDS, Bundle
-from ..store import ObjectChange
+from ..store import ObjectChange, write_private_file
 from .context import ctx_of, finish_change
 from .output import Format, emit, stderr
 from .resources import WaitOption
@@ -142,7 +142,8 @@ def register_declarative(app: typer.Typer) -> None:
             str | None, typer.Option("--file", "-f", help="Write here instead of stdout.")
         ] = None,
     ) -> None:
-        """Write all policy as one file that ``apply -f`` takes back unchanged."""
+        """Write all policy as one file that ``apply -f`` takes back unchanged (with
+        ``--file``: created mode 0600, since it holds certificates' private keys)."""
         c = ctx_of(ctx)
         bundle = c.store.bundle()
         if c.output == Format.json:
@@ -151,8 +152,11 @@ def register_declarative(app: typer.Typer) -> None:
             text = json.dumps(bundle.to_data(), indent=2) + "\n"
         else:
             text = bundle.to_yaml()
-        if output_file:
-            Path(output_file).write_text(text)
+        if output_file:  # it may hold private keys: readable by its owner only
+            try:
+                write_private_file(output_file, text)
+            except OSError as exc:
+                raise PolicyInvalid(f"--file: cannot write {output_file}: {exc.strerror}") from None
         else:
             print(text, end="")
 

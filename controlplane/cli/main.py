@@ -18,6 +18,7 @@ from .protos import register_protos
 from .ratelimit import register_ratelimit
 from .resources import register_resources
 from .run import register_run
+from .secrets import register_secrets
 from .status import register_status
 from .traffic import register_cache
 
@@ -58,6 +59,7 @@ register_status(app)
 register_run(app)
 register_cache(app)
 register_analytics(app)
+register_secrets(app)
 
 
 def _expand_wait(argv: list[str]) -> list[str]:

@@ -48,6 +48,8 @@ class ApiKey(PolicyModel):
     """
 
     kind: ClassVar[str] = "api_key"
+    #: stored encrypted (store/secrets.py) and never shown after ``consumer key add``
+    secret_fields: ClassVar[tuple[str, ...]] = ("key",)
 
     name: str = Field(pattern=r"^ak_[0-9a-f]{12}$")
     consumer: Name

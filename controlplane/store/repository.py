@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, inspect, select, text, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, inspect, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from ..errors import Conflict, NotFound, PolicyInvalid, StoreError
@@ -28,14 +29,15 @@ from ..policy import (
     references,
 )
 from .db import RevisionProbe, make_engines, normalize_url
+from .secrets import Sealed, SecretKeys
 from .tables import Change, ControllerRow, EventRow, GatewayBuild, Meta, ProxyRow, Ref, Resource
 
-__all__ = ["ApplyResult", "ObjectChange", "ProxyStatus", "Store"]
+__all__ = ["ApplyResult", "ObjectChange", "ProxyStatus", "SecretsReport", "Store"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 #: newest migration; a test checks it against alembic's head. Comparing it with one query
 #: keeps alembic (150 ms to import) out of every CLI call on an up-to-date database.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 #: PostgreSQL advisory lock held while migrating
 _MIGRATE_LOCK = 0x6761_7465
 
@@ -55,6 +57,17 @@ class ObjectChange:
 class ApplyResult:
     revision: int
     changes: list[ObjectChange] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SecretsReport:
+    """Which keys the database's secrets are encrypted with, and which keys are configured."""
+
+    source: str
+    configured: list[str]
+    current: str | None
+    rows_by_key: dict[str, int]
+    clear_rows: int
 
 
 @dataclass(frozen=True)
@@ -78,8 +91,14 @@ class ProxyStatus:
 class Store:
     """Policy and status in one SQL database (SQLite file or PostgreSQL)."""
 
-    def __init__(self, db: str | None = None, *, migrate: bool = True) -> None:
+    def __init__(
+        self, db: str | None = None, *, migrate: bool = True, secrets: SecretKeys | None = None
+    ) -> None:
         self.url = normalize_url(db)
+        parsed = make_url(self.url)
+        sqlite = parsed.get_backend_name() == "sqlite"
+        #: the keys secret fields are encrypted with (read on first use)
+        self.secrets = secrets or SecretKeys.for_database(parsed.database, sqlite)
         try:
             self._writer, self._reader = make_engines(self.url)
         except (SQLAlchemyError, ImportError) as exc:
@@ -107,9 +126,23 @@ class Store:
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATE_LOCK})
                 cfg = alembic_config()
                 cfg.attributes["connection"] = conn
+                cfg.attributes["secret_keys"] = self.secrets
                 command.upgrade(cfg, "head")
+            self._checkpoint()
         except (OperationalError, ProgrammingError) as exc:
             raise StoreError(f"cannot open database {self.url!r}: {exc.orig}") from None
+
+    def _checkpoint(self) -> None:
+        """SQLite: copy the WAL into the database file and empty it, so values a migration
+        or a rotation replaced survive in neither file (``secure_delete`` zeroed their old
+        place). Best effort: a reader still open elsewhere can keep older frames alive."""
+        if self._writer.dialect.name != "sqlite":
+            return
+        raw = self._writer.raw_connection()  # outside a transaction, as checkpoints must be
+        try:
+            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            raw.close()
 
     def schema_version(self) -> str | None:
         with self._reader.connect() as conn:
@@ -129,9 +162,7 @@ class Store:
 
     def get(self, kind: str, name: str) -> PolicyModel:
         with self._reader.connect() as conn:
-            spec = conn.execute(
-                select(Resource.spec).where(Resource.kind == kind, Resource.name == name)
-            ).scalar_one_or_none()
+            spec = _fetch(conn, [(kind, name)], self.secrets).get((kind, name))
         if spec is None:
             raise NotFound(f"{kind} {name!r} does not exist")
         return _load(kind, spec)
@@ -139,16 +170,20 @@ class Store:
     def list_objects(self, kind: str) -> list[PolicyModel]:
         with self._reader.connect() as conn:
             rows = conn.execute(
-                select(Resource.spec).where(Resource.kind == kind).order_by(Resource.name)
-            ).scalars()
-            return [_load(kind, spec) for spec in rows]
+                select(Resource.name, *_SPEC).where(Resource.kind == kind).order_by(Resource.name)
+            ).all()
+        return [_load(kind, _spec(self.secrets, kind, name, *rest)) for name, *rest in rows]
 
     def load_all(self) -> tuple[int, list[PolicyModel]]:
         """Every object and the revision they belong to, read in one transaction."""
         with self._reader.begin() as conn:
             rev = int(conn.execute(select(Meta.revision).where(Meta.id == 1)).scalar_one())
-            rows = conn.execute(select(Resource.kind, Resource.name, Resource.spec)).all()
-        return rev, [_load(kind, spec) for kind, _name, spec in rows if kind in KINDS]
+            rows = conn.execute(select(Resource.kind, Resource.name, *_SPEC)).all()
+        return rev, [
+            _load(kind, _spec(self.secrets, kind, name, *rest))
+            for kind, name, *rest in rows
+            if kind in KINDS
+        ]
 
     def bundle(self) -> Bundle:
         return Bundle.from_objects(self.load_all()[1])
@@ -166,9 +201,7 @@ class Store:
             ).all()
             out: list[tuple[str, str, PolicyModel | None]] = []
             for kind, name in touched:
-                spec = conn.execute(
-                    select(Resource.spec).where(Resource.kind == kind, Resource.name == name)
-                ).scalar_one_or_none()
+                spec = _fetch(conn, [(kind, name)], self.secrets).get((kind, name))
                 out.append((kind, name, None if spec is None else _load(kind, spec)))
         return rev, out
 
@@ -273,18 +306,22 @@ class Store:
         conn.execute(update(Meta).where(Meta.id == 1).values(revision=Meta.revision + 1))
         rev = int(conn.execute(select(Meta.revision).where(Meta.id == 1)).scalar_one())
         if callable(plan):
-            query = select(Resource.kind, Resource.name, Resource.spec)
+            query = select(Resource.kind, Resource.name, *_SPEC)
             if keys is not None:
                 wanted = list(keys)
                 query = query.where(
                     Resource.kind.in_({k for k, _ in wanted}),
                     Resource.name.in_({n for _, n in wanted}),
                 )
-            current = {(k, n): s for k, n, s in conn.execute(query)}
+            current = {
+                (k, n): _spec(self.secrets, k, n, *rest) for k, n, *rest in conn.execute(query)
+            }
             ops = plan(current)
         else:
             ops = list(plan)
-            current = _fetch(conn, [(k, n) for _, k, n, _ in ops])
+            current = _fetch(conn, [(k, n) for op, k, n, _ in ops if op != "delete"], self.secrets)
+            # deleting needs no secret: a row that no longer decrypts can still be removed
+            current |= _fetch(conn, [(k, n) for op, k, n, _ in ops if op == "delete"], None)
 
         changes: list[ObjectChange] = []
         for op, kind, name, obj in ops:
@@ -302,18 +339,19 @@ class Store:
             return ApplyResult(rev - 1, changes)
 
         objects = {(k, n): o for _, k, n, o in ops}
+        if any(c.after is not None and _secret_fields(c.kind) for c in changes):
+            self.secrets.check_known(_key_ids(conn))
         created, edges = [], []
         for ch in changes:
             obj = objects[(ch.kind, ch.name)]
             key = (Resource.kind == ch.kind) & (Resource.name == ch.name)
+            columns = _seal(self.secrets, ch.kind, ch.name, ch.after) if ch.after else {}
             if ch.op == "create":  # new objects have no edges yet; inserted in bulk below
-                created.append(
-                    {"kind": ch.kind, "name": ch.name, "spec": ch.after, "revision": rev}
-                )
+                created.append({"kind": ch.kind, "name": ch.name, "revision": rev, **columns})
             else:
                 conn.execute(delete(Ref).where((Ref.kind == ch.kind) & (Ref.name == ch.name)))
                 if ch.op == "update":
-                    conn.execute(update(Resource).where(key).values(spec=ch.after, revision=rev))
+                    conn.execute(update(Resource).where(key).values(revision=rev, **columns))
                 else:
                     conn.execute(delete(Resource).where(key))
             if obj is not None:
@@ -326,7 +364,7 @@ class Store:
         if edges:
             conn.execute(insert(Ref), edges)
         _check_references(conn, {(c.kind, c.name) for c in changes if c.op == "delete"})
-        _check_contents(conn, changes, objects)
+        _check_contents(conn, changes, objects, self.secrets)
         conn.execute(
             insert(Change),
             [
@@ -335,6 +373,80 @@ class Store:
             ],
         )
         return ApplyResult(rev, changes)
+
+    # -- secrets ----------------------------------------------------------------------------
+
+    def rotate_secrets(self) -> int:
+        """Re-encrypt every secret under the newest key, in one transaction; rows written
+        in clear (by an older schema) are encrypted too. The number of rows written.
+
+        Not a policy change: the revision stays, controllers keep what they serve. On
+        SQLite the old ciphertexts are zeroed (``secure_delete``) and the WAL emptied.
+        """
+        ring = self.secrets.ring(create=True)
+        kinds = [k for k in KINDS if _secret_fields(k)]
+        try:
+            with self._writer.begin() as conn:
+                if conn.dialect.name == "sqlite":
+                    conn.exec_driver_sql("PRAGMA secure_delete=ON")
+                # hold the writers' lock (the meta row) without bumping the revision
+                conn.execute(update(Meta).where(Meta.id == 1).values(revision=Meta.revision))
+                rows = conn.execute(
+                    select(Resource.kind, Resource.name, *_SPEC).where(Resource.kind.in_(kinds))
+                ).all()
+                rewritten = []
+                for kind, name, spec, secret, kid in rows:
+                    in_clear = set(_secret_fields(kind)) & set(spec)
+                    if (kid == ring.current_id or secret is None) and not in_clear:
+                        continue
+                    full = _spec(self.secrets, kind, name, spec, secret, kid)
+                    columns = _seal(self.secrets, kind, name, full)
+                    rewritten.append({"k": kind, "n": name, **columns})
+                if rewritten:
+                    conn.execute(
+                        update(Resource)
+                        .where(Resource.kind == bindparam("k"), Resource.name == bindparam("n"))
+                        .values(
+                            spec=bindparam("spec"),
+                            secret=bindparam("secret"),
+                            secret_key_id=bindparam("secret_key_id"),
+                        ),
+                        rewritten,
+                    )
+        except OperationalError as exc:
+            raise StoreError(f"database error: {exc.orig}") from None
+        self._checkpoint()
+        return len(rewritten)
+
+    def secrets_report(self) -> SecretsReport:
+        """What ``gatewayctl secrets status`` shows: configured keys, rows per key."""
+        kinds = [k for k in KINDS if _secret_fields(k)]
+        with self._reader.connect() as conn:
+            by_key = {
+                str(kid): int(n)
+                for kid, n in conn.execute(
+                    select(Resource.secret_key_id, func.count())
+                    .where(Resource.secret_key_id.is_not(None))
+                    .group_by(Resource.secret_key_id)
+                )
+            }
+            clear = sum(
+                1
+                for kind, spec in conn.execute(
+                    select(Resource.kind, Resource.spec).where(
+                        Resource.kind.in_(kinds), Resource.secret.is_(None)
+                    )
+                )
+                if set(_secret_fields(kind)) & set(spec)
+            )
+        try:
+            ring = self.secrets.ring()
+            configured, current = list(ring.keys), ring.current_id
+        except StoreError:
+            if by_key or clear:
+                raise
+            configured, current = [], None
+        return SecretsReport(self.secrets.source, configured, current, by_key, clear)
 
     # -- status (written by controllers, read by the CLI) ---------------------------------
 
@@ -493,14 +605,57 @@ def _load(kind: str, spec: dict[str, Any]) -> PolicyModel:
     return KINDS[kind].model_validate(spec)
 
 
-def _fetch(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+#: the columns that together give an object's spec (see :func:`_spec`)
+_SPEC = (Resource.spec, Resource.secret, Resource.secret_key_id)
+
+
+def _secret_fields(kind: str) -> tuple[str, ...]:
+    return tuple(getattr(KINDS.get(kind), "secret_fields", ()))
+
+
+def _seal(secrets: SecretKeys, kind: str, name: str, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """The column values of a spec: its secret fields encrypted, the rest in clear."""
+    assert spec is not None
+    hidden = {f: spec[f] for f in _secret_fields(kind) if f in spec}
+    if not hidden:
+        return {"spec": spec, "secret": None, "secret_key_id": None}
+    sealed = secrets.seal(kind, name, hidden)
+    public = {k: v for k, v in spec.items() if k not in hidden}
+    return {"spec": public, "secret": sealed.blob, "secret_key_id": sealed.key_id}
+
+
+def _spec(
+    secrets: SecretKeys,
+    kind: str,
+    name: str,
+    spec: dict[str, Any],
+    secret: str | None,
+    key_id: str | None,
+) -> dict[str, Any]:
+    """The whole spec of a row: the clear part and the decrypted secret fields."""
+    if secret is None or key_id is None:
+        return spec
+    return {**spec, **secrets.open(kind, name, Sealed(key_id, secret))}
+
+
+def _key_ids(conn: Connection) -> set[str]:
+    rows = conn.execute(
+        select(Resource.secret_key_id).where(Resource.secret_key_id.is_not(None)).distinct()
+    ).scalars()
+    return {str(kid) for kid in rows}
+
+
+def _fetch(
+    conn: Connection, keys: list[tuple[str, str]], secrets: SecretKeys | None
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Specs by key; without ``secrets``, only their clear part (secret fields left out)."""
     out = {}
     for kind, name in keys:
-        spec = conn.execute(
-            select(Resource.spec).where(Resource.kind == kind, Resource.name == name)
-        ).scalar_one_or_none()
-        if spec is not None:
-            out[(kind, name)] = spec
+        row = conn.execute(
+            select(*_SPEC).where(Resource.kind == kind, Resource.name == name)
+        ).one_or_none()
+        if row is not None:
+            out[(kind, name)] = row[0] if secrets is None else _spec(secrets, kind, name, *row)
     return out
 
 
@@ -508,6 +663,7 @@ def _check_contents(
     conn: Connection,
     changes: list[ObjectChange],
     objects: dict[tuple[str, str], PolicyModel | None],
+    secrets: SecretKeys,
 ) -> None:
     """What referenced objects hold (a proto's services), checked inside the transaction:
     for the objects written, and for the referrers of an updated proto."""
@@ -518,7 +674,7 @@ def _check_contents(
         if key not in loaded:
             obj = objects.get(key)
             if obj is None:
-                spec = _fetch(conn, [key]).get(key)
+                spec = _fetch(conn, [key], secrets).get(key)
                 obj = _load(kind, spec) if spec is not None else None
             loaded[key] = obj
         return loaded[key]

@@ -49,8 +49,13 @@ class Resource(Base):
     __tablename__ = "resources"
     kind: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: the canonical spec without its secret fields (see store/secrets.py)
     spec: Mapped[dict] = mapped_column(JSON, nullable=False)
     revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    #: the secret fields, AES-256-GCM encrypted (kind and name as associated data)
+    secret: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: the id of the key that encrypted ``secret``
+    secret_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class Ref(Base):
