@@ -26,6 +26,7 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
 
 from ..metrics import Registry
+from ..xds.mtls import StreamAuthorizer
 from .rollup import Rollups, RollupWriter, status_class
 
 __all__ = ["ALS_SERVICE", "AccessLogSink", "serve_sink"]
@@ -51,7 +52,10 @@ class AccessLogSink:
         registry: Registry | None = None,
         flush_interval: float = 1.0,
         retention_s: float = 30 * 86400,
+        authorizer: StreamAuthorizer | None = None,
     ) -> None:
+        #: with mutual TLS, a stream's certificate must permit the node it names (ADR 0018)
+        self.authorizer = authorizer
         self.sink_id = sink_id or f"{socket.gethostname()}-{os.getpid()}"
         self.rollups = Rollups()
         self.writer = RollupWriter(db, self.sink_id)
@@ -122,6 +126,11 @@ class AccessLogSink:
         key = id(context)
         try:
             async for msg in requests:
+                if key not in self.streams and self.authorizer is not None:
+                    node = msg.identifier.node  # Envoy names itself on a stream's first message
+                    refusal = self.authorizer.refusal(context, node.cluster, node.id, "access-log")
+                    if refusal is not None:
+                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
                 if msg.HasField("identifier"):
                     ident = msg.identifier
                     gateway = ident.log_name or ident.node.cluster or gateway

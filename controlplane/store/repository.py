@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, inspect, select, text, update
+from sqlalchemy import Connection, delete, insert, inspect, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from ..errors import Conflict, NotFound, PolicyInvalid, StoreError
@@ -362,6 +362,22 @@ class Store:
                 .where(ProxyRow.controller == controller)
                 .values(connected=False, updated_at=time.time())
             )
+
+    def expire_proxies(self, before: float) -> int:
+        """Delete the status rows of proxies gone since ``before`` (epoch seconds): those
+        that disconnected before it, and those of controllers silent since (a controller
+        that died without marking its proxies disconnected). Returns how many."""
+        live = select(ControllerRow.id).where(ControllerRow.heartbeat_at >= before)
+        with self._writer.begin() as conn:
+            result = conn.execute(
+                delete(ProxyRow).where(
+                    or_(
+                        (ProxyRow.connected.is_(False)) & (ProxyRow.updated_at < before),
+                        ProxyRow.controller.not_in(live),
+                    )
+                )
+            )
+        return int(result.rowcount or 0)
 
     def proxies(self) -> list[ProxyStatus]:
         columns = [getattr(ProxyRow, f) for f in ProxyStatus.__dataclass_fields__]
