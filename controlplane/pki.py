@@ -84,8 +84,9 @@ def identity_of(cert_pem: bytes) -> Identity:
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     except x509.ExtensionNotFound:
         uris = []
-    gateways = {urllib.parse.unquote(u[len(GATEWAY_URI) :]) for u in uris if u.startswith(GATEWAY_URI)}
-    nodes = {urllib.parse.unquote(u[len(NODE_URI) :]) for u in uris if u.startswith(NODE_URI)}
+    unquote = urllib.parse.unquote
+    gateways = {unquote(u[len(GATEWAY_URI) :]) for u in uris if u.startswith(GATEWAY_URI)}
+    nodes = {unquote(u[len(NODE_URI) :]) for u in uris if u.startswith(NODE_URI)}
     return Identity(frozenset(gateways), frozenset(nodes), cert.subject.rfc4514_string())
 
 

@@ -120,7 +120,8 @@ class Runner:
                     self._schedule_members()
                 self._expire_keys()
                 if time.monotonic() >= self._next_expire:
-                    self._next_expire = time.monotonic() + min(60.0, max(1.0, self.proxy_expiry / 4))
+                    every = min(60.0, max(1.0, self.proxy_expiry / 4))
+                    self._next_expire = time.monotonic() + every
                     self._schedule_proxy_expiry()
                 try:
                     # SQLite's probe takes microseconds: run it inline, not in a thread

@@ -201,19 +201,39 @@ async def serve_sink(
     retention_s: float,
     flush_interval: float = 1.0,
     started: asyncio.Event | None = None,
+    tls: tuple[str, str, str] | None = None,
+    insecure: bool = False,
 ) -> None:
-    """``gatewayctl analytics-sink``: the sink as its own process, until SIGINT/SIGTERM."""
+    """``gatewayctl analytics-sink``: the sink as its own process, until SIGINT/SIGTERM.
+
+    ``tls`` (certificate, key, client CA) serves mutual TLS, and each stream's certificate
+    must then permit the node it names, as on the controller's port (ADR 0018)."""
     import signal
 
     from ..httpserve import serve_http
     from ..metrics import CONTENT_TYPE
     from ..store import Store
+    from ..xds.mtls import check_bind, server_credentials
 
+    options = "--tls-cert/--tls-key/--client-ca"
+    if check_bind("--address", address, tls=bool(tls), insecure=insecure, tls_options=options):
+        log.warning(
+            "INSECURE: access logs accepted on %s in plaintext from anyone (--insecure)", address
+        )
+    credentials = None if tls is None else server_credentials(*tls)
     Store(db).close()  # creates or migrates the schema
-    sink = AccessLogSink(db, retention_s=retention_s, flush_interval=flush_interval)
+    sink = AccessLogSink(
+        db,
+        retention_s=retention_s,
+        flush_interval=flush_interval,
+        authorizer=StreamAuthorizer(required=tls is not None),
+    )
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     server.add_generic_rpc_handlers((sink.handler(),))
-    port = server.add_insecure_port(address)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen for access logs on {address}")
     await server.start()
