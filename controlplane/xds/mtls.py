@@ -304,7 +304,7 @@ class StreamAuthorizer:
         except Exception:
             peer = "?"
         log.warning(
-            "refused a %s stream from %s: %s%s",
+            "refused an %s stream from %s: %s%s",
             what,
             peer,
             reason,
