@@ -288,7 +288,9 @@ class Runner:
         """Forget proxies that left (or whose controller died) ``proxy_expiry`` ago, so no
         row - a crashed controller's, or one a client invented - stays in ``status``."""
         try:
-            n = await asyncio.to_thread(self.store.expire_proxies, time.time() - self.proxy_expiry)
+            n = await asyncio.to_thread(
+                self.store.expire_proxies, time.time() - self.proxy_expiry, DEAD_AFTER
+            )
         except Exception:
             log.exception("could not expire old proxy status rows")
             return

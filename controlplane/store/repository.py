@@ -363,11 +363,12 @@ class Store:
                 .values(connected=False, updated_at=time.time())
             )
 
-    def expire_proxies(self, before: float) -> int:
+    def expire_proxies(self, before: float, dead_after: float = 15.0) -> int:
         """Delete the status rows of proxies gone since ``before`` (epoch seconds): those
-        that disconnected before it, and those of controllers silent since (a controller
-        that died without marking its proxies disconnected). Returns how many."""
-        live = select(ControllerRow.id).where(ControllerRow.heartbeat_at >= before)
+        that disconnected before it, and those of controllers presumed dead (silent for
+        ``dead_after`` seconds) since then - a controller that died without marking its
+        proxies disconnected. Returns how many."""
+        live = select(ControllerRow.id).where(ControllerRow.heartbeat_at >= before - dead_after)
         with self._writer.begin() as conn:
             result = conn.execute(
                 delete(ProxyRow).where(
