@@ -368,3 +368,44 @@ def test_a_plaintext_client_gets_nothing_from_an_mtls_port(cli, mtls_controller)
     code, _, responses = _ads(mtls_controller.xds_port, None, [_request("public", "x")])
     assert code == grpc.StatusCode.UNAVAILABLE and responses == []
     assert cli.json("status")["proxies"] == []
+
+
+def _als(port: int, files: dict[str, str], gateway: str, node: str) -> tuple[grpc.StatusCode, str]:
+    """A grpcio access-log client naming (gateway, node) and sending one entry."""
+    from envoy.data.accesslog.v3 import accesslog_pb2
+    from envoy.service.accesslog.v3 import als_pb2
+
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=Path(files["xds_tls_ca"]).read_bytes(),
+        private_key=Path(files["xds_tls_key"]).read_bytes(),
+        certificate_chain=Path(files["xds_tls_cert"]).read_bytes(),
+    )
+    msg = als_pb2.StreamAccessLogsMessage()
+    msg.identifier.node.id, msg.identifier.node.cluster = node, gateway
+    msg.identifier.log_name = gateway
+    entry = accesslog_pb2.HTTPAccessLogEntry()
+    entry.common_properties.route_name = "r"
+    entry.response.response_code.value = 200
+    msg.http_logs.log_entry.append(entry)
+    with grpc.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+        call = channel.stream_unary(
+            "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs",
+            request_serializer=als_pb2.StreamAccessLogsMessage.SerializeToString,
+            response_deserializer=als_pb2.StreamAccessLogsResponse.FromString,
+        )
+        try:
+            call(iter([msg]), timeout=10)
+            return grpc.StatusCode.OK, ""
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details() or ""
+
+
+def test_access_log_streams_need_a_certificate_for_their_node(cli, mtls_controller, pki):
+    files = pki.client("fake-a")
+    code, details = _als(mtls_controller.xds_port, files, "secret", "fake-a")
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "does not permit gateway 'secret'" in details
+    code, details = _als(mtls_controller.xds_port, files, "public", "envoy-1")
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "node id 'envoy-1'" in details
+    assert _metric(mtls_controller.health_port, "gateway_analytics_entries_total") == {}
+    assert "refused an access-log stream" in mtls_controller.log()
