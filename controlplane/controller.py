@@ -72,6 +72,7 @@ class Controller:
             aggregation=aggregation_target(settings),
             shard_from=settings.route_shards_from,
             proxy_expiry=settings.proxy_expiry,
+            sink_tls=tls,
         )
         self.metrics = Registry()
         #: with mutual TLS, each ADS and access-log stream's certificate must permit the

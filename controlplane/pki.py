@@ -38,6 +38,7 @@ __all__ = [
     "identity_of",
     "init_ca",
     "issue_client",
+    "issue_server",
 ]
 
 #: SAN URI prefixes of the identities an Envoy client certificate grants
@@ -150,24 +151,30 @@ def _leaf(
     return cert, key
 
 
-def init_ca(folder: Path, controller_hosts: list[str], *, days: int = 3650) -> list[Path]:
-    """Create the CA and the controller's server certificate in ``folder``; the files made.
-
-    ``controller_hosts`` are the names Envoys reach the controller by (``XDS_HOST``): IP
-    addresses become IP SANs, anything else DNS SANs (run-envoy.sh checks the matching type).
-    """
-    if not controller_hosts:
-        raise PolicyInvalid("--controller-host: at least one host name or IP is needed")
+def _host_sans(hosts: list[str], option: str) -> list[x509.GeneralName]:
+    """IP addresses become IP SANs, anything else DNS SANs (run-envoy.sh and the sink
+    cluster check the matching type)."""
+    if not hosts:
+        raise PolicyInvalid(f"{option}: at least one host name or IP is needed")
     sans: list[x509.GeneralName] = []
-    for host in controller_hosts:
+    for host in hosts:
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", host):
                 raise PolicyInvalid(
-                    f"--controller-host: {host!r} is neither an IP address nor a DNS name"
+                    f"{option}: {host!r} is neither an IP address nor a DNS name"
                 ) from None
             sans.append(x509.DNSName(host))
+    return sans
+
+
+def init_ca(folder: Path, controller_hosts: list[str], *, days: int = 3650) -> list[Path]:
+    """Create the CA and the controller's server certificate in ``folder``; the files made.
+
+    ``controller_hosts`` are the names Envoys reach the controller by (``XDS_HOST``).
+    """
+    sans = _host_sans(controller_hosts, "--controller-host")
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / n for n in (CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY)]
     _refuse_existing(*paths)
@@ -239,6 +246,22 @@ def issue_client(
     sans: list[x509.GeneralName] = [_uri(NODE_URI, node_id)]
     sans += [_uri(GATEWAY_URI, g) for g in dict.fromkeys(gateways)]
     cert, key = _leaf(ca_cert, ca_key, node_id, sans, ExtendedKeyUsageOID.CLIENT_AUTH, days)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write(key_path, _key_pem(key), 0o600)
+    _write(cert_path, _cert_pem(cert), 0o644)
+    return cert_path, key_path
+
+
+def issue_server(
+    folder: Path, hosts: list[str], out: Path, *, days: int = 365
+) -> tuple[Path, Path]:
+    """A server certificate for another service of the control plane (an analytics sink, a
+    second controller) that Envoys reach by ``hosts``: ``out``.pem and ``out``.key (0600)."""
+    sans = _host_sans(hosts, "--host")
+    ca_cert, ca_key = _load_ca(folder)
+    cert_path, key_path = out.with_name(out.name + ".pem"), out.with_name(out.name + ".key")
+    _refuse_existing(cert_path, key_path)
+    cert, key = _leaf(ca_cert, ca_key, hosts[0], sans, ExtendedKeyUsageOID.SERVER_AUTH, days)
     out.parent.mkdir(parents=True, exist_ok=True)
     _write(key_path, _key_pem(key), 0o600)
     _write(cert_path, _cert_pem(cert), 0o644)

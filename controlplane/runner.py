@@ -49,6 +49,7 @@ class Runner:
         aggregation: AggregationTarget | None = None,
         shard_from: int = 2000,
         proxy_expiry: float = 3600.0,
+        sink_tls: bool = False,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -62,7 +63,7 @@ class Runner:
         self.errors: dict[str, str] = {}
         #: gateway -> its routes by name, kept up to date change by change
         self.by_gateway: dict[str, dict[str, Route]] = {}
-        self._translator = Translator(aggregation, shard_from)
+        self._translator = Translator(aggregation, shard_from, sink_tls)
         self._fragments = FragmentCache()
         self._record_task: asyncio.Task[None] | None = None
         self._members_task: asyncio.Task[None] | None = None

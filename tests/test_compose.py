@@ -372,7 +372,21 @@ def test_mtls_bootstrap_is_the_bootstrap_plus_a_transport_socket() -> None:
     mtls = yaml.safe_load(BOOTSTRAP_MTLS.read_text())
     cluster = _xds_cluster(mtls)
     socket = cluster.pop("transport_socket")
+    secrets = mtls["static_resources"].pop("secrets")
     assert mtls == base  # nothing else may drift
+    # the same files as static secrets, for the TLS of a separate analytics sink
+    from controlplane.translate.accesslog import CA_SECRET, CLIENT_SECRET
+
+    assert secrets == [
+        {
+            "name": CLIENT_SECRET,
+            "tls_certificate": {
+                "certificate_chain": {"filename": "${XDS_TLS_CERT}"},
+                "private_key": {"filename": "${XDS_TLS_KEY}"},
+            },
+        },
+        {"name": CA_SECRET, "validation_context": {"trusted_ca": {"filename": "${XDS_TLS_CA}"}}},
+    ]
     context = socket["typed_config"]["common_tls_context"]
     assert context["validation_context"]["trusted_ca"] == {"filename": "${XDS_TLS_CA}"}
     assert context["tls_certificates"] == [

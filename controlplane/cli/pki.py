@@ -71,6 +71,24 @@ def register_pki(app: typer.Typer) -> None:
         print(key)
         stderr.print(f"Envoy: XDS_TLS_CERT={cert} XDS_TLS_KEY={key} XDS_TLS_CA={folder / CA_CERT}")
 
+    @pki.command("server")
+    def server(
+        folder: DirOption,
+        host: Annotated[
+            list[str], typer.Option(help="Name or IP Envoys reach the service by; repeatable.")
+        ],
+        out: Annotated[Path, typer.Option(help="Writes OUT.pem and OUT.key (0600).")],
+        days: Annotated[int, typer.Option(min=1, help="Validity.")] = 365,
+    ) -> None:
+        """Issue a server certificate for another control-plane service (an analytics sink
+        or a second controller) from the same CA."""
+        from ..pki import CA_CERT, issue_server
+
+        cert, key = issue_server(folder, host, out, days=days)
+        print(cert)
+        print(key)
+        stderr.print(f"--tls-cert {cert} --tls-key {key} --client-ca {folder / CA_CERT}")
+
     @pki.command("show")
     def show(
         ctx: typer.Context,

@@ -409,3 +409,57 @@ def test_access_log_streams_need_a_certificate_for_their_node(cli, mtls_controll
     assert code == grpc.StatusCode.PERMISSION_DENIED and "node id 'envoy-1'" in details
     assert _metric(mtls_controller.health_port, "gateway_analytics_entries_total") == {}
     assert "refused an access-log stream" in mtls_controller.log()
+
+
+def test_a_separate_analytics_sink_is_reached_over_mutual_tls(
+    cli, mtls_controller, pki, envoys, backends, gateway_port, tmp_path
+):
+    """With an mTLS controller, Envoys reach a separate sink with their control-channel
+    certificate; the sink (bound beyond loopback, so only with mTLS) verifies it."""
+    sink_cert = str(tmp_path / "sink")
+    _pki("server", "--dir", str(pki.dir), "--host", "127.0.0.1", "--out", sink_cert)
+    sink_port, sink_http = free_port(), free_port()
+    log_path = tmp_path / "sink.log"
+    with open(log_path, "wb") as out:
+        sink = subprocess.Popen(
+            [
+                *gatewayctl_command(),
+                *("analytics-sink", "--address", f"0.0.0.0:{sink_port}"),
+                *("--http-address", f"127.0.0.1:{sink_http}"),
+                *("--tls-cert", f"{sink_cert}.pem", "--tls-key", f"{sink_cert}.key"),
+                *("--client-ca", pki.ca_path),
+            ],
+            env={**os.environ, "GATEWAY_DB": cli.db},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        cli.run(
+            *("gateway", "add", "public", "--port", str(gateway_port), "--address", "127.0.0.1"),
+            *("--analytics-sink", f"127.0.0.1:{sink_port}", "--analytics-flush-interval", "0.2s"),
+        )
+        cli.run("cluster", "add", "alpha", "--endpoint", f"127.0.0.1:{backends['alpha'].port}")
+        good = Envoy("public", "good", mtls_controller.xds_port, tmp_path, **pki.client("good"))
+        envoys.append(good)
+        cli.run("route", "add", "all", "--gateway", "public", "--cluster", "alpha", "--wait")
+
+        def logged() -> float:
+            for _ in range(5):
+                assert backend_of(gateway_port, "/") == "alpha"
+            return sum(_metric(sink_http, "gateway_analytics_entries_total").values())
+
+        assert wait_until(logged, 30, 0.5) >= 5
+        assert sink.poll() is None, log_path.read_text()
+        # a plaintext client gets nothing from the sink
+        with grpc.insecure_channel(f"127.0.0.1:{sink_port}") as channel:
+            call = channel.stream_unary(
+                "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs",
+                request_serializer=lambda m: m,
+                response_deserializer=lambda b: b,
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                call(iter([b""]), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        sink.terminate()
+        sink.wait(10)
