@@ -220,7 +220,11 @@ async def serve_sink(
         log.warning(
             "INSECURE: access logs accepted on %s in plaintext from anyone (--insecure)", address
         )
-    credentials = None if tls is None else server_credentials(*tls)
+    credentials = (
+        None
+        if tls is None
+        else server_credentials(*tls, ("--tls-cert", "--tls-key", "--client-ca"))
+    )
     Store(db).close()  # creates or migrates the schema
     sink = AccessLogSink(
         db,

@@ -65,31 +65,37 @@ def _read(path: str, option: str) -> bytes:
         raise GatewayError(f"{option}: cannot read {path}: {exc.strerror}") from None
 
 
-def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCredentials:
+def server_credentials(
+    cert: str,
+    key: str,
+    client_ca: str,
+    options: tuple[str, str, str] = ("--xds-tls-cert", "--xds-tls-key", "--xds-client-ca"),
+) -> grpc.ServerCredentials:
     """Credentials that require a client certificate signed by ``client_ca``.
 
-    The files are checked first, so a mistake is one clear line at start-up instead of
-    every handshake failing later.
+    The files are checked first, so a mistake is one clear line at start-up (naming the
+    option of ``options`` at fault) instead of every handshake failing later.
     """
-    cert_pem = _read(cert, "--xds-tls-cert")
-    key_pem = _read(key, "--xds-tls-key")
-    ca_pem = _read(client_ca, "--xds-client-ca")
+    cert_opt, key_opt, ca_opt = options
+    cert_pem = _read(cert, cert_opt)
+    key_pem = _read(key, key_opt)
+    ca_pem = _read(client_ca, ca_opt)
     try:
         leaf = x509.load_pem_x509_certificates(cert_pem)[0]
     except ValueError:
-        raise GatewayError(f"--xds-tls-cert: {cert} is not a PEM certificate") from None
+        raise GatewayError(f"{cert_opt}: {cert} is not a PEM certificate") from None
     try:
         private = serialization.load_pem_private_key(key_pem, password=None)
     except (TypeError, ValueError):
-        raise GatewayError(f"--xds-tls-key: {key} is not an unencrypted PEM private key") from None
+        raise GatewayError(f"{key_opt}: {key} is not an unencrypted PEM private key") from None
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER
     if private.public_key().public_bytes(der, spki) != leaf.public_key().public_bytes(der, spki):
-        raise GatewayError(f"--xds-tls-key: {key} does not match the certificate {cert}")
+        raise GatewayError(f"{key_opt}: {key} does not match the certificate {cert}")
     try:
         x509.load_pem_x509_certificates(ca_pem)
     except ValueError:
-        raise GatewayError(f"--xds-client-ca: {client_ca} is not a PEM certificate") from None
+        raise GatewayError(f"{ca_opt}: {client_ca} is not a PEM certificate") from None
     return grpc.ssl_server_credentials(
         [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True
     )

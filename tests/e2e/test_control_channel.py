@@ -209,3 +209,32 @@ def test_serve_documents_the_expiry_and_loopback_defaults() -> None:
     text = " ".join(proc.stdout.split())
     assert "127.0.0.1:18000" in text and "127.0.0.1:18001" in text
     assert "--insecure" in text and "--proxy-expiry" in text
+
+
+def test_status_hides_expired_rows_even_with_no_controller_running(cli: Cli) -> None:
+    cli.run("gateway", "add", "public", "--port", str(free_port()), "--address", "127.0.0.1")
+    store = Store(cli.db)
+    now = time.time()
+    for node, connected, at in (("old", False, now - 120), ("recent", False, now - 5)):
+        store.save_proxy(
+            ProxyStatus(
+                node_id=node,
+                gateway="public",
+                controller="gone",
+                connected=connected,
+                address="",
+                envoy_version="1.40.0",
+                acked_revision=0,
+                nack_revision=None,
+                nack_type=None,
+                nack_error=None,
+                nack_objects=None,
+                connected_at=at,
+                updated_at=at,
+            )
+        )
+    store.close()
+    cli.env["GATEWAY_PROXY_EXPIRY"] = "60"
+    assert _nodes(cli) == {"recent": False}
+    cli.env["GATEWAY_PROXY_EXPIRY"] = "3600"
+    assert _nodes(cli) == {"old": False, "recent": False}
