@@ -135,7 +135,15 @@ def test_only_envoys_with_a_client_certificate_from_the_ca_get_config(
         "".join(
             line
             for line in (bootstrap_dir() / "bootstrap-mtls.yaml").read_text().splitlines(True)
-            if not any(k in line for k in ("tls_certificates:", "certificate_chain", "private_key"))
+            if not any(
+                k in line
+                for k in (
+                    "tls_certificate",
+                    "certificate_chain",
+                    "private_key",
+                    "client_certificate",
+                )
+            )
         )
     )
     monkeypatch.setenv("ENVOY_BOOTSTRAP", str(template))
