@@ -239,6 +239,11 @@ def test_the_control_channel_is_mutual_tls_with_pki_made_certificates() -> None:
 
     pki = _service("pki")
     assert pki["image"] == _service("controller")["image"]
+    # Envoy runs as the uid that owns its files (the image's entrypoint drops to ENVOY_UID)
+    script_text = "\n".join(pki["command"])
+    assert f"PKI_ENVOY_UID:-{env['ENVOY_UID']}}}" in script_text
+    assert "PKI_CONTROLLER_UID:-10001}" in script_text
+    assert "--uid 10001" in DOCKERFILE.read_text()
     script = "".join(_as_argv(pki["entrypoint"])[-1:]) + "\n".join(pki["command"])
     assert "gatewayctl pki init" in script and "gatewayctl pki issue" in script
     assert f"--gateway {env['GATEWAY']} --node {env['NODE_ID']}" in script
@@ -296,8 +301,12 @@ def test_every_bootstrap_placeholder_is_supplied() -> None:
     script = RUN_ENVOY.read_text()
     for name in spec_env:
         assert "${" + name in script, f"run-envoy.sh does not read {name}"
-    for name in compose_env:
+    for name in set(compose_env) - IMAGE_VARS:
         assert "${" + name in script, f"compose sets {name}, which run-envoy.sh ignores"
+
+
+#: read by the envoyproxy/envoy image's entrypoint, not by run-envoy.sh
+IMAGE_VARS = {"ENVOY_UID"}
 
 
 # ---------------------------------------------------------------------------------------
