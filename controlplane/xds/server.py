@@ -125,7 +125,7 @@ class AdsStream:
             self.recorder.changed(self.proxy)
             # Never answer before the full state is loaded: an empty answer would roll back.
             await self.cache.ready.wait()
-            sub = self.cache.subscribe(gateway, queue)
+            sub = self.cache.subscribe(gateway, queue, node.id)
             await self._on_request(first)
             while True:
                 item = await queue.get()

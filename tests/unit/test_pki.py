@@ -106,3 +106,19 @@ def test_stream_authorizer(ca: Path, tmp_path: Path, caplog: pytest.LogCaptureFi
     assert auth.refused == 6
     logged = [r for r in caplog.records if "does not permit gateway 'other'" in r.message]
     assert len(logged) == 1  # rate-limited per client and reason
+
+
+def test_streams_of_one_node_count_as_one_replica() -> None:
+    import asyncio
+
+    from controlplane.xds.cache import SnapshotCache
+
+    cache = SnapshotCache()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    first = cache.subscribe("public", queue, "envoy-1")
+    cache.subscribe("public", queue, "envoy-1")  # its reconnect, or a copy of its certificate
+    assert cache.members("public") == 1
+    cache.subscribe("public", queue, "envoy-2")
+    assert cache.members("public") == 2
+    cache.unsubscribe(first)
+    assert cache.members("public") == 2
