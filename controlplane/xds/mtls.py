@@ -9,6 +9,11 @@ each refusal into a record of the controller's own log (``controlplane.xds.mtls`
 rate-limited per reason (a refused Envoy retries every second), and passes everything else
 through unchanged. Accepted clients are logged with the identity their certificate names
 (:func:`client_identity`). See docs/decisions/0007.
+
+A certificate from the CA is not enough to receive a gateway: :class:`StreamAuthorizer`
+checks that it names the ``node.cluster`` and ``node.id`` each stream claims (SAN URIs, see
+:mod:`controlplane.pki`), and :func:`check_bind` refuses plaintext beyond loopback unless
+told ``--insecure``. See docs/decisions/0018.
 """
 
 from __future__ import annotations
