@@ -20,7 +20,10 @@ VOLUME /data
 WORKDIR /data
 USER gateway
 
-# 18000: xDS (ADS over gRPC) for Envoy; 18001: controller health HTTP (/healthz).
-EXPOSE 18000 18001
+# 18000: xDS (ADS over gRPC, mutual TLS) for Envoy. The health/metrics HTTP port (18001)
+# stays on the container's loopback. The certificates come from `gatewayctl pki` (the `pki`
+# service of docker-compose.yml mounts them at /pki); without them the controller refuses
+# to start rather than serve xDS in plaintext on the network.
+EXPOSE 18000
 
-CMD ["gatewayctl", "serve", "--db", "/data/gateway.db", "--xds-address", "0.0.0.0:18000", "--health-address", "0.0.0.0:18001"]
+CMD ["gatewayctl", "serve", "--db", "/data/gateway.db", "--xds-address", "0.0.0.0:18000", "--health-address", "127.0.0.1:18001", "--xds-tls-cert", "/pki/controller.pem", "--xds-tls-key", "/pki/controller.key", "--xds-client-ca", "/pki/ca.pem"]

@@ -27,7 +27,7 @@ from .store import Store
 from .translate import AggregationTarget
 from .xds import AdsServer, SnapshotCache, StatusRecorder
 from .xds.metrics import XdsMetrics
-from .xds.mtls import HandshakeLog, server_credentials
+from .xds.mtls import HandshakeLog, StreamAuthorizer, check_bind, server_credentials
 
 __all__ = ["Controller", "serve"]
 
@@ -51,6 +51,18 @@ def aggregation_target(settings: Settings) -> AggregationTarget:
 class Controller:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # refused before anything is opened or written: a plaintext port beyond loopback
+        files = (settings.xds_tls_cert, settings.xds_tls_key, settings.xds_client_ca)
+        if any(files) and not all(files):
+            self._credentials()  # the one-line error for an incomplete set
+        tls = all(files)
+        self._exposed = check_bind(
+            "--xds-address",
+            settings.xds_address,
+            tls=tls,
+            insecure=settings.insecure,
+            tls_options="--xds-tls-cert/--xds-tls-key/--xds-client-ca",
+        )
         self.id = settings.controller_id or f"{socket.gethostname()}-{os.getpid()}"
         self.store = Store(settings.db)
         self.cache = SnapshotCache()
@@ -63,9 +75,14 @@ class Controller:
             poll_interval=settings.poll_interval,
             aggregation=aggregation_target(settings),
             shard_from=settings.route_shards_from,
+            proxy_expiry=settings.proxy_expiry,
+            sink_tls=tls,
         )
         self.metrics = Registry()
-        self.ads = AdsServer(self.cache, self.recorder, XdsMetrics(self.metrics))
+        #: with mutual TLS, each ADS and access-log stream's certificate must permit the
+        #: gateway and node id it claims (ADR 0018); without it, every client is trusted
+        self.authorizer = StreamAuthorizer(required=tls)
+        self.ads = AdsServer(self.cache, self.recorder, XdsMetrics(self.metrics), self.authorizer)
         self.metrics.gauge(
             "gateway_connected_proxies",
             "Proxies with an open ADS stream to this controller, per gateway.",
@@ -87,6 +104,7 @@ class Controller:
             sink_id=self.id,
             registry=self.metrics,
             retention_s=settings.analytics_retention_days * 86400,
+            authorizer=self.authorizer,
         )
         self._grpc: grpc.aio.Server | None = None
         self._health: HttpServer | None = None
@@ -109,6 +127,16 @@ class Controller:
 
     async def start(self) -> None:
         credentials = self._credentials()
+        if self._exposed:
+            log.warning(
+                "INSECURE: xDS and the access-log service listen on %s in plaintext without "
+                "client authentication (--insecure): anyone who reaches this address receives "
+                "every gateway's configuration, API keys and TLS private keys included, and "
+                "can pose as a proxy. Use mutual TLS (gatewayctl pki init).",
+                self.settings.xds_address,
+            )
+        elif self.settings.insecure:
+            log.warning("--insecure has no effect: xDS is on loopback or over mutual TLS")
         await self.runner.load()
         self._grpc = grpc.aio.server(
             options=[

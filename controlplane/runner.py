@@ -48,6 +48,8 @@ class Runner:
         poll_interval: float = 0.02,
         aggregation: AggregationTarget | None = None,
         shard_from: int = 2000,
+        proxy_expiry: float = 3600.0,
+        sink_tls: bool = False,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -61,12 +63,16 @@ class Runner:
         self.errors: dict[str, str] = {}
         #: gateway -> its routes by name, kept up to date change by change
         self.by_gateway: dict[str, dict[str, Route]] = {}
-        self._translator = Translator(aggregation, shard_from)
+        self._translator = Translator(aggregation, shard_from, sink_tls)
         self._fragments = FragmentCache()
         self._record_task: asyncio.Task[None] | None = None
         self._members_task: asyncio.Task[None] | None = None
         self._last_error: str | None = None
         self._last_error_at = 0.0
+        #: status rows of proxies gone (or of dead controllers) this long are deleted
+        self.proxy_expiry = proxy_expiry
+        self._expire_task: asyncio.Task[None] | None = None
+        self._next_expire = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -116,6 +122,10 @@ class Runner:
                     self._schedule_record()
                     self._schedule_members()
                 self._expire_keys()
+                if time.monotonic() >= self._next_expire:
+                    every = min(60.0, max(1.0, self.proxy_expiry / 4))
+                    self._next_expire = time.monotonic() + every
+                    self._schedule_proxy_expiry()
                 try:
                     # SQLite's probe takes microseconds: run it inline, not in a thread
                     token = probe() if sqlite else await asyncio.to_thread(probe)
@@ -276,6 +286,23 @@ class Runner:
             if p.connected and p.controller != self.controller and p.controller in alive:
                 counts[p.gateway] = counts.get(p.gateway, 0) + 1
         self.cache.set_remote_members(counts)
+
+    def _schedule_proxy_expiry(self) -> None:
+        if self._expire_task is None or self._expire_task.done():
+            self._expire_task = asyncio.create_task(self._expire_proxies())
+
+    async def _expire_proxies(self) -> None:
+        """Forget proxies that left (or whose controller died) ``proxy_expiry`` ago, so no
+        row - a crashed controller's, or one a client invented - stays in ``status``."""
+        try:
+            n = await asyncio.to_thread(
+                self.store.expire_proxies, time.time() - self.proxy_expiry, DEAD_AFTER
+            )
+        except Exception:
+            log.exception("could not expire old proxy status rows")
+            return
+        if n:
+            log.info("forgot %d proxy status row(s) gone for over %.0f s", n, self.proxy_expiry)
 
     def _schedule_record(self) -> None:
         if self._record_task is None or self._record_task.done():

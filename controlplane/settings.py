@@ -12,8 +12,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
     db: str | None = Field(None, description="SQLite file path or SQLAlchemy URL")
-    xds_address: str = "0.0.0.0:18000"
-    health_address: str | None = "0.0.0.0:18001"
+    #: loopback by default: a network-reachable xDS port requires mutual TLS (or ``insecure``)
+    xds_address: str = "127.0.0.1:18000"
+    health_address: str | None = "127.0.0.1:18001"
+    #: allow plaintext xDS on a non-loopback address (every start logs a warning)
+    insecure: bool = False
+    #: status rows of proxies disconnected (or whose controller died) this many seconds ago
+    #: are deleted
+    proxy_expiry: float = Field(3600, gt=0)
     poll_interval: float = Field(0.02, gt=0, le=5)
     controller_id: str | None = None
     #: ADS over TLS, only for clients with a certificate signed by ``xds_client_ca``: the

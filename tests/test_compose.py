@@ -193,18 +193,67 @@ def test_xds_port_agrees_between_controller_and_envoy() -> None:
     env = _compose_envoy_env()
     assert env["XDS_HOST"] == "controller"
     assert int(env["XDS_PORT"]) == xds_port
-    published = _container_ports(controller["ports"])
-    assert published.get(xds_port) == xds_port, controller["ports"]
 
-    health_port = _port_of(_flag(argv, "--health-address"))
-    assert published.get(health_port) == health_port, controller["ports"]
+    health = _flag(argv, "--health-address")
+    assert health.startswith("127.0.0.1:"), "health/metrics stay on the container's loopback"
     healthcheck = " ".join(_as_argv(controller["healthcheck"]["test"]))
-    assert f"http://127.0.0.1:{health_port}/healthz" in healthcheck
+    assert f"http://127.0.0.1:{_port_of(health)}/healthz" in healthcheck
 
-    envoy_ports = _container_ports(_service("envoy")["ports"])
-    assert int(env["ADMIN_PORT"]) in envoy_ports
-    assert env["ADMIN_ADDRESS"] == "0.0.0.0", "admin must be reachable through the port map"
+    assert env["ADMIN_ADDRESS"] == "127.0.0.1", "Envoy's admin API stays on loopback"
     assert _service("envoy")["depends_on"]["controller"]["condition"] == "service_healthy"
+
+
+#: control-plane and admin ports: never published on the host
+CONTROL_PORTS = {18000, 18001, 18002, 18003, 9901}
+
+
+def test_only_the_gateway_port_is_published() -> None:
+    published = {
+        name: _container_ports(svc.get("ports", [])) for name, svc in _compose()["services"].items()
+    }
+    assert published.pop("envoy") == {8080: 8080}
+    assert all(not ports for ports in published.values()), published
+    for svc in _compose()["services"].values():
+        assert "network_mode" not in svc, "host networking would expose every port"
+        assert not set(svc.get("expose", [])) & CONTROL_PORTS
+
+
+def test_the_control_channel_is_mutual_tls_with_pki_made_certificates() -> None:
+    """The controller serves xDS beyond loopback only with mTLS (it would refuse to start
+    otherwise), from certificates the one-shot `pki` service makes with `gatewayctl pki`."""
+    argv = _as_argv(_service("controller")["command"])
+    assert not _flag(argv, "--xds-address").startswith("127.")
+    assert "--insecure" not in argv and "GATEWAY_INSECURE" not in _service("controller").get(
+        "environment", {}
+    )
+    files = {f: _flag(argv, f) for f in ("--xds-tls-cert", "--xds-tls-key", "--xds-client-ca")}
+    assert "pki-controller:/pki:ro" in _service("controller")["volumes"]
+    assert all(path.startswith("/pki/") for path in files.values()), files
+    assert _service("controller")["depends_on"]["pki"]["condition"] == (
+        "service_completed_successfully"
+    )
+
+    env = _compose_envoy_env()
+    assert "pki-envoy:/pki:ro" in _service("envoy")["volumes"]
+    assert {env[v] for v in TLS_VARS} == {"/pki/envoy-1.pem", "/pki/envoy-1.key", "/pki/ca.pem"}
+
+    pki = _service("pki")
+    assert pki["image"] == _service("controller")["image"]
+    # Envoy runs as the uid that owns its files (the image's entrypoint drops to ENVOY_UID)
+    script_text = "\n".join(pki["command"])
+    assert f"PKI_ENVOY_UID:-{env['ENVOY_UID']}}}" in script_text
+    assert "PKI_CONTROLLER_UID:-10001}" in script_text
+    assert "--uid 10001" in DOCKERFILE.read_text()
+    script = "".join(_as_argv(pki["entrypoint"])[-1:]) + "\n".join(pki["command"])
+    assert "gatewayctl pki init" in script and "gatewayctl pki issue" in script
+    assert f"--gateway {env['GATEWAY']} --node {env['NODE_ID']}" in script
+    assert "--controller-host controller" in script
+    # the CA key stays in a volume no running service mounts
+    assert "pki-ca:/pki-ca" in pki["volumes"]
+    for name, svc in _compose()["services"].items():
+        if name != "pki":
+            assert not any(str(v).startswith("pki-ca:") for v in svc.get("volumes", [])), name
+    assert pki.get("restart") == "no"
 
 
 def test_dockerfile_cmd_matches_compose_controller() -> None:
@@ -216,9 +265,7 @@ def test_dockerfile_cmd_matches_compose_controller() -> None:
 
     text = DOCKERFILE.read_text()
     exposed = {int(p) for line in re.findall(r"^EXPOSE\s+(.+)$", text, re.M) for p in line.split()}
-    assert {_port_of(_flag(cmd, "--xds-address")), _port_of(_flag(cmd, "--health-address"))} <= (
-        exposed
-    )
+    assert exposed == {_port_of(_flag(cmd, "--xds-address"))}
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
     assert re.search(r"^VOLUME\s+/data\b", text, re.M)
     assert _flag(cmd, "--db").startswith("/data/")
@@ -254,8 +301,12 @@ def test_every_bootstrap_placeholder_is_supplied() -> None:
     script = RUN_ENVOY.read_text()
     for name in spec_env:
         assert "${" + name in script, f"run-envoy.sh does not read {name}"
-    for name in compose_env:
+    for name in set(compose_env) - IMAGE_VARS:
         assert "${" + name in script, f"compose sets {name}, which run-envoy.sh ignores"
+
+
+#: read by the envoyproxy/envoy image's entrypoint, not by run-envoy.sh
+IMAGE_VARS = {"ENVOY_UID"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,6 +317,14 @@ def test_every_bootstrap_placeholder_is_supplied() -> None:
 def test_rendered_bootstrap_validates_with_envoy(source: str, tmp_path: Path) -> None:
     if source == "compose":
         env = _compose_envoy_env()
+        # the files the `pki` service would put in the pki-envoy volume (mounted at /pki)
+        from controlplane.pki import init_ca, issue_client
+
+        init_ca(tmp_path / "ca", ["controller"])
+        issue_client(tmp_path / "ca", [env["GATEWAY"]], env["NODE_ID"], tmp_path / "envoy-1")
+        shutil.copy(tmp_path / "ca" / "ca.pem", tmp_path / "ca.pem")
+        for var in TLS_VARS:
+            env[var] = env[var].replace("/pki/", f"{tmp_path}/")
     else:
         env = EnvoySpec(
             node_id="test-node",
@@ -322,7 +381,21 @@ def test_mtls_bootstrap_is_the_bootstrap_plus_a_transport_socket() -> None:
     mtls = yaml.safe_load(BOOTSTRAP_MTLS.read_text())
     cluster = _xds_cluster(mtls)
     socket = cluster.pop("transport_socket")
+    secrets = mtls["static_resources"].pop("secrets")
     assert mtls == base  # nothing else may drift
+    # the same files as static secrets, for the TLS of a separate analytics sink
+    from controlplane.translate.accesslog import CA_SECRET, CLIENT_SECRET
+
+    assert secrets == [
+        {
+            "name": CLIENT_SECRET,
+            "tls_certificate": {
+                "certificate_chain": {"filename": "${XDS_TLS_CERT}"},
+                "private_key": {"filename": "${XDS_TLS_KEY}"},
+            },
+        },
+        {"name": CA_SECRET, "validation_context": {"trusted_ca": {"filename": "${XDS_TLS_CA}"}}},
+    ]
     context = socket["typed_config"]["common_tls_context"]
     assert context["validation_context"]["trusted_ca"] == {"filename": "${XDS_TLS_CA}"}
     assert context["tls_certificates"] == [

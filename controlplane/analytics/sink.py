@@ -27,6 +27,7 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
 
 from ..metrics import Registry
+from ..xds.mtls import StreamAuthorizer
 from .rollup import Cell, Key, Rollups, RollupWriter, status_class
 from .scope import OTHER, Scope, StoreScope
 
@@ -79,7 +80,10 @@ class AccessLogSink:
         flush_interval: float = 1.0,
         retention_s: float = 30 * 86400,
         bounds: Bounds | None = None,
+        authorizer: StreamAuthorizer | None = None,
     ) -> None:
+        #: with mutual TLS, a stream's certificate must permit the node it names (ADR 0018)
+        self.authorizer = authorizer
         self.sink_id = sink_id or f"{socket.gethostname()}-{os.getpid()}"
         self.scope = scope
         self.bounds = bounds or Bounds()
@@ -225,6 +229,13 @@ class AccessLogSink:
         try:
             async for msg in requests:
                 if gateway is None:  # the first message identifies the stream, once
+                    if self.authorizer is not None:
+                        node = msg.identifier.node  # Envoy names itself on the first message
+                        refusal = self.authorizer.refusal(
+                            context, node.cluster, node.id, "access-log"
+                        )
+                        if refusal is not None:
+                            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
                     admitted = await self.admit(msg.identifier, context)  # none: cluster ""
                     if admitted is None:
                         self.m_refused.inc(len(msg.http_logs.log_entry), reason="refused_stream")
@@ -319,21 +330,47 @@ async def serve_sink(
     retention_s: float,
     flush_interval: float = 1.0,
     started: asyncio.Event | None = None,
+    tls: tuple[str, str, str] | None = None,
+    insecure: bool = False,
 ) -> None:
-    """``gatewayctl analytics-sink``: the sink as its own process, until SIGINT/SIGTERM."""
+    """``gatewayctl analytics-sink``: the sink as its own process, until SIGINT/SIGTERM.
+
+    ``tls`` (certificate, key, client CA) serves mutual TLS, and each stream's certificate
+    must then permit the node it names, as on the controller's port (ADR 0018)."""
     import signal
 
     from ..httpserve import serve_http
     from ..metrics import CONTENT_TYPE
     from ..store import Store
+    from ..xds.mtls import check_bind, server_credentials
 
+    options = "--tls-cert/--tls-key/--client-ca"
+    if check_bind("--address", address, tls=bool(tls), insecure=insecure, tls_options=options):
+        log.warning(
+            "INSECURE: access logs accepted on %s in plaintext from anyone (--insecure)", address
+        )
+    credentials = (
+        None
+        if tls is None
+        else server_credentials(*tls, ("--tls-cert", "--tls-key", "--client-ca"))
+    )
     Store(db).close()  # creates or migrates the schema
     scope = StoreScope(db)
     await scope.refresh()
-    sink = AccessLogSink(db, scope, retention_s=retention_s, flush_interval=flush_interval)
+    sink = AccessLogSink(
+        db,
+        scope,
+        retention_s=retention_s,
+        flush_interval=flush_interval,
+        authorizer=StreamAuthorizer(required=tls is not None),
+    )
+
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     server.add_generic_rpc_handlers((sink.handler(),))
-    port = server.add_insecure_port(address)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen for access logs on {address}")
     await server.start()

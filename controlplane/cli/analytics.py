@@ -327,14 +327,40 @@ def register_analytics(app: typer.Typer) -> None:
     def analytics_sink(
         ctx: typer.Context,
         address: Annotated[
-            str, typer.Option(envvar="GATEWAY_SINK_ADDRESS", help="gRPC access-log listen address.")
-        ] = "0.0.0.0:18002",
+            str,
+            typer.Option(
+                envvar="GATEWAY_SINK_ADDRESS",
+                help="gRPC access-log listen address; beyond loopback only with mutual TLS "
+                "or --insecure.",
+            ),
+        ] = "127.0.0.1:18002",
         http_address: Annotated[
             str,
             typer.Option(
                 envvar="GATEWAY_SINK_HTTP_ADDRESS", help="/metrics and /healthz; empty: none."
             ),
-        ] = "0.0.0.0:18003",
+        ] = "127.0.0.1:18003",
+        tls_cert: Annotated[
+            str | None,
+            typer.Option(envvar="GATEWAY_SINK_TLS_CERT", help="Serve over TLS: PEM cert."),
+        ] = None,
+        tls_key: Annotated[
+            str | None, typer.Option(envvar="GATEWAY_SINK_TLS_KEY", help="Its PEM private key.")
+        ] = None,
+        client_ca: Annotated[
+            str | None,
+            typer.Option(
+                envvar="GATEWAY_SINK_CLIENT_CA",
+                help="Require Envoy client certificates signed by this PEM CA.",
+            ),
+        ] = None,
+        insecure: Annotated[
+            bool,
+            typer.Option(
+                envvar="GATEWAY_INSECURE",
+                help="Allow plaintext on a non-loopback address (trusts every client).",
+            ),
+        ] = False,
         retention: Annotated[str, typer.Option(help="Keep rollups this long.")] = "30d",
         log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     ) -> None:
@@ -344,6 +370,12 @@ def register_analytics(app: typer.Typer) -> None:
         m = _AGO.match(retention)
         if not m:
             raise PolicyInvalid(f"--retention: {retention!r} is not a duration like 30d")
+        files = (tls_cert, tls_key, client_ca)
+        if any(files) and not all(files):
+            raise PolicyInvalid(
+                "--tls-cert, --tls-key and --client-ca go together: the sink serves TLS "
+                "only to clients the CA vouches for"
+            )
         logging.basicConfig(
             level=log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -356,6 +388,8 @@ def register_analytics(app: typer.Typer) -> None:
                     address,
                     http_address or None,
                     retention_s=float(m.group(1)) * _UNIT[m.group(2)],
+                    tls=(tls_cert, tls_key, client_ca) if all(files) else None,  # type: ignore[arg-type]
+                    insecure=insecure,
                 )
             )
         except OSError as exc:

@@ -14,6 +14,7 @@ from .context import Ctx
 from .declarative import register_declarative
 from .keys import register_keys
 from .output import Format, stderr
+from .pki import register_pki
 from .protos import register_protos
 from .ratelimit import register_ratelimit
 from .resources import register_resources
@@ -60,6 +61,7 @@ register_run(app)
 register_cache(app)
 register_analytics(app)
 register_secrets(app)
+register_pki(app)
 
 
 def _expand_wait(argv: list[str]) -> list[str]:

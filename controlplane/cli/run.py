@@ -31,15 +31,37 @@ def register_run(app: typer.Typer) -> None:
     def serve(
         ctx: typer.Context,
         xds_address: Annotated[
-            str, typer.Option(envvar="GATEWAY_XDS_ADDRESS", help="ADS gRPC listen address.")
-        ] = "0.0.0.0:18000",
+            str,
+            typer.Option(
+                envvar="GATEWAY_XDS_ADDRESS",
+                help="ADS (and access-log) gRPC listen address; beyond loopback only with "
+                "mutual TLS or --insecure.",
+            ),
+        ] = "127.0.0.1:18000",
         health_address: Annotated[
             str,
             typer.Option(
                 envvar="GATEWAY_HEALTH_ADDRESS",
-                help="HTTP /healthz and /status address; empty to disable.",
+                help="HTTP /healthz, /status and /metrics address; empty to disable.",
             ),
-        ] = "0.0.0.0:18001",
+        ] = "127.0.0.1:18001",
+        insecure: Annotated[
+            bool,
+            typer.Option(
+                envvar="GATEWAY_INSECURE",
+                help="Allow plaintext xDS on a non-loopback address (trusts every client "
+                "that reaches it; warned about on every start).",
+            ),
+        ] = False,
+        proxy_expiry: Annotated[
+            float,
+            typer.Option(
+                envvar="GATEWAY_PROXY_EXPIRY",
+                min=1,
+                help="Forget proxies (status rows) disconnected, or whose controller died, "
+                "this many seconds ago.",
+            ),
+        ] = 3600,
         log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
         db: DbOption = None,
         xds_tls_cert: Annotated[
@@ -104,6 +126,8 @@ def register_run(app: typer.Typer) -> None:
             aggregation_address=aggregation_address,
             analytics_retention_days=analytics_retention_days,
             route_shards_from=route_shards_from,
+            insecure=insecure,
+            proxy_expiry=proxy_expiry,
         )
         asyncio.run(run_controller(settings))
 

@@ -27,8 +27,12 @@ def register_status(app: typer.Typer) -> None:
         builds = store.gateway_builds()
         rows: list[dict[str, Any]] = []
         specs: dict[str, dict[str, Any] | None] = {}
+        beats = {cid: beat for cid, _, _, beat in controllers}
+        expiry = _proxy_expiry()
         for p in store.proxies():
             connected = p.connected and p.controller in live
+            if not connected and _gone_since(p, beats.get(p.controller)) < now - expiry:
+                continue  # expired: the controllers delete such rows (serve --proxy-expiry)
             changed = builds.get(p.gateway, (0, 0, None))[1]
             in_sync = connected and p.acked_revision >= changed
             nack = None
@@ -134,3 +138,21 @@ def _nack_field(
             specs[first] = None
     spec = specs[first]
     return None if spec is None else nack_field(error, kind, spec)
+
+
+def _proxy_expiry() -> float:
+    """The controllers' ``--proxy-expiry`` as far as this shell knows (GATEWAY_PROXY_EXPIRY)."""
+    from ..settings import Settings
+
+    try:
+        return Settings().proxy_expiry
+    except ValueError:
+        return Settings.model_fields["proxy_expiry"].default  # type: ignore[no-any-return]
+
+
+def _gone_since(p: Any, beat: float | None) -> float:
+    """When a proxy that is not connected was last known to be: its disconnect, or the
+    last heartbeat of its controller (plus the time before a controller is presumed dead)."""
+    if not p.connected or beat is None:
+        return float(p.updated_at)
+    return beat + STALE_AFTER

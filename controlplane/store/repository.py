@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, inspect, select, text, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, inspect, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
@@ -474,6 +474,23 @@ class Store:
                 .where(ProxyRow.controller == controller)
                 .values(connected=False, updated_at=time.time())
             )
+
+    def expire_proxies(self, before: float, dead_after: float = 15.0) -> int:
+        """Delete the status rows of proxies gone since ``before`` (epoch seconds): those
+        that disconnected before it, and those of controllers presumed dead (silent for
+        ``dead_after`` seconds) since then - a controller that died without marking its
+        proxies disconnected. Returns how many."""
+        live = select(ControllerRow.id).where(ControllerRow.heartbeat_at >= before - dead_after)
+        with self._writer.begin() as conn:
+            result = conn.execute(
+                delete(ProxyRow).where(
+                    or_(
+                        (ProxyRow.connected.is_(False)) & (ProxyRow.updated_at < before),
+                        ProxyRow.controller.not_in(live),
+                    )
+                )
+            )
+        return int(result.rowcount or 0)
 
     def proxies(self) -> list[ProxyStatus]:
         columns = [getattr(ProxyRow, f) for f in ProxyStatus.__dataclass_fields__]

@@ -135,9 +135,15 @@ class Translator:
     """
 
     def __init__(
-        self, aggregation: AggregationTarget | None = None, shard_from: int = 2000
+        self,
+        aggregation: AggregationTarget | None = None,
+        shard_from: int = 2000,
+        sink_tls: bool = False,
     ) -> None:
         self.shard_from = shard_from
+        #: Envoys talk mutual TLS to the control plane (bootstrap-mtls.yaml): a separate
+        #: analytics sink is reached the same way, with the bootstrap's client certificate
+        self.sink_tls = sink_tls
         #: gateway -> replaced layouts (key length, None: one table) -> when they expire
         self._kept: dict[str, dict[int | None, float]] = {}
         self._scopes: dict[str, Message] = {}
@@ -238,7 +244,7 @@ class Translator:
             elif length is not None:
                 out.add(ROUTE, gw.name, table.encode(gw), Sources("route", table.names()))
                 out.late.add((ROUTE, gw.name))
-        analytics_sink = sink_cluster(gw)
+        analytics_sink = sink_cluster(gw, tls=self.sink_tls)
         if analytics_sink is not None:
             out.add(CLUSTER, SINK_CLUSTER, analytics_sink, [("gateway", gw.name)])
         self._add_aggregation(out, gw, table)

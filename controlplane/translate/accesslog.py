@@ -82,8 +82,17 @@ def _format(log: object) -> fmt_pb2.SubstitutionFormatString:
     return fmt_pb2.SubstitutionFormatString(json_format=struct)
 
 
-def sink_cluster(gateway: Gateway) -> cluster_pb2.Cluster | None:
-    """The cluster of a separate analytics sink (HTTP/2, for gRPC), when the gateway names one."""
+#: static secrets of envoy/bootstrap-mtls.yaml: the Envoy's client certificate and the CA
+#: of the control plane's certificates
+CLIENT_SECRET = "xds_client_certificate"
+CA_SECRET = "xds_trusted_ca"
+
+
+def sink_cluster(gateway: Gateway, *, tls: bool = False) -> cluster_pb2.Cluster | None:
+    """The cluster of a separate analytics sink (HTTP/2, for gRPC), when the gateway names one.
+
+    ``tls``: mutual TLS with the Envoy's control-channel certificate (the bootstrap's static
+    secrets), the sink's certificate verified against the same CA and the sink's host."""
     analytics = gateway.analytics
     if analytics is None or not analytics.enabled or analytics.sink is None:
         return None
@@ -102,4 +111,34 @@ def sink_cluster(gateway: Gateway) -> cluster_pb2.Cluster | None:
     cluster.typed_extension_protocol_options[
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     ].CopyFrom(pack(options))
+    if tls:
+        cluster.transport_socket.CopyFrom(_sink_tls(host))
     return cluster
+
+
+def _sink_tls(host: str) -> base_pb2.TransportSocket:
+    from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+    from envoy.type.matcher.v3 import string_pb2
+
+    san = common_pb2.SubjectAltNameMatcher(
+        san_type=(
+            common_pb2.SubjectAltNameMatcher.IP_ADDRESS
+            if is_ip(host)
+            else common_pb2.SubjectAltNameMatcher.DNS
+        ),
+        matcher=string_pb2.StringMatcher(exact=host),
+    )
+    context = tls_pb2.UpstreamTlsContext(
+        common_tls_context=tls_pb2.CommonTlsContext(
+            alpn_protocols=["h2"],
+            tls_certificate_sds_secret_configs=[secret_pb2.SdsSecretConfig(name=CLIENT_SECRET)],
+            combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+                default_validation_context=common_pb2.CertificateValidationContext(
+                    match_typed_subject_alt_names=[san]
+                ),
+                validation_context_sds_secret_config=secret_pb2.SdsSecretConfig(name=CA_SECRET),
+            ),
+        ),
+        sni="" if is_ip(host) else host,
+    )
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))

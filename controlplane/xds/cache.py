@@ -27,9 +27,11 @@ CHANGED = object()  # wake-up token put on a stream's queue
 class Subscription:
     """A stream's interest in one gateway: at most one wake-up token queued at a time."""
 
-    def __init__(self, gateway: str, queue: asyncio.Queue[object]) -> None:
+    def __init__(self, gateway: str, queue: asyncio.Queue[object], node: str = "") -> None:
         self.gateway = gateway
         self.queue = queue
+        #: the stream's node id: several streams of one node count as one replica
+        self.node = node
         self._pending = False
 
     def notify(self) -> None:
@@ -82,8 +84,8 @@ class SnapshotCache:
         if snap is not None and snap.revision < revision:
             self.publish(snap.at(revision))
 
-    def subscribe(self, gateway: str, queue: asyncio.Queue[object]) -> Subscription:
-        sub = Subscription(gateway, queue)
+    def subscribe(self, gateway: str, queue: asyncio.Queue[object], node: str = "") -> Subscription:
+        sub = Subscription(gateway, queue, node)
         self._subscribers.setdefault(gateway, set()).add(sub)
         self._membership_changed(gateway)
         return sub
@@ -97,7 +99,10 @@ class SnapshotCache:
             self._membership_changed(sub.gateway)
 
     def streams(self, gateway: str) -> int:
-        return len(self._subscribers.get(gateway, ()))
+        """Envoys with a stream for ``gateway``: distinct node ids (a stream without one
+        counts alone), so a node's second stream - a reconnect whose old connection has not
+        timed out yet, or a copy of its certificate - is not a second replica."""
+        return len({s.node or id(s) for s in self._subscribers.get(gateway, ())})
 
     def set_remote_members(self, counts: dict[str, int]) -> None:
         """Envoys per gateway that other controllers serve (read from the database)."""

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -21,16 +21,18 @@ from envoy.service.discovery.v3 import discovery_pb2
 from ..translate import CLUSTER, ENDPOINT
 from .cache import CHANGED, SnapshotCache
 from .metrics import XdsMetrics
-from .mtls import client_identity
+from .mtls import StreamAuthorizer, client_identity
 from .snapshot import OPTIONAL_TYPES, PUSH_ORDER, WILDCARD_TYPES, Snapshot, TypeSnapshot
 from .status import ProxyState, StatusRecorder
 
-__all__ = ["ADS_SERVICE", "AdsServer", "AdsStream"]
+__all__ = ["ADS_SERVICE", "AdsServer", "AdsStream", "Refused"]
 
 log = logging.getLogger(__name__)
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 _CLOSED = object()
+#: (gateway, node id) -> None when the stream may have them, else the reason it may not
+Admit = Callable[[str, str], str | None]
 _LATE = object()
 #: at most one response per type per this many seconds carries resources only a listener
 #: being drained uses (ADR 0017): Envoy rebuilds them on its main thread, ahead of changes
@@ -62,6 +64,11 @@ class TypeState:
     late_waiting: bool = False
 
 
+class Refused(Exception):
+    """The stream's certificate does not permit the gateway or node id its first request
+    claims; nothing was sent, subscribed or recorded for it."""
+
+
 class AdsStream:
     """The state machine of one Envoy's ADS stream."""
 
@@ -72,12 +79,14 @@ class AdsStream:
         write: object,
         peer: str,
         metrics: XdsMetrics | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self.cache = cache
         self.recorder = recorder
         self._write = write
         self.peer = peer
         self.metrics = metrics
+        self._admit = admit
         self.types = {t: TypeState() for t in PUSH_ORDER}
         self._nonces = itertools.count(1)
         self._cds_since_eds = False
@@ -97,6 +106,11 @@ class AdsStream:
                 return
             node = first.node
             gateway = node.cluster or "default"
+            # Before anything is recorded, subscribed or sent: a stream its certificate does
+            # not vouch for is no proxy (no status row, no event, no replica, no NACK).
+            refusal = None if self._admit is None else self._admit(gateway, node.id)
+            if refusal is not None:
+                raise Refused(refusal)
             version = node.user_agent_build_version.version
             self.proxy = ProxyState(
                 node_id=node.id or self.peer,
@@ -111,7 +125,7 @@ class AdsStream:
             self.recorder.changed(self.proxy)
             # Never answer before the full state is loaded: an empty answer would roll back.
             await self.cache.ready.wait()
-            sub = self.cache.subscribe(gateway, queue)
+            sub = self.cache.subscribe(gateway, queue, node.id)
             await self._on_request(first)
             while True:
                 item = await queue.get()
@@ -309,11 +323,16 @@ class AdsServer:
     """Registers the ADS method on a grpc.aio server."""
 
     def __init__(
-        self, cache: SnapshotCache, recorder: StatusRecorder, metrics: XdsMetrics | None = None
+        self,
+        cache: SnapshotCache,
+        recorder: StatusRecorder,
+        metrics: XdsMetrics | None = None,
+        authorizer: StreamAuthorizer | None = None,
     ) -> None:
         self.cache = cache
         self.recorder = recorder
         self.metrics = metrics
+        self.authorizer = authorizer or StreamAuthorizer(required=False)
         self.active: set[AdsStream] = set()
 
     def connected(self) -> dict[str, int]:
@@ -329,13 +348,22 @@ class AdsServer:
         requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        stream = AdsStream(self.cache, self.recorder, context.write, context.peer(), self.metrics)
+        authorizer = self.authorizer
+
+        def admit(gateway: str, node_id: str) -> str | None:
+            return authorizer.refusal(context, gateway, node_id)
+
+        stream = AdsStream(
+            self.cache, self.recorder, context.write, context.peer(), self.metrics, admit
+        )
         identity = client_identity(context)
         if identity is not None:
             log.info("xDS client %s authenticated as %s", context.peer(), identity)
         self.active.add(stream)
         try:
             await stream.run(requests)
+        except Refused as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         finally:
             self.active.discard(stream)
 

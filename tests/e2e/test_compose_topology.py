@@ -2,7 +2,8 @@
 
 Same commands as the compose services (taken from docker-compose.yml itself), same bootstrap
 and launcher script, same environment variables; only the host names of the containers
-become 127.0.0.1 and the fixed ports become ephemeral ones.
+become 127.0.0.1, the fixed ports become ephemeral ones and the volumes folders. The
+control channel is mutual TLS with the certificates the one-shot `pki` service makes.
 """
 
 from __future__ import annotations
@@ -47,6 +48,44 @@ def test_compose_stack_as_processes(tmp_path: Path) -> None:
         procs.append(proc)
         return proc
 
+    # volumes -> folders; the pki service's script, as compose would run it ($$ -> $)
+    volumes = {v: tmp_path / v for v in ("pki-ca", "pki-controller", "pki-envoy")}
+    for folder in volumes.values():
+        folder.mkdir()
+    pki = services["pki"]
+    assert pki["entrypoint"] == ["sh", "-euc"]
+    script = pki["command"][0].replace("$$", "$")
+    uid = str(os.getuid())
+    made = subprocess.run(
+        ["sh", "-euc", script],
+        env={
+            **os.environ,
+            "PATH": f"{Path(gatewayctl_command()[0]).parent}:{os.environ['PATH']}",
+            "PKI_CA_DIR": str(volumes["pki-ca"]),
+            "PKI_CONTROLLER_DIR": str(volumes["pki-controller"]),
+            "PKI_ENVOY_DIR": str(volumes["pki-envoy"]),
+            "PKI_CONTROLLER_UID": uid,
+            "PKI_ENVOY_UID": uid,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    for name in ("pki-controller/controller.key", "pki-envoy/envoy-1.key", "pki-ca/ca.key"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    assert not (volumes["pki-envoy"] / "ca.key").exists()
+    assert not (volumes["pki-controller"] / "ca.key").exists()
+
+    def mounted(path: str, service: str) -> str:
+        """A container path of a pki volume -> its folder here."""
+        for mount in services[service]["volumes"]:
+            volume, _, rest = str(mount).partition(":")
+            target = rest.split(":")[0]
+            if volume in volumes and path.startswith(target + "/"):
+                return str(volumes[volume] / path[len(target) + 1 :])
+        return path
+
     try:
         # demo backends: the compose command with the port swapped
         for name in ("users", "orders"):
@@ -66,6 +105,7 @@ def test_compose_stack_as_processes(tmp_path: Path) -> None:
         argv = _replace(argv, "--db", db)
         argv = _replace(argv, "--xds-address", f"127.0.0.1:{ports['xds']}")
         argv = _replace(argv, "--health-address", f"127.0.0.1:{ports['health']}")
+        argv = [mounted(a, "controller") for a in argv]
         assert argv[0] == "gatewayctl"
         spawn(
             [*gatewayctl_command(), *argv[1:]],
@@ -79,12 +119,12 @@ def test_compose_stack_as_processes(tmp_path: Path) -> None:
         )
 
         # envoy: run-envoy.sh with the compose environment
-        env = {k: str(v) for k, v in services["envoy"]["environment"].items()}
+        env = {k: mounted(str(v), "envoy") for k, v in services["envoy"]["environment"].items()}
         assert services["envoy"]["command"] == ["bash", "/etc/envoy/run-envoy.sh"]
+        assert env["ADMIN_ADDRESS"] == "127.0.0.1"
         env.update(
             XDS_HOST="127.0.0.1",
             XDS_PORT=str(ports["xds"]),
-            ADMIN_ADDRESS="127.0.0.1",
             ADMIN_PORT=str(ports["admin"]),
             ENVOY_BIN=find_envoy_binary(),
             ENVOY_RENDERED=str(tmp_path / "bootstrap.yaml"),
@@ -116,6 +156,15 @@ def test_compose_stack_as_processes(tmp_path: Path) -> None:
         assert proxy["node"] == env["NODE_ID"] and proxy["gateway"] == env["GATEWAY"]
         assert proxy["in_sync"]
         wait_until(lambda: envoy.poll() is None, 1)
+        # ... over mutual TLS, as the certificate of the pki service permits
+        ctl_log = (tmp_path / "controller.log").read_text()
+        assert "over mutual TLS" in ctl_log
+        assert f"authenticated as CN={env['NODE_ID']}" in ctl_log
+        rendered = yaml.safe_load((tmp_path / "bootstrap.yaml").read_text())
+        (xds_cluster,) = [
+            c for c in rendered["static_resources"]["clusters"] if c["name"] == "xds_cluster"
+        ]
+        assert xds_cluster["transport_socket"]["name"] == "envoy.transport_sockets.tls"
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
