@@ -48,7 +48,7 @@ class Controller:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.id = settings.controller_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.store = Store(settings.db)
+        self.store = Store(settings.db, create=settings.create_database)
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder(self.store, self.id)
         self.runner = Runner(

@@ -200,7 +200,7 @@ async def serve_sink(
     from ..metrics import CONTENT_TYPE
     from ..store import Store
 
-    Store(db).close()  # creates or migrates the schema
+    Store(db).close()  # migrates the schema; a missing database is an error (``init``)
     sink = AccessLogSink(db, retention_s=retention_s, flush_interval=flush_interval)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     server.add_generic_rpc_handlers((sink.handler(),))

@@ -85,6 +85,23 @@ def register_run(app: typer.Typer) -> None:
                 help="Shard gateways with at least this many routes (scoped RDS); 0: never.",
             ),
         ] = 2000,
+        create: Annotated[
+            bool,
+            typer.Option(
+                "--create",
+                envvar="GATEWAY_CREATE_DATABASE",
+                help="Create the database if it does not exist (else that is an error).",
+            ),
+        ] = False,
+        allow_rollback: Annotated[
+            bool,
+            typer.Option(
+                "--allow-rollback",
+                envvar="GATEWAY_ALLOW_ROLLBACK",
+                help="Serve proxies that run a newer revision or another database's policy "
+                "this database's policy anyway (else their streams are held).",
+            ),
+        ] = False,
     ) -> None:
         """Run the controller: stream gateway policy to every connected Envoy over ADS."""
         from ..controller import serve as run_controller
@@ -104,6 +121,8 @@ def register_run(app: typer.Typer) -> None:
             aggregation_address=aggregation_address,
             analytics_retention_days=analytics_retention_days,
             route_shards_from=route_shards_from,
+            create_database=create,
+            allow_rollback=allow_rollback,
         )
         asyncio.run(run_controller(settings))
 
@@ -154,8 +173,13 @@ def register_run(app: typer.Typer) -> None:
         from ..envoy_launcher import EnvoySpec, start_envoy, wait_ready
 
         logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+        from ..store import Store
+
         c = ctx_of(ctx)
-        store = c.store
+        # the first-run command: it creates the database it is pointed at, and says so
+        store = c._store = Store(c.db, create=True)
+        if store.created:
+            stderr.print(f"created database {store.url}")
         try:
             gw = cast(Gateway, store.get("gateway", gateway))
         except NotFound:

@@ -27,15 +27,25 @@ from ..policy import (
     parse_object,
     references,
 )
-from .db import RevisionProbe, make_engines, normalize_url
-from .tables import Change, ControllerRow, EventRow, GatewayBuild, Meta, ProxyRow, Ref, Resource
+from .db import RevisionProbe, create_sqlite_file, make_engines, normalize_url, sqlite_path
+from .tables import (
+    Change,
+    ControllerRow,
+    EventRow,
+    GatewayBuild,
+    Lineage,
+    Meta,
+    ProxyRow,
+    Ref,
+    Resource,
+)
 
-__all__ = ["ApplyResult", "ObjectChange", "ProxyStatus", "Store"]
+__all__ = ["ApplyResult", "Identity", "ObjectChange", "ProxyStatus", "Store"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 #: newest migration; a test checks it against alembic's head. Comparing it with one query
 #: keeps alembic (150 ms to import) out of every CLI call on an up-to-date database.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 #: PostgreSQL advisory lock held while migrating
 _MIGRATE_LOCK = 0x6761_7465
 
@@ -73,19 +83,84 @@ class ProxyStatus:
     connected_at: float
     updated_at: float
     acked_at: float | None = None
+    hold: str | None = None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Which database and revision a controller serves, and the databases a restore brought
+    into it (id -> the revision restored): what proxies' reported versions are checked
+    against so that no proxy is rolled back."""
+
+    database_id: str
+    revision: int
+    lineage: dict[str, int] = field(default_factory=dict)
+
+    def label(self) -> str:
+        return f"revision {self.revision} of database {self.database_id}"
+
+
+def init_hint(url: str) -> str:
+    """How to create the database ``url`` names, for error messages."""
+    return f"create it with: gatewayctl init --db {_display(url)}"
+
+
+def _display(url: str) -> str:
+    path = sqlite_path(url)
+    if path is not None:
+        return path
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 class Store:
-    """Policy and status in one SQL database (SQLite file or PostgreSQL)."""
+    """Policy and status in one SQL database (SQLite file or PostgreSQL).
 
-    def __init__(self, db: str | None = None, *, migrate: bool = True) -> None:
+    Opening never creates a database: a missing SQLite file or a PostgreSQL database
+    without the schema is a :class:`StoreError` naming how to create it, unless
+    ``create`` is set (``gatewayctl init``, ``up``, ``serve --create``). An existing
+    database with an older schema is migrated.
+    """
+
+    def __init__(
+        self, db: str | None = None, *, migrate: bool = True, create: bool = False
+    ) -> None:
         self.url = normalize_url(db)
+        #: whether this Store created the database (the SQLite file or the schema)
+        self.created = False
+        path = sqlite_path(self.url)
+        if path is not None and not Path(path).exists():
+            if not create:
+                raise StoreError(f"database file {path} does not exist; {init_hint(self.url)}")
+            try:
+                self.created = create_sqlite_file(path)
+            except OSError as exc:
+                raise StoreError(f"cannot create database file {path}: {exc.strerror}") from None
         try:
             self._writer, self._reader = make_engines(self.url)
         except (SQLAlchemyError, ImportError) as exc:
             raise StoreError(f"cannot open database {self.url!r}: {exc}") from None
         if migrate:
+            if not create and self._schema_version_or_error() is None:
+                self.close()
+                raise StoreError(
+                    f"database {_display(self.url)} has no gateway schema; {init_hint(self.url)}"
+                )
+            self.created |= self._schema_version_or_error() is None
             self.migrate()
+
+    def _schema_version_or_error(self) -> str | None:
+        try:
+            return self.schema_version()
+        except (OperationalError, ProgrammingError) as exc:
+            raise StoreError(f"cannot open database {_display(self.url)}: {exc.orig}") from None
+
+    def reopen(self) -> None:
+        """Drop every pooled connection: the next query opens the file again (after the
+        file was replaced, pooled connections still read the old one)."""
+        self._writer.dispose()
+        self._reader.dispose()
 
     def close(self) -> None:
         self._writer.dispose()
@@ -127,6 +202,29 @@ class Store:
         with self._reader.connect() as conn:
             return int(conn.execute(select(Meta.revision).where(Meta.id == 1)).scalar_one())
 
+    def identity(self) -> Identity:
+        with self._reader.begin() as conn:
+            return _identity(conn)
+
+    def load_state(self) -> tuple[Identity, list[PolicyModel]]:
+        """Every object and the identity (database, revision) they belong to, in one read."""
+        with self._reader.begin() as conn:
+            ident = _identity(conn)
+            rows = conn.execute(select(Resource.kind, Resource.name, Resource.spec)).all()
+        return ident, [_load(kind, spec) for kind, _name, spec in rows if kind in KINDS]
+
+    def changes_state(
+        self, revision: int
+    ) -> tuple[Identity, list[tuple[str, str, PolicyModel | None]]]:
+        """:meth:`changes_since` plus the identity read in the same transaction, so a
+        replaced database (another id, a revision that went back) is seen before its
+        changes are applied."""
+        with self._reader.begin() as conn:
+            ident = _identity(conn)
+            if ident.revision <= revision:
+                return ident, []
+            return ident, _changes(conn, revision, ident.revision)
+
     def get(self, kind: str, name: str) -> PolicyModel:
         with self._reader.connect() as conn:
             spec = conn.execute(
@@ -159,18 +257,7 @@ class Store:
             rev = int(conn.execute(select(Meta.revision).where(Meta.id == 1)).scalar_one())
             if rev == revision:
                 return rev, []
-            touched = conn.execute(
-                select(Change.kind, Change.name)
-                .where(Change.revision > revision, Change.revision <= rev)
-                .distinct()
-            ).all()
-            out: list[tuple[str, str, PolicyModel | None]] = []
-            for kind, name in touched:
-                spec = conn.execute(
-                    select(Resource.spec).where(Resource.kind == kind, Resource.name == name)
-                ).scalar_one_or_none()
-                out.append((kind, name, None if spec is None else _load(kind, spec)))
-        return rev, out
+            return rev, _changes(conn, revision, rev)
 
     def changed_objects(self, after: int, upto: int) -> list[tuple[str, str]]:
         """Objects touched by revisions in (after, upto]: the suspects of a rejection."""
@@ -267,6 +354,8 @@ class Store:
         plan: Sequence[_Op] | Callable[[dict[tuple[str, str], dict[str, Any]]], list[_Op]],
         keys: Iterable[tuple[str, str]] | None,
         dry_run: bool,
+        *,
+        keep_empty: bool = False,
     ) -> ApplyResult:
         # Bumping first takes the write lock (the meta row in PostgreSQL), so everything read
         # below is current and no concurrent writer can interleave.
@@ -297,7 +386,7 @@ class Store:
             if op == "update" and after == before:
                 continue  # an update to the same content is no change and bumps nothing
             changes.append(ObjectChange(op, kind, name, before, after))
-        if not changes or dry_run:
+        if dry_run or (not changes and not keep_empty):
             conn.rollback()
             return ApplyResult(rev - 1, changes)
 
@@ -327,13 +416,14 @@ class Store:
             conn.execute(insert(Ref), edges)
         _check_references(conn, {(c.kind, c.name) for c in changes if c.op == "delete"})
         _check_contents(conn, changes, objects)
-        conn.execute(
-            insert(Change),
-            [
-                {"revision": rev, "kind": c.kind, "name": c.name, "op": c.op, "at": time.time()}
-                for c in changes
-            ],
-        )
+        if changes:
+            conn.execute(
+                insert(Change),
+                [
+                    {"revision": rev, "kind": c.kind, "name": c.name, "op": c.op, "at": time.time()}
+                    for c in changes
+                ],
+            )
         return ApplyResult(rev, changes)
 
     # -- status (written by controllers, read by the CLI) ---------------------------------
@@ -471,6 +561,29 @@ class Store:
 
 
 _Op = tuple[str, str, str, PolicyModel | None]
+
+
+def _identity(conn: Connection) -> Identity:
+    rev, database_id = conn.execute(
+        select(Meta.revision, Meta.database_id).where(Meta.id == 1)
+    ).one()
+    lineage = {d: int(r) for d, r in conn.execute(select(Lineage.database_id, Lineage.revision))}
+    return Identity(database_id or "", int(rev), lineage)
+
+
+def _changes(conn: Connection, after: int, upto: int) -> list[tuple[str, str, PolicyModel | None]]:
+    touched = conn.execute(
+        select(Change.kind, Change.name)
+        .where(Change.revision > after, Change.revision <= upto)
+        .distinct()
+    ).all()
+    out: list[tuple[str, str, PolicyModel | None]] = []
+    for kind, name in touched:
+        spec = conn.execute(
+            select(Resource.spec).where(Resource.kind == kind, Resource.name == name)
+        ).scalar_one_or_none()
+        out.append((kind, name, None if spec is None else _load(kind, spec)))
+    return out
 
 
 def _upsert(conn: Connection, column: Any, key: str, values: dict[str, Any]) -> None:
