@@ -60,6 +60,7 @@ class Controller:
             aggregation=aggregation_target(settings),
             shard_from=settings.route_shards_from,
         )
+        self.runner.allow_rollback = self.cache.allow_rollback = settings.allow_rollback
         self.metrics = Registry()
         self.ads = AdsServer(self.cache, self.recorder, XdsMetrics(self.metrics))
         self.metrics.gauge(
@@ -71,6 +72,17 @@ class Controller:
             "gateway_policy_revision",
             "The policy revision this controller has translated and serves.",
             lambda: float(self.runner.revision),
+        )
+        self.metrics.gauge(
+            "gateway_store_refusals",
+            "Times the database was refused since start: removed, replaced by another "
+            "database or an older copy (the policy in memory stays served).",
+            lambda: float(self.runner.store_refusals),
+        )
+        self.metrics.gauge(
+            "gateway_streams_held",
+            "ADS streams held because answering would roll the proxy back.",
+            lambda: float(sum(1 for s in self.ads.active if s.proxy and s.proxy.hold)),
         )
         #: Envoy's access-log service, served on the xDS port (gateways with analytics on)
         self.sink = AccessLogSink(
@@ -163,6 +175,13 @@ class Controller:
                 for g in self.cache.gateways()
             },
             "streams": len(self.ads.active),
+            "database": self.runner.identity.database_id if self.runner.identity else None,
+            "store_problem": self.runner.store_problem,
+            "held": [
+                {"node": s.proxy.node_id, "gateway": s.proxy.gateway, "reason": s.proxy.hold}
+                for s in self.ads.active
+                if s.proxy is not None and s.proxy.hold
+            ],
         }
 
     async def _serve_health(
