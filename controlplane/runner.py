@@ -21,7 +21,8 @@ from .policy import KINDS, Cluster, Gateway, PolicyModel, Route
 from .policy.certificate import Certificate
 from .policy.ratelimit import Plan
 from .store import Identity, Store
-from .store.db import FileWatch, sqlite_path
+from .store.backup import file_identity, save_from
+from .store.db import FileWatch, RevisionProbe, sqlite_path
 from .translate import AggregationTarget, GatewayView, Resources, Translator
 from .translate.auth import next_key_expiry
 from .xds.cache import SnapshotCache
@@ -77,6 +78,11 @@ class Runner:
         self.allow_rollback = False
         self._file = sqlite_path(store.url)
         self._file_id: tuple[int, int] | None = None
+        self._probe: RevisionProbe | None = None
+        #: the file identity whose predecessor was saved already (once per replacement)
+        self._saved_for: object = None
+        self._saved_note = ""
+        self._checkpoint_task: asyncio.Task[None] | None = None
         self._problem_logged = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -111,6 +117,7 @@ class Runner:
         if watch is not None:
             loop.add_reader(watch.fd, wake.set)
             interval *= 5  # only a safety net now
+        self._probe = probe
         try:
             rechecks = 0
             while True:
@@ -129,6 +136,7 @@ class Runner:
                     last_beat = time.monotonic()
                     self._schedule_record()
                     self._schedule_members()
+                    self._schedule_checkpoint()
                 self._expire_keys()
                 if self._file is not None and self._stat() != self._file_id:
                     if not await self._file_replaced():
@@ -226,30 +234,38 @@ class Runner:
         """The database file was removed or replaced under us: follow the new file only if
         it is this database at this revision or newer (or absorbed it by a restore), and
         reload it whole; otherwise keep serving the policy in memory. True if followed."""
-        assert self.identity is not None
+        assert self.identity is not None and self._file is not None
         current = self._stat()
-        if current is None:
-            self._problem(
-                f"database file {self._file} was removed: serving revision {self.revision} "
-                "from memory; put the file back or restore a backup (gatewayctl init, "
-                "gatewayctl restore)"
-            )
-            return False
-        self.store.reopen()  # pooled connections still read the old file
-        try:
-            ident = await asyncio.to_thread(self.store.identity)
-        except Exception as exc:
-            self._problem(
-                f"database file {self._file} was replaced by one that cannot be read ({exc}): "
-                f"serving revision {self.revision} from memory"
-            )
-            return False
+        # read what the new file holds by itself: opened normally, SQLite would pair it
+        # with the old database's -wal
+        ident = None if current is None else file_identity(self._file)
         mine = self.identity
-        same = ident.database_id == mine.database_id and ident.revision >= self.revision
-        absorbed = ident.lineage.get(mine.database_id, -1) >= self.revision
-        if not (same or absorbed or self.allow_rollback):
-            self._refuse(ident)
+        acceptable = ident is not None and (
+            (ident.database_id == mine.database_id and ident.revision >= self.revision)
+            or ident.lineage.get(mine.database_id, -1) >= self.revision
+            or self.allow_rollback
+        )
+        if not acceptable:
+            # stop writing status: through the shared -wal it would land in the new file
+            self.store.paused = "database file replaced"
+            saved = await self._save_replaced(current)
+            if current is None:
+                what = "was removed"
+            elif ident is None:
+                what = "was replaced by a file that is not a gateway database"
+            else:
+                what = f"now holds {ident.label()}"
+            self._problem(
+                f"database file {self._file} {what}, but this controller serves "
+                f"{mine.label()}: refusing it (it would roll proxies back) and serving the "
+                f"policy in memory{saved}"
+            )
             return False
+        assert ident is not None
+        self.store.reopen()  # pooled connections still read the old file
+        if self._probe is not None:
+            self._probe.close()  # and so does the probe's: it reconnects on its next call
+        self.store.paused = None
         log.warning(
             "database file %s was replaced: now %s (was %s); reloading it",
             self._file,
@@ -260,6 +276,27 @@ class Runner:
         await self._reload()
         self._clear_problem()
         return True
+
+    async def _save_replaced(self, current: object) -> str:
+        """Save the database the file held before (still open on this controller's
+        connection) next to it, once per replacement; the sentence saying where."""
+        if self._saved_for == current and self._saved_for is not None:
+            return self._saved_note
+        self._saved_for = current
+        self._saved_note = ""
+        conn = self._probe.connection() if self._probe is not None else None
+        if conn is None or self._file is None:
+            return ""
+        target = f"{self._file}.replaced-{time.strftime('%Y%m%dT%H%M%S')}"
+        try:
+            await asyncio.to_thread(save_from, conn, target)
+        except Exception as exc:
+            log.error("could not save the replaced database to %s: %s", target, exc)
+            return ""
+        self._saved_note = (
+            f"; the database it replaced is saved in {target} (gatewayctl restore {target})"
+        )
+        return self._saved_note
 
     def _refuse(self, ident: Identity) -> None:
         assert self.identity is not None
@@ -377,6 +414,15 @@ class Runner:
                 self.cache.advance(name, revision)
 
     # -- status -------------------------------------------------------------------------------
+
+    def _schedule_checkpoint(self) -> None:
+        """Keep the SQLite WAL empty between bursts of writes: a file put in place of the
+        database is then not mixed with the old database's WAL frames (SQLite pairs a
+        -wal with whatever file has the name)."""
+        if self._file is None or self.store.paused:
+            return
+        if self._checkpoint_task is None or self._checkpoint_task.done():
+            self._checkpoint_task = asyncio.create_task(asyncio.to_thread(self.store.checkpoint))
 
     def _schedule_members(self) -> None:
         if self._members_task is None or self._members_task.done():

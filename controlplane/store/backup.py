@@ -26,7 +26,7 @@ from .db import sqlite_path
 from .repository import SCHEMA_HEAD, ApplyResult, Identity, Store, _identity, _Op
 from .tables import Lineage
 
-__all__ = ["BackupContents", "backup", "read_backup", "restore"]
+__all__ = ["BackupContents", "backup", "file_identity", "read_backup", "restore", "save_from"]
 
 
 class UsageError(GatewayError):
@@ -74,6 +74,39 @@ def backup(store: Store, target: str, *, force: bool = False) -> Identity:
         tmp.unlink(missing_ok=True)
         raise
     return read_backup(str(dest)).identity
+
+
+def file_identity(path: str) -> Identity | None:
+    """The identity a SQLite file holds by itself, ignoring any ``-wal`` next to it (after
+    a file was put in place of a live database, that WAL is the old database's and SQLite
+    would mix the two); None if it is missing or not a gateway database."""
+    try:
+        conn = sqlite3.connect(f"file:{quote(path)}?mode=ro&immutable=1", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        revision, database_id = conn.execute(
+            "SELECT revision, database_id FROM meta WHERE id = 1"
+        ).fetchone()
+        lineage = dict(conn.execute("SELECT database_id, revision FROM lineage"))
+    except (sqlite3.Error, TypeError):
+        return None
+    finally:
+        conn.close()
+    return Identity(database_id or "", int(revision), {d: int(r) for d, r in lineage.items()})
+
+
+def save_from(connection: sqlite3.Connection, target: str) -> None:
+    """Back up the database an open connection reads (mode 0600): after the file was
+    removed or replaced, a controller's connection still reads the old one."""
+    fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    os.close(fd)
+    dst = sqlite3.connect(target)
+    try:
+        connection.backup(dst)
+        dst.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        dst.close()
 
 
 def read_backup(file: str) -> BackupContents:

@@ -147,6 +147,12 @@ class RevisionProbe:
         finally:
             cur.close()
 
+    def connection(self) -> sqlite3.Connection | None:
+        """The SQLite connection this probe holds open (None before the first call)."""
+        if self._conn is None or not self._sqlite:
+            return None
+        return self._conn.driver_connection  # type: ignore[no-any-return]
+
     def close(self) -> None:
         if self._conn is not None:
             try:

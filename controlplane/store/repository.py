@@ -129,6 +129,9 @@ class Store:
         self.url = normalize_url(db)
         #: whether this Store created the database (the SQLite file or the schema)
         self.created = False
+        #: set (to why) while status must not be written: the file was replaced under a
+        #: controller, and writing would mix its data into the new file through the WAL
+        self.paused: str | None = None
         path = sqlite_path(self.url)
         if path is not None and not Path(path).exists():
             if not create:
@@ -436,6 +439,8 @@ class Store:
     def _write_status(self, write: Callable[[Connection], None]) -> None:
         """Run an update-else-insert transaction. On PostgreSQL two controllers can both find
         no row and both insert; the second fails on the key, and its rerun updates the row."""
+        if self.paused:
+            return
         for attempt in range(3):
             try:
                 with self._writer.begin() as conn:
@@ -446,6 +451,8 @@ class Store:
                     raise
 
     def disconnect_controller_proxies(self, controller: str) -> None:
+        if self.paused:
+            return
         with self._writer.begin() as conn:
             conn.execute(
                 update(ProxyRow)
@@ -512,6 +519,8 @@ class Store:
 
     def add_events(self, events: list[dict[str, Any]], keep: int = 100_000) -> None:
         """Append events; beyond ``keep`` rows the oldest are deleted (checked now and then)."""
+        if self.paused:
+            return
         with self._writer.begin() as conn:
             conn.execute(insert(EventRow), events)
             last = conn.execute(select(EventRow.id).order_by(EventRow.id.desc()).limit(1)).scalar()
@@ -554,6 +563,19 @@ class Store:
         ]
         out.sort(key=lambda e: float(e["at"] or 0))
         return out[-limit:]
+
+    def checkpoint(self) -> None:
+        """SQLite: move the WAL into the database file and empty it (best effort: a busy
+        database is checkpointed next time)."""
+        if self._writer.dialect.name != "sqlite" or self.paused:
+            return
+        conn = self._writer.raw_connection()
+        try:
+            conn.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+        except Exception:
+            pass
+        finally:
+            conn.close()
 
     def ping(self) -> None:
         with self._reader.connect() as conn:

@@ -19,6 +19,7 @@ import yaml
 
 from controlplane.demo.echo import EchoServer
 from controlplane.envoy_launcher import free_port
+from controlplane.store.backup import read_backup
 
 from .harness import Cli, Controller, Envoy, KeepAliveLoad, gatewayctl_command, request, wait_until
 
@@ -231,8 +232,8 @@ def test_backup_and_restore_under_a_running_controller(tmp_path: Path) -> None:
 
 def test_an_older_copy_put_over_the_live_database_is_refused(tmp_path: Path) -> None:
     """Copying a backup over the live file under a running controller: the controller
-    refuses the older copy loudly and keeps serving what it has; Envoy keeps the newer
-    policy; nothing is rolled back."""
+    refuses the older copy loudly, keeps serving what it has and saves the database the
+    copy replaced; Envoy keeps the newer policy; nothing is rolled back or lost."""
     echo = EchoServer("echo").start()
     port = free_port()
     db = tmp_path / "gateway.db"
@@ -254,10 +255,30 @@ def test_an_older_copy_put_over_the_live_database_is_refused(tmp_path: Path) -> 
             assert "refusing" in problem and "revision" in problem
             assert _metric(ctl, "gateway_store_refusals") >= 1
             load.more(200, timeout=60)
+            assert set(load.outcomes) == {"2xx"}, load.outcomes
+            assert "refusing" in ctl.log()
+            assert request(port, "/late/y")[0] == 200  # the newer policy stays served
+            assert ctl.proc is not None and ctl.proc.poll() is None
+
+            # nothing is lost: the replaced database was saved; with the controller
+            # stopped it goes back in place, and a controller on it serves the Envoy again
+            [saved] = [p for p in tmp_path.iterdir() if p.name.startswith("gateway.db.replaced-")]
+            assert (saved.stat().st_mode & 0o777) == 0o600
+            assert {r.name for r in read_backup(str(saved)).objects} >= {"late", "r0", "r1"}
+            ctl.stop()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+            shutil.copyfile(saved, db)
+            ctl2 = _controller_on(cli, tmp_path / "b", ctl.xds_port)
+            try:
+                wait_until(
+                    lambda: [p["in_sync"] for p in cli.json("status")["proxies"]] == [True], 60
+                )
+                assert _health(ctl2)["held"] == [] and not _health(ctl2)["store_problem"]
+                load.more(100, timeout=60)
+            finally:
+                ctl2.stop()
         assert set(load.outcomes) == {"2xx"}, load.outcomes
-        assert "refusing" in ctl.log()
-        assert request(port, "/late/y")[0] == 200  # the newer policy stays served
-        assert ctl.proc is not None and ctl.proc.poll() is None
     finally:
         ctl.stop()
         envoy.stop()
