@@ -23,4 +23,4 @@ USER gateway
 # 18000: xDS (ADS over gRPC) for Envoy; 18001: controller health HTTP (/healthz).
 EXPOSE 18000 18001
 
-CMD ["gatewayctl", "serve", "--db", "/data/gateway.db", "--xds-address", "0.0.0.0:18000", "--health-address", "0.0.0.0:18001"]
+CMD ["gatewayctl", "serve", "--create", "--db", "/data/gateway.db", "--xds-address", "0.0.0.0:18000", "--health-address", "0.0.0.0:18001"]
