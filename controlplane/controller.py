@@ -49,6 +49,8 @@ class Controller:
         self.settings = settings
         self.id = settings.controller_id or f"{socket.gethostname()}-{os.getpid()}"
         self.store = Store(settings.db, create=settings.create_database)
+        if self.store.created:
+            log.warning("created database %s (--create)", self.store.url)
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder(self.store, self.id)
         self.runner = Runner(

@@ -182,7 +182,10 @@ class Runner:
         assert self.identity is not None
         if ident.database_id != self.identity.database_id or revision < self.revision:
             # another database, or this one went back in time (an older copy put in its
-            # place): keep serving what we have, loudly, until it is put right
+            # place): keep serving what we have, loudly, until it is put right; a SQLite
+            # file overwritten in place is mixed with its WAL: write nothing more into it
+            if self._file is not None:
+                self.store.paused = "database went back"
             self._refuse(ident)
             return False
         self._clear_problem()
@@ -280,9 +283,10 @@ class Runner:
     async def _save_replaced(self, current: object) -> str:
         """Save the database the file held before (still open on this controller's
         connection) next to it, once per replacement; the sentence saying where."""
-        if self._saved_for == current and self._saved_for is not None:
+        key = ("file", current)  # a removed file (None) is a replacement too
+        if self._saved_for == key:
             return self._saved_note
-        self._saved_for = current
+        self._saved_for = key
         self._saved_note = ""
         conn = self._probe.connection() if self._probe is not None else None
         if conn is None or self._file is None:
@@ -319,6 +323,7 @@ class Runner:
         if self.store_problem is not None:
             log.warning("database problem resolved: %s", self.store_problem)
             self.store_problem = None
+            self.store.paused = None
 
     async def _reload(self) -> None:
         """Read the whole database again and rebuild every gateway (after the file was

@@ -230,10 +230,11 @@ def test_backup_and_restore_under_a_running_controller(tmp_path: Path) -> None:
         echo.stop()
 
 
-def test_an_older_copy_put_over_the_live_database_is_refused(tmp_path: Path) -> None:
-    """Copying a backup over the live file under a running controller: the controller
-    refuses the older copy loudly, keeps serving what it has and saves the database the
-    copy replaced; Envoy keeps the newer policy; nothing is rolled back or lost."""
+@pytest.mark.parametrize("how", ["older copy", "removed"])
+def test_a_replaced_or_removed_database_file_is_refused(tmp_path: Path, how: str) -> None:
+    """Copying a backup over the live file, or deleting it, under a running controller: the
+    controller refuses the new state loudly, keeps serving what it has and saves the
+    database the file held; Envoy keeps the newer policy; nothing is rolled back or lost."""
     echo = EchoServer("echo").start()
     port = free_port()
     db = tmp_path / "gateway.db"
@@ -248,11 +249,18 @@ def test_an_older_copy_put_over_the_live_database_is_refused(tmp_path: Path) -> 
         assert request(port, "/late/x")[0] == 200
         with KeepAliveLoad(port, ["/late/a", "/r0/b"]) as load:
             load.more(20)
-            # the usual way to put a file in place: copy next to it, rename over it
-            shutil.copyfile(tmp_path / "old.backup", tmp_path / "incoming.db")
-            os.replace(tmp_path / "incoming.db", db)
+            if how == "older copy":
+                # the usual way to put a file in place: copy next to it, rename over it
+                shutil.copyfile(tmp_path / "old.backup", tmp_path / "incoming.db")
+                os.replace(tmp_path / "incoming.db", db)
+            else:
+                db.unlink()
             problem = wait_until(lambda: _health(ctl)["store_problem"], 30, 0.1)
-            assert "refusing" in problem and "revision" in problem
+            assert "refusing" in problem
+            assert ("was removed" if how == "removed" else "holds revision") in problem
+            if how == "removed":  # and no command brings an empty database in its place
+                assert cli.run("route", "list", check=False).returncode != 0
+                assert not db.exists()
             assert _metric(ctl, "gateway_store_refusals") >= 1
             load.more(200, timeout=60)
             assert set(load.outcomes) == {"2xx"}, load.outcomes
