@@ -22,6 +22,7 @@ from .metrics import CONTENT_TYPE, Registry
 from .runner import Runner
 from .settings import Settings
 from .store import Store
+from .store.repository import display_url
 from .translate import AggregationTarget
 from .xds import AdsServer, SnapshotCache, StatusRecorder
 from .xds.metrics import XdsMetrics
@@ -50,7 +51,7 @@ class Controller:
         self.id = settings.controller_id or f"{socket.gethostname()}-{os.getpid()}"
         self.store = Store(settings.db, create=settings.create_database)
         if self.store.created:
-            log.warning("created database %s (--create)", self.store.url)
+            log.warning("created database %s (--create)", display_url(self.store.url))
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder(self.store, self.id)
         self.runner = Runner(

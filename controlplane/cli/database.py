@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..store import Store
+from ..store.repository import display_url
 from .context import ctx_of, finish_change
 from .output import emit, stderr
 
@@ -30,9 +31,11 @@ def register_database(app: typer.Typer) -> None:
         store = Store(c.db, create=True)
         ident = store.identity()
         if store.created:
-            stderr.print(f"created database {store.url} (id {ident.database_id})")
+            stderr.print(f"created database {display_url(store.url)} (id {ident.database_id})")
         else:
-            stderr.print(f"database {store.url} exists: {ident.label()}; schema is current")
+            stderr.print(
+                f"database {display_url(store.url)} exists: {ident.label()}; schema is current"
+            )
         store.close()
 
     @app.command()

@@ -174,12 +174,13 @@ def register_run(app: typer.Typer) -> None:
 
         logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
         from ..store import Store
+        from ..store.repository import display_url
 
         c = ctx_of(ctx)
         # the first-run command: it creates the database it is pointed at, and says so
         store = c._store = Store(c.db, create=True)
         if store.created:
-            stderr.print(f"created database {store.url}")
+            stderr.print(f"created database {display_url(store.url)}")
         try:
             gw = cast(Gateway, store.get("gateway", gateway))
         except NotFound:

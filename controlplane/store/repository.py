@@ -102,10 +102,11 @@ class Identity:
 
 def init_hint(url: str) -> str:
     """How to create the database ``url`` names, for error messages."""
-    return f"create it with: gatewayctl init --db {_display(url)}"
+    return f"create it with: gatewayctl init --db {display_url(url)}"
 
 
-def _display(url: str) -> str:
+def display_url(url: str) -> str:
+    """A database for messages: the SQLite file's path, or the URL without its password."""
     path = sqlite_path(url)
     if path is not None:
         return path
@@ -148,7 +149,7 @@ class Store:
             if not create and self._schema_version_or_error() is None:
                 self.close()
                 raise StoreError(
-                    f"database {_display(self.url)} has no gateway schema; {init_hint(self.url)}"
+                    f"database {display_url(self.url)} has no gateway schema; {init_hint(self.url)}"
                 )
             self.created |= self._schema_version_or_error() is None
             self.migrate()
@@ -157,7 +158,7 @@ class Store:
         try:
             return self.schema_version()
         except (OperationalError, ProgrammingError) as exc:
-            raise StoreError(f"cannot open database {_display(self.url)}: {exc.orig}") from None
+            raise StoreError(f"cannot open database {display_url(self.url)}: {exc.orig}") from None
 
     def reopen(self) -> None:
         """Drop every pooled connection: the next query opens the file again (after the
