@@ -7,6 +7,7 @@ objects each revision touched so watchers read only the difference.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from .tables import (
 )
 
 __all__ = ["ApplyResult", "Identity", "ObjectChange", "ProxyStatus", "Store"]
+
+log = logging.getLogger(__name__)
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 #: newest migration; a test checks it against alembic's head. Comparing it with one query
@@ -571,11 +574,16 @@ class Store:
         if self._writer.dialect.name != "sqlite" or self.paused:
             return
         conn = self._writer.raw_connection()
+        raw: Any = conn.driver_connection
         try:
-            conn.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+            # it holds the writer lock while it waits for readers: wait briefly, never
+            # stall the CLI's writes (a busy database is checkpointed next time)
+            raw.execute("PRAGMA busy_timeout=50")
+            raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except Exception:
-            pass
+            log.debug("WAL checkpoint skipped", exc_info=True)
         finally:
+            raw.execute("PRAGMA busy_timeout=10000")
             conn.close()
 
     def ping(self) -> None:
