@@ -74,12 +74,12 @@ def test_serve_and_read_commands_never_create_a_database(tmp_path: Path) -> None
 
 
 def _health(ctl: Controller) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{ctl.health_port}/status", timeout=5) as r:
+    with urllib.request.urlopen(f"http://127.0.0.1:{ctl.health_port}/status", timeout=30) as r:
         return json.loads(r.read())
 
 
 def _metric(ctl: Controller, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{ctl.health_port}/metrics", timeout=5) as r:
+    with urllib.request.urlopen(f"http://127.0.0.1:{ctl.health_port}/metrics", timeout=30) as r:
         text = r.read().decode()
     return sum(
         float(line.rsplit(" ", 1)[1])
@@ -280,7 +280,7 @@ def test_a_replaced_or_removed_database_file_is_refused(tmp_path: Path, how: str
             ctl2 = _controller_on(cli, tmp_path / "b", ctl.xds_port)
             try:
                 wait_until(
-                    lambda: [p["in_sync"] for p in cli.json("status")["proxies"]] == [True], 60
+                    lambda: [p["in_sync"] for p in cli.json("status")["proxies"]] == [True], 120
                 )
                 assert _health(ctl2)["held"] == [] and not _health(ctl2)["store_problem"]
                 load.more(100, timeout=60)
