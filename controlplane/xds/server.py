@@ -251,12 +251,12 @@ class AdsStream:
             reason = None
         if reason == p.hold:
             return reason is not None
-        if reason is not None:
+        if reason is not None and p.hold is None:  # a new hold: said once, counted once
             log.error("node %s gateway %s held, nothing sent: %s", p.node_id, p.gateway, reason)
             self.recorder.event("hold", p, ident.revision, reason)
             if self.metrics is not None:
                 self.metrics.held(p.gateway)
-        else:
+        elif reason is None:
             log.warning("node %s: hold released at %s", p.node_id, ident.label())
             self.recorder.event("release", p, ident.revision, "hold released")
         p.hold = reason
