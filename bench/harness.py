@@ -211,7 +211,7 @@ class Stack:
 
     def seed(self) -> Store:
         """Create the database with the gateway and clusters ``a`` and ``b`` (no routes)."""
-        self.store = Store(self.db)
+        self.store = Store(self.db, create=True)
         self.ports["listener"] = free_port()
         self.store.apply_objects(
             [

@@ -54,7 +54,8 @@ class Processes:
         xds, health = free_port(), free_port()
         self.spawn(
             [
-                *(*self.cli(), "--db", self.db, "serve", "--xds-address", f"127.0.0.1:{xds}"),
+                *(*self.cli(), "--db", self.db, "serve", "--create"),
+                *("--xds-address", f"127.0.0.1:{xds}"),
                 *("--health-address", f"127.0.0.1:{health}", "--log-level", "warning"),
                 *extra,
             ],

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="gw-rebuild-")
     try:
-        store = Store(str(Path(workdir) / "gateway.db"))
+        store = Store(str(Path(workdir) / "gateway.db"), create=True)
         store.apply_objects(
             [
                 Gateway(name=GATEWAY, port=10000, address="127.0.0.1"),

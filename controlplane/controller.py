@@ -24,6 +24,7 @@ from .metrics import CONTENT_TYPE, Registry
 from .runner import Runner
 from .settings import Settings
 from .store import Store
+from .store.repository import display_url
 from .translate import AggregationTarget
 from .xds import AdsServer, SnapshotCache, StatusRecorder
 from .xds.metrics import XdsMetrics
@@ -64,7 +65,9 @@ class Controller:
             tls_options="--xds-tls-cert/--xds-tls-key/--xds-client-ca",
         )
         self.id = settings.controller_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.store = Store(settings.db)
+        self.store = Store(settings.db, create=settings.create_database)
+        if self.store.created:
+            log.warning("created database %s (--create)", display_url(self.store.url))
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder(self.store, self.id)
         self.runner = Runner(
@@ -78,6 +81,7 @@ class Controller:
             proxy_expiry=settings.proxy_expiry,
             sink_tls=tls,
         )
+        self.runner.allow_rollback = self.cache.allow_rollback = settings.allow_rollback
         self.metrics = Registry()
         #: with mutual TLS, each ADS and access-log stream's certificate must permit the
         #: gateway and node id it claims (ADR 0018); without it, every client is trusted
@@ -92,6 +96,17 @@ class Controller:
             "gateway_policy_revision",
             "The policy revision this controller has translated and serves.",
             lambda: float(self.runner.revision),
+        )
+        self.metrics.gauge(
+            "gateway_store_refusals",
+            "Times the database was refused since start: removed, replaced by another "
+            "database or an older copy (the policy in memory stays served).",
+            lambda: float(self.runner.store_refusals),
+        )
+        self.metrics.gauge(
+            "gateway_streams_held",
+            "ADS streams held because answering would roll the proxy back.",
+            lambda: float(sum(1 for s in self.ads.active if s.proxy and s.proxy.hold)),
         )
         #: Envoy's access-log service, served on the xDS port (gateways with analytics on)
         self.sink = AccessLogSink(
@@ -200,6 +215,13 @@ class Controller:
                 for g in self.cache.gateways()
             },
             "streams": len(self.ads.active),
+            "database": self.runner.identity.database_id if self.runner.identity else None,
+            "store_problem": self.runner.store_problem,
+            "held": [
+                {"node": s.proxy.node_id, "gateway": s.proxy.gateway, "reason": s.proxy.hold}
+                for s in self.ads.active
+                if s.proxy is not None and s.proxy.hold
+            ],
         }
 
     def _route_health(self, path: str) -> tuple[int, str, bytes]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from datetime import UTC, datetime
 from typing import cast
@@ -19,8 +20,9 @@ from .errors import GatewayError
 from .policy import KINDS, Cluster, Gateway, PolicyModel, Route
 from .policy.certificate import Certificate
 from .policy.ratelimit import Plan
-from .store import Store
-from .store.db import FileWatch
+from .store import Identity, Store
+from .store.backup import file_identity, save_from
+from .store.db import FileWatch, RevisionProbe, sqlite_path
 from .translate import AggregationTarget, GatewayView, Resources, Translator
 from .translate.auth import next_key_expiry
 from .xds.cache import SnapshotCache
@@ -73,12 +75,32 @@ class Runner:
         self.proxy_expiry = proxy_expiry
         self._expire_task: asyncio.Task[None] | None = None
         self._next_expire = 0.0
+        #: the database served: id, revision, lineage (set by load, kept by poll)
+        self.identity: Identity | None = None
+        #: why the database is not followed any more (replaced, removed, went back); the
+        #: last good policy stays served meanwhile. None when all is well.
+        self.store_problem: str | None = None
+        #: times a replaced or removed database was refused (a metric)
+        self.store_refusals = 0
+        #: ``serve --allow-rollback``: follow a replaced database even if it is older
+        self.allow_rollback = False
+        self._file = sqlite_path(store.url)
+        self._file_id: tuple[int, int] | None = None
+        self._probe: RevisionProbe | None = None
+        #: the file identity whose predecessor was saved already (once per replacement)
+        self._saved_for: object = None
+        self._saved_note = ""
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._problem_logged = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def load(self) -> None:
         """Load everything and publish every gateway before the first stream is answered."""
-        revision, objects = await asyncio.to_thread(self.store.load_all)
+        self._file_id = self._stat()
+        ident, objects = await asyncio.to_thread(self.store.load_state)
+        revision = ident.revision
+        self._set_identity(ident)
         for obj in objects:
             self._put(obj.kind, obj.name, obj)  # type: ignore[attr-defined]
         self._rebuild(set(self.objects["gateway"]), revision)
@@ -103,6 +125,7 @@ class Runner:
         if watch is not None:
             loop.add_reader(watch.fd, wake.set)
             interval *= 5  # only a safety net now
+        self._probe = probe
         try:
             rechecks = 0
             while True:
@@ -121,11 +144,17 @@ class Runner:
                     last_beat = time.monotonic()
                     self._schedule_record()
                     self._schedule_members()
+                    self._schedule_checkpoint()
                 self._expire_keys()
                 if time.monotonic() >= self._next_expire:
                     every = min(60.0, max(1.0, self.proxy_expiry / 4))
                     self._next_expire = time.monotonic() + every
                     self._schedule_proxy_expiry()
+                if self._file is not None and self._stat() != self._file_id:
+                    if not await self._file_replaced():
+                        await asyncio.sleep(1)
+                        continue
+                    seen = None
                 try:
                     # SQLite's probe takes microseconds: run it inline, not in a thread
                     token = probe() if sqlite else await asyncio.to_thread(probe)
@@ -164,7 +193,21 @@ class Runner:
 
     async def poll(self) -> bool:
         """Apply whatever was committed since the last poll; True if a revision was seen."""
-        revision, changes = await asyncio.to_thread(self.store.changes_since, self.revision)
+        ident, changes = await asyncio.to_thread(self.store.changes_state, self.revision)
+        revision = ident.revision
+        assert self.identity is not None
+        if ident.database_id != self.identity.database_id or revision < self.revision:
+            # another database, or this one went back in time (an older copy put in its
+            # place): keep serving what we have, loudly, until it is put right; a SQLite
+            # file overwritten in place is mixed with its WAL: write nothing more into it
+            if self._file is not None:
+                self.store.paused = "database went back"
+            self._refuse(ident)
+            return False
+        self._clear_problem()
+        if ident.lineage != self.identity.lineage:
+            self._set_identity(ident)
+            self.cache.advance_all(revision)
         if revision == self.revision:
             return False
         affected: set[str] = set()
@@ -174,6 +217,7 @@ class Runner:
             affected |= self._gateways_of(kind, name, old) | self._gateways_of(kind, name, obj)
             self._put(kind, name, obj)
         started = time.perf_counter()
+        self._set_identity(ident)
         self._rebuild(affected, revision, frozenset(changed_routes))
         self.revision = revision
         log.info(
@@ -185,6 +229,131 @@ class Runner:
         )
         self._schedule_record()
         return True
+
+    # -- the database's identity ---------------------------------------------------------------
+
+    def _set_identity(self, ident: Identity) -> None:
+        self.identity = ident
+        self.cache.identity = ident
+
+    def _database_id(self) -> str:
+        return self.identity.database_id if self.identity is not None else ""
+
+    def _stat(self) -> tuple[int, int] | None:
+        """(device, inode) of the SQLite file, None if it is gone (or not SQLite)."""
+        if self._file is None:
+            return None
+        try:
+            st = os.stat(self._file)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    async def _file_replaced(self) -> bool:
+        """The database file was removed or replaced under us: follow the new file only if
+        it is this database at this revision or newer (or absorbed it by a restore), and
+        reload it whole; otherwise keep serving the policy in memory. True if followed."""
+        assert self.identity is not None and self._file is not None
+        current = self._stat()
+        # read what the new file holds by itself: opened normally, SQLite would pair it
+        # with the old database's -wal
+        ident = None if current is None else file_identity(self._file)
+        mine = self.identity
+        acceptable = ident is not None and (
+            (ident.database_id == mine.database_id and ident.revision >= self.revision)
+            or ident.lineage.get(mine.database_id, -1) >= self.revision
+            or self.allow_rollback
+        )
+        if not acceptable:
+            # stop writing status: through the shared -wal it would land in the new file
+            self.store.paused = "database file replaced"
+            saved = await self._save_replaced(current)
+            if current is None:
+                what = "was removed"
+            elif ident is None:
+                what = "was replaced by a file that is not a gateway database"
+            else:
+                what = f"now holds {ident.label()}"
+            self._problem(
+                f"database file {self._file} {what}, but this controller serves "
+                f"{mine.label()}: refusing it (it would roll proxies back) and serving the "
+                f"policy in memory{saved}"
+            )
+            return False
+        assert ident is not None
+        self.store.reopen()  # pooled connections still read the old file
+        if self._probe is not None:
+            self._probe.close()  # and so does the probe's: it reconnects on its next call
+        self.store.paused = None
+        log.warning(
+            "database file %s was replaced: now %s (was %s); reloading it",
+            self._file,
+            ident.label(),
+            mine.label(),
+        )
+        self._file_id = current
+        await self._reload()
+        self._clear_problem()
+        return True
+
+    async def _save_replaced(self, current: object) -> str:
+        """Save the database the file held before (still open on this controller's
+        connection) next to it, once per replacement; the sentence saying where."""
+        key = ("file", current)  # a removed file (None) is a replacement too
+        if self._saved_for == key:
+            return self._saved_note
+        self._saved_for = key
+        self._saved_note = ""
+        conn = self._probe.connection() if self._probe is not None else None
+        if conn is None or self._file is None:
+            return ""
+        target = f"{self._file}.replaced-{time.strftime('%Y%m%dT%H%M%S')}"
+        try:
+            await asyncio.to_thread(save_from, conn, target)
+        except Exception as exc:
+            log.error("could not save the replaced database to %s: %s", target, exc)
+            return ""
+        self._saved_note = (
+            f"; the database it replaced is saved in {target} (gatewayctl restore {target})"
+        )
+        return self._saved_note
+
+    def _refuse(self, ident: Identity) -> None:
+        assert self.identity is not None
+        self._problem(
+            f"the database now holds {ident.label()}, but this controller serves "
+            f"{self.identity.label()}: refusing it (would roll proxies back), serving "
+            "the policy in memory; bring the data back with gatewayctl restore"
+        )
+
+    def _problem(self, text: str) -> None:
+        if text != self.store_problem:
+            self.store_refusals += 1
+            self._problem_logged = 0.0
+        self.store_problem = text
+        if time.monotonic() - self._problem_logged >= 30:
+            self._problem_logged = time.monotonic()
+            log.error("%s", text)
+
+    def _clear_problem(self) -> None:
+        if self.store_problem is not None:
+            log.warning("database problem resolved: %s", self.store_problem)
+            self.store_problem = None
+            self.store.paused = None
+
+    async def _reload(self) -> None:
+        """Read the whole database again and rebuild every gateway (after the file was
+        replaced by an acceptable one: its history may differ from ours)."""
+        ident, objects = await asyncio.to_thread(self.store.load_state)
+        before = set(self.objects["gateway"])
+        self.objects = {kind: {} for kind in KINDS}
+        self.by_gateway = {}
+        for obj in objects:
+            self._put(obj.kind, obj.name, obj)  # type: ignore[attr-defined]
+        self._set_identity(ident)
+        self._rebuild(before | set(self.objects["gateway"]), ident.revision)
+        self.revision = ident.revision
+        self._schedule_record()
 
     # -- translation --------------------------------------------------------------------------
 
@@ -251,7 +420,9 @@ class Runner:
                     view = GatewayView(gateway, routes, clusters, self.objects, changed_routes)
                     resources = self._translator.translate(view)
                 previous = self.cache.published(name)
-                snapshot = build_snapshot(name, revision, resources, previous, self._fragments)
+                snapshot = build_snapshot(
+                    name, revision, resources, previous, self._fragments, self._database_id()
+                )
             except GatewayError as exc:
                 self.errors[name] = str(exc)
                 log.error("gateway %s keeps its last good configuration: %s", name, exc)
@@ -264,6 +435,15 @@ class Runner:
                 self.cache.advance(name, revision)
 
     # -- status -------------------------------------------------------------------------------
+
+    def _schedule_checkpoint(self) -> None:
+        """Keep the SQLite WAL empty between bursts of writes: a file put in place of the
+        database is then not mixed with the old database's WAL frames (SQLite pairs a
+        -wal with whatever file has the name)."""
+        if self._file is None or self.store.paused:
+            return
+        if self._checkpoint_task is None or self._checkpoint_task.done():
+            self._checkpoint_task = asyncio.create_task(asyncio.to_thread(self.store.checkpoint))
 
     def _schedule_members(self) -> None:
         if self._members_task is None or self._members_task.done():

@@ -39,3 +39,9 @@ class Settings(BaseSettings):
     #: gateways with at least this many routes are sharded over scoped RDS when their
     #: paths allow it (ADR 0017); 0 never shards
     route_shards_from: int = Field(2000, ge=0)
+    #: create the database when it does not exist (``serve --create``); otherwise a missing
+    #: database is an error, never an empty policy served to running proxies
+    create_database: bool = False
+    #: serve this database's policy even to proxies running a newer revision or another
+    #: database's policy (``serve --allow-rollback``): an explicit, logged override
+    allow_rollback: bool = False

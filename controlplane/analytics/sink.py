@@ -354,7 +354,7 @@ async def serve_sink(
         if tls is None
         else server_credentials(*tls, ("--tls-cert", "--tls-key", "--client-ca"))
     )
-    Store(db).close()  # creates or migrates the schema
+    Store(db).close()  # migrates the schema; a missing database is an error (``init``)
     scope = StoreScope(db)
     await scope.refresh()
     sink = AccessLogSink(

@@ -11,6 +11,7 @@ from ..errors import GatewayError
 from .analytics import register_analytics
 from .certs import register_certs
 from .context import Ctx
+from .database import register_database
 from .declarative import register_declarative
 from .keys import register_keys
 from .output import Format, stderr
@@ -58,6 +59,7 @@ register_protos(app)
 register_declarative(app)
 register_status(app)
 register_run(app)
+register_database(app)
 register_cache(app)
 register_analytics(app)
 register_secrets(app)

@@ -107,6 +107,23 @@ def register_run(app: typer.Typer) -> None:
                 help="Shard gateways with at least this many routes (scoped RDS); 0: never.",
             ),
         ] = 2000,
+        create: Annotated[
+            bool,
+            typer.Option(
+                "--create",
+                envvar="GATEWAY_CREATE_DATABASE",
+                help="Create the database if it does not exist (else that is an error).",
+            ),
+        ] = False,
+        allow_rollback: Annotated[
+            bool,
+            typer.Option(
+                "--allow-rollback",
+                envvar="GATEWAY_ALLOW_ROLLBACK",
+                help="Serve proxies that run a newer revision or another database's policy "
+                "this database's policy anyway (else their streams are held).",
+            ),
+        ] = False,
     ) -> None:
         """Run the controller: stream gateway policy to every connected Envoy over ADS."""
         from ..controller import serve as run_controller
@@ -128,6 +145,8 @@ def register_run(app: typer.Typer) -> None:
             route_shards_from=route_shards_from,
             insecure=insecure,
             proxy_expiry=proxy_expiry,
+            create_database=create,
+            allow_rollback=allow_rollback,
         )
         asyncio.run(run_controller(settings))
 
@@ -178,8 +197,14 @@ def register_run(app: typer.Typer) -> None:
         from ..envoy_launcher import EnvoySpec, start_envoy, wait_ready
 
         logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+        from ..store import Store
+        from ..store.repository import display_url
+
         c = ctx_of(ctx)
-        store = c.store
+        # the first-run command: it creates the database it is pointed at, and says so
+        store = c._store = Store(c.db, create=True)
+        if store.created:
+            stderr.print(f"created database {display_url(store.url)}")
         try:
             gw = cast(Gateway, store.get("gateway", gateway))
         except NotFound:

@@ -34,7 +34,7 @@ def register_status(app: typer.Typer) -> None:
             if not connected and _gone_since(p, beats.get(p.controller)) < now - expiry:
                 continue  # expired: the controllers delete such rows (serve --proxy-expiry)
             changed = builds.get(p.gateway, (0, 0, None))[1]
-            in_sync = connected and p.acked_revision >= changed
+            in_sync = connected and p.acked_revision >= changed and not p.hold
             nack = None
             if p.nack_error:
                 nack = {
@@ -56,6 +56,7 @@ def register_status(app: typer.Typer) -> None:
                     "since_ack_s": None if p.acked_at is None else round(now - p.acked_at, 3),
                     "in_sync": in_sync,
                     "last_nack": nack,
+                    "hold": p.hold if connected else None,
                 }
             )
         if c.output != Format.table:
@@ -82,6 +83,9 @@ def register_status(app: typer.Typer) -> None:
         for gateway, (_, _, error) in sorted(builds.items()):
             if error:
                 stderr.print(f"gateway {gateway}: not updated: {error}")
+        for r in rows:
+            if r["hold"]:
+                stderr.print(f"proxy {r['node']}: held, sent nothing: {r['hold']}", markup=False)
         emit_table(
             ["NODE", "GATEWAY", "ENVOY", "CONNECTED", "ACKED", "LAST ACK", "IN SYNC", "LAST NACK"],
             [
@@ -92,7 +96,7 @@ def register_status(app: typer.Typer) -> None:
                     "yes" if r["connected"] else "no",
                     r["acked_revision"],
                     _ago(r["since_ack_s"]),
-                    "yes" if r["in_sync"] else "NO",
+                    "HELD" if r["hold"] else "yes" if r["in_sync"] else "NO",
                     _nack_text(r["last_nack"]),
                 ]
                 for r in rows

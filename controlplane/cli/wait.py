@@ -68,7 +68,8 @@ def _check(store: Store, revision: int) -> tuple[list[str], bool]:
                 f"{_one_line(p.nack_error or '')}"
             )
         if p.acked_revision < revision:
-            waiting.append(f"proxy {p.node_id} runs revision {p.acked_revision}")
+            held = f" (held: {p.hold})" if p.hold else ""
+            waiting.append(f"proxy {p.node_id} runs revision {p.acked_revision}{held}")
     if waiting:
         return waiting, False
     served = {p.gateway for p in proxies}

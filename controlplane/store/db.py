@@ -9,14 +9,24 @@ writers on a row lock. Either way no update is lost.
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-__all__ = ["FileWatch", "RevisionProbe", "default_db_path", "make_engines", "normalize_url"]
+__all__ = [
+    "FileWatch",
+    "RevisionProbe",
+    "create_sqlite_file",
+    "default_db_path",
+    "make_engines",
+    "normalize_url",
+    "sqlite_path",
+]
 
 
 def default_db_path() -> Path:
@@ -36,19 +46,42 @@ def normalize_url(db: str | None) -> str:
     return f"sqlite:///{Path(db).expanduser().resolve()}"
 
 
-def _prepare_sqlite_file(path: str) -> None:
-    """Create the file readable by its owner only: it will hold credentials."""
-    if path in ("", ":memory:"):
-        return
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL; None for other databases and in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return parsed.database
+
+
+def create_sqlite_file(path: str) -> bool:
+    """Create an empty database file readable by its owner only (it holds credentials);
+    False if it already exists. Only ``init`` (and ``up``, ``serve --create``) call this:
+    everything else opens existing files only."""
     file = Path(path)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    if not file.exists():
-        fd = os.open(file, os.O_CREAT | os.O_WRONLY, 0o600)
-        os.close(fd)
+    file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _open_existing(path: str) -> sqlite3.Connection:
+    """Open a database file that must exist: ``mode=rw`` makes SQLite fail instead of
+    creating an empty one (a controller re-connecting after the file was removed must not
+    create a new database in its place)."""
+    return sqlite3.connect(
+        f"file:{quote(path)}?mode=rw", uri=True, check_same_thread=False, timeout=10
+    )
 
 
 def make_engines(url: str) -> tuple[Engine, Engine]:
-    """(writer, reader) engines; they differ only in how SQLite transactions begin."""
+    """(writer, reader) engines; they differ only in how SQLite transactions begin.
+
+    SQLite files are opened read-write but never created (see :func:`create_sqlite_file`).
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         engine = create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
@@ -56,10 +89,13 @@ def make_engines(url: str) -> tuple[Engine, Engine]:
         # commit land between load_all's or changes_since's statements). Writers stay READ
         # COMMITTED: they queue on the meta row lock instead of failing to serialise.
         return engine, engine.execution_options(isolation_level="REPEATABLE READ")
-    _prepare_sqlite_file(parsed.database or "")
+    path = sqlite_path(url)
 
     def build(begin: str) -> Engine:
-        engine = create_engine(url, poolclass=NullPool if not parsed.database else None)
+        if path is None:
+            engine = create_engine(url, poolclass=NullPool if not parsed.database else None)
+        else:
+            engine = create_engine(url, creator=lambda: _open_existing(path))
 
         @event.listens_for(engine, "connect")
         def _connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -110,6 +146,12 @@ class RevisionProbe:
             raise
         finally:
             cur.close()
+
+    def connection(self) -> sqlite3.Connection | None:
+        """The SQLite connection this probe holds open (None before the first call)."""
+        if self._conn is None or not self._sqlite:
+            return None
+        return self._conn.driver_connection  # type: ignore[no-any-return]
 
     def close(self) -> None:
         if self._conn is not None:

@@ -7,6 +7,7 @@ objects each revision touched so watchers read only the difference.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,16 +40,28 @@ from ..policy import (
     parse_object,
     references,
 )
-from .db import RevisionProbe, make_engines, normalize_url
+from .db import RevisionProbe, create_sqlite_file, make_engines, normalize_url, sqlite_path
 from .secrets import Sealed, SecretKeys
-from .tables import Change, ControllerRow, EventRow, GatewayBuild, Meta, ProxyRow, Ref, Resource
+from .tables import (
+    Change,
+    ControllerRow,
+    EventRow,
+    GatewayBuild,
+    Lineage,
+    Meta,
+    ProxyRow,
+    Ref,
+    Resource,
+)
 
-__all__ = ["ApplyResult", "ObjectChange", "ProxyStatus", "SecretsReport", "Store"]
+__all__ = ["ApplyResult", "Identity", "ObjectChange", "ProxyStatus", "SecretsReport", "Store"]
+
+log = logging.getLogger(__name__)
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 #: newest migration; a test checks it against alembic's head. Comparing it with one query
 #: keeps alembic (150 ms to import) out of every CLI call on an up-to-date database.
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 #: PostgreSQL advisory lock held while migrating
 _MIGRATE_LOCK = 0x6761_7465
 
@@ -97,25 +110,97 @@ class ProxyStatus:
     connected_at: float
     updated_at: float
     acked_at: float | None = None
+    hold: str | None = None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Which database and revision a controller serves, and the databases a restore brought
+    into it (id -> the revision restored): what proxies' reported versions are checked
+    against so that no proxy is rolled back."""
+
+    database_id: str
+    revision: int
+    lineage: dict[str, int] = field(default_factory=dict)
+
+    def label(self) -> str:
+        return f"revision {self.revision} of database {self.database_id}"
+
+
+def init_hint(url: str) -> str:
+    """How to create the database ``url`` names, for error messages."""
+    return f"create it with: gatewayctl init --db {display_url(url)}"
+
+
+def display_url(url: str) -> str:
+    """A database for messages: the SQLite file's path, or the URL without its password."""
+    path = sqlite_path(url)
+    if path is not None:
+        return path
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 class Store:
-    """Policy and status in one SQL database (SQLite file or PostgreSQL)."""
+    """Policy and status in one SQL database (SQLite file or PostgreSQL).
+
+    Opening never creates a database: a missing SQLite file or a PostgreSQL database
+    without the schema is a :class:`StoreError` naming how to create it, unless
+    ``create`` is set (``gatewayctl init``, ``up``, ``serve --create``). An existing
+    database with an older schema is migrated.
+    """
 
     def __init__(
-        self, db: str | None = None, *, migrate: bool = True, secrets: SecretKeys | None = None
+        self,
+        db: str | None = None,
+        *,
+        migrate: bool = True,
+        create: bool = False,
+        secrets: SecretKeys | None = None,
     ) -> None:
         self.url = normalize_url(db)
         parsed = make_url(self.url)
         sqlite = parsed.get_backend_name() == "sqlite"
         #: the keys secret fields are encrypted with (read on first use)
         self.secrets = secrets or SecretKeys.for_database(parsed.database, sqlite)
+        #: whether this Store created the database (the SQLite file or the schema)
+        self.created = False
+        #: set (to why) while status must not be written: the file was replaced under a
+        #: controller, and writing would mix its data into the new file through the WAL
+        self.paused: str | None = None
+        path = sqlite_path(self.url)
+        if path is not None and not Path(path).exists():
+            if not create:
+                raise StoreError(f"database file {path} does not exist; {init_hint(self.url)}")
+            try:
+                self.created = create_sqlite_file(path)
+            except OSError as exc:
+                raise StoreError(f"cannot create database file {path}: {exc.strerror}") from None
         try:
             self._writer, self._reader = make_engines(self.url)
         except (SQLAlchemyError, ImportError) as exc:
             raise StoreError(f"cannot open database {self.url!r}: {exc}") from None
         if migrate:
+            if not create and self._schema_version_or_error() is None:
+                self.close()
+                raise StoreError(
+                    f"database {display_url(self.url)} has no gateway schema; {init_hint(self.url)}"
+                )
+            self.created |= self._schema_version_or_error() is None
             self.migrate()
+
+    def _schema_version_or_error(self) -> str | None:
+        try:
+            return self.schema_version()
+        except (OperationalError, ProgrammingError) as exc:
+            raise StoreError(f"cannot open database {display_url(self.url)}: {exc.orig}") from None
+
+    def reopen(self) -> None:
+        """Drop every pooled connection: the next query opens the file again (after the
+        file was replaced, pooled connections still read the old one)."""
+        self._writer.dispose()
+        self._reader.dispose()
 
     def close(self) -> None:
         self._writer.dispose()
@@ -171,6 +256,33 @@ class Store:
         with self._reader.connect() as conn:
             return int(conn.execute(select(Meta.revision).where(Meta.id == 1)).scalar_one())
 
+    def identity(self) -> Identity:
+        with self._reader.begin() as conn:
+            return _identity(conn)
+
+    def load_state(self) -> tuple[Identity, list[PolicyModel]]:
+        """Every object and the identity (database, revision) they belong to, in one read."""
+        with self._reader.begin() as conn:
+            ident = _identity(conn)
+            rows = conn.execute(select(Resource.kind, Resource.name, *_SPEC)).all()
+        return ident, [
+            _load(kind, _spec(self.secrets, kind, name, *rest))
+            for kind, name, *rest in rows
+            if kind in KINDS
+        ]
+
+    def changes_state(
+        self, revision: int
+    ) -> tuple[Identity, list[tuple[str, str, PolicyModel | None]]]:
+        """:meth:`changes_since` plus the identity read in the same transaction, so a
+        replaced database (another id, a revision that went back) is seen before its
+        changes are applied."""
+        with self._reader.begin() as conn:
+            ident = _identity(conn)
+            if ident.revision <= revision:
+                return ident, []
+            return ident, _changes(conn, revision, ident.revision, self.secrets)
+
     def get(self, kind: str, name: str) -> PolicyModel:
         with self._reader.connect() as conn:
             spec = _fetch(conn, [(kind, name)], self.secrets).get((kind, name))
@@ -205,16 +317,7 @@ class Store:
             rev = int(conn.execute(select(Meta.revision).where(Meta.id == 1)).scalar_one())
             if rev == revision:
                 return rev, []
-            touched = conn.execute(
-                select(Change.kind, Change.name)
-                .where(Change.revision > revision, Change.revision <= rev)
-                .distinct()
-            ).all()
-            out: list[tuple[str, str, PolicyModel | None]] = []
-            for kind, name in touched:
-                spec = _fetch(conn, [(kind, name)], self.secrets).get((kind, name))
-                out.append((kind, name, None if spec is None else _load(kind, spec)))
-        return rev, out
+            return rev, _changes(conn, revision, rev, self.secrets)
 
     def changed_objects(self, after: int, upto: int) -> list[tuple[str, str]]:
         """Objects touched by revisions in (after, upto]: the suspects of a rejection."""
@@ -311,6 +414,8 @@ class Store:
         plan: Sequence[_Op] | Callable[[dict[tuple[str, str], dict[str, Any]]], list[_Op]],
         keys: Iterable[tuple[str, str]] | None,
         dry_run: bool,
+        *,
+        keep_empty: bool = False,
     ) -> ApplyResult:
         # Bumping first takes the write lock (the meta row in PostgreSQL), so everything read
         # below is current and no concurrent writer can interleave.
@@ -345,7 +450,7 @@ class Store:
             if op == "update" and after == before:
                 continue  # an update to the same content is no change and bumps nothing
             changes.append(ObjectChange(op, kind, name, before, after))
-        if not changes or dry_run:
+        if dry_run or (not changes and not keep_empty):
             conn.rollback()
             return ApplyResult(rev - 1, changes)
 
@@ -376,13 +481,14 @@ class Store:
             conn.execute(insert(Ref), edges)
         _check_references(conn, {(c.kind, c.name) for c in changes if c.op == "delete"})
         _check_contents(conn, changes, objects, self.secrets)
-        conn.execute(
-            insert(Change),
-            [
-                {"revision": rev, "kind": c.kind, "name": c.name, "op": c.op, "at": time.time()}
-                for c in changes
-            ],
-        )
+        if changes:
+            conn.execute(
+                insert(Change),
+                [
+                    {"revision": rev, "kind": c.kind, "name": c.name, "op": c.op, "at": time.time()}
+                    for c in changes
+                ],
+            )
         return ApplyResult(rev, changes)
 
     # -- secrets ----------------------------------------------------------------------------
@@ -469,6 +575,8 @@ class Store:
     def _write_status(self, write: Callable[[Connection], None]) -> None:
         """Run an update-else-insert transaction. On PostgreSQL two controllers can both find
         no row and both insert; the second fails on the key, and its rerun updates the row."""
+        if self.paused:
+            return
         for attempt in range(3):
             try:
                 with self._writer.begin() as conn:
@@ -479,6 +587,8 @@ class Store:
                     raise
 
     def disconnect_controller_proxies(self, controller: str) -> None:
+        if self.paused:
+            return
         with self._writer.begin() as conn:
             conn.execute(
                 update(ProxyRow)
@@ -491,6 +601,8 @@ class Store:
         that disconnected before it, and those of controllers presumed dead (silent for
         ``dead_after`` seconds) since then - a controller that died without marking its
         proxies disconnected. Returns how many."""
+        if self.paused:
+            return 0
         live = select(ControllerRow.id).where(ControllerRow.heartbeat_at >= before - dead_after)
         with self._writer.begin() as conn:
             result = conn.execute(
@@ -562,6 +674,8 @@ class Store:
 
     def add_events(self, events: list[dict[str, Any]], keep: int = 100_000) -> None:
         """Append events; beyond ``keep`` rows the oldest are deleted (checked now and then)."""
+        if self.paused:
+            return
         with self._writer.begin() as conn:
             conn.execute(insert(EventRow), events)
             last = conn.execute(select(EventRow.id).order_by(EventRow.id.desc()).limit(1)).scalar()
@@ -605,12 +719,53 @@ class Store:
         out.sort(key=lambda e: float(e["at"] or 0))
         return out[-limit:]
 
+    def checkpoint(self) -> None:
+        """SQLite: move the WAL into the database file and empty it (best effort: a busy
+        database is checkpointed next time)."""
+        if self._writer.dialect.name != "sqlite" or self.paused:
+            return
+        conn = self._writer.raw_connection()
+        raw: Any = conn.driver_connection
+        try:
+            # it holds the writer lock while it waits for readers: wait briefly, never
+            # stall the CLI's writes (a busy database is checkpointed next time)
+            raw.execute("PRAGMA busy_timeout=50")
+            raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception:
+            log.debug("WAL checkpoint skipped", exc_info=True)
+        finally:
+            raw.execute("PRAGMA busy_timeout=10000")
+            conn.close()
+
     def ping(self) -> None:
         with self._reader.connect() as conn:
             conn.execute(text("SELECT 1"))
 
 
 _Op = tuple[str, str, str, PolicyModel | None]
+
+
+def _identity(conn: Connection) -> Identity:
+    rev, database_id = conn.execute(
+        select(Meta.revision, Meta.database_id).where(Meta.id == 1)
+    ).one()
+    lineage = {d: int(r) for d, r in conn.execute(select(Lineage.database_id, Lineage.revision))}
+    return Identity(database_id or "", int(rev), lineage)
+
+
+def _changes(
+    conn: Connection, after: int, upto: int, secrets: SecretKeys
+) -> list[tuple[str, str, PolicyModel | None]]:
+    touched = conn.execute(
+        select(Change.kind, Change.name)
+        .where(Change.revision > after, Change.revision <= upto)
+        .distinct()
+    ).all()
+    out: list[tuple[str, str, PolicyModel | None]] = []
+    for kind, name in touched:
+        spec = _fetch(conn, [(kind, name)], secrets).get((kind, name))
+        out.append((kind, name, None if spec is None else _load(kind, spec)))
+    return out
 
 
 def _upsert(conn: Connection, column: Any, key: str, values: dict[str, Any]) -> None:

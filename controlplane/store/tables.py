@@ -25,6 +25,7 @@ __all__ = [
     "ControllerRow",
     "EventRow",
     "GatewayBuild",
+    "Lineage",
     "Meta",
     "ProxyRow",
     "Ref",
@@ -43,6 +44,18 @@ class Meta(Base):
     __tablename__ = "meta"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     revision: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    #: random, set when the database is created: proxies report (database, revision) back
+    #: in their xDS version, so a controller can tell another database from an older one
+    database_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class Lineage(Base):
+    """Databases whose policy a restore brought into this one, up to which revision: a
+    proxy running one of those revisions may take this database's policy (no rollback)."""
+
+    __tablename__ = "lineage"
+    database_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
 class Resource(Base):
@@ -100,6 +113,8 @@ class ProxyRow(Base):
     connected_at: Mapped[float] = mapped_column(Float, nullable=False)
     updated_at: Mapped[float] = mapped_column(Float, nullable=False)
     acked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: why the controller holds this proxy's stream (it would roll the proxy back)
+    hold: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class GatewayBuild(Base):

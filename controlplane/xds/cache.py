@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 
+from ..store import Identity
 from ..translate import ENDPOINT, Resources
 from ..translate.ratelimit import REPLICAS, replica_assignment
 from .snapshot import FragmentCache, Snapshot, build_snapshot, resource_fragment
@@ -55,6 +56,11 @@ class SnapshotCache:
         #: gateway -> Envoys connected to other live controllers
         self._remote: dict[str, int] = {}
         self.ready = asyncio.Event()
+        #: the database and revision the runner serves (None until loaded), which streams
+        #: check what their proxies run against (no rollback, see ``guard.py``)
+        self.identity: Identity | None = None
+        #: ``serve --allow-rollback``: answer every proxy, whatever it runs
+        self.allow_rollback = False
 
     def get(self, gateway: str) -> Snapshot:
         """The newest snapshot; an unknown gateway gets an empty one so Envoy starts at once."""
@@ -83,6 +89,13 @@ class SnapshotCache:
         snap = self._published.get(gateway)
         if snap is not None and snap.revision < revision:
             self.publish(snap.at(revision))
+
+    def advance_all(self, revision: int) -> None:
+        """Wake every stream (the identity they check proxies against changed)."""
+        for gateway in list(self._published):
+            self.advance(gateway, revision)
+        for gateway in list(self._subscribers):
+            self._notify(gateway)
 
     def subscribe(self, gateway: str, queue: asyncio.Queue[object], node: str = "") -> Subscription:
         sub = Subscription(gateway, queue, node)
@@ -121,7 +134,15 @@ class SnapshotCache:
     def _serve(self, gateway: str) -> Snapshot:
         base = self._published.get(gateway)
         if base is None:
-            base = build_snapshot(gateway, 0, Resources(), None, FragmentCache())
+            ident = self.identity
+            base = build_snapshot(
+                gateway,
+                ident.revision if ident else 0,
+                Resources(),
+                None,
+                FragmentCache(),
+                ident.database_id if ident else "",
+            )
         count = self.members(gateway)
         fragment = self._members.get(count)
         if fragment is None:

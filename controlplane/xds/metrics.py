@@ -30,6 +30,11 @@ class XdsMetrics:
         self.nacks = registry.counter(
             "gateway_xds_nacks_total", "xDS responses rejected (NACKed) by proxies."
         )
+        self.holds = registry.counter(
+            "gateway_xds_rollbacks_refused_total",
+            "Streams held because answering would roll the proxy back (older revision or "
+            "another database's policy), by gateway.",
+        )
         self.push_latency = registry.histogram(
             "gateway_xds_push_latency_seconds",
             "Time from sending an xDS response to its ACK, by resource type.",
@@ -42,6 +47,9 @@ class XdsMetrics:
     def acked(self, gateway: str, type_url: str, seconds: float) -> None:
         self.acks.inc(gateway=gateway, type=short_type(type_url))
         self.push_latency.observe(seconds, type=short_type(type_url))
+
+    def held(self, gateway: str) -> None:
+        self.holds.inc(gateway=gateway)
 
     def nacked(self, gateway: str, type_url: str) -> None:
         self.nacks.inc(gateway=gateway, type=short_type(type_url))

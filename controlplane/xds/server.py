@@ -20,6 +20,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from ..translate import CLUSTER, ENDPOINT
 from .cache import CHANGED, SnapshotCache
+from .guard import parse_version, rollback_reason
 from .metrics import XdsMetrics
 from .mtls import StreamAuthorizer, client_identity
 from .snapshot import OPTIONAL_TYPES, PUSH_ORDER, WILDCARD_TYPES, Snapshot, TypeSnapshot
@@ -62,6 +63,8 @@ class TypeState:
     #: when resources only a draining listener uses were last sent; whether more wait
     late_at: float = 0.0
     late_waiting: bool = False
+    #: the version Envoy reports running (version_info of its newest request)
+    running: str = ""
 
 
 class Refused(Exception):
@@ -94,6 +97,8 @@ class AdsStream:
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         #: resource types sent since the last push event was recorded
         self._pushed: set[str] = set()
+        #: a rollback was let through (``--allow-rollback``) and logged
+        self._overridden = False
 
     async def run(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]) -> None:
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -158,6 +163,7 @@ class AdsStream:
             return
         if req.response_nonce and req.response_nonce != st.nonce:
             return  # answers a response that has since been superseded
+        st.running = req.version_info
         names = frozenset() if req.type_url in WILDCARD_TYPES else frozenset(req.resource_names)
         names_changed = names != st.names
         st.names = names
@@ -183,6 +189,8 @@ class AdsStream:
                 st.acked.update(st.pending)
                 st.pending = {}
             self._update_sync(snap)
+        if self._held():
+            return
         if first or not req.response_nonce:
             await self._send(req.type_url, snap, force=True)
         elif req.type_url == ENDPOINT and self._cds_since_eds:
@@ -202,7 +210,8 @@ class AdsStream:
         for name in rejected:
             candidates.extend(snap.sources.get((req.type_url, name), []))
         p = self.proxy
-        p.nack_revision = int(st.pending_version.split("-", 1)[0] or 0)
+        parsed = parse_version(st.pending_version)
+        p.nack_revision = parsed[1] if parsed else 0
         p.nack_type = req.type_url.rsplit(".", 1)[-1]
         p.nack_error = req.error_detail.message
         p.nack_candidates = sorted(set(candidates))
@@ -224,12 +233,49 @@ class AdsStream:
     # -- pushes ---------------------------------------------------------------------------
 
     async def _on_snapshot(self) -> None:
+        if self._held():
+            return
         snap = self.cache.get(self.proxy.gateway)  # type: ignore[union-attr]
         for type_url in PUSH_ORDER:
             if self.types[type_url].subscribed:
                 await self._send(type_url, snap, force=False)
         self._record_push(snap.revision)
         self._update_sync(snap)
+
+    def _held(self) -> bool:
+        """Whether answering would roll the proxy back (see ``guard.py``): then the stream
+        sends nothing, Envoy keeps what it runs, and status, log and metric say why. The
+        hold ends when the controller's database reaches what the proxy runs (or absorbs
+        its database by a restore), or at once with ``--allow-rollback``."""
+        p = self.proxy
+        ident = self.cache.identity
+        if p is None or ident is None:
+            return False
+        reason = None
+        for type_url, st in self.types.items():
+            reason = rollback_reason(st.running, ident.database_id, ident.revision, ident.lineage)
+            if reason is not None:
+                reason = f"{type_url.rsplit('.', 1)[-1]}: {reason}"
+                break
+        if reason is not None and self.cache.allow_rollback:
+            if not self._overridden:
+                self._overridden = True
+                log.warning("node %s: serving it anyway (--allow-rollback): %s", p.node_id, reason)
+                self.recorder.event("rollback", p, ident.revision, reason)
+            reason = None
+        if reason == p.hold:
+            return reason is not None
+        if reason is not None and p.hold is None:  # a new hold: said once, counted once
+            log.error("node %s gateway %s held, nothing sent: %s", p.node_id, p.gateway, reason)
+            self.recorder.event("hold", p, ident.revision, reason)
+            if self.metrics is not None:
+                self.metrics.held(p.gateway)
+        elif reason is None:
+            log.warning("node %s: hold released at %s", p.node_id, ident.label())
+            self.recorder.event("release", p, ident.revision, "hold released")
+        p.hold = reason
+        self.recorder.changed(p)
+        return reason is not None
 
     def _record_push(self, revision: int) -> None:
         if self._pushed and self.proxy is not None:

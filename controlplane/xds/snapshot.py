@@ -29,6 +29,7 @@ from ..translate import (
     Resources,
     wire,
 )
+from .guard import parse_version, type_version
 
 __all__ = [
     "OPTIONAL_TYPES",
@@ -129,6 +130,11 @@ class FragmentCache:
             del self._by_key[key]
 
 
+def _database_of(version: str) -> str:
+    parsed = parse_version(version)
+    return (parsed[0] or "") if parsed else ""
+
+
 def _consistency_errors(resources: Resources) -> list[str]:
     present = {(t, n) for t, items in resources.by_type.items() for n in items}
     out = []
@@ -148,8 +154,12 @@ def build_snapshot(
     resources: Resources,
     previous: Snapshot | None,
     fragments: FragmentCache,
+    database_id: str = "",
 ) -> Snapshot:
-    """Serialise, check consistency, and keep the previous version of unchanged types."""
+    """Serialise, check consistency, and keep the previous version of unchanged types.
+
+    Versions name the revision and the database (see ``guard.py``), so a proxy's reported
+    version says which policy it runs."""
     problems = _consistency_errors(resources)
     if problems:
         raise TranslationError(f"gateway {gateway!r}: inconsistent configuration: {problems[0]}")
@@ -164,7 +174,12 @@ def build_snapshot(
             fragments.prune(gateway, type_url, frags)
         late = frozenset(n for t, n in resources.late if t == type_url)
         old = previous.types.get(type_url) if previous else None
-        if old is not None and old.fragments == frags and old.late == late:
+        if (
+            old is not None
+            and old.fragments == frags
+            and old.late == late
+            and _database_of(old.version) == database_id
+        ):
             types[type_url] = old
             continue
         changed = True
@@ -172,6 +187,7 @@ def build_snapshot(
         for name in sorted(frags):
             digest.update(name.encode())
             digest.update(frags[name])
-        types[type_url] = TypeSnapshot(f"{revision}-{digest.hexdigest()}", frags, late)
+        version = type_version(revision, database_id, digest.hexdigest())
+        types[type_url] = TypeSnapshot(version, frags, late)
     changed_revision = revision if changed or previous is None else previous.changed_revision
     return Snapshot(gateway, revision, changed_revision, types, resources.sources)

@@ -37,6 +37,8 @@ class ProxyState:
     nack_objects: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     #: when the proxy last ACKed a response (wall clock)
     acked_at: float | None = None
+    #: why the controller does not answer this proxy (it would roll it back)
+    hold: str | None = None
 
 
 def suspects(
@@ -160,6 +162,7 @@ class StatusRecorder:
             connected_at=s.connected_at,
             updated_at=time.time(),
             acked_at=s.acked_at,
+            hold=s.hold,
         )
 
     def _write(self, batch: dict[str, ProxyState], rows: list[ProxyStatus]) -> None:

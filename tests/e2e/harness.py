@@ -35,8 +35,18 @@ def gatewayctl_command() -> list[str]:
 
 @dataclass
 class Cli:
+    """``gatewayctl`` against one database. The database is created (``gatewayctl init``,
+    in-process for speed) unless ``init`` is False: no command creates it implicitly."""
+
     db: str
     env: dict[str, str] = field(default_factory=dict)
+    init: bool = True
+
+    def __post_init__(self) -> None:
+        if self.init:
+            from controlplane.store import Store
+
+            Store(self.db, create=True).close()
 
     def run(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60

@@ -7,7 +7,7 @@ from controlplane.store import Store
 
 
 def test_rollups_from_two_sinks_add_up_without_a_revision(pg_url: str) -> None:
-    store = Store(pg_url)
+    store = Store(pg_url, create=True)
     revision = store.revision()
     minute = 29_000_000
     for sink, n in (("a", 3), ("b", 4), ("a", 5)):

@@ -59,7 +59,7 @@ def test_migration_encrypts_clear_rows(pg_url: str, monkeypatch: pytest.MonkeyPa
     with engine.begin() as conn:
         cfg = alembic_config()
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0002")
+        command.upgrade(cfg, "0003")
         for i, obj in enumerate([Consumer(name="acme"), key], 1):
             conn.execute(
                 text("INSERT INTO resources VALUES (:k, :n, :s, :r)"),
@@ -69,6 +69,6 @@ def test_migration_encrypts_clear_rows(pg_url: str, monkeypatch: pytest.MonkeyPa
     assert key.key in _rows(pg_url)
     monkeypatch.setenv(ENV_KEY, format_key(new_key()))
     store = Store(pg_url)
-    assert store.schema_version() == "0003"
+    assert store.schema_version() == "0004"
     assert key.key not in _rows(pg_url)
     assert store.get("api_key", key.name) == key

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def store(pg_url: str) -> Iterator[Store]:
-    s = Store(pg_url)
+    s = Store(pg_url, create=True)
     yield s
     s.close()
 
@@ -66,7 +66,7 @@ def _route(name: str, cluster: str = "users", **extra: Any) -> Route:
 
 
 def test_migrations_run_on_an_empty_database(pg_url: str) -> None:
-    store = Store(pg_url)
+    store = Store(pg_url, create=True)
     try:
         assert store.url.startswith("postgresql+psycopg://")
         assert store.schema_version() == SCHEMA_HEAD
@@ -268,7 +268,7 @@ WORKER = textwrap.dedent(
     from controlplane.store import Store
 
     url, field, prefix, folder = sys.argv[1:5]
-    store = Store(url)
+    store = Store(url, create=True)
     Path(folder, f"ready-{prefix}").touch()
     while not Path(folder, "go").exists():
         time.sleep(0.002)
@@ -360,7 +360,7 @@ OPENER = textwrap.dedent(
     Path(folder, f"ready-{name}").touch()
     while not Path(folder, "go").exists():
         time.sleep(0.001)
-    store = Store(url)
+    store = Store(url, create=True)
     print(store.schema_version(), store.revision())
     """
 )

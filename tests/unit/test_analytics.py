@@ -55,7 +55,7 @@ def test_status_class() -> None:
 
 def test_rollups_add_up_across_flushes_and_sinks(tmp_path: Path) -> None:
     db = str(tmp_path / "g.db")
-    store = Store(db)
+    store = Store(db, create=True)
     revision = store.revision()
     minute = 29_000_000
     a, b = RollupWriter(db, "sink-a"), RollupWriter(db, "sink-b")

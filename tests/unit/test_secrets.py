@@ -19,7 +19,7 @@ from controlplane.store.secrets import ENV_KEY, ENV_KEY_FILE, format_key, key_id
 from tests.e2e.harness import gatewayctl_command
 from tests.e2e.tlsutil import TestCA
 
-PREVIOUS_SCHEMA = "0002"
+PREVIOUS_SCHEMA = "0003"
 
 
 @pytest.fixture(autouse=True)
@@ -272,7 +272,7 @@ def test_a_running_reader_picks_up_a_key_added_to_the_file(db: Path) -> None:
 
 
 def _clear_database(db: Path, objects: list[Any]) -> None:
-    """A database as the previous schema (0002) stored it: every spec in clear."""
+    """A database as the previous schema (0003) stored it: every spec in clear."""
     from alembic import command
     from sqlalchemy import create_engine
 
@@ -301,7 +301,7 @@ def test_migration_encrypts_a_clear_database(db: Path) -> None:
     assert _pem_body(cert.key)[1].encode() in raw
 
     store = Store(str(db))
-    assert store.schema_version() == "0003"
+    assert store.schema_version() == "0004"
     assert store.get("api_key", key.name) == key and store.get("certificate", "api") == cert
     assert store.revision() == 3  # the data is the same policy
     report = store.secrets_report()
@@ -317,7 +317,7 @@ def test_migration_of_a_database_without_secrets_needs_no_key(
     _clear_database(db, [Consumer(name="acme")])
     monkeypatch.setenv(ENV_KEY_FILE, str(db.parent / "absent"))
     store = Store(str(db))
-    assert store.schema_version() == "0003" and store.get("consumer", "acme").name == "acme"
+    assert store.schema_version() == "0004" and store.get("consumer", "acme").name == "acme"
 
 
 def test_migration_without_a_key_for_clear_secrets_changes_nothing(

@@ -37,7 +37,7 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(db: Path) -> Iterator[Store]:
-    s = Store(str(db))
+    s = Store(str(db), create=True)
     yield s
     s.close()
 

@@ -140,7 +140,7 @@ def test_refusals_name_the_field() -> None:
 def test_an_expired_stored_certificate_still_loads(tmp_path: Path) -> None:
     """Expiry is an input check: a controller restarting after expiry must still start."""
     expired = Certificate.model_validate(_cert("old", ["old.example.com"], days=-1, start=-10))
-    store = Store(str(tmp_path / "gateway.db"))
+    store = Store(str(tmp_path / "gateway.db"), create=True)
     try:
         store.create(expired)
         _, objects = store.load_all()
@@ -196,7 +196,7 @@ def test_rotation_rebuilds_only_the_gateways_serving_the_certificate(tmp_path: P
             ],
         }
     )
-    store = Store(str(tmp_path / "gateway.db"))
+    store = Store(str(tmp_path / "gateway.db"), create=True)
 
     async def scenario() -> None:
         store.apply(bundle)

@@ -1,7 +1,7 @@
 """Secrets at rest: API keys and private keys move from the clear spec to an encrypted column.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 
 Each row of a kind with secret fields gets them removed from ``spec`` and written, AES-GCM
 encrypted under the store's newest secret key, to ``secret`` (``secret_key_id`` names the
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context, op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

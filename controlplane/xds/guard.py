@@ -1,0 +1,55 @@
+"""No rollback: what a proxy reports running decides whether a controller may answer it.
+
+Every type version a controller serves is ``<revision>-<database id>-<digest>``. Envoy
+reports the version it runs in ``version_info`` of every request, including the first ones
+on a new stream after a reconnect. So a controller can tell "this proxy runs revision N of
+database X" and refuse to answer it with an older revision of X, or with the policy of
+another database (a fresh or emptied one, a wrong file), unless that database absorbed X up
+to N by a restore (its lineage). The stream is then held: no response, and Envoy keeps
+serving what it has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = ["parse_version", "rollback_reason", "type_version"]
+
+
+def type_version(revision: int, database_id: str, digest: str) -> str:
+    return f"{revision}-{database_id}-{digest}"
+
+
+def parse_version(version: str) -> tuple[str | None, int] | None:
+    """(database id or None, revision) of a version this controller (or an older one,
+    ``<revision>-<digest>``) built; None for an empty or foreign version."""
+    parts = version.split("+", 1)[0].split("-")
+    if not parts[0].isdigit() or len(parts) not in (2, 3):
+        return None
+    return (parts[1] or None) if len(parts) == 3 else None, int(parts[0])
+
+
+def rollback_reason(
+    running: str, database_id: str, revision: int, lineage: Mapping[str, int]
+) -> str | None:
+    """Why answering a proxy that runs ``running`` with ``revision`` of ``database_id``
+    would roll it back, or None when it would not."""
+    parsed = parse_version(running)
+    if parsed is None:  # a fresh Envoy (empty) or a version no controller of ours built
+        return None
+    their_db, their_rev = parsed
+    if their_db is None or their_db == database_id:
+        if revision >= their_rev:
+            return None
+        return (
+            f"proxy runs revision {their_rev}, newer than revision {revision} this controller "
+            "has (an older copy of the database?)"
+        )
+    absorbed = lineage.get(their_db)
+    if absorbed is not None and absorbed >= their_rev:
+        return None
+    return (
+        f"proxy runs revision {their_rev} of database {their_db}, this controller serves "
+        f"database {database_id} (revision {revision}): restore that database's backup "
+        "(gatewayctl restore) or start serve with --allow-rollback"
+    )
