@@ -62,7 +62,7 @@ class Scope:
     def is_consumer(self, name: str) -> bool:
         return name in self._consumers
 
-    async def refresh(self) -> None:
+    async def refresh(self, *, soon: bool = False) -> None:
         """Bring the lookups up to date (nothing to do when another component keeps them)."""
 
 
@@ -86,9 +86,13 @@ class StoreScope(Scope):
     def close(self) -> None:
         self._store.close()
 
-    async def refresh(self) -> None:
+    async def refresh(self, *, soon: bool = False) -> None:
         async with self._lock:
-            if time.monotonic() - self._checked < self._interval:
+            # a stream of a gateway not known yet asks again sooner: the gateway (or its
+            # analytics) may have been created a moment ago, and a refused stream's entries
+            # are lost
+            interval = min(self._interval, 0.1) if soon else self._interval
+            if time.monotonic() - self._checked < interval:
                 return
             self._checked = time.monotonic()
             try:

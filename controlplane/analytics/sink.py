@@ -211,7 +211,7 @@ class AccessLogSink:
         gateway = identifier.node.cluster
         refusal = self.scope.refusal(gateway)
         if refusal is not None:  # a gateway just created or switched on: read the policy
-            await self.scope.refresh()
+            await self.scope.refresh(soon=True)
             refusal = self.scope.refusal(gateway)
         if refusal is not None:
             self.m_refused_streams.inc(reason=refusal)

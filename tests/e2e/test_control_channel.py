@@ -63,14 +63,16 @@ def _stop(proc: subprocess.Popen[str]) -> str:
     ],
 )
 def test_a_plaintext_bind_beyond_loopback_is_refused(
-    cli: Cli, tmp_path: Path, args: tuple[str, ...], env: dict[str, str], option: str
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], option: str
 ) -> None:
+    cli = Cli(db=str(tmp_path / "unwritten.db"), init=False)
     ip = _non_loopback_ip()
     port = str(free_port())
     fill = {"port": port, "ip": ip}
     proc = _serve(
         cli,
         *(a.format(**fill) for a in args),
+        "--create",  # even so: refused before the database is created
         "--health-address",
         "",
         env={k: v.format(**fill) for k, v in env.items()},

@@ -7,7 +7,7 @@ from tests.unit.test_proxy_expiry import check_expiry
 
 
 def test_expire_proxies_postgres(pg_url: str) -> None:
-    store = Store(pg_url)
+    store = Store(pg_url, create=True)
     try:
         check_expiry(store)
     finally:

@@ -31,22 +31,22 @@ def _rows(url: str) -> str:
 def test_secrets_need_a_configured_key_and_are_stored_encrypted(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = Store(pg_url)
+    store = Store(pg_url, create=True)
     store.create(Consumer(name="acme"))  # no secret: no key needed
     key = new_api_key("acme")
     with pytest.raises(SecretKeyError, match="a PostgreSQL database has no default key file"):
         store.create(key)
     old, new = new_key(), new_key()
     monkeypatch.setenv(ENV_KEY, format_key(old))
-    Store(pg_url).create(key)
+    Store(pg_url, create=True).create(key)
     assert key.key not in _rows(pg_url)
 
     monkeypatch.setenv(ENV_KEY, f"{format_key(old)} {format_key(new)}")
-    rotating = Store(pg_url)
+    rotating = Store(pg_url, create=True)
     assert rotating.rotate_secrets() == 1
     assert rotating.secrets_report().rows_by_key == {key_id(new): 1}
     monkeypatch.setenv(ENV_KEY, format_key(new))
-    assert Store(pg_url).get("api_key", key.name) == key
+    assert Store(pg_url, create=True).get("api_key", key.name) == key
 
 
 def test_migration_encrypts_clear_rows(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,7 +68,7 @@ def test_migration_encrypts_clear_rows(pg_url: str, monkeypatch: pytest.MonkeyPa
     engine.dispose()
     assert key.key in _rows(pg_url)
     monkeypatch.setenv(ENV_KEY, format_key(new_key()))
-    store = Store(pg_url)
+    store = Store(pg_url, create=True)
     assert store.schema_version() == "0004"
     assert key.key not in _rows(pg_url)
     assert store.get("api_key", key.name) == key

@@ -26,7 +26,7 @@ def _entry(route: str, consumer: str, start: float) -> accesslog_pb2.HTTPAccessL
 
 
 def test_policy_writes_while_the_sink_flushes(pg_url: str) -> None:
-    store = Store(pg_url)
+    store = Store(pg_url, create=True)
     gateways = {"public": Gateway.model_validate({"name": "public", "port": 1, "analytics": {}})}
     routes = {"public": {f"r{i}": object() for i in range(20)}}
     consumers = {f"c{i}": object() for i in range(1000)}

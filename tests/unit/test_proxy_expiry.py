@@ -60,7 +60,7 @@ def check_expiry(store: Store) -> None:
 
 
 def test_expire_proxies_sqlite(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "g.db"))
+    store = Store(str(tmp_path / "g.db"), create=True)
     try:
         check_expiry(store)
     finally:

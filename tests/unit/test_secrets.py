@@ -83,13 +83,13 @@ def _gatewayctl(db: Path, *args: str, env: dict[str, str] | None = None) -> Any:
 
 
 def test_database_file_holds_no_api_key_and_no_private_key(db: Path) -> None:
-    store = Store(str(db))
+    store = Store(str(db), create=True)
     key, cert = _populate(store)
     store.update("certificate", "api", lambda s: s)  # a write that re-reads the secret
     store.close()
     _assert_no_clear_secrets(db, key, cert)
 
-    again = Store(str(db))  # and they come back whole
+    again = Store(str(db), create=True)  # and they come back whole
     assert again.get("api_key", key.name) == key
     assert again.get("certificate", "api") == cert
     assert again.bundle().certificates == [cert]  # type: ignore[attr-defined]
@@ -100,7 +100,7 @@ def test_database_file_holds_no_api_key_and_no_private_key(db: Path) -> None:
 
 
 def test_the_default_key_file_is_created_0600_next_to_the_database(db: Path) -> None:
-    store = Store(str(db))
+    store = Store(str(db), create=True)
     store.create(Consumer(name="acme"))
     keys = Path(f"{db}.keys")
     assert not keys.exists()  # no secret yet, no key
@@ -110,7 +110,7 @@ def test_the_default_key_file_is_created_0600_next_to_the_database(db: Path) -> 
 
 
 def test_a_ciphertext_moved_to_another_row_does_not_decrypt(db: Path) -> None:
-    store = Store(str(db))
+    store = Store(str(db), create=True)
     store.create(Consumer(name="acme"))
     one, two = new_api_key("acme"), new_api_key("acme")
     store.create(one)
@@ -119,7 +119,7 @@ def test_a_ciphertext_moved_to_another_row_does_not_decrypt(db: Path) -> None:
         secret = conn.execute("SELECT secret FROM resources WHERE name = ?", (one.name,)).fetchone()
         conn.execute("UPDATE resources SET secret = ? WHERE name = ?", (secret[0], two.name))
     with pytest.raises(SecretKeyError, match=f"api_key '{two.name}': secret does not decrypt"):
-        Store(str(db)).get("api_key", two.name)
+        Store(str(db), create=True).get("api_key", two.name)
 
 
 # -- keys: where they come from, what happens when they are missing or wrong --------------
@@ -130,21 +130,21 @@ def test_keys_from_the_environment_last_one_encrypts(
 ) -> None:
     old, new = new_key(), new_key()
     monkeypatch.setenv(ENV_KEY, format_key(old))
-    store = Store(str(db))
+    store = Store(str(db), create=True)
     key, _ = _populate(store)
     assert store.secrets_report().rows_by_key == {key_id(old): 2}
     assert not Path(f"{db}.keys").exists()  # the environment's key, no file made
 
     monkeypatch.setenv(ENV_KEY, f"{format_key(old)}, {format_key(new)}")
-    store = Store(str(db))
+    store = Store(str(db), create=True)
     assert store.rotate_secrets() == 2
     assert store.secrets_report().rows_by_key == {key_id(new): 2}
 
     monkeypatch.setenv(ENV_KEY, format_key(new))  # the old key retired
-    assert Store(str(db)).get("api_key", key.name) == key
+    assert Store(str(db), create=True).get("api_key", key.name) == key
     monkeypatch.setenv(ENV_KEY, format_key(old))
     with pytest.raises(SecretKeyError, match=f"encrypted with secret key {key_id(new)}"):
-        Store(str(db)).get("api_key", key.name)
+        Store(str(db), create=True).get("api_key", key.name)
 
 
 def test_key_file_from_the_environment(
@@ -152,14 +152,14 @@ def test_key_file_from_the_environment(
 ) -> None:
     path = tmp_path / "secret.keys"
     monkeypatch.setenv(ENV_KEY_FILE, str(path))
-    Store(str(db)).create(Consumer(name="acme"))
+    Store(str(db), create=True).create(Consumer(name="acme"))
     key = new_api_key("acme")
     with pytest.raises(SecretKeyError, match=f"{ENV_KEY_FILE}={path}: no such file"):
-        Store(str(db)).create(key)
+        Store(str(db), create=True).create(key)
     assert not path.exists()  # an explicit file is never made up
     path.write_text(f"# comment\n{format_key(new_key())}\n")
-    Store(str(db)).create(key)
-    assert Store(str(db)).get("api_key", key.name) == key
+    Store(str(db), create=True).create(key)
+    assert Store(str(db), create=True).get("api_key", key.name) == key
     assert not Path(f"{db}.keys").exists()
 
 
@@ -172,23 +172,23 @@ def test_postgresql_has_no_default_key() -> None:
 def test_a_new_key_is_never_mixed_with_secrets_it_cannot_read(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = Store(str(db))
+    store = Store(str(db), create=True)
     _populate(store)
     Path(f"{db}.keys").rename(db.parent / "elsewhere.keys")
     revision = store.revision()
-    fresh = Store(str(db))
+    fresh = Store(str(db), create=True)
     with pytest.raises(SecretKeyError, match="the database holds secrets encrypted with key"):
         fresh.create(new_api_key("acme"))
     assert not Path(f"{db}.keys").exists() and fresh.revision() == revision
     monkeypatch.setenv(ENV_KEY, format_key(new_key()))
     with pytest.raises(SecretKeyError, match=f"which {ENV_KEY} does not have"):
-        Store(str(db)).create(new_api_key("acme"))
-    assert Store(str(db)).revision() == revision
+        Store(str(db), create=True).create(new_api_key("acme"))
+    assert Store(str(db), create=True).revision() == revision
 
 
 @pytest.mark.parametrize("case", ["missing file", "other key", "not a key", "missing env file"])
 def test_cli_without_the_right_key_is_one_line_exit_5(db: Path, tmp_path: Path, case: str) -> None:
-    Store(str(db)).create(Consumer(name="acme"))
+    Store(str(db), create=True).create(Consumer(name="acme"))
     assert _gatewayctl(db, "consumer", "key", "add", "acme").returncode == 0
     env: dict[str, str] = {}
     if case == "missing file":
@@ -219,7 +219,7 @@ def test_cli_without_the_right_key_is_one_line_exit_5(db: Path, tmp_path: Path, 
 
 
 def test_rotate_reencrypts_every_secret_and_retires_old_keys(db: Path) -> None:
-    store = Store(str(db))
+    store = Store(str(db), create=True)
     key, cert = _populate(store)
     for _ in range(5):
         store.create(new_api_key("acme"))
@@ -234,11 +234,11 @@ def test_rotate_reencrypts_every_secret_and_retires_old_keys(db: Path) -> None:
     [old, new] = report["keys"]
     assert old == {"id": first, "current": False, "rows": 0}
     assert new["current"] and new["rows"] == 7
-    assert Store(str(db)).revision() == revision  # not a policy change
+    assert Store(str(db), create=True).revision() == revision  # not a policy change
 
     proc = _gatewayctl(db, "secrets", "rotate", "--retire-old")
     assert proc.returncode == 0, proc.stderr
-    fresh = Store(str(db))
+    fresh = Store(str(db), create=True)
     ring = fresh.secrets.ring()
     assert list(ring.keys) == [ring.current_id] and first not in ring.keys
     assert fresh.get("api_key", key.name) == key and fresh.get("certificate", "api") == cert
@@ -248,7 +248,7 @@ def test_rotate_reencrypts_every_secret_and_retires_old_keys(db: Path) -> None:
 
 def test_rotate_with_keys_from_the_environment(db: Path) -> None:
     old, new = format_key(new_key()), format_key(new_key())
-    Store(str(db)).create(Consumer(name="acme"))
+    Store(str(db), create=True).create(Consumer(name="acme"))
     assert _gatewayctl(db, "consumer", "key", "add", "acme", env={ENV_KEY: old}).returncode == 0
     proc = _gatewayctl(db, "secrets", "rotate", env={ENV_KEY: f"{old},{new}"})
     assert proc.returncode == 5 and "add a new key there" in proc.stderr
@@ -259,12 +259,12 @@ def test_rotate_with_keys_from_the_environment(db: Path) -> None:
 
 def test_a_running_reader_picks_up_a_key_added_to_the_file(db: Path) -> None:
     """A controller loaded its keys before ``rotate`` added one: it reads the file again."""
-    reader = Store(str(db))
+    reader = Store(str(db), create=True)
     key, _ = _populate(reader)
     reader.get("api_key", key.name)  # keys loaded
     assert _gatewayctl(db, "secrets", "rotate").returncode == 0
     later = new_api_key("acme")
-    Store(str(db)).create(later)  # encrypted with the new key
+    Store(str(db), create=True).create(later)  # encrypted with the new key
     assert reader.get("api_key", later.name) == later
 
 
@@ -300,7 +300,7 @@ def test_migration_encrypts_a_clear_database(db: Path) -> None:
     assert key.key.encode() in raw  # the starting point: in clear
     assert _pem_body(cert.key)[1].encode() in raw
 
-    store = Store(str(db))
+    store = Store(str(db), create=True)
     assert store.schema_version() == "0004"
     assert store.get("api_key", key.name) == key and store.get("certificate", "api") == cert
     assert store.revision() == 3  # the data is the same policy
@@ -316,7 +316,7 @@ def test_migration_of_a_database_without_secrets_needs_no_key(
 ) -> None:
     _clear_database(db, [Consumer(name="acme")])
     monkeypatch.setenv(ENV_KEY_FILE, str(db.parent / "absent"))
-    store = Store(str(db))
+    store = Store(str(db), create=True)
     assert store.schema_version() == "0004" and store.get("consumer", "acme").name == "acme"
 
 
@@ -327,7 +327,7 @@ def test_migration_without_a_key_for_clear_secrets_changes_nothing(
     _clear_database(db, [Consumer(name="acme"), key])
     monkeypatch.setenv(ENV_KEY_FILE, str(db.parent / "absent"))
     with pytest.raises(SecretKeyError, match="no such file"):
-        Store(str(db))
+        Store(str(db), create=True)
     assert Store(str(db), migrate=False).schema_version() == PREVIOUS_SCHEMA
 
 
@@ -335,7 +335,7 @@ def test_migration_without_a_key_for_clear_secrets_changes_nothing(
 
 
 def test_export_file_is_0600_whatever_the_umask(db: Path, tmp_path: Path) -> None:
-    store = Store(str(db))
+    store = Store(str(db), create=True)
     cert = _certificate()
     store.create(cert)
     out = tmp_path / "backup.yaml"
@@ -377,7 +377,7 @@ def test_migration_downgrade_restores_the_clear_rows(db: Path) -> None:
 
     key, cert = new_api_key("acme"), _certificate()
     _clear_database(db, [Consumer(name="acme"), key, cert])
-    store = Store(str(db))
+    store = Store(str(db), create=True)
     with store._writer.begin() as conn:
         cfg = alembic_config()
         cfg.attributes["connection"] = conn

@@ -101,7 +101,7 @@ def test_consumer_memory_forgets_minutes_outside_the_window(tmp_path: Path) -> N
 
 def test_flush_in_batches_writes_everything(tmp_path: Path) -> None:
     db = str(tmp_path / "g.db")
-    Store(db).close()
+    Store(db, create=True).close()
     gateways, routes, _ = _policy()
     consumers = {f"c{i}": object() for i in range(1200)}
     sink = AccessLogSink(db, Scope(gateways, routes, consumers), bounds=Bounds(batch=100, pause=0))
@@ -116,7 +116,7 @@ def test_flush_in_batches_writes_everything(tmp_path: Path) -> None:
 
 def test_store_scope_follows_the_policy(tmp_path: Path) -> None:
     db = str(tmp_path / "g.db")
-    store = Store(db)
+    store = Store(db, create=True)
     store.create(_gateway("public", False))
     store.create(Consumer(name="acme"))
 
