@@ -19,7 +19,7 @@ STALE_AFTER = 15.0
 
 
 def parse_timeout(value: str) -> float:
-    from ..policy.common import _parse_duration
+    from ..policy.common import parse_duration as _parse_duration
 
     try:
         return duration_ms(_parse_duration(value)) / 1000
