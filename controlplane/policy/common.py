@@ -15,6 +15,7 @@ import re2
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .bounds import Duration, duration_ms, parse_duration
+from .reserved import reserved_problem
 
 __all__ = [
     "Duration",
@@ -51,6 +52,9 @@ def _check_name(value: str) -> str:
             "must be 1-63 lower-case letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit"
         )
+    problem = reserved_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 

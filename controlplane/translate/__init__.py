@@ -100,6 +100,9 @@ class Resources:
     needs: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
     #: (type, name) of resources only a draining listener uses: sent after the others
     late: set[tuple[str, str]] = field(default_factory=set)
+    #: (type, name, policy objects) of every resource added under a name already taken:
+    #: a snapshot with any is never published (xds/snapshot.py)
+    duplicates: list[tuple[str, str, list[PolicyRef]]] = field(default_factory=list)
 
     def add(
         self,
@@ -109,6 +112,9 @@ class Resources:
         sources: Iterable[PolicyRef],
         needs: Iterable[tuple[str, str]] = (),
     ) -> None:
+        if name in self.by_type[type_url]:
+            self.duplicates.append((type_url, name, list(sources)))
+            return  # the first stays; the snapshot is refused anyway
         self.by_type[type_url][name] = message
         self.sources[(type_url, name)] = sources
         needed = list(needs)
@@ -243,7 +249,7 @@ class Translator:
             out.add(CLUSTER, SINK_CLUSTER, analytics_sink, [("gateway", gw.name)])
         self._add_aggregation(out, gw, table)
         for cluster_message in jwks_clusters(view):
-            provider = cluster_message.name.removeprefix("jwks.")
+            provider = cluster_message.name.partition(":")[2]
             out.add(CLUSTER, cluster_message.name, cluster_message, [("jwt_provider", provider)])
         for name in used:
             cluster = view.clusters.get(name)

@@ -55,6 +55,7 @@ from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from ..policy import Gateway, Route
 from ..policy.common import duration_ms
+from ..policy.reserved import cache_cluster_name
 from ..policy.traffic import Compression, CompressionAlgorithm, header_template
 from .auth import CONSUMER_HEADER, JWT_NAMESPACE, JWT_PAYLOAD
 from .common import duration, pack
@@ -307,10 +308,6 @@ def _mutation(route: Route) -> header_mutation_pb2.HeaderMutationPerRoute:
             )
         )
     return header_mutation_pb2.HeaderMutationPerRoute(mutations=mutations)
-
-
-def cache_cluster_name(route: str, cluster: str) -> str:
-    return f"cache.{route}.{cluster}"
 
 
 def cached_routes(view: GatewayView, features: Counter[str]) -> list[Route]:
