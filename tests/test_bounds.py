@@ -256,6 +256,18 @@ CLI_COMMANDS = {
         ["route", "update", "r", "--retries", "4294967296"],
         "route 'r': retries.attempts: 4294967296 is out of range: must be an integer from 1 to 10",
     ),
+    "cluster named like the bootstrap's": (
+        ["cluster", "add", "xds_cluster", "--endpoint", "127.0.0.1:1"],
+        "cluster 'xds_cluster': name: 'xds_cluster' is reserved",
+    ),
+    "route to the bootstrap's cluster": (
+        ["route", "update", "r", "--cluster", "gateway_replicas"],
+        "route 'r': cluster: 'gateway_replicas' is reserved",
+    ),
+    "gateway in the generated namespace": (
+        ["gateway", "add", "gateway.replicas", "--port", "9000"],
+        "gateway 'gateway.replicas': name: 'gateway.replicas' is reserved",
+    ),
     "port above the bound": (
         ["gateway", "update", "web", "--port", "65536"],
         "gateway 'web': port: 65536 is out of range",
