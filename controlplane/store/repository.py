@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import Connection, delete, insert, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
@@ -24,13 +25,14 @@ from ..policy import (
     Bundle,
     PolicyModel,
     content_errors,
+    format_validation_error,
     parse_object,
     references,
 )
 from .db import RevisionProbe, make_engines, normalize_url
 from .tables import Change, ControllerRow, EventRow, GatewayBuild, Meta, ProxyRow, Ref, Resource
 
-__all__ = ["ApplyResult", "ObjectChange", "ProxyStatus", "Store"]
+__all__ = ["ApplyResult", "ObjectChange", "ProxyStatus", "Store", "Unloadable"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 #: newest migration; a test checks it against alembic's head. Comparing it with one query
@@ -55,6 +57,19 @@ class ObjectChange:
 class ApplyResult:
     revision: int
     changes: list[ObjectChange] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Unloadable:
+    """A stored object that no longer validates: written before a check existed, by an
+    older or newer version, or straight into the database. The controller reports it and
+    leaves the gateways it concerns on their last good configuration."""
+
+    kind: str
+    name: str
+    spec: Any
+    #: one line naming the object and field, e.g. ``cluster 'app': circuit_breakers...``
+    problem: str
 
 
 @dataclass(frozen=True)
@@ -144,17 +159,30 @@ class Store:
             return [_load(kind, spec) for spec in rows]
 
     def load_all(self) -> tuple[int, list[PolicyModel]]:
-        """Every object and the revision they belong to, read in one transaction."""
+        """Every object and the revision they belong to, read in one transaction; a stored
+        object that does not validate raises StoreError naming it."""
+        rev, objects = self.load_all_checked()
+        for obj in objects:
+            if isinstance(obj, Unloadable):
+                raise StoreError(_unloadable_message(obj))
+        return rev, objects  # type: ignore[return-value]  # checked above
+
+    def load_all_checked(self) -> tuple[int, list[PolicyModel | Unloadable]]:
+        """Like load_all, with an :class:`Unloadable` in place of each object that does not
+        validate, so one bad row never stops a controller from loading the rest."""
         with self._reader.begin() as conn:
             rev = int(conn.execute(select(Meta.revision).where(Meta.id == 1)).scalar_one())
             rows = conn.execute(select(Resource.kind, Resource.name, Resource.spec)).all()
-        return rev, [_load(kind, spec) for kind, _name, spec in rows if kind in KINDS]
+        return rev, [_load_checked(kind, name, spec) for kind, name, spec in rows if kind in KINDS]
 
     def bundle(self) -> Bundle:
         return Bundle.from_objects(self.load_all()[1])
 
-    def changes_since(self, revision: int) -> tuple[int, list[tuple[str, str, PolicyModel | None]]]:
-        """(newest revision, [(kind, name, object or None if deleted)]) after ``revision``."""
+    def changes_since(
+        self, revision: int
+    ) -> tuple[int, list[tuple[str, str, PolicyModel | Unloadable | None]]]:
+        """(newest revision, [(kind, name, object, Unloadable if it does not validate, or
+        None if deleted)]) after ``revision``."""
         with self._reader.begin() as conn:
             rev = int(conn.execute(select(Meta.revision).where(Meta.id == 1)).scalar_one())
             if rev == revision:
@@ -164,12 +192,13 @@ class Store:
                 .where(Change.revision > revision, Change.revision <= rev)
                 .distinct()
             ).all()
-            out: list[tuple[str, str, PolicyModel | None]] = []
+            out: list[tuple[str, str, PolicyModel | Unloadable | None]] = []
             for kind, name in touched:
                 spec = conn.execute(
                     select(Resource.spec).where(Resource.kind == kind, Resource.name == name)
                 ).scalar_one_or_none()
-                out.append((kind, name, None if spec is None else _load(kind, spec)))
+                obj = None if spec is None else _load_checked(kind, name, spec)
+                out.append((kind, name, obj))
         return rev, out
 
     def changed_objects(self, after: int, upto: int) -> list[tuple[str, str]]:
@@ -490,7 +519,27 @@ def alembic_config() -> Any:
 
 
 def _load(kind: str, spec: dict[str, Any]) -> PolicyModel:
-    return KINDS[kind].model_validate(spec)
+    """A stored object; StoreError (one line naming it) if it does not validate."""
+    obj = _load_checked(kind, str(spec.get("name") if isinstance(spec, dict) else "?"), spec)
+    if isinstance(obj, Unloadable):
+        raise StoreError(_unloadable_message(obj))
+    return obj
+
+
+def _load_checked(kind: str, name: str, spec: Any) -> PolicyModel | Unloadable:
+    try:
+        return KINDS[kind].model_validate(spec)
+    except ValidationError as exc:
+        return Unloadable(kind, name, spec, format_validation_error(exc, f"{kind} {name!r}"))
+    except Exception as exc:
+        return Unloadable(kind, name, spec, f"{kind} {name!r}: cannot be loaded: {exc!r}")
+
+
+def _unloadable_message(obj: Unloadable) -> str:
+    return (
+        f"stored {obj.problem} (written before this check or outside gatewayctl; "
+        f"fix it with update or apply, or delete it)"
+    )
 
 
 def _fetch(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:

@@ -133,7 +133,8 @@ def _error(text: str) -> str:
         ),
         pytest.param(
             "clusters: [{name: app, endpoints: ['10.0.0.1:80'], connect_timeout: 0}]",
-            "clusters[0] 'app': connect_timeout: 0 is out of range: must be a duration from 1ms to 8760h",
+            "clusters[0] 'app': connect_timeout: 0 is out of range: "
+            "must be a duration from 1ms to 8760h",
             id="duration-zero",
         ),
         pytest.param(
