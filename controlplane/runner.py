@@ -319,6 +319,7 @@ class Runner:
             self.failed_at[name] = revision
         # the next attempt starts from a clean table: a half-added route is not kept
         self._translator.forget_gateway(name)
+        self.cache.withhold(name)  # no configuration yet: its proxies keep what they run
 
     def builds(self) -> dict[str, tuple[int, str | None]]:
         """gateway -> (revision its configuration last changed, or the revision whose change

@@ -568,7 +568,10 @@ def _check_contents(
             obj = objects.get(key)
             if obj is None:
                 spec = _fetch(conn, [key]).get(key)
-                obj = _load(kind, spec) if spec is not None else None
+                # a stored object that does not validate has no content to check against;
+                # it is reported by the controller, and refused when it is written again
+                checked = _load_checked(kind, name, spec) if spec is not None else None
+                obj = None if isinstance(checked, Unloadable) else checked
             loaded[key] = obj
         return loaded[key]
 

@@ -91,6 +91,8 @@ def test_loading_never_aborts_on_a_bad_row(store: Store) -> None:
         await runner.load()  # used to raise and stop the controller
         assert cache.ready.is_set()
         assert "api" in cache.gateways() and "web" not in cache.gateways()
+        # no configuration to serve: web's proxies get no answer, not an empty one
+        assert cache.withheld("web") and not cache.withheld("api")
         assert runner.errors["web"].startswith(f"stored {TOO_MANY}: must be an integer from 1")
         assert "api" not in runner.errors
         # status, --wait and /status read these
@@ -109,6 +111,7 @@ def test_loading_never_aborts_on_a_bad_row(store: Store) -> None:
         ).revision
         await runner.poll()
         assert runner.errors == {}
+        assert not cache.withheld("web")
         assert cache.get("web").changed_revision == fixed
 
     asyncio.run(scenario())
@@ -124,6 +127,7 @@ def test_a_bad_row_written_while_running_keeps_the_last_good_snapshot(store: Sto
         bad_revision = corrupt(db, "cluster", "app", _too_many)
         await runner.poll()
         assert runner.revision == bad_revision  # the watcher moved on
+        assert not cache.withheld("web")
         assert cache.get("web").types == good.types  # last good configuration still served
         assert runner.errors["web"].startswith(f"stored {TOO_MANY}")
         assert runner.builds()["web"] == (bad_revision, runner.errors["web"])
