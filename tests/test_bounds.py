@@ -190,6 +190,19 @@ def test_out_of_range_is_one_line_naming_object_field_and_range(case: str) -> No
     assert message.startswith(expected), message
 
 
+def test_weights_must_fit_envoys_sum() -> None:
+    backends = ", ".join(f"{{cluster: c{i}, weight: 1000000}}" for i in range(4295))
+    clusters = "\n".join(f"  - {{name: c{i}, endpoints: ['127.0.0.1:1']}}" for i in range(4295))
+    text = _file(route=f"backends: [{backends}]").replace("clusters:\n", f"clusters:\n{clusters}\n")
+    with pytest.raises(PolicyInvalid, match="weights must add up to at most 4294967295"):
+        Bundle.from_text(text)
+
+
+def test_an_integer_of_thousands_of_digits_is_malformed_input() -> None:
+    with pytest.raises(PolicyInvalid, match=r"^input: malformed YAML: Exceeds the limit"):
+        Bundle.from_text("gateways: [{name: web, port: " + "9" * 5000 + "}]")
+
+
 def test_the_base_file_is_valid() -> None:
     """The cases above fail because of the one value they change, not the rest."""
     Bundle.from_text(_file())
@@ -267,6 +280,10 @@ CLI_COMMANDS = {
     "gateway in the generated namespace": (
         ["gateway", "add", "gateway.replicas", "--port", "9000"],
         "gateway 'gateway.replicas': name: 'gateway.replicas' is reserved",
+    ),
+    "key expiry beyond datetime": (
+        ["consumer", "key", "add", "alice", "--expires", "99999999999d"],
+        "--expires: '99999999999d' must be from 1m to 36500d from now",
     ),
     "port above the bound": (
         ["gateway", "update", "web", "--port", "65536"],

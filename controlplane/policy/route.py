@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .aggregate import Aggregate
 from .auth import AuthPolicy
-from .bounds import HttpStatus, IntRange, Port, ResponseStatus, Weight
+from .bounds import UINT32_MAX, HttpStatus, IntRange, Port, ResponseStatus, Weight
 from .common import Duration, Hostname, Name, PolicyModel, Regex
 from .cors import CorsPolicy
 from .proto import Proto, Transcoding
@@ -349,8 +349,11 @@ class Route(PolicyModel):
             names = [b.cluster for b in self.backends]
             if len(set(names)) != len(names):
                 raise ValueError("backends: each cluster may appear once")
-            if sum(b.weight for b in self.backends) <= 0:
+            total = sum(b.weight for b in self.backends)
+            if total <= 0:
                 raise ValueError("backends: weights must add up to more than zero")
+            if total > UINT32_MAX:  # Envoy adds them up in a uint32
+                raise ValueError(f"backends: weights must add up to at most {UINT32_MAX}")
         if self.aggregate is not None:
             self.aggregate.check_placeholders(self.match.path_regex)
         for flag in ("grpc_web", "websocket"):
