@@ -28,7 +28,7 @@ from .aggregate import (
 )
 from .auth import jwks_clusters, route_context
 from .cluster import cluster_resource, is_eds, load_assignment
-from .common import pack
+from .common import blame, pack
 from .filters import http_filters
 from .listener import listener_resource
 from .protocols import TRANSCODING, proto_context
@@ -156,8 +156,9 @@ class Translator:
     def _cluster(self, cluster: Cluster) -> tuple[Message, Message | None]:
         hit = self._clusters.get(cluster.name)
         if hit is None or hit[0] is not cluster:
-            cla = load_assignment(cluster) if is_eds(cluster) else None
-            hit = (cluster, cluster_resource(cluster), cla)
+            with blame("cluster", cluster.name):
+                cla = load_assignment(cluster) if is_eds(cluster) else None
+                hit = (cluster, cluster_resource(cluster), cla)
             self._clusters[cluster.name] = hit
         return hit[1], hit[2]
 

@@ -188,6 +188,41 @@ def test_a_translation_that_raises_is_confined_to_its_gateway(
     asyncio.run(scenario())
 
 
+def test_a_failing_object_is_named(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A translation that raises inside one cluster or route names that object."""
+    import controlplane.translate as translate
+
+    original = translate.cluster_resource
+
+    def cluster_resource(cluster: Any) -> Any:
+        if cluster.name == "app":
+            raise ValueError("Value out of range: 4294967296")
+        return original(cluster)
+
+    monkeypatch.setattr(translate, "cluster_resource", cluster_resource)
+    import controlplane.translate.route as route_module
+
+    original_route = route_module.route_resource
+
+    def route_resource(route: Any) -> Any:
+        if route.name == "api-root":
+            raise KeyError("boom")
+        return original_route(route)
+
+    monkeypatch.setattr(route_module, "route_resource", route_resource)
+
+    async def scenario() -> None:
+        runner, cache = _runner(store)
+        await runner.load()
+        assert runner.errors == {
+            "web": "cluster 'app': translation failed: ValueError: Value out of range: 4294967296",
+            "api": "route 'api-root': translation failed: KeyError: 'boom'",
+        }
+        assert cache.withheld("web") and cache.withheld("api")
+
+    asyncio.run(scenario())
+
+
 def test_a_stored_duplicate_of_a_server_name_is_refused_at_snapshot(store: Store) -> None:
     """A cluster stored (before names were checked) as the bootstrap's ``xds_cluster``: the
     name check refuses the row, and the snapshot check would refuse its resource."""
