@@ -13,7 +13,7 @@ Filters, in chain order (after authentication and rate limits, before the router
 * ``gateway.compress.<algorithm>`` (compressor): before the cache, so cached responses are
   kept uncompressed and hits are compressed like misses.
 * ``gateway.cache`` (cache_v2, in-memory ``simple_http_cache``); a miss is fetched by the
-  cache itself from ``cache.<route>.<cluster>``, a copy of the route's cluster whose
+  cache itself from ``cache:<route>:<cluster>``, a copy of the route's cluster whose
   upstream filter adds the caching headers (see :func:`cache_cluster`).
 * ``gateway.body_transform`` (lua): JSON body changes, nearest the router, so the cache
   keeps transformed responses.
