@@ -239,7 +239,7 @@ class Runner:
         if self._next_expiry is None or now < self._next_expiry:
             return
         log.info("an API key expired: rebuilding every gateway")
-        self._rebuild(set(self.objects["gateway"]), self.revision)
+        self._rebuild(set(self.objects["gateway"]), self.revision, retried=set(self.errors))
 
     def _all_gateways(self) -> set[str]:
         return set(self.objects["gateway"]) | {n for k, n in self.invalid if k == "gateway"}
