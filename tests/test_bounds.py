@@ -273,6 +273,10 @@ CLI_COMMANDS = {
         ["cluster", "add", "xds_cluster", "--endpoint", "127.0.0.1:1"],
         "cluster 'xds_cluster': name: 'xds_cluster' is reserved",
     ),
+    "cluster named like a provider's JWKS fetch cluster": (
+        ["cluster", "add", "jwks:partner", "--endpoint", "127.0.0.1:1"],
+        "cluster 'jwks:partner': name: must be 1-63 lower-case letters",
+    ),
     "route to the bootstrap's cluster": (
         ["route", "update", "r", "--cluster", "gateway_replicas"],
         "route 'r': cluster: 'gateway_replicas' is reserved",
