@@ -289,6 +289,10 @@ CLI_COMMANDS = {
         ["consumer", "key", "add", "alice", "--expires", "99999999999d"],
         "--expires: '99999999999d' must be from 1m to 36500d from now",
     ),
+    "wait timeout infinite": (
+        ["route", "update", "r", "--timeout", "3s", "--wait=.inf"],
+        "--wait: '.inf' is not a duration",
+    ),
     "port above the bound": (
         ["gateway", "update", "web", "--port", "65536"],
         "gateway 'web': port: 65536 is out of range",
