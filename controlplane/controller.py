@@ -207,12 +207,8 @@ class Controller:
             "ready": self.cache.ready.is_set(),
             "revision": self.runner.revision,
             "gateways": {
-                g: {
-                    "streams": self.cache.streams(g),
-                    "changed_revision": self.cache.get(g).changed_revision,
-                    "error": self.runner.errors.get(g),
-                }
-                for g in self.cache.gateways()
+                g: {"streams": self.cache.streams(g), "changed_revision": changed, "error": error}
+                for g, (changed, error) in self.runner.builds().items()
             },
             "streams": len(self.ads.active),
             "database": self.runner.identity.database_id if self.runner.identity else None,

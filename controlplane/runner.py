@@ -2,8 +2,14 @@
 
 Polling one indexed row every ``poll_interval`` (20 ms) notices a commit by any process,
 on SQLite or PostgreSQL, in under 50 ms for a few hundred microseconds of CPU per second;
-only the objects that changed are then read. A gateway whose translation fails keeps
-serving its last good snapshot and the error is recorded for ``status``.
+only the objects that changed are then read.
+
+A failure stays with the gateway and the object at fault: a stored object that does not
+validate (an :class:`Unloadable`), a translation that raises, or a snapshot that fails its
+checks leaves that gateway on its last good snapshot, with the error (naming the object and
+field where known) recorded for ``status``, ``--wait`` and ``/status``; other gateways and
+later changes go live, and failed gateways are tried again at every revision, so fixing
+the object recovers the gateway.
 """
 
 from __future__ import annotations
@@ -16,11 +22,11 @@ import time
 from datetime import UTC, datetime
 from typing import cast
 
-from .errors import GatewayError
-from .policy import KINDS, Cluster, Gateway, PolicyModel, Route
+from .errors import GatewayError, TranslationError
+from .policy import KINDS, Cluster, Gateway, PolicyModel, Route, references
 from .policy.certificate import Certificate
 from .policy.ratelimit import Plan
-from .store import Identity, Store
+from .store import Identity, Store, Unloadable
 from .store.backup import file_identity, save_from
 from .store.db import FileWatch, RevisionProbe, sqlite_path
 from .translate import AggregationTarget, GatewayView, Resources, Translator
@@ -63,6 +69,11 @@ class Runner:
         self._next_expiry: datetime | None = None
         self.objects: dict[str, dict[str, PolicyModel]] = {kind: {} for kind in KINDS}
         self.errors: dict[str, str] = {}
+        #: gateway -> the revision whose change it failed to apply (what ``--wait`` on that
+        #: revision or an earlier one reports)
+        self.failed_at: dict[str, int] = {}
+        #: (kind, name) -> a stored object that does not validate, left out of the state
+        self.invalid: dict[tuple[str, str], Unloadable] = {}
         #: gateway -> its routes by name, kept up to date change by change
         self.by_gateway: dict[str, dict[str, Route]] = {}
         self._translator = Translator(aggregation, shard_from, sink_tls)
@@ -102,8 +113,11 @@ class Runner:
         revision = ident.revision
         self._set_identity(ident)
         for obj in objects:
-            self._put(obj.kind, obj.name, obj)  # type: ignore[attr-defined]
-        self._rebuild(set(self.objects["gateway"]), revision)
+            self._put(obj.kind, obj.name, obj)  # type: ignore[union-attr]
+        gateways = set(self.objects["gateway"]) | {
+            name for kind, name in self.invalid if kind == "gateway"
+        }
+        self._rebuild(gateways, revision)
         self.revision = revision
         self.cache.ready.set()
         await self._record()
@@ -213,12 +227,13 @@ class Runner:
         affected: set[str] = set()
         changed_routes = {name for kind, name, _ in changes if kind == "route"}
         for kind, name, obj in changes:
-            old = self.objects[kind].get(name)
+            old = self.objects[kind].get(name) or self.invalid.get((kind, name))
             affected |= self._gateways_of(kind, name, old) | self._gateways_of(kind, name, obj)
             self._put(kind, name, obj)
+        retried = set(self.errors) - affected  # failed gateways: perhaps fixed by this change
         started = time.perf_counter()
         self._set_identity(ident)
-        self._rebuild(affected, revision, frozenset(changed_routes))
+        self._rebuild(affected | retried, revision, frozenset(changed_routes), retried)
         self.revision = revision
         log.info(
             "revision %d: %d object(s) changed, %d gateway(s) rebuilt in %.1f ms",
@@ -348,17 +363,25 @@ class Runner:
         before = set(self.objects["gateway"])
         self.objects = {kind: {} for kind in KINDS}
         self.by_gateway = {}
+        self.invalid = {}
         for obj in objects:
-            self._put(obj.kind, obj.name, obj)  # type: ignore[attr-defined]
+            self._put(obj.kind, obj.name, obj)  # type: ignore[union-attr]
         self._set_identity(ident)
-        self._rebuild(before | set(self.objects["gateway"]), ident.revision)
+        gateways = set(self.objects["gateway"]) | {n for k, n in self.invalid if k == "gateway"}
+        self._rebuild(before | gateways, ident.revision)
         self.revision = ident.revision
         self._schedule_record()
 
     # -- translation --------------------------------------------------------------------------
 
-    def _put(self, kind: str, name: str, obj: PolicyModel | None) -> None:
-        """Replace one object in the state and in the per-gateway route index."""
+    def _put(self, kind: str, name: str, obj: PolicyModel | Unloadable | None) -> None:
+        """Replace one object in the state and in the per-gateway route index; an object
+        that does not validate is left out of the state and kept in ``invalid``."""
+        if isinstance(obj, Unloadable):
+            self.invalid[(kind, name)] = obj
+            obj = None
+        else:
+            self.invalid.pop((kind, name), None)
         old = self.objects[kind].pop(name, None)
         if obj is not None:
             self.objects[kind][name] = obj
@@ -371,9 +394,11 @@ class Runner:
         if kind == "cluster" and obj is None:
             self._translator.forget_cluster(name)
 
-    def _gateways_of(self, kind: str, name: str, obj: PolicyModel | None) -> set[str]:
+    def _gateways_of(self, kind: str, name: str, obj: PolicyModel | Unloadable | None) -> set[str]:
         if obj is None:
             return set()
+        if isinstance(obj, Unloadable):
+            return {g for g in self._all_gateways() if self._concerns(g, obj)}
         if isinstance(obj, Gateway):
             return {obj.name}
         if isinstance(obj, Route):
@@ -401,17 +426,52 @@ class Runner:
         if self._next_expiry is None or now < self._next_expiry:
             return
         log.info("an API key expired: rebuilding every gateway")
-        self._rebuild(set(self.objects["gateway"]), self.revision)
+        self._rebuild(set(self.objects["gateway"]), self.revision, retried=set(self.errors))
+
+    def _all_gateways(self) -> set[str]:
+        return set(self.objects["gateway"]) | {n for k, n in self.invalid if k == "gateway"}
+
+    def _concerns(self, gateway: str, bad: Unloadable) -> bool:
+        """Whether the stored object ``bad`` (which does not validate) is part of
+        ``gateway``'s configuration, as far as its state and the raw row tell."""
+        if bad.kind == "gateway":
+            return bad.name == gateway
+        if bad.kind == "route":
+            spec = bad.spec if isinstance(bad.spec, dict) else {}
+            names = spec.get("gateways")
+            return not isinstance(names, list) or gateway in names
+        if bad.kind in ("consumer", "api_key", "plan"):
+            return True  # identities and plans are shared by every gateway
+        target = (bad.kind, bad.name)
+        gw = self.objects["gateway"].get(gateway)
+        users = [*self.by_gateway.get(gateway, {}).values(), *([gw] if gw else [])]
+        return any(target in references(obj) for obj in users)
+
+    def _fault(self, gateway: str) -> Unloadable | None:
+        for bad in self.invalid.values():
+            if self._concerns(gateway, bad):
+                return bad
+        return None
 
     def _rebuild(
-        self, gateways: set[str], revision: int, changed_routes: frozenset[str] | None = None
+        self,
+        gateways: set[str],
+        revision: int,
+        changed_routes: frozenset[str] | None = None,
+        retried: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         """Translate ``gateways`` at ``revision``; ``changed_routes``, when known, spares
-        the translator a scan of every route."""
+        the translator a scan of every route. ``retried``: gateways rebuilt only because
+        they failed before (their failure stays dated at the revision that caused it)."""
         clusters = cast(dict[str, Cluster], self.objects["cluster"])
         for name in sorted(gateways):
             gateway = cast(Gateway | None, self.objects["gateway"].get(name))
             try:
+                bad = self._fault(name)
+                if bad is not None:
+                    raise TranslationError(
+                        f"stored {bad.problem} (fix it with update or apply, or delete it)"
+                    )
                 if gateway is None:
                     self._translator.forget_gateway(name)
                     resources = Resources()
@@ -423,16 +483,42 @@ class Runner:
                 snapshot = build_snapshot(
                     name, revision, resources, previous, self._fragments, self._database_id()
                 )
-            except GatewayError as exc:
-                self.errors[name] = str(exc)
-                log.error("gateway %s keeps its last good configuration: %s", name, exc)
+            except Exception as exc:
+                self._failed(name, revision, exc, retried=name in retried)
                 continue
             self.errors.pop(name, None)
+            self.failed_at.pop(name, None)
             self.cache.publish(snapshot)
         self._next_expiry = next_key_expiry(self.objects["api_key"], datetime.now(UTC))
         for name in self.cache.gateways():  # unaffected gateways are current at this revision
             if name not in gateways:
                 self.cache.advance(name, revision)
+
+    def _failed(self, name: str, revision: int, exc: Exception, *, retried: bool) -> None:
+        """Record why ``name`` keeps its last good configuration."""
+        if isinstance(exc, GatewayError):
+            message = str(exc)
+            log.error("gateway %s keeps its last good configuration: %s", name, message)
+        else:  # a bug, or a value no check caught: still only this gateway's problem
+            message = f"translation failed: {type(exc).__name__}: {exc}"
+            log.exception("gateway %s keeps its last good configuration", name)
+        message = " ".join(message.split())
+        self.errors[name] = message
+        if not retried or name not in self.failed_at:
+            self.failed_at[name] = revision
+        # the next attempt starts from a clean table: a half-added route is not kept
+        self._translator.forget_gateway(name)
+        self.cache.withhold(name)  # no configuration yet: its proxies keep what they run
+
+    def builds(self) -> dict[str, tuple[int, str | None]]:
+        """gateway -> (revision its configuration last changed, or the revision whose change
+        it failed to apply; error or None), for ``status``, ``--wait`` and ``/status``."""
+        out: dict[str, tuple[int, str | None]] = {}
+        for name in self.cache.gateways():
+            out[name] = (self.cache.get(name).changed_revision, None)
+        for name, error in self.errors.items():
+            out[name] = (self.failed_at.get(name, self.revision), error)
+        return out
 
     # -- status -------------------------------------------------------------------------------
 
@@ -493,10 +579,7 @@ class Runner:
         recorded = None
         while recorded != self.revision:
             recorded = self.revision
-            builds = {
-                name: (self.cache.get(name).changed_revision, self.errors.get(name))
-                for name in self.cache.gateways()
-            }
+            builds = self.builds()
             try:
                 await asyncio.to_thread(
                     self.store.save_builds,

@@ -46,7 +46,8 @@ BAD = {
     ),
     "zero timeout": (
         GOOD.replace("timeout: 300ms", "timeout: 0s"),
-        "routes[0] 'profile': aggregate.parts[0].timeout: must be greater than zero",
+        "routes[0] 'profile': aggregate.parts[0].timeout: '0s' is out of range: "
+        "must be a duration from 1ms to 8760h",
     ),
     "placeholder without a group": (
         GOOD.replace("/users/{id}", "/users/{uid}"),

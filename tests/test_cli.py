@@ -64,11 +64,11 @@ BAD_FILES = {
     ),
     "port out of range": (
         GOOD.replace("port: 8080", "port: 70000"),
-        "gateways[0] 'public': port: Input should be less than or equal to 65535",
+        "gateways[0] 'public': port: 70000 is out of range: must be an integer from 1 to 65535",
     ),
     "wrong type": (
         GOOD.replace("port: 8080", "port: eighty"),
-        "gateways[0] 'public': port: Input should be a valid integer",
+        "gateways[0] 'public': port: must be an integer from 1 to 65535, not a string",
     ),
     "weights sum to zero": (
         GOOD.replace("weight: 90", "weight: 0").replace("weight: 10", "weight: 0"),
@@ -133,7 +133,7 @@ BAD_COMMANDS = {
     "port out of range": (
         ["gateway", "add", "g2", "--port", "0"],
         2,
-        "gateway 'g2': port: Input should be greater than or equal to 1",
+        "gateway 'g2': port: 0 is out of range: must be an integer from 1 to 65535",
     ),
     "bad endpoint": (["cluster", "add", "c2", "--endpoint", "nowhere"], 2, "must be host:port"),
     "delete in use": (

@@ -45,7 +45,7 @@ BAD = {
                       "route 'nope' does not exist"),
     "unknown gateway": (["ratelimit", "off", "--gateway", "nope"], "gateway 'nope' does not exist"),
     "negative rate": (["ratelimit", "set", "--route", "users-api", "--limit", "-5/minute"],
-                      "greater than 0"),
+                      "requests: -5 is out of range: must be an integer from 1 to 1000000000"),
     "no target": (["ratelimit", "set", "--limit", "5/minute"], "exactly one of --route"),
     "two targets": (["ratelimit", "set", "--route", "users-api", "--gateway", "public",
                      "--limit", "5/minute"], "exactly one of --route"),

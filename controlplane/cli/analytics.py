@@ -23,7 +23,8 @@ from .output import Format, emit, emit_table, stderr
 
 __all__ = ["observability_fields", "parse_time", "register_analytics"]
 
-_AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+#: at most nine digits: a longer number would overflow what is computed from it
+_AGO = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,9})?)\s*(s|m|h|d|w)\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 

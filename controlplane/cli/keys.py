@@ -16,7 +16,9 @@ from .resources import WaitOption
 
 __all__ = ["register_keys"]
 
-_RELATIVE = re.compile(r"^(\d+)([mhd])$")
+_RELATIVE = re.compile(r"^(\d{1,12})([mhd])$")
+#: the longest relative expiry (a hundred years): beyond it datetime arithmetic overflows
+_MAX_MINUTES = 100 * 365 * 24 * 60
 
 
 def _expiry(value: str | None) -> datetime | None:
@@ -25,8 +27,10 @@ def _expiry(value: str | None) -> datetime | None:
         return None
     match = _RELATIVE.match(value)
     if match:
-        unit = {"m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
-        return datetime.now(UTC) + timedelta(**{unit: int(match.group(1))})
+        minutes = {"m": 1, "h": 60, "d": 1440}[match.group(2)] * int(match.group(1))
+        if not 0 < minutes <= _MAX_MINUTES:
+            raise PolicyInvalid(f"--expires: {value[:24]!r} must be from 1m to 36500d from now")
+        return datetime.now(UTC) + timedelta(minutes=minutes)
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..errors import GatewayError
+from ..errors import GatewayError, PolicyInvalid
+from ..policy.bounds import parse_duration
 from .analytics import register_analytics
 from .certs import register_certs
 from .context import Ctx
@@ -71,9 +72,21 @@ def _expand_wait(argv: list[str]) -> list[str]:
     return [f"--wait={DEFAULT_WAIT}" if a == "--wait" else a for a in argv]
 
 
+def _check_wait(argv: list[str]) -> None:
+    """A bad ``--wait`` value is refused before the command writes anything."""
+    for arg in argv:
+        if arg.startswith("--wait="):
+            try:
+                parse_duration(arg.removeprefix("--wait="))
+            except ValueError as exc:
+                raise PolicyInvalid(f"--wait: {exc}") from None
+
+
 def run() -> None:
     try:
-        code = app(args=_expand_wait(sys.argv[1:]), prog_name="gatewayctl", standalone_mode=False)
+        argv = _expand_wait(sys.argv[1:])
+        _check_wait(argv)
+        code = app(args=argv, prog_name="gatewayctl", standalone_mode=False)
         if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here
             sys.exit(code)
     except GatewayError as exc:

@@ -19,7 +19,7 @@ STALE_AFTER = 15.0
 
 
 def parse_timeout(value: str) -> float:
-    from ..policy.common import _parse_duration
+    from ..policy.common import parse_duration as _parse_duration
 
     try:
         return duration_ms(_parse_duration(value)) / 1000
@@ -48,13 +48,18 @@ def _check(store: Store, revision: int) -> tuple[list[str], bool]:
     if max(built for _, _, built, _ in controllers) < revision:
         return [f"no controller has translated revision {revision} yet"], False
     builds = store.gateway_builds()
-    affected = sorted(
-        g for g, (_, changed, error) in builds.items() if changed >= revision or error
-    )
+    # a failed gateway records the revision whose change it could not apply as its changed
+    # revision: it fails this wait only if that change is this revision or a later one
+    affected = sorted(g for g, (_, changed, _error) in builds.items() if changed >= revision)
     for gateway in affected:
         error = builds[gateway][2]
         if error:
             raise WaitFailed(f"gateway {gateway!r} was not updated: {error}")
+    failing = [
+        f"gateway {g!r} still serves an older configuration: {error}"
+        for g, (_, _, error) in sorted(builds.items())
+        if error
+    ]
     live = {cid for cid, _, _, beat in controllers if beat >= time.time() - STALE_AFTER}
     proxies = [
         p for p in store.proxies() if p.connected and p.controller in live and p.gateway in affected
@@ -74,7 +79,7 @@ def _check(store: Store, revision: int) -> tuple[list[str], bool]:
         return waiting, False
     served = {p.gateway for p in proxies}
     notes = [f"no proxy of gateway {g!r} is connected" for g in affected if g not in served]
-    return notes, True
+    return notes + failing, True
 
 
 def _one_line(text: str, limit: int = 400) -> str:

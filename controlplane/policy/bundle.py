@@ -177,6 +177,8 @@ class Bundle(BaseModel):
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(exc, "problem", None) or "not valid YAML"
             raise PolicyInvalid(f"{source}: malformed YAML{where}: {problem}") from None
+        except ValueError as exc:  # an integer of thousands of digits (Python's int limit)
+            raise PolicyInvalid(f"{source}: malformed YAML: {str(exc).split(':')[0]}") from None
         return cls.parse(data, self_contained=self_contained)
 
     def check(self, *, references: bool = True) -> None:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import Field, field_validator, model_validator
 
+from .bounds import Port
 from .common import Name, PolicyModel
 
 __all__ = ["CertInfo", "Certificate", "GatewayTls", "cert_info"]
@@ -179,8 +180,8 @@ class GatewayTls(PolicyModel):
         description="Certificates by name; a client's SNI picks the one whose SANs match, "
         "the first is also served to clients naming no (or another) host",
     )
-    http_redirect_port: int | None = Field(
-        None, ge=1, le=65535, description="Also listen here for plain HTTP and redirect to HTTPS"
+    http_redirect_port: Port | None = Field(
+        None, description="Also listen here for plain HTTP and redirect to HTTPS"
     )
 
     @field_validator("certificates")

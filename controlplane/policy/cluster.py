@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
+from .bounds import Count, CountOrZero, HttpStatus, Percent, Threshold, WholePercent
 from .common import Duration, Name, PolicyModel, parse_hostport
 
 __all__ = [
@@ -39,9 +40,9 @@ class HealthCheck(PolicyModel):
     path: str = Field("/healthz", pattern=r"^/")
     interval: Duration = "5s"
     timeout: Duration = "1s"
-    healthy_threshold: int = Field(2, ge=1, le=100)
-    unhealthy_threshold: int = Field(3, ge=1, le=100)
-    expected_statuses: list[int] = Field(default_factory=lambda: [200])
+    healthy_threshold: Threshold = 2
+    unhealthy_threshold: Threshold = 3
+    expected_statuses: list[HttpStatus] = Field(default_factory=lambda: [200])
     host: str | None = None
 
     @field_validator("expected_statuses")
@@ -49,9 +50,6 @@ class HealthCheck(PolicyModel):
     def _statuses(cls, value: list[int]) -> list[int]:
         if not value:
             raise ValueError("must name at least one status")
-        for status in value:
-            if not 100 <= status <= 599:
-                raise ValueError(f"{status} is not an HTTP status (100-599)")
         return sorted(set(value))
 
 
@@ -59,17 +57,17 @@ class RetryBudget(PolicyModel):
     """Retries allowed at once, as a share of the requests in flight (Envoy's retry budget):
     when a backend fails, retries cannot multiply its load."""
 
-    percent: float = Field(20, gt=0, le=100, description="retries in flight / requests in flight")
-    min_concurrency: int = Field(3, ge=1, description="retries always allowed at once")
+    percent: Percent = Field(20, description="retries in flight / requests in flight")
+    min_concurrency: Count = Field(3, description="retries always allowed at once")
 
 
 class CircuitBreakers(PolicyModel):
     """Limits on what Envoy sends to the cluster at once; excess fails fast with 503."""
 
-    max_connections: int | None = Field(None, ge=1)
-    max_pending_requests: int | None = Field(None, ge=1)
-    max_requests: int | None = Field(None, ge=1)
-    max_retries: int | None = Field(None, ge=0)
+    max_connections: Count | None = None
+    max_pending_requests: Count | None = None
+    max_requests: Count | None = None
+    max_retries: CountOrZero | None = None
     retry_budget: RetryBudget | None = Field(None, description="replaces max_retries")
 
     @model_validator(mode="after")
@@ -82,10 +80,10 @@ class CircuitBreakers(PolicyModel):
 class OutlierDetection(PolicyModel):
     """Passive ejection of endpoints that keep failing."""
 
-    consecutive_5xx: int = Field(5, ge=1)
+    consecutive_5xx: Count = 5
     interval: Duration = "10s"
     base_ejection_time: Duration = "30s"
-    max_ejection_percent: int = Field(10, ge=1, le=100)
+    max_ejection_percent: WholePercent = 10
 
 
 class Cluster(PolicyModel):

@@ -12,14 +12,10 @@ import re
 from typing import Annotated, Any, ClassVar
 
 import re2
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    WithJsonSchema,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from .bounds import Duration, duration_ms, parse_duration
+from .reserved import reserved_problem
 
 __all__ = [
     "Duration",
@@ -28,6 +24,7 @@ __all__ = [
     "PolicyModel",
     "Regex",
     "duration_ms",
+    "parse_duration",
     "parse_hostport",
 ]
 
@@ -35,8 +32,6 @@ _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 _HOST_RE = re.compile(
     r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 
 
 class PolicyModel(BaseModel):
@@ -57,6 +52,9 @@ def _check_name(value: str) -> str:
             "must be 1-63 lower-case letters, digits, '-', '_' or '.', "
             "starting and ending with a letter or digit"
         )
+    problem = reserved_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
@@ -65,28 +63,6 @@ def _check_hostname(value: str) -> str:
     if len(value) > 253 or not _HOST_RE.match(value):
         raise ValueError(f"{value!r} is not a valid host name (a '*.' prefix is allowed)")
     return value
-
-
-def _parse_duration(value: Any) -> str:
-    if isinstance(value, bool):
-        raise ValueError("must be a duration such as '250ms', '5s', '1m'")
-    if isinstance(value, int | float):
-        ms = float(value) * 1000
-    elif isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if not m:
-            raise ValueError(f"{value!r} is not a duration; use e.g. '250ms', '5s', '1m', '1h'")
-        ms = float(m.group(1)) * _UNIT_MS[m.group(2) or "s"]
-    else:
-        raise ValueError("must be a duration such as '250ms', '5s', '1m'")
-    if ms != int(ms):
-        raise ValueError("has a resolution of 1ms")
-    ms_int = int(ms)
-    if ms_int <= 0:
-        raise ValueError("must be greater than zero")
-    if ms_int > 365 * 24 * 3_600_000:
-        raise ValueError("must be at most one year")
-    return f"{ms_int // 1000}s" if ms_int % 1000 == 0 else f"{ms_int}ms"
 
 
 def _re2_options() -> re2.Options:
@@ -115,11 +91,6 @@ def _check_regex(value: str) -> str:
             f"{compiled.programsize} > {MAX_REGEX_PROGRAM_SIZE}); simplify it"
         )
     return value
-
-
-def duration_ms(value: str) -> int:
-    """Milliseconds of a normalised duration string."""
-    return int(value[:-2]) if value.endswith("ms") else int(value[:-1]) * 1000
 
 
 def parse_hostport(value: str) -> tuple[str, int]:
@@ -153,19 +124,4 @@ def is_ip(host: str) -> bool:
 
 Name = Annotated[str, AfterValidator(_check_name), Field(examples=["users-api"])]
 Hostname = Annotated[str, AfterValidator(_check_hostname)]
-Duration = Annotated[
-    str,
-    BeforeValidator(_parse_duration),
-    # The validator takes a number of seconds or a string with a unit; the schema says so.
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$"},
-                {"type": "number", "exclusiveMinimum": 0, "maximum": 365 * 24 * 3600},
-            ],
-            "description": "a duration: '250ms', '5s', '1m', '1h', or a number of seconds",
-            "examples": ["250ms", "5s", 0.25],
-        }
-    ),
-]
 Regex = Annotated[str, AfterValidator(_check_regex)]

@@ -12,6 +12,7 @@ from typing import ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from .auth import AuthPolicy
+from .bounds import Port
 from .certificate import GatewayTls
 from .common import Hostname, Name, PolicyModel
 from .cors import CorsPolicy
@@ -28,7 +29,7 @@ class Gateway(PolicyModel):
     kind: ClassVar[str] = "gateway"
 
     name: Name
-    port: int = Field(ge=1, le=65535, description="TCP port of the listener")
+    port: Port = Field(description="TCP port of the listener")
     address: str = Field("0.0.0.0", description="IP address the listener binds")
     hostnames: list[Hostname] = Field(
         default_factory=list,
@@ -45,10 +46,8 @@ class Gateway(PolicyModel):
     )
     access_log: AccessLog | None = Field(None, description="one line per request on stdout")
     analytics: Analytics | None = Field(None, description="usage analytics (rollups in the db)")
-    aggregation_port: int = Field(
+    aggregation_port: Port = Field(
         18081,
-        ge=1,
-        le=65535,
         description="port of the internal listener aggregate routes call their parts through "
         "(opened only when the gateway has aggregate routes)",
     )

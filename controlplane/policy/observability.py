@@ -11,9 +11,11 @@ database: the controller by default, or a separate ``gatewayctl analytics-sink``
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import Field, field_validator
 
+from .bounds import IntRange
 from .common import Duration, PolicyModel, parse_hostport
 
 __all__ = ["LOG_FIELDS", "AccessLog", "Analytics", "LogFormat"]
@@ -80,8 +82,8 @@ class Analytics(PolicyModel):
         None,
         description="HOST:PORT of a `gatewayctl analytics-sink`; unset: the controller itself",
     )
-    buffer_size_bytes: int = Field(
-        16384, ge=0, le=16 * 1024 * 1024, description="Envoy sends a batch when it has this much"
+    buffer_size_bytes: Annotated[int, IntRange(0, 16 * 1024 * 1024)] = Field(
+        16384, description="Envoy sends a batch when it has this much"
     )
     flush_interval: Duration = Field("1s", description="... or after this long")
 

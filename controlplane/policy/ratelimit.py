@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
+from .bounds import IntRange
 from .common import Name, PolicyModel
 
 __all__ = ["Limit", "Per", "Plan", "RateLimit", "check_limits", "parse_limit"]
@@ -36,9 +37,9 @@ SECONDS = {Per.second: 1, Per.minute: 60, Per.hour: 3600, Per.day: 86400}
 class Limit(PolicyModel):
     """``requests`` per ``per``; ``burst`` (at least ``requests``) lets a quiet caller save up."""
 
-    requests: int = Field(gt=0, le=1_000_000_000)
+    requests: Annotated[int, IntRange(1, 1_000_000_000)]  # tokens: uint32
     per: Per
-    burst: int | None = Field(None, gt=0, le=1_000_000_000)
+    burst: Annotated[int, IntRange(1, 1_000_000_000)] | None = None
 
     @model_validator(mode="after")
     def _burst(self) -> Limit:

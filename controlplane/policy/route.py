@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
 from .aggregate import Aggregate
 from .auth import AuthPolicy
+from .bounds import UINT32_MAX, HttpStatus, IntRange, Port, ResponseStatus, Weight
 from .common import Duration, Hostname, Name, PolicyModel, Regex
 from .cors import CorsPolicy
 from .proto import Proto, Transcoding
@@ -179,7 +180,7 @@ class RouteMatch(PolicyModel):
 
 class WeightedBackend(PolicyModel):
     cluster: Name
-    weight: int = Field(ge=0, le=1_000_000)
+    weight: Weight
 
 
 class RegexRewrite(PolicyModel):
@@ -190,10 +191,10 @@ class RegexRewrite(PolicyModel):
 class Retry(PolicyModel):
     """Retries on the conditions named in ``retry_on`` (Envoy's x-envoy-retry-on values)."""
 
-    attempts: int = Field(1, ge=1, le=10)
+    attempts: Annotated[int, IntRange(1, 10)] = 1
     retry_on: list[str] = Field(default_factory=lambda: ["5xx", "connect-failure", "reset"])
     per_try_timeout: Duration | None = None
-    retriable_status_codes: list[int] = Field(default_factory=list)
+    retriable_status_codes: list[HttpStatus] = Field(default_factory=list)
 
     @field_validator("retry_on")
     @classmethod
@@ -236,10 +237,10 @@ class HeaderOps(PolicyModel):
 class Redirect(PolicyModel):
     scheme: str | None = Field(None, pattern=r"^(http|https)$")
     host: str | None = None
-    port: int | None = Field(None, ge=1, le=65535)
+    port: Port | None = None
     path: str | None = Field(None, pattern=r"^/")
     prefix_rewrite: str | None = None
-    status: int = Field(302, description="301, 302, 303, 307 or 308")
+    status: ResponseStatus = Field(302, description="301, 302, 303, 307 or 308")
     strip_query: bool = False
 
     @field_validator("status")
@@ -251,7 +252,7 @@ class Redirect(PolicyModel):
 
 
 class DirectResponse(PolicyModel):
-    status: int = Field(ge=200, le=599)
+    status: ResponseStatus
     body: str | None = Field(None, max_length=4096)
 
 
@@ -265,7 +266,7 @@ class Route(PolicyModel):
     gateways: list[Name] = Field(min_length=1)
     hosts: list[Hostname] = Field(default_factory=list)
     match: RouteMatch = Field(default_factory=lambda: RouteMatch(path_prefix="/"))
-    priority: int = Field(0, ge=-1000, le=1000, description="higher wins; default 0")
+    priority: Annotated[int, IntRange(-1000, 1000)] = Field(0, description="higher wins; default 0")
     cluster: Name | None = None
     backends: list[WeightedBackend] | None = Field(
         None, min_length=1, description="weighted clusters, e.g. a 90/10 canary"
@@ -348,8 +349,11 @@ class Route(PolicyModel):
             names = [b.cluster for b in self.backends]
             if len(set(names)) != len(names):
                 raise ValueError("backends: each cluster may appear once")
-            if sum(b.weight for b in self.backends) <= 0:
+            total = sum(b.weight for b in self.backends)
+            if total <= 0:
                 raise ValueError("backends: weights must add up to more than zero")
+            if total > UINT32_MAX:  # Envoy adds them up in a uint32
+                raise ValueError(f"backends: weights must add up to at most {UINT32_MAX}")
         if self.aggregate is not None:
             self.aggregate.check_placeholders(self.match.path_regex)
         for flag in ("grpc_web", "websocket"):

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
+from .bounds import UINT32_MAX, ByteCount, IntRange, Percent, ResponseStatus
 from .common import Duration, PolicyModel
 
 __all__ = [
@@ -130,12 +132,12 @@ class HashKey(PolicyModel):
 
 class FaultDelay(PolicyModel):
     duration: Duration
-    percent: float = Field(100, gt=0, le=100)
+    percent: Percent = 100
 
 
 class FaultAbort(PolicyModel):
-    status: int = Field(503, ge=200, le=599)
-    percent: float = Field(100, gt=0, le=100)
+    status: ResponseStatus = 503
+    percent: Percent = 100
 
 
 class Fault(PolicyModel):
@@ -187,8 +189,8 @@ class BodyTransform(PolicyModel):
     rename: dict[str, str] = Field(default_factory=dict)
     remove: list[str] = Field(default_factory=list)
     wrap: str | None = None
-    max_bytes: int = Field(
-        1_048_576, ge=1, le=16 * 1_048_576, description="larger bodies pass unchanged"
+    max_bytes: Annotated[int, IntRange(1, 16 * 1_048_576)] = Field(
+        1_048_576, description="larger bodies pass unchanged"
     )
 
     @field_validator("rename")
@@ -241,7 +243,7 @@ class CachePolicy(PolicyModel):
     ttl: Duration | None = None
     override: bool = False
     per_consumer: bool = False
-    generation: int = Field(0, ge=0)
+    generation: Annotated[int, IntRange(0, UINT32_MAX)] = 0
 
     @model_validator(mode="after")
     def _override_needs_ttl(self) -> CachePolicy:
@@ -288,7 +290,7 @@ class Compression(PolicyModel):
     algorithms: list[CompressionAlgorithm] = Field(
         default_factory=lambda: [CompressionAlgorithm.gzip]
     )
-    min_length: int = Field(1024, ge=0, description="smaller responses are sent as they are")
+    min_length: ByteCount = Field(1024, description="smaller responses are sent as they are")
     content_types: list[str] = Field(
         default_factory=list, description="empty: Envoy's list of text and JSON types"
     )

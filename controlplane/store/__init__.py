@@ -8,6 +8,7 @@ from .repository import (
     ProxyStatus,
     SecretsReport,
     Store,
+    Unloadable,
 )
 from .secrets import SecretKeyError, SecretKeys, write_private_file
 
@@ -20,6 +21,7 @@ __all__ = [
     "SecretKeys",
     "SecretsReport",
     "Store",
+    "Unloadable",
     "default_db_path",
     "normalize_url",
     "write_private_file",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import (
     Connection,
     bindparam,
@@ -37,6 +38,7 @@ from ..policy import (
     Bundle,
     PolicyModel,
     content_errors,
+    format_validation_error,
     parse_object,
     references,
 )
@@ -54,7 +56,15 @@ from .tables import (
     Resource,
 )
 
-__all__ = ["ApplyResult", "Identity", "ObjectChange", "ProxyStatus", "SecretsReport", "Store"]
+__all__ = [
+    "ApplyResult",
+    "Identity",
+    "ObjectChange",
+    "ProxyStatus",
+    "SecretsReport",
+    "Store",
+    "Unloadable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +102,19 @@ class SecretsReport:
     current: str | None
     rows_by_key: dict[str, int]
     clear_rows: int
+
+
+@dataclass(frozen=True)
+class Unloadable:
+    """A stored object that no longer validates: written before a check existed, by an
+    older or newer version, or straight into the database. The controller reports it and
+    leaves the gateways it concerns on their last good configuration."""
+
+    kind: str
+    name: str
+    spec: Any
+    #: one line naming the object and field, e.g. ``cluster 'app': circuit_breakers...``
+    problem: str
 
 
 @dataclass(frozen=True)
@@ -260,20 +283,20 @@ class Store:
         with self._reader.begin() as conn:
             return _identity(conn)
 
-    def load_state(self) -> tuple[Identity, list[PolicyModel]]:
+    def load_state(self) -> tuple[Identity, list[PolicyModel | Unloadable]]:
         """Every object and the identity (database, revision) they belong to, in one read."""
         with self._reader.begin() as conn:
             ident = _identity(conn)
             rows = conn.execute(select(Resource.kind, Resource.name, *_SPEC)).all()
         return ident, [
-            _load(kind, _spec(self.secrets, kind, name, *rest))
+            _load_checked(kind, name, _spec(self.secrets, kind, name, *rest))
             for kind, name, *rest in rows
             if kind in KINDS
         ]
 
     def changes_state(
         self, revision: int
-    ) -> tuple[Identity, list[tuple[str, str, PolicyModel | None]]]:
+    ) -> tuple[Identity, list[tuple[str, str, PolicyModel | Unloadable | None]]]:
         """:meth:`changes_since` plus the identity read in the same transaction, so a
         replaced database (another id, a revision that went back) is seen before its
         changes are applied."""
@@ -298,12 +321,22 @@ class Store:
         return [_load(kind, _spec(self.secrets, kind, name, *rest)) for name, *rest in rows]
 
     def load_all(self) -> tuple[int, list[PolicyModel]]:
-        """Every object and the revision they belong to, read in one transaction."""
+        """Every object and the revision they belong to, read in one transaction; a stored
+        object that does not validate raises StoreError naming it."""
+        rev, objects = self.load_all_checked()
+        for obj in objects:
+            if isinstance(obj, Unloadable):
+                raise StoreError(_unloadable_message(obj))
+        return rev, objects  # type: ignore[return-value]  # checked above
+
+    def load_all_checked(self) -> tuple[int, list[PolicyModel | Unloadable]]:
+        """Like load_all, with an :class:`Unloadable` in place of each object that does not
+        validate, so one bad row never stops a controller from loading the rest."""
         with self._reader.begin() as conn:
             rev = int(conn.execute(select(Meta.revision).where(Meta.id == 1)).scalar_one())
             rows = conn.execute(select(Resource.kind, Resource.name, *_SPEC)).all()
         return rev, [
-            _load(kind, _spec(self.secrets, kind, name, *rest))
+            _load_checked(kind, name, _spec(self.secrets, kind, name, *rest))
             for kind, name, *rest in rows
             if kind in KINDS
         ]
@@ -311,8 +344,11 @@ class Store:
     def bundle(self) -> Bundle:
         return Bundle.from_objects(self.load_all()[1])
 
-    def changes_since(self, revision: int) -> tuple[int, list[tuple[str, str, PolicyModel | None]]]:
-        """(newest revision, [(kind, name, object or None if deleted)]) after ``revision``."""
+    def changes_since(
+        self, revision: int
+    ) -> tuple[int, list[tuple[str, str, PolicyModel | Unloadable | None]]]:
+        """(newest revision, [(kind, name, object, Unloadable if it does not validate, or
+        None if deleted)]) after ``revision``."""
         with self._reader.begin() as conn:
             rev = int(conn.execute(select(Meta.revision).where(Meta.id == 1)).scalar_one())
             if rev == revision:
@@ -755,16 +791,16 @@ def _identity(conn: Connection) -> Identity:
 
 def _changes(
     conn: Connection, after: int, upto: int, secrets: SecretKeys
-) -> list[tuple[str, str, PolicyModel | None]]:
+) -> list[tuple[str, str, PolicyModel | Unloadable | None]]:
     touched = conn.execute(
         select(Change.kind, Change.name)
         .where(Change.revision > after, Change.revision <= upto)
         .distinct()
     ).all()
-    out: list[tuple[str, str, PolicyModel | None]] = []
+    out: list[tuple[str, str, PolicyModel | Unloadable | None]] = []
     for kind, name in touched:
         spec = _fetch(conn, [(kind, name)], secrets).get((kind, name))
-        out.append((kind, name, None if spec is None else _load(kind, spec)))
+        out.append((kind, name, None if spec is None else _load_checked(kind, name, spec)))
     return out
 
 
@@ -785,7 +821,27 @@ def alembic_config() -> Any:
 
 
 def _load(kind: str, spec: dict[str, Any]) -> PolicyModel:
-    return KINDS[kind].model_validate(spec)
+    """A stored object; StoreError (one line naming it) if it does not validate."""
+    obj = _load_checked(kind, str(spec.get("name") if isinstance(spec, dict) else "?"), spec)
+    if isinstance(obj, Unloadable):
+        raise StoreError(_unloadable_message(obj))
+    return obj
+
+
+def _load_checked(kind: str, name: str, spec: Any) -> PolicyModel | Unloadable:
+    try:
+        return KINDS[kind].model_validate(spec)
+    except ValidationError as exc:
+        return Unloadable(kind, name, spec, format_validation_error(exc, f"{kind} {name!r}"))
+    except Exception as exc:
+        return Unloadable(kind, name, spec, f"{kind} {name!r}: cannot be loaded: {exc!r}")
+
+
+def _unloadable_message(obj: Unloadable) -> str:
+    return (
+        f"stored {obj.problem} (written before this check or outside gatewayctl; "
+        f"fix it with update or apply, or delete it)"
+    )
 
 
 #: the columns that together give an object's spec (see :func:`_spec`)
@@ -858,7 +914,10 @@ def _check_contents(
             obj = objects.get(key)
             if obj is None:
                 spec = _fetch(conn, [key], secrets).get(key)
-                obj = _load(kind, spec) if spec is not None else None
+                # a stored object that does not validate has no content to check against;
+                # it is reported by the controller, and refused when it is written again
+                checked = _load_checked(kind, name, spec) if spec is not None else None
+                obj = None if isinstance(checked, Unloadable) else checked
             loaded[key] = obj
         return loaded[key]
 

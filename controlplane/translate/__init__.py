@@ -28,7 +28,7 @@ from .aggregate import (
 )
 from .auth import jwks_clusters, route_context
 from .cluster import cluster_resource, is_eds, load_assignment
-from .common import pack
+from .common import blame, pack
 from .filters import http_filters
 from .listener import listener_resource
 from .protocols import TRANSCODING, proto_context
@@ -100,6 +100,9 @@ class Resources:
     needs: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
     #: (type, name) of resources only a draining listener uses: sent after the others
     late: set[tuple[str, str]] = field(default_factory=set)
+    #: (type, name, policy objects) of every resource added under a name already taken:
+    #: a snapshot with any is never published (xds/snapshot.py)
+    duplicates: list[tuple[str, str, list[PolicyRef]]] = field(default_factory=list)
 
     def add(
         self,
@@ -109,6 +112,9 @@ class Resources:
         sources: Iterable[PolicyRef],
         needs: Iterable[tuple[str, str]] = (),
     ) -> None:
+        if name in self.by_type[type_url]:
+            self.duplicates.append((type_url, name, list(sources)))
+            return  # the first stays; the snapshot is refused anyway
         self.by_type[type_url][name] = message
         self.sources[(type_url, name)] = sources
         needed = list(needs)
@@ -156,8 +162,9 @@ class Translator:
     def _cluster(self, cluster: Cluster) -> tuple[Message, Message | None]:
         hit = self._clusters.get(cluster.name)
         if hit is None or hit[0] is not cluster:
-            cla = load_assignment(cluster) if is_eds(cluster) else None
-            hit = (cluster, cluster_resource(cluster), cla)
+            with blame("cluster", cluster.name):
+                cla = load_assignment(cluster) if is_eds(cluster) else None
+                hit = (cluster, cluster_resource(cluster), cla)
             self._clusters[cluster.name] = hit
         return hit[1], hit[2]
 
@@ -249,7 +256,7 @@ class Translator:
             out.add(CLUSTER, SINK_CLUSTER, analytics_sink, [("gateway", gw.name)])
         self._add_aggregation(out, gw, table)
         for cluster_message in jwks_clusters(view):
-            provider = cluster_message.name.removeprefix("jwks.")
+            provider = cluster_message.name.partition(":")[2]
             out.add(CLUSTER, cluster_message.name, cluster_message, [("jwt_provider", provider)])
         for name in used:
             cluster = view.clusters.get(name)

@@ -22,15 +22,12 @@ from google.protobuf import struct_pb2, wrappers_pb2
 from ..policy import Gateway
 from ..policy.common import is_ip, parse_hostport
 from ..policy.observability import LOG_FIELDS, LogFormat
+from ..policy.reserved import SINK_CLUSTER, XDS_CLUSTER
 from .cluster import endpoints_of
 from .common import duration, pack
 
 __all__ = ["SINK_CLUSTER", "XDS_CLUSTER", "access_logs", "sink_cluster"]
 
-#: the bootstrap's static cluster to the controller (envoy/bootstrap.yaml)
-XDS_CLUSTER = "xds_cluster"
-#: a name no policy cluster can have (policy names have no ':')
-SINK_CLUSTER = "analytics:sink"
 #: request headers the sink reads from each entry
 LOGGED_HEADERS = ["x-consumer-id"]
 

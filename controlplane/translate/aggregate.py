@@ -37,6 +37,7 @@ from ..aggregator.spec import PART_HEADER, SPEC_HEADER, Part, Spec
 from ..policy import Gateway, Route
 from ..policy.aggregate import OnError
 from ..policy.common import duration_ms, is_ip, parse_hostport
+from ..policy.reserved import AGGREGATOR_CLUSTER
 from .cluster import endpoints_of
 from .common import duration, pack, string_match
 
@@ -51,9 +52,6 @@ __all__ = [
     "spec_of",
 ]
 
-#: the aggregation service's cluster; a leading '_' is not a valid policy name, so no
-#: user cluster can take it
-AGGREGATOR_CLUSTER = "_aggregator"
 #: time the service gets beyond the slowest part's timeout to answer
 _MARGIN_MS = 1000
 _HCM = "envoy.filters.network.http_connection_manager"

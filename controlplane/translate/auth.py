@@ -41,6 +41,7 @@ from ..policy import ApiKey, AuthPolicy, Consumer, Gateway, JwtProvider, Route
 from ..policy.cors import CorsPolicy
 from ..policy.proto import Proto
 from ..policy.ratelimit import RateLimit
+from ..policy.reserved import jwks_cluster_name
 from .cluster import endpoints_of
 from .common import duration, pack
 from .view import GatewayView
@@ -128,7 +129,7 @@ def strip_filter(view: GatewayView) -> header_mutation_pb2.HeaderMutation:
 
 
 def _jwks_cluster_name(provider: JwtProvider) -> str:
-    return f"jwks.{provider.name}"
+    return jwks_cluster_name(provider.name)
 
 
 def _provider(provider: JwtProvider) -> jwt.JwtProvider:

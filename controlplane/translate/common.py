@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from envoy.config.core.v3 import config_source_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2
 
+from ..errors import GatewayError, TranslationError
 from ..policy.common import duration_ms
 
-__all__ = ["ads_source", "duration", "pack", "regex", "string_match"]
+__all__ = ["ads_source", "blame", "duration", "pack", "regex", "string_match"]
+
+
+@contextlib.contextmanager
+def blame(kind: str, name: str) -> Iterator[None]:
+    """Name the policy object whose translation raised (a bug, or a value no input check
+    caught), so ``status`` and ``--wait`` can point at it."""
+    try:
+        yield
+    except GatewayError:
+        raise
+    except Exception as exc:
+        raise TranslationError(
+            f"{kind} {name!r}: translation failed: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def duration(value: str) -> duration_pb2.Duration:

@@ -46,6 +46,7 @@ from google.protobuf import duration_pb2, wrappers_pb2
 
 from ..policy import Consumer, Route
 from ..policy.ratelimit import SECONDS, Limit, Per, Plan, RateLimit
+from ..policy.reserved import REPLICAS_ASSIGNMENT
 from .auth import RouteContext
 
 __all__ = [
@@ -64,7 +65,7 @@ __all__ = [
 RATE_LIMIT_FILTER = "gateway.local_ratelimit"
 CONSUMER_HEADER = "x-consumer-id"
 #: the bootstrap's local cluster: its members are the Envoys serving the gateway
-REPLICAS = "gateway.replicas"
+REPLICAS = REPLICAS_ASSIGNMENT
 #: route metadata namespace holding the route's policy name
 METADATA_NAMESPACE = "gateway"
 #: the default bucket and the filler of units a plan does not limit

@@ -30,7 +30,7 @@ from .auth import (
     route_variants,
     virtual_host_defaults,
 )
-from .common import duration, regex, string_match
+from .common import blame, duration, regex, string_match
 from .cors import apply_cors
 from .protocols import apply_protocols, protocol_features
 from .ratelimit import apply_rate_limit, uses_consumers
@@ -343,7 +343,8 @@ class RouteTable:
             if entry is not None:
                 self._remove(name)
             if route is not None:
-                self._add(route)
+                with blame("route", name):
+                    self._add(route)
 
     def _add(self, route: Route) -> None:
         assert self._context is not None

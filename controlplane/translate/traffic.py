@@ -13,7 +13,7 @@ Filters, in chain order (after authentication and rate limits, before the router
 * ``gateway.compress.<algorithm>`` (compressor): before the cache, so cached responses are
   kept uncompressed and hits are compressed like misses.
 * ``gateway.cache`` (cache_v2, in-memory ``simple_http_cache``); a miss is fetched by the
-  cache itself from ``cache.<route>.<cluster>``, a copy of the route's cluster whose
+  cache itself from ``cache:<route>:<cluster>``, a copy of the route's cluster whose
   upstream filter adds the caching headers (see :func:`cache_cluster`).
 * ``gateway.body_transform`` (lua): JSON body changes, nearest the router, so the cache
   keeps transformed responses.
@@ -55,6 +55,7 @@ from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from ..policy import Gateway, Route
 from ..policy.common import duration_ms
+from ..policy.reserved import cache_cluster_name
 from ..policy.traffic import Compression, CompressionAlgorithm, header_template
 from .auth import CONSUMER_HEADER, JWT_NAMESPACE, JWT_PAYLOAD
 from .common import duration, pack
@@ -307,10 +308,6 @@ def _mutation(route: Route) -> header_mutation_pb2.HeaderMutationPerRoute:
             )
         )
     return header_mutation_pb2.HeaderMutationPerRoute(mutations=mutations)
-
-
-def cache_cluster_name(route: str, cluster: str) -> str:
-    return f"cache.{route}.{cluster}"
 
 
 def cached_routes(view: GatewayView, features: Counter[str]) -> list[Route]:

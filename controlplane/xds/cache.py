@@ -55,6 +55,9 @@ class SnapshotCache:
         self._members: dict[int, bytes] = {}
         #: gateway -> Envoys connected to other live controllers
         self._remote: dict[str, int] = {}
+        #: gateways whose configuration failed to build before any was published: their
+        #: streams get no answer (an empty one would remove what the proxies run)
+        self._withheld: set[str] = set()
         self.ready = asyncio.Event()
         #: the database and revision the runner serves (None until loaded), which streams
         #: check what their proxies run against (no rollback, see ``guard.py``)
@@ -76,9 +79,19 @@ class SnapshotCache:
     def gateways(self) -> list[str]:
         return sorted(self._published)
 
+    def withhold(self, gateway: str) -> None:
+        """``gateway`` has a configuration that could not be built: until one is published,
+        its streams are not answered (rather than answered with an empty configuration)."""
+        if gateway not in self._published:
+            self._withheld.add(gateway)
+
+    def withheld(self, gateway: str) -> bool:
+        return gateway in self._withheld
+
     def publish(self, snapshot: Snapshot) -> None:
         previous = self._published.get(snapshot.gateway)
         self._published[snapshot.gateway] = snapshot
+        self._withheld.discard(snapshot.gateway)
         if previous is not None and previous is snapshot:
             return
         self._serve(snapshot.gateway)

@@ -169,6 +169,8 @@ class AdsStream:
         st.names = names
         first = not st.subscribed
         st.subscribed = True
+        if self.cache.withheld(self.proxy.gateway):  # type: ignore[union-attr]
+            return  # answered once the gateway's configuration builds (_on_snapshot)
         snap = self.cache.get(self.proxy.gateway)  # type: ignore[union-attr]
         if req.HasField("error_detail"):
             self._on_nack(req, snap)
@@ -233,7 +235,7 @@ class AdsStream:
     # -- pushes ---------------------------------------------------------------------------
 
     async def _on_snapshot(self) -> None:
-        if self._held():
+        if self.cache.withheld(self.proxy.gateway) or self._held():  # type: ignore[union-attr]
             return
         snap = self.cache.get(self.proxy.gateway)  # type: ignore[union-attr]
         for type_url in PUSH_ORDER:

@@ -17,6 +17,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import Message
 
 from ..errors import TranslationError
+from ..policy.reserved import REPLICAS_ASSIGNMENT, REPLICAS_CLUSTER, XDS_CLUSTER
 from ..translate import (
     CLUSTER,
     ENDPOINT,
@@ -135,6 +136,37 @@ def _database_of(version: str) -> str:
     return (parsed[0] or "") if parsed else ""
 
 
+#: names the bootstrap or the server itself gives, per type: no snapshot may carry them
+SERVER_NAMES = {
+    CLUSTER: frozenset({XDS_CLUSTER, REPLICAS_CLUSTER}),
+    ENDPOINT: frozenset({REPLICAS_ASSIGNMENT}),
+}
+
+
+def _refs(sources: Iterable[tuple[str, str]]) -> str:
+    return ", ".join(f"{kind} {name!r}" for kind, name in sources) or "the gateway"
+
+
+def _uniqueness_errors(resources: Resources) -> list[str]:
+    """Resources that would replace one another (or a resource of the bootstrap or the
+    server) in Envoy: each name is used once per type."""
+    out = []
+    for type_url, name, sources in resources.duplicates:
+        first = resources.sources.get((type_url, name), ())
+        out.append(
+            f"two {type_url.rsplit('.', 1)[-1]} resources are named {name!r} "
+            f"(from {_refs(first)} and from {_refs(sources)})"
+        )
+    for type_url, names in SERVER_NAMES.items():
+        for name in sorted(names & resources.by_type.get(type_url, {}).keys()):
+            out.append(
+                f"{type_url.rsplit('.', 1)[-1]} {name!r} (from "
+                f"{_refs(resources.sources.get((type_url, name), ()))}) has a name reserved "
+                "for the bootstrap or the controller"
+            )
+    return out
+
+
 def _consistency_errors(resources: Resources) -> list[str]:
     present = {(t, n) for t, items in resources.by_type.items() for n in items}
     out = []
@@ -160,6 +192,9 @@ def build_snapshot(
 
     Versions name the revision and the database (see ``guard.py``), so a proxy's reported
     version says which policy it runs."""
+    problems = _uniqueness_errors(resources)
+    if problems:
+        raise TranslationError(f"gateway {gateway!r}: conflicting names: {problems[0]}")
     problems = _consistency_errors(resources)
     if problems:
         raise TranslationError(f"gateway {gateway!r}: inconsistent configuration: {problems[0]}")

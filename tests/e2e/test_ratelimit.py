@@ -105,8 +105,14 @@ def test_gateway_default_and_route_off(cli, controller, envoy_factory, backends,
 
 
 BAD = [
-    (["plan", "add", "neg", "--limit", "-5/minute"], "greater than 0"),
-    (["plan", "add", "zero", "--limit", "0/minute"], "greater than 0"),
+    (
+        ["plan", "add", "neg", "--limit", "-5/minute"],
+        "-5 is out of range: must be an integer from 1 to 1000000000",
+    ),
+    (
+        ["plan", "add", "zero", "--limit", "0/minute"],
+        "0 is out of range: must be an integer from 1 to",
+    ),
     (["plan", "add", "unit", "--limit", "5/fortnight"], "per"),
     (["plan", "add", "burst", "--limit", "5/minute", "--burst", "2"], "burst"),
     (["plan", "add", "twice", "--limit", "5/minute", "--limit", "9/minute"], "one limit per unit"),

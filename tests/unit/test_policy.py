@@ -91,12 +91,12 @@ def _error(text: str) -> str:
         ),
         pytest.param(
             "gateways: [{name: web, port: 70000}]",
-            "gateways[0] 'web': port: Input should be less than or equal to 65535",
+            "gateways[0] 'web': port: 70000 is out of range: must be an integer from 1 to 65535",
             id="port-too-large",
         ),
         pytest.param(
             "gateways: [{name: web, port: 0}]",
-            "gateways[0] 'web': port: Input should be greater than or equal to 1",
+            "gateways[0] 'web': port: 0 is out of range: must be an integer from 1 to 65535",
             id="port-zero",
         ),
         pytest.param(
@@ -106,7 +106,7 @@ def _error(text: str) -> str:
         ),
         pytest.param(
             "gateways: [{name: web, port: eighty}]",
-            "gateways[0] 'web': port: Input should be a valid integer",
+            "gateways[0] 'web': port: must be an integer from 1 to 65535, not a string",
             id="wrong-type-int",
         ),
         pytest.param(
@@ -127,13 +127,14 @@ def _error(text: str) -> str:
             id="bad-duration",
         ),
         pytest.param(
-            "clusters: [{name: app, endpoints: ['10.0.0.1:80'], connect_timeout: 0.0005}]",
+            "clusters: [{name: app, endpoints: ['10.0.0.1:80'], connect_timeout: 0.0015}]",
             "clusters[0] 'app': connect_timeout: has a resolution of 1ms",
             id="duration-resolution",
         ),
         pytest.param(
             "clusters: [{name: app, endpoints: ['10.0.0.1:80'], connect_timeout: 0}]",
-            "clusters[0] 'app': connect_timeout: must be greater than zero",
+            "clusters[0] 'app': connect_timeout: 0 is out of range: "
+            "must be a duration from 1ms to 8760h",
             id="duration-zero",
         ),
         pytest.param(

@@ -157,7 +157,10 @@ def test_gateway_tls_settings() -> None:
         ({"certificates": []}, "tls.certificates: List should have at least 1 item"),
         ({"certificates": ["a", "a"]}, "tls.certificates: names must be unique"),
         ({"certificates": ["a"], "http_redirect_port": 443}, "must differ from the gateway's"),
-        ({"certificates": ["a"], "http_redirect_port": 0}, "tls.http_redirect_port: Input"),
+        (
+            {"certificates": ["a"], "http_redirect_port": 0},
+            "tls.http_redirect_port: 0 is out of range",
+        ),
     ):
         with pytest.raises(PolicyInvalid, match=expected):
             parse_object("gateway", {"name": "g", "port": 443, "tls": tls})
