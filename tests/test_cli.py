@@ -123,7 +123,7 @@ BAD_COMMANDS = {
     "header Envoy cannot set": (
         ["route", "update", "users-api", "--set-request-header", "host=x"],
         2,
-        "'host' cannot be changed here",
+        "'host' is reserved",
     ),
     "duplicate name": (
         ["cluster", "add", "users", "--endpoint", "127.0.0.1:1"],

@@ -16,6 +16,7 @@ import typer
 
 from ..errors import PolicyInvalid
 from ..policy import parse_object
+from ..policy.loader import decode
 from ..policy.ratelimit import parse_limit
 from .analytics import observability_fields
 from .context import ctx_of, finish_change
@@ -313,8 +314,8 @@ def jwt_provider_fields(
     _set(out, "audiences", audience)
     if jwks_file is not None:
         try:
-            with open(jwks_file, encoding="utf-8") as handle:
-                out["jwks"] = handle.read()
+            with open(jwks_file, "rb") as handle:
+                out["jwks"] = decode(handle.read(), f"--jwks-file {jwks_file}")
         except OSError as exc:
             raise PolicyInvalid(f"--jwks-file: cannot read {jwks_file}: {exc.strerror}") from None
         out["jwks_uri"] = None

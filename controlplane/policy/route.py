@@ -17,6 +17,7 @@ from .aggregate import Aggregate
 from .auth import AuthPolicy
 from .common import Duration, Hostname, Name, PolicyModel, Regex
 from .cors import CorsPolicy
+from .headers import check_no_controls, request_header_target, response_header_target
 from .proto import Proto, Transcoding
 from .ratelimit import RateLimit
 from .traffic import (
@@ -37,6 +38,7 @@ __all__ = [
     "QueryMatch",
     "Redirect",
     "RegexRewrite",
+    "RequestHeaderOps",
     "Retry",
     "Route",
     "RouteMatch",
@@ -71,16 +73,12 @@ def _header_name(value: str) -> str:
 
 
 def _mutable_header(value: str) -> str:
-    """Envoy refuses to add or remove pseudo-headers and ``host`` (use host_rewrite)."""
-    value = _header_name(value)
-    if value.startswith(":") or value == "host":
-        raise ValueError(f"{value!r} cannot be changed here (use host_rewrite for the host)")
-    return value
+    """A header a route may remove: Envoy refuses edits of pseudo-headers and ``host``."""
+    return response_header_target(value)
 
 
 def _header_value(value: str) -> str:
-    if any(c in value for c in "\r\n\0"):
-        raise ValueError("header values cannot contain CR, LF or NUL")
+    check_no_controls(value, "header value")
     header_template(value)  # placeholders are known, a literal % is written %%
     return value
 
@@ -225,12 +223,25 @@ class HeaderOps(PolicyModel):
     @field_validator("set", "add")
     @classmethod
     def _valid_pairs(cls, value: dict[str, str]) -> dict[str, str]:
-        return {_mutable_header(k): _header_value(v) for k, v in value.items()}
+        return {cls._target(k): _header_value(v) for k, v in value.items()}
 
     @field_validator("remove")
     @classmethod
     def _valid_names(cls, value: list[str]) -> list[str]:
         return [_mutable_header(v) for v in value]
+
+    @staticmethod
+    def _target(name: str) -> str:
+        return response_header_target(name)
+
+
+class RequestHeaderOps(HeaderOps):
+    """Request header changes; headers the gateway owns (the consumer identity, credentials,
+    forwarding and x-envoy-/x-gateway- headers) cannot be set or added."""
+
+    @staticmethod
+    def _target(name: str) -> str:
+        return request_header_target(name)
 
 
 class Redirect(PolicyModel):
@@ -281,7 +292,7 @@ class Route(PolicyModel):
     timeout: Duration | None = None
     idle_timeout: Duration | None = None
     retries: Retry | None = None
-    request_headers: HeaderOps | None = None
+    request_headers: RequestHeaderOps | None = None
     response_headers: HeaderOps | None = None
     auth: AuthPolicy | None = Field(
         None, description="who may call; unset: the gateway's default; {}: anyone"

@@ -21,6 +21,7 @@ from google.protobuf import struct_pb2, wrappers_pb2
 
 from ..policy import Gateway
 from ..policy.common import is_ip, parse_hostport
+from ..policy.headers import CONSUMER_HEADER
 from ..policy.observability import LOG_FIELDS, LogFormat
 from .cluster import endpoints_of
 from .common import duration, pack
@@ -32,7 +33,7 @@ XDS_CLUSTER = "xds_cluster"
 #: a name no policy cluster can have (policy names have no ':')
 SINK_CLUSTER = "analytics:sink"
 #: request headers the sink reads from each entry
-LOGGED_HEADERS = ["x-consumer-id"]
+LOGGED_HEADERS = [CONSUMER_HEADER]
 
 
 def access_logs(gateway: Gateway) -> list[accesslog_pb2.AccessLog]:
