@@ -8,6 +8,7 @@ from typing import ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from .common import Duration, Name, PolicyModel, parse_hostport
+from .headers import host_value, path_value
 
 __all__ = [
     "CircuitBreakers",
@@ -43,6 +44,16 @@ class HealthCheck(PolicyModel):
     unhealthy_threshold: int = Field(3, ge=1, le=100)
     expected_statuses: list[int] = Field(default_factory=lambda: [200])
     host: str | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        return None if value is None else host_value(value)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return path_value(value) or value
 
     @field_validator("expected_statuses")
     @classmethod

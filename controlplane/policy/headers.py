@@ -24,6 +24,8 @@ __all__ = [
     "RESERVED_REQUEST_HEADERS",
     "check_no_controls",
     "header_name",
+    "host_value",
+    "path_value",
     "request_header_target",
     "reserved_reason",
     "response_header_target",
@@ -72,6 +74,8 @@ RESERVED_REQUEST_HEADERS: dict[str, str] = {
     "x-request-id": "it identifies the request in logs and analytics",
 }
 
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _NAME_RE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 # C0 controls except tab, and DEL; C1 controls too (they survive UTF-8 into raw bytes)
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
@@ -131,4 +135,34 @@ def check_no_controls(value: str, what: str = "value") -> str:
     m = _CONTROL_RE.search(value)
     if m:
         raise ValueError(f"{what} {value!r} contains a control character ({m.group()!r})")
+    return value
+
+
+def host_value(value: str, *, port: bool = True) -> str:
+    """A host a header or a redirect carries: a DNS name or an IP address (IPv6 in
+    brackets), with ``:port`` when ``port``; lower case. Anything else (spaces, control
+    characters, a path, user info) is refused."""
+    from .common import is_ip, parse_hostport
+
+    check_no_controls(value, "host")
+    text = value.strip().lower()
+    if port and text.rpartition(":")[2].isdigit() and not is_ip(text):
+        parse_hostport(text)  # host:port or [v6]:port, each half checked
+        return text
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if is_ip(bare):
+        return f"[{bare}]" if ":" in bare else bare
+    if not _HOST_RE.match(text) or len(text) > 253:
+        raise ValueError(f"{value!r} is not a host name or IP address")
+    return text
+
+
+def path_value(value: str | None) -> str | None:
+    """A path (or prefix) that ends up in ``:path`` or a ``location``: starts with '/',
+    no spaces or control characters."""
+    if value is None:
+        return None
+    check_no_controls(value, "path")
+    if " " in value:
+        raise ValueError(f"{value!r}: a path cannot contain spaces (write %20)")
     return value

@@ -17,7 +17,13 @@ from .aggregate import Aggregate
 from .auth import AuthPolicy
 from .common import Duration, Hostname, Name, PolicyModel, Regex
 from .cors import CorsPolicy
-from .headers import check_no_controls, request_header_target, response_header_target
+from .headers import (
+    check_no_controls,
+    host_value,
+    path_value,
+    request_header_target,
+    response_header_target,
+)
 from .proto import Proto, Transcoding
 from .ratelimit import RateLimit
 from .traffic import (
@@ -153,7 +159,7 @@ class RouteMatch(PolicyModel):
     def _starts_with_slash(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith("/"):
             raise ValueError(f"{value!r} must start with '/'")
-        return value
+        return path_value(value)
 
     @field_validator("methods")
     @classmethod
@@ -253,6 +259,16 @@ class Redirect(PolicyModel):
     status: int = Field(302, description="301, 302, 303, 307 or 308")
     strip_query: bool = False
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        return None if value is None else host_value(value, port=False)
+
+    @field_validator("path", "prefix_rewrite")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        return path_value(value)
+
     @field_validator("status")
     @classmethod
     def _status(cls, value: int) -> int:
@@ -331,6 +347,16 @@ class Route(PolicyModel):
                 raise ValueError("set either gateway or gateways, not both")
             data["gateways"] = [single]
         return data
+
+    @field_validator("host_rewrite")
+    @classmethod
+    def _host_rewrite(cls, value: str | None) -> str | None:
+        return None if value is None else host_value(value)
+
+    @field_validator("prefix_rewrite")
+    @classmethod
+    def _prefix_rewrite(cls, value: str | None) -> str | None:
+        return path_value(value)
 
     @field_validator("gateways", "hosts")
     @classmethod
