@@ -308,6 +308,13 @@ def jwt_provider_fields(
     forward_token: Annotated[
         bool | None, typer.Option("--forward-token/--no-forward-token")
     ] = None,
+    allow_missing_exp: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-missing-exp/--require-exp",
+            help="Accept tokens without an exp claim (default: refused with 401).",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     _set(out, "issuer", issuer)
@@ -335,6 +342,8 @@ def jwt_provider_fields(
     _set(out, "consumer_claim", consumer_claim)
     if forward_token is not None:
         out["forward_token"] = forward_token
+    if allow_missing_exp is not None:
+        out["allow_missing_exp"] = allow_missing_exp
     return out
 
 

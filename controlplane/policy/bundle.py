@@ -155,7 +155,9 @@ class Bundle(BaseModel):
             )
         parsed: dict[str, list[PolicyModel]] = {}
         for kind, key in PLURALS.items():
-            items = data.get(key) or []
+            items = data.get(key)
+            if items is None:
+                items = []
             if not isinstance(items, list):
                 raise PolicyInvalid(f"{key}: must be a list")
             out = []

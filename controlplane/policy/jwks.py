@@ -39,23 +39,23 @@ _ALGS = {
 }
 
 
-def loads_strict(text: str, what: str) -> Any:
+def loads_strict(text: str) -> Any:
     """``json.loads`` that refuses duplicate member names and deep nesting with one line."""
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in items:
             if key in out:
-                raise ValueError(f"{what}: duplicate member {key!r}")
+                raise ValueError(f"duplicate member {key!r}")
             out[key] = value
         return out
 
     try:
         return json.loads(text, object_pairs_hook=pairs)
     except RecursionError:
-        raise ValueError(f"{what}: nested too deeply") from None
+        raise ValueError("is nested too deeply") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{what} is not JSON: {exc}") from None
+        raise ValueError(f"is not JSON: {exc}") from None
 
 
 def _bytes(key: dict[str, Any], param: str) -> bytes:
@@ -124,7 +124,7 @@ def check_jwks(text: str) -> str:
     """Refuse a key set Envoy would refuse, naming the key and the reason in one line."""
     if len(text.encode()) > MAX_JWKS_BYTES:
         raise ValueError(f"is larger than {MAX_JWKS_BYTES // 1024} KB")
-    data = loads_strict(text, "jwks")
+    data = loads_strict(text)
     keys = data.get("keys") if isinstance(data, dict) else None
     if not isinstance(keys, list) or not keys:
         raise ValueError('must be a JSON Web Key Set: {"keys": [...]} with at least one key')

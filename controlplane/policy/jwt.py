@@ -33,7 +33,8 @@ def _check_url(value: str, what: str) -> str:
     return value
 
 
-def _claim(value: str) -> str:
+def claim_name(value: str) -> str:
+    """A claim name a provider copies or a rule checks."""
     if not _CLAIM_RE.match(value):
         raise ValueError(
             f"{value!r} is not a claim name (1-128 letters, digits, '_', '-', '.', ':', '/')"
@@ -110,13 +111,13 @@ class JwtProvider(PolicyModel):
             target = request_header_target(header)
             if target in out.values():
                 raise ValueError(f"{target!r} is the target of two claims")
-            out[_claim(claim)] = target
+            out[claim_name(claim)] = target
         return out
 
     @field_validator("consumer_claim")
     @classmethod
     def _consumer_claim(cls, value: str) -> str:
-        return _claim(value)
+        return claim_name(value)
 
     @field_validator("query_params", "cookies")
     @classmethod
