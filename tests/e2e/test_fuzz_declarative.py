@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from controlplane.demo.echo import EchoServer
@@ -1022,6 +1022,35 @@ def _check(rig: Rig, data: bytes) -> None:
     rig.refused += 1
 
 
+def known_cases(port: int, aggregation_port: int, backend: str) -> list[bytes]:
+    """The instances an attack pass found, run first on every run (Phase.explicit)."""
+    gw = f"gateways: [{{name: {GATEWAY}, port: {port}, address: 127.0.0.1, "
+    gw += f"aggregation_port: {aggregation_port}}}]\n"
+    cl = f"clusters: [{{name: a, endpoints: ['{backend}']}}]\n"
+    provider = (
+        "jwt_providers: [{name: p, issuer: 'https://i.test', jwks_uri: 'https://i.test/k', "
+        "claims_to_headers: {who: HEADER}}]\n"
+    )
+    route = f"routes: [{{name: r, gateway: {GATEWAY}, ACTION}}]\n"
+    deep = "[" * 100_000 + "]" * 100_000
+    even = json.dumps({"keys": [{**RSA_JWK, "n": _b64(b"\xc0" + b"\x00" * 255)}]})
+    crlf = 'redirect: {host: "evil.test\\r\\nset-cookie: a=b"}'
+    docs = [
+        gw + cl + provider.replace("HEADER", "x-consumer-id"),
+        gw + cl + provider.replace("HEADER", "x-api-key"),
+        gw + cl + route.replace("ACTION", crlf),
+        gw + cl + "routes:\n- name: r\n  gateway: fuzz\n  cluster: a\n  auth: {api_key: true}\n"
+        "  auth: {}\n",
+        gw + cl + "plans: " + deep + "\n",
+        gw + cl + f"jwt_providers: [{{name: p, issuer: 'https://i.test', jwks: '{even}'}}]\n",
+        # numeric bounds (issue items 3 and Low): out of Envoy's range, infinity, a bool port
+        gw + cl.replace("]}]", "], circuit_breakers: {max_requests: 4294967296}}]"),
+        gw + cl + route.replace("ACTION", "cluster: a, timeout: .inf"),
+        gw.replace(f"{GATEWAY}, port: {port},", f"{GATEWAY}, port: true,") + cl,
+    ]
+    return [d.encode() for d in docs]
+
+
 def test_every_document_is_refused_cleanly_or_acked(rig: Rig) -> None:
     @settings(
         max_examples=EXAMPLES,
@@ -1036,6 +1065,8 @@ def test_every_document_is_refused_cleanly_or_acked(rig: Rig) -> None:
     def apply_document(data: bytes) -> None:
         _check(rig, data)
 
+    for case in known_cases(*rig.ports):
+        apply_document = example(case)(apply_document)
     apply_document()
     # the run must have exercised both outcomes, or it proved little
     assert rig.accepted > 0 and rig.refused > 0, (rig.accepted, rig.refused)

@@ -109,7 +109,8 @@ def test_rate_limit_round_trips_through_its_spec() -> None:
 
 
 # the generator point of P-256: a valid public key
-_X, _Y = "axfR8uEsQkf4vOblY6RA8ncDfYEt6zOg9KE5RdiYwpY", "T-NC4v4af5uO5-tKfA-eFivOM1drMV7Oy7ZAaDe_UfU"
+_X = "axfR8uEsQkf4vOblY6RA8ncDfYEt6zOg9KE5RdiYwpY"
+_Y = "T-NC4v4af5uO5-tKfA-eFivOM1drMV7Oy7ZAaDe_UfU"
 JWKS = json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k", "x": _X, "y": _Y}]})
 
 
