@@ -147,6 +147,9 @@ class Pools:
     aggregation_port: int
     backend: str
     budget: int = 0
+    #: one field in ``rate`` turns hostile (until the budget is spent): a high rate spends
+    #: it on the first objects, a low one reaches the last fields of the document
+    rate: int = 10
 
     def v(self, valid: T, bad: T | None = None) -> T:
         if self.clean:
@@ -155,7 +158,7 @@ class Pools:
 
         @st.composite
         def pick(draw: Any) -> Any:
-            if self.budget > 0 and draw(st.integers(0, 24)) == 0:
+            if self.budget > 0 and draw(st.integers(1, self.rate)) == 1:
                 self.budget -= 1
                 return draw(bad)
             return draw(valid)
@@ -894,7 +897,10 @@ def document(ports: tuple[int, int, str]) -> T:
     @st.composite
     def build(draw: Any) -> bytes:
         clean = draw(st.booleans())
-        p = Pools(clean, *ports, budget=0 if clean else draw(st.integers(1, 3)))
+        p = Pools(clean, *ports)
+        if not clean:
+            p.budget = draw(st.integers(1, 3))
+            p.rate = draw(st.sampled_from([3, 10, 40]))
         doc: dict[str, Any] = {"gateways": [draw(gateway(p))]}
         if draw(st.booleans()):
             doc["gateways"].append(draw(other_gateway(p)))
@@ -1044,7 +1050,9 @@ def known_cases(port: int, aggregation_port: int, backend: str) -> list[bytes]:
         gw + cl + "plans: " + deep + "\n",
         gw + cl + f"jwt_providers: [{{name: p, issuer: 'https://i.test', jwks: '{even}'}}]\n",
         # numeric bounds (issue items 3 and Low): out of Envoy's range, infinity, a bool port
-        gw + cl.replace("]}]", "], circuit_breakers: {max_requests: 4294967296}}]"),
+        gw
+        + cl.replace("]}]", "], circuit_breakers: {max_requests: 4294967296}}]")
+        + route.replace("ACTION", "cluster: a"),
         gw + cl + route.replace("ACTION", "cluster: a, timeout: .inf"),
         gw.replace(f"{GATEWAY}, port: {port},", f"{GATEWAY}, port: true,") + cl,
     ]
