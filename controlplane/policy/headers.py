@@ -90,8 +90,11 @@ def header_name(value: str) -> str:
 
 
 def reserved_reason(name: str, *, request: bool = True) -> str | None:
-    """Why the gateway keeps ``name`` for itself, or None when users may write it."""
-    name = name.lower()
+    """Why the gateway keeps ``name`` for itself, or None when users may write it.
+
+    Underscores count as dashes: CGI/WSGI backends read ``x_consumer_id`` and
+    ``x-consumer-id`` as the same header, so either spelling is reserved."""
+    name = name.lower().replace("_", "-")
     if name.startswith(":"):
         return "pseudo-headers are set by the HTTP protocol"
     if name in HOP_BY_HOP_HEADERS:

@@ -66,6 +66,9 @@ RESERVED = [
     "x-gateway-route-scope",
     "x-gateway-cache-key",
     "x-gateway-part",
+    "x_consumer_id",
+    "X_API-KEY",
+    "x_envoy_original_path",
 ]
 
 
