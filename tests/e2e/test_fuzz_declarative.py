@@ -16,7 +16,7 @@ types, duplicate names, dangling references, duplicate keys, deep nesting, bytes
 not UTF-8. Within a document either every value is drawn from the valid pools or values are
 drawn from both, so about half the documents exercise the accepted path.
 
-Bounded for CI: ``FUZZ_EXAMPLES`` examples (default 40), derandomised (the same documents on
+Bounded for CI: ``FUZZ_EXAMPLES`` examples (default 50), derandomised (the same documents on
 every run), no shrinking unless ``FUZZ_SHRINK=1``. ``FUZZ_EXAMPLES=500 FUZZ_SEED=random``
 explores further.
 """
@@ -45,7 +45,7 @@ from .harness import Cli, Controller, Envoy
 pytestmark = pytest.mark.e2e
 
 GATEWAY = "fuzz"
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
 SHRINK = os.environ.get("FUZZ_SHRINK") == "1"
 RANDOM = os.environ.get("FUZZ_SEED") == "random"
 
