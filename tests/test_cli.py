@@ -78,7 +78,38 @@ BAD_FILES = {
         GOOD.replace("timeout: 2s", "timeout: soon"),
         "timeout: 'soon' is not a duration",
     ),
+    "a second auth key": (
+        GOOD.replace("timeout: 2s", "timeout: 2s\n    auth: {api_key: true}\n    auth: {}"),
+        "stdin: duplicate key 'auth' at line 14 (first at line 13)",
+    ),
+    "deep nesting": ("routes: " + "[" * 50_000 + "]" * 50_000, "stdin: nested deeper than 64"),
+    "redirect host with CR/LF": (
+        GOOD.replace(
+            "cluster: users\n", 'redirect: {host: "a.test\\r\\nset-cookie: x=1"}\n'
+        ).replace("timeout: 2s", ""),
+        "redirect.host: host 'a.test\\r\\nset-cookie: x=1' contains a control character",
+    ),
+    "route sets the consumer header": (
+        GOOD.replace("timeout: 2s", "request_headers: {set: {X-Consumer-Id: admin}}"),
+        "request_headers.set: 'x-consumer-id' is reserved",
+    ),
 }
+
+
+@pytest.mark.parametrize("command", ["apply", "diff"])
+def test_files_that_are_not_utf8_or_repeat_keys(loaded: Cli, tmp_path: Path, command: str) -> None:
+    before = _state(loaded)
+    bad = tmp_path / "bad.yaml"
+    for data, expected in (
+        (GOOD.encode() + b"\n# \xff\n", "not UTF-8 text (byte"),
+        (GOOD.replace("port: 8080", "port: 8080, port: 8081").encode(), "duplicate key 'port'"),
+    ):
+        bad.write_bytes(data)
+        proc = loaded.run(command, "-f", str(bad), check=False)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert _state(loaded) == before
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
@@ -123,7 +154,7 @@ BAD_COMMANDS = {
     "header Envoy cannot set": (
         ["route", "update", "users-api", "--set-request-header", "host=x"],
         2,
-        "'host' cannot be changed here",
+        "'host' is reserved",
     ),
     "duplicate name": (
         ["cluster", "add", "users", "--endpoint", "127.0.0.1:1"],

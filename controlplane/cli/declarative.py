@@ -11,6 +11,7 @@ import yaml
 
 from ..errors import PolicyInvalid
 from ..policy import KINDS, Bundle
+from ..policy.loader import decode
 from ..store import ObjectChange, write_private_file
 from .context import ctx_of, finish_change
 from .output import Format, emit, stderr
@@ -25,12 +26,13 @@ FileOption = Annotated[
 
 def _read(path: str) -> Bundle:
     if path == "-":
-        text, source = sys.stdin.read(), "stdin"
+        data, source = sys.stdin.buffer.read(), "stdin"
     else:
         try:
-            text, source = Path(path).read_text(), path
+            data, source = Path(path).read_bytes(), path
         except OSError as exc:
             raise PolicyInvalid(f"{path}: cannot read: {exc.strerror}") from None
+    text = decode(data, source)
     # references may name objects already stored: the store checks them in the transaction
     return Bundle.from_text(text, source, self_contained=False)
 

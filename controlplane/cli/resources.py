@@ -16,6 +16,7 @@ import typer
 
 from ..errors import PolicyInvalid
 from ..policy import parse_object
+from ..policy.loader import decode
 from ..policy.ratelimit import parse_limit
 from .analytics import observability_fields
 from .context import ctx_of, finish_change
@@ -307,14 +308,21 @@ def jwt_provider_fields(
     forward_token: Annotated[
         bool | None, typer.Option("--forward-token/--no-forward-token")
     ] = None,
+    allow_missing_exp: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-missing-exp/--require-exp",
+            help="Accept tokens without an exp claim (default: refused with 401).",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     _set(out, "issuer", issuer)
     _set(out, "audiences", audience)
     if jwks_file is not None:
         try:
-            with open(jwks_file, encoding="utf-8") as handle:
-                out["jwks"] = handle.read()
+            with open(jwks_file, "rb") as handle:
+                out["jwks"] = decode(handle.read(), f"--jwks-file {jwks_file}")
         except OSError as exc:
             raise PolicyInvalid(f"--jwks-file: cannot read {jwks_file}: {exc.strerror}") from None
         out["jwks_uri"] = None
@@ -334,6 +342,8 @@ def jwt_provider_fields(
     _set(out, "consumer_claim", consumer_claim)
     if forward_token is not None:
         out["forward_token"] = forward_token
+    if allow_missing_exp is not None:
+        out["allow_missing_exp"] = allow_missing_exp
     return out
 
 

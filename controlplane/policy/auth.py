@@ -36,6 +36,17 @@ class AuthPolicy(PolicyModel):
                 raise ValueError(f"{scope!r} is not a scope (no spaces)")
         return value
 
+    @field_validator("claims")
+    @classmethod
+    def _claims(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from .jwt import claim_name
+
+        for claim, values in value.items():
+            claim_name(claim)
+            if not values:
+                raise ValueError(f"{claim!r}: list at least one accepted value")
+        return value
+
     @property
     def public(self) -> bool:
         return not self.jwt and not self.api_key

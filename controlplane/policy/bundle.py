@@ -20,6 +20,7 @@ from .common import PolicyModel
 from .consumer import ApiKey, Consumer
 from .gateway import Gateway
 from .jwt import JwtProvider
+from .loader import load_text
 from .proto import Proto
 from .ratelimit import Plan
 from .route import Route
@@ -154,7 +155,9 @@ class Bundle(BaseModel):
             )
         parsed: dict[str, list[PolicyModel]] = {}
         for kind, key in PLURALS.items():
-            items = data.get(key) or []
+            items = data.get(key)
+            if items is None:
+                items = []
             if not isinstance(items, list):
                 raise PolicyInvalid(f"{key}: must be a list")
             out = []
@@ -170,16 +173,7 @@ class Bundle(BaseModel):
     @classmethod
     def from_text(cls, text: str, source: str = "input", *, self_contained: bool = True) -> Bundle:
         """Parse a file; ``self_contained=False`` leaves references to the store to check."""
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or "not valid YAML"
-            raise PolicyInvalid(f"{source}: malformed YAML{where}: {problem}") from None
-        except ValueError as exc:  # an integer of thousands of digits (Python's int limit)
-            raise PolicyInvalid(f"{source}: malformed YAML: {str(exc).split(':')[0]}") from None
-        return cls.parse(data, self_contained=self_contained)
+        return cls.parse(load_text(text, source), self_contained=self_contained)
 
     def check(self, *, references: bool = True) -> None:
         """Unique names per kind and (optionally) resolvable references; raises PolicyInvalid."""

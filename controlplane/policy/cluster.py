@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .bounds import Count, CountOrZero, HttpStatus, Percent, Threshold, WholePercent
 from .common import Duration, Name, PolicyModel, parse_hostport
+from .headers import host_value, path_value
 
 __all__ = [
     "CircuitBreakers",
@@ -44,6 +45,16 @@ class HealthCheck(PolicyModel):
     unhealthy_threshold: Threshold = 3
     expected_statuses: list[HttpStatus] = Field(default_factory=lambda: [200])
     host: str | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        return None if value is None else host_value(value)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return path_value(value) or value
 
     @field_validator("expected_statuses")
     @classmethod

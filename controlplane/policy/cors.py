@@ -7,9 +7,11 @@ import re
 from pydantic import Field, field_validator, model_validator
 
 from .common import Duration, PolicyModel
+from .headers import header_name
 
 __all__ = ["CorsPolicy"]
 
+_METHOD = re.compile(r"^[A-Z]{1,20}$")
 _ORIGIN = re.compile(r"^(https?)://(\*\.)?[a-z0-9.-]+(:\d{1,5})?$")
 
 
@@ -43,7 +45,16 @@ class CorsPolicy(PolicyModel):
     @field_validator("allow_methods")
     @classmethod
     def _methods(cls, value: list[str]) -> list[str]:
-        return [m.upper() for m in value]
+        out = [m.upper() for m in value]
+        for method in out:
+            if not _METHOD.match(method):
+                raise ValueError(f"{method!r} is not an HTTP method")
+        return out
+
+    @field_validator("allow_headers", "expose_headers")
+    @classmethod
+    def _headers(cls, value: list[str]) -> list[str]:
+        return [h if h == "*" else header_name(h) for h in value]
 
     @model_validator(mode="after")
     def _credentials(self) -> CorsPolicy:

@@ -2,23 +2,43 @@
 
 from __future__ import annotations
 
-import json
+import re
 from typing import ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from .common import Duration, Name, PolicyModel
+from .headers import check_no_controls, header_name, request_header_target
+from .jwks import check_jwks
 
 __all__ = ["JwtProvider", "TokenHeader"]
 
-_KEY_PARAMS = {"RSA": ("n", "e"), "EC": ("crv", "x", "y"), "oct": ("k",), "OKP": ("crv", "x")}
+#: a claim name as Envoy's claim_to_headers and the RBAC metadata path read it
+_CLAIM_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
+#: query parameters and cookies the token may be read from
+_TOKEN_PLACE_RE = re.compile(r"^[A-Za-z0-9!#$&'*+.^_`|~-]{1,128}$")
 
 
 def _check_url(value: str, what: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    check_no_controls(value, f"the {what} URL")
+    try:
+        parts = urlsplit(value)
+        hostname = parts.hostname
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        hostname = None
+    if parts.scheme not in ("http", "https") or not hostname or " " in value:
         raise ValueError(f"{value!r} is not a valid http(s) URL for the {what}")
+    return value
+
+
+def claim_name(value: str) -> str:
+    """A claim name a provider copies or a rule checks."""
+    if not _CLAIM_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a claim name (1-128 letters, digits, '_', '-', '.', ':', '/')"
+        )
     return value
 
 
@@ -26,7 +46,19 @@ class TokenHeader(PolicyModel):
     """A header carrying the token, with the prefix before it (``Bearer `` by default)."""
 
     name: str = Field(min_length=1)
-    prefix: str = "Bearer "
+    prefix: str = Field("Bearer ", max_length=64)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value.startswith(":"):
+            raise ValueError(f"{value!r}: a token cannot be read from a pseudo-header")
+        return header_name(value)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return check_no_controls(value, "prefix")
 
 
 class JwtProvider(PolicyModel):
@@ -52,6 +84,9 @@ class JwtProvider(PolicyModel):
     )
     consumer_claim: str = Field("sub", description="The claim naming the consumer")
     forward_token: bool = Field(False, description="Pass the token on to the backend")
+    allow_missing_exp: bool = Field(
+        False, description="Accept tokens without an exp claim (they never expire)"
+    )
 
     @field_validator("issuer")
     @classmethod
@@ -66,30 +101,40 @@ class JwtProvider(PolicyModel):
     @field_validator("jwks")
     @classmethod
     def _jwks(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            data = json.loads(value)
-        except ValueError as exc:
-            raise ValueError(f"is not JSON: {exc}") from None
-        keys = data.get("keys") if isinstance(data, dict) else None
-        if not isinstance(keys, list) or not keys:
-            raise ValueError('must be a JSON Web Key Set: {"keys": [...]} with at least one key')
-        for i, key in enumerate(keys):
-            kty = key.get("kty") if isinstance(key, dict) else None
-            if kty not in _KEY_PARAMS:
-                raise ValueError(f"keys[{i}]: kty must be one of {', '.join(_KEY_PARAMS)}")
-            missing = [p for p in _KEY_PARAMS[kty] if not key.get(p)]
-            if missing:
-                raise ValueError(f"keys[{i}]: a {kty} key needs {', '.join(missing)}")
-        return value
+        return None if value is None else check_jwks(value)
 
     @field_validator("claims_to_headers")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        from .route import _mutable_header
+        out: dict[str, str] = {}
+        for claim, header in value.items():
+            target = request_header_target(header)
+            if target in out.values():
+                raise ValueError(f"{target!r} is the target of two claims")
+            out[claim_name(claim)] = target
+        return out
 
-        return {claim: _mutable_header(header) for claim, header in value.items()}
+    @field_validator("consumer_claim")
+    @classmethod
+    def _consumer_claim(cls, value: str) -> str:
+        return claim_name(value)
+
+    @field_validator("query_params", "cookies")
+    @classmethod
+    def _places(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not _TOKEN_PLACE_RE.match(item):
+                raise ValueError(f"{item!r} is not a query parameter or cookie name")
+        return value
+
+    @field_validator("audiences")
+    @classmethod
+    def _audiences(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not item:
+                raise ValueError("an audience cannot be empty")
+            check_no_controls(item, "audience")
+        return value
 
     @model_validator(mode="after")
     def _one_key_source(self) -> JwtProvider:

@@ -18,6 +18,13 @@ from .auth import AuthPolicy
 from .bounds import UINT32_MAX, HttpStatus, IntRange, Port, ResponseStatus, Weight
 from .common import Duration, Hostname, Name, PolicyModel, Regex
 from .cors import CorsPolicy
+from .headers import (
+    check_no_controls,
+    host_value,
+    path_value,
+    request_header_target,
+    response_header_target,
+)
 from .proto import Proto, Transcoding
 from .ratelimit import RateLimit
 from .traffic import (
@@ -38,6 +45,7 @@ __all__ = [
     "QueryMatch",
     "Redirect",
     "RegexRewrite",
+    "RequestHeaderOps",
     "Retry",
     "Route",
     "RouteMatch",
@@ -72,16 +80,12 @@ def _header_name(value: str) -> str:
 
 
 def _mutable_header(value: str) -> str:
-    """Envoy refuses to add or remove pseudo-headers and ``host`` (use host_rewrite)."""
-    value = _header_name(value)
-    if value.startswith(":") or value == "host":
-        raise ValueError(f"{value!r} cannot be changed here (use host_rewrite for the host)")
-    return value
+    """A header a route may remove: Envoy refuses edits of pseudo-headers and ``host``."""
+    return response_header_target(value)
 
 
 def _header_value(value: str) -> str:
-    if any(c in value for c in "\r\n\0"):
-        raise ValueError("header values cannot contain CR, LF or NUL")
+    check_no_controls(value, "header value")
     header_template(value)  # placeholders are known, a literal % is written %%
     return value
 
@@ -156,7 +160,7 @@ class RouteMatch(PolicyModel):
     def _starts_with_slash(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith("/"):
             raise ValueError(f"{value!r} must start with '/'")
-        return value
+        return path_value(value)
 
     @field_validator("methods")
     @classmethod
@@ -226,12 +230,25 @@ class HeaderOps(PolicyModel):
     @field_validator("set", "add")
     @classmethod
     def _valid_pairs(cls, value: dict[str, str]) -> dict[str, str]:
-        return {_mutable_header(k): _header_value(v) for k, v in value.items()}
+        return {cls._target(k): _header_value(v) for k, v in value.items()}
 
     @field_validator("remove")
     @classmethod
     def _valid_names(cls, value: list[str]) -> list[str]:
         return [_mutable_header(v) for v in value]
+
+    @staticmethod
+    def _target(name: str) -> str:
+        return response_header_target(name)
+
+
+class RequestHeaderOps(HeaderOps):
+    """Request header changes; headers the gateway owns (the consumer identity, credentials,
+    forwarding and x-envoy-/x-gateway- headers) cannot be set or added."""
+
+    @staticmethod
+    def _target(name: str) -> str:
+        return request_header_target(name)
 
 
 class Redirect(PolicyModel):
@@ -242,6 +259,16 @@ class Redirect(PolicyModel):
     prefix_rewrite: str | None = None
     status: ResponseStatus = Field(302, description="301, 302, 303, 307 or 308")
     strip_query: bool = False
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        return None if value is None else host_value(value, port=False)
+
+    @field_validator("path", "prefix_rewrite")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        return path_value(value)
 
     @field_validator("status")
     @classmethod
@@ -282,7 +309,7 @@ class Route(PolicyModel):
     timeout: Duration | None = None
     idle_timeout: Duration | None = None
     retries: Retry | None = None
-    request_headers: HeaderOps | None = None
+    request_headers: RequestHeaderOps | None = None
     response_headers: HeaderOps | None = None
     auth: AuthPolicy | None = Field(
         None, description="who may call; unset: the gateway's default; {}: anyone"
@@ -321,6 +348,16 @@ class Route(PolicyModel):
                 raise ValueError("set either gateway or gateways, not both")
             data["gateways"] = [single]
         return data
+
+    @field_validator("host_rewrite")
+    @classmethod
+    def _host_rewrite(cls, value: str | None) -> str | None:
+        return None if value is None else host_value(value)
+
+    @field_validator("prefix_rewrite")
+    @classmethod
+    def _prefix_rewrite(cls, value: str | None) -> str | None:
+        return path_value(value)
 
     @field_validator("gateways", "hosts")
     @classmethod

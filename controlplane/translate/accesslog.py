@@ -21,6 +21,7 @@ from google.protobuf import struct_pb2, wrappers_pb2
 
 from ..policy import Gateway
 from ..policy.common import is_ip, parse_hostport
+from ..policy.headers import CONSUMER_HEADER
 from ..policy.observability import LOG_FIELDS, LogFormat
 from ..policy.reserved import SINK_CLUSTER, XDS_CLUSTER
 from .cluster import endpoints_of
@@ -29,7 +30,7 @@ from .common import duration, pack
 __all__ = ["SINK_CLUSTER", "XDS_CLUSTER", "access_logs", "sink_cluster"]
 
 #: request headers the sink reads from each entry
-LOGGED_HEADERS = ["x-consumer-id"]
+LOGGED_HEADERS = [CONSUMER_HEADER]
 
 
 def access_logs(gateway: Gateway) -> list[accesslog_pb2.AccessLog]:

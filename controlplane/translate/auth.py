@@ -39,6 +39,7 @@ from google.protobuf import any_pb2
 
 from ..policy import ApiKey, AuthPolicy, Consumer, Gateway, JwtProvider, Route
 from ..policy.cors import CorsPolicy
+from ..policy.headers import API_KEY_HEADER, CONSUMER_HEADER
 from ..policy.proto import Proto
 from ..policy.ratelimit import RateLimit
 from ..policy.reserved import jwks_cluster_name
@@ -66,8 +67,6 @@ STRIP_FILTER = "gateway.strip_identity"
 JWT_FILTER = "gateway.jwt_authn"
 API_KEY_FILTER = "gateway.api_key_auth"
 RBAC_FILTER = "gateway.rbac"
-CONSUMER_HEADER = "x-consumer-id"
-API_KEY_HEADER = "x-api-key"
 JWT_NAMESPACE = "envoy.filters.http.jwt_authn"
 JWT_PAYLOAD = "jwt_payload"
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
@@ -137,6 +136,7 @@ def _provider(provider: JwtProvider) -> jwt.JwtProvider:
         issuer=provider.issuer,
         audiences=provider.audiences,
         forward=provider.forward_token,
+        require_expiration=not provider.allow_missing_exp,
         clock_skew_seconds=max(1, int(duration(provider.clock_skew).seconds)),
         payload_in_metadata=JWT_PAYLOAD,
         from_headers=[jwt.JwtHeader(name=h.name, value_prefix=h.prefix) for h in provider.headers],

@@ -45,6 +45,7 @@ from envoy.type.v3 import http_status_pb2, percent_pb2, token_bucket_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from ..policy import Consumer, Route
+from ..policy.headers import CONSUMER_HEADER
 from ..policy.ratelimit import SECONDS, Limit, Per, Plan, RateLimit
 from ..policy.reserved import REPLICAS_ASSIGNMENT
 from .auth import RouteContext
@@ -63,7 +64,6 @@ __all__ = [
 ]
 
 RATE_LIMIT_FILTER = "gateway.local_ratelimit"
-CONSUMER_HEADER = "x-consumer-id"
 #: the bootstrap's local cluster: its members are the Envoys serving the gateway
 REPLICAS = REPLICAS_ASSIGNMENT
 #: route metadata namespace holding the route's policy name

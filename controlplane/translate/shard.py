@@ -35,6 +35,7 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
 )
 
 from ..policy import Route
+from ..policy.headers import GATEWAY_HEADER_PREFIX
 from .common import ads_source, pack
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 #: request header carrying the shard key; set by the gateway, never taken from the client
-SCOPE_HEADER = "x-gateway-route-scope"
+SCOPE_HEADER = GATEWAY_HEADER_PREFIX + "route-scope"
 #: the key lengths considered: "/" plus at least one character, every length up to 16
 LENGTHS = (*range(2, 17), 20, 24, 32)
 

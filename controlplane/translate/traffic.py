@@ -55,6 +55,7 @@ from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from ..policy import Gateway, Route
 from ..policy.common import duration_ms
+from ..policy.headers import GATEWAY_HEADER_PREFIX
 from ..policy.reserved import cache_cluster_name
 from ..policy.traffic import Compression, CompressionAlgorithm, header_template
 from .auth import CONSUMER_HEADER, JWT_NAMESPACE, JWT_PAYLOAD
@@ -87,7 +88,7 @@ BODY_FILTER = "gateway.body_transform"
 COMPRESS_PREFIX = "gateway.compress."
 #: request header with a cached route's key: its cache generation and, if asked, the
 #: consumer; set before the cache filter and removed before the request leaves Envoy
-CACHE_KEY_HEADER = "x-gateway-cache-key"
+CACHE_KEY_HEADER = GATEWAY_HEADER_PREFIX + "cache-key"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 #: query parameter the cache key is carried in: Envoy's cache keys on host, path and query
 #: only, so ``gateway.cache_key`` appends the key header's value to the query

@@ -56,6 +56,7 @@ class Signer:
             "exp": now + 600,
             **claims,
         }
+        payload = {k: v for k, v in payload.items() if v is not None}  # exp=None: no exp
         head = _b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": self.kid}).encode())
         body = _b64(json.dumps(payload).encode())
         signature = self.key.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
@@ -162,6 +163,33 @@ def test_jwt(secured, gateway_port, signer) -> None:  # type: ignore[no-untyped-
     # a public route next to protected ones; client identity headers never pass through
     status, _, body = _seen(port, "/open", {"x-consumer-id": "spoofed"})
     assert status == 200 and "x-consumer-id" not in body["headers"]
+
+
+def test_tokens_need_exp_and_claims_cannot_pose_as_consumers(
+    secured, cli, gateway_port, signer
+) -> None:  # type: ignore[no-untyped-def]
+    """A token without exp is refused unless the provider allows it; a claim can never be
+    written into x-consumer-id, so consumer rules see only the authenticated identity."""
+    port = gateway_port
+    no_exp = signer.token(exp=None)
+    assert _seen(port, "/jwt", _bearer(no_exp))[0] == 401
+    cli.run("jwt-provider", "update", "corp", "--allow-missing-exp", "--wait")
+    status, _, body = _seen(port, "/jwt", _bearer(no_exp))
+    assert status == 200 and body["headers"]["x-consumer-id"] == "acme"
+    cli.run("jwt-provider", "update", "corp", "--require-exp", "--wait")
+    assert _seen(port, "/jwt", _bearer(no_exp))[0] == 401
+
+    before = cli.run("export").stdout
+    for header in ("x-consumer-id", "X-Api-Key", "x-envoy-original-path", "x-forwarded-for"):
+        proc = cli.run(
+            "jwt-provider", "update", "corp", "--claim-header", f"who={header}", check=False
+        )
+        assert proc.returncode == 2 and "is reserved" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert cli.run("export").stdout == before
+    token = signer.token(who="globex", tenant="t1")
+    status, _, body = _seen(port, "/jwt", _bearer(token))
+    assert status == 200 and body["headers"]["x-consumer-id"] == "acme"
 
 
 def test_api_keys(secured, cli, controller, gateway_port, signer) -> None:  # type: ignore[no-untyped-def]
@@ -305,6 +333,15 @@ def test_remote_jwks_rotation(cli, controller, envoy_factory, backends, gateway_
         jwks.server.shutdown()
 
 
+_REMOTE_PROVIDER = [
+    "jwt-provider",
+    "add",
+    "p",
+    "--issuer",
+    ISSUER,
+    "--jwks-uri",
+    "https://j.test/k",
+]
 BAD = {
     "unknown provider": (
         ["route", "add", "r", "--gateway", "public", "--cluster", "alpha", "--auth-jwt", "nobody"],
@@ -313,6 +350,18 @@ BAD = {
     "malformed jwks": (
         ["jwt-provider", "add", "p", "--issuer", ISSUER, "--jwks-file", "{bad}"],
         "jwks: is not JSON",
+    ),
+    "claim into the consumer header": (
+        [*_REMOTE_PROVIDER, "--claim-header", "name=X-Consumer-ID"],
+        "claims_to_headers: 'x-consumer-id' is reserved",
+    ),
+    "claim into the api key header": (
+        [*_REMOTE_PROVIDER, "--claim-header", "k=x-api-key"],
+        "claims_to_headers: 'x-api-key' is reserved",
+    ),
+    "invalid rsa modulus": (
+        ["jwt-provider", "add", "p", "--issuer", ISSUER, "--jwks-file", "{badkey}"],
+        "jwks: keys[0]: n is not an RSA modulus",
     ),
     "invalid issuer": (
         [
@@ -349,8 +398,11 @@ def test_bad_auth_input_changes_nothing(cli, tmp_path: Path, case: str) -> None:
     cli.run("gateway", "add", "public", "--port", "8080")
     cli.run("cluster", "add", "alpha", "--endpoint", "127.0.0.1:9")
     args, expected = BAD[case]
-    args = [str(tmp_path / "bad.json") if a == "{bad}" else a for a in args]
-    (tmp_path / "bad.json").write_text("{not json")
+    files = {"{bad}": tmp_path / "bad.json", "{badkey}": tmp_path / "badkey.json"}
+    args = [str(files[a]) if a in files else a for a in args]
+    files["{bad}"].write_text("{not json")
+    even = Signer("k").jwk() | {"n": _b64(b"\xc0" + b"\x00" * 255)}  # an even modulus
+    files["{badkey}"].write_text(json.dumps({"keys": [even]}))
     before = cli.run("export").stdout
     proc = cli.run(*args, check=False)
     assert proc.returncode == 2, proc.stderr

@@ -108,8 +108,10 @@ def test_rate_limit_round_trips_through_its_spec() -> None:
         assert RateLimit.model_validate(policy.spec()) == policy
 
 
-_XY = "A" * 43
-JWKS = json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k", "x": _XY, "y": _XY}]})
+# the generator point of P-256: a valid public key
+_X = "axfR8uEsQkf4vOblY6RA8ncDfYEt6zOg9KE5RdiYwpY"
+_Y = "T-NC4v4af5uO5-tKfA-eFivOM1drMV7Oy7ZAaDe_UfU"
+JWKS = json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k", "x": _X, "y": _Y}]})
 
 
 def test_both_routes_of_an_either_credential_route_share_one_budget() -> None:
