@@ -83,7 +83,7 @@ def gateway_fields(
         str | None, typer.Option(help="Paths with ';' (path parameters): reject or allow.")
     ] = None,
     underscore_headers: Annotated[
-        str | None, typer.Option(help="Header names with '_': drop or reject (400).")
+        str | None, typer.Option(help="Header names with '_': reject (400) or drop.")
     ] = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}

@@ -64,11 +64,11 @@ class Gateway(PolicyModel):
         "routing): refused with 400, or allowed (then every backend must read them as Envoy "
         "matches them: as part of the segment)",
     )
-    underscore_headers: Literal["drop", "reject"] = Field(
-        "drop",
+    underscore_headers: Literal["reject", "drop"] = Field(
+        "reject",
         description="request headers with '_' in their name (CGI/WSGI backends read "
-        "x_consumer_id as x-consumer-id): dropped before any filter sees them, or the "
-        "request refused with 400",
+        "x_consumer_id as x-consumer-id): the request refused with 400 (Envoy's edge "
+        "recommendation), or the headers dropped before any filter sees them",
     )
 
     @field_validator("address")

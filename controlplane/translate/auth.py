@@ -128,8 +128,8 @@ def _providers(view: GatewayView) -> list[JwtProvider]:
 
 def strip_filter(view: GatewayView) -> header_mutation_pb2.HeaderMutation:
     """Client-sent copies of every header the gateway sets as identity. Other spellings of
-    them (``x_consumer_id``) never get this far: the listener drops header names with
-    underscores, and Envoy compares names without case."""
+    them (``x_consumer_id``) never get this far: the listener refuses (or drops) header
+    names with underscores, and Envoy compares names without case."""
     headers = {CONSUMER_HEADER, KEY_CLIENT_HEADER}
     for provider in _providers(view):
         headers.update(provider.claims_to_headers.values())

@@ -41,8 +41,9 @@ def request_hygiene(gateway: Gateway, hcm: hcm_pb2.HttpConnectionManager) -> Non
     * Encoded slashes (%2F, %5C) are not decoded by normalisation, yet most backends decode
       them: they are redirected to the decoded path (which is then routed like any request)
       or refused, per gateway.
-    * Header names with underscores are dropped (or refused): CGI/WSGI backends merge
-      ``x_consumer_id`` into ``x-consumer-id``, past the identity-header strip.
+    * Requests with header names with underscores are refused (or the headers dropped):
+      CGI/WSGI backends merge ``x_consumer_id`` into ``x-consumer-id``, past the
+      identity-header strip.
     """
     hcm.normalize_path.value = True
     hcm.merge_slashes = True
