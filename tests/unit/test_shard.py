@@ -65,6 +65,27 @@ def test_no_sharding_when_a_route_has_no_literal_or_matches_everything() -> None
     assert _choose(same) is None
 
 
+def test_no_length_where_two_keys_differ_only_in_case() -> None:
+    """Routes ignore case, a request's key keeps its own (ADR 0022): with /R/... next to
+    /r/..., keys of 2 characters ("/r", "/R") would send /R/00001 to the /R shard, where
+    the route for /r/00001 is not."""
+    routes = _bench_like(10_000)
+    assert _choose(routes, min_routes=2000) == 6
+    upper = [_route("upper", path_prefix="/R/00042-upper")]
+    plan = _plan(routes + upper)
+    assert all(plan.case_clash(n) for n in range(2, 9))  # up to the shortest literal
+    assert choose_length(plan, 10_001, 2000) is None  # so one table
+    plan.remove(literal(upper[0]))
+    assert not plan.case_clash(2) and choose_length(plan, 10_000, 2000) == 6
+
+
+def test_a_prefix_with_a_trailing_slash_has_the_literal_without_it() -> None:
+    # its twin matches the path without the slash, which must be in the same shard
+    assert literal(_route("a", path_prefix="/users/")) == "/users"
+    assert literal(_route("b", path="/users/")) == "/users/"  # no twin for exact "/a/"
+    assert literal(_route("c", path_prefix="/")) == "/"
+
+
 def test_length_depends_on_the_routes_only() -> None:
     routes = _bench_like(10_000)
     shorter = [*routes, _route("short", path_prefix="/r/05")]  # literal of 5 characters
