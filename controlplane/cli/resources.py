@@ -76,9 +76,22 @@ def gateway_fields(
         int | None,
         typer.Option(help="Internal port aggregate routes call their parts through [18081]."),
     ] = None,
+    escaped_slashes: Annotated[
+        str | None,
+        typer.Option(help="Paths with %2F/%5C: redirect (to the decoded path) or reject."),
+    ] = None,
+    path_semicolons: Annotated[
+        str | None, typer.Option(help="Paths with ';' (path parameters): reject or allow.")
+    ] = None,
+    underscore_headers: Annotated[
+        str | None, typer.Option(help="Header names with '_': reject (400) or drop.")
+    ] = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     _set(out, "port", port)
+    _set(out, "escaped_slashes", escaped_slashes)
+    _set(out, "path_semicolons", path_semicolons)
+    _set(out, "underscore_headers", underscore_headers)
     _set(out, "aggregation_port", aggregation_port)
     _set(out, "address", address)
     _set(out, "hostnames", hostname)

@@ -1,15 +1,15 @@
 """A small HTTP echo backend for demos and tests.
 
-Each request is answered with JSON describing what arrived (method, path, headers, body) and
-an `x-backend` header naming the server, so a test talking through Envoy can tell which
-upstream served it and what Envoy added or removed. Two request headers steer the reply:
-`x-echo-status: NNN` picks the status code and `x-echo-delay-ms: N` delays it (for retry,
-timeout and outlier tests); `x-echo-cache-control: V` sends `Cache-Control: V` back and
-`x-echo-pad: N` adds N bytes of padding to the JSON (caching and compression tests). A test
-holding the server can also make it fail: `fail_next = N` answers the next N requests with
-`fail_status`, `status = 503` answers every request so. `GET /__echo/hits` reports the
-request count without counting itself, so a test can ask a backend directly how much
-traffic reached it.
+Each request is answered with JSON describing what arrived (method, path, headers, every
+header line as sent, body) and an `x-backend` header naming the server, so a test talking
+through Envoy can tell which upstream served it and what Envoy added or removed. Two
+request headers steer the reply: `x-echo-status: NNN` picks the status code and
+`x-echo-delay-ms: N` delays it (for retry, timeout and outlier tests);
+`x-echo-cache-control: V` sends `Cache-Control: V` back and `x-echo-pad: N` adds N bytes
+of padding to the JSON (caching and compression tests). A test holding the server can also
+make it fail: `fail_next = N` answers the next N requests with `fail_status`,
+`status = 503` answers every request so. `GET /__echo/hits` reports the request count
+without counting itself, so a test can ask a backend directly how much traffic reached it.
 
 Runs in-process (`EchoServer`) for tests and as `python -m controlplane.demo.echo` for the
 docker-compose demo backends. Standard library only.
@@ -136,6 +136,9 @@ class _EchoHandler(BaseHTTPRequestHandler):
             "method": self.command,
             "path": self.path,
             "headers": {name.lower(): value for name, value in self.headers.items()},
+            # every header line as sent, in order: duplicates and spellings a framework
+            # would merge (x_consumer_id, X-Consumer-Id) stay visible
+            "header_lines": [[name, value] for name, value in self.headers.items()],
             "body": body.decode("utf-8", "replace"),
         }
         pad = self.headers.get("x-echo-pad", "")

@@ -7,7 +7,7 @@ configuration and several gateways can reuse a port on different hosts.
 from __future__ import annotations
 
 import ipaddress
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -50,6 +50,24 @@ class Gateway(PolicyModel):
         18081,
         description="port of the internal listener aggregate routes call their parts through "
         "(opened only when the gateway has aggregate routes)",
+    )
+    escaped_slashes: Literal["redirect", "reject"] = Field(
+        "redirect",
+        description="paths with %2F or %5C (encoded / and \\): redirect to the decoded, "
+        "normalised path (routed again, so it meets that path's authentication), or refuse "
+        "with 400; never forwarded encoded to a route chosen on the encoded form",
+    )
+    path_semicolons: Literal["reject", "allow"] = Field(
+        "reject",
+        description="paths with ';' or %3B (path parameters, which many backends strip before "
+        "routing): refused with 400, or allowed (then every backend must read them as Envoy "
+        "matches them: as part of the segment)",
+    )
+    underscore_headers: Literal["reject", "drop"] = Field(
+        "reject",
+        description="request headers with '_' in their name (CGI/WSGI backends read "
+        "x_consumer_id as x-consumer-id): the request refused with 400 (Envoy's edge "
+        "recommendation), or the headers dropped before any filter sees them",
     )
 
     @field_validator("address")

@@ -5,8 +5,10 @@ Everything is enforced by Envoy filters; nothing calls into Python per request.
 * ``gateway.strip_identity`` (header_mutation) removes client-sent copies of the identity
   headers first, so only the gateway can set ``x-consumer-id`` and claim headers.
 * ``gateway.jwt_authn`` checks tokens; the consumer claim becomes ``x-consumer-id``.
-* ``gateway.api_key_auth`` checks ``x-api-key``; the key's consumer becomes ``x-consumer-id``
-  and the key is not forwarded.
+* ``gateway.api_key_auth`` checks ``x-api-key`` and passes the key's consumer (and expiry)
+  to ``gateway.api_key_expiry`` in an internal header; the key is not forwarded.
+* ``gateway.api_key_expiry`` (Lua) refuses a key past its expiry by Envoy's own clock, so an
+  expired key stops working even while the controller is down, and sets ``x-consumer-id``.
 * ``gateway.rbac`` applies per-route rules (scopes, claims, consumers, groups) -> 403.
 
 Filter configs that depend on policy objects (providers, keys) are delivered over ECDS, so a
@@ -31,6 +33,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2 as apikey
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
@@ -51,12 +54,15 @@ __all__ = [
     "API_KEY_FILTER",
     "CONSUMER_HEADER",
     "JWT_FILTER",
+    "KEY_CLIENT_HEADER",
+    "KEY_EXPIRY_FILTER",
     "RBAC_FILTER",
     "STRIP_FILTER",
     "RouteContext",
     "api_key_filter",
     "jwks_clusters",
     "jwt_filter",
+    "key_expiry_filter",
     "rbac_filter_config",
     "route_context",
     "route_variants",
@@ -66,7 +72,12 @@ __all__ = [
 STRIP_FILTER = "gateway.strip_identity"
 JWT_FILTER = "gateway.jwt_authn"
 API_KEY_FILTER = "gateway.api_key_auth"
+KEY_EXPIRY_FILTER = "gateway.api_key_expiry"
 RBAC_FILTER = "gateway.rbac"
+#: where api_key_auth puts the key's client ("<consumer>" or "<consumer> <expiry, epoch s>")
+#: for the expiry check; removed from client requests and never forwarded (a reserved
+#: ``x-gateway-`` name, policy/headers.py)
+KEY_CLIENT_HEADER = "x-gateway-key-client"
 JWT_NAMESPACE = "envoy.filters.http.jwt_authn"
 JWT_PAYLOAD = "jwt_payload"
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
@@ -117,7 +128,10 @@ def _providers(view: GatewayView) -> list[JwtProvider]:
 
 
 def strip_filter(view: GatewayView) -> header_mutation_pb2.HeaderMutation:
-    headers = {CONSUMER_HEADER}
+    """Client-sent copies of every header the gateway sets as identity. Other spellings of
+    them (``x_consumer_id``) never get this far: the listener refuses (or drops) header
+    names with underscores, and Envoy compares names without case."""
+    headers = {CONSUMER_HEADER, KEY_CLIENT_HEADER}
     for provider in _providers(view):
         headers.update(provider.claims_to_headers.values())
     return header_mutation_pb2.HeaderMutation(
@@ -172,7 +186,10 @@ def jwt_filter(view: GatewayView, requirements: list[tuple[str, ...]]) -> jwt.Jw
     """Every provider, and one named requirement per set of providers routes accept."""
     config = jwt.JwtAuthentication(
         providers={p.name: _provider(p) for p in _providers(view)},
-        bypass_cors_preflight=True,
+        # A real preflight on a route with a CORS policy is answered by the cors filter
+        # before this one; anything preflight-shaped that reaches here is authenticated
+        # like any request (no CORS policy, an origin not allowed).
+        bypass_cors_preflight=False,
     )
     for names in requirements:
         config.requirement_map[_requirement_name(names)].CopyFrom(_requirement(names))
@@ -196,14 +213,54 @@ def _requirement(providers: tuple[str, ...]) -> jwt.JwtRequirement:
 def api_key_filter(view: GatewayView, now: datetime | None = None) -> apikey.ApiKeyAuth:
     """Every unexpired key with its consumer; expired keys are simply absent."""
     now = now or datetime.now(UTC)
-    keys = sorted(
-        (k for k in _objects(view, "api_key").values() if not k.expired(now)),  # type: ignore[attr-defined]
-        key=lambda k: k.name,  # type: ignore[attr-defined]
-    )
+    stored = cast(Mapping[str, ApiKey], _objects(view, "api_key"))
+    keys = sorted((k for k in stored.values() if not k.expired(now)), key=lambda k: k.name)
     return apikey.ApiKeyAuth(
-        credentials=[apikey.Credential(key=k.key, client=k.consumer) for k in keys],  # type: ignore[attr-defined]
+        credentials=[apikey.Credential(key=k.key, client=key_client(k)) for k in keys],
         key_sources=[apikey.KeySource(header=API_KEY_HEADER)],
-        forwarding=apikey.Forwarding(header=CONSUMER_HEADER, hide_credentials=True),
+        forwarding=apikey.Forwarding(header=KEY_CLIENT_HEADER, hide_credentials=True),
+    )
+
+
+def key_client(key: ApiKey) -> str:
+    """The client api_key_auth forwards for a key: its consumer, and the second from which
+    it is refused at the edge (whole seconds, rounded down: never accepted late)."""
+    if key.expires_at is None:
+        return key.consumer
+    return f"{key.consumer} {int(key.expires_at.timestamp())}"
+
+
+#: Runs after api_key_auth where a route accepts keys. Keys without expiry cost a header
+#: lookup and a pattern match; os.time() is Envoy's wall clock (ADR 0022).
+_EXPIRY_LUA = f"""
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local client = headers:get("{KEY_CLIENT_HEADER}")
+  if client == nil then
+    return
+  end
+  headers:remove("{KEY_CLIENT_HEADER}")
+  local consumer, expires = string.match(client, "^(%S+) (%d+)$")
+  if consumer == nil then
+    consumer = client
+  elseif os.time() >= tonumber(expires) then
+    handle:respond(
+      {{[":status"] = "401", ["www-authenticate"] = 'ApiKey realm="gateway", error="expired"'}},
+      "API key expired\\n")
+    return
+  end
+  headers:replace("{CONSUMER_HEADER}", consumer)
+end
+"""
+
+
+_EXPIRY_SOURCE = "key_expiry"
+
+
+def key_expiry_filter() -> lua_pb2.Lua:
+    """The script is named, not the default: a route runs it by naming it (below)."""
+    return lua_pb2.Lua(
+        source_codes={_EXPIRY_SOURCE: base_pb2.DataSource(inline_string=_EXPIRY_LUA)}
     )
 
 
@@ -257,8 +314,10 @@ def jwks_clusters(view: GatewayView) -> list[cluster_pb2.Cluster]:
 
 
 _API_KEY_ROUTE = apikey.ApiKeyAuthPerRoute(
-    forwarding=apikey.Forwarding(header=CONSUMER_HEADER, hide_credentials=True)
+    forwarding=apikey.Forwarding(header=KEY_CLIENT_HEADER, hide_credentials=True)
 )
+#: turns the expiry check (off in the chain) on for a route that accepts keys
+_KEY_EXPIRY_ROUTE = lua_pb2.LuaPerRoute(name="key_expiry")
 
 
 def effective_auth(route: Route, context: RouteContext) -> AuthPolicy | None:
@@ -424,5 +483,6 @@ def _configure(
         )
     if api_key:  # a route's settings replace the filter's: forwarding is repeated
         per[API_KEY_FILTER].CopyFrom(pack(_API_KEY_ROUTE))
+        per[KEY_EXPIRY_FILTER].CopyFrom(pack(_KEY_EXPIRY_ROUTE))
     if rules is not None and context is not None:
         per[RBAC_FILTER].CopyFrom(pack(_rules(rules, context, via_jwt=jwt_req is not None)))

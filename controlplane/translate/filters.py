@@ -90,6 +90,14 @@ ORDER: list[FilterSpec] = [
     # off unless a route asks for keys: a request no route matches (e.g. outside every
     # shard of a sharded gateway) gets 404, not 401
     FilterSpec(auth.API_KEY_FILTER, lambda view, _t: auth.api_key_filter(view), disabled=True),
+    # right after the key check, before anything reads x-consumer-id (rules, rate limits);
+    # on only where a route accepts keys
+    FilterSpec(
+        auth.KEY_EXPIRY_FILTER,
+        lambda _v, _t: auth.key_expiry_filter(),
+        dynamic=False,
+        disabled=True,
+    ),
     FilterSpec(auth.RBAC_FILTER, lambda view, _t: auth.rbac_filter_config(view)),
     # after authentication and authorisation: x-consumer-id is set, refused calls not counted
     FilterSpec(RATE_LIMIT_FILTER, _rate_limits),

@@ -4,21 +4,53 @@ RDS for a sharded gateway)."""
 from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2 as access_log_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from google.protobuf import wrappers_pb2
 
+from ..policy import Gateway
 from .accesslog import access_logs
 from .common import ads_source, pack
 from .shard import early_mutation, scoped_routes
 from .view import GatewayView
 
-__all__ = ["listener_resource"]
+__all__ = ["listener_resource", "request_hygiene"]
 
 HCM = "envoy.filters.network.http_connection_manager"
+
+_ESCAPED_SLASHES = {
+    "redirect": hcm_pb2.HttpConnectionManager.UNESCAPE_AND_REDIRECT,
+    "reject": hcm_pb2.HttpConnectionManager.REJECT_REQUEST,
+}
+_UNDERSCORES = {
+    "drop": protocol_pb2.HttpProtocolOptions.DROP_HEADER,
+    "reject": protocol_pb2.HttpProtocolOptions.REJECT_REQUEST,
+}
+
+
+def request_hygiene(gateway: Gateway, hcm: hcm_pb2.HttpConnectionManager) -> None:
+    """Make the request Envoy routes on the request the backend reads (ADR 0022).
+
+    * Paths are normalised (RFC 3986 dot segments, %2e and unreserved escapes decoded,
+      backslashes as slashes) and repeated slashes merged before routing, and that path is
+      the one forwarded, so ``/public/%2e%2e/private`` is routed (and authenticated) as
+      ``/private``.
+    * Encoded slashes (%2F, %5C) are not decoded by normalisation, yet most backends decode
+      them: they are redirected to the decoded path (which is then routed like any request)
+      or refused, per gateway.
+    * Requests with header names with underscores are refused (or the headers dropped):
+      CGI/WSGI backends merge ``x_consumer_id`` into ``x-consumer-id``, past the
+      identity-header strip.
+    """
+    hcm.normalize_path.value = True
+    hcm.merge_slashes = True
+    hcm.path_with_escaped_slashes_action = _ESCAPED_SLASHES[gateway.escaped_slashes]
+    hcm.common_http_protocol_options.headers_with_underscores_action = _UNDERSCORES[
+        gateway.underscore_headers
+    ]
 
 
 def listener_resource(
@@ -34,11 +66,10 @@ def listener_resource(
         local_reply_config=_challenge_on_401(),
         # Hosts are matched without the port, so "api.example.com" matches on any port.
         strip_any_host_port=True,
-        normalize_path=wrappers_pb2.BoolValue(value=True),
-        merge_slashes=True,
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         access_log=access_logs(gateway),
     )
+    request_hygiene(gateway, hcm)
     if shard_length is None:
         hcm.rds.CopyFrom(hcm_pb2.Rds(config_source=ads_source(), route_config_name=gateway.name))
     else:

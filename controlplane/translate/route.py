@@ -96,6 +96,10 @@ def _match(route: Route) -> rc.RouteMatch:
         out.safe_regex.CopyFrom(regex(m.path_regex))
     else:
         out.prefix = m.path_prefix or "/"
+    if m.path_regex is None:
+        # Literal paths match whatever the case (ADR 0022): many backends read /PRIVATE as
+        # /private, so a case variant must meet the route that protects the path.
+        out.case_sensitive.value = False
     if m.methods:
         methods = [str(x) for x in m.methods]
         method_match = (
@@ -211,6 +215,50 @@ def route_resource(route: Route) -> rc.Route:
         out.response_headers_to_remove.extend(route.response_headers.remove)
     apply_traffic(out, route)
     return out
+
+
+def with_slash_twin(message: rc.Route) -> list[rc.Route]:
+    """The route, and the same route for its path with or without a trailing slash.
+
+    Most backends serve ``/a/`` as ``/a`` (and a prefix ``/a/`` mounted app at ``/a``), so
+    a route protecting ``/a`` must also catch ``/a/`` rather than let it fall through to a
+    catch-all (ADR 0022): an exact ``/a`` also matches ``/a/``; a prefix ``/a/`` also
+    matches exactly ``/a``. The twin comes right after its route, so it never goes ahead of
+    a route that names its path itself (exact paths sort first, longer paths first).
+    """
+    m = message.match
+    kind = m.WhichOneof("path_specifier")
+    if kind == "path" and not m.path.endswith("/"):
+        twin_path = m.path + "/"
+    elif kind == "prefix" and len(m.prefix) > 1 and m.prefix.endswith("/"):
+        twin_path = m.prefix[:-1]
+    else:
+        return [message]
+    twin = rc.Route()
+    twin.CopyFrom(message)
+    twin.match.path = twin_path
+    return [message, twin]
+
+
+#: first route of every virtual host of a gateway refusing path parameters (ADR 0022):
+#: ';' (or %3B) before the query, which many backends strip before routing (``/a;x`` read
+#: as ``/a``, ``..;`` as ``..``), so the path Envoy matched would not be the one served
+_PATH_PARAMS = field(
+    3,
+    rc.Route(
+        name="gateway.path_parameters",
+        match=rc.RouteMatch(safe_regex=regex(".*(;|%3[bB]).*")),
+        direct_response=rc.DirectResponseAction(
+            status=400,
+            body=base_pb2.DataSource(inline_string="path parameters (;) are not accepted\n"),
+        ),
+    ).SerializeToString(deterministic=True),
+)
+
+
+def _guards(gateway: Gateway) -> bytes:
+    """Routes ahead of every route of the gateway's virtual hosts."""
+    return _PATH_PARAMS if gateway.path_semicolons == "reject" else b""
 
 
 _VERSIONS = itertools.count()
@@ -359,6 +407,7 @@ class RouteTable:
             apply_cors(variant, route, ctx)
             apply_aggregate(variant, route, ctx.aggregation_port)
             policy = apply_rate_limit(variant, route, ctx.rate_limit)
+        variants = [twin for variant in variants for twin in with_slash_twin(variant)]
         if policy is not None:
             self.rate_limits[route.name] = policy
             self.rate_limit_version += 1
@@ -493,6 +542,7 @@ class RouteTable:
             stamp = (
                 hosts,
                 tuple(default),
+                gateway.path_semicolons,
                 shard.catch_all.version,
                 tuple((h, o.version) for h, o in sorted(shard.hosts.items())),
             )
@@ -502,11 +552,12 @@ class RouteTable:
                 continue
             name = shard_name(gateway.name, skey)
             parts = [field(1, name.encode())]
+            guards = _guards(gateway)
             for host in hosts:
-                body = _merged(shard.hosts.get(host), shard.catch_all) + _NOT_FOUND
+                body = guards + _merged(shard.hosts.get(host), shard.catch_all) + _NOT_FOUND
                 parts.append(field(2, _virtual_host(host, [host], body)))
             if default:
-                body = b"".join(shard.catch_all.data) + _NOT_FOUND
+                body = guards + b"".join(shard.catch_all.data) + _NOT_FOUND
                 parts.append(field(2, _virtual_host(gateway.name, default, body)))
             parts.append(field(8, SCOPE_HEADER.encode()))
             encoded = Encoded(route_pb2.RouteConfiguration, b"".join(parts))
@@ -528,12 +579,13 @@ class RouteTable:
         win over a catch-all for their host.
         """
         parts = [field(1, gateway.name.encode())]
+        guards = _guards(gateway)
         for host in sorted(self._hosts):
-            body = b"".join(self._hosts[host].data) + _NOT_FOUND
+            body = guards + b"".join(self._hosts[host].data) + _NOT_FOUND
             parts.append(field(2, _virtual_host(host, [host], body)))
         default_domains = self._default_domains(gateway)
         if default_domains:
-            body = b"".join(self._catch_all.data) + _NOT_FOUND
+            body = guards + b"".join(self._catch_all.data) + _NOT_FOUND
             parts.append(field(2, _virtual_host(gateway.name, default_domains, body)))
         return Encoded(route_pb2.RouteConfiguration, b"".join(parts))
 

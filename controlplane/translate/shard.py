@@ -63,7 +63,14 @@ def literal(route: Route) -> str | None:
         return m.path
     if m.path_regex is not None:
         return None
-    return m.path_prefix or "/"
+    prefix = m.path_prefix or "/"
+    # a prefix "/a/" also matches the path "/a" (translate/route.py, with_slash_twin)
+    return prefix[:-1] if len(prefix) > 1 and prefix.endswith("/") else prefix
+
+
+def _fold(key: str) -> str:
+    """ASCII lower case, as Envoy compares paths of routes that ignore case."""
+    return key.encode().lower().decode()
 
 
 class ShardPlan:
@@ -84,6 +91,11 @@ class ShardPlan:
         #: runs for every route of a bulk load)
         self._keys: dict[int, dict[str, int]] = {n: {} for n in LENGTHS}
         self._sizes: dict[int, dict[int, int]] = {n: {} for n in LENGTHS}
+        #: per candidate length: distinct keys per case-folded key, and how many folded
+        #: keys have more than one (such a length is not used: routes match paths whatever
+        #: their case, but a request picks its shard by its own case; ADR 0022)
+        self._folded: dict[int, dict[str, int]] = {n: {} for n in LENGTHS}
+        self._clashes: dict[int, int] = dict.fromkeys(LENGTHS, 0)
 
     def add(self, lit: str | None) -> None:
         if lit is None:
@@ -98,6 +110,12 @@ class ShardPlan:
             size = keys.get(key, 0)
             if size:
                 _decrement(sizes, size)
+            else:
+                folded = self._folded[n]
+                variants = folded.get(_fold(key), 0)
+                if variants == 1:
+                    self._clashes[n] += 1
+                folded[_fold(key)] = variants + 1
             keys[key] = size + 1
             sizes[size + 1] = sizes.get(size + 1, 0) + 1
 
@@ -116,9 +134,18 @@ class ShardPlan:
             _decrement(keys, key)
             if size > 1:
                 sizes[size - 1] = sizes.get(size - 1, 0) + 1
+            else:
+                folded = self._folded[n]
+                if folded[_fold(key)] == 2:
+                    self._clashes[n] -= 1
+                _decrement(folded, _fold(key))
 
     def shortest(self) -> int:
         return min(self.lengths) if self.lengths else 0
+
+    def case_clash(self, length: int) -> bool:
+        """Whether two keys of this length differ only in case."""
+        return self._clashes[length] > 0
 
     def largest(self, length: int) -> int:
         """Routes in the largest shard with keys of this length."""
@@ -140,7 +167,9 @@ def choose_length(plan: ShardPlan, count: int, min_routes: int) -> int | None:
     The shortest candidate length whose largest shard has at most max(16, sqrt(count))
     routes, or else the one that spreads them most; None when even that leaves one shard
     with more than half the routes. Lengths longer than the shortest literal are not
-    candidates (such a route would belong to many shards).
+    candidates (such a route would belong to many shards), nor lengths where two keys
+    differ only in case (a case variant of a path could then reach another route's shard:
+    routes ignore case, a request's key has its own; ADR 0022).
     """
     if min_routes <= 0 or count < min_routes or plan.unshardable:
         return None
@@ -150,6 +179,8 @@ def choose_length(plan: ShardPlan, count: int, min_routes: int) -> int | None:
     for length in LENGTHS:
         if length > shortest:
             break
+        if plan.case_clash(length):
+            continue
         largest = plan.largest(length)
         if largest <= target:
             best = (largest, length)

@@ -55,7 +55,7 @@ routes:
     match: {{path_prefix: /reshape}}
     cluster: alpha
     request_body: {{rename: {{user_name: username}}, remove: [password]}}
-    response_body: {{rename: {{backend: server}}, remove: [headers, pad], wrap: data}}
+    response_body: {{rename: {{backend: server}}, remove: [headers, header_lines, pad], wrap: data}}
 """
 
 

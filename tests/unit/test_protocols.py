@@ -37,7 +37,8 @@ def _filters(resources: Any) -> list[str]:
 
 
 def _route_config(resources: Any) -> Any:
-    return resources.message(ROUTE, "web").virtual_hosts[0].routes[0]
+    """The first route after the path-parameter guard."""
+    return resources.message(ROUTE, "web").virtual_hosts[0].routes[1]
 
 
 PLAIN = Route(name="plain", gateways=["web"], cluster="g")

@@ -65,6 +65,27 @@ def test_no_sharding_when_a_route_has_no_literal_or_matches_everything() -> None
     assert _choose(same) is None
 
 
+def test_no_length_where_two_keys_differ_only_in_case() -> None:
+    """Routes ignore case, a request's key keeps its own (ADR 0022): with /R/... next to
+    /r/..., keys of 2 characters ("/r", "/R") would send /R/00001 to the /R shard, where
+    the route for /r/00001 is not."""
+    routes = _bench_like(10_000)
+    assert _choose(routes, min_routes=2000) == 6
+    upper = [_route("upper", path_prefix="/R/00042-upper")]
+    plan = _plan(routes + upper)
+    assert all(plan.case_clash(n) for n in range(2, 9))  # up to the shortest literal
+    assert choose_length(plan, 10_001, 2000) is None  # so one table
+    plan.remove(literal(upper[0]))
+    assert not plan.case_clash(2) and choose_length(plan, 10_000, 2000) == 6
+
+
+def test_a_prefix_with_a_trailing_slash_has_the_literal_without_it() -> None:
+    # its twin matches the path without the slash, which must be in the same shard
+    assert literal(_route("a", path_prefix="/users/")) == "/users"
+    assert literal(_route("b", path="/users/")) == "/users/"  # no twin for exact "/a/"
+    assert literal(_route("c", path_prefix="/")) == "/"
+
+
 def test_length_depends_on_the_routes_only() -> None:
     routes = _bench_like(10_000)
     shorter = [*routes, _route("short", path_prefix="/r/05")]  # literal of 5 characters
@@ -99,8 +120,13 @@ def _first_match(config: route_pb2.RouteConfiguration, host: str, path: str) -> 
     bare = path.split("?", 1)[0]
     for r in vh.routes:
         m = r.match
-        if (m.HasField("path") and m.path == bare) or (
-            m.HasField("prefix") and bare.startswith(m.prefix)
+        assert m.HasField("safe_regex") or not m.case_sensitive.value  # literals ignore case
+        if m.HasField("safe_regex"):
+            assert r.name == "gateway.path_parameters"  # no regex routes here
+            if ";" in bare:
+                return r.name
+        elif (m.HasField("path") and m.path.lower() == bare.lower()) or (
+            m.HasField("prefix") and bare.lower().startswith(m.prefix.lower())
         ):
             return None if r.name == "gateway.not_found" else r.name
     return None
@@ -154,6 +180,19 @@ def test_sharded_routing_equals_unsharded_routing() -> None:
         checked += 1
         matched += expected is not None
     assert checked == 5000 and matched > 1000  # the paths hit routes, not only 404s
+    # Another case in the first characters: the sharded gateway may answer 404 where one
+    # table finds the route (routes ignore case, the key has the request's), never
+    # another route (ADR 0022).
+    differ = 0
+    for _ in range(2000):
+        path = "/" + "/".join(rng.choice(segments) for _ in range(rng.randint(1, 4)))
+        path = "".join(c.upper() if rng.random() < 0.3 else c for c in path)
+        host = rng.choice(["a.example", "b.example", "c.example"])
+        expected = _first_match(plain, host, path)
+        got = _sharded_match(scopes, configs, length, host, path)
+        assert got in (expected, None), (host, path)
+        differ += got != expected
+    assert 0 < differ < 2000
     for config in configs.values():
         assert list(config.request_headers_to_remove) == [SCOPE_HEADER]
 
@@ -226,7 +265,7 @@ def test_leaving_one_table_keeps_it_published_for_the_draining_listener() -> Non
     assert _listener_hcm(second).WhichOneof("route_specifier") == "scoped_routes"
     assert "edge" in second.by_type[ROUTE]  # the old listener's table, with all routes
     [vh] = second.message(ROUTE, "edge").virtual_hosts
-    assert len(vh.routes) == 3000 + 1  # and the final 404
+    assert len(vh.routes) == 1 + 3000 + 1  # the path-parameter guard, the final 404
 
 
 def test_table_unsharded_when_threshold_not_met() -> None:

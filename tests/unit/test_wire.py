@@ -33,7 +33,9 @@ def test_encoded_route_configuration_matches_protobuf() -> None:
     assert isinstance(message, route_pb2.RouteConfiguration)
     assert [vh.name for vh in message.virtual_hosts] == ["b.example.com", "public"]
     assert [r.name for r in message.virtual_hosts[0].routes] == [
+        "gateway.path_parameters",
         "r2",
+        "r2",  # /y/ as well
         "r3",
         "r1",
         "gateway.not_found",
