@@ -243,10 +243,16 @@ class KeepAliveLoad:
     the block ends, counting outcomes: "2xx", "status N" or "error ExceptionName". A
     connection that fails is replaced, so every failure is counted once."""
 
-    def __init__(self, port: int, paths: list[str]) -> None:
+    def __init__(
+        self, port: int, paths: list[str], headers: dict[str, dict[str, str]] | None = None
+    ) -> None:
         self.port = port
         self.paths = paths
+        #: request headers per path (credentials), sent with every request to that path
+        self.headers = headers or {}
         self.outcomes: Counter[str] = Counter()
+        #: outcomes per path, to say which client failed
+        self.by_path: dict[str, Counter[str]] = {p: Counter() for p in paths}
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._client, args=(p,)) for p in paths]
 
@@ -267,15 +273,18 @@ class KeepAliveLoad:
 
     def _client(self, path: str) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        headers = self.headers.get(path, {})
         while not self._stop.is_set():
             try:
-                conn.request("GET", path)
+                conn.request("GET", path, headers=headers)
                 resp = conn.getresponse()
                 resp.read()
                 ok = 200 <= resp.status < 300
-                self.outcomes["2xx" if ok else f"status {resp.status}"] += 1
+                outcome = "2xx" if ok else f"status {resp.status}"
             except (OSError, http.client.HTTPException) as exc:
-                self.outcomes[f"error {type(exc).__name__}"] += 1
+                outcome = f"error {type(exc).__name__}"
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            self.outcomes[outcome] += 1
+            self.by_path[path][outcome] += 1
         conn.close()
