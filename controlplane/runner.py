@@ -154,13 +154,16 @@ class Runner:
                 if woke:
                     wake.clear()
                     watch.drain()  # type: ignore[union-attr]
-                if time.monotonic() - last_beat >= HEARTBEAT:
+                # while the database is refused (replaced, removed, went back) nothing reads
+                # or writes it but the check below: the policy in memory is served
+                healthy = self.store_problem is None
+                if healthy and time.monotonic() - last_beat >= HEARTBEAT:
                     last_beat = time.monotonic()
                     self._schedule_record()
                     self._schedule_members()
                     self._schedule_checkpoint()
                 self._expire_keys()
-                if time.monotonic() >= self._next_expire:
+                if healthy and time.monotonic() >= self._next_expire:
                     every = min(60.0, max(1.0, self.proxy_expiry / 4))
                     self._next_expire = time.monotonic() + every
                     self._schedule_proxy_expiry()

@@ -50,7 +50,7 @@ def _serve(cli: Cli, *args: str, env: dict[str, str] | None = None) -> subproces
 def _stop(proc: subprocess.Popen[str]) -> str:
     if proc.poll() is None:
         proc.terminate()
-    out, _ = proc.communicate(timeout=15)
+    out, _ = proc.communicate(timeout=60)  # a busy machine: stopping can take a while
     return out
 
 

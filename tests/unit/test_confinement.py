@@ -72,7 +72,7 @@ def _too_many(spec: dict[str, Any]) -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Any:
-    out = Store(str(tmp_path / "gateway.db"))
+    out = Store(str(tmp_path / "gateway.db"), create=True)
     out.apply(Bundle.from_text(POLICY))
     yield out
     out.close()
