@@ -91,14 +91,30 @@ def register_declarative(app: typer.Typer) -> None:
         file: FileOption,
         prune: Annotated[bool, typer.Option(help="Delete objects the file does not name.")] = False,
         dry_run: Annotated[
-            bool, typer.Option("--dry-run", help="Show what would change; write nothing.")
+            bool,
+            typer.Option(
+                "--dry-run",
+                help="Run the whole apply (every check) and roll it back: write nothing.",
+            ),
         ] = False,
         wait: WaitOption = None,
+        expect_revision: Annotated[
+            int | None,
+            typer.Option(
+                "--expect-revision",
+                metavar="N",
+                help="Refuse (exit 4, nothing written) unless the policy is still at "
+                "revision N, the one the change was planned against.",
+            ),
+        ] = None,
     ) -> None:
-        """Make the gateway policy match a file, all or nothing."""
+        """Make the gateway policy match a file, all or nothing. ``--dry-run`` runs the
+        whole apply, every check included, and rolls it back: same answer, same exit code."""
         c = ctx_of(ctx)
         bundle = _read(file)
-        result = c.store.apply(bundle, prune=prune, dry_run=dry_run)
+        result = c.store.apply(
+            bundle, prune=prune, dry_run=dry_run, expect_revision=expect_revision
+        )
         if c.output != Format.table:
             emit(
                 {
@@ -128,7 +144,7 @@ def register_declarative(app: typer.Typer) -> None:
     ) -> None:
         """Show what ``apply -f FILE`` would change; exit 1 when there are differences."""
         c = ctx_of(ctx)
-        result = c.store.apply(_read(file), prune=prune, dry_run=True)
+        result = c.store.apply(_read(file), prune=prune, dry_run=True, checks=False)
         if c.output != Format.table:
             emit(_changes_data(result.changes), c.output)
         else:

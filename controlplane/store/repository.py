@@ -368,14 +368,21 @@ class Store:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def create(self, obj: PolicyModel) -> int:
-        return self._commit([("create", obj.kind, obj.name, obj)]).revision  # type: ignore[attr-defined]
+    def create(self, obj: PolicyModel, *, expect_revision: int | None = None) -> int:
+        ops: list[_Op] = [("create", obj.kind, obj.name, obj)]  # type: ignore[attr-defined]
+        return self._commit(ops, expect_revision=expect_revision).revision
 
-    def replace(self, obj: PolicyModel) -> int:
-        return self._commit([("update", obj.kind, obj.name, obj)]).revision  # type: ignore[attr-defined]
+    def replace(self, obj: PolicyModel, *, expect_revision: int | None = None) -> int:
+        ops: list[_Op] = [("update", obj.kind, obj.name, obj)]  # type: ignore[attr-defined]
+        return self._commit(ops, expect_revision=expect_revision).revision
 
     def update(
-        self, kind: str, name: str, patch: Callable[[dict[str, Any]], dict[str, Any]]
+        self,
+        kind: str,
+        name: str,
+        patch: Callable[[dict[str, Any]], dict[str, Any]],
+        *,
+        expect_revision: int | None = None,
     ) -> ApplyResult:
         """Read-modify-write inside the write transaction, so concurrent patches both land."""
 
@@ -388,7 +395,7 @@ class Store:
                 raise PolicyInvalid(f"{kind} {name!r}: name: cannot be changed by update")
             return [("update", kind, name, new)]
 
-        return self._commit(plan, keys=[(kind, name)])
+        return self._commit(plan, keys=[(kind, name)], expect_revision=expect_revision)
 
     def apply_objects(self, objects: Iterable[PolicyModel]) -> ApplyResult:
         """Create or replace these objects in one transaction, leaving others alone."""
@@ -405,11 +412,24 @@ class Store:
 
         return self._commit(plan, keys=list(wanted))
 
-    def delete(self, kind: str, name: str) -> int:
-        return self._commit([("delete", kind, name, None)]).revision
+    def delete(self, kind: str, name: str, *, expect_revision: int | None = None) -> int:
+        return self._commit(
+            [("delete", kind, name, None)], expect_revision=expect_revision
+        ).revision
 
-    def apply(self, bundle: Bundle, *, prune: bool = False, dry_run: bool = False) -> ApplyResult:
-        """Make the store hold the bundle's objects (and, with prune, nothing else)."""
+    def apply(
+        self,
+        bundle: Bundle,
+        *,
+        prune: bool = False,
+        dry_run: bool = False,
+        expect_revision: int | None = None,
+        checks: bool = True,
+    ) -> ApplyResult:
+        """Make the store hold the bundle's objects (and, with prune, nothing else).
+
+        ``dry_run`` runs the whole write (every check, so the answer is the real apply's)
+        and rolls it back; ``checks=False`` with it only compares (``diff``)."""
         wanted = {(o.kind, o.name): o for o in bundle.objects()}  # type: ignore[attr-defined]
 
         def plan(current: dict[tuple[str, str], dict[str, Any]]) -> list[_Op]:
@@ -427,7 +447,9 @@ class Store:
                 ]
             return ops
 
-        return self._commit(plan, dry_run=dry_run)
+        if not checks:
+            return self._commit(plan, dry_run=True, compare_only=True)
+        return self._commit(plan, dry_run=dry_run, expect_revision=expect_revision)
 
     # -- the one write path -------------------------------------------------------------
 
@@ -437,10 +459,22 @@ class Store:
         *,
         keys: Iterable[tuple[str, str]] | None = None,
         dry_run: bool = False,
+        expect_revision: int | None = None,
+        compare_only: bool = False,
     ) -> ApplyResult:
+        """Plan and write in one transaction. ``dry_run``: every check of the write runs,
+        then the transaction is rolled back. ``expect_revision``: refused (Conflict) unless
+        the database is still at the revision the change was planned against."""
         try:
             with self._writer.begin() as conn:
-                return self._commit_in(conn, plan, keys, dry_run)
+                return self._commit_in(
+                    conn,
+                    plan,
+                    keys,
+                    dry_run,
+                    expect_revision=expect_revision,
+                    compare_only=compare_only,
+                )
         except OperationalError as exc:
             raise StoreError(f"database error: {exc.orig}") from None
 
@@ -452,11 +486,19 @@ class Store:
         dry_run: bool,
         *,
         keep_empty: bool = False,
+        expect_revision: int | None = None,
+        compare_only: bool = False,
     ) -> ApplyResult:
         # Bumping first takes the write lock (the meta row in PostgreSQL), so everything read
         # below is current and no concurrent writer can interleave.
         conn.execute(update(Meta).where(Meta.id == 1).values(revision=Meta.revision + 1))
         rev = int(conn.execute(select(Meta.revision).where(Meta.id == 1)).scalar_one())
+        if expect_revision is not None and rev - 1 != expect_revision:
+            # checked under the write lock: no other writer can slip in between
+            raise Conflict(
+                f"revision is {rev - 1}, not {expect_revision} as expected: "
+                "another change was written since; nothing written (plan again)"
+            )
         if callable(plan):
             query = select(Resource.kind, Resource.name, *_SPEC)
             if keys is not None:
@@ -486,18 +528,21 @@ class Store:
             if op == "update" and after == before:
                 continue  # an update to the same content is no change and bumps nothing
             changes.append(ObjectChange(op, kind, name, before, after))
-        if dry_run or (not changes and not keep_empty):
+        if compare_only or (not changes and not keep_empty):
             conn.rollback()
             return ApplyResult(rev - 1, changes)
 
         objects = {(k, n): o for _, k, n, o in ops}
+        sealer = self.secrets
         if any(c.after is not None and _secret_fields(c.kind) for c in changes):
             self.secrets.check_known(_key_ids(conn))
+            if dry_run:  # sealing would create the default key file: a dry run writes nothing
+                sealer = self.secrets.for_dry_run()
         created, edges = [], []
         for ch in changes:
             obj = objects[(ch.kind, ch.name)]
             key = (Resource.kind == ch.kind) & (Resource.name == ch.name)
-            columns = _seal(self.secrets, ch.kind, ch.name, ch.after) if ch.after else {}
+            columns = _seal(sealer, ch.kind, ch.name, ch.after) if ch.after else {}
             if ch.op == "create":  # new objects have no edges yet; inserted in bulk below
                 created.append({"kind": ch.kind, "name": ch.name, "revision": rev, **columns})
             else:
@@ -525,6 +570,9 @@ class Store:
                     for c in changes
                 ],
             )
+        if dry_run:  # every check above ran, exactly as for the real write: now undo it
+            conn.rollback()
+            return ApplyResult(rev - 1, changes)
         return ApplyResult(rev, changes)
 
     # -- secrets ----------------------------------------------------------------------------

@@ -285,6 +285,17 @@ class SecretKeys:
         finally:
             os.unlink(tmp)
 
+    def for_dry_run(self) -> SecretKeys:
+        """The keys a dry run seals with: these, or, where sealing would first create the
+        default key file, a throwaway in-memory key (a dry run writes nothing, and what it
+        sealed is rolled back). Errors a real write would meet (a bad key file, no key
+        source at all) are raised the same."""
+        if self._ring is None:
+            self._ring = self._read()
+        if self._ring is None and self.default_file is not None:
+            return SecretKeys(ephemeral=True)
+        return self
+
     def reload(self) -> KeyRing:
         self._ring = None
         return self.ring()
