@@ -32,7 +32,7 @@ from .store.db import FileWatch, RevisionProbe, sqlite_path
 from .translate import AggregationTarget, GatewayView, Resources, Translator
 from .translate.auth import next_key_expiry
 from .xds.cache import SnapshotCache
-from .xds.snapshot import FragmentCache, build_snapshot
+from .xds.snapshot import FragmentCache, Snapshot, build_snapshot
 
 __all__ = ["Runner"]
 
@@ -126,6 +126,21 @@ class Runner:
             revision,
             ", ".join(f"{len(v)} {k}s" for k, v in self.objects.items()),
         )
+
+    def render(self, gateway: str) -> Snapshot | None:
+        """Load the store and translate one gateway exactly as :meth:`load` does, without
+        serving or recording anything: what a proxy of ``gateway`` would receive now
+        (``gatewayctl render``). None when there is no such gateway."""
+        ident, objects = self.store.load_state()
+        self._set_identity(ident)
+        for obj in objects:
+            self._put(obj.kind, obj.name, obj)  # type: ignore[union-attr]
+        if gateway not in self.objects["gateway"] and ("gateway", gateway) not in self.invalid:
+            return None
+        self._rebuild({gateway}, ident.revision)
+        if gateway in self.errors:
+            raise TranslationError(f"gateway {gateway!r}: {self.errors[gateway]}")
+        return self.cache.published(gateway)
 
     async def run(self) -> None:
         last_beat = time.monotonic()

@@ -178,4 +178,28 @@ def register_declarative(app: typer.Typer) -> None:
         else:
             print(text, end="")
 
+    @app.command()
+    def render(
+        ctx: typer.Context,
+        gateway: Annotated[str, typer.Option("--gateway", "-g", help="The gateway to render.")],
+        show_secrets: Annotated[
+            bool,
+            typer.Option(
+                "--show-secrets", help="Print private keys and API keys instead of (redacted)."
+            ),
+        ] = False,
+    ) -> None:
+        """Print the exact xDS resources (clusters, endpoints, secrets, listeners, routes) a
+        proxy of GATEWAY receives, translated offline from the database by the controller's
+        own code; ``GATEWAY_*`` settings are read as ``serve`` reads them."""
+        import logging
+
+        from ..render import render_gateway
+
+        c = ctx_of(ctx)
+        # a translation failure is the command's one-line error, not also a log record
+        logging.getLogger("controlplane.runner").disabled = True
+        data = render_gateway(c.store, gateway, show_secrets=show_secrets)
+        emit(data, Format.json if c.output == Format.json else Format.yaml)
+
     _ = emit
