@@ -70,23 +70,24 @@ def render_gateway(
             response = discovery_pb2.DiscoveryResponse.FromString(typed.fragments[name])
             for any_ in response.resources:
                 data = MessageToDict(any_, preserving_proto_field_name=True)
-                resources.append(data if show_secrets else _redact(data))
+                resources.append(_plain(data, redact=not show_secrets))
         out[section] = {"version": typed.version, "resources": resources}
     return out
 
 
-def _redact(value: Any) -> Any:
-    """A copy without private keys (TLS secrets) and API keys (the api_key_auth filter)."""
+def _plain(value: Any, *, redact: bool) -> Any:
+    """A copy made of plain dicts and lists; with ``redact``, without private keys (TLS
+    secrets) and API keys (the api_key_auth filter)."""
     if isinstance(value, list):
-        return [_redact(v) for v in value]
+        return [_plain(v, redact=redact) for v in value]
     if not isinstance(value, dict):
         return value
     out: dict[str, Any] = {}
     for key, item in value.items():
-        if key == "private_key" and isinstance(item, dict):
+        if redact and key == "private_key" and isinstance(item, dict):
             out[key] = dict.fromkeys(item, REDACTED)
-        elif key == "credentials" and value.get("@type") == _API_KEY_AUTH:
-            out[key] = [{**c, "key": REDACTED} for c in item]
+        elif redact and key == "credentials" and value.get("@type") == _API_KEY_AUTH:
+            out[key] = [{**_plain(c, redact=False), "key": REDACTED} for c in item]
         else:
-            out[key] = _redact(item)
+            out[key] = _plain(item, redact=redact)
     return out
