@@ -36,6 +36,15 @@ WaitOption = Annotated[
     ),
 ]
 
+ExpectRevisionOption = Annotated[
+    int | None,
+    typer.Option(
+        "--expect-revision",
+        metavar="N",
+        help="Refuse (exit 4, nothing written) unless the policy is still at revision N.",
+    ),
+]
+
 
 def _condition(item: str, option: str, allow_prefix: bool) -> dict[str, Any]:
     """``name=value`` exact, ``name~regex``, ``name^=prefix``, or ``name`` present."""
@@ -633,10 +642,18 @@ def _command(
             params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
             names.append(p.name)
         option_names.append(names)
-    if with_wait:
+    if with_wait:  # the mutating commands
         params.append(
             inspect.Parameter(
                 "wait", inspect.Parameter.KEYWORD_ONLY, annotation=WaitOption, default=None
+            )
+        )
+        params.append(
+            inspect.Parameter(
+                "expect_revision",
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=ExpectRevisionOption,
+                default=None,
             )
         )
 
@@ -648,7 +665,7 @@ def _command(
                 if isinstance(value, dict) and isinstance(fields.get(key), dict):
                     value = {**fields[key], **value}
                 fields[key] = value
-        body(ctx, name, fields, kwargs.get("wait"))
+        body(ctx, name, fields, kwargs.get("wait"), kwargs.get("expect_revision"))
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
@@ -661,28 +678,38 @@ def _kind_app(kind: str) -> typer.Typer:
     app = typer.Typer(help=f"Manage {label}s.", no_args_is_help=True)
     fields_fn = FIELDS[kind]
 
-    def add(ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None) -> None:
+    def add(
+        ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None, expect: int | None
+    ) -> None:
         c = ctx_of(ctx)
         obj = parse_object(kind, {"name": name, **fields})
-        revision = c.store.create(obj)
+        revision = c.store.create(obj, expect_revision=expect)
         finish_change(c, revision, f"{kind} {name!r} created", wait)
 
-    def update(ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None) -> None:
+    def update(
+        ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None, expect: int | None
+    ) -> None:
         c = ctx_of(ctx)
         if not fields:
             raise PolicyInvalid(f"{kind} update: give at least one option to change")
-        result = c.store.update(kind, name, lambda spec: _merge(spec, fields))
+        result = c.store.update(
+            kind, name, lambda spec: _merge(spec, fields), expect_revision=expect
+        )
         if not result.changes:
             finish_change(c, result.revision, f"{kind} {name!r} unchanged", None)
         else:
             finish_change(c, result.revision, f"{kind} {name!r} updated", wait)
 
-    def delete(ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None) -> None:
+    def delete(
+        ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None, expect: int | None
+    ) -> None:
         c = ctx_of(ctx)
-        revision = c.store.delete(kind, name)
+        revision = c.store.delete(kind, name, expect_revision=expect)
         finish_change(c, revision, f"{kind} {name!r} deleted", wait)
 
-    def get(ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None) -> None:
+    def get(
+        ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None, expect: int | None
+    ) -> None:
         c = ctx_of(ctx)
         emit(
             c.store.get(kind, name).spec(), Format.json if c.output == Format.json else Format.yaml

@@ -221,3 +221,22 @@ def test_cli_expect_revision(tmp_path: Path) -> None:
     assert _snapshot(db) == (rev, contents)
     cli.run("apply", "-f", "-", "--expect-revision", str(rev), input=text)
     assert _snapshot(db)[0] == rev + 1
+
+
+def test_imperative_commands_expect_revision(tmp_path: Path) -> None:
+    db = tmp_path / "gateway.db"
+    _seed(db).close()
+    rev, contents = _snapshot(db)
+    cli = Cli(db=str(db), init=False)
+    stale = str(rev - 1)
+    for args in (
+        ("cluster", "add", "late", "--endpoint", "127.0.0.1:1"),
+        ("route", "update", "users-api", "--timeout", "3s"),
+        ("cluster", "delete", "spare"),
+    ):
+        proc = cli.run(*args, "--expect-revision", stale, check=False)
+        assert proc.returncode == 4, proc.stderr
+        assert f"not {stale} as expected" in proc.stderr
+    assert _snapshot(db) == (rev, contents)
+    cli.run("cluster", "delete", "spare", "--expect-revision", str(rev))
+    assert _snapshot(db)[0] == rev + 1
