@@ -397,3 +397,59 @@ def test_controllers_recording_the_same_gateway_at_once(loaded: Store, pg_url: s
         ("ctl-b", "127.0.0.1:2", rev),
     ]
     other.close()
+
+
+def test_two_writers_planned_against_one_revision(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two stores write at once, both planned at revision N: PostgreSQL serialises them on
+    the meta row, and the second sees the first's revision under the lock: Conflict."""
+    import threading
+
+    from controlplane.errors import GatewayError
+    from controlplane.store.secrets import ENV_KEY, format_key, new_key
+
+    monkeypatch.setenv(ENV_KEY, format_key(new_key()))  # the API key below is sealed
+
+    stores = [Store(pg_url, create=True), Store(pg_url)]
+    rev = stores[0].revision()
+    start = threading.Barrier(2)
+    results: dict[int, Any] = {}
+
+    def write(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = stores[i].create(_cluster(f"w{i}", "10.0.0.9:80"), expect_revision=rev)
+        except GatewayError as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        won = [i for i, r in results.items() if isinstance(r, int)]
+        lost = [i for i, r in results.items() if isinstance(r, Conflict)]
+        assert len(won) == 1 and len(lost) == 1, results
+        assert stores[1].revision() == rev + 1
+        names = {c.name for c in stores[1].list_objects("cluster")}  # type: ignore[attr-defined]
+        assert names == {f"w{won[0]}"}
+        # a dry run of a delete still in use is refused like the delete, and writes nothing
+        from controlplane.policy import Consumer, new_api_key
+
+        stores[0].apply(Bundle.from_text(POLICY))
+        stores[0].create(Consumer(name="acme"))
+        stores[0].create(new_api_key("acme"))
+        state = stores[0].revision(), stores[0].bundle().to_yaml()
+        empty = Bundle.from_text(POLICY)
+        with pytest.raises(GatewayError) as dry:
+            stores[0].apply(empty, prune=True, dry_run=True)
+        assert (stores[0].revision(), stores[0].bundle().to_yaml()) == state
+        with pytest.raises(GatewayError) as real:
+            stores[0].apply(empty, prune=True)
+        assert (type(dry.value), str(dry.value)) == (type(real.value), str(real.value))
+        assert "cannot delete consumer 'acme'" in str(dry.value)
+    finally:
+        for s in stores:
+            s.close()
