@@ -30,3 +30,21 @@ def test_render_demo_offline(tmp_path: Path) -> None:
             render_gateway(store, "nope", settings=Settings())
     finally:
         store.close()
+
+
+def test_render_of_a_gateway_that_does_not_translate_is_one_error(tmp_path: Path) -> None:
+    """What the controller would withhold (a stored object that no longer validates) is the
+    command's error, naming the object, not a configuration."""
+    from controlplane.errors import TranslationError
+    from tests.unit.test_confinement import _too_many, corrupt
+
+    db = tmp_path / "gateway.db"
+    store = Store(str(db), create=True)
+    try:
+        text = (ROOT / "examples" / "demo.yaml").read_text()
+        store.apply(Bundle.from_text(text, "demo.yaml"))
+        corrupt(str(db), "cluster", "users", _too_many)
+        with pytest.raises(TranslationError, match=r"gateway 'public': .*cluster 'users'"):
+            render_gateway(store, "public", settings=Settings())
+    finally:
+        store.close()
