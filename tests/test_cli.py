@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from controlplane.store import Store
 from tests.e2e.harness import Cli
@@ -245,3 +247,29 @@ def test_list_formats(loaded: Cli) -> None:
     assert "users" in table and "least_request" in table
     assert {c["name"] for c in loaded.json("cluster", "list")} == {"users", "orders"}
     assert "endpoints:" in loaded.run("-o", "yaml", "cluster", "get", "users").stdout
+
+
+def test_output_format_after_the_subcommand(loaded: Cli) -> None:
+    """``-o`` is taken before or after the subcommand, in every spelling."""
+    before = loaded.run("-o", "json", "route", "list").stdout
+    assert [r["name"] for r in json.loads(before)] == ["orders-canary", "users-api"]
+    for flag in (["-o", "json"], ["--output", "json"], ["--output=json"], ["-ojson"]):
+        assert loaded.run("route", "list", *flag).stdout == before, flag
+    got = loaded.run("cluster", "get", "users", "-o", "json").stdout
+    assert json.loads(got)["lb_policy"] == "least_request"
+    assert json.loads(loaded.run("status", "-o", "json").stdout)["revision"] == _state(loaded)[0]
+    assert (
+        yaml.safe_load(loaded.run("route", "get", "users-api", "-o", "yaml").stdout)["timeout"]
+        == "2s"
+    )
+    bad = loaded.run("route", "list", "-o", "xml", check=False)
+    assert bad.returncode == 2 and "'xml' is not one of" in bad.stderr
+
+
+def test_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    cli = Cli(db=str(tmp_path / "absent.db"), init=False)
+    proc = cli.run("--version")
+    assert proc.stdout.strip() == f"gatewayctl {version('gateway-controlplane')}"
+    assert not (tmp_path / "absent.db").exists()
