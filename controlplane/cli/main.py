@@ -112,9 +112,8 @@ def _hoist_output(argv: list[str]) -> list[str]:
             head += [arg, argv[i + 1]]
             i += 2
             continue
-        if i > 0 and arg.startswith("--output="):
-            head.append(arg)
-        elif i > 0 and arg.startswith("-o") and arg[2:] in formats:
+        glued = arg.startswith("--output=") or (arg.startswith("-o") and arg[2:] in formats)
+        if i > 0 and glued:
             head.append(arg)
         else:
             rest.append(arg)
