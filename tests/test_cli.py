@@ -273,3 +273,49 @@ def test_version(tmp_path: Path) -> None:
     proc = cli.run("--version")
     assert proc.stdout.strip() == f"gatewayctl {version('gateway-controlplane')}"
     assert not (tmp_path / "absent.db").exists()
+
+
+SPLIT = {
+    "a-gateways.yaml": "gateways:\n  - {name: public, port: 8080}\n",
+    "b-clusters.yml": '{"clusters": [{"name": "users", "endpoints": ["127.0.0.1:9001"]}]}',
+    "c-routes.json": '{"routes": [{"name": "users-api", "gateway": "public",'
+    ' "match": {"path_prefix": "/users"}, "cluster": "users"}]}',
+    "notes.txt": "not policy",
+}
+
+
+@pytest.mark.parametrize("command", ["apply", "diff"])
+def test_several_files_merge(tmp_path: Path, command: str) -> None:
+    """``-f a -f b`` (or a directory) is one bundle: nothing of any file is dropped."""
+    cli = Cli(db=str(tmp_path / "gateway.db"))
+    parts = tmp_path / "policy"
+    parts.mkdir()
+    for name, text in SPLIT.items():
+        (parts / name).write_text(text)
+    files = [str(parts / n) for n in sorted(SPLIT) if n != "notes.txt"]
+    proc = cli.run(command, "-f", files[0], "-f", files[1], "-f", files[2], check=False)
+    assert proc.returncode == (0 if command == "apply" else 1), proc.stderr
+    for line in ("+ gateway public", "+ cluster users", "+ route users-api"):
+        assert line in proc.stdout
+    if command == "apply":
+        assert [r["name"] for r in cli.json("route", "list")] == ["users-api"]
+        assert cli.run("diff", "-f", str(parts)).returncode == 0  # the directory: same bundle
+        assert cli.run("apply", "-f", str(parts), "--prune").stderr.startswith("no changes")
+
+
+@pytest.mark.parametrize("command", ["apply", "diff"])
+def test_several_files_defining_one_object_are_refused(
+    loaded: Cli, tmp_path: Path, command: str
+) -> None:
+    before = _state(loaded)
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("clusters:\n  - {name: extra, endpoints: ['127.0.0.1:1']}\n")
+    b.write_text("clusters:\n  - {name: extra, endpoints: ['127.0.0.1:2']}\n")
+    proc = loaded.run(command, "-f", str(a), "-f", str(b), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"error: {b}: cluster 'extra' is also defined in {a}"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = loaded.run(command, "-f", str(empty), "--prune", check=False)
+    assert proc.returncode == 2 and "has no *.yaml" in proc.stderr, proc.stderr
+    assert _state(loaded) == before
