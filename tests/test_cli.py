@@ -319,3 +319,23 @@ def test_several_files_defining_one_object_are_refused(
     proc = loaded.run(command, "-f", str(empty), "--prune", check=False)
     assert proc.returncode == 2 and "has no *.yaml" in proc.stderr, proc.stderr
     assert _state(loaded) == before
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "bogus://admin:s3cret-PW@db.internal/gateway",  # no such dialect
+        "mysql://admin:s3cret-PW@127.0.0.1:1/gateway",  # driver not installed
+        "postgresql://admin:s3cret-PW@127.0.0.1:1/gateway",  # nothing listens
+        "postgresql://admin:s3cret-PW@db.internal:notaport/gateway",  # malformed port
+    ],
+)
+@pytest.mark.parametrize("command", [["route", "list"], ["init"], ["status"], ["apply", "-f", "-"]])
+def test_errors_never_print_a_database_password(
+    tmp_path: Path, url: str, command: list[str]
+) -> None:
+    cli = Cli(db=url, init=False)
+    proc = cli.run(*command, input="{}", check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "s3cret-PW" not in proc.stderr + proc.stdout
+    assert "admin" in proc.stderr or "database" in proc.stderr, proc.stderr  # still says which

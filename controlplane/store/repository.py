@@ -203,7 +203,7 @@ class Store:
         try:
             self._writer, self._reader = make_engines(self.url)
         except (SQLAlchemyError, ImportError) as exc:
-            raise StoreError(f"cannot open database {self.url!r}: {exc}") from None
+            raise StoreError(f"cannot open database {display_url(self.url)}: {exc}") from None
         if migrate:
             if not create and self._schema_version_or_error() is None:
                 self.close()
@@ -249,7 +249,7 @@ class Store:
                 command.upgrade(cfg, "head")
             self._checkpoint()
         except (OperationalError, ProgrammingError) as exc:
-            raise StoreError(f"cannot open database {self.url!r}: {exc.orig}") from None
+            raise StoreError(f"cannot open database {display_url(self.url)}: {exc.orig}") from None
 
     def _checkpoint(self) -> None:
         """SQLite: copy the WAL into the database file and empty it, so values a migration
