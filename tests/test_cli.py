@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from controlplane.store import Store
+from controlplane.store import ProxyStatus, Store
 from tests.e2e.harness import Cli
 
 GOOD = """
@@ -339,3 +341,65 @@ def test_errors_never_print_a_database_password(
     assert proc.returncode != 0
     assert "s3cret-PW" not in proc.stderr + proc.stdout
     assert "admin" in proc.stderr or "database" in proc.stderr, proc.stderr  # still says which
+
+
+def _proxy(node: str, acked: int, **extra: object) -> ProxyStatus:
+    now = time.time()
+    fields: dict[str, object] = {
+        "node_id": node,
+        "gateway": "public",
+        "controller": "ctl",
+        "connected": True,
+        "address": "127.0.0.1:1",
+        "envoy_version": "1.40.0",
+        "acked_revision": acked,
+        "nack_revision": None,
+        "nack_type": None,
+        "nack_error": None,
+        "nack_objects": None,
+        "connected_at": now,
+        "updated_at": now,
+        "acked_at": now,
+        **extra,
+    }
+    return ProxyStatus(**fields)  # type: ignore[arg-type]
+
+
+def test_status_exit_code_says_whether_every_proxy_is_in_sync(loaded: Cli) -> None:
+    """``status`` exits 8 when a connected proxy is behind beyond --grace, NACKed what it was
+    sent, or is held; 0 when all are in sync (disconnected proxies do not count)."""
+    store = Store(loaded.db)
+    try:
+        rev = store.revision()
+
+        def status(*args: str) -> subprocess.CompletedProcess[str]:
+            # a fresh heartbeat of the proxies' controller first: it is alive
+            store.save_builds("ctl", "127.0.0.1:1", rev, {"public": (rev, None)}, time.time())
+            return loaded.run("status", *args, check=False)
+
+        store.save_proxy(_proxy("good", rev))
+        store.save_proxy(_proxy("gone", 0, connected=False))
+        assert status().returncode == 0
+        assert status("-o", "json").returncode == 0
+
+        store.save_proxy(_proxy("late", rev - 1))  # behind: fine within the grace only
+        assert status("--grace", "1h").returncode == 0
+        late = status("--grace", "1ms")
+        assert late.returncode == 8, late.stderr
+        assert f"proxy late (public): runs revision {rev - 1}" in late.stderr
+        store.save_proxy(_proxy("late", rev))
+
+        nack = {"nack_revision": rev, "nack_type": "Cluster", "nack_error": "bad"}
+        store.save_proxy(_proxy("nacking", rev - 1, **nack))
+        proc = status("-o", "json", "--grace", "1h")
+        assert proc.returncode == 8
+        problems = {p["node"]: p["problem"] for p in json.loads(proc.stdout)["proxies"]}
+        assert problems["good"] is None and problems["gone"] is None
+        assert "NACK" in problems["nacking"]
+        store.save_proxy(_proxy("nacking", rev, **nack))  # a later ACK supersedes the NACK
+        assert status().returncode == 0
+
+        store.save_proxy(_proxy("held", rev, hold="would roll back"))
+        assert status().returncode == 8
+    finally:
+        store.close()

@@ -355,6 +355,14 @@ class Store:
                 return rev, []
             return rev, _changes(conn, revision, rev, self.secrets)
 
+    def revision_time(self, revision: int) -> float | None:
+        """When ``revision`` was committed (epoch seconds); None if unknown (revision 0, or
+        written before commit times were recorded)."""
+        with self._reader.connect() as conn:
+            at = conn.execute(select(func.max(Change.at)).where(Change.revision == revision))
+            value = at.scalar_one_or_none()
+        return None if value is None else float(value)
+
     def changed_objects(self, after: int, upto: int) -> list[tuple[str, str]]:
         """Objects touched by revisions in (after, upto]: the suspects of a rejection."""
         with self._reader.connect() as conn:
