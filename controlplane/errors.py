@@ -7,6 +7,8 @@ can tell "you asked for something wrong" from "the system is unwell".
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "Conflict",
     "GatewayError",
@@ -15,7 +17,18 @@ __all__ = [
     "StoreError",
     "TranslationError",
     "WaitFailed",
+    "redact_urls",
 ]
+
+#: ``scheme://user:password@`` anywhere in a text (greedy to the last ``@`` of the word,
+#: since a password may hold one); the password becomes ``***``
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*):[^\s'\"]*@")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``: database URLs
+    end up in error messages (a driver's, SQLAlchemy's), which are printed and logged."""
+    return _URL_PASSWORD.sub(r"\g<head>:***@", text)
 
 
 class GatewayError(Exception):
@@ -24,6 +37,7 @@ class GatewayError(Exception):
     exit_code = 1
 
     def __init__(self, message: str) -> None:
+        message = redact_urls(message)  # no error ever carries a database password
         super().__init__(message)
         self.message = message
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from controlplane.store import Store
+from controlplane.store import ProxyStatus, Store
 from tests.e2e.harness import Cli
 
 GOOD = """
@@ -245,3 +249,157 @@ def test_list_formats(loaded: Cli) -> None:
     assert "users" in table and "least_request" in table
     assert {c["name"] for c in loaded.json("cluster", "list")} == {"users", "orders"}
     assert "endpoints:" in loaded.run("-o", "yaml", "cluster", "get", "users").stdout
+
+
+def test_output_format_after_the_subcommand(loaded: Cli) -> None:
+    """``-o`` is taken before or after the subcommand, in every spelling."""
+    before = loaded.run("-o", "json", "route", "list").stdout
+    assert [r["name"] for r in json.loads(before)] == ["orders-canary", "users-api"]
+    for flag in (["-o", "json"], ["--output", "json"], ["--output=json"], ["-ojson"]):
+        assert loaded.run("route", "list", *flag).stdout == before, flag
+    got = loaded.run("cluster", "get", "users", "-o", "json").stdout
+    assert json.loads(got)["lb_policy"] == "least_request"
+    assert json.loads(loaded.run("status", "-o", "json").stdout)["revision"] == _state(loaded)[0]
+    assert (
+        yaml.safe_load(loaded.run("route", "get", "users-api", "-o", "yaml").stdout)["timeout"]
+        == "2s"
+    )
+    bad = loaded.run("route", "list", "-o", "xml", check=False)
+    assert bad.returncode == 2 and "'xml' is not one of" in bad.stderr
+
+
+def test_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    cli = Cli(db=str(tmp_path / "absent.db"), init=False)
+    proc = cli.run("--version")
+    assert proc.stdout.strip() == f"gatewayctl {version('gateway-controlplane')}"
+    assert not (tmp_path / "absent.db").exists()
+
+
+SPLIT = {
+    "a-gateways.yaml": "gateways:\n  - {name: public, port: 8080}\n",
+    "b-clusters.yml": '{"clusters": [{"name": "users", "endpoints": ["127.0.0.1:9001"]}]}',
+    "c-routes.json": '{"routes": [{"name": "users-api", "gateway": "public",'
+    ' "match": {"path_prefix": "/users"}, "cluster": "users"}]}',
+    "notes.txt": "not policy",
+}
+
+
+@pytest.mark.parametrize("command", ["apply", "diff"])
+def test_several_files_merge(tmp_path: Path, command: str) -> None:
+    """``-f a -f b`` (or a directory) is one bundle: nothing of any file is dropped."""
+    cli = Cli(db=str(tmp_path / "gateway.db"))
+    parts = tmp_path / "policy"
+    parts.mkdir()
+    for name, text in SPLIT.items():
+        (parts / name).write_text(text)
+    files = [str(parts / n) for n in sorted(SPLIT) if n != "notes.txt"]
+    proc = cli.run(command, "-f", files[0], "-f", files[1], "-f", files[2], check=False)
+    assert proc.returncode == (0 if command == "apply" else 1), proc.stderr
+    for line in ("+ gateway public", "+ cluster users", "+ route users-api"):
+        assert line in proc.stdout
+    if command == "apply":
+        assert [r["name"] for r in cli.json("route", "list")] == ["users-api"]
+        assert cli.run("diff", "-f", str(parts)).returncode == 0  # the directory: same bundle
+        assert cli.run("apply", "-f", str(parts), "--prune").stderr.startswith("no changes")
+
+
+@pytest.mark.parametrize("command", ["apply", "diff"])
+def test_several_files_defining_one_object_are_refused(
+    loaded: Cli, tmp_path: Path, command: str
+) -> None:
+    before = _state(loaded)
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("clusters:\n  - {name: extra, endpoints: ['127.0.0.1:1']}\n")
+    b.write_text("clusters:\n  - {name: extra, endpoints: ['127.0.0.1:2']}\n")
+    proc = loaded.run(command, "-f", str(a), "-f", str(b), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"error: {b}: cluster 'extra' is also defined in {a}"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = loaded.run(command, "-f", str(empty), "--prune", check=False)
+    assert proc.returncode == 2 and "has no *.yaml" in proc.stderr, proc.stderr
+    assert _state(loaded) == before
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "bogus://admin:s3cret-PW@db.internal/gateway",  # no such dialect
+        "mysql://admin:s3cret-PW@127.0.0.1:1/gateway",  # driver not installed
+        "postgresql://admin:s3cret-PW@127.0.0.1:1/gateway",  # nothing listens
+        "postgresql://admin:s3cret-PW@db.internal:notaport/gateway",  # malformed port
+    ],
+)
+@pytest.mark.parametrize("command", [["route", "list"], ["init"], ["status"], ["apply", "-f", "-"]])
+def test_errors_never_print_a_database_password(
+    tmp_path: Path, url: str, command: list[str]
+) -> None:
+    cli = Cli(db=url, init=False)
+    proc = cli.run(*command, input="{}", check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "s3cret-PW" not in proc.stderr + proc.stdout
+    assert "admin" in proc.stderr or "database" in proc.stderr, proc.stderr  # still says which
+
+
+def _proxy(node: str, acked: int, **extra: object) -> ProxyStatus:
+    now = time.time()
+    fields: dict[str, object] = {
+        "node_id": node,
+        "gateway": "public",
+        "controller": "ctl",
+        "connected": True,
+        "address": "127.0.0.1:1",
+        "envoy_version": "1.40.0",
+        "acked_revision": acked,
+        "nack_revision": None,
+        "nack_type": None,
+        "nack_error": None,
+        "nack_objects": None,
+        "connected_at": now,
+        "updated_at": now,
+        "acked_at": now,
+        **extra,
+    }
+    return ProxyStatus(**fields)  # type: ignore[arg-type]
+
+
+def test_status_exit_code_says_whether_every_proxy_is_in_sync(loaded: Cli) -> None:
+    """``status`` exits 8 when a connected proxy is behind beyond --grace, NACKed what it was
+    sent, or is held; 0 when all are in sync (disconnected proxies do not count)."""
+    store = Store(loaded.db)
+    try:
+        rev = store.revision()
+
+        def status(*args: str) -> subprocess.CompletedProcess[str]:
+            # a fresh heartbeat of the proxies' controller first: it is alive
+            store.save_builds("ctl", "127.0.0.1:1", rev, {"public": (rev, None)}, time.time())
+            return loaded.run("status", *args, check=False)
+
+        store.save_proxy(_proxy("good", rev))
+        store.save_proxy(_proxy("gone", 0, connected=False))
+        assert status().returncode == 0
+        assert status("-o", "json").returncode == 0
+
+        store.save_proxy(_proxy("late", rev - 1))  # behind: fine within the grace only
+        assert status("--grace", "1h").returncode == 0
+        late = status("--grace", "1ms")
+        assert late.returncode == 8, late.stderr
+        assert f"proxy late (public): runs revision {rev - 1}" in late.stderr
+        store.save_proxy(_proxy("late", rev))
+
+        nack = {"nack_revision": rev, "nack_type": "Cluster", "nack_error": "bad"}
+        store.save_proxy(_proxy("nacking", rev - 1, **nack))
+        proc = status("-o", "json", "--grace", "1h")
+        assert proc.returncode == 8
+        problems = {p["node"]: p["problem"] for p in json.loads(proc.stdout)["proxies"]}
+        assert problems["good"] is None and problems["gone"] is None
+        assert "NACK" in problems["nacking"]
+        store.save_proxy(_proxy("nacking", rev, **nack))  # a later ACK supersedes the NACK
+        assert status().returncode == 0
+
+        store.save_proxy(_proxy("held", rev, hold="would roll back"))
+        assert status().returncode == 8
+    finally:
+        store.close()

@@ -10,7 +10,7 @@ import typer
 import yaml
 
 from ..errors import PolicyInvalid
-from ..policy import KINDS, Bundle
+from ..policy import KINDS, PLURALS, Bundle
 from ..policy.loader import decode
 from ..store import ObjectChange, write_private_file
 from .context import ctx_of, finish_change
@@ -20,8 +20,59 @@ from .resources import WaitOption
 __all__ = ["register_declarative"]
 
 FileOption = Annotated[
-    str, typer.Option("--file", "-f", help="YAML or JSON file, or - for standard input.")
+    list[str],
+    typer.Option(
+        "--file",
+        "-f",
+        help="YAML or JSON file, a directory (its *.yaml, *.yml and *.json files in name "
+        "order) or - for standard input; repeat to merge several into one change.",
+    ),
 ]
+
+#: the files a directory given to ``-f`` contributes
+POLICY_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _files(paths: list[str]) -> list[str]:
+    """``-f`` values as files: a directory becomes its policy files in name order. An empty
+    directory is refused: with ``--prune`` it would delete every object."""
+    out: list[str] = []
+    for path in paths:
+        if path != "-" and Path(path).is_dir():
+            found = sorted(
+                str(p) for p in Path(path).iterdir() if p.suffix in POLICY_SUFFIXES and p.is_file()
+            )
+            if not found:
+                raise PolicyInvalid(f"{path}: directory has no *.yaml, *.yml or *.json file")
+            out.extend(found)
+        else:
+            out.append(path)
+    if out.count("-") > 1:
+        raise PolicyInvalid("-f -: standard input can be read only once")
+    return out
+
+
+def _read_all(paths: list[str]) -> Bundle:
+    """Every ``-f`` file merged into one bundle, applied as one change. An object defined in
+    two files is refused (naming both) rather than one silently replacing the other."""
+    files = _files(paths)
+    if len(files) == 1:
+        return _read(files[0])
+    seen: dict[tuple[str, str], str] = {}
+    groups: dict[str, list[Any]] = {key: [] for key in PLURALS.values()}
+    for path in files:
+        bundle = _read(path)
+        source = "stdin" if path == "-" else path
+        for kind, key in PLURALS.items():
+            for obj in getattr(bundle, key):
+                first = seen.get((kind, obj.name))
+                seen[(kind, obj.name)] = source
+                if first is not None:
+                    raise PolicyInvalid(f"{source}: {kind} {obj.name!r} is also defined in {first}")
+                groups[key].append(obj)
+    merged = Bundle.model_construct(**groups)  # type: ignore[arg-type]  # validated on reading
+    merged.check(references=False)
+    return merged
 
 
 def _read(path: str) -> Bundle:
@@ -111,7 +162,7 @@ def register_declarative(app: typer.Typer) -> None:
         """Make the gateway policy match a file, all or nothing. ``--dry-run`` runs the
         whole apply, every check included, and rolls it back: same answer, same exit code."""
         c = ctx_of(ctx)
-        bundle = _read(file)
+        bundle = _read_all(file)
         result = c.store.apply(
             bundle, prune=prune, dry_run=dry_run, expect_revision=expect_revision
         )
@@ -144,7 +195,7 @@ def register_declarative(app: typer.Typer) -> None:
     ) -> None:
         """Show what ``apply -f FILE`` would change; exit 1 when there are differences."""
         c = ctx_of(ctx)
-        result = c.store.apply(_read(file), prune=prune, dry_run=True, checks=False)
+        result = c.store.apply(_read_all(file), prune=prune, dry_run=True, checks=False)
         if c.output != Format.table:
             emit(_changes_data(result.changes), c.output)
         else:

@@ -38,6 +38,19 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: the installed package's version, read from its metadata (no store)."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        print(f"gatewayctl {version('gateway-controlplane')}")
+    except PackageNotFoundError:
+        print("gatewayctl (version unknown: the package is not installed)")
+    raise typer.Exit(0)
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -49,6 +62,15 @@ def main(
         ),
     ] = None,
     output: Annotated[Format, typer.Option("--output", "-o", help="Output format.")] = Format.table,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the version and exit.",
+        ),
+    ] = False,
 ) -> None:
     ctx.obj = Ctx(db=db, output=output)
 
@@ -72,6 +94,33 @@ def _expand_wait(argv: list[str]) -> list[str]:
     return [f"--wait={DEFAULT_WAIT}" if a == "--wait" else a for a in argv]
 
 
+def _hoist_output(argv: list[str]) -> list[str]:
+    """``-o``/``--output`` after the subcommand (``gatewayctl route list -o json``) moves in
+    front of it, where the root option takes it: every command, read or write, accepts the
+    format in either place. ``-o X``, ``--output X``, ``--output=X`` and ``-oX`` move, and
+    nothing after ``--``; a bad value is then refused by the root option, naming it."""
+    formats = {f.value for f in Format}
+    head: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if i > 0 and arg in ("-o", "--output") and i + 1 < len(argv):
+            head += [arg, argv[i + 1]]
+            i += 2
+            continue
+        glued = arg.startswith("--output=") or (arg.startswith("-o") and arg[2:] in formats)
+        if i > 0 and glued:
+            head.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return head + rest
+
+
 def _check_wait(argv: list[str]) -> None:
     """A bad ``--wait`` value is refused before the command writes anything."""
     for arg in argv:
@@ -84,7 +133,7 @@ def _check_wait(argv: list[str]) -> None:
 
 def run() -> None:
     try:
-        argv = _expand_wait(sys.argv[1:])
+        argv = _hoist_output(_expand_wait(sys.argv[1:]))
         _check_wait(argv)
         code = app(args=argv, prog_name="gatewayctl", standalone_mode=False)
         if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here

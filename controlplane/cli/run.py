@@ -255,7 +255,7 @@ def register_run(app: typer.Typer) -> None:
                     f"gateway {gateway!r} is up: send requests to http://{host}:{gw.port}/ "
                     f"(Envoy pid {envoy.pid}, admin http://127.0.0.1:{admin_port}/, "
                     f"aggregation service 127.0.0.1:{aggregator_port}, "
-                    f"policy in {store.url}). Ctrl-C stops."
+                    f"policy in {display_url(store.url)}). Ctrl-C stops."
                 )
                 if demo_server is not None:
                     stderr.print(f"try: curl http://{host}:{gw.port}/hello")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -11,14 +11,30 @@ from .context import ctx_of
 from .output import Format, emit, emit_table, stderr
 from .wait import STALE_AFTER
 
-__all__ = ["register_status"]
+__all__ = ["NOT_IN_SYNC", "register_status"]
+
+#: ``status`` exit code when a connected proxy is behind (beyond ``--grace``), NACKed the
+#: newest configuration it was sent, or is held
+NOT_IN_SYNC = 8
 
 
 def register_status(app: typer.Typer) -> None:
     @app.command()
-    def status(ctx: typer.Context) -> None:
-        """Every proxy: its gateway, the revision it ACKed, whether it is in sync, its last NACK."""
+    def status(
+        ctx: typer.Context,
+        grace: Annotated[
+            str,
+            typer.Option(
+                help="How long after a change a connected proxy may still run an older "
+                "revision before it counts as out of sync."
+            ),
+        ] = "5s",
+    ) -> None:
+        """Every proxy: its gateway, the revision it ACKed, whether it is in sync, its last
+        NACK. Exits 8 when a connected proxy is out of sync (behind its gateway's newest
+        revision for longer than --grace), its last answer was a NACK, or it is held."""
         c = ctx_of(ctx)
+        grace_s = _seconds(grace, "--grace")
         store = c.store
         revision = store.revision()
         now = time.time()
@@ -26,6 +42,7 @@ def register_status(app: typer.Typer) -> None:
         live = {cid for cid, _, _, beat in controllers if beat >= now - STALE_AFTER}
         builds = store.gateway_builds()
         rows: list[dict[str, Any]] = []
+        commit_times: dict[int, float | None] = {}
         specs: dict[str, dict[str, Any] | None] = {}
         beats = {cid: beat for cid, _, _, beat in controllers}
         expiry = _proxy_expiry()
@@ -35,6 +52,7 @@ def register_status(app: typer.Typer) -> None:
                 continue  # expired: the controllers delete such rows (serve --proxy-expiry)
             changed = builds.get(p.gateway, (0, 0, None))[1]
             in_sync = connected and p.acked_revision >= changed and not p.hold
+            problem = _problem(p, connected, changed, now, grace_s, store, commit_times)
             nack = None
             if p.nack_error:
                 nack = {
@@ -57,8 +75,10 @@ def register_status(app: typer.Typer) -> None:
                     "in_sync": in_sync,
                     "last_nack": nack,
                     "hold": p.hold if connected else None,
+                    "problem": problem,
                 }
             )
+        bad = [r for r in rows if r["problem"]]
         if c.output != Format.table:
             emit(
                 {
@@ -75,6 +95,8 @@ def register_status(app: typer.Typer) -> None:
                 },
                 c.output,
             )
+            if bad:
+                raise typer.Exit(NOT_IN_SYNC)
             return
         stderr.print(
             f"policy revision {revision}; "
@@ -102,6 +124,47 @@ def register_status(app: typer.Typer) -> None:
                 for r in rows
             ],
         )
+        for r in bad:
+            stderr.print(f"proxy {r['node']} ({r['gateway']}): {r['problem']}", markup=False)
+        if bad:
+            raise typer.Exit(NOT_IN_SYNC)
+
+
+def _seconds(value: str, option: str) -> float:
+    from ..errors import PolicyInvalid
+    from ..policy.common import duration_ms, parse_duration
+
+    try:
+        return duration_ms(parse_duration(value)) / 1000
+    except ValueError as exc:
+        raise PolicyInvalid(f"{option}: {exc}") from None
+
+
+def _problem(
+    p: Any,
+    connected: bool,
+    changed: int,
+    now: float,
+    grace: float,
+    store: Any,
+    commit_times: dict[int, float | None],
+) -> str | None:
+    """Why a connected proxy is not in sync, or None. A proxy that is merely behind counts
+    only ``grace`` seconds after the revision it lacks was committed (pushes take time)."""
+    if not connected:
+        return None
+    if p.hold:
+        return "held"
+    if p.nack_error and (p.nack_revision or 0) > p.acked_revision:
+        return f"rejected revision {p.nack_revision} (NACK), runs {p.acked_revision}"
+    if p.acked_revision >= changed:
+        return None
+    if changed not in commit_times:
+        commit_times[changed] = store.revision_time(changed)
+    at = commit_times[changed]
+    if at is not None and now - at <= grace:
+        return None
+    return f"runs revision {p.acked_revision}, its gateway is at {changed}"
 
 
 def _nack_text(nack: dict[str, object] | None) -> str:

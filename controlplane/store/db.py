@@ -16,7 +16,10 @@ from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
+
+from ..errors import StoreError
 
 __all__ = [
     "FileWatch",
@@ -39,7 +42,10 @@ def normalize_url(db: str | None) -> str:
     if not db:
         db = str(default_db_path())
     if "://" in db:
-        url = make_url(db)
+        try:
+            url = make_url(db)
+        except (ArgumentError, ValueError) as exc:  # a bad port; the message shows no URL
+            raise StoreError(f"database URL {db}: cannot parse it: {exc}") from None
         if url.drivername == "postgresql":  # prefer psycopg 3, which we depend on
             url = url.set(drivername="postgresql+psycopg")
         return url.render_as_string(hide_password=False)

@@ -150,6 +150,11 @@ class Identity:
         return f"revision {self.revision} of database {self.database_id}"
 
 
+def _one_line(exc: BaseException | None) -> str:
+    """A driver's error as one line (psycopg adds a hint on a second line)."""
+    return " ".join(str(exc).split())
+
+
 def init_hint(url: str) -> str:
     """How to create the database ``url`` names, for error messages."""
     return f"create it with: gatewayctl init --db {display_url(url)}"
@@ -203,7 +208,9 @@ class Store:
         try:
             self._writer, self._reader = make_engines(self.url)
         except (SQLAlchemyError, ImportError) as exc:
-            raise StoreError(f"cannot open database {self.url!r}: {exc}") from None
+            raise StoreError(
+                f"cannot open database {display_url(self.url)}: {_one_line(exc)}"
+            ) from None
         if migrate:
             if not create and self._schema_version_or_error() is None:
                 self.close()
@@ -217,7 +224,9 @@ class Store:
         try:
             return self.schema_version()
         except (OperationalError, ProgrammingError) as exc:
-            raise StoreError(f"cannot open database {display_url(self.url)}: {exc.orig}") from None
+            raise StoreError(
+                f"cannot open database {display_url(self.url)}: {_one_line(exc.orig)}"
+            ) from None
 
     def reopen(self) -> None:
         """Drop every pooled connection: the next query opens the file again (after the
@@ -249,7 +258,9 @@ class Store:
                 command.upgrade(cfg, "head")
             self._checkpoint()
         except (OperationalError, ProgrammingError) as exc:
-            raise StoreError(f"cannot open database {self.url!r}: {exc.orig}") from None
+            raise StoreError(
+                f"cannot open database {display_url(self.url)}: {_one_line(exc.orig)}"
+            ) from None
 
     def _checkpoint(self) -> None:
         """SQLite: copy the WAL into the database file and empty it, so values a migration
@@ -354,6 +365,14 @@ class Store:
             if rev == revision:
                 return rev, []
             return rev, _changes(conn, revision, rev, self.secrets)
+
+    def revision_time(self, revision: int) -> float | None:
+        """When ``revision`` was committed (epoch seconds); None if unknown (revision 0, or
+        written before commit times were recorded)."""
+        with self._reader.connect() as conn:
+            at = conn.execute(select(func.max(Change.at)).where(Change.revision == revision))
+            value = at.scalar_one_or_none()
+        return None if value is None else float(value)
 
     def changed_objects(self, after: int, upto: int) -> list[tuple[str, str]]:
         """Objects touched by revisions in (after, upto]: the suspects of a rejection."""

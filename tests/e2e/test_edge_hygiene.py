@@ -375,7 +375,7 @@ def test_no_variant_reaches_a_public_route_on_a_sharded_gateway(  # type: ignore
     cli.add_route("public", "public", "/public", "public")
     envoy = Envoy("public", "public-1", sharding_controller.xds_port, tmp_path)
     try:
-        cli.run("route", "update", "public", "--timeout", "5s", "--wait")
+        cli.run("route", "update", "public", "--timeout", "5s", "--wait=90s")  # a busy machine
         scopes = _scopes(envoy.admin_port)  # sharded by "/" and one character
         assert {"2/a", "2/p", "2/b"} <= scopes and len(scopes) == 12, scopes
         outcomes = _check_variants(gateway_port, servers["public"], servers["private"])
