@@ -184,7 +184,8 @@ def test_exact_counts_and_percentiles(
         for q, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
             exact = client[max(0, math.ceil(q * len(client)) - 1)]
             reported_ms = users["latency_ms"][name]
-            assert reported_ms <= histogram.upper_bound(histogram.bucket_of(exact)) + 1e-9
+            # reports round to 3 decimals (report.py _round): allow half a unit of that
+            assert reported_ms <= histogram.upper_bound(histogram.bucket_of(exact)) + 0.0005
             assert reported_ms >= DELAY_MS
         assert users["status"] == {
             k: sum(n for (_, r, c), n in counts.items() if r == "users" and c == k)
