@@ -48,9 +48,16 @@ def _serve(cli: Cli, *args: str, env: dict[str, str] | None = None) -> subproces
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:
+    """Stop ``serve`` and return what it printed. These tests are about binds and refusals,
+    not shutdown: a controller that has not exited 30 s after SIGTERM (seen once under a
+    full parallel suite, not reproduced alone) is killed and its output still checked."""
     if proc.poll() is None:
         proc.terminate()
-    out, _ = proc.communicate(timeout=60)  # a busy machine: stopping can take a while
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate(timeout=30)
     return out
 
 
