@@ -9,47 +9,19 @@ live; a restarted controller starts and serves; fixing the object brings the gat
 from __future__ import annotations
 
 import json
-import sqlite3
-import time
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from controlplane.envoy_launcher import free_port
+from tests.unit.test_confinement import corrupt
 
 from .harness import Cli, Controller, backend_of, wait_until
 
 pytestmark = pytest.mark.e2e
 
 FAULT = "stored cluster 'alpha': circuit_breakers.max_requests: 4294967296 is out of range"
-
-
-def corrupt(db: str, kind: str, name: str, change: Callable[[dict[str, Any]], None]) -> int:
-    """Rewrite one stored object with sqlite3, bypassing validation, as a new revision."""
-    conn = sqlite3.connect(db)
-    try:
-        with conn:
-            (spec,) = conn.execute(
-                "SELECT spec FROM resources WHERE kind = ? AND name = ?", (kind, name)
-            ).fetchone()
-            data = json.loads(spec)
-            change(data)
-            (revision,) = conn.execute("SELECT revision FROM meta WHERE id = 1").fetchone()
-            revision += 1
-            conn.execute("UPDATE meta SET revision = ? WHERE id = 1", (revision,))
-            conn.execute(
-                "UPDATE resources SET spec = ?, revision = ? WHERE kind = ? AND name = ?",
-                (json.dumps(data), revision, kind, name),
-            )
-            conn.execute(
-                "INSERT INTO changes (revision, kind, name, op, at) VALUES (?, ?, ?, 'update', ?)",
-                (revision, kind, name, time.time()),
-            )
-        return int(revision)
-    finally:
-        conn.close()
 
 
 def _controller_status(controller: Controller) -> dict[str, Any]:
