@@ -20,6 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "ApiToken",
     "Base",
     "Change",
     "ControllerRow",
@@ -93,6 +94,33 @@ class Change(Base):
     op: Mapped[str] = mapped_column(String(8), nullable=False)  # create | update | delete
     #: when the revision was committed (null for revisions written before it was recorded)
     at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: who wrote it: an API token's name, ``local:<user>`` for the CLI on the database itself
+    #: (null for revisions written before it was recorded)
+    actor: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    #: the object's canonical spec before and after (secret fields redacted); null = absent.
+    #: History, audit and rollback read these; rows written before they were recorded hold
+    #: neither, and ``recorded`` is false for them.
+    before: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    after: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    recorded: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    __table_args__ = (Index("ix_changes_kind_name", "kind", "name"),)
+
+
+class ApiToken(Base):
+    """An admin API token: only its SHA-256 digest is stored (the token is shown once)."""
+
+    __tablename__ = "api_tokens"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: hex SHA-256 of the whole token; tokens are 256-bit random, so no salt/KDF is needed
+    digest: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)  # admin | editor | viewer
+    #: gateways the token may touch; empty list = every gateway
+    gateways: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class ProxyRow(Base):

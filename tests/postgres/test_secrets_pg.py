@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, text
 
 from controlplane.policy import Consumer, new_api_key
 from controlplane.store import SecretKeyError, Store
+from controlplane.store.repository import SCHEMA_HEAD
 from controlplane.store.secrets import ENV_KEY, ENV_KEY_FILE, format_key, key_id, new_key
 
 
@@ -69,6 +70,6 @@ def test_migration_encrypts_clear_rows(pg_url: str, monkeypatch: pytest.MonkeyPa
     assert key.key in _rows(pg_url)
     monkeypatch.setenv(ENV_KEY, format_key(new_key()))
     store = Store(pg_url, create=True)
-    assert store.schema_version() == "0004"
+    assert store.schema_version() == SCHEMA_HEAD
     assert key.key not in _rows(pg_url)
     assert store.get("api_key", key.name) == key

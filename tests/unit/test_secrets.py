@@ -15,6 +15,7 @@ import pytest
 
 from controlplane.policy import ApiKey, Bundle, Certificate, Consumer, new_api_key
 from controlplane.store import SecretKeyError, SecretKeys, Store
+from controlplane.store.repository import SCHEMA_HEAD
 from controlplane.store.secrets import ENV_KEY, ENV_KEY_FILE, format_key, key_id, new_key
 from tests.e2e.harness import gatewayctl_command
 from tests.e2e.tlsutil import TestCA
@@ -301,7 +302,7 @@ def test_migration_encrypts_a_clear_database(db: Path) -> None:
     assert _pem_body(cert.key)[1].encode() in raw
 
     store = Store(str(db), create=True)
-    assert store.schema_version() == "0004"
+    assert store.schema_version() == SCHEMA_HEAD
     assert store.get("api_key", key.name) == key and store.get("certificate", "api") == cert
     assert store.revision() == 3  # the data is the same policy
     report = store.secrets_report()
@@ -317,7 +318,7 @@ def test_migration_of_a_database_without_secrets_needs_no_key(
     _clear_database(db, [Consumer(name="acme")])
     monkeypatch.setenv(ENV_KEY_FILE, str(db.parent / "absent"))
     store = Store(str(db), create=True)
-    assert store.schema_version() == "0004" and store.get("consumer", "acme").name == "acme"
+    assert store.schema_version() == SCHEMA_HEAD and store.get("consumer", "acme").name == "acme"
 
 
 def test_migration_without_a_key_for_clear_secrets_changes_nothing(
