@@ -11,11 +11,13 @@ import re
 
 __all__ = [
     "Conflict",
+    "Forbidden",
     "GatewayError",
     "NotFound",
     "PolicyInvalid",
     "StoreError",
     "TranslationError",
+    "Unauthorized",
     "WaitFailed",
     "redact_urls",
 ]
@@ -79,3 +81,15 @@ class WaitFailed(GatewayError):
     """A proxy rejected the change, or did not acknowledge it in time."""
 
     exit_code = 7
+
+
+class Unauthorized(GatewayError):
+    """No credentials, or credentials that are unknown, expired or revoked (HTTP 401)."""
+
+    exit_code = 9
+
+
+class Forbidden(GatewayError):
+    """Valid credentials whose role or gateway scope does not allow the operation (HTTP 403)."""
+
+    exit_code = 9
