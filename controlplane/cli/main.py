@@ -23,6 +23,7 @@ from .resources import register_resources
 from .run import register_run
 from .secrets import register_secrets
 from .status import register_status
+from .tokens import register_tokens
 from .traffic import register_cache
 
 __all__ = ["app", "run"]
@@ -87,6 +88,7 @@ register_cache(app)
 register_analytics(app)
 register_secrets(app)
 register_pki(app)
+register_tokens(app)
 
 
 def _expand_wait(argv: list[str]) -> list[str]:

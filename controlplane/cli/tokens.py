@@ -1,0 +1,136 @@
+"""``token add|list|revoke``: admin API tokens, worked on the database itself.
+
+Each command parses its options, calls one ``controlplane.store.tokens`` function and
+prints; the token of ``token add`` goes to standard output once, everything else to
+standard error. Store modules are imported inside the commands (CLI start-up stays fast).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import PolicyInvalid
+from .output import Format, emit, emit_table, stderr
+
+__all__ = ["parse_expiry", "register_tokens"]
+
+_RELATIVE = re.compile(r"^(\d{1,12})([mhd])$")
+#: the longest relative expiry: a hundred years
+_MAX_SECONDS = 100 * 365 * 86400
+
+
+def parse_expiry(value: str | None, now: float | None = None) -> float | None:
+    """``90d``, ``12h``, ``30m`` from now, or an ISO 8601 date/time (UTC if no zone), as
+    epoch seconds; the error names ``--expires``."""
+    if value is None:
+        return None
+    now = time.time() if now is None else now
+    match = _RELATIVE.match(value)
+    if match:
+        seconds = {"m": 60, "h": 3600, "d": 86400}[match.group(2)] * int(match.group(1))
+        if not 0 < seconds <= _MAX_SECONDS:
+            raise PolicyInvalid(f"--expires: {value[:24]!r} must be from 1m to 36500d from now")
+        return now + seconds
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise PolicyInvalid(
+            f"--expires: {value[:40]!r} is neither a duration (90d, 12h, 30m) nor an ISO date"
+        ) from None
+    at = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    if at <= now:
+        raise PolicyInvalid(f"--expires: {value!r} is in the past")
+    return at
+
+
+def _when(iso: str | None, empty: str = "") -> str:
+    """An ISO time for a table column: ``2026-12-03 16:34Z``."""
+    return iso[:16].replace("T", " ") + "Z" if iso else empty
+
+
+def register_tokens(app: typer.Typer) -> None:
+    tokens = typer.Typer(
+        help="Manage admin API tokens (shown once, stored hashed).", no_args_is_help=True
+    )
+    app.add_typer(tokens, name="token")
+
+    @tokens.command("add")
+    def add(
+        ctx: typer.Context,
+        name: Annotated[str, typer.Argument(help="The token's name, recorded as the actor.")],
+        role: Annotated[
+            str, typer.Option("--role", help="viewer (reads), editor (writes policy) or admin.")
+        ],
+        gateway: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--gateway",
+                help="Limit the token to this gateway (repeatable; editor and viewer only).",
+            ),
+        ] = None,
+        expires: Annotated[
+            str | None, typer.Option(help="90d, 12h, 30m from now, or an ISO 8601 time.")
+        ] = None,
+    ) -> None:
+        """Create a token; it is printed once, on standard output, and never shown again."""
+        from ..store.tokens import add_token, unknown_gateways
+        from .context import ctx_of
+
+        c = ctx_of(ctx)
+        expires_at = parse_expiry(expires)
+        token = add_token(c.store, name, role, gateway or (), expires_at)
+        if c.output == Format.table:
+            print(token)
+        else:
+            emit({"name": name, "token": token}, c.output)
+        scope = f" for gateways {', '.join(sorted(set(gateway)))}" if gateway else ""
+        stderr.print(f"token {name!r} ({role}{scope}) created; it is shown only this once")
+        for missing in unknown_gateways(c.store, gateway or ()):
+            stderr.print(f"note: gateway {missing!r} does not exist (yet)")
+
+    @tokens.command("list")
+    def list_(ctx: typer.Context) -> None:
+        """List tokens: name, role, gateways, times; never the token itself."""
+        from ..store.tokens import list_tokens
+        from .context import ctx_of
+
+        c = ctx_of(ctx)
+        infos = list_tokens(c.store)
+        rows: list[dict[str, Any]] = [i.as_dict() for i in infos]
+        if c.output != Format.table:
+            emit(rows, c.output)
+            return
+        now = time.time()
+        emit_table(
+            ["NAME", "ROLE", "GATEWAYS", "CREATED", "EXPIRES", "REVOKED", "LAST USED"],
+            [
+                [
+                    r["name"],
+                    r["role"],
+                    ",".join(r["gateways"]) or "*",
+                    _when(r["created_at"]),
+                    _when(r["expires_at"], "never")
+                    + (" (expired)" if i.expires_at is not None and i.expires_at <= now else ""),
+                    _when(r["revoked_at"]),
+                    _when(r["last_used_at"], "never"),
+                ]
+                for i, r in zip(infos, rows, strict=True)
+            ],
+        )
+
+    @tokens.command("revoke")
+    def revoke(
+        ctx: typer.Context,
+        name: Annotated[str, typer.Argument(help="The token's name.")],
+    ) -> None:
+        """Revoke a token: its next request is refused (401). The name stays recorded."""
+        from ..store.tokens import revoke_token
+        from .context import ctx_of
+
+        info = revoke_token(ctx_of(ctx).store, name)
+        stderr.print(f"token {name!r} revoked at {_when(info.as_dict()['revoked_at'])}")
