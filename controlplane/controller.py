@@ -25,6 +25,7 @@ from .runner import Runner
 from .settings import Settings
 from .store import Store
 from .store.repository import display_url
+from .store.tokens import bootstrap_admin
 from .translate import AggregationTarget
 from .xds import AdsServer, SnapshotCache, StatusRecorder
 from .xds.metrics import XdsMetrics
@@ -68,6 +69,9 @@ class Controller:
         self.store = Store(settings.db, create=settings.create_database)
         if self.store.created:
             log.warning("created database %s (--create)", display_url(self.store.url))
+        #: the file the first admin token was written to on this start (None: an admin
+        #: token already existed)
+        self.admin_token_file = bootstrap_admin(self.store, settings.admin_token_file)
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder(self.store, self.id)
         self.runner = Runner(

@@ -45,3 +45,6 @@ class Settings(BaseSettings):
     #: serve this database's policy even to proxies running a newer revision or another
     #: database's policy (``serve --allow-rollback``): an explicit, logged override
     allow_rollback: bool = False
+    #: where the first admin token is written (mode 0600) when the database has no active
+    #: admin token; default: next to a SQLite file, else ~/.config/gatewayctl/admin-token
+    admin_token_file: str | None = None

