@@ -169,9 +169,7 @@ def check_write(
     )
 
 
-def visible(
-    principal: Principal, kind: str, spec: dict[str, Any], name: str | None = None
-) -> bool:
+def visible(principal: Principal, kind: str, spec: dict[str, Any], name: str | None = None) -> bool:
     """Whether a scoped token sees this object when listing: its gateways, the routes that
     serve any of its gateways (it must see every route that shapes its traffic, even one it
     may not change), and every shared kind. Unscoped tokens see everything. ``name``

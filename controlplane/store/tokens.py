@@ -154,7 +154,9 @@ def _check(name: str, role: str, gateways: Iterable[str], expires_at: float | No
     scope: list[str] = []
     for i, gw in enumerate(gateways):
         if not isinstance(gw, str) or not _NAME_RE.match(gw):
-            raise PolicyInvalid(f"token {name!r}: gateways[{i}]: {str(gw)[:70]!r} is no gateway name")
+            raise PolicyInvalid(
+                f"token {name!r}: gateways[{i}]: {str(gw)[:70]!r} is no gateway name"
+            )
         if gw not in scope:
             scope.append(gw)
     if scope and role == "admin":
@@ -227,7 +229,9 @@ def add_token(
         with store._writer.begin() as conn:
             return _insert(conn, name, role, scope, expires_at, created_by, now)
     except IntegrityError:
-        raise Conflict(f"token {name!r} already exists (revoke it or choose another name)") from None
+        raise Conflict(
+            f"token {name!r} already exists (revoke it or choose another name)"
+        ) from None
     except OperationalError as exc:
         raise StoreError(f"database error: {exc.orig}") from None
 
