@@ -475,3 +475,13 @@ def test_run_envoy_wants_all_tls_files_or_none(tmp_path: Path) -> None:
     ):
         result = _render({**env, "ENVOY_BIN": "true"}, tmp_path / "bootstrap.yaml")
         assert result.returncode != 0 and expected in result.stderr, result.stderr
+
+
+def test_the_bootstrap_admin_token_is_kept_on_the_data_volume() -> None:
+    """The controller's first start writes the admin token to a file on its own volume
+    (never in an image layer or the environment); README says how to read it."""
+    controller = _service("controller")
+    path = controller["environment"]["GATEWAY_ADMIN_TOKEN_FILE"]
+    assert path == "/data/admin-token"
+    assert "gateway-data:/data" in controller["volumes"]
+    assert f"docker compose exec controller cat {path}" in (REPO / "README.md").read_text()
