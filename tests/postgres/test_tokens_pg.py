@@ -57,3 +57,26 @@ def test_concurrent_bootstraps_on_postgresql_make_one_token(pg_url: str, tmp_pat
     names = sorted(t.name for t in list_tokens(store) if t.role == "admin" and t.active())
     assert names == [f"{BOOTSTRAP_NAME}-2"]
     store.close()
+
+
+def test_serve_on_postgresql_writes_the_token_under_the_config_folder(
+    pg_url: str, tmp_path: Path
+) -> None:
+    import os
+
+    from ..e2e.harness import Cli, Controller
+
+    cli = Cli(db=pg_url)
+    controller = Controller(cli, tmp_path)
+    controller.start()
+    try:
+        path = Path(os.environ["XDG_CONFIG_HOME"]) / "gatewayctl" / "admin-token"
+        assert f"admin token written to {path} (mode 0600)" in controller.log()
+        assert path.stat().st_mode & 0o777 == 0o600
+        store = Store(pg_url)
+        try:
+            assert authenticate(store, f"Bearer {path.read_text().strip()}").role == "admin"
+        finally:
+            store.close()
+    finally:
+        controller.stop()
