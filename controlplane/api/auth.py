@@ -156,6 +156,11 @@ def check_write(
         return
     if kind == "route":
         for label, spec in (("currently serves", before), ("would serve", after)):
+            if spec is not None and not _route_gateways(spec):
+                raise Forbidden(
+                    f"{_describe(principal)} may not write route {name!r}: it {label} no "
+                    f"gateway listed, so it is not within the token's scope ({allowed})"
+                )
             outside = sorted(_route_gateways(spec) - scope)
             if outside:
                 raise Forbidden(

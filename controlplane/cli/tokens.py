@@ -78,7 +78,7 @@ def register_tokens(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Create a token; it is printed once, on standard output, and never shown again."""
-        from ..store.tokens import add_token, unknown_gateways
+        from ..store.tokens import add_token, get_token, unknown_gateways
         from .context import ctx_of
 
         c = ctx_of(ctx)
@@ -87,7 +87,7 @@ def register_tokens(app: typer.Typer) -> None:
         if c.output == Format.table:
             print(token)
         else:
-            emit({"name": name, "token": token}, c.output)
+            emit({**get_token(c.store, name).as_dict(), "token": token}, c.output)
         scope = f" for gateways {', '.join(sorted(set(gateway)))}" if gateway else ""
         stderr.print(f"token {name!r} ({role}{scope}) created; it is shown only this once")
         for missing in unknown_gateways(c.store, gateway or ()):

@@ -44,6 +44,7 @@ __all__ = [
     "bootstrap_path",
     "digest_of",
     "ensure_bootstrap_token",
+    "get_token",
     "list_tokens",
     "lookup_token",
     "new_token",
@@ -257,6 +258,15 @@ def list_tokens(store: Store) -> list[TokenInfo]:
     return [_info(r) for r in rows]
 
 
+def get_token(store: Store, name: str) -> TokenInfo:
+    """One token's record (never its secret); :class:`NotFound` if there is none."""
+    with store._reader.connect() as conn:
+        row = conn.execute(select(*_COLUMNS).where(ApiToken.name == name)).first()
+    if row is None:
+        raise NotFound(f"token {name!r} does not exist")
+    return _info(row)
+
+
 def revoke_token(store: Store, name: str) -> TokenInfo:
     """Revoke a token at once (its next request is refused); revoking twice keeps the first
     time. The row stays, so the name keeps naming the same holder in history and audit."""
@@ -293,7 +303,8 @@ def lookup_token(store: Store, plaintext: str) -> TokenInfo | None:
     now = time.time()
     if not info.active(now):
         return None
-    if info.last_used_at is None or now - info.last_used_at >= LAST_USED_EVERY:
+    due = info.last_used_at is None or now - info.last_used_at >= LAST_USED_EVERY
+    if due and not store.paused:  # paused: the file was replaced, nothing may be written
         try:
             with store._writer.begin() as conn:
                 conn.execute(
@@ -396,7 +407,11 @@ def ensure_bootstrap_token(store: Store, path: Path) -> str | None:
                     "create one with: gatewayctl token add NAME --role admin)"
                 ) from None
             except OSError as exc:
-                raise StoreError(f"admin token file {path}: {exc.strerror}") from None
+                raise StoreError(
+                    f"admin token file {path}: {exc.strerror} (choose another "
+                    "--admin-token-file, or create a token with: gatewayctl token add NAME "
+                    "--role admin)"
+                ) from None
             try:
                 token = _insert(conn, name, "admin", [], None, "bootstrap", now)
                 os.write(fd, (token + "\n").encode())
@@ -433,15 +448,16 @@ def bootstrap_path(url: str, explicit: str | os.PathLike[str] | None = None) -> 
 def bootstrap_admin(store: Store, explicit: str | os.PathLike[str] | None = None) -> Path | None:
     """What a starting controller does: :func:`ensure_bootstrap_token` at
     :func:`bootstrap_path`, saying so on standard error; the file's path when a token was
-    written. An existing file with no active admin token is left alone with a warning (the
-    controller still starts; the warning says how to get an admin token)."""
+    written. A file that cannot be written (it exists, its folder is unsafe or not
+    writable) is a warning, not a failure: serving policy to proxies matters more, nothing
+    is written, and the warning says how to get an admin token."""
     import sys
 
     path = bootstrap_path(store.url, explicit)
     try:
         token = ensure_bootstrap_token(store, path)
-    except Conflict as exc:
-        log.warning("%s", exc)
+    except (Conflict, StoreError) as exc:
+        log.warning("no admin token made: %s", exc)
         return None
     if token is None:
         return None

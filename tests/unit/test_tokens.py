@@ -43,6 +43,7 @@ from controlplane.store.tokens import (
     LAST_USED_EVERY,
     TOKEN_PATTERN,
     add_token,
+    bootstrap_admin,
     bootstrap_path,
     digest_of,
     ensure_bootstrap_token,
@@ -280,6 +281,7 @@ def test_scoped_token_writes_its_gateways_and_routes_only() -> None:
         (_route("b"), _route("a"), "currently serves gateway 'b'"),  # take it over
         (_route("a", "b"), _route("a"), "currently serves gateway 'b'"),  # drop a gateway
         (None, _route("a", "b"), "would serve gateway 'b'"),  # partly outside
+        ({"name": "r"}, _route("a"), "currently serves no gateway listed"),  # malformed row
     ],
 )
 def test_scoped_token_cannot_touch_routes_outside(
@@ -287,7 +289,7 @@ def test_scoped_token_cannot_touch_routes_outside(
 ) -> None:
     with pytest.raises(Forbidden, match=f"may not write route 'r': it {why}") as exc:
         check_write(SCOPED, "route", "r", before, after)
-    assert "outside its scope (a, a2)" in str(exc.value)
+    assert "scope (a, a2)" in str(exc.value)
 
 
 @pytest.mark.parametrize("kind", SHARED)
@@ -419,6 +421,24 @@ def test_concurrent_bootstraps_make_one_token(tmp_path: Path) -> None:
         s.close()
 
 
+def test_a_controller_starts_when_the_token_file_cannot_be_written(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("someone else's\n")
+    unsafe = tmp_path / "unsafe"
+    unsafe.mkdir()
+    unsafe.chmod(0o777)
+    for path in (taken, unsafe / "admin-token"):
+        caplog.clear()
+        assert bootstrap_admin(store, path) is None
+        assert "no admin token made" in caplog.text
+    assert not (unsafe / "admin-token").exists()
+    assert list_tokens(store) == [] and taken.read_text() == "someone else's\n"
+    made = bootstrap_admin(store, tmp_path / "ok")
+    assert made == tmp_path / "ok" and list_tokens(store)[0].name == BOOTSTRAP_NAME
+
+
 def test_default_bootstrap_path() -> None:
     assert bootstrap_path("sqlite:////var/lib/gw/gateway.db") == Path("/var/lib/gw/admin-token")
     assert bootstrap_path("sqlite:////x/g.db", "~/t") == Path("~/t").expanduser()
@@ -453,6 +473,10 @@ def test_cli_prints_the_token_once_on_stdout(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--expires" in bad.stderr
     gone = cli.run("token", "revoke", "nope", check=False)
     assert gone.returncode == 3
+    as_json = cli.run("-o", "json", "token", "add", "bot", "--role", "viewer")
+    shown = json.loads(as_json.stdout)
+    assert TOKEN_PATTERN.match(shown.pop("token"))
+    assert (shown["name"], shown["role"], shown["gateways"]) == ("bot", "viewer", [])
 
 
 def test_cli_token_module_imports_no_store() -> None:
