@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from ..translate.test_envoy_accepts import KNOWN_WARNINGS, api_warnings
 from .harness import request
 from .test_auth import Signer, _bearer, secured, signer
 
@@ -76,3 +77,8 @@ def test_route_rule_403_names_the_unmet_requirement(  # type: ignore[no-untyped-
     assert status == 403 and not isinstance(body, dict), body
     status, headers, _ = request(port, "/scoped", headers={})
     assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+
+    # the running Envoy (bootstrap + everything served over xDS) warned about no deprecated
+    # or work-in-progress API but the known ones
+    warned = api_warnings(secured.log_path.read_text(errors="replace"))
+    assert warned and {w for w in warned if not w.startswith(tuple(KNOWN_WARNINGS))} == set()
