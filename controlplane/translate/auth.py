@@ -53,6 +53,9 @@ from .view import GatewayView
 __all__ = [
     "API_KEY_FILTER",
     "CONSUMER_HEADER",
+    "DENIED_CLAIM",
+    "DENIED_CONSUMER",
+    "DENIED_SCOPE",
     "JWT_FILTER",
     "KEY_CLIENT_HEADER",
     "KEY_EXPIRY_FILTER",
@@ -74,6 +77,11 @@ JWT_FILTER = "gateway.jwt_authn"
 API_KEY_FILTER = "gateway.api_key_auth"
 KEY_EXPIRY_FILTER = "gateway.api_key_expiry"
 RBAC_FILTER = "gateway.rbac"
+#: names of the route rules' RBAC policies: prefix + the scope or claim; the 403 body names
+#: the policy that refused a request
+DENIED_SCOPE = "scope:"
+DENIED_CLAIM = "claim:"
+DENIED_CONSUMER = "consumer"
 #: where api_key_auth puts the key's client ("<consumer>" or "<consumer> <expiry, epoch s>")
 #: for the expiry check; removed from client requests and never forwarded (a reserved
 #: ``x-gateway-`` name, policy/headers.py)
@@ -334,14 +342,19 @@ def _string(value: str) -> value_pb2.ValueMatcher:
 
 
 def _claim(claim: str, matcher: value_pb2.ValueMatcher) -> rbac_config.Principal:
+    """A claim of the verified token, read from jwt_authn's dynamic metadata
+    (``sourced_metadata``: ``Principal.metadata`` is deprecated)."""
     return rbac_config.Principal(
-        metadata=metadata_pb2.MetadataMatcher(
-            filter=JWT_NAMESPACE,
-            path=[
-                metadata_pb2.MetadataMatcher.PathSegment(key=JWT_PAYLOAD),
-                metadata_pb2.MetadataMatcher.PathSegment(key=claim),
-            ],
-            value=matcher,
+        sourced_metadata=rbac_config.SourcedMetadata(
+            metadata_matcher=metadata_pb2.MetadataMatcher(
+                filter=JWT_NAMESPACE,
+                path=[
+                    metadata_pb2.MetadataMatcher.PathSegment(key=JWT_PAYLOAD),
+                    metadata_pb2.MetadataMatcher.PathSegment(key=claim),
+                ],
+                value=matcher,
+            ),
+            metadata_source=rbac_config.MetadataSource.DYNAMIC,
         )
     )
 
@@ -381,31 +394,37 @@ def _consumer_is(names: list[str]) -> rbac_config.Principal:
 
 
 def _rules(auth: AuthPolicy, context: RouteContext, via_jwt: bool) -> rbac_filter.RBACPerRoute:
-    principals: list[rbac_config.Principal] = []
+    """One DENY policy per requirement, named after it (``scope:NAME``, ``claim:NAME``,
+    ``consumer``): a request is refused when any requirement is unmet, and Envoy reports
+    the (first, by name) policy that refused it, so the 403 can say which requirement
+    failed (listener.py, ``forbidden_replies``) without echoing anything from the token."""
+    policies: dict[str, rbac_config.Principal] = {}
     if via_jwt:
-        principals += [_scope(s) for s in auth.scopes]
+        for scope in auth.scopes:
+            policies[f"{DENIED_SCOPE}{scope}"] = _scope(scope)
         for claim, values in sorted(auth.claims.items()):
-            principals.append(
-                rbac_config.Principal(
-                    or_ids=rbac_config.Principal.Set(
-                        ids=[_claim(claim, _string(v)) for v in values]
-                    )
-                )
+            policies[f"{DENIED_CLAIM}{claim}"] = rbac_config.Principal(
+                or_ids=rbac_config.Principal.Set(ids=[_claim(claim, _string(v)) for v in values])
             )
     allowed = _allowed_consumers(auth, context)
     if allowed is not None:
-        principals.append(
+        policies[DENIED_CONSUMER] = (
             _consumer_is(allowed)
             if allowed
             else rbac_config.Principal(not_id=rbac_config.Principal(any=True))
         )
-    policy = rbac_config.Policy(
-        permissions=[rbac_config.Permission(any=True)],
-        principals=[rbac_config.Principal(and_ids=rbac_config.Principal.Set(ids=principals))],
-    )
     return rbac_filter.RBACPerRoute(
         rbac=rbac_filter.RBAC(
-            rules=rbac_config.RBAC(action=rbac_config.RBAC.ALLOW, policies={"route": policy})
+            rules=rbac_config.RBAC(
+                action=rbac_config.RBAC.DENY,
+                policies={
+                    name: rbac_config.Policy(
+                        permissions=[rbac_config.Permission(any=True)],
+                        principals=[rbac_config.Principal(not_id=met)],
+                    )
+                    for name, met in policies.items()
+                },
+            )
         )
     )
 

@@ -102,11 +102,21 @@ def cluster_resource(cluster: Cluster) -> cluster_pb2.Cluster:
             health_check_pb2.HealthCheck(
                 timeout=duration(hc.timeout),
                 interval=duration(hc.interval),
+                # Envoy probes a cluster that has never carried traffic every 60 s by
+                # default: an endpoint that was down when the gateway started would then
+                # stay out for up to a minute after it recovers. One interval everywhere
+                # keeps recovery at healthy_threshold x interval (README, health checks).
+                no_traffic_interval=duration(hc.interval),
                 healthy_threshold=wrappers_pb2.UInt32Value(value=hc.healthy_threshold),
                 unhealthy_threshold=wrappers_pb2.UInt32Value(value=hc.unhealthy_threshold),
                 http_health_check=http,
             )
         )
+        # An endpoint removed from the cluster leaves at once. Without this, Envoy keeps a
+        # removed endpoint that still passes its health checks ("pending_dynamic_removal")
+        # and sends it new requests until it fails them: a decommissioned host would keep
+        # serving for as long as it stays up.
+        out.ignore_health_on_host_removal = True
     if cluster.circuit_breakers is not None:
         cb = cluster.circuit_breakers
         thresholds = circuit_breaker_pb2.CircuitBreakers.Thresholds()

@@ -4,15 +4,17 @@ RDS for a sharded gateway)."""
 from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2 as access_log_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, protocol_pb2, substitution_format_string_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from google.protobuf import wrappers_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
 
 from ..policy import Gateway
 from .accesslog import access_logs
+from .auth import DENIED_CLAIM, DENIED_CONSUMER, DENIED_SCOPE
 from .common import ads_source, pack
 from .shard import early_mutation, scoped_routes
 from .view import GatewayView
@@ -63,7 +65,7 @@ def listener_resource(
         stat_prefix=gateway.name,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         http_filters=filters,
-        local_reply_config=_challenge_on_401(),
+        local_reply_config=local_replies(),
         # Hosts are matched without the port, so "api.example.com" matches on any port.
         strip_any_host_port=True,
         use_remote_address=wrappers_pb2.BoolValue(value=True),
@@ -90,27 +92,77 @@ def listener_resource(
     )
 
 
-def _challenge_on_401() -> hcm_pb2.LocalReplyConfig:
-    """Every 401 the gateway sends carries a challenge (JWT's own has a more precise one)."""
-    return hcm_pb2.LocalReplyConfig(
-        mappers=[
+def local_replies() -> hcm_pb2.LocalReplyConfig:
+    """How the gateway's own 401s and 403s read (the first matching mapper applies)."""
+    return hcm_pb2.LocalReplyConfig(mappers=[_challenge_on_401(), *forbidden_replies()])
+
+
+#: the local reply detail Envoy's RBAC filter gives a refusal: this + the policy name + "]"
+RBAC_DENIED = "rbac_access_denied_matched_policy["
+CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
+#: what each kind of route rule (translate/auth.py: one RBAC policy per rule, named
+#: ``scope:NAME``, ``claim:NAME`` or ``consumer``) tells the caller
+_FORBIDDEN = (
+    (DENIED_SCOPE, "missing scope: the token lacks a scope this route requires"),
+    (DENIED_CLAIM, "claim not accepted: a claim of the token lacks a value this route accepts"),
+    (DENIED_CONSUMER, "consumer not allowed: not among this route's consumers or groups"),
+)
+
+
+def forbidden_replies() -> list[hcm_pb2.ResponseMapper]:
+    """A route rule's 403 as JSON naming the unmet requirement, e.g.
+    ``{"error": "forbidden", "message": "missing scope: ...",
+    "requirement": "rbac_access_denied_matched_policy[scope:read:users]"}``.
+
+    The requirement is the name of the RBAC policy that refused the request, i.e. the
+    route's own configuration (a scope or claim *name*, or ``consumer``); nothing from the
+    token, and neither the claim values nor the consumers a route accepts, is echoed.
+    Envoy's response code detail is the only place the policy name is known when the reply
+    is formatted (the RBAC filter writes its dynamic metadata after sending the 403), and a
+    CEL filter on it picks the message. Other 403s (jwt_authn's wrong audience) keep
+    Envoy's text.
+    """
+    out = []
+    for prefix, message in _FORBIDDEN:
+        body = struct_pb2.Struct()
+        body.update(
+            {"error": "forbidden", "message": message, "requirement": "%RESPONSE_CODE_DETAILS%"}
+        )
+        expression = cel_pb2.ExpressionFilter(
+            expression=f"response.code_details.startsWith('{RBAC_DENIED}{prefix}')"
+        )
+        out.append(
             hcm_pb2.ResponseMapper(
                 filter=access_log_pb2.AccessLogFilter(
-                    status_code_filter=access_log_pb2.StatusCodeFilter(
-                        comparison=access_log_pb2.ComparisonFilter(
-                            op=access_log_pb2.ComparisonFilter.EQ,
-                            value=base_pb2.RuntimeUInt32(default_value=401, runtime_key="gw_401"),
-                        )
+                    extension_filter=access_log_pb2.ExtensionFilter(
+                        name=CEL_FILTER, typed_config=pack(expression)
                     )
                 ),
-                headers_to_add=[
-                    base_pb2.HeaderValueOption(
-                        header=base_pb2.HeaderValue(
-                            key="www-authenticate", value='Bearer realm="gateway", ApiKey'
-                        ),
-                        append_action=base_pb2.HeaderValueOption.ADD_IF_ABSENT,
-                    )
-                ],
+                body_format_override=substitution_format_string_pb2.SubstitutionFormatString(
+                    json_format=body
+                ),
             )
-        ]
+        )
+    return out
+
+
+def _challenge_on_401() -> hcm_pb2.ResponseMapper:
+    """Every 401 the gateway sends carries a challenge (JWT's own has a more precise one)."""
+    return hcm_pb2.ResponseMapper(
+        filter=access_log_pb2.AccessLogFilter(
+            status_code_filter=access_log_pb2.StatusCodeFilter(
+                comparison=access_log_pb2.ComparisonFilter(
+                    op=access_log_pb2.ComparisonFilter.EQ,
+                    value=base_pb2.RuntimeUInt32(default_value=401, runtime_key="gw_401"),
+                )
+            )
+        ),
+        headers_to_add=[
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(
+                    key="www-authenticate", value='Bearer realm="gateway", ApiKey'
+                ),
+                append_action=base_pb2.HeaderValueOption.ADD_IF_ABSENT,
+            )
+        ],
     )
