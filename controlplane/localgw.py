@@ -30,6 +30,7 @@ __all__ = [
     "log_tail",
     "prepare_log",
     "wait_confirmed",
+    "wait_listening",
 ]
 
 #: 8080: the port of a gateway ``up`` creates when --port is not given
@@ -125,6 +126,30 @@ async def wait_confirmed(
                 f"within {timeout:.0f} s"
             )
         await asyncio.sleep(0.1)
+
+
+async def wait_listening(
+    port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60.0
+) -> None:
+    """Return once 127.0.0.1:``port`` accepts connections; raise if ``proc`` exits first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise GatewayError(f"{what} exited with code {proc.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if loop.time() >= deadline:
+                raise GatewayError(
+                    f"{what} not listening on 127.0.0.1:{port} after {timeout:.0f} s"
+                ) from None
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        with suppress(OSError):
+            await writer.wait_closed()
+        return
 
 
 def log_tail(path: Path, lines: int = 5) -> str:
@@ -232,6 +257,7 @@ class LocalRun:
             try:
                 await asyncio.to_thread(wait_ready, self.admin_port, 60.0, process=envoy)
                 await wait_confirmed(controller, self.gateway.name, self.node_id, envoy)
+                await wait_listening(self.aggregator_port, aggregator, "the aggregation service")
             except (GatewayError, RuntimeError, TimeoutError) as exc:
                 raise _failure(exc, self.envoy_log) from None
             self._announce(envoy.pid, aggregator.pid, controller.health_port)
