@@ -51,7 +51,10 @@ def prepare_log(path: Path) -> None:
     """Start ``path`` empty (this run's log only), readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o600)  # a file kept from before keeps its mode otherwise
+    finally:
+        os.close(fd)
 
 
 def ensure_gateway(store: Store, name: str, port: int | None) -> tuple[Gateway, str | None]:
