@@ -159,8 +159,9 @@ def start_envoy(
     Output goes to `log_path` when given (appended), otherwise it is inherited.
     `envoy_log` sends Envoy's own log (not its stdout, where access logs may go) to that
     file instead (Envoy's --log-path). `tie_to_parent` makes Envoy receive SIGTERM when this
-    process dies, even by SIGKILL (Linux; see controlplane.supervise): call it from a
-    thread that lives as long as the process then.
+    process dies, even by SIGKILL (Linux; see controlplane.supervise), and puts it in a
+    process group of its own (a terminal's Ctrl-C reaches the parent only, which stops it):
+    call it from a thread that lives as long as the process then.
     """
     script = bootstrap_dir() / "run-envoy.sh"
     env = dict(os.environ)
@@ -176,6 +177,8 @@ def start_envoy(
             ["bash", str(script), *(("--log-path", str(envoy_log)) if envoy_log else ())],
             env=env,
             preexec_fn=die_with_parent() if tie_to_parent else None,
+            # tied: its own process group, so only the parent decides when it stops
+            process_group=0 if tie_to_parent else None,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT if log is not None else None,

@@ -217,8 +217,13 @@ class LocalRun:
         finally:
             stopper.cancel()
             work.cancel()
-            with suppress(asyncio.CancelledError):
-                await work  # re-raises what ended it, if not the signal
+            try:
+                await work  # re-raises what ended it
+            except asyncio.CancelledError:
+                pass
+            except GatewayError:
+                if not stop.event.is_set():  # a failure while stopping is the stop's
+                    raise
         if stop.name:
             _say(f"stopped ({stop.name}): Envoy and the aggregation service with it")
 

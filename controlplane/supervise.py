@@ -65,9 +65,14 @@ class Children:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, args: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
-        """Popen ``args`` with the parent-death signal set (call from the main thread)."""
+        """Popen ``args`` tied to this process (call from the main thread).
+
+        The child gets the parent-death signal and a process group of its own: a Ctrl-C
+        at the terminal reaches only this process, which then stops its children in order
+        (rather than each child racing to exit on its own, tracebacks and all).
+        """
         proc: subprocess.Popen[bytes] = subprocess.Popen(
-            list(args), preexec_fn=die_with_parent(), **popen
+            list(args), preexec_fn=die_with_parent(), process_group=0, **popen
         )
         self.procs.append(proc)
         return proc
