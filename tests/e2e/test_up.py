@@ -7,13 +7,15 @@ sees: the few lines it prints, the requests it serves, the ports and processes i
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import signal
 import socket
 import subprocess
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -264,3 +266,56 @@ def test_up_exits_non_zero_when_envoy_cannot_bind_the_port(tmp_path: Path) -> No
             assert "rejected" in up.envoy_log.read_text(), up.envoy_log.read_text()
     # nothing it started is left listening
     wait_until(lambda: not any(listening(p) for p in (up.admin, up.aggregator, up.health)), 30)
+
+
+def test_ctrl_c_at_a_terminal_stops_up_and_its_children(tmp_path: Path) -> None:
+    """The everyday case: ``up`` in the foreground of a terminal, the user presses Ctrl-C
+    (the terminal sends SIGINT to the whole foreground process group)."""
+    db = str(tmp_path / "gateway.db")
+    port, xds, admin, agg, health = (free_port() for _ in range(5))
+    args = [
+        *(*gatewayctl_command(), "--db", db, "up", "--port", str(port)),
+        *("--xds-port", str(xds), "--admin-port", str(admin), "--aggregator-port", str(agg)),
+        *("--health-address", f"127.0.0.1:{health}", "--envoy-log", str(tmp_path / "e.log")),
+    ]
+    env = {**os.environ, "GATEWAY_DB": ""}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a session leader whose controlling terminal is the pty
+        try:
+            os.execve(args[0], args, env)
+        finally:
+            os._exit(127)
+    output = bytearray()
+    status: list[int] = []
+
+    def read_some() -> None:
+        """What the terminal shows so far (waits at most 0.2 s for more)."""
+        if select.select([fd], [], [], 0.2)[0]:
+            with suppress(OSError):  # EIO: nothing holds the terminal any more
+                output.extend(os.read(fd, 65536))
+
+    def exited() -> bool:
+        read_some()
+        done, code = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            status.append(code)
+        return bool(status)
+
+    try:
+        wait_until(lambda: read_some() or b"is up" in output or exited(), 90, 0)
+        assert b"is up" in output, output.decode(errors="replace")
+        children = child_pids(pid)
+        assert len(children) >= 2
+        os.write(fd, b"\x03")  # Ctrl-C
+        wait_until(exited, 60, 0)
+        read_some()
+    finally:
+        if not status:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status[0]) == 0
+    text = output.decode(errors="replace")
+    assert "stopped (SIGINT)" in text and "Traceback" not in text, text
+    wait_until(lambda: not any(alive(p) for p in children), 30, 0.1)
+    wait_until(lambda: not any(listening(p) for p in (port, admin, agg, health)), 30, 0.1)
