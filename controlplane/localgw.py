@@ -241,7 +241,14 @@ class LocalRun:
                 aggregation_address="127.0.0.1",
             )
         )
-        await controller.start()
+        try:
+            await controller.start()
+        except OSError as exc:  # a port taken: --xds-port or --health-address
+            await controller.stop()
+            raise GatewayError(
+                f"controller cannot start: {exc.strerror or exc} (--xds-port {self.xds_port}, "
+                f"--health-address {self.health_address or 'off'})"
+            ) from None
         task = asyncio.create_task(controller.run())
         children = Children()
         try:
