@@ -319,3 +319,27 @@ def test_ctrl_c_at_a_terminal_stops_up_and_its_children(tmp_path: Path) -> None:
     assert "stopped (SIGINT)" in text and "Traceback" not in text, text
     wait_until(lambda: not any(alive(p) for p in children), 30, 0.1)
     wait_until(lambda: not any(listening(p) for p in (port, admin, agg, health)), 30, 0.1)
+
+
+def test_a_taken_health_port_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        health = taken.getsockname()[1]
+        up = subprocess.run(
+            [
+                *(*gatewayctl_command(), "--db", str(tmp_path / "g.db"), "up"),
+                *("--port", str(free_port()), "--xds-port", str(free_port())),
+                *("--admin-port", str(free_port()), "--aggregator-port", str(free_port())),
+                *("--health-address", f"127.0.0.1:{health}"),
+                *("--envoy-log", str(tmp_path / "envoy.log")),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "GATEWAY_DB": ""},
+        )
+    assert up.returncode == 1, up.stderr
+    [error] = [line for line in up.stderr.splitlines() if line.startswith("error:")]
+    assert "address already in use" in error and f"--health-address 127.0.0.1:{health}" in error
+    assert "Traceback" not in up.stderr and "is up" not in up.stderr
