@@ -136,9 +136,11 @@ def test_up_serves_the_demo_and_takes_changes(tmp_path: Path) -> None:
         out = up.output()
         assert f"http://127.0.0.1:{up.port}/" in out
 
-        # the few lines a user needs, none of Envoy's own log (that is in the file named)
+        # the few lines a user needs, none of Envoy's own log (that is in the file named);
+        # a first start adds two about the admin token
         lines = out.strip().splitlines()
-        assert len(lines) <= 8, out
+        assert "admin token written to" in out
+        assert len(lines) <= 10, out
         assert not [line for line in lines if ENVOY_LOG_LINE.match(line)], out
         assert f"log {up.envoy_log}" in out
         assert up.envoy_log.is_file()
@@ -261,7 +263,9 @@ def test_up_exits_non_zero_when_envoy_cannot_bind_the_port(tmp_path: Path) -> No
             assert code == 7, out  # WaitFailed: a proxy rejected the configuration
             assert "is up" not in out
             assert "Address already in use" in out, out
-            assert len(out.strip().splitlines()) <= 6, out
+            assert len(out.strip().splitlines()) <= 8, (
+                out
+            )  # two lines of them: the admin token of a first start
             # Envoy's own account of it is in its log file, not on the terminal
             assert "rejected" in up.envoy_log.read_text(), up.envoy_log.read_text()
     # nothing it started is left listening
