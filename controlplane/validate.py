@@ -25,7 +25,7 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,11 +113,14 @@ class EnvoyValidator:
                 self._warn(NOT_VALIDATED)
             self._warned = True
             return [NOT_VALIDATED]
-        rendered = [render_static(view, g, routes, self.settings) for g, routes in affected(view)]
-        rendered = [r for r in rendered if r is not None]
+        rendered = []
+        for gateway, routes in affected(view):
+            item = render_static(view, gateway, routes, self.settings)
+            if item is not None:
+                rendered.append((item, routes))
         if rendered:
             self.runs += len(rendered)
-            _check_all(envoy, rendered, view)
+            _check_all(envoy, rendered, view, self.settings)
         return []
 
 
@@ -375,73 +378,140 @@ def _check_all(envoy: str, rendered: list[_Rendered], view: WriteView) -> None:
             raise PolicyRejected(rejection(item, out, view))
 
 
-#: Envoy's prefixes that say nothing about the object
-_NOISE = re.compile(
-    r"^(error initializing config(uration)? '[^']*': ?|error adding listener '[^']*': ?)+"
-)
+#: Envoy's names of resource fields (in its validation messages) -> the policy field
+_FIELDS = {
+    "ResponseHeadersToAdd": "response_headers",
+    "ResponseHeadersToRemove": "response_headers",
+    "RequestHeadersToAdd": "request_headers",
+    "RequestHeadersToRemove": "request_headers",
+    "RegexRewrite": "regex_rewrite",
+    "PrefixRewrite": "prefix_rewrite",
+    "HostRewriteLiteral": "host_rewrite",
+    "Redirect": "redirect",
+    "DirectResponse": "direct_response",
+    "RetryPolicy": "retries",
+    "Timeout": "timeout",
+    "IdleTimeout": "idle_timeout",
+    "Cors": "cors",
+    "Match": "match",
+    "HealthChecks": "health_check",
+    "ConnectTimeout": "connect_timeout",
+    "OutlierDetection": "outlier_detection",
+    "CircuitBreakers": "circuit_breakers",
+    "LoadAssignment": "endpoints",
+    "Address": "address",
+    "Port": "port",
+}
+_CONSTRAINT = "Proto constraint validation failed"
 
 
 def envoy_reason(output: str) -> str:
-    """The line of ``envoy --mode validate`` output that says why, without log noise."""
+    """Why Envoy refused, in one line: the innermost cause of a constraint violation, or
+    the first line of its error (Envoy appends a dump of the whole resource to some)."""
+    if _CONSTRAINT in output:
+        chain = output[output.rindex(_CONSTRAINT) :]
+        last = chain.split("caused by ")[-1].strip().rstrip(")")
+        return _one_line(last)
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
     for ln in lines:
-        if "error initializing configuration" in ln or "EnvoyException" in ln:
-            text = re.sub(r"^\[[^\]]*\]\s*(\[[^\]]*\]\s*)*", "", ln)
-            return _one_line(_NOISE.sub("", text))
-    meaningful = [ln for ln in lines if not ln.startswith("[") or "critical" in ln]
-    return _one_line(meaningful[-1] if meaningful else output)
+        if "error initializing config" in ln or "rror adding" in ln:
+            text = re.sub(r"^error initializing config(uration)? '[^']*': ?", "", ln)
+            return _one_line(text)
+    return _one_line(lines[-1] if lines else output)
 
 
-def rejection(item: _Rendered, output: str, view: WriteView) -> str:
-    """One line naming the policy object (and field where the value is found) that Envoy
-    refused, e.g. ``route 'api': match.regex: Envoy refuses it: ...``."""
-    reason = envoy_reason(output)
-    culprits = _culprits(item, output, view)
-    if not culprits:
-        return f"gateway {item.gateway!r}: Envoy refuses the configuration: {reason}"
-    kind, name = culprits[0]
-    obj = view.get(kind, name)
-    field = _field_of(obj.spec() if obj is not None else {}, output)  # type: ignore[attr-defined]
-    where = f"{kind} {name!r}: {field}: " if field else f"{kind} {name!r}: "
-    return f"{where}Envoy refuses it: {reason}"
-
-
-def _culprits(item: _Rendered, output: str, view: WriteView) -> list[tuple[str, str]]:
-    """The policy objects whose resources Envoy's message names, changed objects first; or
-    the changed objects whose values the message quotes."""
-    changed = [(c.kind, c.name) for c in view.changes if c.after is not None]
-    named: list[tuple[str, str]] = []
-    for resource in sorted(item.sources, key=len, reverse=True):
-        if re.search(rf"(?<![\w.-]){re.escape(resource)}(?![\w.-])", output):
-            named += [ref for ref in item.sources[resource] if ref not in named]
-    for ref in changed:  # a value of a changed object quoted by Envoy
-        obj = view.get(*ref)
-        if obj is not None and _field_of(obj.spec(), output) and ref not in named:  # type: ignore[attr-defined]
-            named.insert(0, ref)
-    named.sort(key=lambda ref: (ref not in changed, ref[0] == "gateway"))
-    if not named and len(changed) == 1:
-        named = changed
-    return named
-
-
-def _field_of(spec: Any, output: str, path: str = "") -> str | None:
-    """The dotted path of the first string value of ``spec`` (at least 3 characters) that
-    Envoy's output quotes."""
-    if isinstance(spec, dict):
-        items: Iterable[tuple[str, Any]] = spec.items()
-    elif isinstance(spec, list):
-        items = ((str(i), v) for i, v in enumerate(spec))
-    else:
-        if isinstance(spec, str) and len(spec) >= 3 and spec in output and path != "name":
-            return path
+def envoy_field(output: str) -> str | None:
+    """The policy field Envoy's constraint message points at, where it is known."""
+    if _CONSTRAINT not in output:
         return None
-    for key, value in items:
-        if key == "name" and not path:
-            continue
-        found = _field_of(value, output, f"{path}.{key}" if path else key)
-        if found:
-            return found
+    chain = output[output.rindex(_CONSTRAINT) :]
+    for part in re.findall(r"ValidationError\.(\w+)", chain):
+        if part in _FIELDS:
+            return _FIELDS[part]
     return None
+
+
+def rejection(culprit: tuple[str, str] | None, gateway: str, output: str) -> str:
+    """One line naming the policy object (and field where known) that Envoy refused, e.g.
+    ``route 'api': response_headers: Envoy refuses it: ...``."""
+    reason = envoy_reason(output)
+    if culprit is None:
+        return f"gateway {gateway!r}: Envoy refuses its configuration: {reason}; nothing written"
+    kind, name = culprit
+    field = envoy_field(output)
+    where = f"{kind} {name!r}: {field}: " if field else f"{kind} {name!r}: "
+    return f"{where}Envoy refuses it: {reason}; nothing written"
+
+
+def _run(envoy: str, folder: str, bootstraps: list[bytes]) -> list[tuple[int, str]]:
+    """``envoy --mode validate`` on each bootstrap, all at once: (exit code, output)."""
+    procs = []
+    try:
+        for data in bootstraps:
+            fd, path = tempfile.mkstemp(suffix=".pb", dir=folder)  # mode 0600
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            procs.append(
+                subprocess.Popen(
+                    [envoy, "--mode", "validate", "-c", path, "-l", "critical"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    errors="replace",
+                )
+            )
+        results = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=TIMEOUT)
+            results.append((proc.returncode, out))
+        return results
+    except subprocess.TimeoutExpired:
+        raise GatewayError(
+            f"envoy --mode validate did not finish in {TIMEOUT:g}s; nothing written"
+        ) from None
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _check_all(
+    envoy: str,
+    rendered: list[tuple[_Rendered, set[str] | None]],
+    view: WriteView,
+    settings: Settings | None,
+) -> None:
+    """Validate every rendered gateway; on a refusal find the changed object at fault (each
+    changed route of the gateway alone, when several changed) and refuse the write."""
+    # the bootstraps may hold private keys and API keys: a directory only we can read
+    with tempfile.TemporaryDirectory(prefix="gateway-validate-") as folder:
+        results = _run(envoy, folder, [item.bootstrap for item, _ in rendered])
+        for (item, names), (code, out) in zip(rendered, results, strict=True):
+            if code == 0:
+                continue
+            changed = [
+                (c.kind, c.name)
+                for c in view.changes
+                if c.after is not None and (c.kind, c.name) in _refs(item)
+            ]
+            culprit = changed[0] if len(changed) == 1 else None
+            routes = [n for k, n in changed if k == "route"]
+            if culprit is None and len(routes) > 1:
+                singles = [render_static(view, item.gateway, {n}, settings) for n in routes]
+                alone = _run(envoy, folder, [r.bootstrap for r in singles if r is not None])
+                for name, (code1, out1) in zip(routes, alone, strict=False):
+                    if code1 != 0:
+                        culprit, out = ("route", name), out1
+                        break
+            if culprit is None and changed:
+                culprit = changed[0]
+            raise PolicyRejected(rejection(culprit, item.gateway, out))
+
+
+def _refs(item: _Rendered) -> set[tuple[str, str]]:
+    return {ref for refs in item.sources.values() for ref in refs}
 
 
 def _one_line(text: str, limit: int = 400) -> str:
