@@ -27,7 +27,6 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -339,45 +338,6 @@ def _sources(resources: Resources) -> dict[str, list[tuple[str, str]]]:
 # -- running Envoy and naming the object at fault ---------------------------------------------
 
 
-def _check_all(envoy: str, rendered: list[_Rendered], view: WriteView) -> None:
-    """Run one ``envoy --mode validate`` per gateway, at once; refuse the first rejection."""
-    # the bootstrap may hold private keys and API keys: a directory only we can read
-    with tempfile.TemporaryDirectory(prefix="gateway-validate-") as folder:
-        procs = []
-        for i, item in enumerate(rendered):
-            path = Path(folder) / f"{i}.pb"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(item.bootstrap)
-            procs.append(
-                subprocess.Popen(
-                    [envoy, "--mode", "validate", "-c", str(path), "-l", "critical"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    errors="replace",
-                )
-            )
-        results = []
-        try:
-            for proc in procs:
-                out, _ = proc.communicate(timeout=TIMEOUT)
-                results.append((proc.returncode, out))
-        except subprocess.TimeoutExpired:
-            raise GatewayError(
-                f"envoy --mode validate did not finish in {TIMEOUT:g}s; nothing written"
-            ) from None
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-    for item, (code, out) in zip(rendered, results, strict=True):
-        if code != 0:
-            raise PolicyRejected(rejection(item, out, view))
-
-
 #: Envoy's names of resource fields (in its validation messages) -> the policy field
 _FIELDS = {
     "ResponseHeadersToAdd": "response_headers",
@@ -488,7 +448,7 @@ def _check_all(
     # the bootstraps may hold private keys and API keys: a directory only we can read
     with tempfile.TemporaryDirectory(prefix="gateway-validate-") as folder:
         results = _run(envoy, folder, [item.bootstrap for item, _ in rendered])
-        for (item, names), (code, out) in zip(rendered, results, strict=True):
+        for (item, _names), (code, out) in zip(rendered, results, strict=True):
             if code == 0:
                 continue
             changed = [

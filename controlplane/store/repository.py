@@ -132,9 +132,7 @@ class WriteView:
 
     def all_of(self, kind: str) -> dict[str, PolicyModel]:
         """Every object of ``kind`` as the write leaves it (those that validate)."""
-        rows = self._conn.execute(
-            select(Resource.name, *_SPEC).where(Resource.kind == kind)
-        ).all()
+        rows = self._conn.execute(select(Resource.name, *_SPEC).where(Resource.kind == kind)).all()
         out: dict[str, PolicyModel] = {}
         for name, *rest in rows:
             obj = self._written.get((kind, name), None)
