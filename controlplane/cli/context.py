@@ -78,9 +78,14 @@ def finish_atomic(ctx: Ctx, result: ApplyResult, message: str, wait: str | None)
                 f"{exc}; the change was NOT rolled back ({what}): revision {result.revision} "
                 "stays the newest"
             ) from None
+        try:
+            wait_for_revision(ctx.store, undone.revision, parse_timeout(wait or "30s"))
+            live = "and every connected proxy runs it"
+        except WaitFailed as again:
+            live = f"but not every proxy runs it yet: {again}"
         raise WaitFailed(
             f"{exc}; rolled back: revision {undone.revision} restores what revision "
-            f"{result.revision} changed"
+            f"{result.revision} changed, {live}"
         ) from None
     for note in notes:
         stderr.print(f"note: {note}")
