@@ -138,13 +138,12 @@ def affected(view: WriteView) -> list[tuple[str, set[str] | None]]:
     configuration the write may change, as the write leaves it."""
     out: dict[str, set[str] | None] = {}
 
-    def add(gateway: str, route: str | None) -> None:
-        if gateway in out and out[gateway] is _ALL:
-            return
-        if route is _ALL and gateway in out:
+    def add(gateway: str, route: str | None, *, whole: bool = False) -> None:
+        """Render ``gateway`` with ``route`` (or only what it has without one; or whole)."""
+        if whole:
             out[gateway] = _ALL
             return
-        names = out.setdefault(gateway, set() if route is not _ALL else _ALL)
+        names = out.setdefault(gateway, set())
         if names is not _ALL and route is not None:
             names.add(route)
 
@@ -157,7 +156,7 @@ def affected(view: WriteView) -> list[tuple[str, set[str] | None]]:
             if isinstance(obj, Route):
                 for gateway in obj.gateways:
                     add(gateway, ref_name)
-            elif ref_kind == "gateway":
+            elif ref_kind == "gateway":  # its listener or filters draw on the object
                 add(ref_name, None)
             else:  # e.g. a consumer referencing a changed plan: whoever uses the consumer
                 via_referrers(ref_kind, ref_name, seen)
@@ -166,7 +165,7 @@ def affected(view: WriteView) -> list[tuple[str, set[str] | None]]:
     for ch in view.changes:
         if ch.kind == "gateway":
             if ch.after is not None:
-                add(ch.name, _ALL)
+                add(ch.name, None, whole=True)
         elif ch.kind == "route":
             for gateway in (ch.before or {}).get("gateways", []):
                 add(gateway, None)  # the route leaves it: render what remains
