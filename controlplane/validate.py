@@ -39,7 +39,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from .envoy_launcher import EnvoyNotFoundError, find_envoy_binary
-from .errors import GatewayError, PolicyInvalid, PolicyRejected
+from .errors import GatewayError, PolicyInvalid, PolicyRejected, TranslationError
 from .policy import PolicyModel, Route
 from .settings import Settings
 from .store import WriteView
@@ -114,7 +114,15 @@ class EnvoyValidator:
             return [NOT_VALIDATED]
         rendered = []
         for gateway, routes in affected(view):
-            item = render_static(view, gateway, routes, self.settings)
+            try:
+                item = render_static(view, gateway, routes, self.settings)
+            except GatewayError:
+                raise  # names the object (a conflicting name, a value no check caught)
+            except Exception as exc:  # a translator bug: the controller would fail too
+                raise TranslationError(
+                    f"gateway {gateway!r}: translation failed: {type(exc).__name__}: {exc}; "
+                    "nothing written"
+                ) from exc
             if item is not None:
                 rendered.append((item, routes))
         if rendered:
