@@ -382,7 +382,7 @@ def envoy_reason(output: str) -> str:
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
     for ln in lines:
         if "error initializing config" in ln or "rror adding" in ln:
-            text = re.sub(r"^error initializing config(uration)? '[^']*': ?", "", ln)
+            text = re.sub(r"^.*?error initializing config(uration)? '[^']*': ?", "", ln)
             return _one_line(text)
     return _one_line(lines[-1] if lines else output)
 

@@ -207,3 +207,33 @@ def test_cli_refuses_with_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: route 'r': response_headers.set:")
     assert cli.run("route", "get", "r", check=False).returncode == 3
+
+
+def test_model_refuses_a_jwks_host_envoy_would_refuse() -> None:
+    with pytest.raises(PolicyInvalid, match=r"jwt_provider 'p': jwks_uri: .*needs a host name"):
+        parse_object(
+            "jwt_provider",
+            {"name": "p", "issuer": "https://id.example.com", "jwks_uri": "https://id_p.example/k"},
+        )
+
+
+@needs_envoy
+def test_envoy_refuses_an_invalid_jwks_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Envoy checks the JWKS URI when it loads the provider: the net behind the model."""
+    monkeypatch.setattr("controlplane.policy.jwt._fetchable_host", lambda host: True)
+    store = _store(tmp_path / "p.db", EnvoyValidator("always"))
+    try:
+        provider = parse_object(
+            "jwt_provider",
+            {"name": "p", "issuer": "https://id.example.com", "jwks_uri": "https://id_p.example/k"},
+        )
+        revision = store.revision()
+        with pytest.raises(PolicyRejected) as info:
+            store.create(provider)
+        assert str(info.value) == (
+            "jwt_provider 'p': Envoy refuses it: Provider 'p' has an invalid URI: "
+            "'https://id_p.example/k'; nothing written"
+        )
+        assert store.revision() == revision
+    finally:
+        store.close()
