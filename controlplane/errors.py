@@ -15,6 +15,7 @@ __all__ = [
     "GatewayError",
     "NotFound",
     "PolicyInvalid",
+    "PolicyRejected",
     "StoreError",
     "TranslationError",
     "Unauthorized",
@@ -51,6 +52,12 @@ class PolicyInvalid(GatewayError):
     """The input does not describe valid policy (schema, value or cross-reference)."""
 
     exit_code = 2
+
+
+class PolicyRejected(PolicyInvalid):
+    """Valid policy whose Envoy configuration the real Envoy refuses (``envoy --mode
+    validate``); refused before commit. Exit 2 like any bad input; the admin API answers
+    422 ``rejected``."""
 
 
 class NotFound(GatewayError):

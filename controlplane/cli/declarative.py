@@ -13,9 +13,9 @@ from ..errors import PolicyInvalid
 from ..policy import KINDS, PLURALS, Bundle
 from ..policy.loader import decode
 from ..store import ObjectChange, write_private_file
-from .context import ctx_of, finish_change
+from .context import ctx_of, finish_atomic, finish_change
 from .output import Format, emit, stderr
-from .resources import WaitOption
+from .resources import AtomicOption, WaitOption
 
 __all__ = ["register_declarative"]
 
@@ -158,6 +158,7 @@ def register_declarative(app: typer.Typer) -> None:
                 "revision N, the one the change was planned against.",
             ),
         ] = None,
+        atomic: AtomicOption = False,
     ) -> None:
         """Make the gateway policy match a file, all or nothing. ``--dry-run`` runs the
         whole apply, every check included, and rolls it back: same answer, same exit code."""
@@ -182,6 +183,8 @@ def register_declarative(app: typer.Typer) -> None:
             stderr.print(f"no changes (revision {result.revision})")
         elif dry_run:
             stderr.print(f"dry run: {len(result.changes)} change(s), nothing written")
+        elif atomic:
+            finish_atomic(c, result, f"applied {len(result.changes)} change(s)", wait)
         else:
             finish_change(c, result.revision, f"applied {len(result.changes)} change(s)", wait)
 

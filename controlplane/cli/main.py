@@ -11,7 +11,7 @@ from ..errors import GatewayError, PolicyInvalid
 from ..policy.bounds import parse_duration
 from .analytics import register_analytics
 from .certs import register_certs
-from .context import Ctx
+from .context import Ctx, ValidateMode
 from .database import register_database
 from .declarative import register_declarative
 from .keys import register_keys
@@ -63,6 +63,16 @@ def main(
         ),
     ] = None,
     output: Annotated[Format, typer.Option("--output", "-o", help="Output format.")] = Format.table,
+    validate: Annotated[
+        ValidateMode,
+        typer.Option(
+            "--validate",
+            envvar="GATEWAY_VALIDATE",
+            help="Check each write with the real Envoy (envoy --mode validate) before it is "
+            "committed: auto = when Envoy is installed (else write and say so), always = "
+            "refuse to write without Envoy, never = skip.",
+        ),
+    ] = ValidateMode.auto,
     version: Annotated[
         bool,
         typer.Option(
@@ -73,7 +83,7 @@ def main(
         ),
     ] = False,
 ) -> None:
-    ctx.obj = Ctx(db=db, output=output)
+    ctx.obj = Ctx(db=db, output=output, validate=validate.value)
 
 
 register_keys(register_resources(app))

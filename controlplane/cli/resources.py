@@ -19,7 +19,7 @@ from ..policy import parse_object
 from ..policy.loader import decode
 from ..policy.ratelimit import parse_limit
 from .analytics import observability_fields
-from .context import ctx_of, finish_change
+from .context import ctx_of, finish_atomic, finish_change
 from .options import pairs as _pairs
 from .output import Format, emit, emit_table
 from .protocol_options import protocol_fields
@@ -33,6 +33,15 @@ WaitOption = Annotated[
         "--wait",
         metavar="[TIMEOUT]",
         help="Return once every proxy of the affected gateways runs the change (default 30s).",
+    ),
+]
+
+AtomicOption = Annotated[
+    bool,
+    typer.Option(
+        "--atomic",
+        help="Wait for the proxies (--wait, default 30s); if one rejects the change or does "
+        "not run it in time, write the previous values back as a new revision and exit 7.",
     ),
 ]
 
@@ -656,6 +665,11 @@ def _command(
                 default=None,
             )
         )
+        params.append(
+            inspect.Parameter(
+                "atomic", inspect.Parameter.KEYWORD_ONLY, annotation=AtomicOption, default=False
+            )
+        )
 
     def command(ctx: typer.Context, name: str, **kwargs: Any) -> None:
         fields: dict[str, Any] = {}
@@ -665,7 +679,17 @@ def _command(
                 if isinstance(value, dict) and isinstance(fields.get(key), dict):
                     value = {**fields[key], **value}
                 fields[key] = value
-        body(ctx, name, fields, kwargs.get("wait"), kwargs.get("expect_revision"))
+        if with_wait:
+            body(
+                ctx,
+                name,
+                fields,
+                kwargs.get("wait"),
+                kwargs.get("expect_revision"),
+                atomic=kwargs.get("atomic", False),
+            )
+        else:
+            body(ctx, name, fields, None, None)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
@@ -679,15 +703,31 @@ def _kind_app(kind: str) -> typer.Typer:
     fields_fn = FIELDS[kind]
 
     def add(
-        ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None, expect: int | None
+        ctx: typer.Context,
+        name: str,
+        fields: dict[str, Any],
+        wait: str | None,
+        expect: int | None,
+        *,
+        atomic: bool = False,
     ) -> None:
         c = ctx_of(ctx)
         obj = parse_object(kind, {"name": name, **fields})
+        if atomic:
+            result = c.store.write([("create", kind, name, obj)], expect_revision=expect)
+            finish_atomic(c, result, f"{kind} {name!r} created", wait)
+            return
         revision = c.store.create(obj, expect_revision=expect)
         finish_change(c, revision, f"{kind} {name!r} created", wait)
 
     def update(
-        ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None, expect: int | None
+        ctx: typer.Context,
+        name: str,
+        fields: dict[str, Any],
+        wait: str | None,
+        expect: int | None,
+        *,
+        atomic: bool = False,
     ) -> None:
         c = ctx_of(ctx)
         if not fields:
@@ -697,13 +737,25 @@ def _kind_app(kind: str) -> typer.Typer:
         )
         if not result.changes:
             finish_change(c, result.revision, f"{kind} {name!r} unchanged", None)
+        elif atomic:
+            finish_atomic(c, result, f"{kind} {name!r} updated", wait)
         else:
             finish_change(c, result.revision, f"{kind} {name!r} updated", wait)
 
     def delete(
-        ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None, expect: int | None
+        ctx: typer.Context,
+        name: str,
+        fields: dict[str, Any],
+        wait: str | None,
+        expect: int | None,
+        *,
+        atomic: bool = False,
     ) -> None:
         c = ctx_of(ctx)
+        if atomic:
+            result = c.store.write([("delete", kind, name, None)], expect_revision=expect)
+            finish_atomic(c, result, f"{kind} {name!r} deleted", wait)
+            return
         revision = c.store.delete(kind, name, expect_revision=expect)
         finish_change(c, revision, f"{kind} {name!r} deleted", wait)
 

