@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Envoy validation before each commit (controlplane/validate.py, default ``auto``) starts an
+# Envoy per write: ~0.1 s of CPU, 0.3-0.4 s wall on a busy machine, times the suite's
+# thousands of CLI writes. The suite checks it where it is the subject (tests/unit/
+# test_validate.py, test_plan_equals_apply.py pass --validate or a validator explicitly);
+# everywhere else it is off. Child processes (the CLI, the controller) inherit this.
+os.environ.setdefault("GATEWAY_VALIDATE", "never")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
