@@ -188,13 +188,44 @@ def register_declarative(app: typer.Typer) -> None:
     @app.command()
     def diff(
         ctx: typer.Context,
-        file: FileOption,
+        file: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--file",
+                "-f",
+                help="YAML or JSON file, a directory or - for standard input; repeat to merge.",
+            ),
+        ] = None,
         prune: Annotated[
             bool, typer.Option(help="Also show deletions apply --prune would make.")
         ] = False,
+        from_revision: Annotated[
+            int | None,
+            typer.Option("--from", metavar="REV", help="Compare the policy of revision REV ..."),
+        ] = None,
+        to_revision: Annotated[
+            int | None,
+            typer.Option("--to", metavar="REV", help="... with that of REV [the newest]."),
+        ] = None,
     ) -> None:
-        """Show what ``apply -f FILE`` would change; exit 1 when there are differences."""
+        """Show what ``apply -f FILE`` would change, or (``--from A [--to B]``) what changed
+        between two revisions; exit 1 when there are differences."""
         c = ctx_of(ctx)
+        if from_revision is not None or to_revision is not None:
+            if file:
+                raise PolicyInvalid("diff: give either -f FILE or --from/--to, not both")
+            from .history import print_revision_diff
+
+            if from_revision is None:
+                raise PolicyInvalid("diff: --to needs --from")
+            newest = c.store.revision() if to_revision is None else to_revision
+            changes = c.store.diff_revisions(from_revision, newest)
+            print_revision_diff(c.output, changes)
+            if changes:
+                raise typer.Exit(1)
+            return
+        if not file:
+            raise PolicyInvalid("diff: give -f FILE (or --from REV --to REV)")
         result = c.store.apply(_read_all(file), prune=prune, dry_run=True, checks=False)
         if c.output != Format.table:
             emit(_changes_data(result.changes), c.output)
