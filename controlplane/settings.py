@@ -45,3 +45,6 @@ class Settings(BaseSettings):
     #: serve this database's policy even to proxies running a newer revision or another
     #: database's policy (``serve --allow-rollback``): an explicit, logged override
     allow_rollback: bool = False
+    #: how long policy history (change rows: who, when, before/after) is kept:
+    #: ``365d``/``48h`` by age, ``1000rev`` by count, ``forever``; pruned by the controller
+    history_retention: str = "365d"

@@ -309,3 +309,23 @@ def test_history_survives_reopening(tmp_path: Path) -> None:
         assert revs[0].note == f"rollback to revision {r1}" and len(revs) == 3
     finally:
         s.close()
+
+
+def test_the_controller_prunes_history_in_its_housekeeping(store: Store) -> None:
+    import asyncio
+
+    from controlplane.runner import Runner
+    from controlplane.xds.cache import SnapshotCache
+
+    store.apply(Bundle.from_text(POLICY))
+    for i in range(4):
+        store.replace(_cluster("users", f"10.0.0.{i + 10}:80"))
+    runner = Runner(
+        store,
+        SnapshotCache(),
+        controller="t",
+        xds_address="127.0.0.1:0",
+        history_retention=parse_retention("2rev"),
+    )
+    asyncio.run(runner._prune_history())
+    assert [r.revision for r in store.history()] == [5, 4]
