@@ -446,12 +446,16 @@ class Store:
         dry_run: bool = False,
         expect_revision: int | None = None,
         checks: bool = True,
+        extra: Iterable[PolicyModel] = (),
     ) -> ApplyResult:
         """Make the store hold the bundle's objects (and, with prune, nothing else).
 
         ``dry_run`` runs the whole write (every check, so the answer is the real apply's)
-        and rolls it back; ``checks=False`` with it only compares (``diff``)."""
-        wanted = {(o.kind, o.name): o for o in bundle.objects()}  # type: ignore[attr-defined]
+        and rolls it back; ``checks=False`` with it only compares (``diff``). ``extra``:
+        objects of kinds outside declarative files (API keys from ``export --secrets``),
+        created or replaced, never pruned."""
+        objects = [*bundle.objects(), *extra]
+        wanted = {(o.kind, o.name): o for o in objects}  # type: ignore[attr-defined]
 
         def plan(current: dict[tuple[str, str], dict[str, Any]]) -> list[_Op]:
             ops: list[_Op] = []
