@@ -329,3 +329,61 @@ def test_the_controller_prunes_history_in_its_housekeeping(store: Store) -> None
     )
     asyncio.run(runner._prune_history())
     assert [r.revision for r in store.history()] == [5, 4]
+
+
+def test_restore_is_recorded_like_any_write(store: Store, tmp_path: Path) -> None:
+    from controlplane.store.backup import backup, restore
+
+    store.apply(Bundle.from_text(POLICY))
+    backup(store, str(tmp_path / "b.db"))
+    store.delete("route", "orders")
+    with acting_as("restorer"):
+        result, _ = restore(store, str(tmp_path / "b.db"))
+    top = store.audit(limit=1)[0]
+    assert (top.revision, top.actor, top.op, top.kind, top.name) == (
+        result.revision,
+        "restorer",
+        "create",
+        "route",
+        "orders",
+    )
+
+
+def _cli(db: Path, *args: str) -> tuple[int, str, str]:
+    from typer.testing import CliRunner
+
+    from controlplane.cli.main import app
+    from controlplane.errors import GatewayError
+
+    result = CliRunner().invoke(app, ["--db", str(db), *args])
+    code = result.exit_code
+    if isinstance(result.exception, GatewayError):
+        code = result.exception.exit_code
+    return code, result.stdout, str(result.exception or "")
+
+
+def test_cli_history_audit_rollback(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    s = Store(str(db), create=True)
+    r1 = s.apply(Bundle.from_text(POLICY)).revision
+    s.create(Consumer(name="acme"))
+    key = new_api_key("acme")
+    s.create(key)
+    s.replace(_cluster("users", "10.0.0.9:80"))
+    s.close()
+    code, out, _ = _cli(db, "-o", "json", "audit", "--kind", "api_key")
+    assert code == 0 and key.name in out and key.key not in out and "<redacted sha256:" in out
+    code, out, _ = _cli(db, "-o", "json", "audit", "--kind", "cluster", "--since", "1h")
+    assert code == 0 and '"10.0.0.9:80"' in out
+    code, out, _ = _cli(db, "-o", "json", "history", "cluster", "users")
+    assert code == 0 and out.count('"revision"') == 2
+    assert _cli(db, "history", "nope")[0] == 2
+    assert _cli(db, "audit", "--since", "yesterday")[0] == 2
+    code, out, _ = _cli(db, "diff", "--from", str(r1))
+    assert code == 1 and "~ cluster users" in out and "+ api_key" in out
+    assert _cli(db, "diff", "--from", str(r1), "-f", "x.yaml")[0] == 2
+    assert _cli(db, "rollback", "99")[0] == 3
+    assert _cli(db, "rollback", str(r1), "--expect-revision", "1")[0] == 4
+    code, out, _ = _cli(db, "rollback", str(r1))
+    assert code == 0 and "~ cluster users" in out
+    assert _cli(db, "diff", "--from", str(r1))[0] == 0  # the key: created after r1, deleted
