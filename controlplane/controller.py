@@ -24,6 +24,7 @@ from .metrics import CONTENT_TYPE, Registry
 from .runner import Runner
 from .settings import Settings
 from .store import Store
+from .store.history import parse_retention
 from .store.repository import display_url
 from .store.tokens import bootstrap_admin
 from .translate import AggregationTarget
@@ -84,6 +85,7 @@ class Controller:
             shard_from=settings.route_shards_from,
             proxy_expiry=settings.proxy_expiry,
             sink_tls=tls,
+            history_retention=parse_retention(settings.history_retention),
         )
         self.runner.allow_rollback = self.cache.allow_rollback = settings.allow_rollback
         self.metrics = Registry()

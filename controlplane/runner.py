@@ -29,6 +29,7 @@ from .policy.ratelimit import Plan
 from .store import Identity, Store, Unloadable
 from .store.backup import file_identity, save_from
 from .store.db import FileWatch, RevisionProbe, sqlite_path
+from .store.history import Retention, prune_history
 from .translate import AggregationTarget, GatewayView, Resources, Translator
 from .translate.auth import next_key_expiry
 from .xds.cache import SnapshotCache
@@ -38,6 +39,8 @@ __all__ = ["Runner"]
 
 log = logging.getLogger(__name__)
 
+#: seconds between two prunings of the policy history (--history-retention)
+HISTORY_PRUNE_EVERY = 600.0
 #: seconds between liveness records; readers presume a controller dead after 15 s
 HEARTBEAT = 5.0
 #: a controller silent this long is presumed dead and its proxies no longer count (the
@@ -58,6 +61,7 @@ class Runner:
         shard_from: int = 2000,
         proxy_expiry: float = 3600.0,
         sink_tls: bool = False,
+        history_retention: Retention | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -86,6 +90,10 @@ class Runner:
         self.proxy_expiry = proxy_expiry
         self._expire_task: asyncio.Task[None] | None = None
         self._next_expire = 0.0
+        #: how long change rows (history, audit, rollback targets) are kept
+        self.history_retention = history_retention or Retention()
+        self._prune_task: asyncio.Task[None] | None = None
+        self._next_prune = 0.0
         #: the database served: id, revision, lineage (set by load, kept by poll)
         self.identity: Identity | None = None
         #: why the database is not followed any more (replaced, removed, went back); the
@@ -182,6 +190,9 @@ class Runner:
                     every = min(60.0, max(1.0, self.proxy_expiry / 4))
                     self._next_expire = time.monotonic() + every
                     self._schedule_proxy_expiry()
+                if healthy and time.monotonic() >= self._next_prune:
+                    self._next_prune = time.monotonic() + HISTORY_PRUNE_EVERY
+                    self._schedule_history_prune()
                 if self._file is not None and self._stat() != self._file_id:
                     if not await self._file_replaced():
                         await asyncio.sleep(1)
@@ -587,6 +598,26 @@ class Runner:
             return
         if n:
             log.info("forgot %d proxy status row(s) gone for over %.0f s", n, self.proxy_expiry)
+
+    def _schedule_history_prune(self) -> None:
+        if self._prune_task is None or self._prune_task.done():
+            self._prune_task = asyncio.create_task(self._prune_history())
+
+    async def _prune_history(self) -> None:
+        """Delete change rows older than ``--history-retention`` (whole revisions)."""
+        try:
+            n = await asyncio.to_thread(
+                prune_history, self.store, self.history_retention, None, DEAD_AFTER
+            )
+        except Exception:
+            log.exception("could not prune old policy history")
+            return
+        if n:
+            log.info(
+                "pruned %d change row(s) beyond the history retention (%s)",
+                n,
+                self.history_retention.label(),
+            )
 
     def _schedule_record(self) -> None:
         if self._record_task is None or self._record_task.done():

@@ -48,3 +48,6 @@ class Settings(BaseSettings):
     #: where the first admin token is written (mode 0600) when the database has no active
     #: admin token; default: next to a SQLite file, else ~/.config/gatewayctl/admin-token
     admin_token_file: str | None = None
+    #: how long policy history (change rows: who, when, before/after) is kept:
+    #: ``365d``/``48h`` by age, ``1000rev`` by count, ``forever``; pruned by the controller
+    history_retention: str = "365d"

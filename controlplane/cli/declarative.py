@@ -52,16 +52,33 @@ def _files(paths: list[str]) -> list[str]:
     return out
 
 
-def _read_all(paths: list[str]) -> Bundle:
+#: the top-level key ``export --secrets`` writes API keys under (``apply --secrets`` only)
+API_KEYS = "api_keys"
+#: the first line of an export without ``--secrets``: what it left out
+EXPORT_HEADER = (
+    "# API keys are not in this file: `gatewayctl export --secrets -f FILE` includes them\n"
+)
+
+
+def _read_all(paths: list[str], secrets: bool = False) -> tuple[Bundle, list[Any]]:
     """Every ``-f`` file merged into one bundle, applied as one change. An object defined in
-    two files is refused (naming both) rather than one silently replacing the other."""
+    two files is refused (naming both) rather than one silently replacing the other.
+    ``api_keys`` sections (``export --secrets``) are taken only with ``secrets``: their
+    keys are returned next to the bundle."""
     files = _files(paths)
     if len(files) == 1:
-        return _read(files[0])
+        return _read(files[0], secrets)
     seen: dict[tuple[str, str], str] = {}
     groups: dict[str, list[Any]] = {key: [] for key in PLURALS.values()}
+    keys: list[Any] = []
     for path in files:
-        bundle = _read(path)
+        bundle, found = _read(path, secrets)
+        for key in found:
+            first = seen.get(("api_key", key.name))
+            seen[("api_key", key.name)] = path
+            if first is not None:
+                raise PolicyInvalid(f"{path}: api_key {key.name!r} is also defined in {first}")
+            keys.append(key)
         source = "stdin" if path == "-" else path
         for kind, key in PLURALS.items():
             for obj in getattr(bundle, key):
@@ -72,10 +89,39 @@ def _read_all(paths: list[str]) -> Bundle:
                 groups[key].append(obj)
     merged = Bundle.model_construct(**groups)  # type: ignore[arg-type]  # validated on reading
     merged.check(references=False)
-    return merged
+    return merged, keys
 
 
-def _read(path: str) -> Bundle:
+def _split_keys(text: str, source: str, secrets: bool) -> tuple[str, list[Any]]:
+    """The file without its ``api_keys`` section, and those keys validated. Without
+    ``secrets`` the section is refused: a file that restores credentials must say so."""
+    from ..policy import parse_object
+    from ..policy.loader import load_text
+
+    if API_KEYS not in text:
+        return text, []
+    data = load_text(text, source)
+    if not isinstance(data, dict) or API_KEYS not in data:
+        return text, []
+    if not secrets:
+        raise PolicyInvalid(
+            f"{source}: {API_KEYS}: API keys are applied only with --secrets "
+            "(the file restores credentials)"
+        )
+    items = data.pop(API_KEYS) or []
+    if not isinstance(items, list):
+        raise PolicyInvalid(f"{source}: {API_KEYS}: must be a list")
+    keys = []
+    for i, item in enumerate(items):
+        name = item.get("name") if isinstance(item, dict) else None
+        where = f"{source}: {API_KEYS}[{i}]" + (f" {name!r}" if isinstance(name, str) else "")
+        keys.append(parse_object("api_key", item, where))
+    import json
+
+    return json.dumps(data), keys
+
+
+def _read(path: str, secrets: bool = False) -> tuple[Bundle, list[Any]]:
     if path == "-":
         data, source = sys.stdin.buffer.read(), "stdin"
     else:
@@ -83,9 +129,9 @@ def _read(path: str) -> Bundle:
             data, source = Path(path).read_bytes(), path
         except OSError as exc:
             raise PolicyInvalid(f"{path}: cannot read: {exc.strerror}") from None
-    text = decode(data, source)
+    text, keys = _split_keys(decode(data, source), source, secrets)
     # references may name objects already stored: the store checks them in the transaction
-    return Bundle.from_text(text, source, self_contained=False)
+    return Bundle.from_text(text, source, self_contained=False), keys
 
 
 def _describe(changes: list[ObjectChange]) -> list[str]:
@@ -159,13 +205,20 @@ def register_declarative(app: typer.Typer) -> None:
             ),
         ] = None,
         atomic: AtomicOption = False,
+        secrets: Annotated[
+            bool,
+            typer.Option(
+                "--secrets",
+                help="Also apply the file's api_keys section (written by export --secrets).",
+            ),
+        ] = False,
     ) -> None:
         """Make the gateway policy match a file, all or nothing. ``--dry-run`` runs the
         whole apply, every check included, and rolls it back: same answer, same exit code."""
         c = ctx_of(ctx)
-        bundle = _read_all(file)
+        bundle, keys = _read_all(file, secrets)
         result = c.store.apply(
-            bundle, prune=prune, dry_run=dry_run, expect_revision=expect_revision
+            bundle, prune=prune, dry_run=dry_run, expect_revision=expect_revision, extra=keys
         )
         if c.output != Format.table:
             emit(
@@ -191,14 +244,47 @@ def register_declarative(app: typer.Typer) -> None:
     @app.command()
     def diff(
         ctx: typer.Context,
-        file: FileOption,
+        file: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--file",
+                "-f",
+                help="YAML or JSON file, a directory or - for standard input; repeat to merge.",
+            ),
+        ] = None,
         prune: Annotated[
             bool, typer.Option(help="Also show deletions apply --prune would make.")
         ] = False,
+        from_revision: Annotated[
+            int | None,
+            typer.Option("--from", metavar="REV", help="Compare the policy of revision REV ..."),
+        ] = None,
+        to_revision: Annotated[
+            int | None,
+            typer.Option("--to", metavar="REV", help="... with that of REV [the newest]."),
+        ] = None,
     ) -> None:
-        """Show what ``apply -f FILE`` would change; exit 1 when there are differences."""
+        """Show what ``apply -f FILE`` would change, or (``--from A [--to B]``) what changed
+        between two revisions; exit 1 when there are differences."""
         c = ctx_of(ctx)
-        result = c.store.apply(_read_all(file), prune=prune, dry_run=True, checks=False)
+        if from_revision is not None or to_revision is not None:
+            if file:
+                raise PolicyInvalid("diff: give either -f FILE or --from/--to, not both")
+            from .history import print_revision_diff
+
+            if from_revision is None:
+                raise PolicyInvalid("diff: --to needs --from")
+            newest = c.store.revision() if to_revision is None else to_revision
+            changes = c.store.diff_revisions(from_revision, newest)
+            print_revision_diff(c.output, changes)
+            if changes:
+                raise typer.Exit(1)
+            return
+        if not file:
+            raise PolicyInvalid("diff: give -f FILE (or --from REV --to REV)")
+        # comparing writes nothing: a file's api_keys section (export --secrets) is compared
+        bundle, keys = _read_all(file, secrets=True)
+        result = c.store.apply(bundle, prune=prune, dry_run=True, checks=False, extra=keys)
         if c.output != Format.table:
             emit(_changes_data(result.changes), c.output)
         else:
@@ -213,17 +299,37 @@ def register_declarative(app: typer.Typer) -> None:
         output_file: Annotated[
             str | None, typer.Option("--file", "-f", help="Write here instead of stdout.")
         ] = None,
+        secrets: Annotated[
+            bool,
+            typer.Option(
+                "--secrets",
+                help="Include API keys (api_keys section; needs --file, written mode 0600); "
+                "apply --secrets restores them.",
+            ),
+        ] = False,
     ) -> None:
         """Write all policy as one file that ``apply -f`` takes back unchanged (with
-        ``--file``: created mode 0600, since it holds certificates' private keys)."""
+        ``--file``: created mode 0600, since it holds certificates' private keys). API keys
+        only with ``--secrets``; without it the file's first line says they are left out."""
         c = ctx_of(ctx)
+        if secrets and not output_file:
+            raise PolicyInvalid(
+                "--secrets: needs --file FILE (created mode 0600): API keys are not printed"
+            )
         bundle = c.store.bundle()
+        data = bundle.to_data()
+        if secrets:
+            keys = sorted(c.store.list_objects("api_key"), key=lambda k: k.name)  # type: ignore[attr-defined]
+            if keys:
+                data[API_KEYS] = [k.spec() for k in keys]
         if c.output == Format.json:
             import json
 
-            text = json.dumps(bundle.to_data(), indent=2) + "\n"
+            text = json.dumps(data, indent=2) + "\n"
         else:
-            text = bundle.to_yaml()
+            text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+            if not secrets:
+                text = EXPORT_HEADER + text
         if output_file:  # it may hold private keys: readable by its owner only
             try:
                 write_private_file(output_file, text)

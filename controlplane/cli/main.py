@@ -14,6 +14,7 @@ from .certs import register_certs
 from .context import Ctx, ValidateMode
 from .database import register_database
 from .declarative import register_declarative
+from .history import register_history
 from .keys import register_keys
 from .output import Format, stderr
 from .pki import register_pki
@@ -91,6 +92,7 @@ register_certs(app)
 register_ratelimit(app)
 register_protos(app)
 register_declarative(app)
+register_history(app)
 register_status(app)
 register_run(app)
 register_database(app)

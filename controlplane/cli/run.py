@@ -130,9 +130,20 @@ def register_run(app: typer.Typer) -> None:
             ),
         ] = False,
         admin_token_file: AdminTokenFileOption = None,
+        history_retention: Annotated[
+            str,
+            typer.Option(
+                envvar="GATEWAY_HISTORY_RETENTION",
+                help="Keep policy history (revisions, audit, rollback targets) this long: "
+                "365d, 48h, 1000rev (the newest N revisions) or forever.",
+            ),
+        ] = "365d",
     ) -> None:
         """Run the controller: stream gateway policy to every connected Envoy over ADS."""
         from ..controller import serve as run_controller
+        from ..store.history import parse_retention
+
+        parse_retention(history_retention)  # a bad value is refused before anything starts
 
         if db:
             ctx_of(ctx).db = db
@@ -154,6 +165,7 @@ def register_run(app: typer.Typer) -> None:
             create_database=create,
             allow_rollback=allow_rollback,
             admin_token_file=admin_token_file,
+            history_retention=history_retention,
         )
         asyncio.run(run_controller(settings))
 

@@ -92,7 +92,7 @@ class JwtProvider(PolicyModel):
     audiences: list[str] = Field(default_factory=list, description="Any of these aud values")
     jwks: str | None = Field(None, description="The JSON Web Key Set, inline")
     jwks_uri: str | None = Field(None, description="Where Envoy fetches the JSON Web Key Set")
-    jwks_cache_duration: Duration = "5m"
+    jwks_cache_duration: Duration = "300s"
     jwks_fetch_timeout: Duration = "5s"
     headers: list[TokenHeader] = Field(
         default_factory=lambda: [TokenHeader(name="authorization", prefix="Bearer ")]

@@ -7,6 +7,7 @@ objects each revision touched so watchers read only the difference.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -42,6 +43,7 @@ from ..policy import (
     parse_object,
     references,
 )
+from .actor import current_actor
 from .db import RevisionProbe, create_sqlite_file, make_engines, normalize_url, sqlite_path
 from .secrets import Sealed, SecretKeys
 from .tables import (
@@ -537,12 +539,16 @@ class Store:
         dry_run: bool = False,
         expect_revision: int | None = None,
         checks: bool = True,
+        extra: Iterable[PolicyModel] = (),
     ) -> ApplyResult:
         """Make the store hold the bundle's objects (and, with prune, nothing else).
 
         ``dry_run`` runs the whole write (every check, so the answer is the real apply's)
-        and rolls it back; ``checks=False`` with it only compares (``diff``)."""
-        wanted = {(o.kind, o.name): o for o in bundle.objects()}  # type: ignore[attr-defined]
+        and rolls it back; ``checks=False`` with it only compares (``diff``). ``extra``:
+        objects of kinds outside declarative files (API keys from ``export --secrets``),
+        created or replaced, never pruned."""
+        objects = [*bundle.objects(), *extra]
+        wanted = {(o.kind, o.name): o for o in objects}  # type: ignore[attr-defined]
 
         def plan(current: dict[tuple[str, str], dict[str, Any]]) -> list[_Op]:
             ops: list[_Op] = []
@@ -627,7 +633,12 @@ class Store:
             ops = list(plan)
             current = _fetch(conn, [(k, n) for op, k, n, _ in ops if op != "delete"], self.secrets)
             # deleting needs no secret: a row that no longer decrypts can still be removed
-            current |= _fetch(conn, [(k, n) for op, k, n, _ in ops if op == "delete"], None)
+            # (its history then records the object without its secret fields)
+            deletes = [(k, n) for op, k, n, _ in ops if op == "delete"]
+            try:
+                current |= _fetch(conn, deletes, self.secrets)
+            except (StoreError, ValueError):
+                current |= _fetch(conn, deletes, None)
 
         changes: list[ObjectChange] = []
         for op, kind, name, obj in ops:
@@ -678,10 +689,23 @@ class Store:
         if self.validator is not None:  # last: it renders the state every check accepted
             notes = self.validator(WriteView(conn, self.secrets, changes, objects, dry_run))
         if changes:
+            # one time and one actor per revision; the object before and after (secret
+            # fields replaced by a digest) is what history, audit and rollback read
+            at, actor = time.time(), current_actor()
             conn.execute(
                 insert(Change),
                 [
-                    {"revision": rev, "kind": c.kind, "name": c.name, "op": c.op, "at": time.time()}
+                    {
+                        "revision": rev,
+                        "kind": c.kind,
+                        "name": c.name,
+                        "op": c.op,
+                        "at": at,
+                        "actor": actor,
+                        "before": redact_spec(c.kind, c.before),
+                        "after": redact_spec(c.kind, c.after),
+                        "recorded": True,
+                    }
                     for c in changes
                 ],
             )
@@ -689,6 +713,52 @@ class Store:
             conn.rollback()
             return ApplyResult(rev - 1, changes, notes)
         return ApplyResult(rev, changes, notes)
+
+    # -- history (store/history.py) -----------------------------------------------------------
+
+    def history(
+        self,
+        kind: str | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        before_revision: int | None = None,
+    ) -> list[Any]:
+        """Revisions newest first, each with when, who and its changes."""
+        from .history import history
+
+        return history(self, kind, name, limit, before_revision)
+
+    def audit(
+        self,
+        actor: str | None = None,
+        kind: str | None = None,
+        name: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[Any]:
+        """Change rows newest first with the old and new value (secrets redacted)."""
+        from .history import audit
+
+        return audit(self, actor, kind, name, since, limit)
+
+    def policy_at(self, revision: int) -> dict[tuple[str, str], dict[str, Any]]:
+        """Every object as of ``revision`` (secret fields redacted)."""
+        from .history import policy_at
+
+        return policy_at(self, revision)
+
+    def diff_revisions(self, a: int, b: int) -> list[ObjectChange]:
+        from .history import diff_revisions
+
+        return diff_revisions(self, a, b)
+
+    def rollback(
+        self, revision: int, *, expect_revision: int | None = None, dry_run: bool = False
+    ) -> Any:
+        """Write the policy as of ``revision`` as one new revision (see history.rollback)."""
+        from .history import rollback
+
+        return rollback(self, revision, expect_revision=expect_revision, dry_run=dry_run)
 
     # -- secrets ----------------------------------------------------------------------------
 
@@ -1013,6 +1083,31 @@ _SPEC = (Resource.spec, Resource.secret, Resource.secret_key_id)
 
 def _secret_fields(kind: str) -> tuple[str, ...]:
     return tuple(getattr(KINDS.get(kind), "secret_fields", ()))
+
+
+#: what a secret field's value is replaced by in recorded history: a digest, so a diff still
+#: shows that a private key changed while the value itself is never stored in clear
+REDACTED_PREFIX = "<redacted sha256:"
+
+
+def redact_spec(kind: str, spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``spec`` with each secret field replaced by ``<redacted sha256:XXXXXXXXXXXX>`` (the
+    first 48 bits of the value's SHA-256). Secret values are >= 128-bit random (API keys)
+    or private keys, so the digest reveals nothing usable; equal markers mean equal values,
+    which is how a rollback knows whether it holds a revision's secret."""
+    hidden = _secret_fields(kind)
+    if spec is None or not hidden:
+        return spec
+    return {k: (_digest(v) if k in hidden else v) for k, v in spec.items()}
+
+
+def is_redacted(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(REDACTED_PREFIX)
+
+
+def _digest(value: Any) -> str:
+    data = value if isinstance(value, str) else repr(value)
+    return f"{REDACTED_PREFIX}{hashlib.sha256(data.encode()).hexdigest()[:12]}>"
 
 
 def _seal(secrets: SecretKeys, kind: str, name: str, spec: dict[str, Any] | None) -> dict[str, Any]:

@@ -238,11 +238,31 @@ class AdsStream:
         if self.cache.withheld(self.proxy.gateway) or self._held():  # type: ignore[union-attr]
             return
         snap = self.cache.get(self.proxy.gateway)  # type: ignore[union-attr]
+        dropped = self._dropped_clusters(snap)
         for type_url in PUSH_ORDER:
-            if self.types[type_url].subscribed:
+            if not self.types[type_url].subscribed:
+                continue
+            if type_url == CLUSTER and dropped:
+                # make-before-break: clusters the new configuration drops stay until the
+                # routes that used them have moved (else those requests get 503 "no
+                # cluster" between the two responses); they go in a last CDS response
+                ts = snap.types[CLUSTER]
+                keep = TypeSnapshot(f"{ts.version}~keep", {**ts.fragments, **dropped}, ts.late)
+                await self._respond(CLUSTER, keep, None)
+            else:
                 await self._send(type_url, snap, force=False)
+        if dropped:
+            await self._send(CLUSTER, snap, force=False)
         self._record_push(snap.revision)
         self._update_sync(snap)
+
+    def _dropped_clusters(self, snap: Snapshot) -> dict[str, bytes]:
+        """Clusters Envoy was sent that ``snap`` no longer has, when routes change too."""
+        cds = self.types[CLUSTER]
+        ts = snap.types[CLUSTER]
+        if not cds.subscribed or ts.version == cds.sent_version:
+            return {}
+        return {n: f for n, f in cds.sent.items() if n not in ts.fragments}
 
     def _held(self) -> bool:
         """Whether answering would roll the proxy back (see ``guard.py``): then the stream

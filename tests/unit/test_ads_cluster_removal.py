@@ -1,0 +1,92 @@
+"""ADS stream, make-before-break: a cluster the new configuration drops stays in CDS until
+the routes have moved off it (one CDS response keeping it, the routes, then CDS without it),
+so requests on a route moving away from it never meet "no cluster" (503)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+
+from controlplane.translate import CLUSTER, ROUTE, Resources
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.server import AdsStream
+from controlplane.xds.snapshot import FragmentCache, Snapshot, build_snapshot
+from controlplane.xds.status import ProxyState
+
+
+class _Recorder:
+    def event(self, *args: Any) -> None:
+        pass
+
+    def changed(self, state: ProxyState) -> None:
+        pass
+
+
+def _snapshot(
+    revision: int, clusters: list[str], target: str, previous: Snapshot | None, frags: FragmentCache
+) -> Snapshot:
+    res = Resources()
+    for name in clusters:
+        res.add(CLUSTER, name, cluster_pb2.Cluster(name=name), [])
+    res.add(ROUTE, "public", route_pb2.RouteConfiguration(name=f"public->{target}"), [])
+    return build_snapshot("gw", revision, res, previous, frags)
+
+
+def _sent(data: bytes) -> tuple[str, list[str]]:
+    resp = discovery_pb2.DiscoveryResponse.FromString(data)
+    names = []
+    for any_ in resp.resources:
+        msg = cluster_pb2.Cluster() if resp.type_url == CLUSTER else route_pb2.RouteConfiguration()
+        any_.Unpack(msg)
+        names.append(msg.name)
+    return resp.type_url.rsplit(".", 1)[-1], sorted(names)
+
+
+def test_a_dropped_cluster_goes_after_the_routes() -> None:
+    asyncio.run(_dropped_cluster())
+
+
+async def _dropped_cluster() -> None:
+    frags = FragmentCache()
+    cache = SnapshotCache()
+    first = _snapshot(1, ["alpha", "beta"], "beta", None, frags)
+    cache.publish(first)
+    written: list[bytes] = []
+
+    async def write(data: bytes) -> None:
+        written.append(data)
+
+    stream = AdsStream(cache, _Recorder(), write, "peer")  # type: ignore[arg-type]
+    stream.proxy = ProxyState(node_id="n", gateway="gw", address="a", envoy_version="1.40.0")
+    await stream._on_request(discovery_pb2.DiscoveryRequest(type_url=CLUSTER))
+    await stream._on_request(
+        discovery_pb2.DiscoveryRequest(type_url=ROUTE, resource_names=["public"])
+    )
+    assert [_sent(w) for w in written] == [
+        ("Cluster", ["alpha", "beta"]),
+        ("RouteConfiguration", ["public->beta"]),
+    ]
+    # the route moves to alpha and beta is no longer used
+    second = _snapshot(2, ["alpha"], "alpha", first, frags)
+    cache.publish(second)
+    await stream._on_snapshot()
+    assert [_sent(w) for w in written[2:]] == [
+        ("Cluster", ["alpha", "beta"]),  # beta kept while the route still uses it
+        ("RouteConfiguration", ["public->alpha"]),
+        ("Cluster", ["alpha"]),  # then removed
+    ]
+    # the last CDS response is the snapshot's: its ACK puts the proxy in sync
+    final = discovery_pb2.DiscoveryResponse.FromString(written[-1])
+    assert final.version_info == second.types[CLUSTER].version
+    # a change that drops no cluster is one CDS response as before
+    third = _snapshot(3, ["alpha", "gamma"], "gamma", second, frags)
+    cache.publish(third)
+    await stream._on_snapshot()
+    assert [_sent(w) for w in written[5:]] == [
+        ("Cluster", ["alpha", "gamma"]),
+        ("RouteConfiguration", ["public->gamma"]),
+    ]
