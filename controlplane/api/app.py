@@ -71,7 +71,7 @@ def create_app(
         version=VERSION,
         description="Manage the gateway's policy over HTTP: every operation of `gatewayctl`. "
         "Every /v1 path takes `Authorization: Bearer <token>` (`gatewayctl token add`); "
-        "errors are `{\"error\": {\"code\", \"message\", \"field\"}}`; every response carries "
+        'errors are `{"error": {"code", "message", "field"}}`; every response carries '
         '`ETag: "<revision>"`, and writes take `If-Match` with it.',
         docs_url=None,
         redoc_url=None,
@@ -101,6 +101,7 @@ def create_health_app(source: HealthSource) -> FastAPI:
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.include_router(probes(source, status=True))
+    app.add_middleware(BodyLimit, limit=64 * 1024)  # GET only: no body worth reading
     return app
 
 

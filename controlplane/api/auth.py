@@ -42,7 +42,9 @@ def authenticate(store: Any, authorization: str | None) -> Principal:
 
 def require_role(principal: Principal, role: str) -> None:
     if _ORDER.get(principal.role, -1) < _ORDER[role]:
-        raise Forbidden(f"token {principal.name!r} ({principal.role}) may not do this: needs {role}")
+        raise Forbidden(
+            f"token {principal.name!r} ({principal.role}) may not do this: needs {role}"
+        )
 
 
 def _gateways_of(kind: str, name: str, spec: dict[str, Any] | None) -> set[str] | None:

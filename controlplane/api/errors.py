@@ -67,7 +67,9 @@ _HTTP_CODES = {
 
 #: ``route 'users': retry.attempts: ...`` -> ``retry.attempts`` (the store's messages name
 #: the object, then the field)
-_FIELD = re.compile(r"^[a-z_]+ '[^']*': ([A-Za-z_][A-Za-z0-9_]*(?:(?:\.[A-Za-z_][A-Za-z0-9_]*)|\[\d+\])*):")
+_FIELD = re.compile(
+    r"^[a-z_]+ '[^']*': ([A-Za-z_][A-Za-z0-9_]*(?:(?:\.[A-Za-z_][A-Za-z0-9_]*)|\[\d+\])*):"
+)
 
 
 class ApiError(Exception):
@@ -192,7 +194,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 class BodyLimit:
     """Refuse (413, nothing read further) a request body over ``limit`` bytes: by its
-    Content-Length up front, else while it streams in."""
+    Content-Length up front, else while it streams in. Also refuses (400) an HTTP version
+    that is not 1.0 or 1.1 (h11 parses ``HTTP/9.9`` and would answer it)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -201,6 +204,10 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope.get("http_version") not in ("1.0", "1.1", "2"):
+            response = _json(400, "invalid", "unsupported HTTP version")
+            await response(scope, receive, send)
             return
         for key, value in scope.get("headers", ()):
             if key == b"content-length":

@@ -398,5 +398,3 @@ def revoke_key(
     result = _delete(Writer(store, principal), "api_key", key_id, expect)
     _etag(response, result.revision)
     return write_response(store, result, wait)
-
-

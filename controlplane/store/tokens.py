@@ -46,7 +46,9 @@ def add_token(
 
 def lookup_token(store: Any, plaintext: str) -> Any:
     with store._reader.connect() as conn:
-        row = conn.execute(select(ApiToken.__table__).where(ApiToken.digest == digest(plaintext))).first()
+        row = conn.execute(
+            select(ApiToken.__table__).where(ApiToken.digest == digest(plaintext))
+        ).first()
     return row
 
 

@@ -24,7 +24,9 @@ def api(store: Store) -> TestClient:
     return TestClient(create_app(store), raise_server_exceptions=False)
 
 
-def _auth(store: Store, role: str = "admin", gateways: tuple[str, ...] = (), name: str = "") -> dict:
+def _auth(
+    store: Store, role: str = "admin", gateways: tuple[str, ...] = (), name: str = ""
+) -> dict:
     token = add_token(store, name or f"{role}-{'-'.join(gateways) or 'all'}", role, gateways)
     return {"Authorization": f"Bearer {token}"}
 
@@ -71,7 +73,8 @@ def test_crud_round_trip_with_etags(api: TestClient, store: Store) -> None:
     r = api.patch("/v1/clusters/app", json={"connect_timeout": None}, headers=h)
     assert "connect_timeout" not in store.get("cluster", "app").spec()
     r = api.put(
-        "/v1/routes/ra", json={"name": "ra", "gateways": ["a"], "cluster": "app", "timeout": "3s"},
+        "/v1/routes/ra",
+        json={"name": "ra", "gateways": ["a"], "cluster": "app", "timeout": "3s"},
         headers=h,
     )
     assert r.status_code == 200, r.text
@@ -98,12 +101,18 @@ def test_auth_roles_and_scopes(api: TestClient, store: Store) -> None:
     r = api.patch("/v1/routes/ra", json={"timeout": "1s"}, headers=scoped)
     assert r.status_code == 200, r.text
     rev = store.revision()
-    err = _error(api.patch("/v1/routes/rb", json={"timeout": "1s"}, headers=scoped), 403, "forbidden")
+    err = _error(
+        api.patch("/v1/routes/rb", json={"timeout": "1s"}, headers=scoped), 403, "forbidden"
+    )
     assert "route 'rb'" in err["message"]
     # moving its route into gateway b (new value outside): 403
     _error(api.patch("/v1/routes/ra", json={"gateways": ["b"]}, headers=scoped), 403, "forbidden")
     _error(api.delete("/v1/routes/rb", headers=scoped), 403, "forbidden")
-    _error(api.patch("/v1/clusters/app", json={"connect_timeout": "2s"}, headers=scoped), 403, "forbidden")
+    _error(
+        api.patch("/v1/clusters/app", json={"connect_timeout": "2s"}, headers=scoped),
+        403,
+        "forbidden",
+    )
     doc = {"routes": [{"name": "rb", "gateways": ["b"], "cluster": "app", "timeout": "9s"}]}
     err = _error(api.post("/v1/apply", json=doc, headers=scoped), 403, "forbidden")
     assert "route 'rb'" in err["message"]
@@ -127,30 +136,62 @@ def test_if_match(api: TestClient, store: Store) -> None:
     assert store.revision() == rev
     ok = api.patch("/v1/routes/ra", json={"timeout": "1s"}, headers={**h, "If-Match": f'"{rev}"'})
     assert ok.status_code == 200 and ok.headers["ETag"] == f'"{rev + 1}"'
-    again = api.patch("/v1/routes/ra", json={"timeout": "2s"}, headers={**h, "If-Match": f'"{rev}"'})
+    again = api.patch(
+        "/v1/routes/ra", json={"timeout": "2s"}, headers={**h, "If-Match": f'"{rev}"'}
+    )
     _error(again, 409, "conflict")
     assert store.get("route", "ra").spec()["timeout"] == "1s"
 
 
 BAD = [
     ("malformed JSON", "post", "/v1/routes", b'{"name": "x",', None),
-    ("unknown field", "post", "/v1/clusters", {"name": "c", "endpoints": ["h:1"], "bogus": 1}, "bogus"),
+    (
+        "unknown field",
+        "post",
+        "/v1/clusters",
+        {"name": "c", "endpoints": ["h:1"], "bogus": 1},
+        "bogus",
+    ),
     ("wrong type", "post", "/v1/gateways", {"name": "g", "port": "eighty"}, "port"),
-    ("bad nested", "post", "/v1/routes", {"name": "r", "gateways": ["a"], "cluster": "app", "retry": {"attempts": "x"}}, "retry"),
+    (
+        "bad nested",
+        "post",
+        "/v1/routes",
+        {"name": "r", "gateways": ["a"], "cluster": "app", "retry": {"attempts": "x"}},
+        "retry",
+    ),
     ("unknown kind", "get", "/v1/widgets", None, None),
     ("unknown kind write", "post", "/v1/widgets", {"name": "x"}, None),
     ("traversal", "get", "/v1/routes/..%2F..%2Fetc", None, None),
     ("control char", "patch", "/v1/routes/a%00b", {"timeout": "1s"}, "name"),
     ("unicode name", "post", "/v1/clusters", {"name": "caf\u00e9", "endpoints": ["h:1"]}, "name"),
     ("unicode path", "delete", "/v1/routes/caf%C3%A9", None, "name"),
-    ("bad name in body", "post", "/v1/routes", {"name": "../x", "gateways": ["a"], "cluster": "app"}, "name"),
+    (
+        "bad name in body",
+        "post",
+        "/v1/routes",
+        {"name": "../x", "gateways": ["a"], "cluster": "app"},
+        "name",
+    ),
     ("array body", "post", "/v1/apply", [1, 2], None),
     ("bad If-Match", "patch", "/v1/routes/ra", {"timeout": "1s"}, "If-Match"),
     ("bad wait", "patch", "/v1/routes/ra?wait=forever", {"timeout": "1s"}, "wait"),
-    ("name changed by PUT", "put", "/v1/routes/ra", {"name": "rz", "gateways": ["a"], "cluster": "app"}, "name"),
+    (
+        "name changed by PUT",
+        "put",
+        "/v1/routes/ra",
+        {"name": "rz", "gateways": ["a"], "cluster": "app"},
+        "name",
+    ),
     ("name changed by PATCH", "patch", "/v1/routes/ra", {"name": "rz"}, "name"),
     ("unknown top-level key", "post", "/v1/apply", {"widgets": []}, "widgets"),
-    ("reference missing", "post", "/v1/routes", {"name": "r2", "gateways": ["a"], "cluster": "nope"}, None),
+    (
+        "reference missing",
+        "post",
+        "/v1/routes",
+        {"name": "r2", "gateways": ["a"], "cluster": "nope"},
+        None,
+    ),
 ]
 
 
