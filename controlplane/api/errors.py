@@ -229,7 +229,22 @@ class BodyLimit:
                     raise ApiError(413, "too_large", self._message())
             return message
 
-        await self.app(scope, limited, send)
+        broken = False
+
+        async def guarded_send(message: Message) -> None:
+            # the server already answered this connection itself (a request whose body
+            # turned out malformed after the app started, e.g. a bad chunk): the client
+            # has its 400, and the app's late answer is dropped, not a traceback
+            nonlocal broken
+            if broken:
+                return
+            try:
+                await send(message)
+            except Exception as exc:
+                broken = True
+                log.debug("admin API: answer dropped, connection unusable: %s", exc)
+
+        await self.app(scope, limited, guarded_send)
 
     def _message(self) -> str:
         return f"request body over the limit of {self.limit} bytes (--admin-max-body)"
