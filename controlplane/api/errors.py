@@ -188,6 +188,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (409, "Conflict: duplicate, still referenced, or stale If-Match revision"),
         (413, "Request body over the size limit"),
         (503, "The policy database is unavailable"),
+        (504, "wait_failed: a proxy did not run the new revision within wait="),
     )
 }
 
