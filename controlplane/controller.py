@@ -186,6 +186,9 @@ class Controller:
         if self.xds_port == 0:
             raise OSError(f"cannot listen for xDS on {self.settings.xds_address}")
         await self._grpc.start()
+        # the admin API first: a healthy health port means every port is up
+        if self.settings.admin_address:
+            await self._start_admin()
         if self.settings.health_address:
             self._health = HttpService(
                 create_health_app(self._health_source()),
@@ -194,8 +197,6 @@ class Controller:
             )
             await self._health.start()
             self.health_port = self._health.port
-        if self.settings.admin_address:
-            await self._start_admin()
         log.info(
             "controller %s serving xDS on %s (port %d)%s",
             self.id,
