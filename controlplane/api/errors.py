@@ -123,7 +123,8 @@ def _validation_message(errors: list[Any]) -> tuple[str, str | None]:
     if kind == "extra_forbidden":
         msg = "unknown field"
     elif kind == "json_invalid":
-        detail = (first.get("ctx") or {}).get("error")
+        ctx = first.get("ctx")
+        detail = ctx.get("error") if isinstance(ctx, dict) else None
         msg = f"malformed JSON{': ' + str(detail) if detail else ''}"
         field = None
     elif msg.startswith("Value error, "):

@@ -142,7 +142,7 @@ def _kind_routes(plural: str, kind: str, model: type[PolicyModel]) -> None:
         wait: Wait,
         response: Response,
     ) -> dict[str, Any]:
-        obj = _checked(kind, body.name, body)
+        obj = _checked(kind, body.name, body)  # type: ignore[attr-defined]
         writer = Writer(store, principal)
         writer.check(kind, obj.name, None, obj.spec())  # type: ignore[attr-defined]
         result = writer.single(lambda: _create(store, obj, expect))
