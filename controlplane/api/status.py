@@ -161,16 +161,23 @@ def probes(source: HealthSource | None, *, status: bool = False) -> APIRouter:
     def ready() -> bool:
         return source is None or source.ready()
 
-    @probe.get("/healthz", response_model=dict[str, bool])
+    @probe.head("/healthz", include_in_schema=False)
+    @probe.get(
+        "/healthz", response_model=dict[str, bool], responses={503: {"description": "Not ready"}}
+    )
     async def healthz() -> JSONResponse:
         ok = ready()
         return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
 
-    @probe.get("/readyz", response_model=dict[str, bool])
+    @probe.head("/readyz", include_in_schema=False)
+    @probe.get(
+        "/readyz", response_model=dict[str, bool], responses={503: {"description": "Not ready"}}
+    )
     async def readyz() -> JSONResponse:
         ok = ready()
         return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
 
+    @probe.head("/metrics", include_in_schema=False)
     @probe.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         from ..metrics import CONTENT_TYPE
@@ -181,7 +188,12 @@ def probes(source: HealthSource | None, *, status: bool = False) -> APIRouter:
     if status and source is not None and source.status is not None:
         status_of = source.status
 
-        @probe.get("/status", response_model=dict[str, Any], include_in_schema=False)
+        @probe.api_route(
+            "/status",
+            methods=["GET", "HEAD"],
+            response_model=dict[str, Any],
+            include_in_schema=False,
+        )
         async def controller_status(request: Request) -> dict[str, Any]:
             return status_of()
 

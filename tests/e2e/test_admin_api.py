@@ -18,7 +18,7 @@ from controlplane.demo.echo import EchoServer
 from controlplane.store import Store
 from controlplane.store.tokens import add_token, revoke_token
 
-from .harness import Cli, Controller, Envoy, backend_of, wait_until
+from .harness import Cli, Controller, Envoy, backend_of
 
 pytestmark = pytest.mark.e2e
 

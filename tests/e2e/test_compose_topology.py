@@ -37,7 +37,17 @@ def test_compose_stack_as_processes(tmp_path: Path) -> None:
     procs: list[subprocess.Popen[bytes]] = []
     ports = {
         name: free_port()
-        for name in ("users", "orders", "xds", "health", "admin", "api", "gw", "aggregator", "parts")
+        for name in (
+            "users",
+            "orders",
+            "xds",
+            "health",
+            "admin",
+            "api",
+            "gw",
+            "aggregator",
+            "parts",
+        )
     }
 
     def spawn(argv: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
