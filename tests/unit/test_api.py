@@ -289,3 +289,31 @@ def test_apply_plan_diff_export_keys_tokens(api: TestClient, store: Store) -> No
     # probes: no auth
     assert api.get("/healthz").status_code == 200
     assert api.get("/metrics").status_code == 200
+
+
+def test_http_service_serves_in_the_callers_loop_and_stops(store: Store) -> None:
+    """Bound before serving (port 0 -> the port it got), TCP_NODELAY-capable socket (asyncio
+    sets it only for proto=TCP sockets; without it a two-part answer waits ~40 ms for the
+    client's delayed ACK), and stopped within its grace."""
+    import asyncio
+    import socket
+
+    import httpx
+
+    from controlplane.api.server import HttpService
+
+    async def main() -> None:
+        service = HttpService(create_app(store), "127.0.0.1:0", grace=1)
+        await service.start()
+        assert service.port > 0
+        listening = service._server.servers[0].sockets[0]
+        assert listening.proto == socket.IPPROTO_TCP
+        async with httpx.AsyncClient() as client:
+            r = await client.get(f"http://127.0.0.1:{service.port}/healthz")
+            assert r.json() == {"ok": True}
+        await asyncio.wait_for(service.close(), 10)
+        with pytest.raises(httpx.ConnectError):
+            async with httpx.AsyncClient() as client:
+                await client.get(f"http://127.0.0.1:{service.port}/healthz")
+
+    asyncio.run(main())
