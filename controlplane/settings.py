@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     admin_address: str | None = "127.0.0.1:18004"
     admin_tls_cert: str | None = None
     admin_tls_key: str | None = None
-    #: largest request body the admin API reads (a 10,000-route apply is 1.5 MB of compact JSON (2.6 MB indented))
+    #: largest request body the admin API reads (a 10,000-route apply: 1.5-2.6 MB of JSON)
     admin_max_body: int = Field(16 * 1024 * 1024, ge=1024)
     #: allow plaintext xDS on a non-loopback address (every start logs a warning)
     insecure: bool = False

@@ -18,8 +18,8 @@ __all__ = ["DEFAULT_MAX_BODY", "create_app", "create_health_app"]
 
 log = logging.getLogger(__name__)
 
-#: request body limit: a 10,000-route apply document is 1.5 MB of compact JSON (2.6 MB indented) (measured in
-#: tests/unit/test_api.py); room for richer routes, far from what would hurt the controller
+#: request body limit: a 10,000-route apply document is 1.5 MB of compact JSON, 2.6 MB
+#: indented (tests/unit/test_api.py); room for richer routes, far from hurting the controller
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 TITLE = "Gateway admin API"
 VERSION = "1"
