@@ -317,3 +317,72 @@ def test_http_service_serves_in_the_callers_loop_and_stops(store: Store) -> None
                 await client.get(f"http://127.0.0.1:{service.port}/healthz")
 
     asyncio.run(main())
+
+
+def test_certificates_never_return_private_keys(api: TestClient, store: Store) -> None:
+    from tests.unit.test_tls import _cert
+
+    h = _auth(store)
+    cert = _cert("site", ["api.example.com"])
+    r = api.post("/v1/certificates", json=cert, headers=h)
+    assert r.status_code == 201, r.text
+    private = cert["key"].strip().splitlines()[1]  # a line of the key's base64
+    for path in ("/v1/certificates", "/v1/certificates/site", "/v1/export"):
+        got = api.get(path, headers=h)
+        assert got.status_code == 200 and private not in got.text, path
+    assert "key" not in api.get("/v1/certificates/site", headers=h).json()["spec"]
+    # only an admin asks for secrets, explicitly
+    viewer = _auth(store, "viewer")
+    _error(api.get("/v1/export?secrets=true", headers=viewer), 403, "forbidden")
+    assert private in api.get("/v1/export?secrets=true", headers=h).text
+
+
+def test_admin_address_beyond_loopback_needs_tls_or_insecure(tmp_path: Path) -> None:
+    from controlplane.controller import Controller
+    from controlplane.settings import Settings
+    from controlplane.xds.mtls import UnsafeBind
+
+    db = str(tmp_path / "c.db")
+    Store(db, create=True).close()
+    with pytest.raises(UnsafeBind, match="--admin-address"):
+        Controller(Settings(db=db, admin_address="0.0.0.0:0", health_address=None))
+    with pytest.raises(Exception, match="go together"):
+        Controller(Settings(db=db, admin_address="127.0.0.1:0", admin_tls_cert="x.pem"))
+
+
+def test_admin_api_over_tls_with_a_pki_certificate(store: Store, tmp_path: Path) -> None:
+    import asyncio
+    import ssl
+
+    import httpx
+
+    from controlplane import pki
+    from controlplane.api.server import HttpService
+
+    pki.init_ca(tmp_path / "pki", ["127.0.0.1"])
+    folder = tmp_path / "pki"
+    token = add_token(store, "ops", "admin")
+
+    async def main() -> None:
+        service = HttpService(
+            create_app(store),
+            "127.0.0.1:0",
+            tls_cert=str(folder / pki.SERVER_CERT),
+            tls_key=str(folder / pki.SERVER_KEY),
+        )
+        await service.start()
+        try:
+            trust = ssl.create_default_context(cafile=str(folder / pki.CA_CERT))
+            async with httpx.AsyncClient(verify=trust) as client:
+                r = await client.get(
+                    f"https://127.0.0.1:{service.port}/v1/revision",
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert r.status_code == 200 and r.json()["revision"] == store.revision()
+            async with httpx.AsyncClient() as plain:  # plaintext to a TLS port: no answer
+                with pytest.raises(httpx.HTTPError):
+                    await plain.get(f"http://127.0.0.1:{service.port}/healthz")
+        finally:
+            await service.close()
+
+    asyncio.run(main())
