@@ -163,6 +163,8 @@ def install_error_handlers(app: FastAPI) -> None:
             return _json(cause.status, cause.code, cause.message, cause.field)
         code = _HTTP_CODES.get(exc.status_code, "invalid" if exc.status_code < 500 else "internal")
         detail = exc.detail if isinstance(exc.detail, str) else "error"
+        if detail == "There was an error parsing the body":  # e.g. JSON nested too deep
+            detail = "malformed JSON: the body could not be parsed"
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no such path: {request.method} {request.url.path[:200]!r}"
         elif exc.status_code == 405:

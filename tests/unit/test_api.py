@@ -145,6 +145,9 @@ def test_if_match(api: TestClient, store: Store) -> None:
 
 BAD = [
     ("malformed JSON", "post", "/v1/routes", b'{"name": "x",', None),
+    ("JSON nested too deep", "post", "/v1/apply", b"[" * 100_000, None),
+    ("huge number", "post", "/v1/gateways", b'{"name": "g", "port": ' + b"9" * 5000 + b"}", None),
+    ("not an object", "post", "/v1/clusters", b'"text"', None),
     (
         "unknown field",
         "post",
