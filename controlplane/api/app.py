@@ -64,7 +64,7 @@ def create_app(
 ) -> FastAPI:
     """The admin API over ``store``; ``status_source`` (the running controller) answers
     ``/readyz`` and ``/metrics``."""
-    from . import declarative, policy, status, tokens
+    from . import analytics, declarative, policy, status, tokens
 
     app = FastAPI(
         title=TITLE,
@@ -79,7 +79,7 @@ def create_app(
     )
     app.state.store = store
     install_error_handlers(app)
-    for module in (policy, declarative, status, tokens):
+    for module in (policy, declarative, status, tokens, analytics):
         app.include_router(module.router)
     for name in _OPTIONAL_ROUTERS:
         try:

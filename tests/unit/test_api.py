@@ -389,3 +389,17 @@ def test_admin_api_over_tls_with_a_pki_certificate(store: Store, tmp_path: Path)
             await service.close()
 
     asyncio.run(main())
+
+
+def test_analytics_over_the_api(api: TestClient, store: Store) -> None:
+    h = _auth(store)
+    _seed(api, h)
+    r = api.get("/v1/analytics/summary?since=1h", headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["requests"] == 0
+    assert api.get("/v1/analytics/top/routes?limit=5", headers=h).json() == []
+    _error(api.get("/v1/analytics/summary?since=yesterday-ish", headers=h), 400, "invalid")
+    _error(api.get("/v1/analytics/top/widgets", headers=h), 400, "invalid")
+    scoped = _auth(store, "viewer", ("a",))
+    _error(api.get("/v1/analytics/summary", headers=scoped), 403, "forbidden")
+    assert api.get("/v1/analytics/summary?gateway=a", headers=scoped).status_code == 200
