@@ -26,4 +26,4 @@ USER gateway
 # to start rather than serve xDS in plaintext on the network.
 EXPOSE 18000
 
-CMD ["gatewayctl", "serve", "--create", "--db", "/data/gateway.db", "--xds-address", "0.0.0.0:18000", "--health-address", "127.0.0.1:18001", "--xds-tls-cert", "/pki/controller.pem", "--xds-tls-key", "/pki/controller.key", "--xds-client-ca", "/pki/ca.pem"]
+CMD ["gatewayctl", "serve", "--create", "--db", "/data/gateway.db", "--xds-address", "0.0.0.0:18000", "--health-address", "127.0.0.1:18001", "--xds-tls-cert", "/pki/controller.pem", "--xds-tls-key", "/pki/controller.key", "--xds-client-ca", "/pki/ca.pem", "--admin-address", "0.0.0.0:18004", "--admin-tls-cert", "/pki/controller.pem", "--admin-tls-key", "/pki/controller.key"]

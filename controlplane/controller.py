@@ -7,7 +7,6 @@ a restarted controller never answers an Envoy with less than what it was running
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -18,9 +17,11 @@ import grpc
 
 from .analytics.scope import Scope
 from .analytics.sink import AccessLogSink
+from .api.app import create_app, create_health_app
+from .api.server import HttpService
+from .api.status import HealthSource
 from .errors import GatewayError
-from .httpserve import HttpServer, serve_http_on
-from .metrics import CONTENT_TYPE, Registry
+from .metrics import Registry
 from .runner import Runner
 from .settings import Settings
 from .store import Store
@@ -35,13 +36,6 @@ from .xds.mtls import HandshakeLog, StreamAuthorizer, check_bind, server_credent
 __all__ = ["Controller", "serve"]
 
 log = logging.getLogger(__name__)
-
-_JSON = "application/json"
-
-
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def aggregation_target(settings: Settings) -> AggregationTarget:
@@ -65,6 +59,14 @@ class Controller:
             tls=tls,
             insecure=settings.insecure,
             tls_options="--xds-tls-cert/--xds-tls-key/--xds-client-ca",
+        )
+        self._admin_tls = self._admin_tls_files()
+        self._admin_exposed = bool(settings.admin_address) and check_bind(
+            "--admin-address",
+            settings.admin_address or "",
+            tls=self._admin_tls is not None,
+            insecure=settings.insecure,
+            tls_options="--admin-tls-cert/--admin-tls-key",
         )
         self.id = settings.controller_id or f"{socket.gethostname()}-{os.getpid()}"
         self.store = Store(settings.db, create=settings.create_database)
@@ -128,10 +130,23 @@ class Controller:
             authorizer=self.authorizer,
         )
         self._grpc: grpc.aio.Server | None = None
-        self._health: HttpServer | None = None
+        self._health: HttpService | None = None
+        self._admin: HttpService | None = None
         self._handshakes: HandshakeLog | None = None
         self.xds_port = 0
         self.health_port = 0
+        self.admin_port = 0
+
+    def _admin_tls_files(self) -> tuple[str, str] | None:
+        cert, key = self.settings.admin_tls_cert, self.settings.admin_tls_key
+        if bool(cert) != bool(key):
+            raise GatewayError("--admin-tls-cert and --admin-tls-key go together")
+        return (cert, key) if cert and key else None
+
+    def _health_source(self) -> HealthSource:
+        return HealthSource(
+            ready=self.cache.ready.is_set, metrics=self.metrics.render, status=self.health
+        )
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         """mTLS credentials when the settings name the files, else None (plaintext)."""
@@ -177,9 +192,16 @@ class Controller:
         if self.xds_port == 0:
             raise OSError(f"cannot listen for xDS on {self.settings.xds_address}")
         await self._grpc.start()
+        # the admin API first: a healthy health port means every port is up
+        if self.settings.admin_address:
+            await self._start_admin()
         if self.settings.health_address:
-            host, port = _split(self.settings.health_address)
-            self._health = await serve_http_on(host, port, self._route_health)
+            self._health = HttpService(
+                create_health_app(self._health_source()),
+                self.settings.health_address,
+                name="health",
+            )
+            await self._health.start()
             self.health_port = self._health.port
         log.info(
             "controller %s serving xDS on %s (port %d)%s",
@@ -189,13 +211,43 @@ class Controller:
             f" over mutual TLS (client CA {self.settings.xds_client_ca})" if credentials else "",
         )
 
+    async def _start_admin(self) -> None:
+        address = self.settings.admin_address or ""
+        if self._admin_exposed:
+            log.warning(
+                "INSECURE: the admin API listens on %s in plaintext (--insecure): tokens "
+                "and policy cross the network in clear. Give --admin-tls-cert/--admin-tls-key.",
+                address,
+            )
+        tls = self._admin_tls
+        self._admin = HttpService(
+            create_app(
+                self.store,
+                status_source=self._health_source(),
+                max_body=self.settings.admin_max_body,
+            ),
+            address,
+            tls_cert=tls[0] if tls else None,
+            tls_key=tls[1] if tls else None,
+            name="admin API",
+        )
+        await self._admin.start()
+        self.admin_port = self._admin.port
+        log.info(
+            "admin API on %s://%s (port %d)",
+            "https" if tls else "http",
+            address,
+            self.admin_port,
+        )
+
     async def run(self) -> None:
         """Until cancelled: watch revisions and record proxy status."""
         await asyncio.gather(self.runner.run(), self.recorder.run(), self.sink.run())
 
     async def stop(self) -> None:
-        if self._health is not None:
-            await self._health.close()
+        for service in (self._admin, self._health):
+            if service is not None:
+                await service.close()
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)
         await self.recorder.flush()
@@ -225,17 +277,6 @@ class Controller:
                 if s.proxy is not None and s.proxy.hold
             ],
         }
-
-    def _route_health(self, path: str) -> tuple[int, str, bytes]:
-        """``/healthz``, ``/readyz`` (503 until the first snapshot), ``/status``, ``/metrics``."""
-        ok = self.cache.ready.is_set()
-        if path == "/metrics":
-            return 200, CONTENT_TYPE, self.metrics.render().encode()
-        if path in ("/healthz", "/readyz"):
-            return (200 if ok else 503), _JSON, json.dumps({"ok": ok}).encode()
-        if path == "/status":
-            return 200, _JSON, json.dumps(self.health()).encode()
-        return 404, _JSON, json.dumps({"error": "not found"}).encode()
 
 
 async def serve(settings: Settings, started: asyncio.Event | None = None) -> None:

@@ -192,6 +192,8 @@ class LocalRun:
     demo: bool
     #: where a first start writes the admin token (None: the default next to the database)
     admin_token_file: str | None = None
+    #: the controller's admin API (loopback); None: not served
+    admin_address: str | None = None
     _demo_server: Any = None
 
     @property
@@ -243,6 +245,7 @@ class LocalRun:
                 aggregator=f"127.0.0.1:{self.aggregator_port}",
                 aggregation_address="127.0.0.1",
                 admin_token_file=self.admin_token_file,
+                admin_address=self.admin_address,
             )
         )
         if controller.admin_token_file is not None:
@@ -315,7 +318,9 @@ class LocalRun:
         )
         _say(f"gateway {gw.name!r} is up: send requests to http://{host}:{gw.port}/")
         _say(f"  Envoy pid {envoy_pid}, admin http://127.0.0.1:{self.admin_port}/, {log}")
-        _say(f"  controller: xDS 127.0.0.1:{self.xds_port}{health}; policy in {self.store_url}")
+        admin = f", admin API http://{self.admin_address}/v1/" if self.admin_address else ""
+        where = f"policy in {self.store_url}"
+        _say(f"  controller: xDS 127.0.0.1:{self.xds_port}{health}{admin}; {where}")
         _say(f"  aggregation service 127.0.0.1:{self.aggregator_port} (pid {aggregator_pid})")
         if self._demo_server is not None:
             _say(f"try: curl http://{host}:{gw.port}/hello")

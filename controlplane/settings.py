@@ -15,6 +15,13 @@ class Settings(BaseSettings):
     #: loopback by default: a network-reachable xDS port requires mutual TLS (or ``insecure``)
     xds_address: str = "127.0.0.1:18000"
     health_address: str | None = "127.0.0.1:18001"
+    #: the admin API (HTTP/JSON, token auth); loopback by default, beyond it only over TLS
+    #: (``admin_tls_cert``/``admin_tls_key``) or with ``insecure``; None disables it
+    admin_address: str | None = "127.0.0.1:18004"
+    admin_tls_cert: str | None = None
+    admin_tls_key: str | None = None
+    #: largest request body the admin API reads (a 10,000-route apply: 1.5-2.6 MB of JSON)
+    admin_max_body: int = Field(16 * 1024 * 1024, ge=1024)
     #: allow plaintext xDS on a non-loopback address (every start logs a warning)
     insecure: bool = False
     #: status rows of proxies disconnected (or whose controller died) this many seconds ago

@@ -207,11 +207,17 @@ def test_xds_port_agrees_between_controller_and_envoy() -> None:
 CONTROL_PORTS = {18000, 18001, 18002, 18003, 9901}
 
 
-def test_only_the_gateway_port_is_published() -> None:
+def test_only_the_gateway_port_and_the_admin_api_are_published() -> None:
     published = {
         name: _container_ports(svc.get("ports", [])) for name, svc in _compose()["services"].items()
     }
     assert published.pop("envoy") == {8080: 8080}
+    # the admin API: on the host's loopback only, over TLS
+    assert published.pop("controller") == {18004: 18004}
+    assert _service("controller")["ports"] == ["127.0.0.1:18004:18004"]
+    argv = _as_argv(_service("controller")["command"])
+    assert _flag(argv, "--admin-tls-cert") == "/pki/controller.pem"
+    assert _flag(argv, "--admin-tls-key") == "/pki/controller.key"
     assert all(not ports for ports in published.values()), published
     for svc in _compose()["services"].values():
         assert "network_mode" not in svc, "host networking would expose every port"

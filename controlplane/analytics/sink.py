@@ -339,8 +339,9 @@ async def serve_sink(
     must then permit the node it names, as on the controller's port (ADR 0018)."""
     import signal
 
-    from ..httpserve import serve_http
-    from ..metrics import CONTENT_TYPE
+    from ..api.app import create_health_app
+    from ..api.server import HttpService
+    from ..api.status import HealthSource
     from ..store import Store
     from ..xds.mtls import check_bind, server_credentials
 
@@ -376,15 +377,9 @@ async def serve_sink(
     await server.start()
     http = None
     if http_address:
-
-        def route(path: str) -> tuple[int, str, bytes]:
-            if path == "/metrics":
-                return 200, CONTENT_TYPE, sink.registry.render().encode()
-            if path in ("/healthz", "/readyz"):
-                return 200, "application/json", b'{"ok": true}'
-            return 404, "application/json", b'{"error": "not found"}'
-
-        http = await serve_http(http_address, route)
+        source = HealthSource(ready=lambda: True, metrics=sink.registry.render)
+        http = HttpService(create_health_app(source), http_address, name="sink metrics")
+        await http.start()
     log.info("analytics sink %s: access logs on %s (port %d)", sink.sink_id, address, port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -1,147 +1,202 @@
-"""Minimal request dependencies for the history router, written against the admin API
-contract: who calls (:class:`Principal`), the store, role and gateway-scope checks, and the
-contract's JSON errors. The admin API application provides the real token authentication
-(``controlplane.api.auth``) with the same names; this module stands in for it until then,
-and refuses every caller (401) unless a dependency override says who calls.
+"""What every admin API operation shares: the caller, If-Match, ``wait=``, the write path.
+
+Operations are plain (synchronous) functions: FastAPI runs them in its thread pool, so the
+store's blocking SQL never stalls the controller's event loop (xDS streams, status).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+import re
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import Depends, Header, Query, Request
 
-from ..errors import (
-    Conflict,
-    Forbidden,
-    GatewayError,
-    NotFound,
-    PolicyInvalid,
-    StoreError,
-    Unauthorized,
-    WaitFailed,
-)
-from ..store import Store
+from ..errors import Conflict, GatewayError, PolicyInvalid
+from ..store import ApplyResult, ObjectChange, Store
+from ..store.actor import acting_as
+from .auth import Principal, authenticate, check_write, require_role
+from .errors import ApiError
 
 __all__ = [
-    "ROLES",
-    "Principal",
-    "add_error_handlers",
-    "check_write",
-    "principal",
-    "require_role",
-    "store",
+    "Caller",
+    "IfMatch",
+    "Wait",
+    "Writer",
+    "change_rows",
+    "get_store",
+    "redact",
+    "write_response",
 ]
 
-#: role -> rank: each role may do what the lower ones may
-ROLES = {"viewer": 0, "editor": 1, "admin": 2}
+_ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
+#: attempts at an authorized bundle write when another writer slips in between the dry run
+#: and the write (only without If-Match: with it, the caller asked for exactly one revision)
+_ATTEMPTS = 3
 
 
-@dataclass(frozen=True)
-class Principal:
-    """The caller: the token's name (recorded as the actor), role and gateway scope."""
-
-    name: str
-    role: str
-    #: empty: every gateway; else only these gateways and their routes
-    gateways: tuple[str, ...] = field(default_factory=tuple)
+def get_store(request: Request) -> Store:
+    return request.app.state.store  # type: ignore[no-any-return]
 
 
-def principal(request: Request) -> Principal:
-    """Who calls. Without the token authentication of the admin API, nobody (401)."""
-    raise Unauthorized("missing or unknown API token")
+StoreDep = Annotated[Store, Depends(get_store)]
 
 
-def store(request: Request) -> Store:
-    """The controller's store (``app.state.store``)."""
-    s = getattr(request.app.state, "store", None)
-    if s is None:
-        raise StoreError("the admin API has no database")
-    return s  # type: ignore[no-any-return]
+def _principal(
+    request: Request,
+    authorization: Annotated[
+        str | None,
+        Header(description="Bearer <token> (gatewayctl token add)", include_in_schema=False),
+    ] = None,
+) -> Principal:
+    principal = authenticate(get_store(request), authorization)
+    request.state.principal = principal
+    return principal
 
 
-def require_role(who: Principal, role: str) -> None:
-    if ROLES.get(who.role, -1) < ROLES[role]:
-        raise Forbidden(f"token {who.name!r} has role {who.role}; this needs {role}")
+Caller = Annotated[Principal, Depends(_principal)]
 
 
-def _route_gateways(spec: dict[str, Any] | None) -> set[str]:
-    if not spec:
-        return set()
-    value = spec.get("gateways") or ([spec["gateway"]] if spec.get("gateway") else [])
-    return {str(g) for g in value}
+def _if_match(
+    if_match: Annotated[
+        str | None,
+        Header(
+            alias="If-Match",
+            description='The revision the change was planned against, as the ETag ("N"): '
+            "if the policy is at another revision the write is refused (409), nothing written.",
+        ),
+    ] = None,
+) -> int | None:
+    if if_match is None or if_match.strip() == "*":
+        return None
+    match = _ETAG.match(if_match)
+    if not match:
+        raise ApiError(400, "invalid", 'If-Match: expected a revision as "N"', "If-Match")
+    return int(match.group(1))
 
 
-def visible(who: Principal, kind: str, name: str, specs: Iterable[dict[str, Any] | None]) -> bool:
-    """Whether a scoped token may read this object: its gateways, their routes, and every
-    shared kind."""
-    if not who.gateways:
-        return True
-    scope = set(who.gateways)
-    if kind == "gateway":
-        return name in scope
-    if kind == "route":
-        return any(_route_gateways(s) & scope for s in specs)
-    return True
+IfMatch = Annotated[int | None, Depends(_if_match)]
 
 
-def check_write(
-    who: Principal,
-    kind: str,
-    name: str,
-    before: dict[str, Any] | None,
-    after: dict[str, Any] | None,
-) -> None:
-    """Forbidden unless ``who`` may write this object: a scoped token only its gateways and
-    routes whose gateways (old AND new value) are all in its scope; never a shared kind."""
-    require_role(who, "editor")
-    if not who.gateways:
-        return
-    scope = set(who.gateways)
-    if kind == "gateway" and name in scope:
-        return
-    if kind == "route":
-        gateways = _route_gateways(before) | _route_gateways(after)
-        if gateways and gateways <= scope:
-            return
-    raise Forbidden(f"token {who.name!r} may not write {kind} {name!r} (outside its gateways)")
+def _wait(
+    wait: Annotated[
+        str | None,
+        Query(
+            description="Answer once every connected proxy of the affected gateways runs the "
+            "new revision (e.g. 30s); a NACK or a timeout is an error (wait_failed).",
+            max_length=32,
+        ),
+    ] = None,
+) -> float | None:
+    if wait is None or wait == "":
+        return None
+    from ..policy.common import duration_ms, parse_duration
+
+    try:
+        seconds = duration_ms(parse_duration(wait)) / 1000
+    except (ValueError, TypeError) as exc:
+        raise ApiError(400, "invalid", f"wait: {exc}", "wait") from None
+    if seconds > 600:
+        raise ApiError(400, "invalid", "wait: at most 600s", "wait")
+    return seconds
 
 
-_STATUS = (
-    (Unauthorized, "unauthorized", 401),
-    (Forbidden, "forbidden", 403),
-    (NotFound, "not_found", 404),
-    (Conflict, "conflict", 409),
-    (PolicyInvalid, "invalid", 400),
-    (WaitFailed, "wait_failed", 504),
-    (StoreError, "unavailable", 503),
-)
+Wait = Annotated[float | None, Depends(_wait)]
 
 
-def error_body(code: str, message: str, field_: str | None = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "field": field_}}
+def redact(kind: str, spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A spec without its secret fields (a certificate's private key): never sent out."""
+    from ..policy import KINDS
+
+    hidden = getattr(KINDS.get(kind), "secret_fields", ())
+    if spec is None or not hidden:
+        return spec
+    return {k: v for k, v in spec.items() if k not in hidden}
 
 
-def add_error_handlers(app: FastAPI) -> None:
-    """The contract's ``{"error": {...}}`` bodies for GatewayErrors and bad requests."""
+def change_rows(changes: list[ObjectChange], *, values: bool = False) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for c in changes:
+        row: dict[str, Any] = {"op": c.op, "kind": c.kind, "name": c.name}
+        if values:
+            row["before"] = redact(c.kind, c.before)
+            row["after"] = redact(c.kind, c.after)
+        rows.append(row)
+    return rows
 
-    async def gateway_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, GatewayError)
-        for cls, code, status in _STATUS:
-            if isinstance(exc, cls):
-                return JSONResponse(error_body(code, exc.message), status_code=status)
-        return JSONResponse(error_body("invalid", exc.message), status_code=400)
 
-    async def bad_request(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query"))
-        message = f"{loc}: {first.get('msg', 'invalid request')}" if loc else "invalid request"
-        return JSONResponse(error_body("invalid", message, loc or None), status_code=400)
+def write_response(
+    store: Store, result: ApplyResult, wait: float | None, *, dry_run: bool = False
+) -> dict[str, Any]:
+    """The contract's write answer; with ``wait``, only once the proxies run the revision."""
+    body: dict[str, Any] = {
+        "revision": result.revision,
+        "changes": change_rows(result.changes),
+        "dry_run": dry_run,
+    }
+    if wait is not None and result.changes and not dry_run:
+        from ..cli.wait import wait_for_revision
 
-    app.add_exception_handler(GatewayError, gateway_error)
-    app.add_exception_handler(RequestValidationError, bad_request)
+        body["notes"] = wait_for_revision(store, result.revision, wait)
+    return body
+
+
+class Writer:
+    """Writes on behalf of the caller: role and gateway scope checked against the exact
+    changes, recorded under the caller's name."""
+
+    def __init__(self, store: Store, principal: Principal) -> None:
+        self.store = store
+        self.principal = principal
+
+    def single(self, run: Callable[[], ApplyResult]) -> ApplyResult:
+        """A write whose own plan already called :meth:`check` on its change."""
+        require_role(self.principal, "editor")
+        with acting_as(self.principal.name):
+            return run()
+
+    def check(
+        self, kind: str, name: str, before: dict[str, Any] | None, after: dict[str, Any] | None
+    ) -> None:
+        check_write(self.principal, kind, name, before, after)
+
+    def bundle(
+        self,
+        run: Callable[[bool, int | None], ApplyResult],
+        expect_revision: int | None,
+        *,
+        dry_run: bool = False,
+    ) -> ApplyResult:
+        """A write of many objects (apply, delete): ``run(dry_run, expect_revision)``.
+
+        A gateway-scoped caller's bundle is first run dry to learn the exact changes; each
+        is checked, then the real write is pinned to the dry run's revision, so what was
+        checked is what is written (a writer in between: planned again, or 409 with
+        If-Match)."""
+        require_role(self.principal, "editor")
+        with acting_as(self.principal.name):
+            if not self.principal.gateways:  # unscoped editor or admin: every object
+                return run(dry_run, expect_revision)
+            for attempt in range(_ATTEMPTS):
+                planned = run(True, expect_revision)
+                for c in planned.changes:
+                    check_write(self.principal, c.kind, c.name, c.before, c.after)
+                if dry_run or not planned.changes:
+                    return planned
+                try:
+                    return run(False, planned.revision)
+                except Conflict:
+                    if expect_revision is not None or attempt == _ATTEMPTS - 1:
+                        raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def principal_writer(store: Store, principal: Principal) -> Writer:
+    return Writer(store, principal)
+
+
+def as_invalid(exc: GatewayError, field: str | None) -> GatewayError:
+    """Attach the field a store error is about (for the JSON error's ``field``)."""
+    if isinstance(exc, PolicyInvalid):
+        exc.field = field  # type: ignore[attr-defined]
+    return exc

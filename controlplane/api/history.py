@@ -12,21 +12,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import Conflict, PolicyInvalid
-from ..store import ObjectChange, Store
+from ..store import ObjectChange
 from ..store.actor import acting_as
-from .deps import Principal, check_write, principal, require_role, store, visible
+from .auth import Principal, check_write, require_role, visible
+from .deps import Caller
+from .deps import StoreDep as Db
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["history"])
 
-Caller = Annotated[Principal, Depends(principal)]
-Db = Annotated[Store, Depends(store)]
 #: the most rows one call returns
 MAX_LIMIT = 10_000
 
@@ -131,7 +131,7 @@ def get_history(
         changes = [
             ChangeRef(op=c.op, kind=c.kind, name=c.name)
             for c in r.changes
-            if visible(who, c.kind, c.name, (c.before, c.after))
+            if _visible_any(who, c.kind, c.name, c.before, c.after)
         ]
         if changes:
             items.append(
@@ -159,7 +159,15 @@ def get_diff(
 
 
 def _visible(who: Principal, c: ObjectChange) -> bool:
-    return visible(who, c.kind, c.name, (c.before, c.after))
+    return _visible_any(who, c.kind, c.name, c.before, c.after)
+
+
+def _visible_any(who: Principal, kind: str, name: str, *specs: dict[str, Any] | None) -> bool:
+    """A change is visible when the object is, before or after it (a route moved out of a
+    token's gateways still shows that it left)."""
+    return any(visible(who, kind, spec or {}, name) for spec in specs if spec is not None) or (
+        all(spec is None for spec in specs) and visible(who, kind, {}, name)
+    )
 
 
 def _values(c: ObjectChange) -> ChangeValues:

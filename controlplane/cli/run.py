@@ -50,12 +50,39 @@ def register_run(app: typer.Typer) -> None:
                 help="HTTP /healthz, /status and /metrics address; empty to disable.",
             ),
         ] = "127.0.0.1:18001",
+        admin_address: Annotated[
+            str,
+            typer.Option(
+                envvar="GATEWAY_ADMIN_ADDRESS",
+                help="Admin API (HTTP/JSON, bearer tokens) listen address; beyond loopback "
+                "only with --admin-tls-cert/--admin-tls-key or --insecure; empty to disable.",
+            ),
+        ] = "127.0.0.1:18004",
+        admin_tls_cert: Annotated[
+            str | None,
+            typer.Option(
+                envvar="GATEWAY_ADMIN_TLS_CERT",
+                help="Serve the admin API over HTTPS: PEM certificate (gatewayctl pki server).",
+            ),
+        ] = None,
+        admin_tls_key: Annotated[
+            str | None,
+            typer.Option(envvar="GATEWAY_ADMIN_TLS_KEY", help="Its PEM private key."),
+        ] = None,
+        admin_max_body: Annotated[
+            int,
+            typer.Option(
+                envvar="GATEWAY_ADMIN_MAX_BODY",
+                min=1024,
+                help="Largest admin API request body in bytes (413 beyond).",
+            ),
+        ] = 16 * 1024 * 1024,
         insecure: Annotated[
             bool,
             typer.Option(
                 envvar="GATEWAY_INSECURE",
-                help="Allow plaintext xDS on a non-loopback address (trusts every client "
-                "that reaches it; warned about on every start).",
+                help="Allow plaintext xDS or admin API on a non-loopback address (trusts "
+                "every client that reaches it; warned about on every start).",
             ),
         ] = False,
         proxy_expiry: Annotated[
@@ -153,6 +180,10 @@ def register_run(app: typer.Typer) -> None:
             db=ctx_of(ctx).db,
             xds_address=xds_address,
             health_address=health_address or None,
+            admin_address=admin_address or None,
+            admin_tls_cert=admin_tls_cert,
+            admin_tls_key=admin_tls_key,
+            admin_max_body=admin_max_body,
             xds_tls_cert=xds_tls_cert,
             xds_tls_key=xds_tls_key,
             xds_client_ca=xds_client_ca,
@@ -215,6 +246,13 @@ def register_run(app: typer.Typer) -> None:
             ),
         ] = "127.0.0.1:18001",
         admin_port: Annotated[int, typer.Option(help="Envoy admin port.")] = 9901,
+        admin_address: Annotated[
+            str,
+            typer.Option(
+                envvar="GATEWAY_ADMIN_ADDRESS",
+                help="The controller's admin API address (loopback); empty to disable.",
+            ),
+        ] = "127.0.0.1:18004",
         aggregator_port: Annotated[
             int, typer.Option(help="Port of the aggregation service (aggregate routes).")
         ] = 8081,
@@ -279,6 +317,7 @@ def register_run(app: typer.Typer) -> None:
             envoy_log=log_path,
             demo=demo,
             admin_token_file=admin_token_file,
+            admin_address=admin_address or None,
         )
         run.prepare_demo(store)
         asyncio.run(run.main())

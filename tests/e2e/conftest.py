@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,10 @@ from controlplane.demo.echo import EchoServer
 from controlplane.envoy_launcher import free_port
 
 from .harness import Cli, Controller, Envoy
+
+# every controller a test starts without naming an admin address gets an ephemeral port:
+# tests run in parallel, and the default 127.0.0.1:18004 may be taken
+os.environ.setdefault("GATEWAY_ADMIN_ADDRESS", "127.0.0.1:0")
 
 
 @pytest.fixture

@@ -97,6 +97,7 @@ class Controller:
         self.args = args  # extra ``serve`` options
         self.xds_port = free_port()
         self.health_port = free_port()
+        self.admin_port = free_port()
         self.log_dir = log_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -113,6 +114,11 @@ class Controller:
                 f"127.0.0.1:{self.xds_port}",
                 "--health-address",
                 f"127.0.0.1:{self.health_port}",
+                *(
+                    ()
+                    if any(a.startswith("--admin-address") for a in self.args)
+                    else ("--admin-address", f"127.0.0.1:{self.admin_port}")
+                ),
                 *self.args,
             ],
             env=env,

@@ -37,7 +37,17 @@ def test_compose_stack_as_processes(tmp_path: Path) -> None:
     procs: list[subprocess.Popen[bytes]] = []
     ports = {
         name: free_port()
-        for name in ("users", "orders", "xds", "health", "admin", "gw", "aggregator", "parts")
+        for name in (
+            "users",
+            "orders",
+            "xds",
+            "health",
+            "admin",
+            "api",
+            "gw",
+            "aggregator",
+            "parts",
+        )
     }
 
     def spawn(argv: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
@@ -105,6 +115,7 @@ def test_compose_stack_as_processes(tmp_path: Path) -> None:
         argv = _replace(argv, "--db", db)
         argv = _replace(argv, "--xds-address", f"127.0.0.1:{ports['xds']}")
         argv = _replace(argv, "--health-address", f"127.0.0.1:{ports['health']}")
+        argv = _replace(argv, "--admin-address", f"127.0.0.1:{ports['api']}")
         argv = [mounted(a, "controller") for a in argv]
         assert argv[0] == "gatewayctl"
         spawn(

@@ -1,5 +1,5 @@
 """The history router (GET /v1/history, /v1/history/diff, /v1/audit; POST /v1/rollback)
-mounted in a bare FastAPI app with the caller set by a dependency override."""
+served by the real admin API app, with real tokens of each role."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from controlplane.api import deps
-from controlplane.api.history import router
+from controlplane.api.app import create_app
 from controlplane.policy import Bundle, Cluster
 from controlplane.store import Store
 from controlplane.store.secrets import ENV_KEY, ENV_KEY_FILE
+from controlplane.store.tokens import add_token
 
 POLICY = """\
 gateways:
@@ -43,16 +42,20 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 class Api:
     def __init__(self, store: Store) -> None:
-        self.app = FastAPI()
-        self.app.state.store = store
-        self.app.include_router(router)
-        deps.add_error_handlers(self.app)
+        self.store = store
+        self.app = create_app(store)
         self.client = TestClient(self.app)
+        self.tokens: dict[tuple[str, str, tuple[str, ...]], str] = {}
         self.as_("admin", "admin")
 
     def as_(self, name: str, role: str, gateways: tuple[str, ...] = ()) -> Api:
-        who = deps.Principal(name, role, gateways)
-        self.app.dependency_overrides[deps.principal] = lambda: who
+        """Every following call carries a real token of this name, role and scope."""
+        key = (name, role, tuple(gateways))
+        if key not in self.tokens:  # token names are unique: a second role gets a suffix
+            taken = any(k[0] == name for k in self.tokens)
+            unique = f"{name}-{len(self.tokens)}" if taken else name
+            self.tokens[key] = add_token(self.store, unique, role, gateways)
+        self.client.headers["Authorization"] = f"Bearer {self.tokens[key]}"
         return self
 
 
@@ -66,11 +69,7 @@ def _cluster(endpoint: str) -> Cluster:
 
 
 def test_no_caller_is_401(store: Store) -> None:
-    app = FastAPI()
-    app.state.store = store
-    app.include_router(router)
-    deps.add_error_handlers(app)
-    r = TestClient(app).get("/v1/history")
+    r = TestClient(create_app(store)).get("/v1/history")
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
 
 

@@ -1,0 +1,400 @@
+"""CRUD of every policy kind, and consumers' API keys: ``/v1/{plural}[/{name}]``.
+
+One set of operations per kind, each typed with the kind's own pydantic model, so the
+OpenAPI document describes every field and FastAPI refuses unknown fields and wrong types
+before the store is touched. Every write then runs the store's one write path (the same
+validation, reference checks and transaction as the CLI), inside the caller's identity.
+"""
+# no ``from __future__ import annotations``: FastAPI reads the per-kind annotations at
+# definition time from the closures below
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import NotFound, PolicyInvalid
+from ..policy import KINDS, ApiKey, PolicyModel, new_api_key
+from ..policy.bundle import parse_object
+from ..policy.common import _NAME_RE
+from .auth import visible
+from .deps import Caller, IfMatch, StoreDep, Wait, Writer, redact, write_response
+from .errors import ERROR_RESPONSES, ApiError
+
+__all__ = ["PATH_KINDS", "router"]
+
+#: URL segment -> kind
+PATH_KINDS: dict[str, str] = {
+    "gateways": "gateway",
+    "clusters": "cluster",
+    "routes": "route",
+    "jwt-providers": "jwt_provider",
+    "consumers": "consumer",
+    "plans": "plan",
+    "certificates": "certificate",
+    "protos": "proto",
+}
+
+router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
+
+NamePath = Annotated[
+    str,
+    Path(pattern=_NAME_RE.pattern, max_length=63, description="The object's name."),
+]
+
+
+class ObjectOut(BaseModel):
+    kind: str
+    name: str
+    spec: dict[str, Any]
+    revision: int | None = None
+
+
+class ObjectList(BaseModel):
+    revision: int
+    items: list[ObjectOut]
+
+
+class ChangeOut(BaseModel):
+    op: str
+    kind: str
+    name: str
+
+
+class WriteOut(BaseModel):
+    revision: int
+    changes: list[ChangeOut]
+    dry_run: bool = False
+    notes: list[str] | None = None
+
+
+def _checked(kind: str, name: str, obj: PolicyModel) -> PolicyModel:
+    """The checks of new input pydantic does not run (``input_problem``: e.g. a certificate
+    that has already expired)."""
+    problem_of = getattr(obj, "input_problem", None)
+    problem = problem_of() if problem_of is not None else None
+    if problem:
+        raise PolicyInvalid(f"{kind} {name!r}: {problem}")
+    return obj
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge key by key, ``null`` removes, anything
+    else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def _etag(response: Response, revision: int) -> None:
+    response.headers["ETag"] = f'"{revision}"'
+
+
+def _kind_routes(plural: str, kind: str, model: type[PolicyModel]) -> None:
+    tag = plural
+    label = kind.replace("_", " ")
+
+    @router.get(f"/{plural}", response_model=ObjectList, tags=[tag], summary=f"List {plural}")
+    def list_objects(principal: Caller, store: StoreDep, response: Response) -> dict[str, Any]:
+        revision = store.revision()
+        items = []
+        for obj in store.list_objects(kind):
+            spec = obj.spec()
+            if visible(principal, kind, spec):
+                items.append({"kind": kind, "name": obj.name, "spec": redact(kind, spec)})  # type: ignore[attr-defined]
+        _etag(response, revision)
+        return {"revision": revision, "items": items}
+
+    @router.get(
+        f"/{plural}/{{name}}", response_model=ObjectOut, tags=[tag], summary=f"Get a {label}"
+    )
+    def get_object(
+        name: NamePath, principal: Caller, store: StoreDep, response: Response
+    ) -> dict[str, Any]:
+        revision = store.revision()
+        spec = store.get(kind, name).spec()
+        if not visible(principal, kind, spec):
+            raise NotFound(f"{kind} {name!r} does not exist")  # not even its existence leaks
+        _etag(response, revision)
+        return {"kind": kind, "name": name, "spec": redact(kind, spec), "revision": revision}
+
+    @router.post(
+        f"/{plural}",
+        response_model=WriteOut,
+        response_model_exclude_none=True,
+        status_code=201,
+        tags=[tag],
+        summary=f"Create a {label}",
+    )
+    def create_object(
+        body: Annotated[model, Body(description=f"The {label}, as in a declarative file.")],  # type: ignore[valid-type]
+        principal: Caller,
+        store: StoreDep,
+        expect: IfMatch,
+        wait: Wait,
+        response: Response,
+    ) -> dict[str, Any]:
+        obj = _checked(kind, body.name, body)  # type: ignore[attr-defined]
+        writer = Writer(store, principal)
+        writer.check(kind, obj.name, None, obj.spec())  # type: ignore[attr-defined]
+        result = writer.single(lambda: _create(store, obj, expect))
+        _etag(response, result.revision)
+        return write_response(store, result, wait)
+
+    @router.put(
+        f"/{plural}/{{name}}",
+        response_model=WriteOut,
+        response_model_exclude_none=True,
+        tags=[tag],
+        summary=f"Replace a {label}",
+    )
+    def replace_object(
+        name: NamePath,
+        body: Annotated[model, Body(description=f"The whole {label}.")],  # type: ignore[valid-type]
+        principal: Caller,
+        store: StoreDep,
+        expect: IfMatch,
+        wait: Wait,
+        response: Response,
+    ) -> dict[str, Any]:
+        obj = _checked(kind, name, body)
+        if obj.name != name:  # type: ignore[attr-defined]
+            raise ApiError(400, "invalid", f"{kind} {name!r}: name: differs from the path", "name")
+        new = obj.spec()
+        writer = Writer(store, principal)
+
+        def replace(current: dict[str, Any]) -> dict[str, Any]:
+            writer.check(kind, name, current, new)
+            return new
+
+        result = writer.single(lambda: store.update(kind, name, replace, expect_revision=expect))
+        _etag(response, result.revision)
+        return write_response(store, result, wait)
+
+    @router.patch(
+        f"/{plural}/{{name}}",
+        response_model=WriteOut,
+        response_model_exclude_none=True,
+        tags=[tag],
+        summary=f"Change fields of a {label} (JSON merge patch)",
+    )
+    def patch_object(
+        name: NamePath,
+        body: Annotated[
+            dict[str, Any],
+            Body(
+                description="RFC 7386 JSON merge patch of the object: the fields to set; "
+                "null removes a field.",
+                media_type="application/merge-patch+json",
+            ),
+        ],
+        principal: Caller,
+        store: StoreDep,
+        expect: IfMatch,
+        wait: Wait,
+        response: Response,
+    ) -> dict[str, Any]:
+        writer = Writer(store, principal)
+
+        def patch(current: dict[str, Any]) -> dict[str, Any]:
+            merged = merge_patch(current, body)
+            new = _checked(kind, name, parse_object(kind, merged, f"{kind} {name!r}")).spec()
+            writer.check(kind, name, current, new)
+            return new
+
+        result = writer.single(lambda: store.update(kind, name, patch, expect_revision=expect))
+        _etag(response, result.revision)
+        return write_response(store, result, wait)
+
+    @router.delete(
+        f"/{plural}/{{name}}",
+        response_model=WriteOut,
+        response_model_exclude_none=True,
+        tags=[tag],
+        summary=f"Delete a {label}",
+    )
+    def delete_object(
+        name: NamePath,
+        principal: Caller,
+        store: StoreDep,
+        expect: IfMatch,
+        wait: Wait,
+        response: Response,
+    ) -> dict[str, Any]:
+        result = _delete(Writer(store, principal), kind, name, expect)
+        _etag(response, result.revision)
+        return write_response(store, result, wait)
+
+
+def _create(store: Any, obj: PolicyModel, expect: int | None) -> Any:
+    from ..store import ApplyResult, ObjectChange
+
+    revision = store.create(obj, expect_revision=expect)
+    return ApplyResult(revision, [ObjectChange("create", obj.kind, obj.name)])  # type: ignore[attr-defined]
+
+
+def _delete(writer: Writer, kind: str, name: str, expect: int | None) -> Any:
+    """A delete, checked against the object as it is when deleted (a scoped caller: planned
+    at a revision, and written only at that revision)."""
+    from ..store import ApplyResult, ObjectChange
+
+    store = writer.store
+
+    def run(dry_run: bool, expect_revision: int | None) -> ApplyResult:
+        if dry_run:
+            revision = store.revision()
+            before = store.get(kind, name).spec()
+            if store.revision() != revision:  # changed while reading: a conflict, try again
+                from ..errors import Conflict
+
+                raise Conflict(f"{kind} {name!r} changed while it was being deleted")
+            if expect_revision is not None and revision != expect_revision:
+                from ..errors import Conflict
+
+                raise Conflict(
+                    f"revision is {revision}, not {expect_revision} as expected: "
+                    "another change was written since; nothing written (plan again)"
+                )
+            return ApplyResult(revision, [ObjectChange("delete", kind, name, before, None)])
+        revision = store.delete(kind, name, expect_revision=expect_revision)
+        return ApplyResult(revision, [ObjectChange("delete", kind, name)])
+
+    return writer.bundle(run, expect)
+
+
+for _plural, _kind in PATH_KINDS.items():
+    _kind_routes(_plural, _kind, KINDS[_kind])
+
+
+# -- consumers' API keys --------------------------------------------------------------------
+
+_RELATIVE = re.compile(r"^(\d{1,12})([mhd])$")
+_MAX_MINUTES = 100 * 365 * 24 * 60
+
+
+def parse_expiry(value: str | None, field: str = "expires") -> datetime | None:
+    """``30d``, ``12h``, ``90m`` from now, or an ISO 8601 time in the future."""
+    if value is None:
+        return None
+    match = _RELATIVE.match(value)
+    if match:
+        minutes = {"m": 1, "h": 60, "d": 1440}[match.group(2)] * int(match.group(1))
+        if not 0 < minutes <= _MAX_MINUTES:
+            raise ApiError(400, "invalid", f"{field}: must be from 1m to 36500d", field)
+        return datetime.now(UTC) + timedelta(minutes=minutes)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(
+            400, "invalid", f"{field}: neither a duration (30d, 12h, 90m) nor an ISO time", field
+        ) from None
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if parsed <= datetime.now(UTC):
+        raise ApiError(400, "invalid", f"{field}: is in the past", field)
+    return parsed
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    expires: str | None = Field(
+        default=None, max_length=64, description="30d, 12h, 90m, or an ISO 8601 time."
+    )
+
+
+class KeyOut(BaseModel):
+    id: str
+    consumer: str
+    prefix: str
+    expires_at: str | None
+    expired: bool
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]
+
+
+class KeyCreated(WriteOut):
+    key: str = Field(description="The API key itself: shown this once, never again.")
+    id: str
+
+
+def _key_row(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.name,
+        "consumer": key.consumer,
+        "prefix": key.prefix + "...",
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        "expired": key.expired(),
+    }
+
+
+@router.get("/consumers/{name}/keys", response_model=KeyList, tags=["consumers"])
+def list_keys(
+    name: NamePath, principal: Caller, store: StoreDep, response: Response
+) -> dict[str, Any]:
+    """A consumer's API keys by id and prefix (the key itself is never shown again)."""
+    revision = store.revision()
+    store.get("consumer", name)  # 404 for a consumer that does not exist
+    keys = [k for k in store.list_objects("api_key") if k.consumer == name]  # type: ignore[attr-defined]
+    _etag(response, revision)
+    return {"items": [_key_row(k) for k in keys]}  # type: ignore[arg-type]
+
+
+@router.post(
+    "/consumers/{name}/keys",
+    response_model=KeyCreated,
+    response_model_exclude_none=True,
+    status_code=201,
+    tags=["consumers"],
+)
+def add_key(
+    name: NamePath,
+    principal: Caller,
+    store: StoreDep,
+    expect: IfMatch,
+    wait: Wait,
+    response: Response,
+    body: Annotated[KeyIn | None, Body()] = None,
+) -> dict[str, Any]:
+    """Create an API key for the consumer; the answer's ``key`` is the only time it is shown."""
+    key = new_api_key(name, parse_expiry((body or KeyIn()).expires))
+    writer = Writer(store, principal)
+    writer.check("api_key", key.name, None, redact("api_key", key.spec()))
+    result = writer.single(lambda: _create(store, key, expect))
+    _etag(response, result.revision)
+    return {**write_response(store, result, wait), "key": key.key, "id": key.name}
+
+
+@router.delete(
+    "/consumers/{name}/keys/{key_id}",
+    response_model=WriteOut,
+    response_model_exclude_none=True,
+    tags=["consumers"],
+)
+def revoke_key(
+    name: NamePath,
+    key_id: Annotated[str, Path(pattern=r"^ak_[0-9a-f]{12}$")],
+    principal: Caller,
+    store: StoreDep,
+    expect: IfMatch,
+    wait: Wait,
+    response: Response,
+) -> dict[str, Any]:
+    """Delete (revoke) an API key: proxies stop accepting it with the new revision."""
+    try:
+        key = store.get("api_key", key_id)
+    except NotFound:
+        raise NotFound(f"api key {key_id!r} does not exist") from None
+    if key.consumer != name:  # type: ignore[attr-defined]
+        raise NotFound(f"api key {key_id!r} of consumer {name!r} does not exist")
+    result = _delete(Writer(store, principal), "api_key", key_id, expect)
+    _etag(response, result.revision)
+    return write_response(store, result, wait)

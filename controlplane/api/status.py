@@ -1,0 +1,200 @@
+"""Read-only state: revision, proxies' status, events; and the unauthenticated probes
+(``/healthz``, ``/readyz``, ``/metrics``), which expose no policy."""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
+
+from .auth import visible
+from .deps import Caller, StoreDep
+from .errors import ERROR_RESPONSES
+
+__all__ = ["HealthSource", "probes", "router"]
+
+router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES, tags=["status"])
+
+
+@dataclass(frozen=True)
+class HealthSource:
+    """What the running controller tells probes: whether it serves its first snapshot yet,
+    its Prometheus text, and its own status (``/status`` of the health port)."""
+
+    ready: Callable[[], bool]
+    metrics: Callable[[], str]
+    status: Callable[[], dict[str, Any]] | None = None
+
+
+class RevisionOut(BaseModel):
+    revision: int
+    database_id: str
+
+
+class StatusOut(BaseModel):
+    revision: int
+    controllers: list[dict[str, Any]]
+    gateways: dict[str, dict[str, Any]]
+    proxies: list[dict[str, Any]]
+    problem: str | None
+
+
+class EventsOut(BaseModel):
+    items: list[dict[str, Any]]
+
+
+@router.get("/revision", response_model=RevisionOut)
+def revision(principal: Caller, store: StoreDep, response: Response) -> dict[str, Any]:
+    """The policy revision (also every response's ETag) and the database's id."""
+    ident = store.identity()
+    response.headers["ETag"] = f'"{ident.revision}"'
+    return {"revision": ident.revision, "database_id": ident.database_id}
+
+
+@router.get("/status", response_model=StatusOut)
+def status(
+    principal: Caller,
+    store: StoreDep,
+    response: Response,
+    grace: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=3600,
+            description="Seconds after a change a connected proxy may still run an older "
+            "revision before it counts as out of sync.",
+        ),
+    ] = 5.0,
+) -> dict[str, Any]:
+    """Every proxy: gateway, ACKed revision, in sync or not, last NACK (``gatewayctl status``);
+    ``problem`` is non-null when one is out of sync, NACKing or held (the CLI's exit 8)."""
+    from ..cli.status import _gone_since, _nack_field, _problem, _proxy_expiry
+    from ..cli.wait import STALE_AFTER
+
+    now = time.time()
+    revision = store.revision()
+    controllers = store.controllers()
+    live = {cid for cid, _, _, beat in controllers if beat >= now - STALE_AFTER}
+    beats = {cid: beat for cid, _, _, beat in controllers}
+    builds = store.gateway_builds()
+    expiry = _proxy_expiry()
+    commit_times: dict[int, float | None] = {}
+    specs: dict[str, dict[str, Any] | None] = {}
+    rows: list[dict[str, Any]] = []
+    for p in store.proxies():
+        if not visible(principal, "gateway", {"name": p.gateway}):
+            continue
+        connected = p.connected and p.controller in live
+        if not connected and _gone_since(p, beats.get(p.controller)) < now - expiry:
+            continue
+        changed = builds.get(p.gateway, (0, 0, None))[1]
+        problem = _problem(p, connected, changed, now, grace, store, commit_times)
+        nack = None
+        if p.nack_error:
+            nack = {
+                "revision": p.nack_revision,
+                "type": p.nack_type,
+                "objects": p.nack_objects,
+                "field": _nack_field(store, p.nack_objects, p.nack_error, specs),
+                "error": p.nack_error,
+            }
+        rows.append(
+            {
+                "node": p.node_id,
+                "gateway": p.gateway,
+                "connected": connected,
+                "controller": p.controller,
+                "envoy": p.envoy_version,
+                "acked_revision": p.acked_revision,
+                "acked_at": p.acked_at,
+                "since_ack_s": None if p.acked_at is None else round(now - p.acked_at, 3),
+                "in_sync": connected and p.acked_revision >= changed and not p.hold,
+                "last_nack": nack,
+                "hold": p.hold if connected else None,
+                "problem": problem,
+            }
+        )
+    bad = [f"proxy {r['node']} ({r['gateway']}): {r['problem']}" for r in rows if r["problem"]]
+    response.headers["ETag"] = f'"{revision}"'
+    return {
+        "revision": revision,
+        "controllers": [
+            {"id": i, "xds_address": a, "built_revision": b, "alive": i in live}
+            for i, a, b, _ in controllers
+        ],
+        "gateways": {
+            g: {"built_revision": b, "changed_revision": ch, "error": e}
+            for g, (b, ch, e) in builds.items()
+            if visible(principal, "gateway", {"name": g})
+        },
+        "proxies": rows,
+        "problem": "; ".join(bad) or None,
+    }
+
+
+@router.get("/events", response_model=EventsOut)
+def events(
+    principal: Caller,
+    store: StoreDep,
+    since: Annotated[
+        float | None, Query(ge=0, le=1e11, description="Epoch seconds: only newer events.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+) -> dict[str, Any]:
+    """Proxy events (connect, ACK, NACK...) and policy changes, oldest first."""
+    items = [
+        e
+        for e in store.events(since=since, limit=limit)
+        if not e.get("gateway") or visible(principal, "gateway", {"name": e["gateway"]})
+    ]
+    return {"items": items}
+
+
+def probes(source: HealthSource | None, *, status: bool = False) -> APIRouter:
+    """``/healthz``, ``/readyz`` (503 until the first snapshot), ``/metrics``; with
+    ``status`` also the controller's own ``/status`` (the health port only)."""
+    probe = APIRouter(tags=["probes"])
+
+    def ready() -> bool:
+        return source is None or source.ready()
+
+    @probe.head("/healthz", include_in_schema=False)
+    @probe.get(
+        "/healthz", response_model=dict[str, bool], responses={503: {"description": "Not ready"}}
+    )
+    async def healthz() -> JSONResponse:
+        ok = ready()
+        return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
+
+    @probe.head("/readyz", include_in_schema=False)
+    @probe.get(
+        "/readyz", response_model=dict[str, bool], responses={503: {"description": "Not ready"}}
+    )
+    async def readyz() -> JSONResponse:
+        ok = ready()
+        return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
+
+    @probe.head("/metrics", include_in_schema=False)
+    @probe.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        from ..metrics import CONTENT_TYPE
+
+        text = source.metrics() if source is not None else ""
+        return Response(text, media_type=CONTENT_TYPE)
+
+    if status and source is not None and source.status is not None:
+        status_of = source.status
+
+        @probe.api_route(
+            "/status",
+            methods=["GET", "HEAD"],
+            response_model=dict[str, Any],
+            include_in_schema=False,
+        )
+        async def controller_status(request: Request) -> dict[str, Any]:
+            return status_of()
+
+    return probe

@@ -1,0 +1,405 @@
+"""The admin API in-process (FastAPI's TestClient) over a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from controlplane.api.app import DEFAULT_MAX_BODY, create_app
+from controlplane.store import Store
+from controlplane.store.tokens import add_token, revoke_token
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(str(tmp_path / "gw.db"), create=True)
+
+
+@pytest.fixture
+def api(store: Store) -> TestClient:
+    return TestClient(create_app(store), raise_server_exceptions=False)
+
+
+def _auth(
+    store: Store, role: str = "admin", gateways: tuple[str, ...] = (), name: str = ""
+) -> dict:
+    token = add_token(store, name or f"{role}-{'-'.join(gateways) or 'all'}", role, gateways)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _seed(api: TestClient, h: dict) -> None:
+    for path, body in (
+        ("/v1/gateways", {"name": "a", "port": 18080}),
+        ("/v1/gateways", {"name": "b", "port": 18090}),
+        ("/v1/clusters", {"name": "app", "endpoints": ["127.0.0.1:9000"]}),
+        ("/v1/routes", {"name": "ra", "gateways": ["a"], "cluster": "app"}),
+        ("/v1/routes", {"name": "rb", "gateways": ["b"], "cluster": "app"}),
+    ):
+        r = api.post(path, json=body, headers=h)
+        assert r.status_code == 201, r.text
+
+
+def _error(r: Any, status: int, code: str) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code, body
+    assert "Traceback" not in r.text
+    return body["error"]
+
+
+def test_crud_round_trip_with_etags(api: TestClient, store: Store) -> None:
+    h = _auth(store)
+    _seed(api, h)
+    r = api.get("/v1/routes/ra", headers=h)
+    assert r.status_code == 200
+    assert r.json()["spec"]["cluster"] == "app"
+    assert r.headers["ETag"] == f'"{store.revision()}"'
+    listed = api.get("/v1/routes", headers=h).json()
+    assert [i["name"] for i in listed["items"]] == ["ra", "rb"]
+    # PATCH is a JSON merge patch: null removes, other keys merge
+    rev = store.revision()
+    r = api.patch("/v1/clusters/app", json={"connect_timeout": "2s"}, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "revision": rev + 1,
+        "changes": [{"op": "update", "kind": "cluster", "name": "app"}],
+        "dry_run": False,
+    }
+    assert store.get("cluster", "app").spec()["connect_timeout"] == "2s"
+    r = api.patch("/v1/clusters/app", json={"connect_timeout": None}, headers=h)
+    assert "connect_timeout" not in store.get("cluster", "app").spec()
+    r = api.put(
+        "/v1/routes/ra",
+        json={"name": "ra", "gateways": ["a"], "cluster": "app", "timeout": "3s"},
+        headers=h,
+    )
+    assert r.status_code == 200, r.text
+    assert store.get("route", "ra").spec()["timeout"] == "3s"
+    assert api.delete("/v1/routes/rb", headers=h).status_code == 200
+    _error(api.get("/v1/routes/rb", headers=h), 404, "not_found")
+    # still referenced: conflict, nothing written
+    rev = store.revision()
+    _error(api.delete("/v1/clusters/app", headers=h), 409, "conflict")
+    assert store.revision() == rev
+
+
+def test_auth_roles_and_scopes(api: TestClient, store: Store) -> None:
+    admin = _auth(store)
+    _seed(api, admin)
+    _error(api.get("/v1/routes"), 401, "unauthorized")
+    _error(api.get("/v1/routes", headers={"Authorization": "Bearer gw_nope"}), 401, "unauthorized")
+    viewer = _auth(store, "viewer")
+    assert api.get("/v1/routes", headers=viewer).status_code == 200
+    rev = store.revision()
+    _error(api.patch("/v1/routes/ra", json={"timeout": "1s"}, headers=viewer), 403, "forbidden")
+    scoped = _auth(store, "editor", ("a",))
+    # its own gateway's route: allowed; the other gateway's: 403 naming the object
+    r = api.patch("/v1/routes/ra", json={"timeout": "1s"}, headers=scoped)
+    assert r.status_code == 200, r.text
+    rev = store.revision()
+    err = _error(
+        api.patch("/v1/routes/rb", json={"timeout": "1s"}, headers=scoped), 403, "forbidden"
+    )
+    assert "route 'rb'" in err["message"]
+    # moving its route into gateway b (new value outside): 403
+    _error(api.patch("/v1/routes/ra", json={"gateways": ["b"]}, headers=scoped), 403, "forbidden")
+    _error(api.delete("/v1/routes/rb", headers=scoped), 403, "forbidden")
+    _error(
+        api.patch("/v1/clusters/app", json={"connect_timeout": "2s"}, headers=scoped),
+        403,
+        "forbidden",
+    )
+    doc = {"routes": [{"name": "rb", "gateways": ["b"], "cluster": "app", "timeout": "9s"}]}
+    err = _error(api.post("/v1/apply", json=doc, headers=scoped), 403, "forbidden")
+    assert "route 'rb'" in err["message"]
+    assert store.revision() == rev
+    # reads: only its gateways and their routes
+    names = [i["name"] for i in api.get("/v1/routes", headers=scoped).json()["items"]]
+    assert names == ["ra"]
+    _error(api.get("/v1/routes/rb", headers=scoped), 404, "not_found")
+    # tokens: admin only; revoked token: 401 on its next call
+    _error(api.get("/v1/tokens", headers=viewer), 403, "forbidden")
+    revoke_token(store, "viewer-all")
+    _error(api.get("/v1/routes", headers=viewer), 401, "unauthorized")
+
+
+def test_if_match(api: TestClient, store: Store) -> None:
+    h = _auth(store)
+    _seed(api, h)
+    rev = store.revision()
+    stale = {**h, "If-Match": f'"{rev - 1}"'}
+    _error(api.patch("/v1/routes/ra", json={"timeout": "1s"}, headers=stale), 409, "conflict")
+    assert store.revision() == rev
+    ok = api.patch("/v1/routes/ra", json={"timeout": "1s"}, headers={**h, "If-Match": f'"{rev}"'})
+    assert ok.status_code == 200 and ok.headers["ETag"] == f'"{rev + 1}"'
+    again = api.patch(
+        "/v1/routes/ra", json={"timeout": "2s"}, headers={**h, "If-Match": f'"{rev}"'}
+    )
+    _error(again, 409, "conflict")
+    assert store.get("route", "ra").spec()["timeout"] == "1s"
+
+
+BAD = [
+    ("malformed JSON", "post", "/v1/routes", b'{"name": "x",', None),
+    ("JSON nested too deep", "post", "/v1/apply", b"[" * 100_000, None),
+    ("huge number", "post", "/v1/gateways", b'{"name": "g", "port": ' + b"9" * 5000 + b"}", None),
+    ("not an object", "post", "/v1/clusters", b'"text"', None),
+    (
+        "unknown field",
+        "post",
+        "/v1/clusters",
+        {"name": "c", "endpoints": ["h:1"], "bogus": 1},
+        "bogus",
+    ),
+    ("wrong type", "post", "/v1/gateways", {"name": "g", "port": "eighty"}, "port"),
+    (
+        "bad nested",
+        "post",
+        "/v1/routes",
+        {"name": "r", "gateways": ["a"], "cluster": "app", "retry": {"attempts": "x"}},
+        "retry",
+    ),
+    ("unknown kind", "get", "/v1/widgets", None, None),
+    ("unknown kind write", "post", "/v1/widgets", {"name": "x"}, None),
+    ("traversal", "get", "/v1/routes/..%2F..%2Fetc", None, None),
+    ("control char", "patch", "/v1/routes/a%00b", {"timeout": "1s"}, "name"),
+    ("unicode name", "post", "/v1/clusters", {"name": "caf\u00e9", "endpoints": ["h:1"]}, "name"),
+    ("unicode path", "delete", "/v1/routes/caf%C3%A9", None, "name"),
+    (
+        "bad name in body",
+        "post",
+        "/v1/routes",
+        {"name": "../x", "gateways": ["a"], "cluster": "app"},
+        "name",
+    ),
+    ("array body", "post", "/v1/apply", [1, 2], None),
+    ("bad If-Match", "patch", "/v1/routes/ra", {"timeout": "1s"}, "If-Match"),
+    ("bad wait", "patch", "/v1/routes/ra?wait=forever", {"timeout": "1s"}, "wait"),
+    (
+        "name changed by PUT",
+        "put",
+        "/v1/routes/ra",
+        {"name": "rz", "gateways": ["a"], "cluster": "app"},
+        "name",
+    ),
+    ("name changed by PATCH", "patch", "/v1/routes/ra", {"name": "rz"}, "name"),
+    ("unknown top-level key", "post", "/v1/apply", {"widgets": []}, "widgets"),
+    (
+        "reference missing",
+        "post",
+        "/v1/routes",
+        {"name": "r2", "gateways": ["a"], "cluster": "nope"},
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "method", "path", "body", "field"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_4xx_json_and_writes_nothing(
+    api: TestClient, store: Store, case: str, method: str, path: str, body: Any, field: str | None
+) -> None:
+    h = _auth(store)
+    _seed(api, h)
+    if case == "bad If-Match":
+        h = {**h, "If-Match": "yesterday"}
+    before = (store.revision(), json.dumps(store.bundle().to_data(), sort_keys=True))
+    kwargs: dict[str, Any] = {"headers": h}
+    if isinstance(body, bytes):
+        kwargs["content"] = body
+        kwargs["headers"] = {**h, "Content-Type": "application/json"}
+    elif body is not None:
+        kwargs["json"] = body
+    r = api.request(method.upper(), path, **kwargs)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    err = r.json()["error"]
+    assert err["message"] and "\n" not in err["message"]
+    if field is not None:
+        assert err["field"] is not None and err["field"].startswith(field), err
+    assert (store.revision(), json.dumps(store.bundle().to_data(), sort_keys=True)) == before
+
+
+def test_oversize_body_is_413(store: Store) -> None:
+    api = TestClient(create_app(store, max_body=1000), raise_server_exceptions=False)
+    h = _auth(store)
+    rev = store.revision()
+    doc = {"clusters": [{"name": f"c{i}", "endpoints": ["h:1"]} for i in range(100)]}
+    _error(api.post("/v1/apply", json=doc, headers=h), 413, "too_large")
+    assert store.revision() == rev
+
+
+def test_10000_route_apply_fits_the_default_limit(store: Store) -> None:
+    """The default body limit is sized from a 10,000-route document (with room to spare)."""
+    doc = {
+        "gateways": [{"name": "g", "port": 18080}],
+        "clusters": [{"name": "c", "endpoints": ["10.0.0.1:8080"]}],
+        "routes": [
+            {
+                "name": f"route-{i:05d}",
+                "gateways": ["g"],
+                "match": {"path": f"/service-{i:05d}/v1/items", "methods": ["GET", "POST"]},
+                "cluster": "c",
+                "timeout": "5s",
+            }
+            for i in range(10_000)
+        ],
+    }
+    size = len(json.dumps(doc))
+    assert 1_000_000 < size < DEFAULT_MAX_BODY / 4, size
+
+
+def test_apply_plan_diff_export_keys_tokens(api: TestClient, store: Store) -> None:
+    h = _auth(store)
+    _seed(api, h)
+    doc = {"clusters": [{"name": "other", "endpoints": ["127.0.0.1:9001"]}]}
+    rev = store.revision()
+    plan = api.post("/v1/plan", json=doc, headers=h).json()
+    assert plan == {
+        "revision": rev,
+        "changes": [{"op": "create", "kind": "cluster", "name": "other"}],
+        "dry_run": True,
+    }
+    assert store.revision() == rev
+    diff = api.post("/v1/diff", json=doc, headers=h).json()
+    assert diff["changes"][0]["after"]["endpoints"] == ["127.0.0.1:9001"]
+    applied = api.post("/v1/apply", json=doc, headers=h).json()
+    assert applied["revision"] == rev + 1 and not applied["dry_run"]
+    exported = api.get("/v1/export", headers=h).json()
+    assert {c["name"] for c in exported["clusters"]} == {"app", "other"}
+    # keys: shown once, listed by prefix
+    api.post("/v1/consumers", json={"name": "acme"}, headers=h)
+    added = api.post("/v1/consumers/acme/keys", json={"expires": "30d"}, headers=h)
+    assert added.status_code == 201, added.text
+    key = added.json()["key"]
+    listed = api.get("/v1/consumers/acme/keys", headers=h).json()["items"]
+    assert listed[0]["id"] == added.json()["id"] and key not in json.dumps(listed)
+    assert api.delete(f"/v1/consumers/acme/keys/{listed[0]['id']}", headers=h).status_code == 200
+    assert api.get("/v1/consumers/acme/keys", headers=h).json()["items"] == []
+    # tokens
+    made = api.post("/v1/tokens", json={"name": "ci", "role": "viewer"}, headers=h)
+    assert made.status_code == 201 and made.json()["token"].startswith("gw_")
+    ci = {"Authorization": f"Bearer {made.json()['token']}"}
+    assert api.get("/v1/revision", headers=ci).json()["revision"] == store.revision()
+    assert "token" not in json.dumps(api.get("/v1/tokens", headers=h).json()["items"][0])
+    assert api.delete("/v1/tokens/ci", headers=h).status_code == 200
+    _error(api.get("/v1/revision", headers=ci), 401, "unauthorized")
+    # status and events answer without a controller
+    assert api.get("/v1/status", headers=h).json()["proxies"] == []
+    assert any(e["kind"] == "change" for e in api.get("/v1/events", headers=h).json()["items"])
+    # probes: no auth
+    assert api.get("/healthz").status_code == 200
+    assert api.get("/metrics").status_code == 200
+
+
+def test_http_service_serves_in_the_callers_loop_and_stops(store: Store) -> None:
+    """Bound before serving (port 0 -> the port it got), TCP_NODELAY-capable socket (asyncio
+    sets it only for proto=TCP sockets; without it a two-part answer waits ~40 ms for the
+    client's delayed ACK), and stopped within its grace."""
+    import asyncio
+    import socket
+
+    import httpx
+
+    from controlplane.api.server import HttpService
+
+    async def main() -> None:
+        service = HttpService(create_app(store), "127.0.0.1:0", grace=1)
+        await service.start()
+        assert service.port > 0
+        listening = service._server.servers[0].sockets[0]
+        assert listening.proto == socket.IPPROTO_TCP
+        async with httpx.AsyncClient() as client:
+            r = await client.get(f"http://127.0.0.1:{service.port}/healthz")
+            assert r.json() == {"ok": True}
+        await asyncio.wait_for(service.close(), 10)
+        with pytest.raises(httpx.ConnectError):
+            async with httpx.AsyncClient() as client:
+                await client.get(f"http://127.0.0.1:{service.port}/healthz")
+
+    asyncio.run(main())
+
+
+def test_certificates_never_return_private_keys(api: TestClient, store: Store) -> None:
+    from tests.unit.test_tls import _cert
+
+    h = _auth(store)
+    cert = _cert("site", ["api.example.com"])
+    r = api.post("/v1/certificates", json=cert, headers=h)
+    assert r.status_code == 201, r.text
+    private = cert["key"].strip().splitlines()[1]  # a line of the key's base64
+    for path in ("/v1/certificates", "/v1/certificates/site", "/v1/export"):
+        got = api.get(path, headers=h)
+        assert got.status_code == 200 and private not in got.text, path
+    assert "key" not in api.get("/v1/certificates/site", headers=h).json()["spec"]
+    # only an admin asks for secrets, explicitly
+    viewer = _auth(store, "viewer")
+    _error(api.get("/v1/export?secrets=true", headers=viewer), 403, "forbidden")
+    assert private in api.get("/v1/export?secrets=true", headers=h).text
+
+
+def test_admin_address_beyond_loopback_needs_tls_or_insecure(tmp_path: Path) -> None:
+    from controlplane.controller import Controller
+    from controlplane.settings import Settings
+    from controlplane.xds.mtls import UnsafeBind
+
+    db = str(tmp_path / "c.db")
+    Store(db, create=True).close()
+    with pytest.raises(UnsafeBind, match="--admin-address"):
+        Controller(Settings(db=db, admin_address="0.0.0.0:0", health_address=None))
+    with pytest.raises(Exception, match="go together"):
+        Controller(Settings(db=db, admin_address="127.0.0.1:0", admin_tls_cert="x.pem"))
+
+
+def test_admin_api_over_tls_with_a_pki_certificate(store: Store, tmp_path: Path) -> None:
+    import asyncio
+    import ssl
+
+    import httpx
+
+    from controlplane import pki
+    from controlplane.api.server import HttpService
+
+    pki.init_ca(tmp_path / "pki", ["127.0.0.1"])
+    folder = tmp_path / "pki"
+    token = add_token(store, "ops", "admin")
+
+    async def main() -> None:
+        service = HttpService(
+            create_app(store),
+            "127.0.0.1:0",
+            tls_cert=str(folder / pki.SERVER_CERT),
+            tls_key=str(folder / pki.SERVER_KEY),
+        )
+        await service.start()
+        try:
+            trust = ssl.create_default_context(cafile=str(folder / pki.CA_CERT))
+            async with httpx.AsyncClient(verify=trust) as client:
+                r = await client.get(
+                    f"https://127.0.0.1:{service.port}/v1/revision",
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert r.status_code == 200 and r.json()["revision"] == store.revision()
+            async with httpx.AsyncClient() as plain:  # plaintext to a TLS port: no answer
+                with pytest.raises(httpx.HTTPError):
+                    await plain.get(f"http://127.0.0.1:{service.port}/healthz")
+        finally:
+            await service.close()
+
+    asyncio.run(main())
+
+
+def test_analytics_over_the_api(api: TestClient, store: Store) -> None:
+    h = _auth(store)
+    _seed(api, h)
+    r = api.get("/v1/analytics/summary?since=1h", headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["requests"] == 0
+    assert api.get("/v1/analytics/top/routes?limit=5", headers=h).json() == []
+    _error(api.get("/v1/analytics/summary?since=yesterday-ish", headers=h), 400, "invalid")
+    _error(api.get("/v1/analytics/top/widgets", headers=h), 400, "invalid")
+    scoped = _auth(store, "viewer", ("a",))
+    _error(api.get("/v1/analytics/summary", headers=scoped), 403, "forbidden")
+    assert api.get("/v1/analytics/summary?gateway=a", headers=scoped).status_code == 200
