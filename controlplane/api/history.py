@@ -22,10 +22,11 @@ from ..store.actor import acting_as
 from .auth import Principal, check_write, require_role, visible
 from .deps import Caller
 from .deps import StoreDep as Db
+from .errors import ERROR_RESPONSES
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["history"])
+router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES, tags=["history"])
 
 #: the most rows one call returns
 MAX_LIMIT = 10_000
