@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
 
+from ..durations import parse_duration_ms
 from ..errors import NotFound, PolicyInvalid
 from ..policy import ApiKey, new_api_key
 from .context import ctx_of, finish_change
@@ -16,26 +16,25 @@ from .resources import WaitOption
 
 __all__ = ["register_keys"]
 
-_RELATIVE = re.compile(r"^(\d{1,12})([mhd])$")
 #: the longest relative expiry (a hundred years): beyond it datetime arithmetic overflows
-_MAX_MINUTES = 100 * 365 * 24 * 60
+_MAX_SECONDS = 36500 * 86400.0
 
 
 def _expiry(value: str | None) -> datetime | None:
-    """``30d``, ``12h``, ``90m`` from now, or an ISO 8601 date/time."""
+    """A duration from now (``30d``, ``12h``, ``1h30m``: the grammar of ``durations``) or an
+    ISO 8601 date/time."""
     if value is None:
         return None
-    match = _RELATIVE.match(value)
-    if match:
-        minutes = {"m": 1, "h": 60, "d": 1440}[match.group(2)] * int(match.group(1))
-        if not 0 < minutes <= _MAX_MINUTES:
+    ms = parse_duration_ms(value)
+    if ms is not None:
+        if not 60_000 <= ms <= _MAX_SECONDS * 1000:
             raise PolicyInvalid(f"--expires: {value[:24]!r} must be from 1m to 36500d from now")
-        return datetime.now(UTC) + timedelta(minutes=minutes)
+        return datetime.now(UTC) + timedelta(milliseconds=ms)
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise PolicyInvalid(
-            f"--expires: {value!r} is neither a duration (30d, 12h, 90m) nor an ISO date"
+            f"--expires: {value!r} is neither a duration (30d, 12h, 1h30m) nor an ISO date"
         ) from None
     parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     if parsed <= datetime.now(UTC):
