@@ -28,7 +28,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
 from ..errors import Conflict, NotFound, PolicyInvalid, StoreError
 from ..policy import (
@@ -676,18 +676,13 @@ class Store:
         self._write_status(lambda conn: _upsert(conn, ProxyRow.node_id, status.node_id, values))
 
     def _write_status(self, write: Callable[[Connection], None]) -> None:
-        """Run an update-else-insert transaction. On PostgreSQL two controllers can both find
-        no row and both insert; the second fails on the key, and its rerun updates the row."""
+        """Run one status transaction of ``_upsert`` statements. Each is a single
+        ``INSERT ... ON CONFLICT DO UPDATE``, atomic in both dialects, so two controllers
+        writing the same new row at once need no retry."""
         if self.paused:
             return
-        for attempt in range(3):
-            try:
-                with self._writer.begin() as conn:
-                    write(conn)
-                return
-            except IntegrityError:
-                if attempt == 2:
-                    raise
+        with self._writer.begin() as conn:
+            write(conn)
 
     def disconnect_controller_proxies(self, controller: str) -> None:
         if self.paused:
@@ -872,11 +867,20 @@ def _changes(
 
 
 def _upsert(conn: Connection, column: Any, key: str, values: dict[str, Any]) -> None:
-    """Update the row whose ``column`` is ``key``, or insert it (see ``_write_status``)."""
-    table = column.class_
-    done = conn.execute(update(table).where(column == key).values(**values))
-    if done.rowcount == 0:
-        conn.execute(insert(table).values({column.key: key, **values}))
+    """Insert the row whose primary key ``column`` is ``key``, or update it when it exists:
+    one ``INSERT ... ON CONFLICT DO UPDATE`` statement (SQLite 3.24+, PostgreSQL 9.5+)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    row = {**values, column.key: key}
+    changed = {name: value for name, value in row.items() if name != column.key}
+    statement: Any
+    if conn.dialect.name == "postgresql":
+        statement = postgresql.insert(column.class_).values(row)
+    elif conn.dialect.name == "sqlite":
+        statement = sqlite.insert(column.class_).values(row)
+    else:  # make_engines accepts only these two
+        raise StoreError(f"status rows: the {conn.dialect.name} dialect is not supported")
+    conn.execute(statement.on_conflict_do_update(index_elements=[column], set_=changed))
 
 
 def alembic_config() -> Any:
