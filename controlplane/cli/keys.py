@@ -49,6 +49,8 @@ def _row(key: ApiKey) -> dict[str, Any]:
         "prefix": key.prefix + "...",
         "expires_at": key.expires_at.isoformat() if key.expires_at else None,
         "expired": key.expired(),
+        "revoked": key.revoked,
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
     }
 
 
@@ -80,7 +82,8 @@ def register_keys(consumer_app: typer.Typer) -> None:
         ctx: typer.Context,
         consumer: Annotated[str | None, typer.Argument(help="Only this consumer's keys.")] = None,
     ) -> None:
-        """List keys by id and prefix (the key itself is never shown again)."""
+        """List keys by id and prefix (the key itself is never shown again), revoked ones
+        with the time of revocation."""
         c = ctx_of(ctx)
         rows = [
             _row(k)  # type: ignore[arg-type]
@@ -89,13 +92,14 @@ def register_keys(consumer_app: typer.Typer) -> None:
         ]
         if c.output == Format.table:
             emit_table(
-                ["ID", "CONSUMER", "PREFIX", "EXPIRES"],
+                ["ID", "CONSUMER", "PREFIX", "EXPIRES", "REVOKED"],
                 [
                     [
                         r["id"],
                         r["consumer"],
                         r["prefix"],
                         (r["expires_at"] or "never") + (" (expired)" if r["expired"] else ""),
+                        (r["revoked_at"] or "-").replace("+00:00", "Z"),
                     ]
                     for r in rows
                 ],
@@ -109,10 +113,27 @@ def register_keys(consumer_app: typer.Typer) -> None:
         key_id: Annotated[str, typer.Argument(help="The key's id (ak_...).")],
         wait: WaitOption = None,
     ) -> None:
-        """Delete a key; with --wait, return once no proxy accepts it any more."""
+        """Revoke a key: its secret is erased and it stays listed as revoked, with when;
+        with --wait, return once no proxy accepts it any more."""
+        from ..errors import Conflict, StoreError
+
         c = ctx_of(ctx)
+        now = datetime.now(UTC).replace(microsecond=0)
+
+        def revoke_now(spec: dict[str, Any]) -> dict[str, Any]:
+            key = ApiKey.model_validate(spec)
+            if key.revoked:
+                raise Conflict(f"api key {key_id!r} was already revoked at {spec['revoked_at']}")
+            return key.revoke(now).spec()
+
         try:
-            revision = c.store.delete("api_key", key_id)
+            revision = c.store.update("api_key", key_id, revoke_now).revision
+            done = f"api key {key_id} revoked"
         except NotFound:
             raise NotFound(f"api key {key_id!r} does not exist") from None
-        finish_change(c, revision, f"api key {key_id} revoked", wait)
+        except StoreError:
+            # its secret does not decrypt (a forged or damaged row): no proxy can be
+            # serving it, and there is nothing to keep: remove the row
+            revision = c.store.delete("api_key", key_id)
+            done = f"api key {key_id} removed (its stored secret does not decrypt)"
+        finish_change(c, revision, done, wait)

@@ -211,12 +211,12 @@ def _requirement(providers: tuple[str, ...]) -> jwt.JwtRequirement:
 
 
 def api_key_filter(view: GatewayView, now: datetime | None = None) -> apikey.ApiKeyAuth:
-    """Every unexpired key with its consumer; expired keys are simply absent."""
+    """Every usable key with its consumer; expired and revoked keys are simply absent."""
     now = now or datetime.now(UTC)
     stored = cast(Mapping[str, ApiKey], _objects(view, "api_key"))
-    keys = sorted((k for k in stored.values() if not k.expired(now)), key=lambda k: k.name)
+    keys = sorted((k for k in stored.values() if k.usable(now)), key=lambda k: k.name)
     return apikey.ApiKeyAuth(
-        credentials=[apikey.Credential(key=k.key, client=key_client(k)) for k in keys],
+        credentials=[apikey.Credential(key=k.key or "", client=key_client(k)) for k in keys],
         key_sources=[apikey.KeySource(header=API_KEY_HEADER)],
         forwarding=apikey.Forwarding(header=KEY_CLIENT_HEADER, hide_credentials=True),
     )
@@ -269,7 +269,7 @@ def next_key_expiry(objects: Mapping[str, object], now: datetime) -> datetime | 
     pending = [
         k.expires_at  # type: ignore[attr-defined]
         for k in objects.values()
-        if isinstance(k, ApiKey) and k.expires_at is not None and k.expires_at > now
+        if isinstance(k, ApiKey) and k.usable(now) and k.expires_at is not None
     ]
     return min(pending) if pending else None
 
