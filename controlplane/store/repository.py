@@ -207,7 +207,11 @@ class Store:
                 raise StoreError(f"cannot create database file {path}: {exc.strerror}") from None
         try:
             self._writer, self._reader = make_engines(self.url)
-        except (SQLAlchemyError, ImportError) as exc:
+        except ImportError as exc:
+            raise StoreError(
+                f"cannot open database {display_url(self.url)}: {_missing_driver(self.url, exc)}"
+            ) from None
+        except SQLAlchemyError as exc:
             raise StoreError(
                 f"cannot open database {display_url(self.url)}: {_one_line(exc)}"
             ) from None
@@ -864,6 +868,25 @@ def _changes(
         spec = _fetch(conn, [(kind, name)], secrets).get((kind, name))
         out.append((kind, name, None if spec is None else _load_checked(kind, name, spec)))
     return out
+
+
+#: what installs the PostgreSQL driver the project depends on (psycopg 3)
+POSTGRES_EXTRA = "pip install 'gateway-controlplane[postgres]'"
+
+
+def _missing_driver(url: str, exc: ImportError) -> str:
+    """Why a database URL cannot be opened when its driver module is not installed, and
+    how to fix it: the ``[postgres]`` extra for PostgreSQL through psycopg."""
+    parsed = make_url(url)
+    module = exc.name or "the driver"
+    if parsed.get_backend_name() != "postgresql":
+        return f"its driver is not installed ({_one_line(exc)})"
+    if parsed.get_driver_name() == "psycopg":
+        return f"the PostgreSQL driver psycopg is not installed: {POSTGRES_EXTRA}"
+    return (
+        f"the PostgreSQL driver {module!r} ({parsed.drivername}) is not installed: install "
+        f"it, or use postgresql:// (psycopg) after {POSTGRES_EXTRA}"
+    )
 
 
 def _upsert(conn: Connection, column: Any, key: str, values: dict[str, Any]) -> None:
