@@ -717,6 +717,18 @@ class Store:
             )
         return int(result.rowcount or 0)
 
+    def expire_controllers(self, before: float, dead_after: float = 15.0) -> int:
+        """Delete the rows of controllers presumed dead (silent for ``dead_after`` seconds)
+        since ``before`` (epoch seconds), so ``status`` stops counting them. A controller
+        that comes back writes its row again with its next heartbeat. Returns how many."""
+        if self.paused:
+            return 0
+        with self._writer.begin() as conn:
+            result = conn.execute(
+                delete(ControllerRow).where(ControllerRow.heartbeat_at < before - dead_after)
+            )
+        return int(result.rowcount or 0)
+
     def proxies(self) -> list[ProxyStatus]:
         columns = [getattr(ProxyRow, f) for f in ProxyStatus.__dataclass_fields__]
         with self._reader.connect() as conn:
