@@ -56,3 +56,22 @@ def test_revoked_key_is_listed_as_revoked_with_when(tmp_path: Path) -> None:
     cli.run("consumer", "key", "revoke", other["id"])
     cli.run("consumer", "delete", "acme")
     assert {k["id"] for k in cli.json("consumer", "key", "list")} == set(rows)
+
+
+def test_key_source_fields_are_checked(tmp_path: Path) -> None:
+    cli = Cli(db=str(tmp_path / "gateway.db"))
+    for option, value, why in [
+        ("--api-key-header", "authorization", "'authorization' is reserved"),
+        ("--api-key-header", "x-gateway-key", "'x-gateway-key' is reserved"),
+        ("--api-key-header", "bad header", "not a valid HTTP header name"),
+        ("--api-key-query", "a=b", "not a query parameter name"),
+    ]:
+        proc = cli.run("gateway", "add", "g", "--port", "8080", option, value, check=False)
+        assert proc.returncode == 2, proc.stderr
+        [line] = proc.stderr.strip().splitlines()
+        field = option.removeprefix("--").replace("-", "_")
+        assert line.startswith(f"error: gateway 'g': {field}: ") and why in line, line
+    assert cli.json("gateway", "list") == []
+    cli.run("gateway", "add", "g", "--port", "8080", "--api-key-header", "X-Token")
+    [gateway] = cli.json("gateway", "list")
+    assert gateway["api_key_header"] == "x-token" and "api_key_query" not in gateway
