@@ -49,3 +49,4 @@ def test_configured_header_and_query_parameter(  # type: ignore[no-untyped-def]
     log = envoy.log_path.read_text(errors="replace")
     assert '"path":"/keyed/x?a=1&b=2"' in log.replace(" ", "")
     assert key not in log
+    assert "api_key=wrong" in log  # a refused key is not removed: the header is safer
