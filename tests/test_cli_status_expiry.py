@@ -43,8 +43,9 @@ def test_status_shows_addresses_and_forgets_dead_controllers(tmp_path: Path) -> 
         _beat(store, "alive", 0)
         _beat(store, "crashed", 60)  # dead a while, within the expiry: still listed
         _beat(store, "long-gone", 3 * 3600)  # dead for longer than the expiry
-        store.save_proxy(_proxy("envoy-1", "alive", "10.1.2.3:41234"))
-        store.save_proxy(_proxy("envoy-2", "crashed", "10.1.2.4:5000"))
+        # gRPC's peer strings, as the controller records them
+        store.save_proxy(_proxy("envoy-1", "alive", "ipv4:10.1.2.3:41234"))
+        store.save_proxy(_proxy("envoy-2", "crashed", "ipv6:%5B::1%5D:5000"))
     finally:
         store.close()
 
@@ -61,7 +62,7 @@ def test_status_shows_addresses_and_forgets_dead_controllers(tmp_path: Path) -> 
     report = json.loads(status("-o", "json").stdout)
     assert {p["node"]: p["address"] for p in report["proxies"]} == {
         "envoy-1": "10.1.2.3:41234",
-        "envoy-2": "10.1.2.4:5000",
+        "envoy-2": "[::1]:5000",
     }
     assert {c["id"]: c["alive"] for c in report["controllers"]} == {
         "alive": True,

@@ -82,7 +82,7 @@ def register_status(app: typer.Typer) -> None:
                 {
                     "node": p.node_id,
                     "gateway": p.gateway,
-                    "address": p.address,
+                    "address": _address(p.address),
                     "connected": connected,
                     "controller": p.controller,
                     "envoy": p.envoy_version,
@@ -233,6 +233,15 @@ def _nack_field(
             specs[first] = None
     spec = specs[first]
     return None if spec is None else nack_field(error, kind, spec)
+
+
+def _address(peer: str) -> str:
+    """The proxy's address from gRPC's peer string (``ipv4:10.0.0.5:41234``,
+    ``ipv6:%5B::1%5D:41234``) as ``10.0.0.5:41234`` / ``[::1]:41234``."""
+    from urllib.parse import unquote
+
+    scheme, sep, rest = peer.partition(":")
+    return unquote(rest) if sep and scheme in ("ipv4", "ipv6") else peer
 
 
 def _proxy_expiry() -> float:
