@@ -36,7 +36,8 @@ def parse_time(value: str, option: str, now: float | None = None) -> float:
         return now
     if text == "today":
         return float(int(now // 86400) * 86400)
-    ago_ms = parse_duration_ms(text)
+    # a bare number is not taken as seconds ago here: 20261203 is an ISO 8601 date
+    ago_ms = None if text[-1:].isdigit() else parse_duration_ms(text)
     if ago_ms is not None:
         if ago_ms > _MAX_AGO_MS:
             raise PolicyInvalid(f"{option}: {value!r} is too long ago (at most 36500d)")
@@ -371,7 +372,7 @@ def register_analytics(app: typer.Typer) -> None:
         from ..analytics.sink import serve_sink
 
         try:
-            retention_s = parse_duration_seconds(retention, "--retention", min_s=60)
+            retention_s = parse_duration_seconds(retention, "--retention", min_s=1)
         except ValueError as exc:
             raise PolicyInvalid(str(exc)) from None
         files = (tls_cert, tls_key, client_ca)

@@ -60,3 +60,5 @@ def test_bounds_name_the_option() -> None:
         parse_duration_seconds("x", "--step")
     with pytest.raises(PolicyInvalid, match="--since"):
         parse_time("yesterday-ish", "--since")
+    # a bare number is a date for --since (ISO 8601 basic format), not seconds ago
+    assert parse_time("20261203", "--since") == 1796256000.0
