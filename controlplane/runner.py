@@ -587,17 +587,20 @@ class Runner:
             self._expire_task = asyncio.create_task(self._expire_proxies())
 
     async def _expire_proxies(self) -> None:
-        """Forget proxies that left (or whose controller died) ``proxy_expiry`` ago, so no
-        row - a crashed controller's, or one a client invented - stays in ``status``."""
+        """Forget proxies that left (or whose controller died) ``proxy_expiry`` ago, and
+        controllers dead for that long, so no row - a crashed controller's, or one a client
+        invented - stays in ``status``."""
+        before = time.time() - self.proxy_expiry
         try:
-            n = await asyncio.to_thread(
-                self.store.expire_proxies, time.time() - self.proxy_expiry, DEAD_AFTER
-            )
+            n = await asyncio.to_thread(self.store.expire_proxies, before, DEAD_AFTER)
+            dead = await asyncio.to_thread(self.store.expire_controllers, before, DEAD_AFTER)
         except Exception:
-            log.exception("could not expire old proxy status rows")
+            log.exception("could not expire old proxy and controller status rows")
             return
         if n:
             log.info("forgot %d proxy status row(s) gone for over %.0f s", n, self.proxy_expiry)
+        if dead:
+            log.info("forgot %d controller(s) dead for over %.0f s", dead, self.proxy_expiry)
 
     def _schedule_history_prune(self) -> None:
         if self._prune_task is None or self._prune_task.done():

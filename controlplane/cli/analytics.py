@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -17,15 +16,15 @@ from typing import Annotated, Any, cast
 
 import typer
 
+from ..durations import parse_duration_ms, parse_duration_seconds
 from ..errors import GatewayError, NotFound, PolicyInvalid
 from .context import ctx_of
 from .output import Format, emit, emit_table, stderr
 
 __all__ = ["observability_fields", "parse_time", "register_analytics"]
 
-#: at most nine digits: a longer number would overflow what is computed from it
-_AGO = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,9})?)\s*(s|m|h|d|w)\s*$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: the furthest back a relative time goes (a hundred years): keeps datetime arithmetic in range
+_MAX_AGO_MS = 36500 * 86_400_000
 
 
 def parse_time(value: str, option: str, now: float | None = None) -> float:
@@ -37,14 +36,18 @@ def parse_time(value: str, option: str, now: float | None = None) -> float:
         return now
     if text == "today":
         return float(int(now // 86400) * 86400)
-    m = _AGO.match(text)
-    if m:
-        return now - float(m.group(1)) * _UNIT[m.group(2)]
+    # a bare number is not taken as seconds ago here: 20261203 is an ISO 8601 date
+    ago_ms = None if text[-1:].isdigit() else parse_duration_ms(text)
+    if ago_ms is not None:
+        if ago_ms > _MAX_AGO_MS:
+            raise PolicyInvalid(f"{option}: {value!r} is too long ago (at most 36500d)")
+        return now - ago_ms / 1000
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         raise PolicyInvalid(
-            f"{option}: {value!r} is not a time (1h, 30m, 2d, now, today or ISO 8601)"
+            f"{option}: {value!r} is not a time (a duration ago such as 1h, 30m, 2d, "
+            "or now, today, ISO 8601)"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -296,10 +299,10 @@ def register_analytics(app: typer.Typer) -> None:
         """Requests, errors and p99 latency over time; in the terminal or as an HTML report."""
         from ..analytics.report import html_report, series, summarise, text_chart, top
 
-        m = _AGO.match(step)
-        if not m or float(m.group(1)) * _UNIT[m.group(2)] < 60:
-            raise PolicyInvalid(f"--step: {step!r} must be a duration of at least 1m")
-        step_s = int(float(m.group(1)) * _UNIT[m.group(2)])
+        try:
+            step_s = int(parse_duration_seconds(step, "--step", min_s=60))
+        except ValueError as exc:
+            raise PolicyInvalid(str(exc)) from None
         rows, start, end = _rows(ctx, since, until, gateway, route, consumer)
         points = series(rows, start, end, step_s)
         c = ctx_of(ctx)
@@ -368,9 +371,10 @@ def register_analytics(app: typer.Typer) -> None:
         """Run the access-log sink as its own process (gateways with --analytics-sink)."""
         from ..analytics.sink import serve_sink
 
-        m = _AGO.match(retention)
-        if not m:
-            raise PolicyInvalid(f"--retention: {retention!r} is not a duration like 30d")
+        try:
+            retention_s = parse_duration_seconds(retention, "--retention", min_s=1)
+        except ValueError as exc:
+            raise PolicyInvalid(str(exc)) from None
         files = (tls_cert, tls_key, client_ca)
         if any(files) and not all(files):
             raise PolicyInvalid(
@@ -388,7 +392,7 @@ def register_analytics(app: typer.Typer) -> None:
                     ctx_of(ctx).db,
                     address,
                     http_address or None,
-                    retention_s=float(m.group(1)) * _UNIT[m.group(2)],
+                    retention_s=retention_s,
                     tls=(tls_cert, tls_key, client_ca) if all(files) else None,  # type: ignore[arg-type]
                     insecure=insecure,
                 )

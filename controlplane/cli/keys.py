@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
 
+from ..durations import parse_duration_ms
 from ..errors import NotFound, PolicyInvalid
 from ..policy import ApiKey, new_api_key
 from .context import ctx_of, finish_change
@@ -16,26 +16,25 @@ from .resources import WaitOption
 
 __all__ = ["register_keys"]
 
-_RELATIVE = re.compile(r"^(\d{1,12})([mhd])$")
 #: the longest relative expiry (a hundred years): beyond it datetime arithmetic overflows
-_MAX_MINUTES = 100 * 365 * 24 * 60
+_MAX_SECONDS = 36500 * 86400.0
 
 
 def _expiry(value: str | None) -> datetime | None:
-    """``30d``, ``12h``, ``90m`` from now, or an ISO 8601 date/time."""
+    """A duration from now (``30d``, ``12h``, ``1h30m``: the grammar of ``durations``) or an
+    ISO 8601 date/time."""
     if value is None:
         return None
-    match = _RELATIVE.match(value)
-    if match:
-        minutes = {"m": 1, "h": 60, "d": 1440}[match.group(2)] * int(match.group(1))
-        if not 0 < minutes <= _MAX_MINUTES:
+    ms = parse_duration_ms(value)
+    if ms is not None:
+        if not 60_000 <= ms <= _MAX_SECONDS * 1000:
             raise PolicyInvalid(f"--expires: {value[:24]!r} must be from 1m to 36500d from now")
-        return datetime.now(UTC) + timedelta(minutes=minutes)
+        return datetime.now(UTC) + timedelta(milliseconds=ms)
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise PolicyInvalid(
-            f"--expires: {value!r} is neither a duration (30d, 12h, 90m) nor an ISO date"
+            f"--expires: {value!r} is neither a duration (30d, 12h, 1h30m) nor an ISO date"
         ) from None
     parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     if parsed <= datetime.now(UTC):
@@ -50,6 +49,8 @@ def _row(key: ApiKey) -> dict[str, Any]:
         "prefix": key.prefix + "...",
         "expires_at": key.expires_at.isoformat() if key.expires_at else None,
         "expired": key.expired(),
+        "revoked": key.revoked,
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
     }
 
 
@@ -81,7 +82,8 @@ def register_keys(consumer_app: typer.Typer) -> None:
         ctx: typer.Context,
         consumer: Annotated[str | None, typer.Argument(help="Only this consumer's keys.")] = None,
     ) -> None:
-        """List keys by id and prefix (the key itself is never shown again)."""
+        """List keys by id and prefix (the key itself is never shown again), revoked ones
+        with the time of revocation."""
         c = ctx_of(ctx)
         rows = [
             _row(k)  # type: ignore[arg-type]
@@ -90,13 +92,14 @@ def register_keys(consumer_app: typer.Typer) -> None:
         ]
         if c.output == Format.table:
             emit_table(
-                ["ID", "CONSUMER", "PREFIX", "EXPIRES"],
+                ["ID", "CONSUMER", "PREFIX", "EXPIRES", "REVOKED"],
                 [
                     [
                         r["id"],
                         r["consumer"],
                         r["prefix"],
                         (r["expires_at"] or "never") + (" (expired)" if r["expired"] else ""),
+                        (r["revoked_at"] or "-").replace("+00:00", "Z"),
                     ]
                     for r in rows
                 ],
@@ -110,10 +113,27 @@ def register_keys(consumer_app: typer.Typer) -> None:
         key_id: Annotated[str, typer.Argument(help="The key's id (ak_...).")],
         wait: WaitOption = None,
     ) -> None:
-        """Delete a key; with --wait, return once no proxy accepts it any more."""
+        """Revoke a key: its secret is erased and it stays listed as revoked, with when;
+        with --wait, return once no proxy accepts it any more."""
+        from ..errors import Conflict, StoreError
+
         c = ctx_of(ctx)
+        now = datetime.now(UTC).replace(microsecond=0)
+
+        def revoke_now(spec: dict[str, Any]) -> dict[str, Any]:
+            key = ApiKey.model_validate(spec)
+            if key.revoked:
+                raise Conflict(f"api key {key_id!r} was already revoked at {spec['revoked_at']}")
+            return key.revoke(now).spec()
+
         try:
-            revision = c.store.delete("api_key", key_id)
+            revision = c.store.update("api_key", key_id, revoke_now).revision
+            done = f"api key {key_id} revoked"
         except NotFound:
             raise NotFound(f"api key {key_id!r} does not exist") from None
-        finish_change(c, revision, f"api key {key_id} revoked", wait)
+        except StoreError:
+            # its secret does not decrypt (a forged or damaged row): no proxy can be
+            # serving it, and there is nothing to keep: remove the row
+            revision = c.store.delete("api_key", key_id)
+            done = f"api key {key_id} removed (its stored secret does not decrypt)"
+        finish_change(c, revision, done, wait)

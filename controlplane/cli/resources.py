@@ -104,8 +104,17 @@ def gateway_fields(
     underscore_headers: Annotated[
         str | None, typer.Option(help="Header names with '_': reject (400) or drop.")
     ] = None,
+    api_key_header: Annotated[
+        str | None, typer.Option(help="Header clients send API keys in [x-api-key].")
+    ] = None,
+    api_key_query: Annotated[
+        str | None,
+        typer.Option(help="Also accept API keys in this query parameter (removed upstream)."),
+    ] = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    _set(out, "api_key_header", api_key_header)
+    _set(out, "api_key_query", api_key_query)
     _set(out, "port", port)
     _set(out, "escaped_slashes", escaped_slashes)
     _set(out, "path_semicolons", path_semicolons)

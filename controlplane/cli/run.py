@@ -91,7 +91,7 @@ def register_run(app: typer.Typer) -> None:
                 envvar="GATEWAY_PROXY_EXPIRY",
                 min=1,
                 help="Forget proxies (status rows) disconnected, or whose controller died, "
-                "this many seconds ago.",
+                "and controllers dead, this many seconds ago.",
             ),
         ] = 3600,
         log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",

@@ -29,23 +29,39 @@ def register_status(app: typer.Typer) -> None:
                 "revision before it counts as out of sync."
             ),
         ] = "5s",
+        prune: Annotated[
+            bool,
+            typer.Option(
+                "--prune",
+                help="First delete the status rows of disconnected proxies and of controllers "
+                "presumed dead (silent for 15 s), instead of waiting for them to expire.",
+            ),
+        ] = False,
     ) -> None:
-        """Every proxy: its gateway, the revision it ACKed, whether it is in sync, its last
-        NACK. Exits 8 when a connected proxy is out of sync (behind its gateway's newest
-        revision for longer than --grace), its last answer was a NACK, or it is held."""
+        """Every proxy: its gateway, its address, the revision it ACKed, whether it is in
+        sync, its last NACK. Exits 8 when a connected proxy is out of sync (behind its
+        gateway's newest revision for longer than --grace), its last answer was a NACK, or it
+        is held. Disconnected proxies and dead controllers are listed until they expire
+        (serve --proxy-expiry, default 1 h) or --prune removes them."""
         c = ctx_of(ctx)
         grace_s = _seconds(grace, "--grace")
         store = c.store
-        revision = store.revision()
         now = time.time()
-        controllers = store.controllers()
+        if prune:
+            proxies = store.expire_proxies(now, STALE_AFTER)
+            dead = store.expire_controllers(now, STALE_AFTER)
+            stderr.print(f"pruned {proxies} proxy and {dead} controller status row(s)")
+        revision = store.revision()
+        expiry = _proxy_expiry()
+        # a controller dead for longer than the expiry is gone, even before a live
+        # controller deletes its row (or when none runs any more)
+        controllers = [row for row in store.controllers() if row[3] + STALE_AFTER >= now - expiry]
         live = {cid for cid, _, _, beat in controllers if beat >= now - STALE_AFTER}
         builds = store.gateway_builds()
         rows: list[dict[str, Any]] = []
         commit_times: dict[int, float | None] = {}
         specs: dict[str, dict[str, Any] | None] = {}
         beats = {cid: beat for cid, _, _, beat in controllers}
-        expiry = _proxy_expiry()
         for p in store.proxies():
             connected = p.connected and p.controller in live
             if not connected and _gone_since(p, beats.get(p.controller)) < now - expiry:
@@ -66,6 +82,7 @@ def register_status(app: typer.Typer) -> None:
                 {
                     "node": p.node_id,
                     "gateway": p.gateway,
+                    "address": _address(p.address),
                     "connected": connected,
                     "controller": p.controller,
                     "envoy": p.envoy_version,
@@ -109,11 +126,22 @@ def register_status(app: typer.Typer) -> None:
             if r["hold"]:
                 stderr.print(f"proxy {r['node']}: held, sent nothing: {r['hold']}", markup=False)
         emit_table(
-            ["NODE", "GATEWAY", "ENVOY", "CONNECTED", "ACKED", "LAST ACK", "IN SYNC", "LAST NACK"],
+            [
+                "NODE",
+                "GATEWAY",
+                "ADDRESS",
+                "ENVOY",
+                "CONNECTED",
+                "ACKED",
+                "LAST ACK",
+                "IN SYNC",
+                "LAST NACK",
+            ],
             [
                 [
                     r["node"],
                     r["gateway"],
+                    r["address"] or "-",
                     r["envoy"],
                     "yes" if r["connected"] else "no",
                     r["acked_revision"],
@@ -205,6 +233,15 @@ def _nack_field(
             specs[first] = None
     spec = specs[first]
     return None if spec is None else nack_field(error, kind, spec)
+
+
+def _address(peer: str) -> str:
+    """The proxy's address from gRPC's peer string (``ipv4:10.0.0.5:41234``,
+    ``ipv6:%5B::1%5D:41234``) as ``10.0.0.5:41234`` / ``[::1]:41234``."""
+    from urllib.parse import unquote
+
+    scheme, sep, rest = peer.partition(":")
+    return unquote(rest) if sep and scheme in ("ipv4", "ipv6") else peer
 
 
 def _proxy_expiry() -> float:

@@ -107,6 +107,7 @@ class _EchoHandler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         echo = self.server.echo
+        received = time.monotonic()
         body = self._read_body()
         if self.command == "GET" and self.path.split("?", 1)[0] == HITS_PATH:
             self._send(200, {"hits": echo.hits})
@@ -149,7 +150,7 @@ class _EchoHandler(BaseHTTPRequestHandler):
         if cache_control:
             extra["Cache-Control"] = cache_control
         status = echo._forced_status(status)
-        echo._record(record)
+        echo._record(record, received)
         self._send(status, record, extra)
 
     do_GET = _handle
@@ -183,6 +184,9 @@ class EchoServer:
         self._lock = threading.Lock()
         self._hits = 0
         self._requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep_requests)
+        self._spans: collections.deque[tuple[float, float]] = collections.deque(
+            maxlen=keep_requests
+        )
         # Binding happens here so the port is known before start() and a clash fails early.
         self._httpd = _EchoHTTPServer((host, port), _EchoHandler)
         self._httpd.echo = self
@@ -222,16 +226,28 @@ class EchoServer:
         with self._lock:
             return list(self._requests)
 
-    def _record(self, record: dict[str, Any]) -> None:
+    @property
+    def spans(self) -> list[tuple[float, float]]:
+        """(received, answered) ``time.monotonic()`` pairs of the most recent requests.
+
+        Tests compare these spans with each other (did two requests overlap?), which
+        proves concurrency without bounding how fast the machine is.
+        """
+        with self._lock:
+            return list(self._spans)
+
+    def _record(self, record: dict[str, Any], received: float) -> None:
         with self._lock:
             self._hits += 1
             self._requests.append(record)
+            self._spans.append((received, time.monotonic()))
 
     def reset(self) -> None:
         """Zero the counter and forget recorded requests, e.g. between test phases."""
         with self._lock:
             self._hits = 0
             self._requests.clear()
+            self._spans.clear()
 
     def start(self) -> EchoServer:
         """Serve on a daemon thread and return self; a second call is a no-op."""

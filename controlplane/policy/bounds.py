@@ -13,14 +13,25 @@ number, and NaN or infinity are never a value.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic_core import core_schema
 
+from ..durations import (
+    DURATION_GRAMMAR,
+    DURATION_PATTERN,
+    MAX_DURATION_MS,
+    parse_duration_ms,
+    parse_duration_seconds,
+)
+from ..durations import (
+    duration_text as _ms_text,
+)
+
 __all__ = [
+    "DURATION_GRAMMAR",
     "INT64_MAX",
     "MAX_DURATION_MS",
     "UINT32_MAX",
@@ -40,18 +51,14 @@ __all__ = [
     "WholePercent",
     "duration_ms",
     "parse_duration",
+    "parse_duration_ms",
+    "parse_duration_seconds",
 ]
 
 #: largest value of a protobuf uint32 (``UInt32Value``, ``FractionalPercent.numerator``)
 UINT32_MAX = 2**32 - 1
 #: largest value of a protobuf int64
 INT64_MAX = 2**63 - 1
-
-_DURATION_RE = re.compile(r"^\s*(\d{1,15}(?:\.\d{1,9})?)\s*(ms|s|m|h)?\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
-#: the longest duration any field takes: a year is far inside google.protobuf.Duration and
-#: inside the millisecond timers Envoy converts durations to
-MAX_DURATION_MS = 365 * 24 * 3_600_000
 
 
 def _shown(value: Any) -> str:
@@ -128,13 +135,6 @@ def _seconds(ms: int) -> float | int:
     return ms // 1000 if ms % 1000 == 0 else ms / 1000
 
 
-def _ms_text(ms: int) -> str:
-    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
-
-
 def parse_duration(value: Any, min_ms: int = 1, max_ms: int = MAX_DURATION_MS) -> str:
     """A duration (``"250ms"``, ``"5s"``, ``"1m"``, ``"1h"`` or a number of seconds) as its
     normalised text; ValueError, naming the allowed range, for anything else."""
@@ -142,12 +142,10 @@ def parse_duration(value: Any, min_ms: int = 1, max_ms: int = MAX_DURATION_MS) -
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"must be {allowed} such as '250ms', '5s', '1m'")
     if isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if not m:
-            raise ValueError(
-                f"{_shown(value)} is not a duration; use e.g. '250ms', '5s', '1m', '1h'"
-            )
-        ms_exact = float(m.group(1)) * _UNIT_MS[m.group(2) or "s"]
+        parsed = parse_duration_ms(value)
+        if parsed is None:
+            raise ValueError(f"{_shown(value)} is not a duration; use {DURATION_GRAMMAR}")
+        ms_exact = parsed
     elif isinstance(value, int):
         if abs(value) > max_ms:  # also keeps a huge integer away from float()
             raise ValueError(f"{_shown(value)} is out of range: must be {allowed}")
@@ -183,15 +181,14 @@ class DurationRange:
         lo, hi = _ms_text(self.min_ms), _ms_text(self.max_ms)
         return {
             "anyOf": [
-                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$"},
+                {"type": "string", "pattern": DURATION_PATTERN},
                 {
                     "type": "number",
                     "minimum": _seconds(self.min_ms),
                     "maximum": _seconds(self.max_ms),
                 },
             ],
-            "description": f"a duration from {lo} to {hi}: '250ms', '5s', '1m', '1h', "
-            "or a number of seconds",
+            "description": f"a duration from {lo} to {hi}: {DURATION_GRAMMAR}",
             "examples": ["250ms", "5s", 0.25],
         }
 

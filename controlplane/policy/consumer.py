@@ -11,7 +11,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .common import Name, PolicyModel
 from .ratelimit import Limit, check_limits
@@ -41,10 +41,14 @@ class Consumer(PolicyModel):
 
 
 class ApiKey(PolicyModel):
-    """A secret a consumer sends in ``x-api-key``. Managed with ``consumer key ...`` only.
+    """A secret a consumer sends in ``x-api-key`` (or the gateway's ``api_key_source``).
+    Managed with ``consumer key ...`` only.
 
     Keys are not part of the declarative file (``apply``/``export``), so policy files never
     carry secrets; ``name`` is a public id derived from the key, shown in listings.
+
+    A revoked key stays listed (id, consumer, prefix, when) but its secret is erased from
+    the database: it is never served again and cannot be restored.
     """
 
     kind: ClassVar[str] = "api_key"
@@ -53,25 +57,54 @@ class ApiKey(PolicyModel):
 
     name: str = Field(pattern=r"^ak_[0-9a-f]{12}$")
     consumer: Name
-    key: str = Field(min_length=22, description="at least 128 bits of randomness")
+    key: str | None = Field(
+        None, min_length=22, description="at least 128 bits of randomness; erased on revocation"
+    )
     expires_at: datetime | None = None
+    #: when the key was revoked; a revoked key has no ``key`` any more
+    revoked_at: datetime | None = None
+    #: the first characters of the key, kept for listings once the key is erased
+    revoked_prefix: str | None = Field(None, max_length=8)
 
-    @field_validator("expires_at")
+    @field_validator("expires_at", "revoked_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
 
+    @model_validator(mode="after")
+    def _key_or_revoked(self) -> ApiKey:
+        if self.revoked_at is None and self.key is None:
+            raise ValueError("key: required (only a revoked key has none)")
+        if self.revoked_at is not None and self.key is not None:
+            raise ValueError("key: a revoked key keeps no secret")
+        return self
+
     def references(self) -> list[tuple[str, str]]:
-        return [("consumer", self.consumer)]
+        # a revoked key is a record, not a credential: it does not keep its consumer alive
+        return [] if self.revoked else [("consumer", self.consumer)]
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC))
 
+    def usable(self, now: datetime | None = None) -> bool:
+        """Served to proxies: neither revoked nor expired."""
+        return not self.revoked and not self.expired(now)
+
+    def revoke(self, at: datetime) -> ApiKey:
+        """This key, revoked at ``at``: the secret erased, its prefix kept for listings."""
+        return self.model_copy(
+            update={"key": None, "revoked_at": at, "revoked_prefix": self.prefix}
+        )
+
     @property
     def prefix(self) -> str:
-        return self.key[:8]
+        return self.key[:8] if self.key is not None else (self.revoked_prefix or "")
 
 
 def new_api_key(consumer: str, expires_at: datetime | None = None) -> ApiKey:

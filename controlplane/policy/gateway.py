@@ -7,6 +7,7 @@ configuration and several gateways can reuse a port on different hosts.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -16,11 +17,15 @@ from .bounds import Port
 from .certificate import GatewayTls
 from .common import Hostname, Name, PolicyModel
 from .cors import CorsPolicy
+from .headers import API_KEY_HEADER, header_name, reserved_reason
 from .observability import AccessLog, Analytics
 from .ratelimit import RateLimit
 from .traffic import Compression
 
 __all__ = ["Gateway"]
+
+#: a query parameter name as clients write it unencoded (RFC 3986 unreserved characters)
+_QUERY_NAME = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 
 
 class Gateway(PolicyModel):
@@ -69,6 +74,37 @@ class Gateway(PolicyModel):
         "x_consumer_id as x-consumer-id): the request refused with 400 (Envoy's edge "
         "recommendation), or the headers dropped before any filter sees them",
     )
+
+    api_key_header: str = Field(
+        API_KEY_HEADER,
+        description="request header clients send API keys in (routes with auth.api_key); "
+        "removed before the request reaches a backend",
+    )
+    api_key_query: str | None = Field(
+        None,
+        description="also accept API keys in this query parameter (for clients that cannot "
+        "set headers); removed from the path before the backend, the access log and "
+        "analytics see it; unset: header only",
+    )
+
+    @field_validator("api_key_header")
+    @classmethod
+    def _key_header(cls, value: str) -> str:
+        name = header_name(value)
+        reason = None if name == API_KEY_HEADER else reserved_reason(name)
+        if reason:
+            raise ValueError(f"{value!r} is reserved: {reason}")
+        return name
+
+    @field_validator("api_key_query")
+    @classmethod
+    def _key_query(cls, value: str | None) -> str | None:
+        if value is not None and not _QUERY_NAME.match(value):
+            raise ValueError(
+                f"{value[:40]!r} is not a query parameter name: 1-64 letters, digits, "
+                "'.', '_', '~' or '-'"
+            )
+        return value
 
     @field_validator("address")
     @classmethod

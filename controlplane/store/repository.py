@@ -29,7 +29,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
 from ..errors import Conflict, NotFound, PolicyInvalid, StoreError
 from ..policy import (
@@ -277,7 +277,11 @@ class Store:
                 raise StoreError(f"cannot create database file {path}: {exc.strerror}") from None
         try:
             self._writer, self._reader = make_engines(self.url)
-        except (SQLAlchemyError, ImportError) as exc:
+        except ImportError as exc:
+            raise StoreError(
+                f"cannot open database {display_url(self.url)}: {_missing_driver(self.url, exc)}"
+            ) from None
+        except SQLAlchemyError as exc:
             raise StoreError(
                 f"cannot open database {display_url(self.url)}: {_one_line(exc)}"
             ) from None
@@ -842,18 +846,13 @@ class Store:
         self._write_status(lambda conn: _upsert(conn, ProxyRow.node_id, status.node_id, values))
 
     def _write_status(self, write: Callable[[Connection], None]) -> None:
-        """Run an update-else-insert transaction. On PostgreSQL two controllers can both find
-        no row and both insert; the second fails on the key, and its rerun updates the row."""
+        """Run one status transaction of ``_upsert`` statements. Each is a single
+        ``INSERT ... ON CONFLICT DO UPDATE``, atomic in both dialects, so two controllers
+        writing the same new row at once need no retry."""
         if self.paused:
             return
-        for attempt in range(3):
-            try:
-                with self._writer.begin() as conn:
-                    write(conn)
-                return
-            except IntegrityError:
-                if attempt == 2:
-                    raise
+        with self._writer.begin() as conn:
+            write(conn)
 
     def disconnect_controller_proxies(self, controller: str) -> None:
         if self.paused:
@@ -881,6 +880,18 @@ class Store:
                         ProxyRow.controller.not_in(live),
                     )
                 )
+            )
+        return int(result.rowcount or 0)
+
+    def expire_controllers(self, before: float, dead_after: float = 15.0) -> int:
+        """Delete the rows of controllers presumed dead (silent for ``dead_after`` seconds)
+        since ``before`` (epoch seconds), so ``status`` stops counting them. A controller
+        that comes back writes its row again with its next heartbeat. Returns how many."""
+        if self.paused:
+            return 0
+        with self._writer.begin() as conn:
+            result = conn.execute(
+                delete(ControllerRow).where(ControllerRow.heartbeat_at < before - dead_after)
             )
         return int(result.rowcount or 0)
 
@@ -1037,12 +1048,40 @@ def _changes(
     return out
 
 
+#: what installs the PostgreSQL driver the project depends on (psycopg 3)
+POSTGRES_EXTRA = "pip install 'gateway-controlplane[postgres]'"
+
+
+def _missing_driver(url: str, exc: ImportError) -> str:
+    """Why a database URL cannot be opened when its driver module is not installed, and
+    how to fix it: the ``[postgres]`` extra for PostgreSQL through psycopg."""
+    parsed = make_url(url)
+    module = exc.name or "the driver"
+    if parsed.get_backend_name() != "postgresql":
+        return f"its driver is not installed ({_one_line(exc)})"
+    if parsed.get_driver_name() == "psycopg":
+        return f"the PostgreSQL driver psycopg is not installed: {POSTGRES_EXTRA}"
+    return (
+        f"the PostgreSQL driver {module!r} ({parsed.drivername}) is not installed: install "
+        f"it, or use postgresql:// (psycopg) after {POSTGRES_EXTRA}"
+    )
+
+
 def _upsert(conn: Connection, column: Any, key: str, values: dict[str, Any]) -> None:
-    """Update the row whose ``column`` is ``key``, or insert it (see ``_write_status``)."""
-    table = column.class_
-    done = conn.execute(update(table).where(column == key).values(**values))
-    if done.rowcount == 0:
-        conn.execute(insert(table).values({column.key: key, **values}))
+    """Insert the row whose primary key ``column`` is ``key``, or update it when it exists:
+    one ``INSERT ... ON CONFLICT DO UPDATE`` statement (SQLite 3.24+, PostgreSQL 9.5+)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    row = {**values, column.key: key}
+    changed = {name: value for name, value in row.items() if name != column.key}
+    statement: Any
+    if conn.dialect.name == "postgresql":
+        statement = postgresql.insert(column.class_).values(row)
+    elif conn.dialect.name == "sqlite":
+        statement = sqlite.insert(column.class_).values(row)
+    else:  # make_engines accepts only these two
+        raise StoreError(f"status rows: the {conn.dialect.name} dialect is not supported")
+    conn.execute(statement.on_conflict_do_update(index_elements=[column], set_=changed))
 
 
 def alembic_config() -> Any:

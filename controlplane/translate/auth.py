@@ -106,6 +106,9 @@ class RouteContext:
     aggregation_port: int = 0  # the gateway's parts listener, named by aggregate routes
     #: proto name -> proto, only for gateways with a transcoding route
     protos: tuple[tuple[str, Proto], ...] = ()
+    #: where the gateway's clients send API keys (Gateway.api_key_header/api_key_query)
+    api_key_header: str = API_KEY_HEADER
+    api_key_query: str | None = None
 
     def members(self, group: str) -> tuple[str, ...]:
         return dict(self.groups).get(group, ())
@@ -120,6 +123,8 @@ def route_context(gateway: Gateway, consumers: Mapping[str, Consumer]) -> RouteC
         gateway.auth,
         tuple(sorted((g, tuple(sorted(m))) for g, m in groups.items())),
         gateway.cors,
+        api_key_header=gateway.api_key_header,
+        api_key_query=gateway.api_key_query,
     )
 
 
@@ -219,15 +224,24 @@ def _requirement(providers: tuple[str, ...]) -> jwt.JwtRequirement:
 
 
 def api_key_filter(view: GatewayView, now: datetime | None = None) -> apikey.ApiKeyAuth:
-    """Every unexpired key with its consumer; expired keys are simply absent."""
+    """Every usable key with its consumer; expired and revoked keys are simply absent."""
     now = now or datetime.now(UTC)
     stored = cast(Mapping[str, ApiKey], _objects(view, "api_key"))
-    keys = sorted((k for k in stored.values() if not k.expired(now)), key=lambda k: k.name)
+    keys = sorted((k for k in stored.values() if k.usable(now)), key=lambda k: k.name)
     return apikey.ApiKeyAuth(
-        credentials=[apikey.Credential(key=k.key, client=key_client(k)) for k in keys],
-        key_sources=[apikey.KeySource(header=API_KEY_HEADER)],
+        credentials=[apikey.Credential(key=k.key or "", client=key_client(k)) for k in keys],
+        key_sources=key_sources(view.gateway),
         forwarding=apikey.Forwarding(header=KEY_CLIENT_HEADER, hide_credentials=True),
     )
+
+
+def key_sources(gateway: Gateway) -> list[apikey.KeySource]:
+    """The header, then the query parameter (when the gateway has one), in Envoy's order of
+    lookup; ``hide_credentials`` removes whichever carried the key before the backend."""
+    sources = [apikey.KeySource(header=gateway.api_key_header)]
+    if gateway.api_key_query is not None:
+        sources.append(apikey.KeySource(query=gateway.api_key_query))
+    return sources
 
 
 def key_client(key: ApiKey) -> str:
@@ -277,7 +291,7 @@ def next_key_expiry(objects: Mapping[str, object], now: datetime) -> datetime | 
     pending = [
         k.expires_at  # type: ignore[attr-defined]
         for k in objects.values()
-        if isinstance(k, ApiKey) and k.expires_at is not None and k.expires_at > now
+        if isinstance(k, ApiKey) and k.usable(now) and k.expires_at is not None
     ]
     return min(pending) if pending else None
 
@@ -466,14 +480,27 @@ def route_variants(route: Route, message: rc.Route, context: RouteContext) -> li
         return [message]
     rules = auth if auth.has_rules else None
     if auth.jwt and auth.api_key:
+        # a request carrying a key (in the header, or the query parameter) is checked as a
+        # keyed request; any other needs a JWT
         keyed = rc.Route()
         keyed.CopyFrom(message)
-        keyed.match.headers.append(rc.HeaderMatcher(name=API_KEY_HEADER, present_match=True))
+        keyed.match.headers.append(
+            rc.HeaderMatcher(name=context.api_key_header, present_match=True)
+        )
         _configure(keyed, jwt_req=None, api_key=True, rules=rules, context=context)
+        variants = [keyed]
+        if context.api_key_query is not None:
+            by_query = rc.Route()
+            by_query.CopyFrom(message)
+            by_query.match.query_parameters.append(
+                rc.QueryParameterMatcher(name=context.api_key_query, present_match=True)
+            )
+            _configure(by_query, jwt_req=None, api_key=True, rules=rules, context=context)
+            variants.append(by_query)
         _configure(
             message, jwt_req=tuple(sorted(auth.jwt)), api_key=False, rules=rules, context=context
         )
-        return [keyed, message]
+        return [*variants, message]
     _configure(
         message,
         jwt_req=tuple(sorted(auth.jwt)) if auth.jwt else None,

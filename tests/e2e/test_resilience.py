@@ -11,10 +11,15 @@ from collections import Counter
 import pytest
 
 from controlplane.demo.echo import EchoServer
+from controlplane.envoy_launcher import stats
 
 from .harness import Cli, request, wait_until
 
 pytestmark = pytest.mark.e2e
+
+
+def _stat(envoy, name: str) -> int:  # type: ignore[no-untyped-def]
+    return stats(envoy.admin_port, name.replace(".", r"\.") + "$").get(name, 0)
 
 
 def _backends_of(
@@ -47,7 +52,7 @@ def test_retries_timeout_and_faults(cli, controller, envoy_factory, backends, ga
     cli.add_route("plain", "public", "/plain", "alpha")
     cli.add_route("slow", "public", "/slow", "alpha", "--timeout", "500ms")
     cli.add_route("broken", "public", "/broken", "alpha", "--fault-abort", "418@100")
-    envoy_factory("public")
+    envoy = envoy_factory("public")
     cli.run("route", "add", "delayed", "--gateway", "public", "--path-prefix", "/delayed",
             "--cluster", "alpha", "--fault-delay", "400ms", "--wait")  # fmt: skip
 
@@ -60,13 +65,18 @@ def test_retries_timeout_and_faults(cli, controller, envoy_factory, backends, ga
     assert status == 200 and body["path"] == "/retried"
     assert alpha.hits - before == 2
 
-    # the route timeout answers 504 long before the backend would (5 s); only the
-    # timeout makes a 504, the bound is generous for a busy machine
+    # the route timeout answers 504 before the backend does (5 s): Envoy counted an
+    # upstream timeout and the backend had not answered yet when the client got the 504
+    timeouts = _stat(envoy, "cluster.alpha.upstream_rq_timeout")
+    answered = alpha.hits
     started = time.monotonic()
-    status, _, _ = request(gateway_port, "/slow", headers={"x-echo-delay-ms": "5000"}, timeout=10)
+    status, _, body = request(
+        gateway_port, "/slow", headers={"x-echo-delay-ms": "5000"}, timeout=10
+    )
     elapsed = time.monotonic() - started
-    assert status == 504
-    assert 0.45 <= elapsed < 4.5, elapsed
+    assert status == 504 and alpha.hits == answered, body
+    assert _stat(envoy, "cluster.alpha.upstream_rq_timeout") == timeouts + 1
+    assert elapsed >= 0.45, elapsed  # not before the timeout (a lower bound load cannot break)
 
     # injected faults: an abort never reaches the backend; a delay holds the request
     before = alpha.hits

@@ -345,5 +345,6 @@ def test_a_taken_health_port_is_a_one_line_error(tmp_path: Path) -> None:
         )
     assert up.returncode == 1, up.stderr
     [error] = [line for line in up.stderr.splitlines() if line.startswith("error:")]
-    assert "address already in use" in error.lower() and f"--health-address 127.0.0.1:{health}" in error
+    assert "address already in use" in error.lower(), error
+    assert f"--health-address 127.0.0.1:{health}" in error
     assert "Traceback" not in up.stderr and "is up" not in up.stderr

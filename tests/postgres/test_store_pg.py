@@ -379,18 +379,25 @@ def test_controllers_recording_the_same_gateway_at_once(loaded: Store, pg_url: s
     rev = loaded.revision()
     fired: list[bool] = []
 
+    statements: list[str] = []
+
     def race(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        # After this controller found no row for the gateway, the other one inserts it.
-        if not fired and statement.startswith("UPDATE gateway_builds"):
+        # Just before this controller writes its row for the gateway, the other one
+        # inserts that row and commits.
+        statements.append(statement)
+        if not fired and statement.startswith("INSERT INTO gateway_builds"):
             fired.append(True)
             other.save_builds("ctl-b", "127.0.0.1:2", rev, {"web": (rev, None)}, time.time())
 
-    event.listen(loaded._writer, "after_cursor_execute", race)
+    event.listen(loaded._writer, "before_cursor_execute", race)
     try:
         loaded.save_builds("ctl-a", "127.0.0.1:1", rev, {"web": (rev, None)}, time.time())
     finally:
-        event.remove(loaded._writer, "after_cursor_execute", race)
+        event.remove(loaded._writer, "before_cursor_execute", race)
     assert fired
+    # one atomic upsert per row, run once: no key violation, so no retry
+    writes = [s for s in statements if not s.startswith(("BEGIN", "COMMIT", "SELECT"))]
+    assert len(writes) == 2 and all("ON CONFLICT" in s for s in writes), writes
     assert loaded.gateway_builds() == {"web": (rev, rev, None)}
     assert sorted(c[:3] for c in cast(Any, loaded.controllers())) == [
         ("ctl-a", "127.0.0.1:1", rev),

@@ -57,6 +57,9 @@ def check_expiry(store: Store) -> None:
         store.save_proxy(row)
     assert store.expire_proxies(now - 100, dead_after=15) == 3
     assert {p.node_id for p in store.proxies()} == {"live-old", "left-now", "dead-recently"}
+    # controllers dead for longer than the expiry are forgotten too
+    assert store.expire_controllers(now - 100, dead_after=15) == 1
+    assert sorted(c[0] for c in store.controllers()) == ["alive", "dead"]
 
 
 def test_expire_proxies_sqlite(tmp_path: Path) -> None:
