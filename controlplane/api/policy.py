@@ -388,13 +388,18 @@ def revoke_key(
     wait: Wait,
     response: Response,
 ) -> dict[str, Any]:
-    """Delete (revoke) an API key: proxies stop accepting it with the new revision."""
+    """Revoke an API key: its secret is erased, it stays listed as revoked (with when), and
+    proxies stop accepting it with the new revision."""
     try:
         key = store.get("api_key", key_id)
     except NotFound:
         raise NotFound(f"api key {key_id!r} does not exist") from None
     if key.consumer != name:  # type: ignore[attr-defined]
         raise NotFound(f"api key {key_id!r} of consumer {name!r} does not exist")
-    result = _delete(Writer(store, principal), "api_key", key_id, expect)
+    from ..keyrevoke import revoke_key
+
+    writer = Writer(store, principal)
+    writer.check("api_key", key_id, redact("api_key", key.spec()), None)
+    result = writer.single(lambda: revoke_key(store, key_id, expect_revision=expect)[0])
     _etag(response, result.revision)
     return write_response(store, result, wait)

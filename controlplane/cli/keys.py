@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..durations import parse_duration_ms
-from ..errors import NotFound, PolicyInvalid
+from ..errors import PolicyInvalid
 from ..policy import ApiKey, new_api_key
 from .context import ctx_of, finish_change
 from .output import Format, emit, emit_table
@@ -115,25 +115,9 @@ def register_keys(consumer_app: typer.Typer) -> None:
     ) -> None:
         """Revoke a key: its secret is erased and it stays listed as revoked, with when;
         with --wait, return once no proxy accepts it any more."""
-        from ..errors import Conflict, StoreError
+        from ..keyrevoke import revoke_key
 
         c = ctx_of(ctx)
-        now = datetime.now(UTC).replace(microsecond=0)
-
-        def revoke_now(spec: dict[str, Any]) -> dict[str, Any]:
-            key = ApiKey.model_validate(spec)
-            if key.revoked:
-                raise Conflict(f"api key {key_id!r} was already revoked at {spec['revoked_at']}")
-            return key.revoke(now).spec()
-
-        try:
-            revision = c.store.update("api_key", key_id, revoke_now).revision
-            done = f"api key {key_id} revoked"
-        except NotFound:
-            raise NotFound(f"api key {key_id!r} does not exist") from None
-        except StoreError:
-            # its secret does not decrypt (a forged or damaged row): no proxy can be
-            # serving it, and there is nothing to keep: remove the row
-            revision = c.store.delete("api_key", key_id)
-            done = f"api key {key_id} removed (its stored secret does not decrypt)"
+        result, done = revoke_key(c.store, key_id)
+        revision = result.revision
         finish_change(c, revision, done, wait)
