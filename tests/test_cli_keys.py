@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+from controlplane.policy import Gateway
 from controlplane.store import Store
 from controlplane.translate.auth import api_key_filter
 from tests.e2e.harness import Cli
@@ -49,7 +50,8 @@ def test_revoked_key_is_listed_as_revoked_with_when(tmp_path: Path) -> None:
         stored = {k.name: k for k in store.list_objects("api_key")}  # type: ignore[attr-defined]
     finally:
         store.close()
-    served = api_key_filter(cast(Any, SimpleNamespace(objects={"api_key": stored})))
+    view = SimpleNamespace(objects={"api_key": stored}, gateway=Gateway(name="web", port=8080))
+    served = api_key_filter(cast(Any, view))
     assert [c.key for c in served.credentials] == [kept]
 
     # a revoked key does not keep its consumer alive

@@ -315,6 +315,8 @@ class KeyOut(BaseModel):
     prefix: str
     expires_at: str | None
     expired: bool
+    revoked: bool = Field(description="revoked keys stay listed; their secret is erased")
+    revoked_at: str | None
 
 
 class KeyList(BaseModel):
@@ -333,6 +335,8 @@ def _key_row(key: ApiKey) -> dict[str, Any]:
         "prefix": key.prefix + "...",
         "expires_at": key.expires_at.isoformat() if key.expires_at else None,
         "expired": key.expired(),
+        "revoked": key.revoked,
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
     }
 
 
