@@ -6,7 +6,6 @@ report works the same against SQLite or PostgreSQL.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import sys
@@ -377,6 +376,8 @@ def register_analytics(app: typer.Typer) -> None:
                 "--tls-cert, --tls-key and --client-ca go together: the sink serves TLS "
                 "only to clients the CA vouches for"
             )
+        import asyncio
+
         logging.basicConfig(
             level=log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",

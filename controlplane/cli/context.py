@@ -1,29 +1,90 @@
-"""What every command shares: the database choice, the output format, the lazily opened store."""
+"""What every command shares: where it works (the database, or a controller's admin API),
+the output format, and the lazily opened store or client.
+
+Nothing heavy is imported here: the store (SQLAlchemy, pydantic) is imported the first time a
+command asks for it, so ``--help`` and remote commands never pay for it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ..store import Store
+from ..errors import PolicyInvalid
 from .output import Format, stderr
-from .wait import parse_timeout, wait_for_revision
 
-__all__ = ["Ctx", "finish_change"]
+if TYPE_CHECKING:
+    from ..store import Store
+    from .client import Client
+    from .contexts import Target
+
+__all__ = ["Ctx", "ctx_of", "finish_change", "finish_remote"]
 
 
 @dataclass
 class Ctx:
     db: str | None
     output: Format
+    #: ``--context NAME`` (or GATEWAY_CONTEXT); None: the resolution order decides
+    context: str | None = None
     _store: Store | None = field(default=None, repr=False)
+    _target: Target | None = field(default=None, repr=False)
+    _resolved: bool = field(default=False, repr=False)
+    _client: Client | None = field(default=None, repr=False)
+
+    @property
+    def target(self) -> Target | None:
+        """The admin API this invocation talks to, or None for the local database."""
+        if not self._resolved:
+            from .contexts import resolve
+
+            self._target = resolve(self.db, self.context)
+            self._resolved = True
+        return self._target
+
+    @property
+    def remote(self) -> Client | None:
+        """A client of the admin API when the command runs against a controller."""
+        target = self.target
+        if target is None:
+            return None
+        if self._client is None:
+            from .client import Client
+
+            self._client = Client.for_target(target)
+        return self._client
 
     @property
     def store(self) -> Store:
+        """The policy database. A command that needs it while a controller's API is the
+        target refuses in one line: it has no endpoint, it works on the database itself."""
         if self._store is None:
+            if self.target is not None:
+                raise PolicyInvalid(
+                    f"{_command_path()} works on the database directly: use --db "
+                    f"(the current target is the admin API at {self.target.url})"
+                )
+            from ..store import Store
+
             self._store = Store(self.db)
         return self._store
+
+    def local_store(self) -> Store:
+        """The database whatever the context (``serve``, ``up``, ``init`` ignore contexts)."""
+        if self._store is None:
+            from ..store import Store
+
+            self._store = Store(self.db)
+        return self._store
+
+
+def _command_path() -> str:
+    import click
+
+    current = click.get_current_context(silent=True)
+    return current.command_path if current is not None else "this command"
 
 
 def ctx_of(typer_ctx: typer.Context) -> Ctx:
@@ -34,9 +95,22 @@ def ctx_of(typer_ctx: typer.Context) -> Ctx:
 
 def finish_change(ctx: Ctx, revision: int, message: str, wait: str | None) -> None:
     """Report a committed change; with ``--wait`` return only once proxies run it."""
+    from .wait import parse_timeout, wait_for_revision
+
     stderr.print(f"{message} (revision {revision})")
     if wait is None:
         return
     for note in wait_for_revision(ctx.store, revision, parse_timeout(wait)):
         stderr.print(f"note: {note}")
+    stderr.print(f"revision {revision} is live on every connected proxy")
+
+
+def finish_remote(response: dict[str, Any], message: str, wait: str | None) -> None:
+    """Report a change the admin API committed; the server did the waiting (``wait=``)."""
+    revision = response.get("revision")
+    stderr.print(f"{message} (revision {revision})", markup=False)
+    if wait is None:
+        return
+    for note in response.get("notes") or []:
+        stderr.print(f"note: {note}", markup=False)
     stderr.print(f"revision {revision} is live on every connected proxy")

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..errors import NotFound, PolicyInvalid
-from ..policy import ApiKey, new_api_key
 from .context import ctx_of, finish_change
 from .output import Format, emit, emit_table
 from .resources import WaitOption
+
+if TYPE_CHECKING:
+    from ..policy import ApiKey
 
 __all__ = ["register_keys"]
 
@@ -67,6 +69,8 @@ def register_keys(consumer_app: typer.Typer) -> None:
         wait: WaitOption = None,
     ) -> None:
         """Create a key; it is printed once, on standard output, and never shown again."""
+        from ..policy import new_api_key
+
         c = ctx_of(ctx)
         key = new_api_key(consumer, _expiry(expires))
         revision = c.store.create(key)

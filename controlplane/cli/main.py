@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from ..errors import GatewayError, PolicyInvalid
-from ..policy.bounds import parse_duration
 from .analytics import register_analytics
 from .certs import register_certs
 from .context import Ctx
+from .contexts_cli import register_contexts
 from .database import register_database
 from .declarative import register_declarative
 from .keys import register_keys
@@ -35,6 +35,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # click's plain help: rich's help renderer (typer.rich_utils, markdown-it) costs ~0.2 s
+    # of start-up for every --help and usage error (ADR 0029)
+    rich_markup_mode=None,
 )
 
 
@@ -62,6 +65,14 @@ def main(
         ),
     ] = None,
     output: Annotated[Format, typer.Option("--output", "-o", help="Output format.")] = Format.table,
+    context: Annotated[
+        str | None,
+        typer.Option(
+            "--context",
+            envvar="GATEWAY_CONTEXT",
+            help="Work through this context's admin API (see `gatewayctl context`).",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -72,7 +83,7 @@ def main(
         ),
     ] = False,
 ) -> None:
-    ctx.obj = Ctx(db=db, output=output)
+    ctx.obj = Ctx(db=db, output=output, context=context)
 
 
 register_keys(register_resources(app))
@@ -87,6 +98,7 @@ register_cache(app)
 register_analytics(app)
 register_secrets(app)
 register_pki(app)
+register_contexts(app)
 
 
 def _expand_wait(argv: list[str]) -> list[str]:
@@ -121,12 +133,29 @@ def _hoist_output(argv: list[str]) -> list[str]:
     return head + rest
 
 
+def check_duration(value: str) -> None:
+    """The duration check of ``policy.bounds.parse_duration`` for a ``--wait`` value, without
+    importing the policy models (pydantic) at start-up; tests/unit/test_cli_client.py checks
+    both agree."""
+    import re
+
+    m = re.match(r"^\s*(\d{1,15}(?:\.\d{1,9})?)\s*(ms|s|m|h)?\s*$", value)
+    shown = repr(value) if len(repr(value)) <= 24 else f"{repr(value)[:21]}..."
+    if not m:
+        raise ValueError(f"{shown} is not a duration; use e.g. '250ms', '5s', '1m', '1h'")
+    ms = float(m.group(1)) * {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}[m.group(2) or "s"]
+    if not 1 <= ms <= 365 * 24 * 3_600_000:
+        raise ValueError(f"{shown} is out of range: must be a duration from 1ms to 8760h")
+    if abs(ms - round(ms)) > 1e-6:
+        raise ValueError("has a resolution of 1ms")
+
+
 def _check_wait(argv: list[str]) -> None:
     """A bad ``--wait`` value is refused before the command writes anything."""
     for arg in argv:
         if arg.startswith("--wait="):
             try:
-                parse_duration(arg.removeprefix("--wait="))
+                check_duration(arg.removeprefix("--wait="))
             except ValueError as exc:
                 raise PolicyInvalid(f"--wait: {exc}") from None
 

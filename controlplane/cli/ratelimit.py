@@ -14,7 +14,6 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import PolicyInvalid
-from ..policy.ratelimit import SECONDS, Per
 from .context import ctx_of, finish_change
 from .output import emit, emit_table
 from .resources import WaitOption, _limits
@@ -56,8 +55,9 @@ def _change(
 
 
 def _limits_text(policy: dict[str, Any]) -> str:
+    seconds = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}  # policy.ratelimit.SECONDS
     parts = []
-    for limit in sorted(policy.get("limits", []), key=lambda x: SECONDS[Per(x["per"])]):
+    for limit in sorted(policy.get("limits", []), key=lambda x: seconds.get(x["per"], 0)):
         burst = f" (burst {limit['burst']})" if limit.get("burst") else ""
         parts.append(f"{limit['requests']}/{limit['per']}{burst}")
     return ", ".join(parts) or "-"

