@@ -33,6 +33,8 @@ class Ctx:
     _target: Target | None = field(default=None, repr=False)
     _resolved: bool = field(default=False, repr=False)
     _client: Client | None = field(default=None, repr=False)
+    #: the running command (``gatewayctl secrets status``), named in refusals
+    command_path: str = "this command"
 
     @property
     def target(self) -> Target | None:
@@ -63,7 +65,7 @@ class Ctx:
         if self._store is None:
             if self.target is not None:
                 raise PolicyInvalid(
-                    f"{_command_path()} works on the database directly: use --db "
+                    f"{self.command_path} works on the database directly: use --db "
                     f"(the current target is the admin API at {self.target.url})"
                 )
             from ..store import Store
@@ -80,16 +82,10 @@ class Ctx:
         return self._store
 
 
-def _command_path() -> str:
-    import click
-
-    current = click.get_current_context(silent=True)
-    return current.command_path if current is not None else "this command"
-
-
 def ctx_of(typer_ctx: typer.Context) -> Ctx:
     obj = typer_ctx.find_root().obj
     assert isinstance(obj, Ctx)
+    obj.command_path = typer_ctx.command_path
     return obj
 
 

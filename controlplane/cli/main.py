@@ -14,6 +14,7 @@ from .context import Ctx
 from .contexts_cli import register_contexts
 from .database import register_database
 from .declarative import register_declarative
+from .fastparams import install as _install_plain_params
 from .keys import register_keys
 from .output import Format, stderr
 from .pki import register_pki
@@ -28,6 +29,8 @@ from .traffic import register_cache
 __all__ = ["app", "run"]
 
 DEFAULT_WAIT = "30s"
+
+_install_plain_params()  # option values without pydantic (see fastparams)
 
 app = typer.Typer(
     name="gatewayctl",
