@@ -86,6 +86,7 @@ def install() -> None:
         from typer import core
         from typer._click.exceptions import BadParameter
         from typer._coercion import RuntimeParam
+        from typer._param_types import coerce_cli_choice
     except ImportError:  # another typer: its own conversion applies
         return
     parameter = getattr(core, "_TyperParameter", None)
@@ -99,13 +100,22 @@ def install() -> None:
         parameter_info: Any
         kind: type
         many: bool
+        choices: tuple[Any, ...] | None
+        case_sensitive: bool
+
+        def _one(self, value: Any, ctx: Any) -> Any:
+            if self.choices is not None:  # typer's own choice matching and message
+                return coerce_cli_choice(
+                    value, choices=self.choices, case_sensitive=self.case_sensitive, ctx=ctx
+                )
+            return convert(self.kind, value)
 
         def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
             try:
                 if self.many:
                     items = value if isinstance(value, list | tuple) else [value]
-                    return [convert(self.kind, item) for item in items]
-                return convert(self.kind, value)
+                    return [self._one(item, ctx) for item in items]
+                return self._one(value, ctx)
             except ValueError as exc:
                 raise BadParameter(str(exc), ctx=ctx, param=param) from None
 
@@ -126,7 +136,12 @@ def install() -> None:
             )
             if plain:
                 self._runtime_param = PlainRuntimeParam(
-                    annotation=descriptor.annotation, parameter_info=info, kind=kind, many=many
+                    annotation=descriptor.annotation,
+                    parameter_info=info,
+                    kind=kind,
+                    many=many,
+                    choices=descriptor.choices,
+                    case_sensitive=descriptor.case_sensitive,
                 )
         return original(self)
 
