@@ -406,7 +406,11 @@ def register_analytics(app: typer.Typer) -> None:
         """History of policy changes, pushes, ACKs, NACKs and proxy connections."""
         c = ctx_of(ctx)
         start = parse_time(since, "--since") if since else None
-        items = c.store.events(start, limit)
+        api = c.remote
+        if api is not None:
+            items = api.get("/v1/events", since=start, limit=limit)["items"]
+        else:
+            items = c.store.events(start, limit)
         for e in items:
             e["time"] = datetime.fromtimestamp(e["at"], UTC).isoformat(timespec="milliseconds")
         if c.output != Format.table:

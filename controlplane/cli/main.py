@@ -37,7 +37,7 @@ app = typer.Typer(
     help="Manage an Envoy-based API gateway: policy, controller, status.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     # click's plain help: rich's help renderer (typer.rich_utils, markdown-it) costs ~0.2 s
     # of start-up for every --help and usage error (ADR 0029)
     rich_markup_mode=None,
