@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import PolicyInvalid
-from .context import ctx_of, finish_change
+from .context import ctx_of, finish_change, finish_remote
 from .output import emit, emit_table
 from .resources import WaitOption, _limits
 
@@ -45,6 +45,15 @@ def _change(
             spec["rate_limit"] = value
         return spec
 
+    api = c.remote
+    if api is not None:
+        from .resources import remote_update
+
+        resp = remote_update(api, kind, name, patch, wait)
+        changed = bool(resp.get("changes"))
+        text = f"rate limit of {kind} {name!r} {what if changed else 'unchanged'}"
+        finish_remote(resp, text, wait if changed else None)
+        return
     result = c.store.update(kind, name, patch)
     message = (
         f"rate limit of {kind} {name!r} {what}"

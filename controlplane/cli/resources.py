@@ -525,6 +525,32 @@ def merge_patch(fields: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
+def remote_update(
+    api: Any,
+    kind: str,
+    name: str,
+    patch: Callable[[dict[str, Any]], dict[str, Any]],
+    wait: str | None,
+) -> dict[str, Any]:
+    """A whole-object change through the admin API: read the object, change it as the local
+    command does, and PUT it back with ``If-Match`` of the revision read, so a concurrent
+    write makes it fail (409, exit 4, nothing written) instead of being overwritten. For
+    changes a merge patch cannot express (a section replaced as a whole)."""
+    from .contexts import path_of
+
+    got = api.request("GET", path_of(plural_of(kind), name))
+    revision = got.data.get("revision") if isinstance(got.data, dict) else None
+    spec = patch(spec_of(got.data))
+    resp: dict[str, Any] = api.request(
+        "PUT",
+        path_of(plural_of(kind), name),
+        body=spec,
+        revision=revision if revision is not None else got.revision,
+        wait=wait,
+    ).data
+    return resp
+
+
 def plural_of(kind: str) -> str:
     """The admin API collection of a kind (``jwt_provider`` -> ``jwt-providers``)."""
     return kind.replace("_", "-") + "s"

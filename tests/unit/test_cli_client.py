@@ -487,3 +487,41 @@ def test_wait_check_agrees_with_the_policy_parser() -> None:
         except ValueError as exc:
             got = str(exc)
         assert got == expected, value
+
+
+def test_ratelimit_set_replaces_the_section_with_if_match_of_the_read(tmp_path: Path) -> None:
+    """A section replaced as a whole cannot be a merge patch: the object is read and PUT
+    back with If-Match of the revision read (a concurrent write -> 409, nothing lost)."""
+    stored = {
+        "name": "r1",
+        "gateways": ["public"],
+        "cluster": "c1",
+        "rate_limit": {"key": "client_ip", "limits": [{"requests": 5, "per": "second"}]},
+    }
+    written = {"revision": 12, "changes": [{"op": "update", "kind": "route", "name": "r1"}]}
+    answers: Canned = {
+        ("GET", "/v1/routes/r1"): (
+            200,
+            {"kind": "route", "name": "r1", "spec": stored, "revision": 11},
+        ),
+        ("PUT", "/v1/routes/r1"): (200, written),
+    }
+    with FakeApi(answers) as api:
+        env = cli_env(tmp_path, api.url, TOKEN)
+        proc = gatewayctl(
+            tmp_path, env, "ratelimit", "set", "--route", "r1", "--key", "consumer",
+            "--limit", "10/minute",
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    get, put = api.requests
+    assert get["method"] == "GET"
+    assert put["method"] == "PUT" and put["headers"]["if-match"] == '"11"'
+    assert put["body"] == {
+        **stored,
+        "rate_limit": {
+            "key": "consumer",
+            "limits": [{"requests": 10, "per": "minute"}],
+            "use_plans": True,
+        },
+    }
+    assert "rate limit of route 'r1' set (revision 12)" in proc.stderr
