@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--canned", action="store_true", help="remote, against canned answers")
     args = p.parse_args(argv)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    # an installed CLI runs from cached bytecode: let the warm-up run write it
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="gw-clibench-config-")
     workdir = tempfile.mkdtemp(prefix="gw-clibench-")
     try:

@@ -4,8 +4,6 @@ Reports read only the database, like ``status``: no controller address is needed
 report works the same against SQLite or PostgreSQL.
 """
 
-from __future__ import annotations
-
 import logging
 import re
 import sys

@@ -5,8 +5,6 @@ validates them as a new object, ``update`` merges them into the stored one insid
 transaction (so two concurrent updates of different fields both land).
 """
 
-from __future__ import annotations
-
 import inspect
 from collections.abc import Callable
 from typing import Annotated, Any

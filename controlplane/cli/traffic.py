@@ -6,8 +6,6 @@ commands (see ``FIELDS`` in ``resources.py``); ``--X-off`` options return the fi
 None, which the update merge turns into "remove the setting".
 """
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import typer
