@@ -95,6 +95,9 @@ def error_for(status: int, body: bytes, url: str) -> GatewayError:
         code, message, field = str(err.get("code", "")), err.get("message"), err.get("field")
     except (ValueError, KeyError, TypeError, AttributeError):
         code, message, field = "", None, None
+        detail = _detail(body)
+        if detail:
+            message, field = detail
     cls = CODES.get(code) or STATUSES.get(status)
     if cls is None:
         cls = StoreError if status >= 500 else GatewayError
@@ -105,6 +108,24 @@ def error_for(status: int, body: bytes, url: str) -> GatewayError:
     if field and str(field) not in message:
         message = f"{message} (field {field})"
     return cls(message)
+
+
+def _detail(body: bytes) -> tuple[str, str | None] | None:
+    """The first error of a framework's own validation answer (``{"detail": [{"loc",
+    "msg"}]}`` or ``{"detail": "text"}``), for a server that did not map it to the
+    contract's shape."""
+    try:
+        detail = json.loads(body)["detail"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if isinstance(detail, str):
+        return detail, None
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        first = detail[0]
+        loc = [str(x) for x in first.get("loc", []) if x != "body"]
+        field = ".".join(loc) or None
+        return f"{field + ': ' if field else ''}{first.get('msg', 'invalid')}", None
+    return None
 
 
 class Client:

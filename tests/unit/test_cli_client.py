@@ -525,3 +525,14 @@ def test_ratelimit_set_replaces_the_section_with_if_match_of_the_read(tmp_path: 
         },
     }
     assert "rate limit of route 'r1' set (revision 12)" in proc.stderr
+
+
+def test_a_framework_validation_answer_names_the_field(tmp_path: Path) -> None:
+    """A 422 in FastAPI's own shape (not mapped to the contract's) still gives one line
+    naming the field, exit 2."""
+    detail = {"detail": [{"loc": ["body", "port"], "msg": "Input should be a valid integer"}]}
+    with FakeApi({("POST", "/v1/gateways"): (422, detail)}) as api:
+        env = cli_env(tmp_path, api.url, TOKEN)
+        proc = gatewayctl(tmp_path, env, "gateway", "add", "g", "--port", "80")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: port: Input should be a valid integer"
