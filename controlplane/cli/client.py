@@ -96,8 +96,11 @@ def error_for(status: int, body: bytes, url: str) -> GatewayError:
     except (ValueError, KeyError, TypeError, AttributeError):
         code, message, field = "", None, None
         detail = _detail(body)
-        if detail:
-            message, field = detail
+        if detail and detail[1]:  # a validation error naming its field
+            message = detail[0]
+        elif detail:
+            reason = http.client.responses.get(status, "error")
+            message = f"the admin API at {url} answered {status} {reason}: {detail[0]}"
     cls = CODES.get(code) or STATUSES.get(status)
     if cls is None:
         cls = StoreError if status >= 500 else GatewayError
@@ -110,21 +113,21 @@ def error_for(status: int, body: bytes, url: str) -> GatewayError:
     return cls(message)
 
 
-def _detail(body: bytes) -> tuple[str, str | None] | None:
-    """The first error of a framework's own validation answer (``{"detail": [{"loc",
-    "msg"}]}`` or ``{"detail": "text"}``), for a server that did not map it to the
-    contract's shape."""
+def _detail(body: bytes) -> tuple[str, str] | None:
+    """The first error of a framework's own answer (``{"detail": [{"loc", "msg"}]}`` or
+    ``{"detail": "text"}``), for a server that did not map it to the contract's shape:
+    (message, field), the field "" for a plain text detail."""
     try:
         detail = json.loads(body)["detail"]
     except (ValueError, KeyError, TypeError):
         return None
     if isinstance(detail, str):
-        return detail, None
+        return detail, ""
     if isinstance(detail, list) and detail and isinstance(detail[0], dict):
         first = detail[0]
         loc = [str(x) for x in first.get("loc", []) if x != "body"]
-        field = ".".join(loc) or None
-        return f"{field + ': ' if field else ''}{first.get('msg', 'invalid')}", None
+        field = ".".join(loc)
+        return f"{field + ': ' if field else ''}{first.get('msg', 'invalid')}", field or "-"
     return None
 
 
