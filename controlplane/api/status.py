@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 
+from ..cli.status import _address
 from .auth import visible
 from .deps import Caller, StoreDep
 from .errors import ERROR_RESPONSES
@@ -105,6 +106,7 @@ def status(
             {
                 "node": p.node_id,
                 "gateway": p.gateway,
+                "address": _address(p.address),
                 "connected": connected,
                 "controller": p.controller,
                 "envoy": p.envoy_version,

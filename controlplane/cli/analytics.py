@@ -4,9 +4,6 @@ Reports read only the database, like ``status``: no controller address is needed
 report works the same against SQLite or PostgreSQL.
 """
 
-from __future__ import annotations
-
-import asyncio
 import logging
 import sys
 import time
@@ -381,6 +378,8 @@ def register_analytics(app: typer.Typer) -> None:
                 "--tls-cert, --tls-key and --client-ca go together: the sink serves TLS "
                 "only to clients the CA vouches for"
             )
+        import asyncio
+
         logging.basicConfig(
             level=log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -409,7 +408,11 @@ def register_analytics(app: typer.Typer) -> None:
         """History of policy changes, pushes, ACKs, NACKs and proxy connections."""
         c = ctx_of(ctx)
         start = parse_time(since, "--since") if since else None
-        items = c.store.events(start, limit)
+        api = c.remote
+        if api is not None:
+            items = api.get("/v1/events", since=start, limit=limit)["items"]
+        else:
+            items = c.store.events(start, limit)
         for e in items:
             e["time"] = datetime.fromtimestamp(e["at"], UTC).isoformat(timespec="milliseconds")
         if c.output != Format.table:

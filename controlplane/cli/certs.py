@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from ..errors import PolicyInvalid
-from ..policy import Certificate, parse_object
 from .context import ctx_of, finish_change
 from .output import Format, emit, emit_table
 from .resources import WaitOption
@@ -43,16 +41,19 @@ def _fields(cert: str | None, key: str | None) -> dict[str, Any]:
     return out
 
 
-class _PemDumper(yaml.SafeDumper):
-    pass
+def _pem_yaml(data: dict[str, Any]) -> str:
+    """YAML with PEM blocks as literal blocks, readable and pasteable."""
+    import yaml
 
+    class _PemDumper(yaml.SafeDumper):
+        pass
 
-def _literal(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+    def _literal(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
-
-_PemDumper.add_representer(str, _literal)
+    _PemDumper.add_representer(str, _literal)
+    return yaml.dump(data, Dumper=_PemDumper, sort_keys=False)
 
 
 def register_certs(app: typer.Typer) -> None:
@@ -68,6 +69,8 @@ def register_certs(app: typer.Typer) -> None:
         wait: WaitOption = None,
     ) -> None:
         """Add a certificate; gateways serve it once their tls.certificates name it."""
+        from ..policy import parse_object
+
         c = ctx_of(ctx)
         obj = parse_object("certificate", {"name": name, **_fields(cert, key)})
         revision = c.store.create(obj)
@@ -108,6 +111,8 @@ def register_certs(app: typer.Typer) -> None:
         show_key: Annotated[bool, typer.Option(help="Also print the private key.")] = False,
     ) -> None:
         """Show one certificate (the private key only with --show-key)."""
+        from ..policy import Certificate
+
         c = ctx_of(ctx)
         obj = c.store.get("certificate", name)
         assert isinstance(obj, Certificate)
@@ -117,7 +122,7 @@ def register_certs(app: typer.Typer) -> None:
         if c.output == Format.json:
             emit(data, Format.json)
         else:  # PEM blocks as YAML literal blocks, readable and pasteable
-            print(yaml.dump(data, Dumper=_PemDumper, sort_keys=False), end="")
+            print(_pem_yaml(data), end="")
 
     @certs.command("list")
     def list_(ctx: typer.Context) -> None:

@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..store import Store
-from ..store.repository import display_url
 from .context import ctx_of, finish_change
 from .output import emit, stderr
 
@@ -25,6 +23,9 @@ def register_database(app: typer.Typer) -> None:
     def init(ctx: typer.Context, db: DbOption = None) -> None:
         """Create the policy database (SQLite file mode 0600, or the schema in an existing
         PostgreSQL database) and give it its random id; on an existing one, migrate it."""
+        from ..store import Store
+        from ..store.repository import display_url
+
         c = ctx_of(ctx)
         if db:
             c.db = db

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
 
 from ..errors import PolicyInvalid
-from ..policy import KINDS, PLURALS, Bundle
-from ..policy.loader import decode
-from ..store import ObjectChange, write_private_file
-from .context import ctx_of, finish_atomic, finish_change
+from .context import ctx_of, finish_atomic, finish_change, finish_remote
 from .output import Format, emit, stderr
 from .resources import AtomicOption, WaitOption
+
+if TYPE_CHECKING:
+    from ..policy import Bundle
+    from ..store import ObjectChange
 
 __all__ = ["register_declarative"]
 
@@ -65,6 +65,8 @@ def _read_all(paths: list[str], secrets: bool = False) -> tuple[Bundle, list[Any
     two files is refused (naming both) rather than one silently replacing the other.
     ``api_keys`` sections (``export --secrets``) are taken only with ``secrets``: their
     keys are returned next to the bundle."""
+    from ..policy import PLURALS, Bundle
+
     files = _files(paths)
     if len(files) == 1:
         return _read(files[0], secrets)
@@ -121,7 +123,10 @@ def _split_keys(text: str, source: str, secrets: bool) -> tuple[str, list[Any]]:
     return json.dumps(data), keys
 
 
-def _read(path: str, secrets: bool = False) -> tuple[Bundle, list[Any]]:
+def _read_text(path: str) -> tuple[str, str]:
+    """A ``-f`` file's UTF-8 text and its name in messages."""
+    from ..policy.loader import decode
+
     if path == "-":
         data, source = sys.stdin.buffer.read(), "stdin"
     else:
@@ -129,20 +134,63 @@ def _read(path: str, secrets: bool = False) -> tuple[Bundle, list[Any]]:
             data, source = Path(path).read_bytes(), path
         except OSError as exc:
             raise PolicyInvalid(f"{path}: cannot read: {exc.strerror}") from None
-    text, keys = _split_keys(decode(data, source), source, secrets)
+    return decode(data, source), source
+
+
+def _read_document(paths: list[str]) -> dict[str, Any]:
+    """Every ``-f`` file as one declarative document for the admin API (which validates
+    it): read with the policy loader (duplicate keys, depth and alias limits refused), and
+    an object defined in two files refused naming both, as the local apply does."""
+    from ..policy.loader import load_text
+
+    merged: dict[str, list[Any]] = {}
+    seen: dict[tuple[str, str], str] = {}
+    for path in _files(paths):
+        text, source = _read_text(path)
+        doc = load_text(text, source)
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            raise PolicyInvalid(f"{source}: expected a mapping of kinds (routes:, clusters:, ...)")
+        for key, items in doc.items():
+            if not isinstance(items, list):
+                merged[key] = items  # the server names the field and why
+                continue
+            for obj in items:
+                name = obj.get("name") if isinstance(obj, dict) else None
+                if isinstance(name, str):
+                    first = seen.get((key, name))
+                    if first is not None:
+                        raise PolicyInvalid(
+                            f"{source}: {key[:-1]} {name!r} is also defined in {first}"
+                        )
+                    seen[(key, name)] = source
+            merged.setdefault(key, []).extend(items)
+    return merged
+
+
+def _read(path: str, secrets: bool = False) -> tuple[Bundle, list[Any]]:
+    from ..policy import Bundle
+
+    text, source = _read_text(path)
+    text, keys = _split_keys(text, source, secrets)
     # references may name objects already stored: the store checks them in the transaction
     return Bundle.from_text(text, source, self_contained=False), keys
 
 
-def _describe(changes: list[ObjectChange]) -> list[str]:
+def _describe(changes: list[dict[str, Any]], local: bool = True) -> list[str]:
+    """Change lines (``+ route a``, ``~ cluster b`` with changed fields) for local changes
+    (``_changes_data(..., redact=False)``) or the admin API's (already redacted)."""
     marks = {"create": "+", "update": "~", "delete": "-"}
     lines = []
     for ch in changes:
-        lines.append(f"{marks[ch.op]} {ch.kind} {ch.name}")
-        if ch.op == "update":
-            for key in sorted(set(ch.before or {}) | set(ch.after or {})):
-                old, new = (ch.before or {}).get(key), (ch.after or {}).get(key)
-                if old != new and key in _secret_fields(ch.kind):
+        lines.append(f"{marks.get(ch['op'], '?')} {ch['kind']} {ch['name']}")
+        if ch["op"] == "update":
+            before, after = ch.get("before") or {}, ch.get("after") or {}
+            hidden = _secret_fields(ch["kind"]) if local else ()
+            for key in sorted(set(before) | set(after)):
+                old, new = before.get(key), after.get(key)
+                if old != new and key in hidden:
                     lines.append(f"    {key}: (secret, changed)")
                 elif old != new:
                     lines.append(f"    {key}: {_short(old)} -> {_short(new)}")
@@ -152,12 +200,16 @@ def _describe(changes: list[ObjectChange]) -> list[str]:
 def _short(value: Any) -> str:
     if value is None:
         return "(unset)"
+    import yaml
+
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
     return text.removesuffix("...").strip()
 
 
 def _secret_fields(kind: str) -> tuple[str, ...]:
     """Fields never printed in change summaries (a certificate's private key)."""
+    from ..policy import KINDS
+
     return tuple(getattr(KINDS.get(kind), "secret_fields", ()))
 
 
@@ -168,17 +220,22 @@ def _redact(kind: str, spec: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: "(secret)" if k in hidden else v for k, v in spec.items()}
 
 
-def _changes_data(changes: list[ObjectChange]) -> list[dict[str, Any]]:
+def _changes_data(changes: list[ObjectChange], redact: bool = True) -> list[dict[str, Any]]:
     return [
         {
             "op": c.op,
             "kind": c.kind,
             "name": c.name,
-            "before": _redact(c.kind, c.before),
-            "after": _redact(c.kind, c.after),
+            "before": _redact(c.kind, c.before) if redact else c.before,
+            "after": _redact(c.kind, c.after) if redact else c.after,
         }
         for c in changes
     ]
+
+
+def _print_changes(changes: list[dict[str, Any]], local: bool) -> None:
+    for line in _describe(changes, local):
+        print(line)
 
 
 def register_declarative(app: typer.Typer) -> None:
@@ -216,6 +273,37 @@ def register_declarative(app: typer.Typer) -> None:
         """Make the gateway policy match a file, all or nothing. ``--dry-run`` runs the
         whole apply, every check included, and rolls it back: same answer, same exit code."""
         c = ctx_of(ctx)
+        api = c.remote
+        if api is not None:
+            if secrets or atomic:
+                raise PolicyInvalid(
+                    f"apply {'--secrets' if secrets else '--atomic'} works on the database "
+                    "directly: use --db"
+                )
+            doc = _read_document(file)
+            resp = api.request(
+                "POST",
+                "/v1/apply",
+                body=doc,
+                query={"prune": prune, "dry_run": dry_run},
+                revision=expect_revision,
+                wait=None if dry_run else wait,
+            ).data
+            changes = resp.get("changes") or []
+            if c.output != Format.table:
+                emit(
+                    {"revision": resp.get("revision"), "dry_run": dry_run, "changes": changes},
+                    c.output,
+                )
+            else:
+                _print_changes(changes, local=False)
+            if not changes:
+                stderr.print(f"no changes (revision {resp.get('revision')})")
+            elif dry_run:
+                stderr.print(f"dry run: {len(changes)} change(s), nothing written")
+            else:
+                finish_remote(resp, f"applied {len(changes)} change(s)", wait)
+            return
         bundle, keys = _read_all(file, secrets)
         result = c.store.apply(
             bundle, prune=prune, dry_run=dry_run, expect_revision=expect_revision, extra=keys
@@ -230,8 +318,7 @@ def register_declarative(app: typer.Typer) -> None:
                 c.output,
             )
         else:
-            for line in _describe(result.changes):
-                print(line)
+            _print_changes(_changes_data(result.changes, redact=False), local=True)
         if not result.changes:
             stderr.print(f"no changes (revision {result.revision})")
         elif dry_run:
@@ -267,13 +354,25 @@ def register_declarative(app: typer.Typer) -> None:
         """Show what ``apply -f FILE`` would change, or (``--from A [--to B]``) what changed
         between two revisions; exit 1 when there are differences."""
         c = ctx_of(ctx)
+        api = c.remote
         if from_revision is not None or to_revision is not None:
             if file:
                 raise PolicyInvalid("diff: give either -f FILE or --from/--to, not both")
-            from .history import print_revision_diff
-
             if from_revision is None:
                 raise PolicyInvalid("diff: --to needs --from")
+            from .history import print_revision_diff
+
+            if api is not None:
+                query: dict[str, Any] = {"from": from_revision}
+                if to_revision is not None:
+                    query["to"] = to_revision
+                from types import SimpleNamespace
+
+                rows = api.get("/v1/history/diff", **query)["changes"]
+                print_revision_diff(c.output, [SimpleNamespace(**r) for r in rows])  # type: ignore[misc]
+                if rows:
+                    raise typer.Exit(1)
+                return
             newest = c.store.revision() if to_revision is None else to_revision
             changes = c.store.diff_revisions(from_revision, newest)
             print_revision_diff(c.output, changes)
@@ -282,14 +381,25 @@ def register_declarative(app: typer.Typer) -> None:
             return
         if not file:
             raise PolicyInvalid("diff: give -f FILE (or --from REV --to REV)")
+        if api is not None:
+            resp = api.request(
+                "POST", "/v1/diff", body=_read_document(file), query={"prune": prune}
+            ).data
+            found: list[dict[str, Any]] = resp.get("changes") or []
+            if c.output != Format.table:
+                emit(found, c.output)
+            else:
+                _print_changes(found, local=False)
+            if found:
+                raise typer.Exit(1)
+            return
         # comparing writes nothing: a file's api_keys section (export --secrets) is compared
         bundle, keys = _read_all(file, secrets=True)
         result = c.store.apply(bundle, prune=prune, dry_run=True, checks=False, extra=keys)
         if c.output != Format.table:
             emit(_changes_data(result.changes), c.output)
         else:
-            for line in _describe(result.changes):
-                print(line)
+            _print_changes(_changes_data(result.changes, redact=False), local=True)
         if result.changes:
             raise typer.Exit(1)
 
@@ -311,26 +421,42 @@ def register_declarative(app: typer.Typer) -> None:
         """Write all policy as one file that ``apply -f`` takes back unchanged (with
         ``--file``: created mode 0600, since it holds certificates' private keys). API keys
         only with ``--secrets``; without it the file's first line says they are left out."""
+        import json
+
         c = ctx_of(ctx)
         if secrets and not output_file:
             raise PolicyInvalid(
                 "--secrets: needs --file FILE (created mode 0600): API keys are not printed"
             )
-        bundle = c.store.bundle()
-        data = bundle.to_data()
-        if secrets:
-            keys = sorted(c.store.list_objects("api_key"), key=lambda k: k.name)  # type: ignore[attr-defined]
-            if keys:
-                data[API_KEYS] = [k.spec() for k in keys]
-        if c.output == Format.json:
-            import json
+        api = c.remote
+        if api is not None and secrets:
+            raise PolicyInvalid("export --secrets works on the database directly: use --db")
+        if api is not None:
+            # the server's default decides about secrets (only an admin token may get them)
+            data = api.get("/v1/export")
+            if c.output == Format.json:
+                text = json.dumps(data, indent=2) + "\n"
+            else:
+                import yaml
 
-            text = json.dumps(data, indent=2) + "\n"
+                text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
         else:
-            text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
-            if not secrets:
-                text = EXPORT_HEADER + text
+            data = c.store.bundle().to_data()
+            if secrets:
+                keys = sorted(c.store.list_objects("api_key"), key=lambda k: k.name)  # type: ignore[attr-defined]
+                if keys:
+                    data[API_KEYS] = [k.spec() for k in keys]
+            if c.output == Format.json:
+                text = json.dumps(data, indent=2) + "\n"
+            else:
+                import yaml
+
+                text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+                if not secrets:
+                    text = EXPORT_HEADER + text
         if output_file:  # it may hold private keys: readable by its owner only
+            from ..store import write_private_file
+
             try:
                 write_private_file(output_file, text)
             except OSError as exc:
@@ -354,9 +480,16 @@ def register_declarative(app: typer.Typer) -> None:
         own code; ``GATEWAY_*`` settings are read as ``serve`` reads them."""
         import logging
 
+        c = ctx_of(ctx)
+        api = c.remote
+        if api is not None:
+            from .contexts import path_of
+
+            data = api.get(path_of("gateways", gateway, "render"), show_secrets=show_secrets)
+            emit(data, Format.json if c.output == Format.json else Format.yaml)
+            return
         from ..render import render_gateway
 
-        c = ctx_of(ctx)
         # a translation failure is the command's one-line error, not also a log record
         logging.getLogger("controlplane.runner").disabled = True
         data = render_gateway(c.store, gateway, show_secrets=show_secrets)

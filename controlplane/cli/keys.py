@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..durations import parse_duration_ms
-from ..errors import PolicyInvalid
-from ..policy import ApiKey, new_api_key
-from .context import ctx_of, finish_change
+from ..errors import NotFound, PolicyInvalid
+from .context import ctx_of, finish_change, finish_remote
+from .contexts import path_of
 from .output import Format, emit, emit_table
 from .resources import WaitOption
+
+if TYPE_CHECKING:
+    from ..policy import ApiKey
 
 __all__ = ["register_keys"]
 
@@ -54,6 +57,25 @@ def _row(key: ApiKey) -> dict[str, Any]:
     }
 
 
+def _remote_row(item: dict[str, Any], consumer: str) -> dict[str, Any]:
+    """A key as the admin API lists it, in the columns of the local ``key list``."""
+    prefix = str(item.get("prefix") or "")
+    return {
+        "id": item.get("id") or item.get("name"),
+        "consumer": item.get("consumer") or consumer,
+        "prefix": prefix if prefix.endswith("...") or not prefix else prefix + "...",
+        "expires_at": item.get("expires_at"),
+        "expired": bool(item.get("expired", False)),
+    }
+
+
+def _remote_consumers(api: Any, consumer: str | None) -> list[str]:
+    """The consumers whose keys to read: the one named, or every consumer."""
+    if consumer is not None:
+        return [consumer]
+    return [str(item["name"]) for item in api.get("/v1/consumers")["items"]]
+
+
 def register_keys(consumer_app: typer.Typer) -> None:
     keys = typer.Typer(help="Manage a consumer's API keys.", no_args_is_help=True)
     consumer_app.add_typer(keys, name="key")
@@ -69,6 +91,24 @@ def register_keys(consumer_app: typer.Typer) -> None:
     ) -> None:
         """Create a key; it is printed once, on standard output, and never shown again."""
         c = ctx_of(ctx)
+        api = c.remote
+        if api is not None:
+            _expiry(expires)  # refused here, in the same words, before anything is sent
+            resp = api.request(
+                "POST", path_of("consumers", consumer, "keys"), body={"expires": expires}, wait=wait
+            ).data
+            key_text = resp.get("key", "")
+            if c.output == Format.table:
+                print(key_text)
+            else:
+                emit({**_remote_row(resp, consumer), "key": key_text}, c.output)
+            name = resp.get("id") or next(
+                (ch["name"] for ch in resp.get("changes", []) if ch.get("kind") == "api_key"), "?"
+            )
+            finish_remote(resp, f"api key {name} created for {consumer!r}", wait)
+            return
+        from ..policy import new_api_key
+
         key = new_api_key(consumer, _expiry(expires))
         revision = c.store.create(key)
         if c.output == Format.table:
@@ -85,11 +125,19 @@ def register_keys(consumer_app: typer.Typer) -> None:
         """List keys by id and prefix (the key itself is never shown again), revoked ones
         with the time of revocation."""
         c = ctx_of(ctx)
-        rows = [
-            _row(k)  # type: ignore[arg-type]
-            for k in c.store.list_objects("api_key")
-            if consumer is None or k.consumer == consumer  # type: ignore[attr-defined]
-        ]
+        api = c.remote
+        if api is not None:
+            rows = [
+                _remote_row(item, name)
+                for name in _remote_consumers(api, consumer)
+                for item in api.get(path_of("consumers", name, "keys"))["items"]
+            ]
+        else:
+            rows = [
+                _row(k)  # type: ignore[arg-type]
+                for k in c.store.list_objects("api_key")
+                if consumer is None or k.consumer == consumer  # type: ignore[attr-defined]
+            ]
         if c.output == Format.table:
             emit_table(
                 ["ID", "CONSUMER", "PREFIX", "EXPIRES", "REVOKED"],
@@ -112,12 +160,34 @@ def register_keys(consumer_app: typer.Typer) -> None:
         ctx: typer.Context,
         key_id: Annotated[str, typer.Argument(help="The key's id (ak_...).")],
         wait: WaitOption = None,
+        consumer: Annotated[
+            str | None,
+            typer.Option(help="The key's consumer (remote: saves looking the key up)."),
+        ] = None,
     ) -> None:
         """Revoke a key: its secret is erased and it stays listed as revoked, with when;
         with --wait, return once no proxy accepts it any more."""
         from ..keyrevoke import revoke_key
 
         c = ctx_of(ctx)
+        api = c.remote
+        if api is not None:
+            owner = consumer or next(
+                (
+                    name
+                    for name in _remote_consumers(api, None)
+                    for item in api.get(path_of("consumers", name, "keys"))["items"]
+                    if _remote_row(item, name)["id"] == key_id
+                ),
+                None,
+            )
+            if owner is None:
+                raise NotFound(f"api key {key_id!r} does not exist")
+            resp = api.request(
+                "DELETE", path_of("consumers", owner, "keys", key_id), wait=wait
+            ).data
+            finish_remote(resp, f"api key {key_id} revoked", wait)
+            return
         result, done = revoke_key(c.store, key_id)
         revision = result.revision
         finish_change(c, revision, done, wait)

@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 
 from ..errors import GatewayError, PolicyInvalid
-from ..policy.bounds import parse_duration
 from .analytics import register_analytics
 from .certs import register_certs
 from .context import Ctx, ValidateMode
+from .contexts_cli import register_contexts
 from .database import register_database
 from .declarative import register_declarative
+from .fastparams import install as _install_plain_params
 from .history import register_history
 from .keys import register_keys
 from .output import Format, stderr
@@ -31,12 +32,17 @@ __all__ = ["app", "run"]
 
 DEFAULT_WAIT = "30s"
 
+_install_plain_params()  # option values without pydantic (see fastparams)
+
 app = typer.Typer(
     name="gatewayctl",
     help="Manage an Envoy-based API gateway: policy, controller, status.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
+    # click's plain help: rich's help renderer (typer.rich_utils, markdown-it) costs ~0.2 s
+    # of start-up for every --help and usage error (ADR 0029)
+    rich_markup_mode=None,
 )
 
 
@@ -74,6 +80,14 @@ def main(
             "refuse to write without Envoy, never = skip.",
         ),
     ] = ValidateMode.auto,
+    context: Annotated[
+        str | None,
+        typer.Option(
+            "--context",
+            envvar="GATEWAY_CONTEXT",
+            help="Work through this context's admin API (see `gatewayctl context`).",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -84,7 +98,7 @@ def main(
         ),
     ] = False,
 ) -> None:
-    ctx.obj = Ctx(db=db, output=output, validate=validate.value)
+    ctx.obj = Ctx(db=db, output=output, validate=validate.value, context=context)
 
 
 register_keys(register_resources(app))
@@ -101,6 +115,7 @@ register_analytics(app)
 register_secrets(app)
 register_pki(app)
 register_tokens(app)
+register_contexts(app)
 
 
 def _expand_wait(argv: list[str]) -> list[str]:
@@ -136,20 +151,66 @@ def _hoist_output(argv: list[str]) -> list[str]:
 
 
 def _check_wait(argv: list[str]) -> None:
-    """A bad ``--wait`` value is refused before the command writes anything."""
+    """A bad ``--wait`` value is refused before the command writes anything (the project's
+    one duration grammar, controlplane/durations.py: standard library only)."""
+    from ..durations import parse_duration_seconds
+
     for arg in argv:
         if arg.startswith("--wait="):
             try:
-                parse_duration(arg.removeprefix("--wait="))
+                parse_duration_seconds(arg.removeprefix("--wait="), "--wait")
             except ValueError as exc:
-                raise PolicyInvalid(f"--wait: {exc}") from None
+                raise PolicyInvalid(str(exc)) from None
+
+
+#: root options that take a value (the value is not the command name)
+_ROOT_VALUED = ("--db", "--context", "--output", "-o")
+
+
+def _app_for(argv: list[str]) -> typer.Typer:
+    """The app with only the command the arguments name, when they name one.
+
+    typer builds the click command of every registered command, with all its options,
+    before it parses anything (~60 ms of CPU for ~300 options); one command's tree costs
+    ~15 ms. ``--help`` alone, an unknown command and shell completion get the whole app,
+    so listings, suggestions and completions are unchanged."""
+    import os
+
+    if any(k.endswith("_COMPLETE") for k in os.environ):
+        return app
+    first = None
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _ROOT_VALUED:
+            skip = True
+        elif not arg.startswith("-"):
+            first = arg
+            break
+    if first is None:
+        return app
+    groups = [g for g in app.registered_groups if g.name == first]
+    commands = [
+        c
+        for c in app.registered_commands
+        if (c.name or (c.callback.__name__ if c.callback else "")).replace("_", "-") == first
+    ]
+    if len(groups) + len(commands) != 1:
+        return app
+    import copy
+
+    view = copy.copy(app)
+    view.registered_groups = groups
+    view.registered_commands = commands
+    return view
 
 
 def run() -> None:
     try:
         argv = _hoist_output(_expand_wait(sys.argv[1:]))
         _check_wait(argv)
-        code = app(args=argv, prog_name="gatewayctl", standalone_mode=False)
+        code = _app_for(argv)(args=argv, prog_name="gatewayctl", standalone_mode=False)
         if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here
             sys.exit(code)
     except GatewayError as exc:

@@ -5,17 +5,38 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["Format", "emit", "emit_table", "stderr"]
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-stdout = Console(highlight=False, soft_wrap=True)
+
+class _LazyConsole:
+    """A rich Console made on first use: importing rich costs 50-150 ms, which ``--help``
+    and JSON output never need (ADR 0029)."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def _get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        self._get().print(*objects, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+
+stderr = _LazyConsole(stderr=True, highlight=False, soft_wrap=True)
+stdout = _LazyConsole(highlight=False, soft_wrap=True)
 
 
 class Format(StrEnum):
@@ -29,12 +50,17 @@ def emit(data: Any, fmt: Format) -> None:
     if fmt == Format.json:
         print(json.dumps(data, indent=2, sort_keys=False))
     else:
+        import yaml  # only for YAML output: it costs start-up time
+
         print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), end="")
 
 
 def emit_table(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None
 ) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title=title, show_edge=False, header_style="bold", pad_edge=False)
     for col in columns:
         table.add_column(col, overflow="fold")

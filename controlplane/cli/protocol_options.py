@@ -1,8 +1,6 @@
 """Route options of protocol translation: gRPC deadlines, JSON -> gRPC transcoding,
 gRPC-Web and WebSocket (``route add|update``)."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import typer

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import PolicyInvalid
-from ..policy import Proto, parse_object
 from .context import ctx_of, finish_change
 from .output import Format, emit, emit_table
 from .resources import WaitOption
@@ -82,6 +81,8 @@ def register_protos(app: typer.Typer) -> None:
         }
         if description is not None:
             fields["description"] = description
+        from ..policy import parse_object
+
         revision = c.store.create(parse_object("proto", fields))
         finish_change(c, revision, f"proto {name!r} created", wait)
 
@@ -126,6 +127,8 @@ def register_protos(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Show one proto: its files and services with their methods."""
+        from ..policy import Proto
+
         c = ctx_of(ctx)
         obj = c.store.get("proto", name)
         assert isinstance(obj, Proto)

@@ -14,8 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import PolicyInvalid
-from ..policy.ratelimit import SECONDS, Per
-from .context import ctx_of, finish_change
+from .context import ctx_of, finish_change, finish_remote
 from .output import emit, emit_table
 from .resources import WaitOption, _limits
 
@@ -46,6 +45,15 @@ def _change(
             spec["rate_limit"] = value
         return spec
 
+    api = c.remote
+    if api is not None:
+        from .resources import remote_update
+
+        resp = remote_update(api, kind, name, patch, wait)
+        changed = bool(resp.get("changes"))
+        text = f"rate limit of {kind} {name!r} {what if changed else 'unchanged'}"
+        finish_remote(resp, text, wait if changed else None)
+        return
     result = c.store.update(kind, name, patch)
     message = (
         f"rate limit of {kind} {name!r} {what}"
@@ -56,8 +64,9 @@ def _change(
 
 
 def _limits_text(policy: dict[str, Any]) -> str:
+    seconds = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}  # policy.ratelimit.SECONDS
     parts = []
-    for limit in sorted(policy.get("limits", []), key=lambda x: SECONDS[Per(x["per"])]):
+    for limit in sorted(policy.get("limits", []), key=lambda x: seconds.get(x["per"], 0)):
         burst = f" (burst {limit['burst']})" if limit.get("burst") else ""
         parts.append(f"{limit['requests']}/{limit['per']}{burst}")
     return ", ".join(parts) or "-"

@@ -5,8 +5,6 @@ validates them as a new object, ``update`` merges them into the stored one insid
 transaction (so two concurrent updates of different fields both land).
 """
 
-from __future__ import annotations
-
 import inspect
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -15,11 +13,8 @@ from urllib.parse import urlsplit
 import typer
 
 from ..errors import PolicyInvalid
-from ..policy import parse_object
-from ..policy.loader import decode
-from ..policy.ratelimit import parse_limit
 from .analytics import observability_fields
-from .context import ctx_of, finish_atomic, finish_change
+from .context import ctx_of, finish_atomic, finish_change, finish_remote
 from .options import pairs as _pairs
 from .output import Format, emit, emit_table
 from .protocol_options import protocol_fields
@@ -53,6 +48,13 @@ ExpectRevisionOption = Annotated[
         help="Refuse (exit 4, nothing written) unless the policy is still at revision N.",
     ),
 ]
+
+
+def _local_only_atomic(kind: str, verb: str, atomic: bool) -> None:
+    """``--atomic`` restores the previous values from the write's own result, on the
+    database: through the admin API it is refused rather than silently ignored."""
+    if atomic:
+        raise PolicyInvalid(f"{kind} {verb} --atomic works on the database directly: use --db")
 
 
 def _condition(item: str, option: str, allow_prefix: bool) -> dict[str, Any]:
@@ -360,6 +362,8 @@ def jwt_provider_fields(
     _set(out, "issuer", issuer)
     _set(out, "audiences", audience)
     if jwks_file is not None:
+        from ..policy.loader import decode
+
         try:
             with open(jwks_file, "rb") as handle:
                 out["jwks"] = decode(handle.read(), f"--jwks-file {jwks_file}")
@@ -389,7 +393,11 @@ def jwt_provider_fields(
 
 def _limits(values: list[str] | None, burst: int | None, option: str) -> list[dict[str, Any]]:
     """``60/minute`` or ``60/minute:90`` (burst 90); ``--burst`` applies to a single limit."""
-    out = []
+    out: list[dict[str, Any]] = []
+    if not values and burst is None:
+        return out
+    from ..policy.ratelimit import parse_limit
+
     for item in values or []:
         text, sep, own_burst = item.partition(":")
         if sep and not own_burst.strip().lstrip("-").isdigit():
@@ -521,6 +529,63 @@ def _merge(spec: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def merge_patch(fields: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that makes the server's update what :func:`_merge`
+    does locally: setting one action removes the others (``null``), setting one path match
+    removes the other path matches; sections merge with the stored ones."""
+    actions = {"cluster", "backends", "redirect", "direct_response", "aggregate"}
+    patch: dict[str, Any] = dict(fields)
+    if actions & fields.keys():
+        for key in actions - fields.keys():
+            patch[key] = None
+    if "match" in fields and {"path", "path_prefix", "path_regex"} & fields["match"].keys():
+        match = dict(fields["match"])
+        for key in ("path", "path_prefix", "path_regex"):
+            match.setdefault(key, None)
+        patch["match"] = match
+    return patch
+
+
+def remote_update(
+    api: Any,
+    kind: str,
+    name: str,
+    patch: Callable[[dict[str, Any]], dict[str, Any]],
+    wait: str | None,
+) -> dict[str, Any]:
+    """A whole-object change through the admin API: read the object, change it as the local
+    command does, and PUT it back with ``If-Match`` of the revision read, so a concurrent
+    write makes it fail (409, exit 4, nothing written) instead of being overwritten. For
+    changes a merge patch cannot express (a section replaced as a whole)."""
+    from .contexts import path_of
+
+    got = api.request("GET", path_of(plural_of(kind), name))
+    revision = got.data.get("revision") if isinstance(got.data, dict) else None
+    spec = patch(spec_of(got.data))
+    resp: dict[str, Any] = api.request(
+        "PUT",
+        path_of(plural_of(kind), name),
+        body=spec,
+        revision=revision if revision is not None else got.revision,
+        wait=wait,
+    ).data
+    return resp
+
+
+def plural_of(kind: str) -> str:
+    """The admin API collection of a kind (``jwt_provider`` -> ``jwt-providers``)."""
+    return kind.replace("_", "-") + "s"
+
+
+def spec_of(item: dict[str, Any]) -> dict[str, Any]:
+    """An object of an admin API answer (``{"kind","name","spec"}``) as the local command
+    prints it: its spec, name first."""
+    spec = item.get("spec", item)
+    if "name" in spec:
+        return dict(spec)
+    return {"name": item.get("name"), **spec}
 
 
 # -- columns for list ---------------------------------------------------------------------
@@ -711,6 +776,10 @@ def _kind_app(kind: str) -> typer.Typer:
     app = typer.Typer(help=f"Manage {label}s.", no_args_is_help=True)
     fields_fn = FIELDS[kind]
 
+    from .contexts import path_of
+
+    plural = plural_of(kind)
+
     def add(
         ctx: typer.Context,
         name: str,
@@ -721,6 +790,16 @@ def _kind_app(kind: str) -> typer.Typer:
         atomic: bool = False,
     ) -> None:
         c = ctx_of(ctx)
+        api = c.remote
+        if api is not None:  # the server validates: the client imports no model
+            _local_only_atomic(kind, "add", atomic)
+            resp = api.request(
+                "POST", path_of(plural), body={"name": name, **fields}, revision=expect, wait=wait
+            ).data
+            finish_remote(resp, f"{kind} {name!r} created", wait)
+            return
+        from ..policy import parse_object
+
         obj = parse_object(kind, {"name": name, **fields})
         if atomic:
             result = c.store.write([("create", kind, name, obj)], expect_revision=expect)
@@ -741,6 +820,22 @@ def _kind_app(kind: str) -> typer.Typer:
         c = ctx_of(ctx)
         if not fields:
             raise PolicyInvalid(f"{kind} update: give at least one option to change")
+        api = c.remote
+        if api is not None:
+            _local_only_atomic(kind, "update", atomic)
+            resp = api.request(
+                "PATCH",
+                path_of(plural, name),
+                body=merge_patch(fields),
+                revision=expect,
+                wait=wait,
+                content_type="application/merge-patch+json",
+            ).data
+            if not resp.get("changes"):
+                finish_remote(resp, f"{kind} {name!r} unchanged", None)
+            else:
+                finish_remote(resp, f"{kind} {name!r} updated", wait)
+            return
         result = c.store.update(
             kind, name, lambda spec: _merge(spec, fields), expect_revision=expect
         )
@@ -761,6 +856,12 @@ def _kind_app(kind: str) -> typer.Typer:
         atomic: bool = False,
     ) -> None:
         c = ctx_of(ctx)
+        api = c.remote
+        if api is not None:
+            _local_only_atomic(kind, "delete", atomic)
+            resp = api.request("DELETE", path_of(plural, name), revision=expect, wait=wait).data
+            finish_remote(resp, f"{kind} {name!r} deleted", wait)
+            return
         if atomic:
             result = c.store.write([("delete", kind, name, None)], expect_revision=expect)
             finish_atomic(c, result, f"{kind} {name!r} deleted", wait)
@@ -772,9 +873,9 @@ def _kind_app(kind: str) -> typer.Typer:
         ctx: typer.Context, name: str, fields: dict[str, Any], wait: str | None, expect: int | None
     ) -> None:
         c = ctx_of(ctx)
-        emit(
-            c.store.get(kind, name).spec(), Format.json if c.output == Format.json else Format.yaml
-        )
+        api = c.remote
+        spec = spec_of(api.get(path_of(plural, name))) if api else c.store.get(kind, name).spec()
+        emit(spec, Format.json if c.output == Format.json else Format.yaml)
 
     add.__doc__ = f"Create a {kind}."
     update.__doc__ = f"Change some fields of a {kind}."
@@ -789,7 +890,11 @@ def _kind_app(kind: str) -> typer.Typer:
     def list_(ctx: typer.Context) -> None:
         """List every object of this kind."""
         c = ctx_of(ctx)
-        specs = [o.spec() for o in c.store.list_objects(kind)]
+        api = c.remote
+        if api is not None:
+            specs = [spec_of(item) for item in api.get(path_of(plural))["items"]]
+        else:
+            specs = [o.spec() for o in c.store.list_objects(kind)]
         if c.output == Format.table:
             columns, row = COLUMNS[kind]
             emit_table(columns, [row(s) for s in specs])

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from typing import Annotated
 
 import typer
 
-from ..settings import Settings
 from .context import ctx_of
 from .output import stderr
 
@@ -167,10 +165,13 @@ def register_run(app: typer.Typer) -> None:
         ] = "365d",
     ) -> None:
         """Run the controller: stream gateway policy to every connected Envoy over ADS."""
+        import asyncio
+
         from ..controller import serve as run_controller
         from ..store.history import parse_retention
 
         parse_retention(history_retention)  # a bad value is refused before anything starts
+        from ..settings import Settings
 
         if db:
             ctx_of(ctx).db = db
@@ -220,6 +221,8 @@ def register_run(app: typer.Typer) -> None:
     ) -> None:
         """Run the aggregation service that answers aggregate routes (stateless; run as
         many replicas as the load needs, behind GATEWAY_AGGREGATOR of the controller)."""
+        import asyncio
+
         from ..aggregator.service import serve as run_aggregator
 
         logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
@@ -282,6 +285,7 @@ def register_run(app: typer.Typer) -> None:
         gateway's configuration (a port it cannot bind, ...)."""
         if db:
             ctx_of(ctx).db = db
+        import asyncio
         from pathlib import Path
 
         from ..supervise import skip_grpc_fork_handlers

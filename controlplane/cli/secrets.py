@@ -12,8 +12,6 @@ from typing import Annotated
 import typer
 
 from ..errors import PolicyInvalid
-from ..store import SecretKeyError, write_private_file
-from ..store.secrets import format_key, key_id, new_key
 from .context import ctx_of
 from .output import Format, emit, stderr
 
@@ -80,6 +78,9 @@ def register_secrets(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Re-encrypt every secret under the newest key, in one transaction."""
+        from ..store import SecretKeyError
+        from ..store.secrets import new_key
+
         c = ctx_of(ctx)
         store = c.store
         report = store.secrets_report()  # refuses when the database needs keys we lack
@@ -110,6 +111,9 @@ def register_secrets(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Print a new random 256-bit key (base64), or append it to a key file."""
+        from ..store import write_private_file
+        from ..store.secrets import format_key, key_id, new_key
+
         key = new_key()
         if file is None:
             print(format_key(key))

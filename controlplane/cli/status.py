@@ -44,6 +44,14 @@ def register_status(app: typer.Typer) -> None:
         is held. Disconnected proxies and dead controllers are listed until they expire
         (serve --proxy-expiry, default 1 h) or --prune removes them."""
         c = ctx_of(ctx)
+        api = c.remote
+        if api is not None:
+            if prune:
+                from ..errors import PolicyInvalid
+
+                raise PolicyInvalid("status --prune works on the database directly: use --db")
+            _show(api.get("/v1/status", grace=grace), c.output)
+            return
         grace_s = _seconds(grace, "--grace")
         store = c.store
         now = time.time()
@@ -95,67 +103,76 @@ def register_status(app: typer.Typer) -> None:
                     "problem": problem,
                 }
             )
-        bad = [r for r in rows if r["problem"]]
-        if c.output != Format.table:
-            emit(
-                {
-                    "revision": revision,
-                    "controllers": [
-                        {"id": i, "xds_address": a, "built_revision": b, "alive": i in live}
-                        for i, a, b, _ in controllers
-                    ],
-                    "gateways": {
-                        g: {"built_revision": b, "changed_revision": ch, "error": e}
-                        for g, (b, ch, e) in builds.items()
-                    },
-                    "proxies": rows,
-                },
-                c.output,
-            )
-            if bad:
-                raise typer.Exit(NOT_IN_SYNC)
-            return
-        stderr.print(
-            f"policy revision {revision}; "
-            f"{len(live)} live controller(s) of {len(controllers)} known"
-        )
-        for gateway, (_, _, error) in sorted(builds.items()):
-            if error:
-                stderr.print(f"gateway {gateway}: not updated: {error}")
-        for r in rows:
-            if r["hold"]:
-                stderr.print(f"proxy {r['node']}: held, sent nothing: {r['hold']}", markup=False)
-        emit_table(
-            [
-                "NODE",
-                "GATEWAY",
-                "ADDRESS",
-                "ENVOY",
-                "CONNECTED",
-                "ACKED",
-                "LAST ACK",
-                "IN SYNC",
-                "LAST NACK",
+        data = {
+            "revision": revision,
+            "controllers": [
+                {"id": i, "xds_address": a, "built_revision": b, "alive": i in live}
+                for i, a, b, _ in controllers
             ],
-            [
-                [
-                    r["node"],
-                    r["gateway"],
-                    r["address"] or "-",
-                    r["envoy"],
-                    "yes" if r["connected"] else "no",
-                    r["acked_revision"],
-                    _ago(r["since_ack_s"]),
-                    "HELD" if r["hold"] else "yes" if r["in_sync"] else "NO",
-                    _nack_text(r["last_nack"]),
-                ]
-                for r in rows
-            ],
-        )
-        for r in bad:
-            stderr.print(f"proxy {r['node']} ({r['gateway']}): {r['problem']}", markup=False)
-        if bad:
+            "gateways": {
+                g: {"built_revision": b, "changed_revision": ch, "error": e}
+                for g, (b, ch, e) in builds.items()
+            },
+            "proxies": rows,
+        }
+        _show(data, c.output)
+
+
+def _show(data: dict[str, Any], fmt: Format) -> None:
+    """Print a status document (local, or the admin API's ``GET /v1/status``) in the
+    chosen format; exit 8 when a proxy (or the document) names a problem."""
+    rows: list[dict[str, Any]] = data.get("proxies") or []
+    bad = [r for r in rows if r.get("problem")]
+    if fmt != Format.table:
+        emit(data, fmt)
+        if bad or data.get("problem"):
             raise typer.Exit(NOT_IN_SYNC)
+        return
+    controllers = data.get("controllers") or []
+    live = [x for x in controllers if x.get("alive")]
+    stderr.print(
+        f"policy revision {data.get('revision')}; "
+        f"{len(live)} live controller(s) of {len(controllers)} known"
+    )
+    for gateway, build in sorted((data.get("gateways") or {}).items()):
+        if build.get("error"):
+            stderr.print(f"gateway {gateway}: not updated: {build['error']}", markup=False)
+    if data.get("problem"):
+        stderr.print(f"problem: {data['problem']}", markup=False)
+    for r in rows:
+        if r.get("hold"):
+            stderr.print(f"proxy {r['node']}: held, sent nothing: {r['hold']}", markup=False)
+    emit_table(
+        [
+            "NODE",
+            "GATEWAY",
+            "ADDRESS",
+            "ENVOY",
+            "CONNECTED",
+            "ACKED",
+            "LAST ACK",
+            "IN SYNC",
+            "LAST NACK",
+        ],
+        [
+            [
+                r["node"],
+                r["gateway"],
+                r.get("address") or "-",
+                r.get("envoy"),
+                "yes" if r.get("connected") else "no",
+                r.get("acked_revision"),
+                _ago(r.get("since_ack_s")),
+                "HELD" if r.get("hold") else "yes" if r.get("in_sync") else "NO",
+                _nack_text(r.get("last_nack")),
+            ]
+            for r in rows
+        ],
+    )
+    for r in bad:
+        stderr.print(f"proxy {r['node']} ({r['gateway']}): {r['problem']}", markup=False)
+    if bad or data.get("problem"):
+        raise typer.Exit(NOT_IN_SYNC)
 
 
 def _seconds(value: str, option: str) -> float:
@@ -235,15 +252,6 @@ def _nack_field(
     return None if spec is None else nack_field(error, kind, spec)
 
 
-def _address(peer: str) -> str:
-    """The proxy's address from gRPC's peer string (``ipv4:10.0.0.5:41234``,
-    ``ipv6:%5B::1%5D:41234``) as ``10.0.0.5:41234`` / ``[::1]:41234``."""
-    from urllib.parse import unquote
-
-    scheme, sep, rest = peer.partition(":")
-    return unquote(rest) if sep and scheme in ("ipv4", "ipv6") else peer
-
-
 def _proxy_expiry() -> float:
     """The controllers' ``--proxy-expiry`` as far as this shell knows (GATEWAY_PROXY_EXPIRY)."""
     from ..settings import Settings
@@ -260,3 +268,12 @@ def _gone_since(p: Any, beat: float | None) -> float:
     if not p.connected or beat is None:
         return float(p.updated_at)
     return beat + STALE_AFTER
+
+
+def _address(peer: str) -> str:
+    """The proxy's address from gRPC's peer string (``ipv4:10.0.0.5:41234``,
+    ``ipv6:%5B::1%5D:41234``) as ``10.0.0.5:41234`` / ``[::1]:41234``."""
+    from urllib.parse import unquote
+
+    scheme, sep, rest = peer.partition(":")
+    return unquote(rest) if sep and scheme in ("ipv4", "ipv6") else peer

@@ -6,8 +6,6 @@ commands (see ``FIELDS`` in ``resources.py``); ``--X-off`` options return the fi
 None, which the update merge turns into "remove the setting".
 """
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import typer
@@ -261,6 +259,14 @@ def register_cache(app: typer.Typer) -> None:
             current = spec["cache"]
             return {**spec, "cache": {**current, "generation": current.get("generation", 0) + 1}}
 
+        api = c.remote
+        if api is not None:
+            from .context import finish_remote
+            from .resources import remote_update
+
+            resp = remote_update(api, "route", route, bump, wait)
+            finish_remote(resp, f"route {route!r} cache purged", wait)
+            return
         result = c.store.update("route", route, bump)
         finish_change(c, result.revision, f"route {route!r} cache purged", wait)
 

@@ -7,10 +7,12 @@ each proxy acknowledged, so the CLI needs no address of any controller.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from ..errors import WaitFailed
-from ..policy.common import duration_ms
-from ..store import Store
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 __all__ = ["STALE_AFTER", "parse_timeout", "wait_for_revision"]
 
@@ -19,6 +21,7 @@ STALE_AFTER = 15.0
 
 
 def parse_timeout(value: str) -> float:
+    from ..policy.common import duration_ms
     from ..policy.common import parse_duration as _parse_duration
 
     try:

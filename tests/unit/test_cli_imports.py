@@ -1,0 +1,94 @@
+"""Start-up of ``gatewayctl`` imports nothing heavy: a property, checked on ``sys.modules``.
+
+Every command used to import the store (SQLAlchemy), the policy models (pydantic), the
+crypto library and more before parsing its arguments (~1.3 s of CPU for ``--help``). The
+heavy modules are now imported inside the commands that need them; this test keeps it so
+(ADR 0029). It also runs a remote ``route list -o json`` against a canned admin API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_cli_client import FakeApi, cli_env
+
+#: packages no start-up (and no remote ``list -o json``) may import
+HEAVY = ("sqlalchemy", "pydantic", "cryptography", "grpc", "aiohttp", "yaml", "fastapi")
+#: our own heavy modules: the store and the policy models
+HEAVY_OWN = ("controlplane.store", "controlplane.policy", "controlplane.runner")
+
+#: runs the CLI in-process and writes the names of the modules it imported at exit
+PROBE = """
+import atexit, json, sys
+out = sys.argv[1]
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+sys.argv = ["gatewayctl", *sys.argv[2:]]
+from controlplane.cli.main import run
+run()
+"""
+
+
+def _heavy(modules: list[str]) -> list[str]:
+    return sorted(
+        m
+        for m in modules
+        if m.split(".")[0] in HEAVY or any(m == o or m.startswith(o + ".") for o in HEAVY_OWN)
+    )
+
+
+def _modules_after(args: list[str], tmp_path: Path, env: dict[str, str]) -> list[str]:
+    out = tmp_path / "modules.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(out), *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return list(json.loads(out.read_text()))
+
+
+def test_importing_the_cli_imports_nothing_heavy(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", "import controlplane.cli.main, sys; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    assert proc.returncode == 0, proc.stderr
+    modules = eval(proc.stdout)  # a printed list of str
+    assert _heavy(modules) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["route", "--help"], ["route", "add", "--help"], ["context", "list"]],
+)
+def test_help_and_context_commands_import_nothing_heavy(tmp_path: Path, args: list[str]) -> None:
+    assert _heavy(_modules_after(args, tmp_path, cli_env(tmp_path))) == []
+
+
+def test_remote_route_list_json_imports_nothing_heavy(tmp_path: Path) -> None:
+    route = {"name": "r1", "gateways": ["public"], "cluster": "c1"}
+    with FakeApi(
+        {
+            ("GET", "/v1/routes"): (
+                200,
+                {"revision": 3, "items": [{"kind": "route", "name": "r1", "spec": route}]},
+            )
+        }
+    ) as api:
+        env = cli_env(tmp_path, url=api.url, token="gw_secret")
+        modules = _modules_after(["route", "list", "-o", "json"], tmp_path, env)
+    assert _heavy(modules) == []
+    assert "http.client" in modules  # it did go through the client
