@@ -61,20 +61,26 @@ def status(
     store: StoreDep,
     response: Response,
     grace: Annotated[
-        float,
+        str,
         Query(
-            ge=0,
-            le=3600,
-            description="Seconds after a change a connected proxy may still run an older "
-            "revision before it counts as out of sync.",
+            max_length=32,
+            description="How long after a change a connected proxy may still run an older "
+            "revision before it counts as out of sync: a duration (5s, 250ms, 1m) or a "
+            "number of seconds, at most 1h.",
         ),
-    ] = 5.0,
+    ] = "5s",
 ) -> dict[str, Any]:
     """Every proxy: gateway, ACKed revision, in sync or not, last NACK (``gatewayctl status``);
     ``problem`` is non-null when one is out of sync, NACKing or held (the CLI's exit 8)."""
     from ..cli.status import _gone_since, _nack_field, _problem, _proxy_expiry
     from ..cli.wait import STALE_AFTER
+    from ..durations import parse_duration_seconds
+    from ..errors import PolicyInvalid
 
+    try:
+        grace_s = parse_duration_seconds(grace, "grace", min_s=0, max_s=3600)
+    except ValueError as exc:
+        raise PolicyInvalid(str(exc)) from None
     now = time.time()
     revision = store.revision()
     controllers = store.controllers()
@@ -92,7 +98,7 @@ def status(
         if not connected and _gone_since(p, beats.get(p.controller)) < now - expiry:
             continue
         changed = builds.get(p.gateway, (0, 0, None))[1]
-        problem = _problem(p, connected, changed, now, grace, store, commit_times)
+        problem = _problem(p, connected, changed, now, grace_s, store, commit_times)
         nack = None
         if p.nack_error:
             nack = {
