@@ -84,6 +84,7 @@ def add_token(
         body.role,
         tuple(body.gateways),
         expires.timestamp() if expires else None,
+        created_by=principal.name,
     )
     row = next(t for t in tokens.list_tokens(store) if t.name == body.name)
     return {**_row(row), "token": plaintext}

@@ -69,6 +69,20 @@ def _field_changes(before: dict[str, Any] | None, after: dict[str, Any] | None) 
     return out
 
 
+def _ns(item: dict[str, Any]) -> Any:
+    """An admin API row as an object with the attributes the table code reads."""
+    from types import SimpleNamespace
+
+    row = dict(item)
+    if isinstance(row.get("changes"), list):
+        row["changes"] = [SimpleNamespace(**ch) for ch in row["changes"]]
+    return SimpleNamespace(**row)
+
+
+def _query(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def _changes_data(changes: list[ObjectChange]) -> list[dict[str, Any]]:
     return [
         {"op": c.op, "kind": c.kind, "name": c.name, "before": c.before, "after": c.after}
@@ -106,11 +120,20 @@ def register_history(app: typer.Typer) -> None:
         from .context import ctx_of
 
         c = ctx_of(ctx)
-        kind = _check_kind(kind)
-        revisions = c.store.history(kind, name, limit, before)
-        if c.output != Format.table:
-            emit([r.to_dict() for r in revisions], c.output)
-            return
+        api = c.remote
+        if api is not None:  # the server checks the kind
+            query = _query(kind=kind, name=name, limit=limit, before=before)
+            items = api.get("/v1/history", **query)["items"]
+            if c.output != Format.table:
+                emit(items, c.output)
+                return
+            revisions = [_ns(i) for i in items]
+        else:
+            kind = _check_kind(kind)
+            revisions = c.store.history(kind, name, limit, before)
+            if c.output != Format.table:
+                emit([r.to_dict() for r in revisions], c.output)
+                return
         emit_table(
             ["REVISION", "AT", "ACTOR", "CHANGES"],
             [
@@ -154,9 +177,34 @@ def register_history(app: typer.Typer) -> None:
         """Write the policy as of REVISION as a NEW revision (history is never rewritten).
         API keys are never restored or changed (a revoked key stays revoked); an object
         whose secret the store no longer holds is left as it is and listed as skipped."""
-        from .context import ctx_of, finish_change
+        from .context import ctx_of, finish_change, finish_remote
 
         c = ctx_of(ctx)
+        api = c.remote
+        if api is not None:
+            resp = api.request(
+                "POST",
+                "/v1/rollback",
+                body={"revision": revision, "dry_run": dry_run},
+                revision=expect_revision,
+                wait=None if dry_run else wait,
+            ).data
+            if c.output != Format.table:
+                emit(resp, c.output)
+            else:
+                marks = {"create": "+", "update": "~", "delete": "-"}
+                for ch in resp.get("changes") or []:
+                    print(f"{marks.get(ch['op'], '?')} {ch['kind']} {ch['name']}")
+            for s in resp.get("skipped") or []:
+                stderr.print(f"skipped {s['kind']} {s['name']}: {s['reason']}", markup=False)
+            count = len(resp.get("changes") or [])
+            if not count:
+                stderr.print(f"no changes: the policy is that of revision {revision} already")
+            elif dry_run:
+                stderr.print(f"dry run: {count} change(s), nothing written")
+            else:
+                finish_remote(resp, f"rolled back to revision {revision}: {count} change(s)", wait)
+            return
         result = c.store.rollback(revision, expect_revision=expect_revision, dry_run=dry_run)
         if c.output != Format.table:
             emit(
@@ -202,11 +250,20 @@ def register_history(app: typer.Typer) -> None:
         from .context import ctx_of
 
         c = ctx_of(ctx)
-        kind = _check_kind(kind)
-        entries = c.store.audit(actor, kind, name, parse_since(since), limit)
-        if c.output != Format.table:
-            emit([e.to_dict() for e in entries], c.output)
-            return
+        api = c.remote
+        if api is not None:  # the server checks the kind
+            query = _query(actor=actor, kind=kind, name=name, since=parse_since(since), limit=limit)
+            items = api.get("/v1/audit", **query)["items"]
+            if c.output != Format.table:
+                emit(items, c.output)
+                return
+            entries = [_ns(i) for i in items]
+        else:
+            kind = _check_kind(kind)
+            entries = c.store.audit(actor, kind, name, parse_since(since), limit)
+            if c.output != Format.table:
+                emit([e.to_dict() for e in entries], c.output)
+                return
         emit_table(
             ["AT", "ACTOR", "REVISION", "OP", "OBJECT", "CHANGE"],
             [

@@ -48,6 +48,27 @@ def parse_expiry(value: str | None, now: float | None = None) -> float | None:
     return at
 
 
+def _iso_times(row: dict[str, Any]) -> dict[str, Any]:
+    """An admin API token row (epoch seconds) with ISO 8601 times, as ``token list`` prints
+    them locally."""
+    out = dict(row)
+    for key in ("created_at", "expires_at", "revoked_at", "last_used_at"):
+        if isinstance(out.get(key), int | float):
+            out[key] = datetime.fromtimestamp(out[key], UTC).isoformat()
+    return out
+
+
+def _epoch(iso: str | None) -> float:
+    """An ISO time as epoch seconds; no time: never (infinity)."""
+    return datetime.fromisoformat(iso).timestamp() if iso else float("inf")
+
+
+def _local_actor() -> str:
+    from ..store.actor import current_actor
+
+    return current_actor()
+
+
 def _when(iso: str | None, empty: str = "") -> str:
     """An ISO time for a table column: ``2026-12-03 16:34Z``."""
     return iso[:16].replace("T", " ") + "Z" if iso else empty
@@ -82,8 +103,20 @@ def register_tokens(app: typer.Typer) -> None:
         from .context import ctx_of
 
         c = ctx_of(ctx)
+        api = c.remote
+        if api is not None:
+            body = {"name": name, "role": role, "gateways": gateway or [], "expires": expires}
+            made = api.request("POST", "/v1/tokens", body=body).data
+            token = made["token"]
+            if c.output == Format.table:
+                print(token)
+            else:
+                emit(_iso_times(made), c.output)
+            scope = f" for gateways {', '.join(sorted(set(gateway)))}" if gateway else ""
+            stderr.print(f"token {name!r} ({role}{scope}) created; it is shown only this once")
+            return
         expires_at = parse_expiry(expires)
-        token = add_token(c.store, name, role, gateway or (), expires_at)
+        token = add_token(c.store, name, role, gateway or (), expires_at, created_by=_local_actor())
         if c.output == Format.table:
             print(token)
         else:
@@ -100,8 +133,11 @@ def register_tokens(app: typer.Typer) -> None:
         from .context import ctx_of
 
         c = ctx_of(ctx)
-        infos = list_tokens(c.store)
-        rows: list[dict[str, Any]] = [i.as_dict() for i in infos]
+        api = c.remote
+        if api is not None:
+            rows: list[dict[str, Any]] = [_iso_times(i) for i in api.get("/v1/tokens")["items"]]
+        else:
+            rows = [i.as_dict() for i in list_tokens(c.store)]
         if c.output != Format.table:
             emit(rows, c.output)
             return
@@ -115,11 +151,11 @@ def register_tokens(app: typer.Typer) -> None:
                     ",".join(r["gateways"]) or "*",
                     _when(r["created_at"]),
                     _when(r["expires_at"], "never")
-                    + (" (expired)" if i.expires_at is not None and i.expires_at <= now else ""),
+                    + (" (expired)" if _epoch(r["expires_at"]) <= now else ""),
                     _when(r["revoked_at"]),
                     _when(r["last_used_at"], "never"),
                 ]
-                for i, r in zip(infos, rows, strict=True)
+                for r in rows
             ],
         )
 
@@ -129,8 +165,16 @@ def register_tokens(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="The token's name.")],
     ) -> None:
         """Revoke a token: its next request is refused (401). The name stays recorded."""
-        from ..store.tokens import revoke_token
         from .context import ctx_of
+        from .contexts import path_of
 
-        info = revoke_token(ctx_of(ctx).store, name)
+        c = ctx_of(ctx)
+        api = c.remote
+        if api is not None:
+            api.request("DELETE", path_of("tokens", name))
+            stderr.print(f"token {name!r} revoked")
+            return
+        from ..store.tokens import revoke_token
+
+        info = revoke_token(c.store, name)
         stderr.print(f"token {name!r} revoked at {_when(info.as_dict()['revoked_at'])}")

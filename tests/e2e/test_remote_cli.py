@@ -128,3 +128,66 @@ def test_remote_errors_and_no_token(  # type: ignore[no-untyped-def]
     local_only = remote.run("secrets", "status", check=False)
     assert local_only.returncode == 2
     assert "works on the database directly: use --db" in local_only.stderr
+
+
+def test_remote_identities_audit_history_and_rollback(  # type: ignore[no-untyped-def]
+    cli, controller, envoy_factory, backends, gateway_port, admin_port, tmp_path
+):
+    """Through the admin API only: an admin makes a viewer and a gateway-scoped editor;
+    the viewer cannot write (exit 9), the scoped editor cannot touch another gateway's
+    route (exit 9) but writes its own; ``audit`` names each writer with old and new values;
+    ``rollback`` writes the old policy as a new revision that Envoy serves; a revoked
+    token is refused on its next call."""
+    url = f"http://127.0.0.1:{admin_port}"
+    admin = Remote(url, _token(cli), tmp_path / "admin")
+    admin.run("gateway", "add", "public", "--port", str(gateway_port), "--address", "127.0.0.1")
+    admin.run("gateway", "add", "internal", "--port", "1", "--address", "127.0.0.1")
+    envoy_factory("public")
+    alpha, beta = backends["alpha"].port, backends["beta"].port
+    admin.run("cluster", "add", "alpha", "--endpoint", f"127.0.0.1:{alpha}")
+    admin.run("cluster", "add", "beta", "--endpoint", f"127.0.0.1:{beta}")
+    admin.run(
+        "route", "add", "users", "--gateway", "public", "--path-prefix", "/users",
+        "--cluster", "alpha", "--wait",
+    )  # fmt: skip
+    admin.run(
+        "route", "add", "ops", "--gateway", "internal", "--path-prefix", "/ops",
+        "--cluster", "alpha",
+    )  # fmt: skip
+    planned = cli.json("status")["revision"]
+
+    viewer_token = admin.run("token", "add", "reader", "--role", "viewer").stdout.strip()
+    team_token = admin.run(
+        "token", "add", "web-team", "--role", "editor", "--gateway", "public"
+    ).stdout.strip()
+    listed = {t["name"]: t for t in admin.json("token", "list")}
+    assert listed["reader"]["role"] == "viewer" and listed["web-team"]["gateways"] == ["public"]
+    assert viewer_token not in json.dumps(listed) and team_token not in json.dumps(listed)
+
+    viewer = Remote(url, viewer_token, tmp_path / "viewer")
+    assert [r["name"] for r in viewer.json("route", "list")] == ["ops", "users"]
+    refused = viewer.run("route", "update", "users", "--cluster", "beta", check=False)
+    assert refused.returncode == 9, refused.stderr
+    assert viewer_token not in refused.stderr
+
+    team = Remote(url, team_token, tmp_path / "team")
+    other = team.run("route", "update", "ops", "--cluster", "beta", check=False)
+    assert other.returncode == 9 and "ops" in other.stderr, other.stderr
+    team.run("route", "update", "users", "--cluster", "beta", "--wait")
+    assert backend_of(gateway_port, "/users/1") == "beta"
+
+    # the audit names the token that wrote, with the old and the new value
+    [entry] = admin.json("audit", "--kind", "route", "--name", "users", "--actor", "web-team")
+    assert entry["before"]["cluster"] == "alpha" and entry["after"]["cluster"] == "beta"
+    history = admin.json("history", "route", "users")
+    assert history[0]["actor"] == "web-team"
+
+    # rollback to the revision before the team's change: a NEW revision, served by Envoy
+    admin.run("rollback", str(planned), "--wait")
+    assert backend_of(gateway_port, "/users/1") == "alpha"
+    assert cli.json("status")["revision"] > planned + 1
+    assert cli.json("route", "get", "users")["cluster"] == "alpha"
+
+    admin.run("token", "revoke", "web-team")
+    revoked = team.run("route", "list", check=False)
+    assert revoked.returncode == 9, revoked.stderr
