@@ -98,7 +98,8 @@ class Controller:
         self.metrics.gauge(
             "gateway_connected_proxies",
             "Proxies with an open ADS stream to this controller, per gateway.",
-            lambda: {(("gateway", g),): float(n) for g, n in self.ads.connected().items()},
+            lambda: {(g,): float(n) for g, n in self.ads.connected().items()},
+            ("gateway",),
         )
         self.metrics.gauge(
             "gateway_policy_revision",

@@ -1,150 +1,86 @@
-"""Prometheus metrics of the controller and the analytics sink, in the text exposition format.
+"""Prometheus metrics of the controller and the analytics sink, through ``prometheus_client``.
 
-Hand-written (a few dozen lines) rather than a dependency: the controller needs counters,
-gauges computed at scrape time and one histogram, all owned by a :class:`Registry` per
-process object, so tests can run several controllers in one interpreter without a global
-registry.
+Each controller (and each stand-alone sink) owns a :class:`Registry`, which wraps a
+``CollectorRegistry`` of its own rather than the library's process-global one: tests run
+several controllers in one interpreter, and a global registry would refuse the second
+controller's metrics as duplicates (ADR 0034). Counters and histograms are the library's
+own classes; gauges whose value is read from the controller's state at scrape time (proxies
+connected, the revision served, ...) are a small collector, so there is nothing to keep in
+sync. The text is the library's Prometheus text format 0.0.4 with its content type.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
-__all__ = ["Counter", "Gauge", "Histogram", "Registry"]
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 
-Labels = tuple[tuple[str, str], ...]
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
+__all__ = ["CONTENT_TYPE", "Counter", "Histogram", "Registry"]
 
-def _labels(labels: Labels, extra: Iterable[tuple[str, str]] = ()) -> str:
-    pairs = [*labels, *extra]
-    if not pairs:
-        return ""
-    body = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
-    return "{" + body + "}"
+#: The library adds a ``<name>_created`` series (start time) to every counter and histogram;
+#: the Prometheus text format has no place for it (it becomes an extra gauge per metric),
+#: and the series the gateway exposes are the ones documented, so it is switched off.
+prometheus_client.disable_created_metrics()
 
+#: The plain-text encoder (no OpenMetrics negotiation: scrapers all read it) and the content
+#: type the library pairs with it (``text/plain; version=0.0.4; charset=utf-8``).
+_encode, CONTENT_TYPE = choose_encoder("")
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if value == math.inf:
-        return "+Inf"
-    if float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
+#: gauge values: one number, or label values (in the order of ``labels``) -> number
+GaugeRead = Callable[[], dict[tuple[str, ...], float] | float]
 
 
-class _Metric:
-    kind = ""
+class _ScrapeGauge:
+    """A gauge computed when scraped: ``read`` returns its current value(s)."""
 
-    def __init__(self, name: str, help: str) -> None:
-        self.name = name
-        self.help = help
+    def __init__(self, name: str, help: str, read: GaugeRead, labels: Sequence[str]) -> None:
+        self.name, self.help, self.read, self.labels = name, help, read, list(labels)
 
-    def samples(self) -> Iterable[str]:  # pragma: no cover - abstract
-        return ()
+    def describe(self) -> Iterator[Metric]:
+        """The family without samples: lets the registry refuse a duplicate name at once."""
+        yield GaugeMetricFamily(self.name, self.help, labels=self.labels)
 
-    def render(self) -> str:
-        head = f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.kind}\n"
-        return head + "".join(line + "\n" for line in self.samples())
-
-
-class Counter(_Metric):
-    kind = "counter"
-
-    def __init__(self, name: str, help: str) -> None:
-        super().__init__(name, help)
-        self.values: dict[Labels, float] = {}
-
-    def inc(self, amount: float = 1, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        self.values[key] = self.values.get(key, 0) + amount
-
-    def get(self, **labels: str) -> float:
-        return self.values.get(tuple(sorted(labels.items())), 0)
-
-    def samples(self) -> Iterable[str]:
-        for labels, value in sorted(self.values.items()):
-            yield f"{self.name}{_labels(labels)} {_number(value)}"
-
-
-class Gauge(_Metric):
-    """Values read at scrape time from a function: nothing to keep in sync."""
-
-    kind = "gauge"
-
-    def __init__(
-        self, name: str, help: str, read: Callable[[], dict[Labels, float] | float]
-    ) -> None:
-        super().__init__(name, help)
-        self.read = read
-
-    def samples(self) -> Iterable[str]:
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.name, self.help, labels=self.labels)
         value = self.read()
-        if not isinstance(value, dict):
-            value = {(): value}
-        for labels, v in sorted(value.items()):
-            yield f"{self.name}{_labels(labels)} {_number(v)}"
-
-
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(self, name: str, help: str, buckets: Iterable[float]) -> None:
-        super().__init__(name, help)
-        self.bounds = sorted(buckets)
-        self.series: dict[Labels, tuple[list[int], list[float]]] = {}
-
-    def observe(self, value: float, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        counts, total = self.series.setdefault(key, ([0] * (len(self.bounds) + 1), [0.0]))
-        for i, bound in enumerate(self.bounds):
-            if value <= bound:
-                counts[i] += 1
-                break
+        if isinstance(value, dict):
+            for label_values, v in sorted(value.items()):
+                family.add_metric(list(label_values), v)
         else:
-            counts[-1] += 1
-        total[0] += value
-
-    def count(self, **labels: str) -> int:
-        series = self.series.get(tuple(sorted(labels.items())))
-        return sum(series[0]) if series else 0
-
-    def samples(self) -> Iterable[str]:
-        for labels, (counts, total) in sorted(self.series.items()):
-            running = 0
-            for bound, n in zip([*self.bounds, math.inf], counts, strict=True):
-                running += n
-                yield f"{self.name}_bucket{_labels(labels, [('le', _number(bound))])} {running}"
-            yield f"{self.name}_sum{_labels(labels)} {_number(total[0])}"
-            yield f"{self.name}_count{_labels(labels)} {running}"
-
-
-M = TypeVar("M", bound=_Metric)
+            family.add_metric([], value)
+        yield family
 
 
 class Registry:
+    """The metrics of one controller or sink, rendered for its ``/metrics``."""
+
     def __init__(self) -> None:
-        self.metrics: list[_Metric] = []
+        self.collectors = CollectorRegistry(auto_describe=True)
 
-    def counter(self, name: str, help: str) -> Counter:
-        return self._add(Counter(name, help))
+    def counter(self, name: str, help: str, labels: Iterable[str] = ()) -> Counter:
+        """A counter; ``name`` ends in ``_total`` and is exposed as written."""
+        return Counter(name, help, tuple(labels), registry=self.collectors)
 
-    def gauge(self, name: str, help: str, read: Callable[[], dict[Labels, float] | float]) -> Gauge:
-        return self._add(Gauge(name, help, read))
+    def histogram(
+        self, name: str, help: str, buckets: Iterable[float], labels: Iterable[str] = ()
+    ) -> Histogram:
+        """A histogram over ``buckets`` (upper bounds; ``+Inf`` is added)."""
+        return Histogram(
+            name, help, tuple(labels), buckets=tuple(buckets), registry=self.collectors
+        )
 
-    def histogram(self, name: str, help: str, buckets: Iterable[float]) -> Histogram:
-        return self._add(Histogram(name, help, buckets))
-
-    def _add(self, metric: M) -> M:
-        self.metrics.append(metric)
-        return metric
+    def gauge(self, name: str, help: str, read: GaugeRead, labels: Iterable[str] = ()) -> None:
+        """A gauge read from ``read`` at each scrape (a dict keyed by label values when
+        ``labels`` are given)."""
+        self.collectors.register(_ScrapeGauge(name, help, read, tuple(labels)))
 
     def render(self) -> str:
-        return "".join(m.render() for m in self.metrics)
-
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+        """The Prometheus text exposition of every metric, in registration order."""
+        return _encode(self.collectors).decode()

@@ -97,7 +97,9 @@ class AccessLogSink:
         self.registry = registry or Registry()
         r = self.registry
         self.m_entries = r.counter(
-            "gateway_analytics_entries_total", "Access-log entries received, per gateway."
+            "gateway_analytics_entries_total",
+            "Access-log entries received, per gateway.",
+            ("gateway",),
         )
         r.gauge(
             "gateway_analytics_dropped_total",
@@ -107,19 +109,24 @@ class AccessLogSink:
         self.m_refused = r.counter(
             "gateway_analytics_refused_total",
             "Entries refused, by reason: the stream's gateway is unknown or has analytics off.",
+            ("reason",),
         )
         self.m_refused_streams = r.counter(
             "gateway_analytics_refused_streams_total",
             "Access-log streams refused when they opened, by reason.",
+            ("reason",),
         )
         self.m_folded = r.counter(
             "gateway_analytics_folded_total",
             "Entries counted under '(other)' (unknown route or consumer, or over the bound of "
             "consumers per minute) or in the current minute (start outside the window), "
             "per gateway and field.",
+            ("gateway", "field"),
         )
         self.m_flushes = r.counter(
-            "gateway_analytics_flushes_total", "Rollup flushes, by result (ok or error)."
+            "gateway_analytics_flushes_total",
+            "Rollup flushes, by result (ok or error).",
+            ("result",),
         )
         self.m_flush_seconds = r.histogram(
             "gateway_analytics_flush_seconds",
@@ -150,7 +157,7 @@ class AccessLogSink:
             return 0
         refusal = self.scope.refusal(gateway)
         if refusal is not None:  # analytics turned off (or the gateway deleted) mid-stream
-            self.m_refused.inc(len(entries), reason=refusal)
+            self.m_refused.labels(reason=refusal).inc(len(entries))
             return 0
         add = self.rollups.add
         scope = self.scope
@@ -188,13 +195,13 @@ class AccessLogSink:
                 min(resp.response_headers_bytes + resp.response_body_bytes, _MAX_BYTES),
                 max(0.0, _ms(latency)),
             )
-        self.m_entries.inc(len(entries), gateway=gateway)
+        self.m_entries.labels(gateway=gateway).inc(len(entries))
         if folded_route:
-            self.m_folded.inc(folded_route, gateway=gateway, field="route")
+            self.m_folded.labels(gateway=gateway, field="route").inc(folded_route)
         if folded_consumer:
-            self.m_folded.inc(folded_consumer, gateway=gateway, field="consumer")
+            self.m_folded.labels(gateway=gateway, field="consumer").inc(folded_consumer)
         if late:
-            self.m_folded.inc(late, gateway=gateway, field="minute")
+            self.m_folded.labels(gateway=gateway, field="minute").inc(late)
         return len(entries)
 
     async def admit(
@@ -214,7 +221,7 @@ class AccessLogSink:
             await self.scope.refresh(soon=True)
             refusal = self.scope.refusal(gateway)
         if refusal is not None:
-            self.m_refused_streams.inc(reason=refusal)
+            self.m_refused_streams.labels(reason=refusal).inc()
             log.debug("access-log stream refused (%s): node cluster %r", refusal, gateway[:128])
             return None
         return gateway
@@ -238,7 +245,9 @@ class AccessLogSink:
                             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
                     admitted = await self.admit(msg.identifier, context)  # none: cluster ""
                     if admitted is None:
-                        self.m_refused.inc(len(msg.http_logs.log_entry), reason="refused_stream")
+                        self.m_refused.labels(reason="refused_stream").inc(
+                            len(msg.http_logs.log_entry)
+                        )
                         await context.abort(
                             grpc.StatusCode.PERMISSION_DENIED,
                             "access logs are accepted only from gateways with analytics on",
@@ -288,10 +297,10 @@ class AccessLogSink:
                 await asyncio.to_thread(self.writer.write, chunk)
             except Exception as exc:  # the database may be away; keep the cells for the next try
                 self.rollups.give_back(dict(items[i:]))
-                self.m_flushes.inc(result="error")
+                self.m_flushes.labels(result="error").inc()
                 log.warning("could not write access-log rollups (kept for the next flush): %s", exc)
                 return
-        self.m_flushes.inc(result="ok")
+        self.m_flushes.labels(result="ok").inc()
         self.m_flush_seconds.observe(time.perf_counter() - started)
 
     def _forget_old_minutes(self) -> None:

@@ -23,33 +23,40 @@ class XdsMetrics:
         self.pushes = registry.counter(
             "gateway_xds_pushes_total",
             "xDS responses sent to proxies, by gateway and resource type.",
+            ("gateway", "type"),
         )
         self.acks = registry.counter(
-            "gateway_xds_acks_total", "xDS responses ACKed by proxies, by gateway and type."
+            "gateway_xds_acks_total",
+            "xDS responses ACKed by proxies, by gateway and type.",
+            ("gateway", "type"),
         )
         self.nacks = registry.counter(
-            "gateway_xds_nacks_total", "xDS responses rejected (NACKed) by proxies."
+            "gateway_xds_nacks_total",
+            "xDS responses rejected (NACKed) by proxies.",
+            ("gateway", "type"),
         )
         self.holds = registry.counter(
             "gateway_xds_rollbacks_refused_total",
             "Streams held because answering would roll the proxy back (older revision or "
             "another database's policy), by gateway.",
+            ("gateway",),
         )
         self.push_latency = registry.histogram(
             "gateway_xds_push_latency_seconds",
             "Time from sending an xDS response to its ACK, by resource type.",
             PUSH_BUCKETS,
+            ("type",),
         )
 
     def pushed(self, gateway: str, type_url: str) -> None:
-        self.pushes.inc(gateway=gateway, type=short_type(type_url))
+        self.pushes.labels(gateway=gateway, type=short_type(type_url)).inc()
 
     def acked(self, gateway: str, type_url: str, seconds: float) -> None:
-        self.acks.inc(gateway=gateway, type=short_type(type_url))
-        self.push_latency.observe(seconds, type=short_type(type_url))
+        self.acks.labels(gateway=gateway, type=short_type(type_url)).inc()
+        self.push_latency.labels(type=short_type(type_url)).observe(seconds)
 
     def held(self, gateway: str) -> None:
-        self.holds.inc(gateway=gateway)
+        self.holds.labels(gateway=gateway).inc()
 
     def nacked(self, gateway: str, type_url: str) -> None:
-        self.nacks.inc(gateway=gateway, type=short_type(type_url))
+        self.nacks.labels(gateway=gateway, type=short_type(type_url)).inc()

@@ -13,7 +13,6 @@ from controlplane.analytics.report import series, summarise, top
 from controlplane.analytics.rollup import Filter, RollupReader, Rollups, RollupWriter, status_class
 from controlplane.cli.analytics import parse_time
 from controlplane.errors import PolicyInvalid
-from controlplane.metrics import Registry
 from controlplane.store import Store
 
 
@@ -98,21 +97,3 @@ def test_parse_time() -> None:
     assert parse_time("1970-01-01T00:01:00", "--since", now) == 60.0
     with pytest.raises(PolicyInvalid, match="--since: 'yesterday-ish' is not a time"):
         parse_time("yesterday-ish", "--since", now)
-
-
-def test_prometheus_text() -> None:
-    reg = Registry()
-    c = reg.counter("x_total", "Things.")
-    c.inc(gateway="a")
-    c.inc(2, gateway="a")
-    reg.gauge("g", "A gauge.", lambda: {(("gateway", 'q"x'),): 1.5})
-    h = reg.histogram("lat_seconds", "Latency.", [0.1, 1])
-    h.observe(0.05)
-    h.observe(5)
-    text = reg.render()
-    assert 'x_total{gateway="a"} 3' in text
-    assert 'g{gateway="q\\"x"} 1.5' in text
-    assert 'lat_seconds_bucket{le="0.1"} 1' in text
-    assert 'lat_seconds_bucket{le="1"} 1' in text
-    assert 'lat_seconds_bucket{le="+Inf"} 2' in text
-    assert "lat_seconds_count 2" in text and "# TYPE lat_seconds histogram" in text

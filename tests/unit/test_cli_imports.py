@@ -19,7 +19,16 @@ import pytest
 from tests.unit.test_cli_client import FakeApi, cli_env
 
 #: packages no start-up (and no remote ``list -o json``) may import
-HEAVY = ("sqlalchemy", "pydantic", "cryptography", "grpc", "aiohttp", "yaml", "fastapi")
+HEAVY = (
+    "sqlalchemy",
+    "pydantic",
+    "cryptography",
+    "grpc",
+    "aiohttp",
+    "yaml",
+    "fastapi",
+    "prometheus_client",
+)
 #: our own heavy modules: the store and the policy models
 HEAVY_OWN = ("controlplane.store", "controlplane.policy", "controlplane.runner")
 
