@@ -176,7 +176,8 @@ class Runner:
                 woke = wake.is_set()
                 if woke:
                     wake.clear()
-                    watch.drain()  # type: ignore[union-attr]
+                    # only events of the database, its -wal or -journal count
+                    woke = watch.drain()  # type: ignore[union-attr]
                 # while the database is refused (replaced, removed, went back) nothing reads
                 # or writes it but the check below: the policy in memory is served
                 healthy = self.store_problem is None
