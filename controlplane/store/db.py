@@ -220,20 +220,11 @@ class FileWatch:
         return cls(notify, names)
 
     def drain(self) -> bool:
-        """Read every pending event; True if one concerns the database (or events were
-        lost to a queue overflow, which may have hidden one)."""
-        relevant = False
-        while True:
-            try:
-                events = self._notify.read(timeout=0)
-            except BlockingIOError:  # the queue emptied between the size query and the read
-                break
-            if not events:
-                break
-            relevant = relevant or any(
-                e.name in self.names or e.mask & self._overflow for e in events
-            )
-        return relevant
+        """Read the pending events (all that the kernel holds: one size query, one read);
+        True if one concerns the database, or events were lost to a queue overflow, which
+        may have hidden one. Events that arrive later make the descriptor readable again."""
+        events = self._notify.read(timeout=0)
+        return any(e.name in self.names or e.mask & self._overflow for e in events)
 
     def close(self) -> None:
         self._notify.close()
