@@ -10,6 +10,9 @@ are written (ADR 0035)::
   the monotonic clock before each ``commit()``; this process waits on the watch's
   descriptor in an asyncio loop (``loop.add_reader``, as ``Runner.run`` does), notes when
   it woke and times ``FileWatch.drain()`` (thread CPU). Latency = commit started -> woke.
+* replaced: a real ``Runner.run()`` (default poll interval) per trial; an older copy of its
+  database is renamed over the file; the time until the runner refuses it
+  (``store_problem`` set, checked every millisecond from the same event loop).
 * idle: a real ``Runner.run()`` on a temporary store for ``--idle`` seconds, first quiet,
   then while a process appends a line every 10 ms to a log file in the database's folder;
   the figure is this process's CPU time per second.
@@ -20,7 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -105,6 +110,37 @@ async def wake(folder: Path, commits: int) -> None:
     print(f"  drain() per wake (thread CPU):  {_fmt(summary(drains))}")
 
 
+async def replaced(folder: Path, trials: int) -> None:
+    from controlplane.policy import Cluster
+    from controlplane.runner import Runner
+    from controlplane.store import Store
+    from controlplane.xds.cache import SnapshotCache
+
+    took = []
+    for i in range(trials):
+        db = folder / f"replaced-{i}" / "gateway.db"
+        store = Store(str(db), create=True)
+        store.apply_objects([Cluster(name="a", endpoints=["127.0.0.1:9"])])
+        older = folder / f"older-{i}.db"
+        with sqlite3.connect(db) as src, sqlite3.connect(older) as dst:
+            src.backup(dst)
+        store.apply_objects([Cluster(name="b", endpoints=["127.0.0.1:9"])])
+        runner = Runner(store, SnapshotCache(), controller="bench", xds_address="-")
+        await runner.load()
+        task = asyncio.create_task(runner.run())
+        await asyncio.sleep(0.3)
+        t = time.perf_counter()
+        os.replace(older, db)
+        while runner.store_problem is None and time.perf_counter() - t < 10:
+            await asyncio.sleep(0.001)
+        took.append(time.perf_counter() - t)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        store.close()
+    print(f"replaced: older copy renamed over the file -> refused: {_fmt(summary(took))}")
+
+
 async def idle(folder: Path, seconds: float) -> None:
     from controlplane.policy import Cluster
     from controlplane.runner import Runner
@@ -158,16 +194,19 @@ def snapshot(rev: str, argv: list[str]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--commits", type=int, default=300)
+    p.add_argument("--trials", type=int, default=20, help="replaced-file trials")
     p.add_argument("--idle", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--code", metavar="REV", help="measure a git revision's snapshot")
     args = p.parse_args()
     if args.code:
-        snapshot(args.code, ["--commits", str(args.commits), "--idle", str(args.idle)])
+        snapshot(args.code, [a for a in sys.argv[1:] if a not in ("--code", args.code)])
     import controlplane
 
+    logging.getLogger("controlplane").setLevel(logging.CRITICAL)  # the refusals, by design
     print(f"code: {Path(controlplane.__file__).parent}  load: {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="gw-bench-watch-") as folder:
         asyncio.run(wake(Path(folder), args.commits))
+        asyncio.run(replaced(Path(folder), args.trials))
         asyncio.run(idle(Path(folder), args.idle))
 
 
