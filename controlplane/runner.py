@@ -160,7 +160,14 @@ class Runner:
         watch = FileWatch.for_url(self.store.url)
         interval = self.poll_interval
         if watch is not None:
-            loop.add_reader(watch.fd, wake.set)
+
+            def on_event(watch: FileWatch = watch) -> None:
+                # read the events as they come; only the database's own files wake the
+                # loop (a log or a backup written next to it costs this read, no probe)
+                if watch.drain():
+                    wake.set()
+
+            loop.add_reader(watch.fd, on_event)
             interval *= 5  # only a safety net now
         self._probe = probe
         try:
@@ -176,7 +183,6 @@ class Runner:
                 woke = wake.is_set()
                 if woke:
                     wake.clear()
-                    watch.drain()  # type: ignore[union-attr]
                 # while the database is refused (replaced, removed, went back) nothing reads
                 # or writes it but the check below: the policy in memory is served
                 healthy = self.store_problem is None

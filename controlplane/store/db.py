@@ -168,47 +168,63 @@ class RevisionProbe:
 
 
 class FileWatch:
-    """Wakes the watcher the moment any process writes the SQLite database (Linux inotify).
+    """Wakes the watcher the moment any process writes, replaces or removes the SQLite
+    database (Linux inotify, through ``inotify_simple``).
 
     Polling stays as the fallback (and the only mechanism for PostgreSQL); with a watch,
     a commit is noticed in well under a millisecond instead of half a poll interval.
+    The watch is on the folder, not the file: a file renamed over the database or a
+    ``-wal`` created after the watch started are seen too, and the watch survives the
+    file it watches being replaced. Events of other files in that folder (a backup written
+    next to the database, a log) do not count as a wake.
     """
 
-    _IN_MODIFY = 0x00000002
-    _IN_CLOSE_WRITE = 0x00000008
-    _IN_CREATE = 0x00000100
+    def __init__(self, notify: Any, names: frozenset[str]) -> None:
+        from inotify_simple import flags
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+        self._notify = notify
+        self._overflow = int(flags.Q_OVERFLOW)
+        #: the database file and the files SQLite writes beside it
+        self.names = names
+
+    @property
+    def fd(self) -> int:
+        """The non-blocking inotify descriptor, for ``loop.add_reader``."""
+        return int(self._notify.fd)
 
     @classmethod
     def for_url(cls, url: str) -> FileWatch | None:
         """A watch on the database file's folder, or None where that is not possible."""
         parsed = make_url(url)
-        if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
             return None
         try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-            if fd < 0:
-                return None
-            folder = os.fsencode(Path(parsed.database).resolve().parent)
-            mask = cls._IN_MODIFY | cls._IN_CLOSE_WRITE | cls._IN_CREATE
-            if libc.inotify_add_watch(fd, folder, mask) < 0:
-                os.close(fd)
-                return None
-        except (OSError, AttributeError):
+            from inotify_simple import INotify, flags
+        except ImportError:  # not Linux: polling only
             return None
-        return cls(fd)
-
-    def drain(self) -> None:
+        path = Path(parsed.database).resolve()
+        # contents written (MODIFY; CLOSE_WRITE for writers that only close), a -wal or
+        # -journal that appears (CREATE), a file renamed over the database (MOVED_TO) or
+        # the database removed (DELETE)
+        mask = flags.MODIFY | flags.CLOSE_WRITE | flags.CREATE | flags.MOVED_TO | flags.DELETE
         try:
-            while os.read(self.fd, 65536):
-                pass
-        except BlockingIOError:
-            pass
+            notify = INotify(nonblocking=True)
+        except (OSError, AttributeError):  # no inotify in this kernel or libc
+            return None
+        try:
+            notify.add_watch(path.parent, mask | flags.ONLYDIR)
+        except OSError:  # the folder is gone, or the per-user watch limit is reached
+            notify.close()
+            return None
+        names = frozenset(path.name + suffix for suffix in ("", "-wal", "-journal"))
+        return cls(notify, names)
+
+    def drain(self) -> bool:
+        """Read the pending events (all that the kernel holds: one size query, one read);
+        True if one concerns the database, or events were lost to a queue overflow, which
+        may have hidden one. Events that arrive later make the descriptor readable again."""
+        events = self._notify.read(timeout=0)
+        return any(e.name in self.names or e.mask & self._overflow for e in events)
 
     def close(self) -> None:
-        os.close(self.fd)
+        self._notify.close()
