@@ -43,6 +43,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
 def _read(path: str, option: str) -> bytes:
     try:
         return Path(path).read_bytes()
