@@ -31,7 +31,7 @@ from .store.tokens import bootstrap_admin
 from .translate import AggregationTarget
 from .xds import AdsServer, SnapshotCache, StatusRecorder
 from .xds.metrics import XdsMetrics
-from .xds.mtls import HandshakeLog, StreamAuthorizer, check_bind, server_credentials
+from .xds.mtls import HandshakeCounter, StreamAuthorizer, check_bind, server_credentials
 
 __all__ = ["Controller", "serve"]
 
@@ -117,6 +117,21 @@ class Controller:
             "ADS streams held because answering would roll the proxy back.",
             lambda: float(sum(1 for s in self.ads.active if s.proxy and s.proxy.hold)),
         )
+        #: TLS handshakes gRPC starts on the xDS port (mutual TLS only; ADR 0036)
+        self.handshakes = HandshakeCounter()
+        self.metrics.gauge(
+            "gateway_xds_tls_handshakes",
+            "TLS handshakes started on the xDS port since start, accepted or refused "
+            "(0 without mutual TLS). Rising while gateway_connected_proxies stays flat: a "
+            "client is being refused and retrying (gRPC's log line on stderr says why).",
+            lambda: float(self.handshakes.started),
+        )
+        self.metrics.gauge(
+            "gateway_xds_streams_refused",
+            "ADS and access-log streams refused since start because the client certificate "
+            "does not name the gateway and node id the stream claims (ADR 0018).",
+            lambda: float(self.authorizer.refused),
+        )
         #: Envoy's access-log service, served on the xDS port (gateways with analytics on)
         self.sink = AccessLogSink(
             settings.db,
@@ -133,7 +148,6 @@ class Controller:
         self._grpc: grpc.aio.Server | None = None
         self._health: HttpService | None = None
         self._admin: HttpService | None = None
-        self._handshakes: HandshakeLog | None = None
         self.xds_port = 0
         self.health_port = 0
         self.admin_port = 0
@@ -160,7 +174,8 @@ class Controller:
                 "--xds-tls-cert, --xds-tls-key and --xds-client-ca go together: "
                 "the controller serves TLS only to clients the CA vouches for"
             )
-        return server_credentials(*files)  # type: ignore[arg-type]
+        cert, key, ca = (str(f) for f in files)
+        return server_credentials(cert, key, ca, handshakes=self.handshakes)
 
     async def start(self) -> None:
         credentials = self._credentials()
@@ -187,8 +202,6 @@ class Controller:
         if credentials is None:
             self.xds_port = self._grpc.add_insecure_port(self.settings.xds_address)
         else:
-            self._handshakes = HandshakeLog()
-            self._handshakes.start()
             self.xds_port = self._grpc.add_secure_port(self.settings.xds_address, credentials)
         if self.xds_port == 0:
             raise OSError(f"cannot listen for xDS on {self.settings.xds_address}")
@@ -255,8 +268,6 @@ class Controller:
         with suppress(Exception):
             await self.sink.flush()
         self.sink.close()
-        if self._handshakes is not None:
-            self._handshakes.stop()
         with suppress(Exception):
             await asyncio.to_thread(self.store.disconnect_controller_proxies, self.id)
 

@@ -2,13 +2,12 @@
 
 Enforcement is gRPC's own: ``ssl_server_credentials(require_client_auth=True)`` ends a TLS
 handshake without a client certificate signed by the client CA before one xDS byte is read,
-so no Python code runs for a refused client. gRPC reports such refusals only in its C core
-log on file descriptor 2 ("Handshake failed with error ... PEER_DID_NOT_RETURN_A_CERTIFICATE"),
-never to Python. :class:`HandshakeLog` therefore reads what the core writes to fd 2, turns
-each refusal into a record of the controller's own log (``controlplane.xds.mtls``),
-rate-limited per reason (a refused Envoy retries every second), and passes everything else
-through unchanged. Accepted clients are logged with the identity their certificate names
-(:func:`client_identity`). See docs/decisions/0007.
+so no Python code runs for a refused client and no interceptor or ``auth_context()`` sees
+it. The controller neither reads nor rewrites gRPC's own log (its handshake-failure line
+reaches stderr as gRPC writes it); :class:`HandshakeCounter` counts the handshakes gRPC
+starts through a documented hook, which the controller exports as a metric. Accepted
+clients are logged with the identity their certificate names (:func:`client_identity`).
+See docs/decisions/0007 and 0036.
 
 A certificate from the CA is not enough to receive a gateway: :class:`StreamAuthorizer`
 checks that it names the ``node.cluster`` and ``node.id`` each stream claims (SAN URIs, see
@@ -18,16 +17,12 @@ told ``--insecure``. See docs/decisions/0018.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
-import os
-import re
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -37,30 +32,16 @@ from ..errors import GatewayError
 from ..pki import Identity, identity_of
 
 __all__ = [
-    "HandshakeLog",
+    "HandshakeCounter",
     "StreamAuthorizer",
     "UnsafeBind",
     "check_bind",
     "client_identity",
     "is_loopback",
-    "refusal_reason",
     "server_credentials",
 ]
 
 log = logging.getLogger(__name__)
-
-#: gRPC core's log line for a failed TLS handshake (ssl_transport_security.cc)
-_HANDSHAKE_FAILED = re.compile(r"Handshake failed with (?:fatal )?error (\S+): (.*)$")
-#: OpenSSL/BoringSSL reason -> what it means for an xDS client
-_REASONS = {
-    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the client sent no certificate",
-    "CERTIFICATE_VERIFY_FAILED": "the client certificate is not signed by the client CA",
-    "WRONG_VERSION_NUMBER": "the client does not speak TLS (plaintext xDS?)",
-    "HTTP_REQUEST": "the client does not speak TLS (plaintext xDS?)",
-    "TLSV1_ALERT_UNKNOWN_CA": "the client does not trust the controller's certificate",
-    "SSLV3_ALERT_BAD_CERTIFICATE": "the client rejected the controller's certificate",
-    "CERTIFICATE_EXPIRED": "the client certificate has expired",
-}
 
 
 def _read(path: str, option: str) -> bytes:
@@ -75,11 +56,13 @@ def server_credentials(
     key: str,
     client_ca: str,
     options: tuple[str, str, str] = ("--xds-tls-cert", "--xds-tls-key", "--xds-client-ca"),
+    handshakes: HandshakeCounter | None = None,
 ) -> grpc.ServerCredentials:
     """Credentials that require a client certificate signed by ``client_ca``.
 
     The files are checked first, so a mistake is one clear line at start-up (naming the
-    option of ``options`` at fault) instead of every handshake failing later.
+    option of ``options`` at fault) instead of every handshake failing later. With
+    ``handshakes``, every TLS handshake gRPC starts is counted there.
     """
     cert_opt, key_opt, ca_opt = options
     cert_pem = _read(cert, cert_opt)
@@ -101,8 +84,14 @@ def server_credentials(
         x509.load_pem_x509_certificates(ca_pem)
     except ValueError:
         raise GatewayError(f"{ca_opt}: {client_ca} is not a PEM certificate") from None
-    return grpc.ssl_server_credentials(
-        [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True
+    if handshakes is None:
+        return grpc.ssl_server_credentials(
+            [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True
+        )
+    return grpc.dynamic_ssl_server_credentials(
+        grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], root_certificates=ca_pem),
+        handshakes,
+        require_client_authentication=True,
     )
 
 
@@ -119,100 +108,25 @@ def client_identity(context: Any) -> str | None:
     return subject + (f" (SAN {', '.join(sans)})" if sans else "")
 
 
-def refusal_reason(line: str) -> str | None:
-    """The reason in a gRPC core handshake-failure line, or None for any other line."""
-    match = _HANDSHAKE_FAILED.search(line)
-    if match is None:
-        return None
-    detail = match.group(2)
-    for code, meaning in _REASONS.items():
-        if code in detail:
-            return f"{meaning} ({code})"
-    return detail.strip()
+class HandshakeCounter:
+    """Count the TLS handshakes gRPC starts on the xDS port.
 
-
-class HandshakeLog:
-    """Relay gRPC core's fd-2 output and log every refused TLS handshake.
-
-    Python's own stderr (and the logging handlers writing to it) is moved to a copy of the
-    original descriptor first, so log records never pass through the relay and a blocked
-    relay can never block logging.
+    gRPC calls the certificate-configuration fetcher of
+    ``grpc.dynamic_ssl_server_credentials`` "on every new client connection before starting
+    the TLS handshake" (its documented contract), so counting the calls counts connection
+    attempts without reading gRPC's log. Returning None keeps the configured certificate.
+    The count includes accepted clients: handshakes that keep rising while
+    ``gateway_connected_proxies`` stays flat are a client being refused and retrying.
     """
 
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self.refused = 0
-        self._orig_fd: int | None = None
-        self._stream: IO[str] | None = None
-        self._old_stream: Any = None
-        self._thread: threading.Thread | None = None
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+    def __init__(self) -> None:
+        self.started = 0
+        self._lock = threading.Lock()
 
-    def start(self) -> None:
-        sys.stderr.flush()
-        self._orig_fd = os.dup(2)
-        stream = os.fdopen(os.dup(self._orig_fd), "w", buffering=1, errors="backslashreplace")
-        self._old_stream, self._stream = sys.stderr, stream
-        _move_handlers(self._old_stream, stream)
-        sys.stderr = stream
-        read_fd, write_fd = os.pipe()
-        os.dup2(write_fd, 2)
-        os.close(write_fd)
-        self._thread = threading.Thread(
-            target=self._relay, args=(read_fd,), name="grpc-core-log", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Give fd 2 back; the relay drains what is left and ends."""
-        if self._orig_fd is None:
-            return
-        os.dup2(self._orig_fd, 2)  # closes the pipe's last write end: the relay sees EOF
-        if self._thread is not None:
-            self._thread.join(2)
-        _move_handlers(self._stream, self._old_stream)
-        sys.stderr = self._old_stream
-        if self._stream is not None:
-            self._stream.close()
-        os.close(self._orig_fd)
-        self._orig_fd = None
-
-    def _relay(self, read_fd: int) -> None:
-        orig = self._orig_fd
-        assert orig is not None
-        with os.fdopen(read_fd, "rb") as pipe:
-            for raw in pipe:
-                reason = refusal_reason(raw.decode(errors="replace"))
-                if reason is not None:
-                    self._refused(reason)  # replaces gRPC's line (one per retry) with a record
-                    continue
-                with contextlib.suppress(OSError):
-                    os.write(orig, raw)
-
-    def _refused(self, reason: str) -> None:
-        self.refused += 1
-        now = time.monotonic()
-        if now - self._last.get(reason, -1e9) < self.every:
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
-            return
-        self._last[reason] = now
-        more = self._suppressed.pop(reason, 0)
-        log.warning(
-            "refused an xDS client: TLS handshake failed: %s%s",
-            reason,
-            f" ({more} more since the last report)" if more else "",
-        )
-
-
-def _move_handlers(old: Any, new: Any) -> None:
-    loggers = [logging.getLogger()] + [
-        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
-    ]
-    for lg in loggers:
-        for handler in lg.handlers:
-            if isinstance(handler, logging.StreamHandler) and handler.stream is old:
-                handler.setStream(new)
+    def __call__(self) -> None:
+        with self._lock:  # called from gRPC's core threads
+            self.started += 1
+        return None
 
 
 class UnsafeBind(GatewayError):

@@ -1,15 +1,14 @@
 """Certificates and HTTPS gateways without Envoy: validation, SNI names, what a rotation
-rebuilds, and the control channel's handshake log."""
+rebuilds, and the control channel's handshake counter."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
-import os
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,7 +22,7 @@ from controlplane.store import Store
 from controlplane.translate import LISTENER, SECRET, Translator, build_views
 from controlplane.translate.tls import server_names
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.mtls import HandshakeLog, refusal_reason
+from controlplane.xds.mtls import HandshakeCounter, client_identity, server_credentials
 from controlplane.xds.snapshot import FragmentCache, build_snapshot
 from tests.e2e.tlsutil import TestCA
 
@@ -221,42 +220,71 @@ def test_rotation_rebuilds_only_the_gateways_serving_the_certificate(tmp_path: P
         store.close()
 
 
-# -- the control channel's handshake log ------------------------------------------------
-
-CORE = (
-    "I1126 09:37:39.517833   27134 ssl_transport_security.cc:2563] Handshake failed with "
-    "error SSL_ERROR_SSL: error:100000c0:SSL routines:OPENSSL_internal:{}: context\n"
-)
+# -- the control channel's handshake counter -------------------------------------------
 
 
-def test_refusal_reasons() -> None:
-    assert refusal_reason(CORE.format("PEER_DID_NOT_RETURN_A_CERTIFICATE")) == (
-        "the client sent no certificate (PEER_DID_NOT_RETURN_A_CERTIFICATE)"
-    )
-    assert "not signed by the client CA" in (
-        refusal_reason(CORE.format("CERTIFICATE_VERIFY_FAILED")) or ""
-    )
-    assert "error:100000c0" in (refusal_reason(CORE.format("SOMETHING_NEW")) or "")
-    assert refusal_reason("I1126 12:00:00 chttp2_server.cc] something else\n") is None
+def test_handshakes_are_counted_and_refused_by_grpc(tmp_path: Path) -> None:
+    """Every connection attempt is counted (accepted or refused), gRPC enforces the client
+    certificate, and the accepted peer's identity comes from its auth context."""
+    ca, other = TestCA("xds CA"), TestCA("another CA")
+    cert, key = ca.issue("localhost", ["localhost"], ips=["127.0.0.1"]).write(tmp_path, "srv")
+    ca_path = ca.write(tmp_path)
+    good = ca.issue("good", ["good"], client=True)
+    stranger = other.issue("stranger", ["stranger"], client=True)
+    counter = HandshakeCounter()
+    seen: list[str | None] = []
 
+    async def scenario() -> dict[str, str]:
+        server = grpc.aio.server()
 
-def test_handshake_log_turns_core_lines_into_records(caplog: pytest.LogCaptureFixture) -> None:
-    relay = HandshakeLog(every=60)
-    caplog.set_level(logging.INFO, logger="controlplane.xds.mtls")
-    relay.start()
-    try:
-        for _ in range(3):
-            os.write(2, CORE.format("PEER_DID_NOT_RETURN_A_CERTIFICATE").encode())
-        os.write(2, CORE.format("CERTIFICATE_VERIFY_FAILED").encode())
-        os.write(2, b"an unrelated line from a C library\n")
-    finally:
-        relay.stop()
-    records = [r.getMessage() for r in caplog.records if r.name == "controlplane.xds.mtls"]
-    assert relay.refused == 4
-    assert records == [  # one per reason in the window: a retrying Envoy is not a flood
-        "refused an xDS client: TLS handshake failed: the client sent no certificate "
-        "(PEER_DID_NOT_RETURN_A_CERTIFICATE)",
-        "refused an xDS client: TLS handshake failed: the client certificate is not signed "
-        "by the client CA (CERTIFICATE_VERIFY_FAILED)",
-    ]
-    os.write(2, b"")  # fd 2 is usable again after stop()
+        async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            seen.append(client_identity(context))
+            return request
+
+        handler = grpc.method_handlers_generic_handler(
+            "t.T", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+        )
+        server.add_generic_rpc_handlers((handler,))
+        port = server.add_secure_port(
+            "127.0.0.1:0", server_credentials(cert, key, ca_path, handshakes=counter)
+        )
+        await server.start()
+        target = f"localhost:{port}"
+        clients: dict[str, grpc.ChannelCredentials | None] = {
+            "good": grpc.ssl_channel_credentials(
+                ca.pem.encode(), good.key.encode(), good.cert.encode()
+            ),
+            "no certificate": grpc.ssl_channel_credentials(ca.pem.encode()),
+            "another CA": grpc.ssl_channel_credentials(
+                ca.pem.encode(), stranger.key.encode(), stranger.cert.encode()
+            ),
+            "plaintext": None,
+        }
+        outcome: dict[str, str] = {}
+        try:
+            for name, creds in clients.items():
+                channel = (
+                    grpc.aio.secure_channel(target, creds)
+                    if creds is not None
+                    else grpc.aio.insecure_channel(target)
+                )
+                async with channel:
+                    call = channel.unary_unary("/t.T/Echo")
+                    try:
+                        outcome[name] = (await call(b"hi", timeout=30)).decode()
+                    except grpc.aio.AioRpcError as exc:
+                        outcome[name] = exc.code().name
+        finally:
+            await server.stop(0)
+        return outcome
+
+    outcome = asyncio.run(scenario())
+    assert outcome == {
+        "good": "hi",
+        "no certificate": "UNAVAILABLE",
+        "another CA": "UNAVAILABLE",
+        "plaintext": "UNAVAILABLE",
+    }
+    assert len(seen) == 1 and (seen[0] or "").startswith("CN=good")
+    # one handshake per connection attempt; a refused client may be retried by its channel
+    assert counter.started >= 4
