@@ -50,8 +50,11 @@ class Controller:
         self.settings = settings
         # refused before anything is opened or written: a plaintext port beyond loopback
         files = (settings.xds_tls_cert, settings.xds_tls_key, settings.xds_client_ca)
-        if any(files) and not all(files):
-            self._credentials()  # the one-line error for an incomplete set
+        #: TLS handshakes gRPC starts on the xDS port (mutual TLS only; ADR 0036)
+        self.handshakes = HandshakeCounter()
+        # the TLS files are read and checked now: an incomplete set, a key that does not
+        # match its certificate... is the one-line error before anything is opened or written
+        self._xds_credentials = self._credentials()
         tls = all(files)
         self._exposed = check_bind(
             "--xds-address",
@@ -117,8 +120,6 @@ class Controller:
             "ADS streams held because answering would roll the proxy back.",
             lambda: float(sum(1 for s in self.ads.active if s.proxy and s.proxy.hold)),
         )
-        #: TLS handshakes gRPC starts on the xDS port (mutual TLS only; ADR 0036)
-        self.handshakes = HandshakeCounter()
         self.metrics.gauge(
             "gateway_xds_tls_handshakes",
             "TLS handshakes started on the xDS port since start, accepted or refused "
@@ -178,7 +179,7 @@ class Controller:
         return server_credentials(cert, key, ca, handshakes=self.handshakes)
 
     async def start(self) -> None:
-        credentials = self._credentials()
+        credentials = self._xds_credentials
         if self._exposed:
             log.warning(
                 "INSECURE: xDS and the access-log service listen on %s in plaintext without "

@@ -35,8 +35,12 @@ def duration(value: str) -> duration_pb2.Duration:
 
 
 def pack(message: object) -> any_pb2.Any:
+    """``message`` in an Any, serialised deterministically: map fields (a Struct in a local
+    reply's JSON body, metadata) otherwise come out in an order that differs between
+    processes, and so would the content hash in the xDS version: two controllers, or
+    ``render``, would name the same configuration differently."""
     out = any_pb2.Any()
-    out.Pack(message)  # type: ignore[arg-type]
+    out.Pack(message, deterministic=True)  # type: ignore[arg-type]
     return out
 
 
