@@ -37,6 +37,8 @@ CONTROLLER_FAMILIES = {
     "gateway_policy_revision": ("gauge", set()),
     "gateway_store_refusals": ("gauge", set()),
     "gateway_streams_held": ("gauge", set()),
+    "gateway_xds_tls_handshakes": ("gauge", set()),
+    "gateway_xds_streams_refused": ("gauge", set()),
 }
 SINK_FAMILIES = {
     "gateway_analytics_entries": ("counter", {"gateway"}),
