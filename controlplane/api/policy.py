@@ -329,15 +329,7 @@ class KeyCreated(WriteOut):
 
 
 def _key_row(key: ApiKey) -> dict[str, Any]:
-    return {
-        "id": key.name,
-        "consumer": key.consumer,
-        "prefix": key.prefix + "...",
-        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
-        "expired": key.expired(),
-        "revoked": key.revoked,
-        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
-    }
+    return key.listing()
 
 
 @router.get("/consumers/{name}/keys", response_model=KeyList, tags=["consumers"])

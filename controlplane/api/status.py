@@ -1,7 +1,6 @@
 """Read-only state: revision, proxies' status, events; and the unauthenticated probes
 (``/healthz``, ``/readyz``, ``/metrics``), which expose no policy."""
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -10,7 +9,6 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 
-from ..cli.status import _address
 from .auth import visible
 from .deps import Caller, StoreDep
 from .errors import ERROR_RESPONSES
@@ -72,8 +70,7 @@ def status(
 ) -> dict[str, Any]:
     """Every proxy: gateway, ACKed revision, in sync or not, last NACK (``gatewayctl status``);
     ``problem`` is non-null when one is out of sync, NACKing or held (the CLI's exit 8)."""
-    from ..cli.status import _gone_since, _nack_field, _problem, _proxy_expiry
-    from ..cli.wait import STALE_AFTER
+    from ..cli.status import status_document
     from ..durations import parse_duration_seconds
     from ..errors import PolicyInvalid
 
@@ -81,66 +78,11 @@ def status(
         grace_s = parse_duration_seconds(grace, "grace", min_s=0, max_s=3600)
     except ValueError as exc:
         raise PolicyInvalid(str(exc)) from None
-    now = time.time()
-    revision = store.revision()
-    controllers = store.controllers()
-    live = {cid for cid, _, _, beat in controllers if beat >= now - STALE_AFTER}
-    beats = {cid: beat for cid, _, _, beat in controllers}
-    builds = store.gateway_builds()
-    expiry = _proxy_expiry()
-    commit_times: dict[int, float | None] = {}
-    specs: dict[str, dict[str, Any] | None] = {}
-    rows: list[dict[str, Any]] = []
-    for p in store.proxies():
-        if not visible(principal, "gateway", {"name": p.gateway}):
-            continue
-        connected = p.connected and p.controller in live
-        if not connected and _gone_since(p, beats.get(p.controller)) < now - expiry:
-            continue
-        changed = builds.get(p.gateway, (0, 0, None))[1]
-        problem = _problem(p, connected, changed, now, grace_s, store, commit_times)
-        nack = None
-        if p.nack_error:
-            nack = {
-                "revision": p.nack_revision,
-                "type": p.nack_type,
-                "objects": p.nack_objects,
-                "field": _nack_field(store, p.nack_objects, p.nack_error, specs),
-                "error": p.nack_error,
-            }
-        rows.append(
-            {
-                "node": p.node_id,
-                "gateway": p.gateway,
-                "address": _address(p.address),
-                "connected": connected,
-                "controller": p.controller,
-                "envoy": p.envoy_version,
-                "acked_revision": p.acked_revision,
-                "acked_at": p.acked_at,
-                "since_ack_s": None if p.acked_at is None else round(now - p.acked_at, 3),
-                "in_sync": connected and p.acked_revision >= changed and not p.hold,
-                "last_nack": nack,
-                "hold": p.hold if connected else None,
-                "problem": problem,
-            }
-        )
-    bad = [f"proxy {r['node']} ({r['gateway']}): {r['problem']}" for r in rows if r["problem"]]
-    response.headers["ETag"] = f'"{revision}"'
-    return {
-        "revision": revision,
-        "controllers": [
-            {"id": i, "xds_address": a, "built_revision": b, "alive": i in live}
-            for i, a, b, _ in controllers
-        ],
-        "gateways": {
-            g: {"built_revision": b, "changed_revision": ch, "error": e}
-            for g, (b, ch, e) in builds.items()
-            if visible(principal, "gateway", {"name": g})
-        },
-        "proxies": rows,
-        "problem": "; ".join(bad) or None,
-    }
+    data = status_document(
+        store, grace_s, visible=lambda gateway: visible(principal, "gateway", {"name": gateway})
+    )
+    response.headers["ETag"] = f'"{data["revision"]}"'
+    return data
 
 
 @router.get("/events", response_model=EventsOut)

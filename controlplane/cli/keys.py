@@ -46,15 +46,7 @@ def _expiry(value: str | None) -> datetime | None:
 
 
 def _row(key: ApiKey) -> dict[str, Any]:
-    return {
-        "id": key.name,
-        "consumer": key.consumer,
-        "prefix": key.prefix + "...",
-        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
-        "expired": key.expired(),
-        "revoked": key.revoked,
-        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
-    }
+    return key.listing()
 
 
 def _remote_row(item: dict[str, Any], consumer: str) -> dict[str, Any]:

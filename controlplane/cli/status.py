@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -11,7 +12,7 @@ from .context import ctx_of
 from .output import Format, emit, emit_table, stderr
 from .wait import STALE_AFTER
 
-__all__ = ["NOT_IN_SYNC", "register_status"]
+__all__ = ["NOT_IN_SYNC", "register_status", "status_document"]
 
 #: ``status`` exit code when a connected proxy is behind (beyond ``--grace``), NACKed the
 #: newest configuration it was sent, or is held
@@ -59,63 +60,81 @@ def register_status(app: typer.Typer) -> None:
             proxies = store.expire_proxies(now, STALE_AFTER)
             dead = store.expire_controllers(now, STALE_AFTER)
             stderr.print(f"pruned {proxies} proxy and {dead} controller status row(s)")
-        revision = store.revision()
-        expiry = _proxy_expiry()
-        # a controller dead for longer than the expiry is gone, even before a live
-        # controller deletes its row (or when none runs any more)
-        controllers = [row for row in store.controllers() if row[3] + STALE_AFTER >= now - expiry]
-        live = {cid for cid, _, _, beat in controllers if beat >= now - STALE_AFTER}
-        builds = store.gateway_builds()
-        rows: list[dict[str, Any]] = []
-        commit_times: dict[int, float | None] = {}
-        specs: dict[str, dict[str, Any] | None] = {}
-        beats = {cid: beat for cid, _, _, beat in controllers}
-        for p in store.proxies():
-            connected = p.connected and p.controller in live
-            if not connected and _gone_since(p, beats.get(p.controller)) < now - expiry:
-                continue  # expired: the controllers delete such rows (serve --proxy-expiry)
-            changed = builds.get(p.gateway, (0, 0, None))[1]
-            in_sync = connected and p.acked_revision >= changed and not p.hold
-            problem = _problem(p, connected, changed, now, grace_s, store, commit_times)
-            nack = None
-            if p.nack_error:
-                nack = {
-                    "revision": p.nack_revision,
-                    "type": p.nack_type,
-                    "objects": p.nack_objects,
-                    "field": _nack_field(store, p.nack_objects, p.nack_error, specs),
-                    "error": p.nack_error,
-                }
-            rows.append(
-                {
-                    "node": p.node_id,
-                    "gateway": p.gateway,
-                    "address": _address(p.address),
-                    "connected": connected,
-                    "controller": p.controller,
-                    "envoy": p.envoy_version,
-                    "acked_revision": p.acked_revision,
-                    "acked_at": p.acked_at,
-                    "since_ack_s": None if p.acked_at is None else round(now - p.acked_at, 3),
-                    "in_sync": in_sync,
-                    "last_nack": nack,
-                    "hold": p.hold if connected else None,
-                    "problem": problem,
-                }
-            )
-        data = {
-            "revision": revision,
-            "controllers": [
-                {"id": i, "xds_address": a, "built_revision": b, "alive": i in live}
-                for i, a, b, _ in controllers
-            ],
-            "gateways": {
-                g: {"built_revision": b, "changed_revision": ch, "error": e}
-                for g, (b, ch, e) in builds.items()
-            },
-            "proxies": rows,
-        }
-        _show(data, c.output)
+        _show(status_document(store, grace_s, now=now), c.output)
+
+
+def status_document(
+    store: Any,
+    grace_s: float,
+    *,
+    visible: Callable[[str], bool] = lambda gateway: True,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """What ``status`` shows, for the CLI on the database and for ``GET /v1/status`` alike:
+    the revision, the controllers not yet expired, each gateway's build and every proxy
+    (of the gateways ``visible`` admits) with its problem, if any; ``problem`` sums them."""
+    now = time.time() if now is None else now
+    revision = store.revision()
+    expiry = _proxy_expiry()
+    # a controller dead for longer than the expiry is gone, even before a live
+    # controller deletes its row (or when none runs any more)
+    controllers = [row for row in store.controllers() if row[3] + STALE_AFTER >= now - expiry]
+    live = {cid for cid, _, _, beat in controllers if beat >= now - STALE_AFTER}
+    builds = store.gateway_builds()
+    rows: list[dict[str, Any]] = []
+    commit_times: dict[int, float | None] = {}
+    specs: dict[str, dict[str, Any] | None] = {}
+    beats = {cid: beat for cid, _, _, beat in controllers}
+    for p in store.proxies():
+        if not visible(p.gateway):
+            continue
+        connected = p.connected and p.controller in live
+        if not connected and _gone_since(p, beats.get(p.controller)) < now - expiry:
+            continue  # expired: the controllers delete such rows (serve --proxy-expiry)
+        changed = builds.get(p.gateway, (0, 0, None))[1]
+        in_sync = connected and p.acked_revision >= changed and not p.hold
+        problem = _problem(p, connected, changed, now, grace_s, store, commit_times)
+        nack = None
+        if p.nack_error:
+            nack = {
+                "revision": p.nack_revision,
+                "type": p.nack_type,
+                "objects": p.nack_objects,
+                "field": _nack_field(store, p.nack_objects, p.nack_error, specs),
+                "error": p.nack_error,
+            }
+        rows.append(
+            {
+                "node": p.node_id,
+                "gateway": p.gateway,
+                "address": _address(p.address),
+                "connected": connected,
+                "controller": p.controller,
+                "envoy": p.envoy_version,
+                "acked_revision": p.acked_revision,
+                "acked_at": p.acked_at,
+                "since_ack_s": None if p.acked_at is None else round(now - p.acked_at, 3),
+                "in_sync": in_sync,
+                "last_nack": nack,
+                "hold": p.hold if connected else None,
+                "problem": problem,
+            }
+        )
+    bad = [f"proxy {r['node']} ({r['gateway']}): {r['problem']}" for r in rows if r["problem"]]
+    return {
+        "revision": revision,
+        "controllers": [
+            {"id": i, "xds_address": a, "built_revision": b, "alive": i in live}
+            for i, a, b, _ in controllers
+        ],
+        "gateways": {
+            g: {"built_revision": b, "changed_revision": ch, "error": e}
+            for g, (b, ch, e) in builds.items()
+            if visible(g)
+        },
+        "proxies": rows,
+        "problem": "; ".join(bad) or None,
+    }
 
 
 def _show(data: dict[str, Any], fmt: Format) -> None:
@@ -137,7 +156,7 @@ def _show(data: dict[str, Any], fmt: Format) -> None:
     for gateway, build in sorted((data.get("gateways") or {}).items()):
         if build.get("error"):
             stderr.print(f"gateway {gateway}: not updated: {build['error']}", markup=False)
-    if data.get("problem"):
+    if data.get("problem") and not bad:  # else each proxy's line below says it
         stderr.print(f"problem: {data['problem']}", markup=False)
     for r in rows:
         if r.get("hold"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
@@ -105,6 +105,19 @@ class ApiKey(PolicyModel):
     @property
     def prefix(self) -> str:
         return self.key[:8] if self.key is not None else (self.revoked_prefix or "")
+
+    def listing(self) -> dict[str, Any]:
+        """The key as ``consumer key list`` and ``GET /v1/consumers/{c}/keys`` show it: by
+        id and prefix, never the key itself."""
+        return {
+            "id": self.name,
+            "consumer": self.consumer,
+            "prefix": self.prefix + "...",
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "expired": self.expired(),
+            "revoked": self.revoked,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
 
 
 def new_api_key(consumer: str, expires_at: datetime | None = None) -> ApiKey:
