@@ -12,14 +12,17 @@ which needs only the standard library (the CLI imports it at start-up).
 from __future__ import annotations
 
 import re
+import time
 
 __all__ = [
     "DURATION_GRAMMAR",
     "DURATION_PATTERN",
     "MAX_DURATION_MS",
     "duration_text",
+    "expiry",
     "parse_duration_ms",
     "parse_duration_seconds",
+    "since",
 ]
 
 #: the longest duration any policy field takes: a year is far inside google.protobuf.Duration
@@ -73,3 +76,51 @@ def parse_duration_seconds(
     if not min_s * 1000 <= ms <= max_s * 1000:
         raise ValueError(f"{option}: {repr(value)[:40]} is out of range: must be {allowed}")
     return ms / 1000
+
+
+#: the furthest expiry a credential may be given (a hundred years: datetime stays in range)
+MAX_EXPIRY_S = 100 * 365 * 86_400
+
+
+def expiry(value: str, option: str, now: float | None = None) -> float:
+    """When something given ``--expires VALUE`` expires, as epoch seconds: a duration from
+    now in the grammar above (``90d``, ``12h``, ``1h30m``; from 1m to 36500d), or an ISO 8601
+    date/time in the future (UTC unless it names a zone). ValueError naming ``option``."""
+    from datetime import UTC, datetime
+
+    now = time.time() if now is None else now
+    ms = parse_duration_ms(value)
+    if ms is not None:
+        if not 60_000 <= ms <= MAX_EXPIRY_S * 1000:
+            raise ValueError(f"{option}: {value[:24]!r} must be from 1m to 36500d from now")
+        return now + ms / 1000
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{option}: {value[:40]!r} is neither a duration ({DURATION_GRAMMAR}) nor an ISO time"
+        ) from None
+    at = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    if at <= now:
+        raise ValueError(f"{option}: {value[:40]!r} is in the past")
+    return at
+
+
+def since(value: str, option: str, now: float | None = None) -> float:
+    """The start of a ``--since VALUE`` window, as epoch seconds: a duration ago in the
+    grammar above (``30m``, ``2h``, ``7d``) or an ISO 8601 date/time. ValueError naming
+    ``option``."""
+    from datetime import UTC, datetime
+
+    now = time.time() if now is None else now
+    ms = parse_duration_ms(value)
+    if ms is not None:
+        return now - ms / 1000
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(
+            f"{option}: {value[:32]!r} is neither a duration ago ({DURATION_GRAMMAR}) "
+            "nor an ISO time"
+        ) from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()

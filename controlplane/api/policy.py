@@ -8,8 +8,7 @@ validation, reference checks and transaction as the CLI), inside the caller's id
 # no ``from __future__ import annotations``: FastAPI reads the per-kind annotations at
 # definition time from the closures below
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Response
@@ -276,30 +275,17 @@ for _plural, _kind in PATH_KINDS.items():
 
 # -- consumers' API keys --------------------------------------------------------------------
 
-_RELATIVE = re.compile(r"^(\d{1,12})([mhd])$")
-_MAX_MINUTES = 100 * 365 * 24 * 60
-
 
 def parse_expiry(value: str | None, field: str = "expires") -> datetime | None:
-    """``30d``, ``12h``, ``90m`` from now, or an ISO 8601 time in the future."""
+    """A duration from now or an ISO 8601 time in the future (controlplane/durations.py)."""
+    from ..durations import expiry
+
     if value is None:
         return None
-    match = _RELATIVE.match(value)
-    if match:
-        minutes = {"m": 1, "h": 60, "d": 1440}[match.group(2)] * int(match.group(1))
-        if not 0 < minutes <= _MAX_MINUTES:
-            raise ApiError(400, "invalid", f"{field}: must be from 1m to 36500d", field)
-        return datetime.now(UTC) + timedelta(minutes=minutes)
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ApiError(
-            400, "invalid", f"{field}: neither a duration (30d, 12h, 90m) nor an ISO time", field
-        ) from None
-    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    if parsed <= datetime.now(UTC):
-        raise ApiError(400, "invalid", f"{field}: is in the past", field)
-    return parsed
+        return datetime.fromtimestamp(expiry(value, field), UTC)
+    except ValueError as exc:
+        raise ApiError(400, "invalid", str(exc), field) from None
 
 
 class KeyIn(BaseModel):

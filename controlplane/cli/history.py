@@ -7,7 +7,6 @@ start-up stays fast).
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,26 +19,19 @@ if TYPE_CHECKING:
 
 __all__ = ["parse_since", "print_revision_diff", "register_history"]
 
-_AGO = re.compile(r"^(\d{1,9})([smhd])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
 
 def parse_since(value: str | None) -> float | None:
-    """``--since``: ``30m``/``2h``/``7d`` ago, or an ISO 8601 time; epoch seconds."""
+    """``--since``: a duration ago (``30m``, ``2h``, ``7d``) or an ISO 8601 time, as epoch
+    seconds (controlplane/durations.py)."""
+    from ..durations import since
     from ..errors import PolicyInvalid
 
     if value is None:
         return None
-    m = _AGO.match(value.strip())
-    if m:
-        return datetime.now(UTC).timestamp() - int(m.group(1)) * _UNIT_S[m.group(2)]
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise PolicyInvalid(
-            f"--since: {value[:32]!r} is neither a duration ago (30m, 2h, 7d) nor an ISO time"
-        ) from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+        return since(value, "--since")
+    except ValueError as exc:
+        raise PolicyInvalid(str(exc)) from None
 
 
 def _when(at: float | None) -> str:

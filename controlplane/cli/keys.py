@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..durations import parse_duration_ms
 from ..errors import NotFound, PolicyInvalid
 from .context import ctx_of, finish_change, finish_remote
 from .contexts import path_of
@@ -19,30 +18,17 @@ if TYPE_CHECKING:
 
 __all__ = ["register_keys"]
 
-#: the longest relative expiry (a hundred years): beyond it datetime arithmetic overflows
-_MAX_SECONDS = 36500 * 86400.0
-
 
 def _expiry(value: str | None) -> datetime | None:
-    """A duration from now (``30d``, ``12h``, ``1h30m``: the grammar of ``durations``) or an
-    ISO 8601 date/time."""
+    """``--expires``: a duration from now or an ISO 8601 time (controlplane/durations.py)."""
+    from ..durations import expiry
+
     if value is None:
         return None
-    ms = parse_duration_ms(value)
-    if ms is not None:
-        if not 60_000 <= ms <= _MAX_SECONDS * 1000:
-            raise PolicyInvalid(f"--expires: {value[:24]!r} must be from 1m to 36500d from now")
-        return datetime.now(UTC) + timedelta(milliseconds=ms)
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise PolicyInvalid(
-            f"--expires: {value!r} is neither a duration (30d, 12h, 1h30m) nor an ISO date"
-        ) from None
-    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    if parsed <= datetime.now(UTC):
-        raise PolicyInvalid(f"--expires: {value!r} is in the past")
-    return parsed
+        return datetime.fromtimestamp(expiry(value, "--expires"), UTC)
+    except ValueError as exc:
+        raise PolicyInvalid(str(exc)) from None
 
 
 def _row(key: ApiKey) -> dict[str, Any]:

@@ -7,7 +7,6 @@ standard error. Store modules are imported inside the commands (CLI start-up sta
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -19,33 +18,20 @@ from .output import Format, emit, emit_table, stderr
 
 __all__ = ["parse_expiry", "register_tokens"]
 
-_RELATIVE = re.compile(r"^(\d{1,12})([mhd])$")
 #: the longest relative expiry: a hundred years
-_MAX_SECONDS = 100 * 365 * 86400
 
 
 def parse_expiry(value: str | None, now: float | None = None) -> float | None:
-    """``90d``, ``12h``, ``30m`` from now, or an ISO 8601 date/time (UTC if no zone), as
-    epoch seconds; the error names ``--expires``."""
+    """``--expires``: a duration from now (``90d``, ``12h``) or an ISO 8601 date/time (UTC
+    if no zone), as epoch seconds (controlplane/durations.py)."""
+    from ..durations import expiry
+
     if value is None:
         return None
-    now = time.time() if now is None else now
-    match = _RELATIVE.match(value)
-    if match:
-        seconds = {"m": 60, "h": 3600, "d": 86400}[match.group(2)] * int(match.group(1))
-        if not 0 < seconds <= _MAX_SECONDS:
-            raise PolicyInvalid(f"--expires: {value[:24]!r} must be from 1m to 36500d from now")
-        return now + seconds
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise PolicyInvalid(
-            f"--expires: {value[:40]!r} is neither a duration (90d, 12h, 30m) nor an ISO date"
-        ) from None
-    at = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-    if at <= now:
-        raise PolicyInvalid(f"--expires: {value!r} is in the past")
-    return at
+        return expiry(value, "--expires", now)
+    except ValueError as exc:
+        raise PolicyInvalid(str(exc)) from None
 
 
 def _iso_times(row: dict[str, Any]) -> dict[str, Any]:

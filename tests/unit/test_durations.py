@@ -62,3 +62,31 @@ def test_bounds_name_the_option() -> None:
         parse_time("yesterday-ish", "--since")
     # a bare number is a date for --since (ISO 8601 basic format), not seconds ago
     assert parse_time("20261203", "--since") == 1796256000.0
+
+
+def test_expiry_and_since_read_the_same_grammar() -> None:
+    """Credentials' --expires (API keys, tokens, the admin API) and --since (audit) take the
+    one duration grammar, or an ISO 8601 time; the error names the option."""
+    from datetime import UTC, datetime
+
+    from controlplane.cli.history import parse_since
+    from controlplane.cli.tokens import parse_expiry
+    from controlplane.durations import expiry, since
+    from controlplane.errors import PolicyInvalid
+
+    now = 1_800_000_000.0
+    assert expiry("1h30m", "--expires", now) == now + 5400
+    assert expiry("90d", "--expires", now) == now + 90 * 86400
+    assert since("1.5h", "--since", now) == now - 5400
+    iso = "2030-01-02T03:04:05"
+    assert expiry(iso, "--expires", now) == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
+    for bad, why in (("30s", "from 1m"), ("36501d", "from 1m"), ("soon", "neither"),
+                     ("2001-01-01", "in the past")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"--expires: .*{why}"):
+            expiry(bad, "--expires", now)
+    with pytest.raises(PolicyInvalid, match="--expires"):
+        parse_expiry("tomorrow-ish")
+    assert parse_expiry("2h", now) == now + 7200
+    with pytest.raises(PolicyInvalid, match="--since"):
+        parse_since("last week")
+    assert parse_since(None) is None
