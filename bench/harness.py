@@ -164,6 +164,8 @@ class Stack:
     #: run the controller through bench.controller_shim (GC pause log; optional gc.freeze)
     gc_log: bool = False
     gc_freeze: bool = False
+    #: serve the admin API on an ephemeral port (its bootstrap token in ``admin-token``)
+    admin: bool = False
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gw-bench-")))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
@@ -249,6 +251,7 @@ class Stack:
                 f"127.0.0.1:{self.ports['health']}",
                 "--log-level",
                 "info",
+                *self._admin_args(),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -275,6 +278,24 @@ class Stack:
             if time.monotonic() > deadline:
                 raise TimeoutError("controller not ready after 120 s")
             time.sleep(0.05)
+
+    def _admin_args(self) -> list[str]:
+        if not self.admin:
+            return []
+        self.ports["admin-api"] = free_port()
+        return [
+            "--admin-address",
+            f"127.0.0.1:{self.ports['admin-api']}",
+            "--admin-token-file",
+            str(self.workdir / "admin-token"),
+        ]
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['admin-api']}"
+
+    def admin_token(self) -> str:
+        return (self.workdir / "admin-token").read_text().strip()
 
     def start_envoy(self) -> None:
         self.ports["admin"] = free_port()

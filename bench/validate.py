@@ -54,6 +54,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--routes", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=15)
+    parser.add_argument(
+        "--pause", type=float, default=1.0, help="seconds between writes with Envoy started ahead"
+    )
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="bench-validate-")
     store = Store(str(Path(folder) / "p.db"), create=True)
@@ -67,19 +70,25 @@ def main() -> None:
 
     rows = {}
     render_only = EnvoyValidator("always", envoy="/bin/true")  # everything but Envoy's run
+    warm = EnvoyValidator("always", warm=True)  # the controller's: one Envoy started ahead
+    warm.prime()
     cases = (
         ("route update, no validation", None),
         ("route update, validated", validator),
+        ("route update, validated, Envoy started ahead (controller)", warm),
         ("route update, rendered only (Envoy replaced by /bin/true)", render_only),
     )
     for n, (label, chosen) in enumerate(cases):
         store.validator = chosen
         samples = []
         for i in range(args.samples):
+            if chosen is warm:  # writes seconds apart: the next Envoy has started meanwhile
+                time.sleep(args.pause)
             start = time.perf_counter()
             route_update(i + n)
             samples.append(time.perf_counter() - start)
         rows[label] = samples
+    warm.close()
     store.validator = validator
     samples = []
     for i in range(max(3, args.samples // 3)):

@@ -72,7 +72,14 @@ class Controller:
             tls_options="--admin-tls-cert/--admin-tls-key",
         )
         self.id = settings.controller_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.store = Store(settings.db, create=settings.create_database)
+        from .validate import EnvoyValidator
+
+        #: admin API writes are checked by Envoy before commit, as the CLI's (ADR 0030);
+        #: one validator process is kept started ahead of the next write (ADR 0037)
+        self.validator = EnvoyValidator(
+            settings.validate_mode, settings=settings, warn=log.warning, warm=True
+        )
+        self.store = Store(settings.db, create=settings.create_database, validator=self.validator)
         if self.store.created:
             log.warning("created database %s (--create)", display_url(self.store.url))
         #: the file the first admin token was written to on this start (None: an admin
@@ -248,6 +255,7 @@ class Controller:
         )
         await self._admin.start()
         self.admin_port = self._admin.port
+        await asyncio.to_thread(self.validator.prime)
         log.info(
             "admin API on %s://%s (port %d)",
             "https" if tls else "http",
@@ -269,6 +277,7 @@ class Controller:
         with suppress(Exception):
             await self.sink.flush()
         self.sink.close()
+        self.validator.close()
         with suppress(Exception):
             await asyncio.to_thread(self.store.disconnect_controller_proxies, self.id)
 

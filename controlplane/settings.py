@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -12,6 +12,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
     db: str | None = Field(None, description="SQLite file path or SQLAlchemy URL")
+    #: admin API writes checked by the real Envoy before commit (controlplane/validate.py):
+    #: auto (when Envoy is installed), always, never; env GATEWAY_VALIDATE as for the CLI
+    validate_mode: str = Field(
+        "auto",
+        pattern="^(auto|always|never)$",
+        validation_alias=AliasChoices("validate_mode", "gateway_validate"),
+    )
     #: loopback by default: a network-reachable xDS port requires mutual TLS (or ``insecure``)
     xds_address: str = "127.0.0.1:18000"
     health_address: str | None = "127.0.0.1:18001"

@@ -21,10 +21,15 @@ without Envoy; ``never`` skips the check.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import shutil
 import subprocess
 import tempfile
+import termios
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +50,7 @@ from .settings import Settings
 from .store import WriteView
 from .translate import CLUSTER, ENDPOINT, EXTENSION, LISTENER, ROUTE, SECRET, Resources
 
-__all__ = ["MODES", "NOT_VALIDATED", "EnvoyValidator", "validator_for"]
+__all__ = ["MODES", "NOT_VALIDATED", "EnvoyValidator", "WarmEnvoy", "validator_for"]
 
 MODES = ("auto", "always", "never")
 #: the note of a write that Envoy did not check (``auto`` without an Envoy binary)
@@ -79,6 +84,7 @@ class EnvoyValidator:
         settings: Settings | None = None,
         envoy: str | None = None,
         warn: Callable[[str], None] | None = None,
+        warm: bool = False,
     ) -> None:
         if mode not in MODES:
             raise PolicyInvalid(f"--validate: {mode!r} is not one of {', '.join(MODES)}")
@@ -89,6 +95,30 @@ class EnvoyValidator:
         self._warned = False
         #: Envoy runs so far (for tests and benchmarks)
         self.runs = 0
+        #: a long-lived writer (the controller's admin API) keeps one Envoy started ahead
+        self._warm = warm
+        self._spare: WarmEnvoy | None = None
+
+    def close(self) -> None:
+        """Stop the Envoy kept waiting for the next write (if any)."""
+        self._warm = False
+        if self._spare is not None:
+            self._spare.close()
+            self._spare = None
+
+    def prime(self) -> None:
+        """Start an Envoy ahead of the first write (a long-lived writer's start-up)."""
+        envoy = self.envoy() if self.mode != "never" else None
+        spare = self._spare_for(envoy) if envoy is not None else None
+        if spare is not None:
+            spare.prime()
+
+    def _spare_for(self, envoy: str) -> WarmEnvoy | None:
+        if not self._warm:
+            return None
+        if self._spare is None:
+            self._spare = WarmEnvoy(envoy)
+        return self._spare
 
     def envoy(self) -> str | None:
         if self._envoy is None:
@@ -129,7 +159,7 @@ class EnvoyValidator:
                 rendered.append((item, routes))
         if rendered:
             self.runs += len(rendered)
-            _check_all(envoy, rendered, view, self.settings)
+            _check_all(envoy, rendered, view, self.settings, self._spare_for(envoy))
         return []
 
 
@@ -412,25 +442,24 @@ def rejection(culprit: tuple[str, str] | None, gateway: str, output: str) -> str
     return f"{where}Envoy refuses it: {reason}; nothing written"
 
 
-def _run(envoy: str, folder: str, bootstraps: list[bytes]) -> list[tuple[int, str]]:
-    """``envoy --mode validate`` on each bootstrap, all at once: (exit code, output)."""
-    procs = []
+def _run(
+    envoy: str, folder: str, bootstraps: list[bytes], warm: WarmEnvoy | None = None
+) -> list[tuple[int, str]]:
+    """``envoy --mode validate`` on each bootstrap, all at once: (exit code, output). The
+    first goes to ``warm``'s process started ahead when there is one."""
+    procs: list[subprocess.Popen[str]] = []
+    first: tuple[int, str] | None = None
     try:
-        for data in bootstraps:
+        start = 0
+        if warm is not None and bootstraps:
+            first = warm.validate(bootstraps[0])
+            start = 1 if first is not None else 0
+        for data in bootstraps[start:]:
             fd, path = tempfile.mkstemp(suffix=".pb", dir=folder)  # mode 0600
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-            procs.append(
-                subprocess.Popen(
-                    [envoy, "--mode", "validate", "-c", path, "-l", "critical"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    errors="replace",
-                )
-            )
-        results = []
+            procs.append(_validate_process(envoy, path))
+        results = [] if first is None else [first]
         for proc in procs:
             out, _ = proc.communicate(timeout=TIMEOUT)
             results.append((proc.returncode, out))
@@ -446,17 +475,149 @@ def _run(envoy: str, folder: str, bootstraps: list[bytes]) -> list[tuple[int, st
                 proc.wait()
 
 
+def _validate_process(envoy: str, path: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [envoy, "--mode", "validate", "-c", path, "-l", "critical"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    )
+
+
+class WarmEnvoy:
+    """One ``envoy --mode validate`` started ahead of the write it will check.
+
+    Most of a validation of one changed route is Envoy starting (loading its extensions,
+    ~0.3 s wall under load against ~60 ms once started: docs/benchmarks.md), not checking.
+    A long-lived writer therefore starts the next validator as soon as the last one is
+    done, with its bootstrap path a FIFO: Envoy starts, opens the FIFO and blocks reading
+    it until a write hands it the rendered bootstrap. This process holds the FIFO open
+    read-write from before Envoy starts, so Envoy's open never blocks, and if this process
+    dies Envoy reads end-of-file, validates an empty bootstrap and exits (no orphan).
+    Thread-safe: admin API writes run in a thread pool.
+    """
+
+    def __init__(self, envoy: str) -> None:
+        self._envoy = envoy
+        self._lock = threading.Lock()
+        self._next: _Started | None = None
+        #: validations served by a process started ahead (for tests and benchmarks)
+        self.served = 0
+
+    def prime(self) -> None:
+        """Start the first process ahead (a controller's start-up)."""
+        with self._lock:
+            if self._next is None:
+                self._next = self._start()
+
+    def _start(self) -> _Started | None:
+        folder = tempfile.mkdtemp(prefix="gateway-validate-")  # mode 0700
+        try:
+            path = os.path.join(folder, "bootstrap.pb")
+            os.mkfifo(path, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        try:
+            proc = _validate_process(self._envoy, path)
+        except OSError:
+            os.close(fd)
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        return _Started(proc, folder, fd)
+
+    def validate(self, data: bytes) -> tuple[int, str] | None:
+        """(exit code, output) of the process started ahead, or None when there is none
+        (the first call, or it died): the caller then starts one the usual way."""
+        with self._lock:
+            current, self._next = self._next, None
+            try:
+                if current is None or current.proc.poll() is not None:
+                    return None
+                result = self._feed(current, data)
+                if result is not None:
+                    self.served += 1
+                return result
+            finally:
+                if current is not None:
+                    _discard(current)
+                if self._next is None:
+                    self._next = self._start()
+
+    @staticmethod
+    def _feed(current: _Started, data: bytes) -> tuple[int, str] | None:
+        proc, fd = current.proc, current.fd
+        deadline = time.monotonic() + TIMEOUT
+        view = memoryview(data)
+        while view:  # blocks only while the pipe is full: Envoy is reading it
+            view = view[os.write(fd, view[: 1 << 16]) :]
+        # closing before Envoy opened the FIFO would discard what it holds: wait until
+        # Envoy has read it all (FIONREAD), then close so that it reads end-of-file
+        pending = bytearray(4)
+        while True:
+            fcntl.ioctl(fd, termios.FIONREAD, pending)
+            if int.from_bytes(pending, "little") == 0:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return None
+            time.sleep(0.001)
+        current.close_fd()
+        try:
+            out, _ = proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise GatewayError(
+                f"envoy --mode validate did not finish in {TIMEOUT:g}s; nothing written"
+            ) from None
+        return proc.returncode, out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._next is not None:
+                _discard(self._next)
+                self._next = None
+
+
+@dataclass
+class _Started:
+    """A validator process started ahead: the process, its private folder and this side's
+    descriptor of the FIFO (-1 once closed)."""
+
+    proc: subprocess.Popen[str]
+    folder: str
+    fd: int
+
+    def close_fd(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _discard(item: _Started) -> None:
+    proc, folder = item.proc, item.folder
+    item.close_fd()
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _check_all(
     envoy: str,
     rendered: list[tuple[_Rendered, set[str] | None]],
     view: WriteView,
     settings: Settings | None,
+    warm: WarmEnvoy | None = None,
 ) -> None:
     """Validate every rendered gateway; on a refusal find the changed object at fault (each
     changed route of the gateway alone, when several changed) and refuse the write."""
     # the bootstraps may hold private keys and API keys: a directory only we can read
     with tempfile.TemporaryDirectory(prefix="gateway-validate-") as folder:
-        results = _run(envoy, folder, [item.bootstrap for item, _ in rendered])
+        results = _run(envoy, folder, [item.bootstrap for item, _ in rendered], warm)
         for (item, _names), (code, out) in zip(rendered, results, strict=True):
             if code == 0:
                 continue

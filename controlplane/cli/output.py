@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,19 @@ class _LazyConsole:
         return self._console
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
+        """Plain text (the CLI's messages: ``route 'r' updated``) is written as it is: rich
+        would change nothing in it but costs its import; markup, styles, renderables and
+        options go to rich."""
+        texts = objects and all(type(o) is str for o in objects)
+        if (
+            texts
+            and set(kwargs) <= {"markup", "end"}
+            and (kwargs.get("markup") is False or not any("[" in o for o in objects))
+        ):
+            stream = sys.stderr if self._options.get("stderr") else sys.stdout
+            stream.write(" ".join(objects) + kwargs.get("end", "\n"))
+            stream.flush()
+            return
         self._get().print(*objects, **kwargs)
 
     def __getattr__(self, name: str) -> Any:

@@ -179,6 +179,7 @@ def register_run(app: typer.Typer) -> None:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         settings = Settings(
             db=ctx_of(ctx).db,
+            validate_mode=ctx_of(ctx).validate,
             xds_address=xds_address,
             health_address=health_address or None,
             admin_address=admin_address or None,

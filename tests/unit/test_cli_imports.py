@@ -101,3 +101,54 @@ def test_remote_route_list_json_imports_nothing_heavy(tmp_path: Path) -> None:
         modules = _modules_after(["route", "list", "-o", "json"], tmp_path, env)
     assert _heavy(modules) == []
     assert "http.client" in modules  # it did go through the client
+
+
+def test_the_command_map_names_what_each_module_registers() -> None:
+    """run() imports only the module of the command named; the map it uses must name
+    exactly the commands each module adds, or a command would be missing or unreachable."""
+    import typer
+
+    from controlplane.cli.main import COMMAND_MODULES, register
+
+    seen: list[str] = []
+    for module, names in COMMAND_MODULES.items():
+        target = typer.Typer()
+        register(module, target)
+        added = [g.name for g in target.registered_groups] + [
+            (c.name or (c.callback.__name__ if c.callback else "")).replace("_", "-")
+            for c in target.registered_commands
+        ]
+        assert sorted(added) == sorted(names), module
+        seen += added
+    assert len(seen) == len(set(seen))  # no name in two modules
+
+
+def test_a_remote_update_imports_only_its_own_command_module(tmp_path: Path) -> None:
+    """``route update`` through the admin API: no other command's module, and no rich for
+    its plain messages (each is start-up time the user waits for)."""
+    route = {"name": "r1", "gateways": ["public"], "cluster": "c1"}
+    with FakeApi(
+        {
+            ("GET", "/v1/routes/r1"): (200, {"kind": "route", "name": "r1", "spec": route}),
+            **{
+                (method, "/v1/routes/r1"): (
+                    200,
+                    {"revision": 8, "changes": [{"op": "update", "kind": "route", "name": "r1"}]},
+                )
+                for method in ("PUT", "PATCH")
+            },
+        }
+    ) as api:
+        env = cli_env(tmp_path, url=api.url, token="gw_secret")
+        modules = _modules_after(["route", "update", "r1", "--cluster", "c2"], tmp_path, env)
+        assert api.requests[-1]["method"] in ("PUT", "PATCH")
+        assert api.requests[-1]["body"]["cluster"] == "c2"
+    from controlplane.cli.main import COMMAND_MODULES
+
+    # resources.py builds its options with helpers of analytics.py and traffic.py
+    mine = {"resources", "analytics", "traffic"}
+    others = {f"controlplane.cli.{m}" for m in COMMAND_MODULES.keys() - mine}
+    assert sorted(others & set(modules)) == []
+    assert "controlplane.cli.resources" in modules
+    assert not any(m == "rich" or m.startswith("rich.") for m in modules)
+    assert _heavy(modules) == []

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from controlplane.cli.main import app
+from controlplane.cli.main import register_all
 from controlplane.errors import GatewayError
 from controlplane.policy import KINDS, PLURALS, Bundle
 from controlplane.store.secrets import ENV_KEY, ENV_KEY_FILE
@@ -81,7 +81,7 @@ def _no_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _run(db: Path, *args: str, code: int = 0) -> str:
-    result = CliRunner().invoke(app, ["--db", str(db), *args])
+    result = CliRunner().invoke(register_all(), ["--db", str(db), *args])
     exit_code = result.exit_code
     if isinstance(result.exception, GatewayError):  # as gatewayctl's run() maps it
         exit_code = result.exception.exit_code

@@ -352,7 +352,9 @@ def test_restore_is_recorded_like_any_write(store: Store, tmp_path: Path) -> Non
 def _cli(db: Path, *args: str) -> tuple[int, str, str]:
     from typer.testing import CliRunner
 
-    from controlplane.cli.main import app
+    from controlplane.cli.main import register_all
+
+    app = register_all()
     from controlplane.errors import GatewayError
 
     result = CliRunner().invoke(app, ["--db", str(db), *args])

@@ -237,3 +237,87 @@ def test_envoy_refuses_an_invalid_jwks_uri(tmp_path: Path, monkeypatch: pytest.M
         assert store.revision() == revision
     finally:
         store.close()
+
+
+@needs_envoy
+def test_admin_api_writes_are_validated_by_an_envoy_started_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller's store (the admin API's) validates as the CLI does, and its
+    validator keeps one Envoy started ahead, so a write pays for checking, not starting."""
+    from fastapi.testclient import TestClient
+
+    from controlplane.api.app import create_app
+    from controlplane.controller import Controller
+    from controlplane.settings import Settings
+    from controlplane.store.tokens import add_token
+
+    _store(tmp_path / "p.db").close()
+    controller = Controller(
+        Settings(db=str(tmp_path / "p.db"), validate_mode="always", admin_address=None)
+    )
+    validator = controller.validator
+    try:
+        assert controller.store.validator is validator
+        validator.prime()
+        spare = validator._spare
+        assert spare is not None and spare._next is not None
+        first = spare._next.proc
+        h = {"Authorization": f"Bearer {add_token(controller.store, 'ops', 'admin', ())}"}
+        api = TestClient(create_app(controller.store), raise_server_exceptions=False)
+        good = {"name": "ok", "gateways": ["gw"], "cluster": "app", "match": {"path": "/ok"}}
+        r = api.post("/v1/routes", json=good, headers=h)
+        assert r.status_code == 201, r.text
+        assert (spare.served, first.returncode) == (1, 0)  # the started-ahead Envoy checked it
+        monkeypatch.setattr("controlplane.policy.route.HEADER_VALUE_MAX_BYTES", 10**9)
+        revision = controller.store.revision()
+        bad = {**good, "name": "long", "match": {"path": "/long"}}
+        bad["response_headers"] = {"set": {"x-long": LONG}}
+        r = api.post("/v1/routes", json=bad, headers=h)
+        assert r.status_code == 400, r.text
+        message = r.json()["error"]["message"]
+        assert message.startswith("route 'long': response_headers: Envoy refuses it: "), message
+        assert controller.store.revision() == revision
+        assert spare.served == 2
+        waiting = spare._next
+        assert waiting is not None and waiting.proc.poll() is None
+    finally:
+        validator.close()
+        controller.store.close()
+    assert waiting.proc.poll() is not None  # closing stops the Envoy kept waiting
+
+
+@needs_envoy
+def test_an_envoy_started_ahead_exits_when_its_writer_goes_away(tmp_path: Path) -> None:
+    """The writer holds the FIFO open from before Envoy starts: if it dies (its descriptor
+    closes) once Envoy waits on the FIFO, Envoy reads end-of-file and exits by itself
+    instead of waiting forever (ADR 0037 names the start-up window where it would not)."""
+    import os
+    import time
+
+    from controlplane.validate import WarmEnvoy
+
+    assert ENVOY is not None
+    warm = WarmEnvoy(ENVOY)
+    warm.prime()
+    started = warm._next
+    assert started is not None
+    fifo = os.path.join(started.folder, "bootstrap.pb")
+    fds = f"/proc/{started.proc.pid}/fd"
+    deadline = time.monotonic() + 60
+
+    def waiting_on_fifo() -> bool:
+        for fd in os.listdir(fds):
+            try:
+                if os.readlink(f"{fds}/{fd}") == fifo:
+                    return True
+            except OSError:
+                pass  # closed meanwhile
+        return False
+
+    while not waiting_on_fifo():
+        assert time.monotonic() < deadline and started.proc.poll() is None
+        time.sleep(0.01)
+    started.close_fd()  # what the kernel does when the writing process dies
+    assert started.proc.wait(timeout=60) == 0
+    warm.close()
