@@ -200,27 +200,70 @@ def _app_for(argv: list[str]) -> typer.Typer:
         return register_all()
     first = None
     skip = False
-    for arg in argv:
+    for i, arg in enumerate(argv):
         if skip:
             skip = False
         elif arg in _ROOT_VALUED:
             skip = True
         elif not arg.startswith("-"):
             first = arg
+            second = argv[i + 1] if i + 1 < len(argv) else None
             break
     module = next((m for m, names in COMMAND_MODULES.items() if first in names), None)
+    if first is None and (not argv or "--help" in argv):
+        return _listing(register_all())
     if first is None or module is None:
         return register_all()
     register(module)
     import copy
 
     view = copy.copy(app)
-    view.registered_groups = [g for g in app.registered_groups if g.name == first]
-    view.registered_commands = [
-        c
-        for c in app.registered_commands
-        if (c.name or (c.callback.__name__ if c.callback else "")).replace("_", "-") == first
-    ]
+    view.registered_groups = [_only(g, second) for g in app.registered_groups if g.name == first]
+    view.registered_commands = [c for c in app.registered_commands if _command_name(c) == first]
+    return view
+
+
+def _command_name(info: typer.models.CommandInfo) -> str:
+    return (info.name or (info.callback.__name__ if info.callback else "")).replace("_", "-")
+
+
+def _only(group: typer.models.TyperInfo, name: str | None) -> typer.models.TyperInfo:
+    """``group`` with only its subcommand ``name`` when it has one by that name (``route
+    update``: not the other route commands and their options); else the whole group, so
+    its help, listing and suggestions are unchanged."""
+    import copy
+
+    inner = group.typer_instance
+    if name is None or inner is None:
+        return group
+    commands = [c for c in inner.registered_commands if _command_name(c) == name]
+    groups = [g for g in inner.registered_groups if g.name == name]
+    if len(commands) + len(groups) != 1:
+        return group
+    pruned = copy.copy(inner)
+    pruned.registered_commands, pruned.registered_groups = commands, groups
+    view = copy.copy(group)
+    view.typer_instance = pruned
+    return view
+
+
+def _listing(full: typer.Typer) -> typer.Typer:
+    """The app for ``gatewayctl --help``: every command and group with its one-line help,
+    but no group's subcommands, which the listing does not show and typer would otherwise
+    build, options and all (tests/unit/test_cli_imports.py compares the two helps)."""
+    import copy
+
+    view = copy.copy(full)
+    groups = []
+    for group in full.registered_groups:
+        inner = group.typer_instance
+        if inner is not None:
+            inner = copy.copy(inner)
+            inner.registered_commands, inner.registered_groups = [], []
+        shallow = copy.copy(group)
+        shallow.typer_instance = inner
+        groups.append(shallow)
+    view.registered_groups = groups
     return view
 
 

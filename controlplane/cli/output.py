@@ -62,11 +62,24 @@ class Format(StrEnum):
 def emit(data: Any, fmt: Format) -> None:
     """Structured output; ``table`` falls back to YAML for a single object."""
     if fmt == Format.json:
-        print(json.dumps(data, indent=2, sort_keys=False))
+        print(_json(data))
     else:
         import yaml  # only for YAML output: it costs start-up time
 
         print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), end="")
+
+
+def _json(data: Any) -> str:
+    """Indented JSON. The standard library indents in pure Python (~0.3 s for a 10,000-route
+    listing, most of the command's time); orjson does it in C, with the same layout and
+    UTF-8 text instead of ASCII escapes. What orjson cannot encode (an integer beyond 64
+    bits) falls back to the standard library."""
+    import orjson
+
+    try:
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(data, indent=2, ensure_ascii=False)
 
 
 def emit_table(

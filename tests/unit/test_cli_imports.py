@@ -152,3 +152,18 @@ def test_a_remote_update_imports_only_its_own_command_module(tmp_path: Path) -> 
     assert "controlplane.cli.resources" in modules
     assert not any(m == "rich" or m.startswith("rich.") for m in modules)
     assert _heavy(modules) == []
+
+
+def test_the_help_listing_is_that_of_the_whole_app() -> None:
+    """``gatewayctl --help`` is built without the groups' subcommands; it must print
+    exactly what the whole app prints."""
+    from typer.testing import CliRunner
+
+    from controlplane.cli.main import _listing, register_all
+
+    full = register_all()
+    whole = CliRunner().invoke(full, ["--help"], prog_name="gatewayctl")
+    listed = CliRunner().invoke(_listing(full), ["--help"], prog_name="gatewayctl")
+    assert whole.exit_code == listed.exit_code == 0
+    assert listed.output == whole.output
+    assert "route" in whole.output and "analytics-sink" in whole.output
