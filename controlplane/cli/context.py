@@ -73,13 +73,25 @@ class Ctx:
         """The policy database. A command that needs it while a controller's API is the
         target refuses in one line: it has no endpoint, it works on the database itself."""
         if self._store is None:
-            if self.target is not None:
-                raise PolicyInvalid(
-                    f"{self.command_path} works on the database directly: use --db "
-                    f"(the current target is the admin API at {self.target.url})"
-                )
+            self.require_local()
             self._store = self._open()
         return self._store
+
+    def require_local(self, what: str | None = None) -> None:
+        """Refuse, in one line, a command that works on a database file while the target is
+        a controller's admin API: it never silently opens (or creates) a local database."""
+        target = self.target
+        if target is None:
+            return
+        how = (
+            "unset GATEWAY_URL"
+            if target.source == "GATEWAY_URL"
+            else f"leave {target.source} (--context, GATEWAY_CONTEXT, `gatewayctl context`)"
+        )
+        raise PolicyInvalid(
+            f"{what or self.command_path} works on the local database only: use --db or "
+            f"{how} (the current target is the admin API at {target.url})"
+        )
 
     def local_store(self) -> Store:
         """The database whatever the context (``serve``, ``up``, ``init`` ignore contexts)."""
@@ -95,7 +107,6 @@ class Ctx:
             stderr.print(f"note: {note}", markup=False)
 
         return Store(self.db, validator=EnvoyValidator(self.validate, warn=warn))
-        return self._store
 
 
 def ctx_of(typer_ctx: typer.Context) -> Ctx:

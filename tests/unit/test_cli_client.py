@@ -311,8 +311,8 @@ def test_commands_without_an_endpoint_refuse_in_one_line(tmp_path: Path) -> None
         proc = gatewayctl(tmp_path, env, "secrets", "status")
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        f"error: gatewayctl secrets status works on the database directly: use --db "
-        f"(the current target is the admin API at {api.url})"
+        f"error: gatewayctl secrets status works on the local database only: use --db or "
+        f"unset GATEWAY_URL (the current target is the admin API at {api.url})"
     )
     assert api.requests == []
 
