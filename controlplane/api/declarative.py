@@ -12,7 +12,17 @@ from pydantic import BaseModel, Field
 from ..errors import NotFound, PolicyInvalid
 from ..policy import ApiKey, Bundle
 from .auth import require_role, visible
-from .deps import Caller, IfMatch, StoreDep, Wait, Writer, change_rows, redact, write_response
+from .deps import (
+    Atomic,
+    Caller,
+    IfMatch,
+    StoreDep,
+    Wait,
+    Writer,
+    change_rows,
+    redact,
+    write_response,
+)
 from .errors import ERROR_RESPONSES, ApiError
 from .policy import NamePath, WriteOut
 
@@ -115,15 +125,8 @@ def _apply(
         dry_run=dry_run,
     )
     response.headers["ETag"] = f'"{result.revision}"'
-    if not atomic or dry_run or not result.changes:
-        return write_response(store, result, wait, dry_run=dry_run)
-    from ..cli.wait import wait_or_revert
-    from ..store.actor import acting_as
-
-    answer = write_response(store, result, None)
-    with acting_as(principal.name):  # a restoring revision is the caller's write too
-        answer["notes"] = wait_or_revert(store, result, 30.0 if wait is None else wait)
-    return answer
+    atomic_as = principal.name if atomic else None
+    return write_response(store, result, wait, dry_run=dry_run, atomic_as=atomic_as)
 
 
 @router.post("/apply", response_model=WriteOut, response_model_exclude_none=True)
@@ -139,14 +142,7 @@ def apply(
         bool, Query(description="Run every check of the apply, then roll it back.")
     ] = False,
     secrets: Secrets = False,
-    atomic: Annotated[
-        bool,
-        Query(
-            description="Wait for the proxies (wait=, default 30s); if one rejects the change "
-            "or does not run it in time, restore the previous values as a new revision and "
-            "answer wait_failed saying so (`apply --atomic`)."
-        ),
-    ] = False,
+    atomic: Atomic = False,
 ) -> dict[str, Any]:
     """Make the policy match the document, all or nothing (``apply -f``)."""
     return _apply(
