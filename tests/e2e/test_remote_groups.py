@@ -308,6 +308,17 @@ def test_apply_atomic_remote_restores_after_a_nack(site: Site) -> None:
         # the restoring revision is the caller's write: audit names the token
         audit = site.admin.json("audit", "--kind", "gateway", "--name", "public")
         assert [e["actor"] for e in audit[:2]] == ["ops", "ops"]
+        assert site.cli.run("export").stdout == exported
+        # the same for one object's update (atomic=true on PATCH)
+        one = site.admin.run(
+            "gateway", "update", "public", "--port", str(taken), "--atomic", "--wait=15s",
+            check=False,
+        )  # fmt: skip
+        assert one.returncode == 7, one.stderr
+        error = one.stderr.strip().splitlines()[-1]
+        assert f"rolled back: revision {revision + 4} restores what revision {revision + 3}" in (
+            error
+        ), error
     assert site.cli.run("export").stdout == exported
     wait_until(lambda: backend_of(site.gateway_port, "/a") == "alpha", 15)
 
