@@ -1,16 +1,18 @@
 """``/v1/analytics/...``: usage analytics from the access-log rollups (``gatewayctl
-analytics summary|consumers|routes|gateways``), same filters, same JSON as ``-o json``."""
+analytics summary|consumers|routes|gateways|usage|chart``), same filters, same JSON as
+``-o json``."""
 
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, Field
 
 from ..errors import Forbidden, PolicyInvalid
 from ..policy.common import _NAME_RE
 from .auth import Principal
 from .deps import Caller, StoreDep
-from .errors import ERROR_RESPONSES
+from .errors import ERROR_RESPONSES, ApiError
 
 __all__ = ["router"]
 
@@ -92,3 +94,83 @@ def top(
 
     rows, _, _ = _rows(store, principal, since, until, gateway, route, consumer)
     return top_of(rows, by.removesuffix("s"), limit)
+
+
+class UsageEntry(BaseModel):
+    consumer: str
+    plan: str | None
+    per: str = Field(description="minute, hour or day")
+    used: int = Field(description="requests since the current period began")
+    limit: int
+    text: str = Field(description="the line `gatewayctl analytics usage` prints")
+
+
+@router.get("/usage", response_model=list[UsageEntry])
+def usage(
+    principal: Caller,
+    store: StoreDep,
+    consumer: Annotated[
+        str | None,
+        Query(pattern=_NAME_RE.pattern, max_length=63, description="Only this consumer."),
+    ] = None,
+) -> list[dict[str, Any]]:
+    """Requests of consumers in the current period of each of their limits, against them
+    (``gatewayctl analytics usage``). Counted over every gateway: not for gateway-scoped
+    tokens."""
+    from ..analytics.rollup import RollupReader
+    from ..analytics.usage import usage as usage_of
+
+    if principal.gateways:
+        raise Forbidden(
+            f"token {principal.name!r} is limited to gateways "
+            f"{', '.join(sorted(principal.gateways))}: usage counts every gateway"
+        )
+    return usage_of(store, RollupReader(store._reader), consumer)
+
+
+class ChartOut(BaseModel):
+    points: list[dict[str, Any]] = Field(
+        description="per step: time, requests, errors (5xx and no response), p99_ms"
+    )
+    summary: dict[str, Any]
+    consumers: list[dict[str, Any]] = Field(description="top 20 consumers")
+    routes: list[dict[str, Any]] = Field(description="top 20 routes")
+
+
+#: the most points one chart answer holds (a 100-day range at 1m would be 144,000)
+MAX_POINTS = 10_000
+
+
+@router.get("/chart", response_model=ChartOut)
+def chart(
+    principal: Caller,
+    store: StoreDep,
+    since: Since = "1h",
+    until: Until = "now",
+    gateway: NameQuery = None,
+    route: NameQuery = None,
+    consumer: ConsumerQuery = None,
+    step: Annotated[str, Query(max_length=32, description="Time per point: 1m, 5m, 1h...")] = "1m",
+) -> dict[str, Any]:
+    """Requests, errors and p99 latency over time, with the summary and top consumers and
+    routes of the same window: what ``gatewayctl analytics chart`` draws (``--html`` is
+    written by the CLI from this answer)."""
+    from ..analytics.report import series, summarise
+    from ..analytics.report import top as top_of
+    from ..durations import parse_duration_seconds
+
+    try:
+        step_s = int(parse_duration_seconds(step, "step", min_s=60))
+    except ValueError as exc:
+        raise ApiError(400, "invalid", str(exc), "step") from None
+    rows, start, end = _rows(store, principal, since, until, gateway, route, consumer)
+    if (end - start) / step_s > MAX_POINTS:
+        raise ApiError(
+            400, "invalid", f"step: {step} gives more than {MAX_POINTS} points; widen it", "step"
+        )
+    return {
+        "points": series(rows, start, end, step_s),
+        "summary": summarise(rows),
+        "consumers": top_of(rows, "consumer", 20),
+        "routes": top_of(rows, "route", 20),
+    }

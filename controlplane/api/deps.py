@@ -19,6 +19,7 @@ from .auth import Principal, authenticate, check_write, require_role
 from .errors import ApiError
 
 __all__ = [
+    "Atomic",
     "Caller",
     "IfMatch",
     "Wait",
@@ -125,16 +126,38 @@ def change_rows(changes: list[ObjectChange], *, values: bool = False) -> list[di
     return rows
 
 
+Atomic = Annotated[
+    bool,
+    Query(
+        description="Wait for the proxies (wait=, default 30s); if one rejects the change or "
+        "does not run it in time, restore the previous values as a new revision and answer "
+        "wait_failed saying so (the CLI's --atomic)."
+    ),
+]
+
+
 def write_response(
-    store: Store, result: ApplyResult, wait: float | None, *, dry_run: bool = False
+    store: Store,
+    result: ApplyResult,
+    wait: float | None,
+    *,
+    dry_run: bool = False,
+    atomic_as: str | None = None,
 ) -> dict[str, Any]:
-    """The contract's write answer; with ``wait``, only once the proxies run the revision."""
+    """The contract's write answer; with ``wait``, only once the proxies run the revision.
+    ``atomic_as`` (the caller's name, for ``atomic=true``): a change the proxies do not
+    run is undone as a new revision written by that caller, and the answer is the error."""
     body: dict[str, Any] = {
         "revision": result.revision,
         "changes": change_rows(result.changes),
         "dry_run": dry_run,
     }
-    if wait is not None and result.changes and not dry_run:
+    if atomic_as is not None and result.changes and not dry_run:
+        from ..cli.wait import wait_or_revert
+
+        with acting_as(atomic_as):
+            body["notes"] = wait_or_revert(store, result, 30.0 if wait is None else wait)
+    elif wait is not None and result.changes and not dry_run:
         from ..cli.wait import wait_for_revision
 
         body["notes"] = wait_for_revision(store, result.revision, wait)

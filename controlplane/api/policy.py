@@ -19,7 +19,7 @@ from ..policy import KINDS, ApiKey, PolicyModel, new_api_key
 from ..policy.bundle import parse_object
 from ..policy.common import _NAME_RE
 from .auth import visible
-from .deps import Caller, IfMatch, StoreDep, Wait, Writer, redact, write_response
+from .deps import Atomic, Caller, IfMatch, StoreDep, Wait, Writer, redact, write_response
 from .errors import ERROR_RESPONSES, ApiError
 
 __all__ = ["PATH_KINDS", "router"]
@@ -140,13 +140,14 @@ def _kind_routes(plural: str, kind: str, model: type[PolicyModel]) -> None:
         expect: IfMatch,
         wait: Wait,
         response: Response,
+        atomic: Atomic = False,
     ) -> dict[str, Any]:
         obj = _checked(kind, body.name, body)  # type: ignore[attr-defined]
         writer = Writer(store, principal)
         writer.check(kind, obj.name, None, obj.spec())  # type: ignore[attr-defined]
         result = writer.single(lambda: _create(store, obj, expect))
         _etag(response, result.revision)
-        return write_response(store, result, wait)
+        return write_response(store, result, wait, atomic_as=_atomic_as(principal, atomic))
 
     @router.put(
         f"/{plural}/{{name}}",
@@ -163,6 +164,7 @@ def _kind_routes(plural: str, kind: str, model: type[PolicyModel]) -> None:
         expect: IfMatch,
         wait: Wait,
         response: Response,
+        atomic: Atomic = False,
     ) -> dict[str, Any]:
         obj = _checked(kind, name, body)
         if obj.name != name:  # type: ignore[attr-defined]
@@ -176,7 +178,7 @@ def _kind_routes(plural: str, kind: str, model: type[PolicyModel]) -> None:
 
         result = writer.single(lambda: store.update(kind, name, replace, expect_revision=expect))
         _etag(response, result.revision)
-        return write_response(store, result, wait)
+        return write_response(store, result, wait, atomic_as=_atomic_as(principal, atomic))
 
     @router.patch(
         f"/{plural}/{{name}}",
@@ -200,6 +202,7 @@ def _kind_routes(plural: str, kind: str, model: type[PolicyModel]) -> None:
         expect: IfMatch,
         wait: Wait,
         response: Response,
+        atomic: Atomic = False,
     ) -> dict[str, Any]:
         writer = Writer(store, principal)
 
@@ -211,7 +214,7 @@ def _kind_routes(plural: str, kind: str, model: type[PolicyModel]) -> None:
 
         result = writer.single(lambda: store.update(kind, name, patch, expect_revision=expect))
         _etag(response, result.revision)
-        return write_response(store, result, wait)
+        return write_response(store, result, wait, atomic_as=_atomic_as(principal, atomic))
 
     @router.delete(
         f"/{plural}/{{name}}",
@@ -227,10 +230,15 @@ def _kind_routes(plural: str, kind: str, model: type[PolicyModel]) -> None:
         expect: IfMatch,
         wait: Wait,
         response: Response,
+        atomic: Atomic = False,
     ) -> dict[str, Any]:
         result = _delete(Writer(store, principal), kind, name, expect)
         _etag(response, result.revision)
-        return write_response(store, result, wait)
+        return write_response(store, result, wait, atomic_as=_atomic_as(principal, atomic))
+
+
+def _atomic_as(principal: Any, atomic: bool) -> str | None:
+    return principal.name if atomic else None  # type: ignore[no-any-return]
 
 
 def _create(store: Any, obj: PolicyModel, expect: int | None) -> Any:
@@ -263,8 +271,8 @@ def _delete(writer: Writer, kind: str, name: str, expect: int | None) -> Any:
                     "another change was written since; nothing written (plan again)"
                 )
             return ApplyResult(revision, [ObjectChange("delete", kind, name, before, None)])
-        revision = store.delete(kind, name, expect_revision=expect_revision)
-        return ApplyResult(revision, [ObjectChange("delete", kind, name)])
+        # the change carries the deleted value: what atomic=true writes back
+        return store.write([("delete", kind, name, None)], expect_revision=expect_revision)
 
     return writer.bundle(run, expect)
 

@@ -1,7 +1,8 @@
 """``analytics`` (usage reports from the rollups), ``analytics-sink`` and ``events``.
 
-Reports read only the database, like ``status``: no controller address is needed, and a
-report works the same against SQLite or PostgreSQL.
+Reports read the rollups in the database (``--db``), or ask a controller's admin API
+(``/v1/analytics/...``, GATEWAY_URL or a context) for the same numbers; the sink is a server
+of its own and works on a database only.
 """
 
 import logging
@@ -9,12 +10,12 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 
 from ..durations import parse_duration_ms, parse_duration_seconds
-from ..errors import GatewayError, NotFound, PolicyInvalid
+from ..errors import GatewayError, PolicyInvalid
 from .context import ctx_of
 from .output import Format, emit, emit_table, stderr
 
@@ -102,6 +103,28 @@ ConsumerOpt = Annotated[
 LimitOpt = Annotated[int, typer.Option(help="Rows to show (0: all).")]
 
 
+def _window(since: str, until: str) -> tuple[float, float]:
+    start = parse_time(since, "--since")
+    end = parse_time(until, "--until")
+    if end <= start:
+        raise PolicyInvalid(f"--until: must be after --since ({since})")
+    return start, end
+
+
+def _remote_query(
+    start: float, end: float, gateway: str | None, route: str | None, consumer: str | None
+) -> dict[str, Any]:
+    """The filters for ``/v1/analytics/...``: the window as absolute times, measured here,
+    so the controller reports exactly the window the local command would."""
+    return {
+        "since": datetime.fromtimestamp(start, UTC).isoformat(),
+        "until": datetime.fromtimestamp(end, UTC).isoformat(),
+        "gateway": gateway,
+        "route": route,
+        "consumer": consumer,
+    }
+
+
 def _rows(
     ctx: typer.Context,
     since: str,
@@ -112,10 +135,7 @@ def _rows(
 ) -> tuple[list[Any], float, float]:
     from ..analytics.rollup import Filter, RollupReader
 
-    start = parse_time(since, "--since")
-    end = parse_time(until, "--until")
-    if end <= start:
-        raise PolicyInvalid(f"--until: must be after --since ({since})")
+    start, end = _window(since, until)
     c = ctx_of(ctx)
     c.store  # noqa: B018 - opens (and migrates) the database first
     reader = RollupReader.open(c.db)
@@ -170,13 +190,20 @@ def register_analytics(app: typer.Typer) -> None:
         consumer: ConsumerOpt = None,
     ) -> None:
         """Requests per status class, error rate and latency percentiles."""
-        from ..analytics.report import summarise
-
-        rows, start, end = _rows(ctx, since, until, gateway, route, consumer)
-        data = summarise(rows)
-        data["since"] = datetime.fromtimestamp(start, UTC).isoformat()
-        data["until"] = datetime.fromtimestamp(end, UTC).isoformat()
         c = ctx_of(ctx)
+        api = c.remote
+        if api is not None:
+            start, end = _window(since, until)
+            data = api.get(
+                "/v1/analytics/summary", **_remote_query(start, end, gateway, route, consumer)
+            )
+        else:
+            from ..analytics.report import summarise
+
+            rows, start, end = _rows(ctx, since, until, gateway, route, consumer)
+            data = summarise(rows)
+            data["since"] = datetime.fromtimestamp(start, UTC).isoformat()
+            data["until"] = datetime.fromtimestamp(end, UTC).isoformat()
         if c.output != Format.table:
             emit(data, c.output)
             return
@@ -213,11 +240,17 @@ def register_analytics(app: typer.Typer) -> None:
             consumer: ConsumerOpt = None,
             limit: LimitOpt = 10,
         ) -> None:
-            from ..analytics.report import top
-
-            rows, _, _ = _rows(ctx, since, until, gateway, route, consumer)
-            entries = top(rows, by, limit)
             c = ctx_of(ctx)
+            api = c.remote
+            if api is not None:
+                start, end = _window(since, until)
+                query = _remote_query(start, end, gateway, route, consumer)
+                entries = api.get(f"/v1/analytics/top/{by}s", **query, limit=limit)
+            else:
+                from ..analytics.report import top
+
+                rows, _, _ = _rows(ctx, since, until, gateway, route, consumer)
+                entries = top(rows, by, limit)
             if c.output != Format.table:
                 emit(entries, c.output)
             else:
@@ -238,40 +271,16 @@ def register_analytics(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Requests of consumers in the current period of each of their limits, against them."""
-        from ..analytics.rollup import Filter, RollupReader
-        from ..policy import Consumer
-        from ..policy.ratelimit import SECONDS, Plan
-
         c = ctx_of(ctx)
-        store = c.store
-        consumers = cast(list[Consumer], store.list_objects("consumer"))
-        if consumer is not None:
-            consumers = [x for x in consumers if x.name == consumer]
-            if not consumers:
-                raise NotFound(f"consumer {consumer!r} does not exist")
-        plans = {p.name: p for p in cast(list[Plan], store.list_objects("plan"))}
-        reader = RollupReader.open(c.db)
-        now = time.time()
-        period_word = {"minute": "this minute", "hour": "this hour", "day": "today"}
-        out = []
-        for who in consumers:
-            limits = who.limits or (plans[who.plan].limits if who.plan in plans else [])
-            for limit in limits:
-                per = str(limit.per)
-                if per == "second":
-                    continue  # rollups are per minute: a second's usage is not kept
-                start = now // SECONDS[limit.per] * SECONDS[limit.per]
-                used = reader.total_requests(Filter(start, now + 60, consumer=who.name))
-                out.append(
-                    {
-                        "consumer": who.name,
-                        "plan": who.plan if not who.limits else None,
-                        "per": per,
-                        "used": used,
-                        "limit": limit.requests,
-                        "text": f"{who.name}: {used:,} of {limit.requests:,} {period_word[per]}",
-                    }
-                )
+        api = c.remote
+        if api is not None:
+            out = api.get("/v1/analytics/usage", consumer=consumer)
+        else:
+            from ..analytics.rollup import RollupReader
+            from ..analytics.usage import usage as usage_of
+
+            store = c.store
+            out = usage_of(store, RollupReader.open(c.db), consumer)
         if c.output != Format.table:
             emit(out, c.output)
             return
@@ -300,22 +309,25 @@ def register_analytics(app: typer.Typer) -> None:
             step_s = int(parse_duration_seconds(step, "--step", min_s=60))
         except ValueError as exc:
             raise PolicyInvalid(str(exc)) from None
-        rows, start, end = _rows(ctx, since, until, gateway, route, consumer)
-        points = series(rows, start, end, step_s)
         c = ctx_of(ctx)
+        api = c.remote
+        if api is not None:  # the data from the controller; the HTML is written here
+            start, end = _window(since, until)
+            query = _remote_query(start, end, gateway, route, consumer)
+            answer = api.get("/v1/analytics/chart", **query, step=step)
+            points = answer["points"]
+            parts = (answer["summary"], answer["consumers"], answer["routes"])
+        else:
+            rows, start, end = _rows(ctx, since, until, gateway, route, consumer)
+            points = series(rows, start, end, step_s)
+            parts = (summarise(rows), top(rows, "consumer", 20), top(rows, "route", 20))
         if html is not None:
             title = "Gateway analytics " + " ".join(
                 f"{k}={v}"
                 for k, v in (("gateway", gateway), ("route", route), ("consumer", consumer))
                 if v
             )
-            report = html_report(
-                title.strip(),
-                points,
-                summarise(rows),
-                top(rows, "consumer", 20),
-                top(rows, "route", 20),
-            )
+            report = html_report(title.strip(), points, *parts)
             html.write_text(report, encoding="utf-8")
             stderr.print(f"wrote {html} ({len(points)} points)")
             return
@@ -365,8 +377,13 @@ def register_analytics(app: typer.Typer) -> None:
         retention: Annotated[str, typer.Option(help="Keep rollups this long.")] = "30d",
         log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     ) -> None:
-        """Run the access-log sink as its own process (gateways with --analytics-sink)."""
+        """Run the access-log sink as its own process (gateways with --analytics-sink). It
+        writes the rollups into the database it is given (--db or GATEWAY_DB): a server of
+        its own, never run through a controller's admin API (refused while GATEWAY_URL or a
+        context is the target)."""
         from ..analytics.sink import serve_sink
+
+        ctx_of(ctx).require_local()
 
         try:
             retention_s = parse_duration_seconds(retention, "--retention", min_s=1)

@@ -2,7 +2,8 @@
 
 Private keys are written to the store and sent to Envoy, but never printed: ``list`` shows
 subject, DNS names and expiry, ``get`` the same plus the chain, and the key only with
-``--show-key``.
+``--show-key``, on the database (``--db``) only: the admin API never returns a private key,
+so a remote ``get --show-key`` is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import PolicyInvalid
-from .context import ctx_of, finish_change
+from .context import ctx_of, finish_change, finish_remote
+from .contexts import path_of
 from .output import Format, emit, emit_table
 from .resources import WaitOption
 
@@ -69,10 +71,16 @@ def register_certs(app: typer.Typer) -> None:
         wait: WaitOption = None,
     ) -> None:
         """Add a certificate; gateways serve it once their tls.certificates name it."""
+        c = ctx_of(ctx)
+        fields = {"name": name, **_fields(cert, key)}
+        api = c.remote
+        if api is not None:
+            resp = api.request("POST", "/v1/certificates", body=fields, wait=wait).data
+            finish_remote(resp, f"certificate {name!r} created", wait)
+            return
         from ..policy import parse_object
 
-        c = ctx_of(ctx)
-        obj = parse_object("certificate", {"name": name, **_fields(cert, key)})
+        obj = parse_object("certificate", fields)
         revision = c.store.create(obj)
         finish_change(c, revision, f"certificate {name!r} created", wait)
 
@@ -91,6 +99,19 @@ def register_certs(app: typer.Typer) -> None:
         fields = _fields(cert, key)
         if not fields:
             raise PolicyInvalid("cert update: give --cert and/or --key")
+        api = c.remote
+        if api is not None:
+            resp = api.request(
+                "PATCH",
+                path_of("certificates", name),
+                body=fields,
+                wait=wait,
+                content_type="application/merge-patch+json",
+            ).data
+            changed = bool(resp.get("changes"))
+            verb = "updated" if changed else "unchanged"
+            finish_remote(resp, f"certificate {name!r} {verb}", wait if changed else None)
+            return
         result = c.store.update("certificate", name, lambda spec: {**spec, **fields})
         if not result.changes:
             finish_change(c, result.revision, f"certificate {name!r} unchanged", None)
@@ -101,6 +122,11 @@ def register_certs(app: typer.Typer) -> None:
     def delete(ctx: typer.Context, name: NameArg, wait: WaitOption = None) -> None:
         """Delete a certificate no gateway uses."""
         c = ctx_of(ctx)
+        api = c.remote
+        if api is not None:
+            resp = api.request("DELETE", path_of("certificates", name), wait=wait).data
+            finish_remote(resp, f"certificate {name!r} deleted", wait)
+            return
         revision = c.store.delete("certificate", name)
         finish_change(c, revision, f"certificate {name!r} deleted", wait)
 
@@ -108,17 +134,32 @@ def register_certs(app: typer.Typer) -> None:
     def get(
         ctx: typer.Context,
         name: NameArg,
-        show_key: Annotated[bool, typer.Option(help="Also print the private key.")] = False,
+        show_key: Annotated[
+            bool, typer.Option(help="Also print the private key (with --db only).")
+        ] = False,
     ) -> None:
-        """Show one certificate (the private key only with --show-key)."""
-        from ..policy import Certificate
-
+        """Show one certificate (the private key only with --show-key, and only on the
+        database: through the admin API it is refused, the API never returns keys)."""
         c = ctx_of(ctx)
-        obj = c.store.get("certificate", name)
-        assert isinstance(obj, Certificate)
-        data = {**obj.summary(), "cert": obj.cert}
-        if show_key:
-            data["key"] = obj.key
+        api = c.remote
+        if api is not None:
+            if show_key:
+                raise PolicyInvalid(
+                    f"cert get {name} --show-key: the admin API never returns private keys; "
+                    "run it where the database is, with --db"
+                )
+            from ..policy.certificate import cert_summary
+
+            spec = api.get(path_of("certificates", name))["spec"]
+            data = {**cert_summary(name, spec["cert"]), "cert": spec["cert"]}
+        else:
+            from ..policy import Certificate
+
+            obj = c.store.get("certificate", name)
+            assert isinstance(obj, Certificate)
+            data = {**obj.summary(), "cert": obj.cert}
+            if show_key:
+                data["key"] = obj.key
         if c.output == Format.json:
             emit(data, Format.json)
         else:  # PEM blocks as YAML literal blocks, readable and pasteable
@@ -128,7 +169,14 @@ def register_certs(app: typer.Typer) -> None:
     def list_(ctx: typer.Context) -> None:
         """List certificates: subject, DNS names, expiry (never the key)."""
         c = ctx_of(ctx)
-        rows = [o.summary() for o in c.store.list_objects("certificate")]  # type: ignore[attr-defined]
+        api = c.remote
+        if api is not None:
+            from ..policy.certificate import cert_summary
+
+            items = api.get("/v1/certificates")["items"]
+            rows = [cert_summary(i["name"], i["spec"]["cert"]) for i in items]
+        else:
+            rows = [o.summary() for o in c.store.list_objects("certificate")]  # type: ignore[attr-defined]
         if c.output == Format.table:
             emit_table(
                 ["NAME", "SUBJECT", "DNS NAMES", "NOT AFTER"],

@@ -192,17 +192,19 @@ class Client:
         revision: int | None = None,
         wait: str | None = None,
         content_type: str = "application/json",
+        wait_rounds: int = 1,
     ) -> Response:
         """One call; raises the mapped GatewayError for any error answer.
 
         ``revision`` is sent as ``If-Match`` (``--expect-revision``); ``wait`` as the
-        ``wait=`` query, and the read timeout grows by it, since the server holds the answer
-        until the proxies ACK."""
+        ``wait=`` query, and the read timeout grows by it (``wait_rounds`` times: an atomic
+        apply may wait again for the revision that restores), since the server holds the
+        answer until the proxies ACK."""
         params = {k: _query_value(v) for k, v in (query or {}).items() if v is not None}
         timeout = self._timeout
         if wait is not None:
             params["wait"] = wait
-            timeout += _seconds(wait)
+            timeout += _seconds(wait) * wait_rounds
         target = self._base + path + (f"?{urlencode(params)}" if params else "")
         headers = {"Accept": "application/json", "User-Agent": "gatewayctl"}
         if self._token:

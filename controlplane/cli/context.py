@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ..errors import Conflict, GatewayError, PolicyInvalid, WaitFailed
+from ..errors import PolicyInvalid
 from .output import Format, stderr
 
 if TYPE_CHECKING:  # the store is imported when a command opens it, not at start-up
@@ -73,13 +73,25 @@ class Ctx:
         """The policy database. A command that needs it while a controller's API is the
         target refuses in one line: it has no endpoint, it works on the database itself."""
         if self._store is None:
-            if self.target is not None:
-                raise PolicyInvalid(
-                    f"{self.command_path} works on the database directly: use --db "
-                    f"(the current target is the admin API at {self.target.url})"
-                )
+            self.require_local()
             self._store = self._open()
         return self._store
+
+    def require_local(self, what: str | None = None) -> None:
+        """Refuse, in one line, a command that works on a database file while the target is
+        a controller's admin API: it never silently opens (or creates) a local database."""
+        target = self.target
+        if target is None:
+            return
+        how = (
+            "unset GATEWAY_URL"
+            if target.source == "GATEWAY_URL"
+            else f"leave {target.source} (--context, GATEWAY_CONTEXT, `gatewayctl context`)"
+        )
+        raise PolicyInvalid(
+            f"{what or self.command_path} works on the local database only: use --db or "
+            f"{how} (the current target is the admin API at {target.url})"
+        )
 
     def local_store(self) -> Store:
         """The database whatever the context (``serve``, ``up``, ``init`` ignore contexts)."""
@@ -95,7 +107,6 @@ class Ctx:
             stderr.print(f"note: {note}", markup=False)
 
         return Store(self.db, validator=EnvoyValidator(self.validate, warn=warn))
-        return self._store
 
 
 def ctx_of(typer_ctx: typer.Context) -> Ctx:
@@ -121,29 +132,10 @@ def finish_atomic(ctx: Ctx, result: ApplyResult, message: str, wait: str | None)
     """``--atomic``: report the change and wait for the proxies (30 s unless ``--wait``
     says otherwise); if a proxy rejects it or does not run it in time, write the previous
     values of the changed objects back as a new revision and fail (WaitFailed, exit 7)."""
-    from .wait import parse_timeout, wait_for_revision
+    from .wait import parse_timeout, wait_or_revert
 
     stderr.print(f"{message} (revision {result.revision})")
-    try:
-        notes = wait_for_revision(ctx.store, result.revision, parse_timeout(wait or "30s"))
-    except WaitFailed as exc:
-        try:
-            undone = ctx.store.revert(result)
-        except GatewayError as undo:
-            what = "newer changes were written since" if isinstance(undo, Conflict) else undo
-            raise WaitFailed(
-                f"{exc}; the change was NOT rolled back ({what}): revision {result.revision} "
-                "stays the newest"
-            ) from None
-        try:
-            wait_for_revision(ctx.store, undone.revision, parse_timeout(wait or "30s"))
-            live = "and every connected proxy runs it"
-        except WaitFailed as again:
-            live = f"but not every proxy runs it yet: {again}"
-        raise WaitFailed(
-            f"{exc}; rolled back: revision {undone.revision} restores what revision "
-            f"{result.revision} changed, {live}"
-        ) from None
+    notes = wait_or_revert(ctx.store, result, parse_timeout(wait or "30s"))
     for note in notes:
         stderr.print(f"note: {note}")
     stderr.print(f"revision {result.revision} is live on every connected proxy")

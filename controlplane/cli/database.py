@@ -29,6 +29,7 @@ def register_database(app: typer.Typer) -> None:
         c = ctx_of(ctx)
         if db:
             c.db = db
+        c.require_local()  # never creates a local database while a controller is the target
         store = Store(c.db, create=True)
         ident = store.identity()
         if store.created:

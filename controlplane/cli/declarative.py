@@ -137,10 +137,11 @@ def _read_text(path: str) -> tuple[str, str]:
     return decode(data, source), source
 
 
-def _read_document(paths: list[str]) -> dict[str, Any]:
+def _read_document(paths: list[str], secrets: bool = False) -> dict[str, Any]:
     """Every ``-f`` file as one declarative document for the admin API (which validates
     it): read with the policy loader (duplicate keys, depth and alias limits refused), and
-    an object defined in two files refused naming both, as the local apply does."""
+    an object defined in two files refused naming both, as the local apply does. An
+    ``api_keys`` section is refused without ``secrets``, in the local command's words."""
     from ..policy.loader import load_text
 
     merged: dict[str, list[Any]] = {}
@@ -152,6 +153,11 @@ def _read_document(paths: list[str]) -> dict[str, Any]:
             continue
         if not isinstance(doc, dict):
             raise PolicyInvalid(f"{source}: expected a mapping of kinds (routes:, clusters:, ...)")
+        if API_KEYS in doc and not secrets:
+            raise PolicyInvalid(
+                f"{source}: {API_KEYS}: API keys are applied only with --secrets "
+                "(the file restores credentials)"
+            )
         for key, items in doc.items():
             if not isinstance(items, list):
                 merged[key] = items  # the server names the field and why
@@ -275,19 +281,23 @@ def register_declarative(app: typer.Typer) -> None:
         c = ctx_of(ctx)
         api = c.remote
         if api is not None:
-            if secrets or atomic:
-                raise PolicyInvalid(
-                    f"apply {'--secrets' if secrets else '--atomic'} works on the database "
-                    "directly: use --db"
-                )
-            doc = _read_document(file)
+            doc = _read_document(file, secrets)
+            if atomic and not dry_run:
+                wait = wait or "30s"  # the local --atomic's default wait
             resp = api.request(
                 "POST",
                 "/v1/apply",
                 body=doc,
-                query={"prune": prune, "dry_run": dry_run},
+                query={
+                    "prune": prune,
+                    "dry_run": dry_run,
+                    "secrets": secrets or None,
+                    "atomic": atomic or None,
+                },
                 revision=expect_revision,
                 wait=None if dry_run else wait,
+                # --atomic may wait twice: for the change, then for the restoring revision
+                wait_rounds=2 if atomic else 1,
             ).data
             changes = resp.get("changes") or []
             if c.output != Format.table:
@@ -383,7 +393,7 @@ def register_declarative(app: typer.Typer) -> None:
             raise PolicyInvalid("diff: give -f FILE (or --from REV --to REV)")
         if api is not None:
             resp = api.request(
-                "POST", "/v1/diff", body=_read_document(file), query={"prune": prune}
+                "POST", "/v1/diff", body=_read_document(file, secrets=True), query={"prune": prune}
             ).data
             found: list[dict[str, Any]] = resp.get("changes") or []
             if c.output != Format.table:
@@ -429,17 +439,17 @@ def register_declarative(app: typer.Typer) -> None:
                 "--secrets: needs --file FILE (created mode 0600): API keys are not printed"
             )
         api = c.remote
-        if api is not None and secrets:
-            raise PolicyInvalid("export --secrets works on the database directly: use --db")
         if api is not None:
-            # the server's default decides about secrets (only an admin token may get them)
-            data = api.get("/v1/export")
+            # secrets (private keys, API keys) only for an admin token, recorded as an event
+            data = api.get("/v1/export", secrets=secrets or None)
             if c.output == Format.json:
                 text = json.dumps(data, indent=2) + "\n"
             else:
                 import yaml
 
                 text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+                if not secrets:
+                    text = EXPORT_HEADER + text
         else:
             data = c.store.bundle().to_data()
             if secrets:

@@ -14,7 +14,8 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import PolicyInvalid
-from .context import ctx_of, finish_change
+from .context import ctx_of, finish_change, finish_remote
+from .contexts import path_of
 from .output import Format, emit, emit_table
 from .resources import WaitOption
 
@@ -56,6 +57,13 @@ def _descriptor(descriptor_set: str | None, proto: str | None, include: list[str
     return base64.b64encode(data).decode()
 
 
+def _remote_proto(spec: dict[str, Any], name: str) -> Any:
+    """A proto the admin API sent, as the model the local commands print (same summary)."""
+    from ..policy import parse_object
+
+    return parse_object("proto", {"name": name, **spec}, f"proto {name!r}")
+
+
 def register_protos(app: typer.Typer) -> None:
     protos = typer.Typer(
         help="Manage protobuf APIs (descriptor sets) for JSON -> gRPC transcoding.",
@@ -81,6 +89,11 @@ def register_protos(app: typer.Typer) -> None:
         }
         if description is not None:
             fields["description"] = description
+        api = c.remote
+        if api is not None:
+            resp = api.request("POST", "/v1/protos", body=fields, wait=wait).data
+            finish_remote(resp, f"proto {name!r} created", wait)
+            return
         from ..policy import parse_object
 
         revision = c.store.create(parse_object("proto", fields))
@@ -105,6 +118,19 @@ def register_protos(app: typer.Typer) -> None:
             fields["description"] = description
         if not fields:
             raise PolicyInvalid("proto update: give --descriptor-set, --proto or --description")
+        api = c.remote
+        if api is not None:
+            resp = api.request(
+                "PATCH",
+                path_of("protos", name),
+                body=fields,
+                wait=wait,
+                content_type="application/merge-patch+json",
+            ).data
+            changed = bool(resp.get("changes"))
+            verb = "updated" if changed else "unchanged"
+            finish_remote(resp, f"proto {name!r} {verb}", wait if changed else None)
+            return
         result = c.store.update("proto", name, lambda spec: {**spec, **fields})
         verb = "updated" if result.changes else "unchanged"
         finish_change(
@@ -115,6 +141,11 @@ def register_protos(app: typer.Typer) -> None:
     def delete(ctx: typer.Context, name: NameArg, wait: WaitOption = None) -> None:
         """Delete a proto no route uses."""
         c = ctx_of(ctx)
+        api = c.remote
+        if api is not None:
+            resp = api.request("DELETE", path_of("protos", name), wait=wait).data
+            finish_remote(resp, f"proto {name!r} deleted", wait)
+            return
         revision = c.store.delete("proto", name)
         finish_change(c, revision, f"proto {name!r} deleted", wait)
 
@@ -130,7 +161,11 @@ def register_protos(app: typer.Typer) -> None:
         from ..policy import Proto
 
         c = ctx_of(ctx)
-        obj = c.store.get("proto", name)
+        api = c.remote
+        if api is not None:
+            obj = _remote_proto(api.get(path_of("protos", name))["spec"], name)
+        else:
+            obj = c.store.get("proto", name)  # type: ignore[assignment]
         assert isinstance(obj, Proto)
         data = obj.spec() if raw else obj.summary()
         emit(data, Format.json if c.output == Format.json else Format.yaml)
@@ -139,7 +174,12 @@ def register_protos(app: typer.Typer) -> None:
     def list_(ctx: typer.Context) -> None:
         """List protos: services and size."""
         c = ctx_of(ctx)
-        rows = [o.summary() for o in c.store.list_objects("proto")]  # type: ignore[attr-defined]
+        api = c.remote
+        if api is not None:
+            items = api.get("/v1/protos")["items"]
+            rows = [_remote_proto(i["spec"], i["name"]).summary() for i in items]
+        else:
+            rows = [o.summary() for o in c.store.list_objects("proto")]  # type: ignore[attr-defined]
         if c.output == Format.table:
             emit_table(
                 ["NAME", "SERVICES", "FILES", "BYTES"],

@@ -4,7 +4,8 @@ A rate limit is stored on the route (or, as its routes' default, on the gateway)
 to, so it is exported, applied and validated with that object; these commands are the view
 of those settings across objects. ``set`` replaces the whole limit of its target; ``off``
 exempts a route from its gateway's default; ``inherit`` gives a route its gateway's default
-back.
+back. Every subcommand works on the database (``--db``) or through a controller's admin API
+(GATEWAY_URL or a context).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import typer
 from ..errors import PolicyInvalid
 from .context import ctx_of, finish_change, finish_remote
 from .output import emit, emit_table
-from .resources import WaitOption, _limits
+from .resources import WaitOption, _limits, spec_of
 
 __all__ = ["register_ratelimit"]
 
@@ -124,9 +125,20 @@ def register_ratelimit(app: typer.Typer) -> None:
     def list_(ctx: typer.Context) -> None:
         """Every rate limit: on gateways (defaults of their routes) and on routes."""
         c = ctx_of(ctx)
+        api = c.remote
         rows: list[dict[str, Any]] = []
         for kind in ("gateway", "route"):
-            for obj in c.store.list_objects(kind):
+            if api is not None:  # the same models as locally, from the admin API's specs
+                from ..policy import parse_object
+
+                plural = "gateways" if kind == "gateway" else "routes"
+                objs = [
+                    parse_object(kind, spec_of(item), f"{kind} {item['name']!r}")
+                    for item in api.get(f"/v1/{plural}")["items"]
+                ]
+            else:
+                objs = c.store.list_objects(kind)
+            for obj in objs:
                 spec = obj.spec()
                 policy = getattr(obj, "rate_limit", None)
                 if policy is None:

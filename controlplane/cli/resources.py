@@ -50,11 +50,13 @@ ExpectRevisionOption = Annotated[
 ]
 
 
-def _local_only_atomic(kind: str, verb: str, atomic: bool) -> None:
-    """``--atomic`` restores the previous values from the write's own result, on the
-    database: through the admin API it is refused rather than silently ignored."""
-    if atomic:
-        raise PolicyInvalid(f"{kind} {verb} --atomic works on the database directly: use --db")
+def _atomic_query(atomic: bool, wait: str | None) -> tuple[dict[str, Any], str | None, int]:
+    """``--atomic`` through the admin API: ``atomic=true`` and the wait the local command
+    uses (``--wait``, default 30s); the server restores the previous values if a proxy
+    rejects the change. Returns (query, wait, wait rounds for the read timeout)."""
+    if not atomic:
+        return {}, wait, 1
+    return {"atomic": True}, wait or "30s", 2
 
 
 def _condition(item: str, option: str, allow_prefix: bool) -> dict[str, Any]:
@@ -792,9 +794,15 @@ def _kind_app(kind: str) -> typer.Typer:
         c = ctx_of(ctx)
         api = c.remote
         if api is not None:  # the server validates: the client imports no model
-            _local_only_atomic(kind, "add", atomic)
+            query, wait, rounds = _atomic_query(atomic, wait)
             resp = api.request(
-                "POST", path_of(plural), body={"name": name, **fields}, revision=expect, wait=wait
+                "POST",
+                path_of(plural),
+                body={"name": name, **fields},
+                query=query,
+                revision=expect,
+                wait=wait,
+                wait_rounds=rounds,
             ).data
             finish_remote(resp, f"{kind} {name!r} created", wait)
             return
@@ -822,13 +830,15 @@ def _kind_app(kind: str) -> typer.Typer:
             raise PolicyInvalid(f"{kind} update: give at least one option to change")
         api = c.remote
         if api is not None:
-            _local_only_atomic(kind, "update", atomic)
+            query, wait, rounds = _atomic_query(atomic, wait)
             resp = api.request(
                 "PATCH",
                 path_of(plural, name),
                 body=merge_patch(fields),
+                query=query,
                 revision=expect,
                 wait=wait,
+                wait_rounds=rounds,
                 content_type="application/merge-patch+json",
             ).data
             if not resp.get("changes"):
@@ -858,8 +868,15 @@ def _kind_app(kind: str) -> typer.Typer:
         c = ctx_of(ctx)
         api = c.remote
         if api is not None:
-            _local_only_atomic(kind, "delete", atomic)
-            resp = api.request("DELETE", path_of(plural, name), revision=expect, wait=wait).data
+            query, wait, rounds = _atomic_query(atomic, wait)
+            resp = api.request(
+                "DELETE",
+                path_of(plural, name),
+                query=query,
+                revision=expect,
+                wait=wait,
+                wait_rounds=rounds,
+            ).data
             finish_remote(resp, f"{kind} {name!r} deleted", wait)
             return
         if atomic:

@@ -175,6 +175,7 @@ def register_run(app: typer.Typer) -> None:
 
         if db:
             ctx_of(ctx).db = db
+        ctx_of(ctx).require_local()  # GATEWAY_URL/a context set: refused, no local database
         logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         settings = Settings(
@@ -286,6 +287,7 @@ def register_run(app: typer.Typer) -> None:
         gateway's configuration (a port it cannot bind, ...)."""
         if db:
             ctx_of(ctx).db = db
+        ctx_of(ctx).require_local()  # GATEWAY_URL/a context set: refused, no local database
         import asyncio
         from pathlib import Path
 

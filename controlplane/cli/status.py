@@ -48,9 +48,7 @@ def register_status(app: typer.Typer) -> None:
         api = c.remote
         if api is not None:
             if prune:
-                from ..errors import PolicyInvalid
-
-                raise PolicyInvalid("status --prune works on the database directly: use --db")
+                c.require_local(f"{c.command_path} --prune")
             _show(api.get("/v1/status", grace=grace), c.output)
             return
         grace_s = _seconds(grace, "--grace")

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 from ..errors import WaitFailed
 
 if TYPE_CHECKING:
-    from ..store import Store
+    from ..store import ApplyResult, Store
 
-__all__ = ["STALE_AFTER", "parse_timeout", "wait_for_revision"]
+__all__ = ["STALE_AFTER", "parse_timeout", "wait_for_revision", "wait_or_revert"]
 
 #: a controller silent for this long is presumed dead, and its proxies disconnected
 STALE_AFTER = 15.0
@@ -40,6 +40,35 @@ def wait_for_revision(store: Store, revision: int, timeout: float) -> list[str]:
         if time.monotonic() >= deadline:
             raise WaitFailed(f"timed out after {timeout:g}s: {'; '.join(notes)}")
         time.sleep(0.02)
+
+
+def wait_or_revert(store: Store, result: ApplyResult, timeout: float) -> list[str]:
+    """``--atomic`` (CLI on the database, and ``POST /v1/apply?atomic=true``): wait for the
+    proxies to run ``result``; if one rejects it or they do not run it within ``timeout``,
+    write the previous values of the changed objects back as a NEW revision and raise
+    WaitFailed saying so (and whether the proxies run the restored revision)."""
+    from ..errors import Conflict, GatewayError
+
+    try:
+        return wait_for_revision(store, result.revision, timeout)
+    except WaitFailed as exc:
+        try:
+            undone = store.revert(result)
+        except GatewayError as undo:
+            what = "newer changes were written since" if isinstance(undo, Conflict) else undo
+            raise WaitFailed(
+                f"{exc}; the change was NOT rolled back ({what}): revision {result.revision} "
+                "stays the newest"
+            ) from None
+        try:
+            wait_for_revision(store, undone.revision, timeout)
+            live = "and every connected proxy runs it"
+        except WaitFailed as again:
+            live = f"but not every proxy runs it yet: {again}"
+        raise WaitFailed(
+            f"{exc}; rolled back: revision {undone.revision} restores what revision "
+            f"{result.revision} changed, {live}"
+        ) from None
 
 
 def _check(store: Store, revision: int) -> tuple[list[str], bool]:

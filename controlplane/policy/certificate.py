@@ -24,7 +24,7 @@ from pydantic import Field, field_validator, model_validator
 from .bounds import Port
 from .common import Name, PolicyModel
 
-__all__ = ["CertInfo", "Certificate", "GatewayTls", "cert_info"]
+__all__ = ["CertInfo", "Certificate", "GatewayTls", "cert_info", "cert_summary"]
 
 #: curves Envoy (BoringSSL) serves; secp256k1 and others are refused by Envoy
 _CURVES = {"secp256r1", "secp384r1", "secp521r1"}
@@ -159,17 +159,23 @@ class Certificate(PolicyModel):
 
     def summary(self) -> dict[str, Any]:
         """The certificate as ``cert list`` and ``cert get`` show it, without the key."""
-        info = self.info()
-        return {
-            "name": self.name,
-            "subject": info.subject,
-            "issuer": info.issuer,
-            "dns_names": list(info.dns_names),
-            "not_before": info.not_before.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "not_after": info.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "serial": f"{info.serial:x}",
-            "chain_length": len(_chain(self.cert)),
-        }
+        return cert_summary(self.name, self.cert)
+
+
+def cert_summary(name: str, cert: str) -> dict[str, Any]:
+    """What ``cert list``/``get`` show of a certificate: read from the chain alone, so the
+    CLI shows the same for one the admin API sent without its private key."""
+    info = cert_info(cert)
+    return {
+        "name": name,
+        "subject": info.subject,
+        "issuer": info.issuer,
+        "dns_names": list(info.dns_names),
+        "not_before": info.not_before.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "not_after": info.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "serial": f"{info.serial:x}",
+        "chain_length": len(_chain(cert)),
+    }
 
 
 class GatewayTls(PolicyModel):

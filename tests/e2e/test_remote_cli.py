@@ -127,7 +127,7 @@ def test_remote_errors_and_no_token(  # type: ignore[no-untyped-def]
     assert token not in denied.stderr + missing.stderr
     local_only = remote.run("secrets", "status", check=False)
     assert local_only.returncode == 2
-    assert "works on the database directly: use --db" in local_only.stderr
+    assert "works on the local database only: use --db" in local_only.stderr
 
 
 def test_remote_identities_audit_history_and_rollback(  # type: ignore[no-untyped-def]

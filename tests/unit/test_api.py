@@ -404,3 +404,60 @@ def test_analytics_over_the_api(api: TestClient, store: Store) -> None:
     scoped = _auth(store, "viewer", ("a",))
     _error(api.get("/v1/analytics/summary", headers=scoped), 403, "forbidden")
     assert api.get("/v1/analytics/summary?gateway=a", headers=scoped).status_code == 200
+
+
+def test_secrets_in_documents_are_admin_only_and_exports_are_recorded(
+    api: TestClient, store: Store
+) -> None:
+    admin = _auth(store)
+    editor = _auth(store, "editor", name="deployer")
+    _seed(api, admin)
+    assert api.post("/v1/consumers", json={"name": "acme"}, headers=admin).status_code == 201
+    created = api.post("/v1/consumers/acme/keys", json={}, headers=admin).json()
+    _error(api.get("/v1/export?secrets=true", headers=editor), 403, "forbidden")
+    assert not [e for e in store.events(None, 500) if e["kind"] == "export"]
+    doc = api.get("/v1/export?secrets=true", headers=admin).json()
+    assert [k["key"] for k in doc["api_keys"]] == [created["key"]]
+    exports = [e for e in store.events(None, 500) if e["kind"] == "export"]
+    assert [e["node"] for e in exports] == ["admin-all"]
+    assert "api_keys" not in api.get("/v1/export", headers=admin).json()
+
+    rev = store.revision()
+    # a document with API keys: only with secrets=true, only by an admin; nothing written
+    err = _error(api.post("/v1/apply", json=doc, headers=admin), 400, "invalid")
+    assert err["field"] == "api_keys"
+    _error(api.post("/v1/apply?secrets=true", json=doc, headers=editor), 403, "forbidden")
+    assert store.revision() == rev
+    r = api.post("/v1/apply?secrets=true", json=doc, headers=admin)
+    assert r.status_code == 200 and r.json()["changes"] == [], r.text
+    # the same document restores a key that is gone (a database without it)
+    doc["api_keys"][0]["name"] = "ak_0123456789ab"
+    r = api.post("/v1/apply?secrets=true", json=doc, headers=admin)
+    assert r.json()["changes"] == [{"op": "create", "kind": "api_key", "name": "ak_0123456789ab"}]
+    # diff compares the section, showing no secret
+    doc["api_keys"][0]["expires_at"] = "2099-01-01T00:00:00Z"
+    changes = api.post("/v1/diff", json=doc, headers=editor).json()["changes"]
+    assert [(c["op"], c["name"]) for c in changes] == [("update", "ak_0123456789ab")]
+    assert created["key"] not in json.dumps(changes)
+
+
+def test_analytics_usage_and_chart(api: TestClient, store: Store) -> None:
+    admin = _auth(store)
+    _seed(api, admin)
+    api.post("/v1/consumers", json={"name": "acme", "limits": [{"requests": 5, "per": "hour"}]},
+             headers=admin)  # fmt: skip
+    usage = api.get("/v1/analytics/usage?consumer=acme", headers=admin).json()
+    assert usage == [
+        {"consumer": "acme", "plan": None, "per": "hour", "used": 0, "limit": 5,
+         "text": "acme: 0 of 5 this hour"}
+    ]  # fmt: skip
+    _error(api.get("/v1/analytics/usage?consumer=nobody", headers=admin), 404, "not_found")
+    scoped = _auth(store, "viewer", ("a",))
+    _error(api.get("/v1/analytics/usage", headers=scoped), 403, "forbidden")
+    chart = api.get("/v1/analytics/chart?since=10m&step=5m", headers=admin).json()
+    assert set(chart) == {"points", "summary", "consumers", "routes"}
+    assert 2 <= len(chart["points"]) <= 3 and chart["summary"]["requests"] == 0
+    err = _error(api.get("/v1/analytics/chart?since=100d", headers=admin), 400, "invalid")
+    assert err["field"] == "step"
+    err = _error(api.get("/v1/analytics/chart?step=10s", headers=admin), 400, "invalid")
+    assert err["field"] == "step"

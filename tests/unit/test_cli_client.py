@@ -311,8 +311,8 @@ def test_commands_without_an_endpoint_refuse_in_one_line(tmp_path: Path) -> None
         proc = gatewayctl(tmp_path, env, "secrets", "status")
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        f"error: gatewayctl secrets status works on the database directly: use --db "
-        f"(the current target is the admin API at {api.url})"
+        f"error: gatewayctl secrets status works on the local database only: use --db or "
+        f"unset GATEWAY_URL (the current target is the admin API at {api.url})"
     )
     assert api.requests == []
 
@@ -530,3 +530,32 @@ def test_a_framework_validation_answer_names_the_field(tmp_path: Path) -> None:
         proc = gatewayctl(tmp_path, env, "gateway", "add", "g", "--port", "80")
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: port: Input should be a valid integer"
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (("init",), "init"),
+        (("serve",), "serve"),
+        (("up",), "up"),
+        (("analytics-sink",), "analytics-sink"),
+        (("backup", "b.bak"), "backup"),
+        (("status", "--prune"), "status --prune"),
+    ],
+)
+def test_database_commands_never_open_a_local_database_in_remote_mode(
+    tmp_path: Path, args: tuple[str, ...], command: str
+) -> None:
+    """With GATEWAY_URL set, commands that work on a database file (or serve one) refuse
+    in one line, send nothing, and create no database in HOME or the XDG folders."""
+    with FakeApi({}) as api:
+        env = cli_env(tmp_path, api.url, TOKEN)
+        env.update(HOME=str(tmp_path / "home"), XDG_DATA_HOME=str(tmp_path / "data"))
+        proc = gatewayctl(tmp_path, env, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: gatewayctl {command} works on the local database only: use --db or unset "
+        f"GATEWAY_URL (the current target is the admin API at {api.url})"
+    )
+    assert api.requests == []
+    assert [p for p in tmp_path.rglob("*") if p.suffix in (".db", ".bak")] == []
