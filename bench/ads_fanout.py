@@ -133,7 +133,9 @@ async def _until(check, timeout: float) -> None:  # type: ignore[no-untyped-def]
         await asyncio.sleep(0.002)
 
 
-def _put(conn: http.client.HTTPConnection, token: str, name: str, cluster: str) -> int:
+def _put(
+    conn: http.client.HTTPConnection, token: str, name: str, cluster: str
+) -> tuple[int, float]:
     auth = {"Authorization": f"Bearer {token}"}
     conn.request("GET", f"/v1/routes/{name}", headers=auth)
     got = conn.getresponse()
@@ -145,7 +147,7 @@ def _put(conn: http.client.HTTPConnection, token: str, name: str, cluster: str) 
     resp = conn.getresponse()
     body = json.loads(resp.read())
     assert resp.status == 200, body
-    return int(body["revision"]), start  # type: ignore[return-value]
+    return int(body["revision"]), start
 
 
 async def _measure(stack: Stack, args: argparse.Namespace) -> None:
@@ -164,7 +166,7 @@ async def _measure(stack: Stack, args: argparse.Namespace) -> None:
         # the write blocks (http.client): run it in a thread so the streams keep ACKing
         revision, start = await asyncio.to_thread(_put, conn, token, name, "ab"[i % 2])
         await _until(lambda r=revision: all(p.acked_at(r) for p in proxies), 60)
-        times = [p.acked_at(revision) - start for p in proxies]  # type: ignore[operator]
+        times = [(p.acked_at(revision) or 0.0) - start for p in proxies]
         last.append(max(times))
         each += times
     conn.close()
