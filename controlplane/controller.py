@@ -247,6 +247,7 @@ class Controller:
                 self.store,
                 status_source=self._health_source(),
                 max_body=self.settings.admin_max_body,
+                listing=self.runner.listed,
             ),
             address,
             tls_cert=tls[0] if tls else None,

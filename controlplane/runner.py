@@ -80,6 +80,10 @@ class Runner:
         self.invalid: dict[tuple[str, str], Unloadable] = {}
         #: gateway -> its routes by name, kept up to date change by change
         self.by_gateway: dict[str, dict[str, Route]] = {}
+        #: (revision, kind -> name -> object) as of the last revision applied, for readers
+        #: in other threads (the admin API's listings): rebuilt, never changed in place; a
+        #: kind with an object that does not validate is None (readers use the store)
+        self.listing: tuple[int, dict[str, dict[str, PolicyModel] | None]] | None = None
         self._translator = Translator(aggregation, shard_from, sink_tls)
         self._fragments = FragmentCache()
         self._record_task: asyncio.Task[None] | None = None
@@ -127,6 +131,7 @@ class Runner:
         }
         self._rebuild(gateways, revision)
         self.revision = revision
+        self._publish_listing(None)
         self.cache.ready.set()
         await self._record()
         log.info(
@@ -134,6 +139,28 @@ class Runner:
             revision,
             ", ".join(f"{len(v)} {k}s" for k, v in self.objects.items()),
         )
+
+    def _publish_listing(self, changed: set[str] | None) -> None:
+        """A new :attr:`listing` at :attr:`revision`: copies of the kinds ``changed`` (all
+        when None), the previous mappings of the others."""
+        previous = self.listing[1] if self.listing is not None else {}
+        invalid = {kind for kind, _ in self.invalid}
+        kinds: dict[str, dict[str, PolicyModel] | None] = {}
+        for kind in KINDS:
+            if changed is not None and kind not in changed and kind in previous:
+                kinds[kind] = previous[kind]
+            else:
+                kinds[kind] = None if kind in invalid else dict(self.objects[kind])
+        self.listing = (self.revision, kinds)
+
+    def listed(self, kind: str, revision: int) -> list[PolicyModel] | None:
+        """Every object of ``kind`` by name if the state in memory is that of ``revision``
+        (None otherwise: the caller reads the store). Safe from any thread."""
+        listing = self.listing
+        if listing is None or listing[0] != revision:
+            return None
+        objects = listing[1].get(kind)
+        return None if objects is None else [objects[n] for n in sorted(objects)]
 
     def render(self, gateway: str) -> Snapshot | None:
         """Load the store and translate one gateway exactly as :meth:`load` does, without
@@ -270,6 +297,7 @@ class Runner:
         self._set_identity(ident)
         self._rebuild(affected | retried, revision, frozenset(changed_routes), retried)
         self.revision = revision
+        self._publish_listing({kind for kind, _, _ in changes})
         log.info(
             "revision %d: %d object(s) changed, %d gateway(s) rebuilt in %.1f ms",
             revision,
@@ -405,6 +433,7 @@ class Runner:
         gateways = set(self.objects["gateway"]) | {n for k, n in self.invalid if k == "gateway"}
         self._rebuild(before | gateways, ident.revision)
         self.revision = ident.revision
+        self._publish_listing(None)
         self._schedule_record()
 
     # -- translation --------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -61,9 +62,11 @@ def create_app(
     *,
     status_source: HealthSource | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    listing: Callable[[str, int], list[Any] | None] | None = None,
 ) -> FastAPI:
     """The admin API over ``store``; ``status_source`` (the running controller) answers
-    ``/readyz`` and ``/metrics``."""
+    ``/readyz`` and ``/metrics``; ``listing`` (the controller's
+    :meth:`~controlplane.runner.Runner.listed`) serves lists from memory."""
     from . import analytics, declarative, policy, status, tokens
 
     app = FastAPI(
@@ -78,6 +81,9 @@ def create_app(
         openapi_url="/openapi.json",
     )
     app.state.store = store
+    #: kind, revision -> the controller's objects in memory at that revision, or None
+    app.state.listing = listing
+    app.state.specs = policy.SpecCache()
     install_error_handlers(app)
     for module in (policy, declarative, status, tokens, analytics):
         app.include_router(module.router)

@@ -11,7 +11,7 @@ validation, reference checks and transaction as the CLI), inside the caller's id
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Response
+from fastapi import APIRouter, Body, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import NotFound, PolicyInvalid
@@ -22,7 +22,7 @@ from .auth import visible
 from .deps import Atomic, Caller, IfMatch, StoreDep, Wait, Writer, redact, write_response
 from .errors import ERROR_RESPONSES, ApiError
 
-__all__ = ["PATH_KINDS", "router"]
+__all__ = ["PATH_KINDS", "SpecCache", "router"]
 
 #: URL segment -> kind
 PATH_KINDS: dict[str, str] = {
@@ -93,6 +93,39 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
+class SpecCache:
+    """Each object's redacted spec, computed once per object: the controller's objects are
+    immutable and replaced on change, so an entry is valid while it holds the same object."""
+
+    def __init__(self) -> None:
+        self._specs: dict[tuple[str, str], tuple[PolicyModel, dict[str, Any] | None]] = {}
+
+    def spec(self, kind: str, obj: PolicyModel) -> dict[str, Any] | None:
+        key = (kind, obj.name)  # type: ignore[attr-defined]
+        hit = self._specs.get(key)
+        if hit is not None and hit[0] is obj:
+            return hit[1]
+        spec = redact(kind, obj.spec())
+        self._specs[key] = (obj, spec)
+        return spec
+
+    def keep(self, kind: str, names: set[str]) -> None:
+        """Forget the objects of ``kind`` not listed any more (deleted ones)."""
+        entries = list(self._specs.items())  # one C call: safe against other threads' writes
+        if sum(1 for (k, _), _v in entries if k == kind) > len(names):
+            self._specs = {key: v for key, v in entries if key[0] != kind or key[1] in names}
+
+
+def _json(body: dict[str, Any], revision: int) -> Response:
+    import orjson
+
+    return Response(
+        orjson.dumps(body),
+        media_type="application/json",
+        headers={"ETag": f'"{revision}"'},
+    )
+
+
 def _etag(response: Response, revision: int) -> None:
     response.headers["ETag"] = f'"{revision}"'
 
@@ -102,15 +135,23 @@ def _kind_routes(plural: str, kind: str, model: type[PolicyModel]) -> None:
     label = kind.replace("_", " ")
 
     @router.get(f"/{plural}", response_model=ObjectList, tags=[tag], summary=f"List {plural}")
-    def list_objects(principal: Caller, store: StoreDep, response: Response) -> dict[str, Any]:
+    def list_objects(principal: Caller, store: StoreDep, request: Request) -> Response:
         revision = store.revision()
+        # the controller's state in memory when it is this revision (10,000 routes: ~20 ms
+        # instead of ~1 s to read, validate and dump them again), else the store
+        listed = getattr(request.app.state, "listing", None)
+        objects: list[Any] | None = listed(kind, revision) if listed is not None else None
+        if objects is None:
+            objects = list(store.list_objects(kind))
+        specs = request.app.state.specs
         items = []
-        for obj in store.list_objects(kind):
-            spec = obj.spec()
+        for obj in objects:
+            spec = specs.spec(kind, obj)
             if visible(principal, kind, spec):
-                items.append({"kind": kind, "name": obj.name, "spec": redact(kind, spec)})  # type: ignore[attr-defined]
-        _etag(response, revision)
-        return {"revision": revision, "items": items}
+                items.append({"kind": kind, "name": obj.name, "spec": spec})
+        specs.keep(kind, {obj.name for obj in objects})
+        # encoded here: FastAPI would validate the 10,000 items against ObjectList again
+        return _json({"revision": revision, "items": items}, revision)
 
     @router.get(
         f"/{plural}/{{name}}", response_model=ObjectOut, tags=[tag], summary=f"Get a {label}"

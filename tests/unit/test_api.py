@@ -461,3 +461,59 @@ def test_analytics_usage_and_chart(api: TestClient, store: Store) -> None:
     assert err["field"] == "step"
     err = _error(api.get("/v1/analytics/chart?step=10s", headers=admin), 400, "invalid")
     assert err["field"] == "step"
+
+
+def test_lists_come_from_the_controllers_memory_at_the_same_revision(store: Store) -> None:
+    """With a ``listing`` (the controller's state), a list at its revision is served from
+    memory; at any other revision (memory behind a commit) from the store."""
+    seed_api = TestClient(create_app(store), raise_server_exceptions=False)
+    h = _auth(store)
+    _seed(seed_api, h)
+    in_memory = store.list_objects("route")[:1]  # only "ra": tells the two sources apart
+    asked: list[tuple[str, int]] = []
+    memory_at = store.revision()
+
+    def listing(kind: str, revision: int) -> list[Any] | None:
+        asked.append((kind, revision))
+        return in_memory if revision == memory_at else None
+
+    api = TestClient(create_app(store, listing=listing), raise_server_exceptions=False)
+    r = api.get("/v1/routes", headers=h)
+    assert r.status_code == 200 and r.headers["ETag"] == f'"{store.revision()}"'
+    assert [i["name"] for i in r.json()["items"]] == ["ra"]
+    assert asked == [("route", store.revision())]
+    scoped = _auth(store, "viewer", ("b",))  # scoped tokens filter the memory's list too
+    assert api.get("/v1/routes", headers=scoped).json()["items"] == []
+    behind = store.revision()
+    store.create(store.get("route", "rb").model_copy(update={"name": "rc"}))
+    assert store.revision() > behind
+    r = api.get("/v1/routes", headers=h)  # memory is behind: the store answers
+    assert [i["name"] for i in r.json()["items"]] == ["ra", "rb", "rc"]
+
+
+def test_the_runner_publishes_a_listing_per_revision(tmp_path: Path) -> None:
+    import asyncio
+
+    from controlplane.runner import Runner
+    from controlplane.xds.cache import SnapshotCache
+
+    store = Store(str(tmp_path / "l.db"), create=True)
+    api = TestClient(create_app(store), raise_server_exceptions=False)
+    h = _auth(store)
+    _seed(api, h)
+    runner = Runner(store, SnapshotCache(), controller="t", xds_address="127.0.0.1:1")
+    asyncio.run(runner.load())
+    rev = store.revision()
+    assert [o.name for o in runner.listed("route", rev) or []] == ["ra", "rb"]
+    assert runner.listed("route", rev - 1) is None
+    before = runner.listing
+    assert before is not None
+    store.create(store.get("route", "rb").model_copy(update={"name": "rc"}))
+    asyncio.run(runner.poll())
+    after = runner.listing
+    assert after is not None and after[0] == store.revision()
+    assert [o.name for o in runner.listed("route", store.revision()) or []] == ["ra", "rb", "rc"]
+    assert after[1]["cluster"] is before[1]["cluster"]  # unchanged kinds are shared
+    assert after[1]["route"] is not before[1]["route"]  # a changed kind is a new mapping
+    assert len(before[1]["route"] or {}) == 2  # and the old one was never changed
+    store.close()
