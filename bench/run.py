@@ -631,7 +631,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def use_snapshot(rev: str, argv: list[str]) -> None:
+def use_snapshot(rev: str, argv: list[str], module: str = "bench") -> None:
     """Re-run this benchmark on ``git archive <rev>`` of controlplane/ and envoy/.
 
     Other people may edit the working tree while a run is under way (the editable install
@@ -665,7 +665,7 @@ def use_snapshot(rev: str, argv: list[str]) -> None:
     log(f"running on a snapshot of {sha} in {target}")
     # cwd: `python -m` puts the current directory first on sys.path, ahead of PYTHONPATH
     code = subprocess.run(
-        [sys.executable, "-m", "bench", *argv], env=env, cwd=target, check=False
+        [sys.executable, "-m", module, *argv], env=env, cwd=target, check=False
     ).returncode
     shutil.rmtree(target, ignore_errors=True)
     raise SystemExit(code)

@@ -11,6 +11,10 @@ import logging
 import os
 import signal
 import socket
+import sys
+import threading
+import time
+from collections.abc import Awaitable
 from contextlib import suppress
 
 import grpc
@@ -33,9 +37,18 @@ from .xds import AdsServer, SnapshotCache, StatusRecorder
 from .xds.metrics import XdsMetrics
 from .xds.mtls import HandshakeCounter, StreamAuthorizer, check_bind, server_credentials
 
-__all__ = ["Controller", "serve"]
+__all__ = ["SHUTDOWN_DEADLINE_S", "Controller", "serve"]
 
 log = logging.getLogger(__name__)
+
+#: ``serve`` has exited this long after SIGTERM or SIGINT, whatever it was doing
+SHUTDOWN_DEADLINE_S = 5.0
+#: the orderly part: stop the watchers, close the ports, end the ADS streams, write proxy
+#: status; a step still running when it is used up is abandoned (status is best effort)
+SHUTDOWN_BUDGET_S = 3.5
+#: then the process ends even if a thread (a status write waiting on a database another
+#: writer holds, up to its 10 s busy timeout per row) or a task has not finished
+_HARD_EXIT_S = 4.5
 
 
 def aggregation_target(settings: Settings) -> AggregationTarget:
@@ -268,19 +281,47 @@ class Controller:
         """Until cancelled: watch revisions and record proxy status."""
         await asyncio.gather(self.runner.run(), self.recorder.run(), self.sink.run())
 
-    async def stop(self) -> None:
-        for service in (self._admin, self._health):
-            if service is not None:
-                await service.close()
+    async def stop(self, deadline: float | None = None) -> bool:
+        """Close the ports, end the ADS streams, write proxy status and mark this
+        controller's proxies disconnected. ``deadline`` (``time.monotonic()``): each step
+        gets what is left of it and is abandoned, with a warning, when that runs out.
+        True when every step finished."""
+        steps: list[tuple[str, float, Awaitable[object]]] = []
+        services = [s.close() for s in (self._admin, self._health) if s is not None]
+        if services:
+            steps.append(("close the HTTP ports", 1.0, asyncio.gather(*services)))
         if self._grpc is not None:
-            await self._grpc.stop(grace=0.5)
-        await self.recorder.flush()
-        with suppress(Exception):
-            await self.sink.flush()
+            # grace: streams end on their own; then gRPC cancels every handler
+            steps.append(("end the ADS streams", 1.5, self._grpc.stop(grace=0.5)))
+        steps.append(("write proxy status", 2.0, self.recorder.flush()))
+        steps.append(("write access-log rollups", 0.5, self.sink.flush()))
+        steps.append(
+            (
+                "mark this controller's proxies disconnected",
+                1.0,
+                asyncio.to_thread(self.store.disconnect_controller_proxies, self.id),
+            )
+        )
+        complete = True
+        for what, bound, step in steps:
+            left = bound if deadline is None else min(bound, deadline - time.monotonic())
+            task = asyncio.ensure_future(step)
+            if left <= 0:
+                task.cancel()
+                log.warning("shutdown: no time left to %s", what)
+                complete = False
+                continue
+            try:
+                await asyncio.wait_for(task, left)
+            except TimeoutError:
+                log.warning("shutdown: could not %s within %.1f s; abandoned", what, left)
+                complete = False
+            except Exception as exc:  # shutting down: report and carry on
+                log.warning("shutdown: could not %s: %s", what, exc)
+                complete = False
         self.sink.close()
-        self.validator.close()
-        with suppress(Exception):
-            await asyncio.to_thread(self.store.disconnect_controller_proxies, self.id)
+        self.validator.close()  # the Envoy started ahead for the next write
+        return complete
 
     def health(self) -> dict[str, object]:
         return {
@@ -302,22 +343,84 @@ class Controller:
         }
 
 
-async def serve(settings: Settings, started: asyncio.Event | None = None) -> None:
-    """Run a controller until SIGINT/SIGTERM."""
+async def serve(
+    settings: Settings, started: asyncio.Event | None = None, *, hard_exit: bool = True
+) -> None:
+    """Run a controller until SIGINT/SIGTERM, then stop within :data:`SHUTDOWN_DEADLINE_S`.
+
+    The handlers are plain ``signal`` handlers: they run between two bytecodes of the main
+    thread even while the event loop is busy. A second signal ends the process at once.
+    ``hard_exit`` (the ``serve`` command): a watchdog thread started by the first signal
+    ends the process after :data:`_HARD_EXIT_S` if something still holds it (a thread
+    blocked on a busy database, a task that does not end when cancelled)."""
     controller = Controller(settings)
     await controller.start()
     if started is not None:
         started.set()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    received: list[tuple[str, float]] = []
+    finished = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if received:
+            log.warning("%s during shutdown: exiting now", name)
+            _exit_now(1)
+        received.append((name, time.monotonic()))
+        if hard_exit:
+            threading.Thread(
+                target=_watchdog,
+                args=(finished, name, received[0][1]),
+                daemon=True,
+                name="shutdown-watchdog",
+            ).start()
+        loop.call_soon_threadsafe(stop.set)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+        with suppress(ValueError):  # not the main thread: the caller handles signals
+            signal.signal(sig, on_signal)
     runner = asyncio.create_task(controller.run())
     try:
         await stop.wait()
     finally:
+        name, since = received[0] if received else ("cancellation", time.monotonic())
+        deadline = since + SHUTDOWN_BUDGET_S
+        log.info("%s: stopping (bound %.1f s)", name, SHUTDOWN_DEADLINE_S)
         runner.cancel()
-        with suppress(asyncio.CancelledError):
-            await runner
-        await controller.stop()
+        await asyncio.wait({runner}, timeout=max(0.05, min(1.0, deadline - time.monotonic())))
+        complete = await controller.stop(deadline) and runner.done()
+        log.log(
+            logging.INFO if complete else logging.WARNING,
+            "controller stopped %.2f s after %s%s",
+            time.monotonic() - since,
+            name,
+            "" if complete else " (some steps abandoned, see above)",
+        )
+        finished.set()
+
+
+def _watchdog(finished: threading.Event, name: str, since: float) -> None:
+    """End the process :data:`_HARD_EXIT_S` after the first signal if it is still there:
+    exit 0 when the orderly shutdown finished (only leftovers hold the process), else 1."""
+    if finished.wait(max(0.0, since + _HARD_EXIT_S - time.monotonic())):
+        # the orderly stop is done: interpreter teardown has what is left of the bound
+        time.sleep(max(0.0, since + SHUTDOWN_DEADLINE_S - 0.3 - time.monotonic()))
+        log.warning(
+            "shutdown: a thread or task outlived the orderly stop; exiting %.2f s after %s",
+            time.monotonic() - since,
+            name,
+        )
+        _exit_now(0)
+    log.warning("shutdown incomplete: exiting %.2f s after %s", time.monotonic() - since, name)
+    _exit_now(1)
+
+
+def _exit_now(code: int) -> None:
+    """End the process without waiting for threads or tasks (log lines written first)."""
+    for handler in logging.getLogger().handlers:
+        with suppress(Exception):
+            handler.flush()
+    with suppress(Exception):
+        sys.stderr.flush()
+    os._exit(code)

@@ -314,10 +314,13 @@ def register_declarative(app: typer.Typer) -> None:
             else:
                 finish_remote(resp, f"applied {len(changes)} change(s)", wait)
             return
-        bundle, keys = _read_all(file, secrets)
-        result = c.store.apply(
-            bundle, prune=prune, dry_run=dry_run, expect_revision=expect_revision, extra=keys
-        )
+        from ..policy.loader import gc_paused
+
+        with gc_paused():  # a bulk file: millions of objects that all stay alive (loader.py)
+            bundle, keys = _read_all(file, secrets)
+            result = c.store.apply(
+                bundle, prune=prune, dry_run=dry_run, expect_revision=expect_revision, extra=keys
+            )
         if c.output != Format.table:
             emit(
                 {

@@ -104,6 +104,13 @@ def parse_object(kind: str, data: Any, where: str | None = None) -> PolicyModel:
     return obj
 
 
+def _parse_item(kind: str, key: str, i: int, item: Any) -> PolicyModel:
+    """Item ``i`` of the file's ``key`` list, with errors like ``routes[2] 'api': ...``."""
+    name = item.get("name") if isinstance(item, Mapping) else None
+    where = f"{key}[{i}]" + (f" {name!r}" if isinstance(name, str) else "")
+    return parse_object(kind, item, where)
+
+
 class Bundle(BaseModel):
     """The declarative file: a list per kind (``gateways``, ``clusters``, ``routes``...)."""
 
@@ -162,9 +169,10 @@ class Bundle(BaseModel):
                 raise PolicyInvalid(f"{key}: must be a list")
             out = []
             for i, item in enumerate(items):
-                name = item.get("name") if isinstance(item, Mapping) else None
-                where = f"{key}[{i}]" + (f" {name!r}" if isinstance(name, str) else "")
-                out.append(parse_object(kind, item, where))
+                if isinstance(item, KINDS[kind]):  # validated while reading (from_text)
+                    out.append(item)
+                    continue
+                out.append(_parse_item(kind, key, i, item))
             parsed[key] = out
         bundle = cls.model_construct(**parsed)  # type: ignore[arg-type]  # validated above
         bundle.check(references=self_contained)
@@ -173,7 +181,13 @@ class Bundle(BaseModel):
     @classmethod
     def from_text(cls, text: str, source: str = "input", *, self_contained: bool = True) -> Bundle:
         """Parse a file; ``self_contained=False`` leaves references to the store to check."""
-        return cls.parse(load_text(text, source), self_contained=self_contained)
+        kinds = {key: kind for kind, key in PLURALS.items()}
+
+        def item(key: Any, i: int, value: Any) -> Any:
+            kind = kinds.get(key) if isinstance(key, str) else None
+            return value if kind is None else _parse_item(kind, key, i, value)
+
+        return cls.parse(load_text(text, source, item), self_contained=self_contained)
 
     def check(self, *, references: bool = True) -> None:
         """Unique names per kind and (optionally) resolvable references; raises PolicyInvalid."""
