@@ -11,6 +11,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,11 +295,13 @@ class LocalRun:
                 GatewayError(f"Envoy exited with code {envoy.returncode}"), self.envoy_log
             )
         finally:
-            children.stop()
+            # bounded as `serve`'s stop is (controller.SHUTDOWN_DEADLINE_S): the children
+            # are stopped off the event loop, the controller's steps share a deadline
+            await asyncio.to_thread(children.stop, 5.0)
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
-            await controller.stop()
+            await controller.stop(deadline=time.monotonic() + 3.5)
             if self._demo_server is not None:
                 self._demo_server.stop()
 

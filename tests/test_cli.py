@@ -373,8 +373,11 @@ def test_status_exit_code_says_whether_every_proxy_is_in_sync(loaded: Cli) -> No
         rev = store.revision()
 
         def status(*args: str) -> subprocess.CompletedProcess[str]:
-            # a fresh heartbeat of the proxies' controller first: it is alive
-            store.save_builds("ctl", "127.0.0.1:1", rev, {"public": (rev, None)}, time.time())
+            # a fresh heartbeat of the proxies' controller first: it is alive (dated a
+            # minute ahead: a CLI start on a loaded machine must not outlast its freshness,
+            # wait.STALE_AFTER, and turn this into a test of the controller's liveness)
+            beat = time.time() + 60
+            store.save_builds("ctl", "127.0.0.1:1", rev, {"public": (rev, None)}, beat)
             return loaded.run("status", *args, check=False)
 
         store.save_proxy(_proxy("good", rev))
