@@ -113,8 +113,15 @@ class StopSignals:
         watched = [signal.SIGINT, signal.SIGTERM]
         if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
             watched.append(signal.SIGHUP)
+        # plain handlers, not loop.add_signal_handler: that relies on the process's one
+        # signal wakeup fd, and a signal was seen not to reach the loop for a minute under
+        # load; a plain handler runs in the main thread and wakes the loop itself
+        self._loop = loop
         for sig in watched:
-            loop.add_signal_handler(sig, self._received, sig.name)
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum: int, _frame: object) -> None:
+        self._loop.call_soon_threadsafe(self._received, signal.Signals(signum).name)
 
     def _received(self, name: str) -> None:
         if self.name is None:
