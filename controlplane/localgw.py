@@ -288,7 +288,7 @@ class LocalRun:
                 await wait_listening(self.aggregator_port, aggregator, "the aggregation service")
             except (GatewayError, RuntimeError, TimeoutError) as exc:
                 raise _failure(exc, self.envoy_log) from None
-            self._announce(envoy.pid, aggregator.pid, controller.health_port)
+            self._announce(envoy.pid, aggregator.pid, controller.health_port, controller.admin_port)
             while envoy.poll() is None:
                 await asyncio.sleep(0.5)
             raise _failure(
@@ -305,7 +305,9 @@ class LocalRun:
             if self._demo_server is not None:
                 self._demo_server.stop()
 
-    def _announce(self, envoy_pid: int, aggregator_pid: int, health_port: int) -> None:
+    def _announce(
+        self, envoy_pid: int, aggregator_pid: int, health_port: int, admin_port: int | None
+    ) -> None:
         """The few lines ``up`` prints once the gateway serves."""
         gw = self.gateway
         host = gw.address if gw.address != "0.0.0.0" else "127.0.0.1"
@@ -321,7 +323,11 @@ class LocalRun:
         )
         _say(f"gateway {gw.name!r} is up: send requests to http://{host}:{gw.port}/")
         _say(f"  Envoy pid {envoy_pid}, admin http://127.0.0.1:{self.admin_port}/, {log}")
-        admin = f", admin API http://{self.admin_address}/v1/" if self.admin_address else ""
+        admin = (  # the port bound (the address may say 0: any free port)
+            f", admin API http://{self.admin_address.rpartition(':')[0]}:{admin_port}/v1/"
+            if self.admin_address and admin_port
+            else ""
+        )
         where = f"policy in {self.store_url}"
         _say(f"  controller: xDS 127.0.0.1:{self.xds_port}{health}{admin}; {where}")
         _say(f"  aggregation service 127.0.0.1:{self.aggregator_port} (pid {aggregator_pid})")

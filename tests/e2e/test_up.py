@@ -144,6 +144,9 @@ def test_up_serves_the_demo_and_takes_changes(tmp_path: Path) -> None:
         assert not [line for line in lines if ENVOY_LOG_LINE.match(line)], out
         assert f"log {up.envoy_log}" in out
         assert up.envoy_log.is_file()
+        # the admin API announced is the one bound (the address may ask for port 0)
+        announced = re.search(r"admin API http://127\.0\.0\.1:(\d+)/v1/", out)
+        assert announced is not None and listening(int(announced.group(1))), out
 
         status, headers, body = request(up.port, "/hello")
         assert status == 200 and headers["x-backend"] == "demo" and body["path"] == "/hello"
