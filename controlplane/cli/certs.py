@@ -17,7 +17,7 @@ from ..errors import PolicyInvalid
 from .context import ctx_of, finish_change, finish_remote
 from .contexts import path_of
 from .output import Format, emit, emit_table
-from .resources import WaitOption
+from .resources import WaitOption, remote_patch
 
 __all__ = ["register_certs"]
 
@@ -101,16 +101,7 @@ def register_certs(app: typer.Typer) -> None:
             raise PolicyInvalid("cert update: give --cert and/or --key")
         api = c.remote
         if api is not None:
-            resp = api.request(
-                "PATCH",
-                path_of("certificates", name),
-                body=fields,
-                wait=wait,
-                content_type="application/merge-patch+json",
-            ).data
-            changed = bool(resp.get("changes"))
-            verb = "updated" if changed else "unchanged"
-            finish_remote(resp, f"certificate {name!r} {verb}", wait if changed else None)
+            remote_patch(api, "certificates", "certificate", name, fields, wait)
             return
         result = c.store.update("certificate", name, lambda spec: {**spec, **fields})
         if not result.changes:

@@ -17,7 +17,7 @@ from ..errors import PolicyInvalid
 from .context import ctx_of, finish_change, finish_remote
 from .contexts import path_of
 from .output import Format, emit, emit_table
-from .resources import WaitOption
+from .resources import WaitOption, remote_patch
 
 __all__ = ["register_protos"]
 
@@ -120,16 +120,7 @@ def register_protos(app: typer.Typer) -> None:
             raise PolicyInvalid("proto update: give --descriptor-set, --proto or --description")
         api = c.remote
         if api is not None:
-            resp = api.request(
-                "PATCH",
-                path_of("protos", name),
-                body=fields,
-                wait=wait,
-                content_type="application/merge-patch+json",
-            ).data
-            changed = bool(resp.get("changes"))
-            verb = "updated" if changed else "unchanged"
-            finish_remote(resp, f"proto {name!r} {verb}", wait if changed else None)
+            remote_patch(api, "protos", "proto", name, fields, wait)
             return
         result = c.store.update("proto", name, lambda spec: {**spec, **fields})
         verb = "updated" if result.changes else "unchanged"

@@ -550,6 +550,25 @@ def merge_patch(fields: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
+def remote_patch(
+    api: Any, plural: str, label: str, name: str, fields: dict[str, Any], wait: str | None
+) -> None:
+    """``KIND update`` through the admin API as a merge patch of ``fields``, said as the
+    local command says it (updated / unchanged)."""
+    from .contexts import path_of
+
+    resp = api.request(
+        "PATCH",
+        path_of(plural, name),
+        body=fields,
+        wait=wait,
+        content_type="application/merge-patch+json",
+    ).data
+    changed = bool(resp.get("changes"))
+    verb = "updated" if changed else "unchanged"
+    finish_remote(resp, f"{label} {name!r} {verb}", wait if changed else None)
+
+
 def remote_update(
     api: Any,
     kind: str,
