@@ -32,6 +32,7 @@ from .store import Store
 from .store.history import parse_retention
 from .store.repository import display_url
 from .store.tokens import bootstrap_admin
+from .supervise import wake_loop_on_signals
 from .translate import AggregationTarget
 from .xds import AdsServer, SnapshotCache, StatusRecorder
 from .xds.metrics import XdsMetrics
@@ -377,9 +378,11 @@ async def serve(
             ).start()
         loop.call_soon_threadsafe(stop.set)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with suppress(ValueError):  # not the main thread: the caller handles signals
+    unwake = None
+    with suppress(ValueError):  # not the main thread: the caller handles signals
+        for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
+        unwake = wake_loop_on_signals(loop)
     runner = asyncio.create_task(controller.run())
     try:
         await stop.wait()
@@ -397,6 +400,8 @@ async def serve(
             name,
             "" if complete else " (some steps abandoned, see above)",
         )
+        if unwake is not None:
+            unwake()
         finished.set()
 
 

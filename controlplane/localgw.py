@@ -230,6 +230,8 @@ class LocalRun:
             except GatewayError:
                 if not stop.event.is_set():  # a failure while stopping is the stop's
                     raise
+            finally:
+                stop.close()
         if stop.name:
             _say(f"stopped ({stop.name}): Envoy and the aggregation service with it")
 

@@ -20,13 +20,20 @@ import ctypes.util
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any
 
-__all__ = ["Children", "StopSignals", "die_with_parent", "skip_grpc_fork_handlers"]
+__all__ = [
+    "Children",
+    "StopSignals",
+    "die_with_parent",
+    "skip_grpc_fork_handlers",
+    "wake_loop_on_signals",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +107,41 @@ class Children:
                 proc.wait()
 
 
+def wake_loop_on_signals(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """Make every signal wake ``loop``'s selector, so Python-level handlers run at once.
+
+    A ``signal.signal`` handler runs in the main thread between bytecodes. The kernel may
+    deliver a process signal to any thread (gRPC's, the executor's); the main thread then
+    stays asleep in the selector until its next timer or I/O, and the handler waits with
+    it. CPython writes a byte to the wakeup fd from whichever thread took the signal: a
+    socket the loop watches turns that byte into a wake-up. Plain handlers are kept
+    (rather than ``loop.add_signal_handler``) because they also run while the loop is
+    busy in Python code, which a shutdown's second-signal exit relies on.
+    """
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+
+    def drain(pair: tuple[socket.socket, socket.socket] = (reader, writer)) -> None:
+        # the loop's reader callback holds both sockets open (the writer by this default)
+        with suppress(BlockingIOError, InterruptedError):
+            while pair[0].recv(4096):
+                pass
+
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    loop.add_reader(reader.fileno(), drain)
+
+    def undo() -> None:
+        """Give the process its previous wakeup fd back (in-process callers, tests)."""
+        signal.set_wakeup_fd(previous)
+        with suppress(RuntimeError):  # the loop is closed: its selector is gone already
+            loop.remove_reader(reader.fileno())
+        reader.close()
+        writer.close()
+
+    return undo
+
+
 class StopSignals:
     """Set by the first of SIGINT, SIGTERM or SIGHUP; :attr:`name` says which.
 
@@ -113,12 +155,15 @@ class StopSignals:
         watched = [signal.SIGINT, signal.SIGTERM]
         if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
             watched.append(signal.SIGHUP)
-        # plain handlers, not loop.add_signal_handler: that relies on the process's one
-        # signal wakeup fd, and a signal was seen not to reach the loop for a minute under
-        # load; a plain handler runs in the main thread and wakes the loop itself
         self._loop = loop
-        for sig in watched:
-            signal.signal(sig, self._handler)
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in watched}
+        self._unwake = wake_loop_on_signals(loop)
+
+    def close(self) -> None:
+        """Restore the handlers and wakeup fd found (the loop is still running)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._unwake()
 
     def _handler(self, signum: int, _frame: object) -> None:
         self._loop.call_soon_threadsafe(self._received, signal.Signals(signum).name)

@@ -115,12 +115,52 @@ def test_stop_signals_name_the_signal(sig: signal.Signals) -> None:
         await asyncio.wait_for(stop.event.wait(), 10)
         return stop.name
 
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         assert asyncio.run(main()) == sig.name
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+_SIGNAL_TO_A_THREAD = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys, threading, time
+    from controlplane.supervise import StopSignals
+
+    seen = threading.Event()
+
+    def worker():
+        time.sleep(0.5)  # the main thread is asleep in the selector by then
+        signal.pthread_kill(threading.get_ident(), signal.SIGHUP)
+        if not seen.wait(float(sys.argv[1])):  # a thread's clock: no timer in the loop
+            print("not seen: the loop slept on", flush=True)
+            os._exit(1)
+
+    async def main():
+        stop = StopSignals(asyncio.get_running_loop())
+        threading.Thread(target=worker, daemon=True).start()
+        await stop.event.wait()  # nothing else is scheduled: only the signal can wake it
+        seen.set()
+        stop.close()
+        return stop.name
+
+    print(asyncio.run(main()))
+    """
+)
+
+
+def test_a_signal_taken_by_another_thread_wakes_the_idle_loop() -> None:
+    """The loop sleeps in its selector with no timer due; the signal lands on a worker
+    thread. Without a wakeup fd the main thread (the only one that runs Python signal
+    handlers) slept on until its next timer: ``up`` ignored a SIGHUP for a minute."""
+    out = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_TO_A_THREAD, "60"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.stdout.strip() == "SIGHUP", out.stdout + out.stderr
 
 
 def test_an_ignored_sighup_stays_ignored() -> None:
