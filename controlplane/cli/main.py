@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -250,7 +250,10 @@ def _only(group: typer.models.TyperInfo, name: str | None) -> typer.models.Typer
 def _listing(full: typer.Typer) -> typer.Typer:
     """The app for ``gatewayctl --help``: every command and group with its one-line help,
     but no group's subcommands, which the listing does not show and typer would otherwise
-    build, options and all (tests/unit/test_cli_imports.py compares the two helps)."""
+    build, options and all, and no command's options: each command and group callback is
+    replaced by one without parameters and with the same docstring, so typer does not
+    evaluate their annotations (~400 evaluations, most of the listing's cost).
+    tests/unit/test_cli_imports.py compares the two helps."""
     import copy
 
     view = copy.copy(full)
@@ -260,11 +263,34 @@ def _listing(full: typer.Typer) -> typer.Typer:
         if inner is not None:
             inner = copy.copy(inner)
             inner.registered_commands, inner.registered_groups = [], []
-        shallow = copy.copy(group)
+            if inner.registered_callback is not None:
+                inner.registered_callback = _bare(inner.registered_callback)
+        shallow = _bare(group)
         shallow.typer_instance = inner
         groups.append(shallow)
     view.registered_groups = groups
+    view.registered_commands = [_bare(c) for c in full.registered_commands]
     return view
+
+
+_Info = TypeVar("_Info", typer.models.CommandInfo, typer.models.TyperInfo)
+
+
+def _bare(info: _Info) -> _Info:
+    """``info`` with a callback that takes no parameters and has the same docstring."""
+    import copy
+
+    bare = copy.copy(info)
+    callback = info.callback
+    if callable(callback):  # not None nor typer's DefaultPlaceholder
+
+        def listed() -> None:
+            """"""
+
+        listed.__doc__ = callback.__doc__
+        listed.__name__ = callback.__name__
+        bare.callback = listed
+    return bare
 
 
 def run() -> None:

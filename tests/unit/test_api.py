@@ -491,6 +491,40 @@ def test_lists_come_from_the_controllers_memory_at_the_same_revision(store: Stor
     assert [i["name"] for i in r.json()["items"]] == ["ra", "rb", "rc"]
 
 
+def test_a_spec_listing_is_what_the_cli_prints_and_is_reused_per_revision(store: Store) -> None:
+    """``?view=specs&pretty=true`` is byte for byte the local ``route list -o json``
+    output, so the remote CLI passes it through; an unscoped caller's encoded listing is
+    kept per revision, never given to a scoped caller, and replaced by a write."""
+    from controlplane.cli.output import _json
+
+    built: list[int] = []
+
+    def listing(kind: str, revision: int) -> list[Any] | None:
+        built.append(revision)
+        return list(store.list_objects(kind)) if revision == store.revision() else None
+
+    api = TestClient(create_app(store, listing=listing), raise_server_exceptions=False)
+    h = _auth(store)
+    _seed(api, h)
+    local = (_json([o.spec() for o in store.list_objects("route")]) + "\n").encode()
+    first = api.get("/v1/routes?view=specs&pretty=true", headers=h)
+    assert first.status_code == 200 and first.content == local
+    assert first.headers["ETag"] == f'"{store.revision()}"'
+    again = api.get("/v1/routes?view=specs&pretty=true", headers=h)
+    assert again.content == local and built == [store.revision()]  # the kept encoding
+    envelope = api.get("/v1/routes", headers=h).json()  # another shape: its own encoding
+    assert [i["spec"] for i in envelope["items"]] == json.loads(local)
+    scoped = _auth(store, "viewer", ("b",))
+    assert api.get("/v1/routes?view=specs", headers=scoped).json() == [
+        s for s in json.loads(local) if "b" in s["gateways"]
+    ]
+    store.create(store.get("route", "rb").model_copy(update={"name": "rc"}))
+    after = api.get("/v1/routes?view=specs&pretty=true", headers=h)
+    assert [s["name"] for s in json.loads(after.content)] == ["ra", "rb", "rc"]
+    assert after.headers["ETag"] == f'"{store.revision()}"'
+    _error(api.get("/v1/routes?view=everything", headers=h), 400, "invalid")
+
+
 def test_the_runner_publishes_a_listing_per_revision(tmp_path: Path) -> None:
     import asyncio
 
