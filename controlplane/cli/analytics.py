@@ -19,7 +19,7 @@ from ..errors import GatewayError, PolicyInvalid
 from .context import ctx_of
 from .output import Format, emit, emit_table, stderr
 
-__all__ = ["observability_fields", "parse_time", "register_analytics"]
+__all__ = ["parse_time", "register_analytics"]
 
 #: the furthest back a relative time goes (a hundred years): keeps datetime arithmetic in range
 _MAX_AGO_MS = 36500 * 86_400_000
@@ -50,47 +50,6 @@ def parse_time(value: str, option: str, now: float | None = None) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
-
-
-def observability_fields(
-    access_log: Annotated[
-        str | None, typer.Option(help="Access log lines on Envoy's stdout: json, text or off.")
-    ] = None,
-    access_log_field: Annotated[
-        list[str] | None,
-        typer.Option(help="Field of the access log line (repeatable; default all)."),
-    ] = None,
-    analytics: Annotated[
-        bool | None,
-        typer.Option("--analytics/--no-analytics", help="Usage analytics for this gateway."),
-    ] = None,
-    analytics_sink: Annotated[
-        str | None,
-        typer.Option(help="HOST:PORT of a `gatewayctl analytics-sink` (default: the controller)."),
-    ] = None,
-    analytics_flush_interval: Annotated[
-        str | None, typer.Option(help="How long Envoy buffers access-log entries [1s].")
-    ] = None,
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    log: dict[str, Any] = {}
-    if access_log is not None:
-        log["format"] = access_log
-    if access_log_field:
-        log["fields"] = access_log_field
-    if log:
-        out["access_log"] = log
-    section: dict[str, Any] = {}
-    if analytics is not None:
-        section["enabled"] = analytics
-    if analytics_sink is not None:
-        section["sink"] = analytics_sink
-        section.setdefault("enabled", True)
-    if analytics_flush_interval is not None:
-        section["flush_interval"] = analytics_flush_interval
-    if section:
-        out["analytics"] = section
-    return out
 
 
 Since = Annotated[str, typer.Option(help="Start: 1h (ago), today, ISO time.")]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from enum import StrEnum
@@ -79,6 +78,8 @@ def _json(data: Any) -> str:
     try:
         return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
     except TypeError:  # orjson.JSONEncodeError
+        import json
+
         return json.dumps(data, indent=2, ensure_ascii=False)
 
 

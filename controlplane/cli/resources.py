@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 import typer
 
 from ..errors import PolicyInvalid
-from .analytics import observability_fields
 from .context import ctx_of, finish_atomic, finish_change, finish_remote
 from .options import pairs as _pairs
 from .output import Format, emit, emit_table
@@ -594,6 +593,47 @@ def remote_update(
         wait=wait,
     ).data
     return resp
+
+
+def observability_fields(
+    access_log: Annotated[
+        str | None, typer.Option(help="Access log lines on Envoy's stdout: json, text or off.")
+    ] = None,
+    access_log_field: Annotated[
+        list[str] | None,
+        typer.Option(help="Field of the access log line (repeatable; default all)."),
+    ] = None,
+    analytics: Annotated[
+        bool | None,
+        typer.Option("--analytics/--no-analytics", help="Usage analytics for this gateway."),
+    ] = None,
+    analytics_sink: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT of a `gatewayctl analytics-sink` (default: the controller)."),
+    ] = None,
+    analytics_flush_interval: Annotated[
+        str | None, typer.Option(help="How long Envoy buffers access-log entries [1s].")
+    ] = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    log: dict[str, Any] = {}
+    if access_log is not None:
+        log["format"] = access_log
+    if access_log_field:
+        log["fields"] = access_log_field
+    if log:
+        out["access_log"] = log
+    section: dict[str, Any] = {}
+    if analytics is not None:
+        section["enabled"] = analytics
+    if analytics_sink is not None:
+        section["sink"] = analytics_sink
+        section.setdefault("enabled", True)
+    if analytics_flush_interval is not None:
+        section["flush_interval"] = analytics_flush_interval
+    if section:
+        out["analytics"] = section
+    return out
 
 
 def plural_of(kind: str) -> str:
