@@ -211,14 +211,19 @@ def _app_for(argv: list[str]) -> typer.Typer:
             break
     module = next((m for m, names in COMMAND_MODULES.items() if first in names), None)
     if first is None and (not argv or "--help" in argv):
-        return _listing(register_all())
+        return _listing_from_table()
     if first is None or module is None:
         return register_all()
     register(module)
     import copy
 
+    listing = "--help" in argv and (second is None or second.startswith("-"))
     view = copy.copy(app)
-    view.registered_groups = [_only(g, second) for g in app.registered_groups if g.name == first]
+    view.registered_groups = [
+        _listed_group(g) if listing else _only(g, second)
+        for g in app.registered_groups
+        if g.name == first
+    ]
     view.registered_commands = [c for c in app.registered_commands if _command_name(c) == first]
     return view
 
@@ -247,13 +252,51 @@ def _only(group: typer.models.TyperInfo, name: str | None) -> typer.models.Typer
     return view
 
 
+def _listing_from_table() -> typer.Typer:
+    """The app for ``gatewayctl --help`` built from :mod:`.listing` (no command module is
+    imported): the root options, and each command as a name and its help."""
+    import copy
+
+    from .listing import COMMANDS
+
+    def listed() -> None:
+        pass
+
+    view = copy.copy(app)
+    view.registered_groups = []
+    view.registered_commands = [
+        typer.models.CommandInfo(
+            name=c.name,
+            help=c.help,
+            short_help=c.short_help,
+            hidden=c.hidden,
+            deprecated=c.deprecated,
+            callback=listed,
+        )
+        for c in COMMANDS
+    ]
+    return view
+
+
+def _listed_group(group: typer.models.TyperInfo) -> typer.models.TyperInfo:
+    """``gatewayctl route --help``: the group's own options, its subcommands as a listing."""
+    import copy
+
+    if group.typer_instance is None:
+        return group
+    view = copy.copy(group)
+    view.typer_instance = _listing(group.typer_instance)
+    return view
+
+
 def _listing(full: typer.Typer) -> typer.Typer:
-    """The app for ``gatewayctl --help``: every command and group with its one-line help,
-    but no group's subcommands, which the listing does not show and typer would otherwise
-    build, options and all, and no command's options: each command and group callback is
-    replaced by one without parameters and with the same docstring, so typer does not
-    evaluate their annotations (~400 evaluations, most of the listing's cost).
-    tests/unit/test_cli_imports.py compares the two helps."""
+    """``full`` for a help listing: every command and group with its one-line help, but no
+    group's subcommands, which the listing does not show and typer would otherwise build,
+    options and all, and no command's options: each command and group callback is replaced
+    by one without parameters and with the same docstring, so typer does not evaluate their
+    annotations (~400 evaluations for the whole app, most of a listing's cost). ``full``'s
+    own callback, whose options the help shows, is kept. tests/unit/test_cli_imports.py
+    compares the helps."""
     import copy
 
     view = copy.copy(full)

@@ -155,15 +155,40 @@ def test_a_remote_update_imports_only_its_own_command_module(tmp_path: Path) -> 
 
 
 def test_the_help_listing_is_that_of_the_whole_app() -> None:
-    """``gatewayctl --help`` is built without the groups' subcommands; it must print
-    exactly what the whole app prints."""
+    """``gatewayctl --help`` is built from the generated command table (no command module
+    imported), or without the groups' subcommands and options: both must print exactly
+    what the whole app prints."""
     from typer.testing import CliRunner
 
-    from controlplane.cli.main import _listing, register_all
+    from controlplane.cli.main import _listing, _listing_from_table, register_all
 
     full = register_all()
     whole = CliRunner().invoke(full, ["--help"], prog_name="gatewayctl")
-    listed = CliRunner().invoke(_listing(full), ["--help"], prog_name="gatewayctl")
-    assert whole.exit_code == listed.exit_code == 0
-    assert listed.output == whole.output
+    for view in (_listing(full), _listing_from_table()):
+        listed = CliRunner().invoke(view, ["--help"], prog_name="gatewayctl")
+        assert whole.exit_code == listed.exit_code == 0
+        assert listed.output == whole.output
     assert "route" in whole.output and "analytics-sink" in whole.output
+
+
+@pytest.mark.parametrize("group", ["route", "consumer", "consumer key", "analytics", "context"])
+def test_a_group_help_listing_is_that_of_the_whole_app(group: str) -> None:
+    """``gatewayctl route --help`` lists the subcommands without building their options."""
+    from typer.testing import CliRunner
+
+    from controlplane.cli.main import _app_for, register_all
+
+    args = [*group.split(), "--help"]
+    view = _app_for(args)
+    whole = CliRunner().invoke(register_all(), args, prog_name="gatewayctl")
+    listed = CliRunner().invoke(view, args, prog_name="gatewayctl")
+    assert whole.exit_code == listed.exit_code == 0
+    assert listed.output == whole.output and "Commands:" in whole.output
+
+
+def test_the_generated_command_table_is_current() -> None:
+    from controlplane.cli import listing
+
+    assert listing.generate() == Path(listing.__file__).read_text(encoding="utf-8"), (
+        "controlplane/cli/listing.py is stale: run `python -m controlplane.cli.listing`"
+    )
