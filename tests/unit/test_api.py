@@ -362,6 +362,8 @@ def test_admin_api_over_tls_with_a_pki_certificate(store: Store, tmp_path: Path)
 
     from controlplane import pki
     from controlplane.api.server import HttpService
+    from controlplane.cli.client import Client
+    from controlplane.errors import StoreError
 
     pki.init_ca(tmp_path / "pki", ["127.0.0.1"])
     folder = tmp_path / "pki"
@@ -386,6 +388,15 @@ def test_admin_api_over_tls_with_a_pki_certificate(store: Store, tmp_path: Path)
             async with httpx.AsyncClient() as plain:  # plaintext to a TLS port: no answer
                 with pytest.raises(httpx.HTTPError):
                     await plain.get(f"http://127.0.0.1:{service.port}/healthz")
+            # the CLI's own client: verified by the CA, kept alive across calls
+            url = f"https://127.0.0.1:{service.port}"
+            cli = Client(url, token, ca_file=str(folder / pki.CA_CERT))
+            answers = await asyncio.to_thread(lambda: [cli.get("/v1/revision") for _ in "ab"])
+            assert [a["revision"] for a in answers] == [store.revision()] * 2
+            cli.close()
+            stranger = Client(url, token)  # the system's CAs do not know this one
+            with pytest.raises(StoreError, match="cannot verify the admin API's certificate"):
+                await asyncio.to_thread(stranger.get, "/v1/revision")
         finally:
             await service.close()
 
