@@ -60,6 +60,8 @@ class Proxy:
         #: revision -> (RouteConfiguration of that revision received, its ACK queued)
         self.route_acks: dict[int, tuple[float, float]] = {}
         self.errors = 0
+        #: responses received per resource type (short name)
+        self.responses: dict[str, int] = {}
 
     def _request(self, type_url: str, names: list[str], version: str = "", nonce: str = ""):  # type: ignore[no-untyped-def]
         req = self._pb.DiscoveryRequest(
@@ -112,6 +114,8 @@ class Proxy:
         from controlplane.translate import EXTENSION, LISTENER, ROUTE
 
         received = time.perf_counter()
+        kind = resp.type_url.rsplit(".", 1)[-1]
+        self.responses[kind] = self.responses.get(kind, 0) + 1
         names = self.subscribed.get(resp.type_url, [])
         ack = self._request(resp.type_url, names, resp.version_info, resp.nonce)
         self.queue.put_nowait(ack)  # ACK first, as Envoy does once the resource is applied
@@ -150,6 +154,7 @@ async def _fleet(port: int, first: int, count: int, conn: Connection) -> None:
     """Run ``count`` proxies; answer the benchmark's requests on ``conn``:
     ``("synced",)`` -> True once every proxy has a RouteConfiguration;
     ``("wait", revision, timeout)`` -> [(received, acked)] per proxy once all ACKed it;
+    ``("count",)`` -> responses received by type, summed over the proxies;
     ``("stop",)`` -> stream error count, then the fleet ends."""
     proxies = [Proxy(port, first + i) for i in range(count)]
     tasks = [asyncio.create_task(p.run()) for p in proxies]
@@ -166,6 +171,12 @@ async def _fleet(port: int, first: int, count: int, conn: Connection) -> None:
                 revision, timeout = command[1], command[2]
                 await _until(lambda r=revision: all(p.acked(r) for p in proxies), timeout)
                 conn.send([p.acked(revision) for p in proxies])
+            elif command[0] == "count":
+                total: dict[str, int] = {}
+                for p in proxies:
+                    for kind, n in p.responses.items():
+                        total[kind] = total.get(kind, 0) + n
+                conn.send(total)
             else:
                 for p in proxies:
                     p.close()
@@ -221,6 +232,14 @@ class Fleet:
         return errors
 
 
+def _counts(fleet: Fleet) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for share in fleet.ask("count"):
+        for kind, n in share.items():
+            total[kind] = total.get(kind, 0) + n
+    return total
+
+
 def _put(
     conn: http.client.HTTPConnection, token: str, name: str, cluster: str
 ) -> tuple[int, float, float]:
@@ -245,6 +264,7 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
     fleet = Fleet(stack.ports["xds"], args.proxies, args.workers)
     fleet.ask("synced")
     print(f"{args.proxies} proxies synced in {(time.perf_counter() - opened) * 1e3:.0f} ms")
+    before = _counts(fleet)
     conn = http.client.HTTPConnection("127.0.0.1", stack.ports["admin-api"], timeout=60)
     token = stack.admin_token()
     name = route_name("r", args.routes // 2)
@@ -273,12 +293,18 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
             time.sleep(0.1)
         print(f"controller profile: {args.profile} (pstat), {args.profile}.txt")
     conn.close()
+    after = _counts(fleet)
+    per_write = {k: (n - before.get(k, 0)) / args.samples / args.proxies for k, n in after.items()}
     errors = fleet.close()
     validated = "never" if args.no_validate else "auto (validated)"
     where = f"{args.workers} worker process(es)" if args.workers else "the benchmark process"
     print(
         f"{args.routes} routes, {args.samples} writes, validate={validated}, proxies in "
         f"{where}, stream errors {errors}"
+    )
+    print(
+        "responses per proxy per write: "
+        + ", ".join(f"{k} {n:.2f}" for k, n in sorted(per_write.items()) if n)
     )
     print(f"load average (1 min) during the samples: {min(loads):.2f}-{max(loads):.2f}")
     for label, key in (
