@@ -20,6 +20,7 @@ it (its ACK is queued at once).
     python -m bench.ads_fanout --proxies 100 --routes 100 --samples 50
     python -m bench.ads_fanout --proxies 100 --no-validate   # without Envoy's check
     python -m bench.ads_fanout --proxies 100 --workers 0     # proxies in this process
+    python -m bench.ads_fanout --proxies 100 --code 810899b  # the controller of a commit
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import http.client
 import json
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -335,11 +337,24 @@ def main() -> None:
     )
     parser.add_argument("--no-validate", action="store_true")
     parser.add_argument(
+        "--code",
+        default="worktree",
+        help="run the controller of this git revision (a snapshot, see bench.run)",
+    )
+    parser.add_argument(
         "--profile",
         metavar="FILE",
         help="profile the controller (all threads, yappi) and write its stats to FILE",
     )
-    args = parser.parse_args()
+    raw = sys.argv[1:]
+    args = parser.parse_args(raw)
+    if args.code != "worktree" and not os.environ.get("BENCH_CODE_SNAPSHOT"):
+        from bench.run import use_snapshot
+
+        argv = [a for a in raw if not a.startswith("--code") and a != args.code]
+        use_snapshot(args.code, argv, module="bench.ads_fanout")
+    if os.environ.get("BENCH_CODE_SNAPSHOT"):
+        print(f"controller code: snapshot of {os.environ['BENCH_CODE_SNAPSHOT']}")
     if args.no_validate:
         os.environ["GATEWAY_VALIDATE"] = "never"
     else:
