@@ -268,7 +268,10 @@ def test_admin_api_writes_are_validated_by_an_envoy_started_ahead(
         good = {"name": "ok", "gateways": ["gw"], "cluster": "app", "match": {"path": "/ok"}}
         r = api.post("/v1/routes", json=good, headers=h)
         assert r.status_code == 201, r.text
-        assert (spare.served, first.returncode) == (1, 0)  # the started-ahead Envoy checked it
+        assert spare.served == 1  # the started-ahead Envoy checked it
+        # its verdict was its "configuration ... OK" line; its shutdown was cut short and
+        # the process is gone (reaped, no orphan)
+        assert first.poll() is not None
         monkeypatch.setattr("controlplane.policy.route.HEADER_VALUE_MAX_BYTES", 10**9)
         revision = controller.store.revision()
         bad = {**good, "name": "long", "match": {"path": "/long"}}
@@ -321,3 +324,30 @@ def test_an_envoy_started_ahead_exits_when_its_writer_goes_away(tmp_path: Path) 
     started.close_fd()  # what the kernel does when the writing process dies
     assert started.proc.wait(timeout=60) == 0
     warm.close()
+
+
+def test_the_verdict_is_envoys_ok_line_not_its_shutdown(tmp_path: Path) -> None:
+    """Envoy prints "configuration '...' OK" once the whole configuration is accepted and
+    only then shuts its server down: the write takes the line as the verdict and ends the
+    process, rather than waiting for (and competing with) its shutdown. A refusal is still
+    the output and the exit code."""
+    import os
+
+    from controlplane.validate import _run
+
+    fake = tmp_path / "envoy"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$4" in *bad*) echo "error: bad listener"; exit 1;; esac\n'
+        "echo \"configuration '$4' OK\"\n"
+        "exec sleep 600\n"  # a shutdown that would never end
+    )
+    os.chmod(fake, 0o755)
+    folder = tmp_path / "work"
+    folder.mkdir()
+    [(code, out)] = _run(str(fake), str(folder), [b"good"])
+    assert code == 0 and out.strip().endswith("' OK"), out
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    [(code, out)] = _run(str(fake), str(bad), [b"x"])
+    assert (code, out.strip()) == (1, "error: bad listener")
