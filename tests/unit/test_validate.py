@@ -282,7 +282,7 @@ def test_admin_api_writes_are_validated_by_an_envoy_started_ahead(
         assert message.startswith("route 'long': response_headers: Envoy refuses it: "), message
         assert controller.store.revision() == revision
         assert spare.served == 2
-        waiting = spare._next
+        waiting = spare.ready()
         assert waiting is not None and waiting.proc.poll() is None
     finally:
         validator.close()
@@ -351,3 +351,31 @@ def test_the_verdict_is_envoys_ok_line_not_its_shutdown(tmp_path: Path) -> None:
     bad.mkdir()
     [(code, out)] = _run(str(fake), str(bad), [b"x"])
     assert (code, out.strip()) == (1, "error: bad listener")
+
+
+@needs_envoy
+def test_the_next_envoy_starts_after_the_write_not_inside_it() -> None:
+    """A write's check does not start the next validator itself (its start-up would run
+    while the controller pushes that write); a restart thread does, later - and a write
+    that comes before then has it started at once, still checked by a process started
+    ahead rather than the slower way."""
+    from envoy.config.bootstrap.v3 import bootstrap_pb2
+
+    from controlplane.validate import WarmEnvoy
+
+    assert ENVOY is not None
+    data = bootstrap_pb2.Bootstrap(node={"id": "t", "cluster": "gw"}).SerializeToString()
+    warm = WarmEnvoy(ENVOY, restart_after=600)  # "later" is never, unless hurried
+    try:
+        warm.prime()
+        first = warm.validate(data)
+        assert first is not None and first[0] == 0, first
+        assert warm.served == 1
+        assert warm._next is None  # nothing started inside the write
+        second = warm.validate(data)  # sooner than restart_after: started now, then used
+        assert second is not None and second[0] == 0, second
+        assert warm.served == 2
+        assert warm.ready() is not None  # and the one after it is there when asked for
+    finally:
+        warm.close()
+    assert warm._next is None
