@@ -99,9 +99,13 @@ def _leaf_strings(value: object) -> list[str]:
     return []
 
 
-#: seconds the recorder waits after the first change before writing: the ACKs of one push
-#: to a fleet arrive within tens of milliseconds and are then written together
+#: the recorder writes once no change came for this many seconds: the ACKs of one push to
+#: a fleet arrive within tens of milliseconds and are then written together, after the
+#: push rather than during it (the write holds the GIL the streams need)
 COALESCE = 0.01
+#: ... but never later than this after the first change it holds (a fleet that never
+#: stops changing is still recorded)
+MAX_DELAY = 0.1
 
 
 class StatusRecorder:
@@ -109,10 +113,17 @@ class StatusRecorder:
     flush (:meth:`Store.save_status`): 100 proxies ACKing a push cost one commit, not 100
     (each commit also wakes every revision watcher on the database)."""
 
-    def __init__(self, store: Store, controller: str, coalesce: float = COALESCE) -> None:
+    def __init__(
+        self,
+        store: Store,
+        controller: str,
+        coalesce: float = COALESCE,
+        max_delay: float = MAX_DELAY,
+    ) -> None:
         self.store = store
         self.controller = controller
         self.coalesce = coalesce
+        self.max_delay = max_delay
         self._dirty: dict[str, ProxyState] = {}
         self._events: list[dict[str, object]] = []
         self._wake = asyncio.Event()
@@ -136,10 +147,15 @@ class StatusRecorder:
         self._wake.set()
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            if self.coalesce:
+            first = loop.time()
+            while self.coalesce:  # until quiet for `coalesce`, or `max_delay` passed
+                self._wake.clear()
                 await asyncio.sleep(self.coalesce)
+                if not self._wake.is_set() or loop.time() - first >= self.max_delay:
+                    break
             self._wake.clear()
             await self.flush()
 

@@ -95,3 +95,36 @@ def test_a_fleets_acks_are_written_in_one_transaction(store: Store) -> None:
     rows = {p.node_id: p for p in store.proxies()}
     assert len(rows) == 100 and rows["web-5"].acked_revision == 8
     assert rows["web-6"].acked_revision == 7
+
+
+def test_changes_that_keep_coming_are_written_once_they_stop(store: Store) -> None:
+    """The recorder writes once the changes pause (the ACKs of one push), not while they
+    keep arriving: one transaction for the whole burst."""
+    import asyncio
+
+    from controlplane.xds.status import ProxyState, StatusRecorder
+
+    recorder = StatusRecorder(store, "ctl", coalesce=0.5, max_delay=60)
+    commits: list[object] = []
+
+    def committed(conn: Any) -> None:
+        commits.append(conn)
+
+    async def burst() -> None:
+        task = asyncio.create_task(recorder.run())
+        for i in range(20):  # 0.2 s of changes, none more than 0.5 s after the previous
+            state = ProxyState(f"web-{i}", gateway="web", address="a", envoy_version="1.40")
+            recorder.event("ack", state, 1, "in sync")
+            recorder.changed(state)
+            await asyncio.sleep(0.01)
+        while len(store.proxies()) < 20:
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    event.listen(store._writer, "commit", committed)
+    try:
+        asyncio.run(asyncio.wait_for(burst(), 60))
+    finally:
+        event.remove(store._writer, "commit", committed)
+    assert len(commits) == 1
+    assert len([e for e in store.events(limit=100) if e["kind"] == "ack"]) == 20
