@@ -21,6 +21,7 @@ it (its ACK is queued at once).
     python -m bench.ads_fanout --proxies 100 --no-validate   # without Envoy's check
     python -m bench.ads_fanout --proxies 100 --workers 0     # proxies in this process
     python -m bench.ads_fanout --proxies 100 --code 810899b  # the controller of a commit
+    python -m bench.ads_fanout --proxies 100 --gc-log        # + the controller's full GCs
 """
 
 from __future__ import annotations
@@ -274,6 +275,7 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
         k: [] for k in ("last", "each", "write", "first_rx", "last_rx")
     }
     loads = []
+    began = time.time()
     if args.profile:
         stack.profile_toggle()
     for i in range(args.samples):
@@ -296,6 +298,7 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
         print(f"controller profile: {args.profile} (pstat), {args.profile}.txt")
     conn.close()
     after = _counts(fleet)
+    ended = time.time()
     per_write = {k: (n - before.get(k, 0)) / args.samples / args.proxies for k, n in after.items()}
     errors = fleet.close()
     validated = "never" if args.no_validate else "auto (validated)"
@@ -309,6 +312,16 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
         + ", ".join(f"{k} {n:.2f}" for k, n in sorted(per_write.items()) if n)
     )
     print(f"load average (1 min) during the samples: {min(loads):.2f}-{max(loads):.2f}")
+    if args.gc_log:
+        pauses = [
+            float(line.split()[1])
+            for line in (stack.workdir / "gc.log").read_text().splitlines()
+            if began <= float(line.split()[0]) <= ended
+        ]
+        print(
+            f"controller full GCs during the samples: {len(pauses)}"
+            + (f", longest {max(pauses):.1f} ms" if pauses else "")
+        )
     for label, key in (
         ("write -> last of N proxies ACKed", "last"),
         ("write -> each proxy ACKed", "each"),
@@ -337,6 +350,11 @@ def main() -> None:
     )
     parser.add_argument("--no-validate", action="store_true")
     parser.add_argument(
+        "--gc-log",
+        action="store_true",
+        help="count the controller's full garbage collections (bench/controller_shim.py)",
+    )
+    parser.add_argument(
         "--code",
         default="worktree",
         help="run the controller of this git revision (a snapshot, see bench.run)",
@@ -359,7 +377,7 @@ def main() -> None:
         os.environ["GATEWAY_VALIDATE"] = "never"
     else:
         os.environ.pop("GATEWAY_VALIDATE", None)
-    with Stack(admin=True, profile=args.profile) as stack:
+    with Stack(admin=True, profile=args.profile, gc_log=args.gc_log) as stack:
         stack.start_backends()
         store = stack.seed()
         store.apply_objects([make_route("r", i, "a") for i in range(args.routes)])
