@@ -2,15 +2,26 @@
 real ``gatewayctl serve``, timed until every one of N simulated Envoys has ACKed the
 RouteConfiguration of the new revision.
 
-The simulated proxies are ADS streams (grpc.aio, one channel each, in this process) that
-behave as the bootstrap's Envoy does: node id and gateway, LDS and CDS by wildcard, then
-RDS for the listeners' route configuration, ECDS for their discovered filters and EDS for
-``gateway.replicas``; every response is ACKed with its version and nonce. A sample is the
-time from sending the write (HTTP PUT, If-Match) to the last proxy's ACK of a version of
-that revision; per-proxy times are reported as well.
+The simulated proxies are ADS streams (grpc.aio, one channel each) that behave as the
+bootstrap's Envoy does: node id and gateway, LDS and CDS by wildcard, then RDS for the
+listeners' route configuration, ECDS for their discovered filters and EDS for
+``gateway.replicas``; every response is ACKed with its version and nonce. They run in
+``--workers`` separate processes (default 1), as a fleet runs apart from its controller:
+their parsing and ACKing competes with the controller for the cores, not for its GIL or
+for the benchmark's event loop. ``--workers 0`` runs them in a thread of the benchmark
+process instead (the former method: the HTTP writer and 100 streams share one GIL).
+
+A sample is the time from sending the write (HTTP PUT, If-Match) to the last proxy's ACK
+of a version of that revision. ``time.perf_counter`` is CLOCK_MONOTONIC on Linux, the same
+clock in every process, so each sample is split into: the write (PUT sent -> 200 read),
+write returned -> first proxy received the new RouteConfiguration, -> last proxy received
+it (its ACK is queued at once).
 
     python -m bench.ads_fanout --proxies 100 --routes 100 --samples 50
     python -m bench.ads_fanout --proxies 100 --no-validate   # without Envoy's check
+    python -m bench.ads_fanout --proxies 100 --workers 0     # proxies in this process
+    python -m bench.ads_fanout --proxies 100 --code 810899b  # the controller of a commit
+    python -m bench.ads_fanout --proxies 100 --gc-log        # + the controller's full GCs
 """
 
 from __future__ import annotations
@@ -19,19 +30,16 @@ import argparse
 import asyncio
 import http.client
 import json
+import multiprocessing
 import os
+import sys
+import threading
 import time
-
-import grpc
-from envoy.config.listener.v3 import listener_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import (
-    http_connection_manager_pb2 as hcm_pb2,
-)
-from envoy.service.discovery.v3 import discovery_pb2
+from multiprocessing.connection import Connection
+from typing import Any
 
 from bench.harness import GATEWAY, Stack, make_route, route_name
 from bench.stats import summary
-from controlplane.translate import CLUSTER, ENDPOINT, EXTENSION, LISTENER, ROUTE
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 
@@ -45,17 +53,21 @@ class Proxy:
     """One simulated Envoy: an ADS stream that subscribes and ACKs like the real one."""
 
     def __init__(self, port: int, index: int) -> None:
+        from envoy.service.discovery.v3 import discovery_pb2
+
+        self._pb = discovery_pb2
         self.port = port
         self.node = f"sim-{os.getpid()}-{index}"
-        self.queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.subscribed: dict[str, list[str]] = {}
-        #: revision -> when the RouteConfiguration of that revision was ACKed
-        self.route_acks: dict[int, float] = {}
-        self.changed = asyncio.Event()
+        #: revision -> (RouteConfiguration of that revision received, its ACK queued)
+        self.route_acks: dict[int, tuple[float, float]] = {}
         self.errors = 0
+        #: responses received per resource type (short name)
+        self.responses: dict[str, int] = {}
 
     def _request(self, type_url: str, names: list[str], version: str = "", nonce: str = ""):  # type: ignore[no-untyped-def]
-        req = discovery_pb2.DiscoveryRequest(
+        req = self._pb.DiscoveryRequest(
             type_url=type_url, resource_names=names, version_info=version, response_nonce=nonce
         )
         req.node.id, req.node.cluster = self.node, GATEWAY
@@ -77,11 +89,15 @@ class Proxy:
             yield item
 
     async def run(self) -> None:
+        import grpc
+
+        from controlplane.translate import CLUSTER, ENDPOINT, LISTENER
+
         async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
             call = channel.stream_stream(
                 ADS,
-                request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-                response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+                request_serializer=self._pb.DiscoveryRequest.SerializeToString,
+                response_deserializer=self._pb.DiscoveryResponse.FromString,
             )
             self.queue.put_nowait(self._request(CLUSTER, []))
             self.queue.put_nowait(self._request(LISTENER, []))
@@ -92,13 +108,24 @@ class Proxy:
             except grpc.aio.AioRpcError:
                 self.errors += 1
 
-    def _on_response(self, resp: discovery_pb2.DiscoveryResponse) -> None:
+    def _on_response(self, resp: Any) -> None:
+        from envoy.config.listener.v3 import listener_pb2
+        from envoy.extensions.filters.network.http_connection_manager.v3 import (
+            http_connection_manager_pb2 as hcm_pb2,
+        )
+
+        from controlplane.translate import EXTENSION, LISTENER, ROUTE
+
+        received = time.perf_counter()
+        kind = resp.type_url.rsplit(".", 1)[-1]
+        self.responses[kind] = self.responses.get(kind, 0) + 1
         names = self.subscribed.get(resp.type_url, [])
         ack = self._request(resp.type_url, names, resp.version_info, resp.nonce)
         self.queue.put_nowait(ack)  # ACK first, as Envoy does once the resource is applied
         if resp.type_url == ROUTE:
-            self.route_acks.setdefault(_revision(resp.version_info), time.perf_counter())
-            self.changed.set()
+            self.route_acks.setdefault(
+                _revision(resp.version_info), (received, time.perf_counter())
+            )
         elif resp.type_url == LISTENER:
             routes, filters = [], []
             for any_ in resp.resources:
@@ -117,12 +144,54 @@ class Proxy:
             self._subscribe(ROUTE, sorted(set(routes)))
             self._subscribe(EXTENSION, sorted(set(filters)))
 
-    def acked_at(self, revision: int) -> float | None:
+    def acked(self, revision: int) -> tuple[float, float] | None:
+        """(received, ACK queued) of the first RouteConfiguration at ``revision`` or later."""
         times = [t for rev, t in self.route_acks.items() if rev >= revision]
         return min(times) if times else None
 
     def close(self) -> None:
         self.queue.put_nowait(None)
+
+
+async def _fleet(port: int, first: int, count: int, conn: Connection) -> None:
+    """Run ``count`` proxies; answer the benchmark's requests on ``conn``:
+    ``("synced",)`` -> True once every proxy has a RouteConfiguration;
+    ``("wait", revision, timeout)`` -> [(received, acked)] per proxy once all ACKed it;
+    ``("count",)`` -> responses received by type, summed over the proxies;
+    ``("stop",)`` -> stream error count, then the fleet ends."""
+    proxies = [Proxy(port, first + i) for i in range(count)]
+    tasks = [asyncio.create_task(p.run()) for p in proxies]
+    loop = asyncio.get_running_loop()
+    requests: asyncio.Queue[Any] = asyncio.Queue()
+    loop.add_reader(conn.fileno(), lambda: requests.put_nowait(conn.recv()))
+    try:
+        while True:
+            command = await requests.get()
+            if command[0] == "synced":
+                await _until(lambda: all(p.route_acks for p in proxies), 120)
+                conn.send(True)
+            elif command[0] == "wait":
+                revision, timeout = command[1], command[2]
+                await _until(lambda r=revision: all(p.acked(r) for p in proxies), timeout)
+                conn.send([p.acked(revision) for p in proxies])
+            elif command[0] == "count":
+                total: dict[str, int] = {}
+                for p in proxies:
+                    for kind, n in p.responses.items():
+                        total[kind] = total.get(kind, 0) + n
+                conn.send(total)
+            else:
+                for p in proxies:
+                    p.close()
+                await asyncio.wait(tasks, timeout=10)
+                conn.send(sum(p.errors for p in proxies))
+                return
+    finally:
+        loop.remove_reader(conn.fileno())
+
+
+def _worker(port: int, first: int, count: int, conn: Connection) -> None:
+    asyncio.run(_fleet(port, first, count, conn))
 
 
 async def _until(check, timeout: float) -> None:  # type: ignore[no-untyped-def]
@@ -133,9 +202,51 @@ async def _until(check, timeout: float) -> None:  # type: ignore[no-untyped-def]
         await asyncio.sleep(0.002)
 
 
+class Fleet:
+    """The simulated proxies, split over ``workers`` processes (0: one thread here)."""
+
+    def __init__(self, port: int, proxies: int, workers: int) -> None:
+        self.conns: list[Connection] = []
+        self.procs: list[Any] = []
+        shares = max(1, workers)
+        ctx = multiprocessing.get_context("spawn")  # grpc does not survive fork
+        for w in range(shares):
+            first = w * proxies // shares
+            count = (w + 1) * proxies // shares - first
+            mine, theirs = ctx.Pipe()
+            if workers:
+                proc: Any = ctx.Process(target=_worker, args=(port, first, count, theirs))
+            else:
+                proc = threading.Thread(target=_worker, args=(port, first, count, theirs))
+            proc.daemon = True
+            proc.start()
+            self.conns.append(mine)
+            self.procs.append(proc)
+
+    def ask(self, *command: Any) -> list[Any]:
+        for conn in self.conns:
+            conn.send(command)
+        return [conn.recv() for conn in self.conns]
+
+    def close(self) -> int:
+        errors = sum(self.ask("stop"))
+        for proc in self.procs:
+            proc.join(10)
+        return errors
+
+
+def _counts(fleet: Fleet) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for share in fleet.ask("count"):
+        for kind, n in share.items():
+            total[kind] = total.get(kind, 0) + n
+    return total
+
+
 def _put(
     conn: http.client.HTTPConnection, token: str, name: str, cluster: str
-) -> tuple[int, float]:
+) -> tuple[int, float, float]:
+    """(revision, PUT sent, response read) of one route update through the admin API."""
     auth = {"Authorization": f"Bearer {token}"}
     conn.request("GET", f"/v1/routes/{name}", headers=auth)
     got = conn.getresponse()
@@ -146,44 +257,79 @@ def _put(
                  headers=headers)  # fmt: skip
     resp = conn.getresponse()
     body = json.loads(resp.read())
+    returned = time.perf_counter()
     assert resp.status == 200, body
-    return int(body["revision"]), start
+    return int(body["revision"]), start, returned
 
 
-async def _measure(stack: Stack, args: argparse.Namespace) -> None:
-    proxies = [Proxy(stack.ports["xds"], i) for i in range(args.proxies)]
-    tasks = [asyncio.create_task(p.run()) for p in proxies]
+def _measure(stack: Stack, args: argparse.Namespace) -> None:
     opened = time.perf_counter()
-    await _until(lambda: all(p.route_acks for p in proxies), 120)
+    fleet = Fleet(stack.ports["xds"], args.proxies, args.workers)
+    fleet.ask("synced")
     print(f"{args.proxies} proxies synced in {(time.perf_counter() - opened) * 1e3:.0f} ms")
+    before = _counts(fleet)
     conn = http.client.HTTPConnection("127.0.0.1", stack.ports["admin-api"], timeout=60)
     token = stack.admin_token()
     name = route_name("r", args.routes // 2)
-    last: list[float] = []
-    each: list[float] = []
+    series: dict[str, list[float]] = {
+        k: [] for k in ("last", "each", "write", "first_rx", "last_rx")
+    }
+    loads = []
+    began = time.time()
+    if args.profile:
+        stack.profile_toggle()
     for i in range(args.samples):
-        await asyncio.sleep(args.pause)
-        # the write blocks (http.client): run it in a thread so the streams keep ACKing
-        revision, start = await asyncio.to_thread(_put, conn, token, name, "ab"[i % 2])
-        await _until(lambda r=revision: all(p.acked_at(r) for p in proxies), 60)
-        times = [(p.acked_at(revision) or 0.0) - start for p in proxies]
-        last.append(max(times))
-        each += times
+        time.sleep(args.pause)
+        revision, start, returned = _put(conn, token, name, "ba"[i % 2])
+        times = [t for share in fleet.ask("wait", revision, 60) for t in share]
+        received = [rx for rx, _ in times]
+        acked = [ack for _, ack in times]
+        series["last"].append(max(acked) - start)
+        series["each"] += [ack - start for ack in acked]
+        series["write"].append(returned - start)
+        series["first_rx"].append(min(received) - returned)
+        series["last_rx"].append(max(received) - min(received))
+        loads.append(os.getloadavg()[0])
+    if args.profile:
+        stack.profile_toggle()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(f"{args.profile}.txt") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        print(f"controller profile: {args.profile} (pstat), {args.profile}.txt")
     conn.close()
-    for p in proxies:
-        p.close()
-    await asyncio.wait(tasks, timeout=10)
-    errors = sum(p.errors for p in proxies)
+    after = _counts(fleet)
+    ended = time.time()
+    per_write = {k: (n - before.get(k, 0)) / args.samples / args.proxies for k, n in after.items()}
+    errors = fleet.close()
     validated = "never" if args.no_validate else "auto (validated)"
+    where = f"{args.workers} worker process(es)" if args.workers else "the benchmark process"
     print(
-        f"{args.routes} routes, {args.samples} writes, validate={validated}, stream errors {errors}"
+        f"{args.routes} routes, {args.samples} writes, validate={validated}, proxies in "
+        f"{where}, stream errors {errors}"
     )
-    print(f"load average {os.getloadavg()[0]:.2f}")
-    for label, values in (
-        ("write -> last of N proxies ACKed", last),
-        ("write -> each proxy ACKed", each),
+    print(
+        "responses per proxy per write: "
+        + ", ".join(f"{k} {n:.2f}" for k, n in sorted(per_write.items()) if n)
+    )
+    print(f"load average (1 min) during the samples: {min(loads):.2f}-{max(loads):.2f}")
+    if args.gc_log:
+        pauses = [
+            float(line.split()[1])
+            for line in (stack.workdir / "gc.log").read_text().splitlines()
+            if began <= float(line.split()[0]) <= ended
+        ]
+        print(
+            f"controller full GCs during the samples: {len(pauses)}"
+            + (f", longest {max(pauses):.1f} ms" if pauses else "")
+        )
+    for label, key in (
+        ("write -> last of N proxies ACKed", "last"),
+        ("write -> each proxy ACKed", "each"),
+        ("  PUT sent -> 200 read", "write"),
+        ("  200 read -> first proxy received", "first_rx"),
+        ("  first -> last proxy received", "last_rx"),
     ):
-        s = summary(values)
+        s = summary(series[key])
         print(
             f"{label:34s} p50 {s['p50']:6.1f} ms  p90 {s['p90']:6.1f}  p99 {s['p99']:6.1f}"
             f"  max {s['max']:6.1f}  (n={s['n']:.0f})"
@@ -196,18 +342,47 @@ def main() -> None:
     parser.add_argument("--routes", type=int, default=100)
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--pause", type=float, default=0.3, help="seconds between writes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes the proxies run in (0: a thread of the benchmark process)",
+    )
     parser.add_argument("--no-validate", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--gc-log",
+        action="store_true",
+        help="count the controller's full garbage collections (bench/controller_shim.py)",
+    )
+    parser.add_argument(
+        "--code",
+        default="worktree",
+        help="run the controller of this git revision (a snapshot, see bench.run)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="profile the controller (all threads, yappi) and write its stats to FILE",
+    )
+    raw = sys.argv[1:]
+    args = parser.parse_args(raw)
+    if args.code != "worktree" and not os.environ.get("BENCH_CODE_SNAPSHOT"):
+        from bench.run import use_snapshot
+
+        argv = [a for a in raw if not a.startswith("--code") and a != args.code]
+        use_snapshot(args.code, argv, module="bench.ads_fanout")
+    if os.environ.get("BENCH_CODE_SNAPSHOT"):
+        print(f"controller code: snapshot of {os.environ['BENCH_CODE_SNAPSHOT']}")
     if args.no_validate:
         os.environ["GATEWAY_VALIDATE"] = "never"
     else:
         os.environ.pop("GATEWAY_VALIDATE", None)
-    with Stack(admin=True) as stack:
+    with Stack(admin=True, profile=args.profile, gc_log=args.gc_log) as stack:
         stack.start_backends()
         store = stack.seed()
         store.apply_objects([make_route("r", i, "a") for i in range(args.routes)])
         stack.start_controller()
-        asyncio.run(_measure(stack, args))
+        _measure(stack, args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ has loaded its state (by wrapping ``Runner.load`` from the outside) and again on
 SIGUSR1 (the benchmark sends one after its bulk load is live): an experiment showing what
 moving the long-lived policy objects out of the collector's reach would change. The
 controller's code is not modified either way.
+
+With ``BENCH_PROFILE=FILE`` a SIGUSR2 starts a CPU profile of every thread (yappi, installed
+separately: ``pip install yappi``) and the next one writes it to FILE (pstat) and FILE.txt.
 """
 
 from __future__ import annotations
@@ -55,7 +58,35 @@ def _freeze_after_load() -> None:
     runner.Runner.load = load  # type: ignore[method-assign]
 
 
+def _install_profile_toggle(path: str) -> None:
+    """SIGUSR2 starts a CPU profile of every thread (yappi); the next SIGUSR2 stops it and
+    writes ``path`` (pstat format) and ``path.txt`` (functions by total time)."""
+    import signal
+
+    import yappi  # type: ignore[import-not-found]
+
+    def on_usr2(_signum: int, _frame: object) -> None:
+        if not yappi.is_running():
+            yappi.clear_stats()
+            yappi.set_clock_type("cpu")
+            yappi.start(builtins=False, profile_threads=True)
+            return
+        yappi.stop()
+        stats = yappi.get_func_stats()
+        stats.save(path, type="pstat")
+        with open(f"{path}.txt", "w") as out:
+            stats.sort("ttot").print_all(
+                out=out,
+                columns={0: ("name", 100), 1: ("ncall", 10), 2: ("tsub", 8), 3: ("ttot", 8)},
+            )
+            yappi.get_thread_stats().print_all(out=out)
+
+    signal.signal(signal.SIGUSR2, on_usr2)
+
+
 def main() -> None:
+    if os.environ.get("BENCH_PROFILE"):
+        _install_profile_toggle(os.environ["BENCH_PROFILE"])
     if os.environ.get("BENCH_GC_LOG"):
         _install_gc_log(os.environ["BENCH_GC_LOG"])
     if os.environ.get("BENCH_GC_FREEZE") == "1":

@@ -164,6 +164,9 @@ class Stack:
     #: run the controller through bench.controller_shim (GC pause log; optional gc.freeze)
     gc_log: bool = False
     gc_freeze: bool = False
+    #: run the controller through bench.controller_shim with a SIGUSR2 profile toggle
+    #: writing this file (see :meth:`profile_toggle`)
+    profile: str | None = None
     #: serve the admin API on an ephemeral port (its bootstrap token in ``admin-token``)
     admin: bool = False
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gw-bench-")))
@@ -230,7 +233,7 @@ class Stack:
         log = open(self.workdir / "controller.log", "wb")  # noqa: SIM115
         command = [self.gatewayctl]
         env = dict(os.environ)
-        if self.gc_log or self.gc_freeze:
+        if self.gc_log or self.gc_freeze or self.profile:
             command = [self.python, "-m", "bench.controller_shim"]
             root = str(Path(__file__).resolve().parent.parent)
             # after any PYTHONPATH already set, so a --code snapshot keeps precedence
@@ -239,6 +242,8 @@ class Stack:
                 env["BENCH_GC_LOG"] = str(self.workdir / "gc.log")
             if self.gc_freeze:
                 env["BENCH_GC_FREEZE"] = "1"
+            if self.profile:
+                env["BENCH_PROFILE"] = str(Path(self.profile).resolve())
         self.procs["controller"] = subprocess.Popen(
             [
                 *command,
@@ -278,6 +283,10 @@ class Stack:
             if time.monotonic() > deadline:
                 raise TimeoutError("controller not ready after 120 s")
             time.sleep(0.05)
+
+    def profile_toggle(self) -> None:
+        """Start the controller's profile, or stop it and write its file (``profile``)."""
+        self.procs["controller"].send_signal(signal.SIGUSR2)
 
     def _admin_args(self) -> list[str]:
         if not self.admin:

@@ -125,15 +125,22 @@ class RevisionProbe:
     """A cheap "has anything been committed?" check for the watcher's 20 ms loop.
 
     SQLite: ``PRAGMA data_version`` on a dedicated connection changes whenever another
-    connection commits; it costs microseconds and no SQL parsing of our tables. PostgreSQL:
-    one primary-key read of ``meta.revision`` on a dedicated autocommit connection. Either
-    way the result only says *whether* to look; the store then reads what changed.
+    connection commits; it costs microseconds and no SQL parsing of our tables. Status
+    commits (proxies' ACKs, events, builds) change it too, so when it changed the probe
+    reads what names a policy revision - the meta row (revision, database id) and the
+    lineage - and only that is the result: a status commit then costs the watcher one
+    primary-key read, not a read of the changes. PostgreSQL: one primary-key read of
+    ``meta.revision`` on a dedicated autocommit connection. Either way the result only
+    says *whether* to look; the store then reads what changed.
     """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._conn: Any = None
         self._sqlite = engine.dialect.name == "sqlite"
+        #: SQLite: the data_version last seen, and the policy token read then
+        self._data_version: object = None
+        self._token: object = None
 
     def __call__(self) -> object:
         if self._conn is None:
@@ -142,11 +149,18 @@ class RevisionProbe:
                 self._conn.driver_connection.autocommit = True
         cur = self._conn.cursor()
         try:
-            if self._sqlite:
-                cur.execute("PRAGMA data_version")
-            else:
+            if not self._sqlite:
                 cur.execute("SELECT revision FROM meta WHERE id = 1")
-            return cur.fetchone()[0]
+                return cur.fetchone()[0]
+            cur.execute("PRAGMA data_version")
+            version = cur.fetchone()[0]
+            if version != self._data_version or self._token is None:
+                cur.execute("SELECT revision, database_id FROM meta WHERE id = 1")
+                meta = cur.fetchone()
+                cur.execute("SELECT database_id, revision FROM lineage ORDER BY database_id")
+                self._token = (meta, tuple(cur.fetchall()))
+                self._data_version = version
+            return self._token
         except Exception:
             self.close()  # reconnect on the next call
             raise
@@ -160,6 +174,7 @@ class RevisionProbe:
         return self._conn.driver_connection  # type: ignore[no-any-return]
 
     def close(self) -> None:
+        self._data_version = self._token = None
         if self._conn is not None:
             try:
                 self._conn.close()

@@ -11,6 +11,7 @@ serving what it has.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 __all__ = ["parse_version", "rollback_reason", "type_version"]
@@ -20,9 +21,12 @@ def type_version(revision: int, database_id: str, digest: str) -> str:
     return f"{revision}-{database_id}-{digest}"
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_version(version: str) -> tuple[str | None, int] | None:
     """(database id or None, revision) of a version this controller (or an older one,
-    ``<revision>-<digest>``) built; None for an empty or foreign version."""
+    ``<revision>-<digest>``) built; None for an empty or foreign version. Cached: every
+    stream checks the versions its proxy runs on each request, and a fleet runs the same
+    few versions."""
     parts = version.split("+", 1)[0].split("-")
     if not parts[0].isdigit() or len(parts) not in (2, 3):
         return None

@@ -65,6 +65,10 @@ class TypeState:
     late_waiting: bool = False
     #: the version Envoy reports running (version_info of its newest request)
     running: str = ""
+    #: the rollback check of ``running`` against an identity, kept until either changes
+    #: (every request and push checks all types; most of them run what they ran before)
+    checked: tuple[str, object] | None = None
+    refusal: str | None = None
 
 
 class Refused(Exception):
@@ -275,7 +279,13 @@ class AdsStream:
             return False
         reason = None
         for type_url, st in self.types.items():
-            reason = rollback_reason(st.running, ident.database_id, ident.revision, ident.lineage)
+            checked = st.checked
+            if checked is None or checked[1] is not ident or checked[0] != st.running:
+                st.checked = (st.running, ident)
+                st.refusal = rollback_reason(
+                    st.running, ident.database_id, ident.revision, ident.lineage
+                )
+            reason = st.refusal
             if reason is not None:
                 reason = f"{type_url.rsplit('.', 1)[-1]}: {reason}"
                 break

@@ -1,7 +1,8 @@
 """Proxy status flowing back from the streams to the database, off the push path.
 
 Streams update an in-memory :class:`ProxyState`; the recorder writes the newest state of each
-changed proxy in batches from a worker thread, so a slow database never delays a push.
+changed proxy and the queued events in one transaction per batch from a worker thread, so
+a slow database never delays a push and a fleet's ACKs cost one commit (ADR 0040).
 A rejection is mapped back to the policy objects that most likely caused it.
 """
 
@@ -98,10 +99,31 @@ def _leaf_strings(value: object) -> list[str]:
     return []
 
 
+#: the recorder writes once no change came for this many seconds: the ACKs of one push to
+#: a fleet arrive within tens of milliseconds and are then written together, after the
+#: push rather than during it (the write holds the GIL the streams need)
+COALESCE = 0.01
+#: ... but never later than this after the first change it holds (a fleet that never
+#: stops changing is still recorded)
+MAX_DELAY = 0.1
+
+
 class StatusRecorder:
-    def __init__(self, store: Store, controller: str) -> None:
+    """Writes what the streams report, newest state per proxy, in one transaction per
+    flush (:meth:`Store.save_status`): 100 proxies ACKing a push cost one commit, not 100
+    (each commit also wakes every revision watcher on the database)."""
+
+    def __init__(
+        self,
+        store: Store,
+        controller: str,
+        coalesce: float = COALESCE,
+        max_delay: float = MAX_DELAY,
+    ) -> None:
         self.store = store
         self.controller = controller
+        self.coalesce = coalesce
+        self.max_delay = max_delay
         self._dirty: dict[str, ProxyState] = {}
         self._events: list[dict[str, object]] = []
         self._wake = asyncio.Event()
@@ -125,26 +147,28 @@ class StatusRecorder:
         self._wake.set()
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
+            first = loop.time()
+            while self.coalesce:  # until quiet for `coalesce`, or `max_delay` passed
+                self._wake.clear()
+                await asyncio.sleep(self.coalesce)
+                if not self._wake.is_set() or loop.time() - first >= self.max_delay:
+                    break
             self._wake.clear()
             await self.flush()
 
     async def flush(self) -> None:
         batch, self._dirty = self._dirty, {}
         events, self._events = self._events, []
-        if events:
-            try:
-                await asyncio.to_thread(self.store.add_events, events)
-            except Exception:
-                log.exception("could not record events")
-        if not batch:
+        if not batch and not events:
             return
         rows = [self._row(s) for s in batch.values()]
         try:
-            await asyncio.to_thread(self._write, batch, rows)
+            await asyncio.to_thread(self._write, batch, rows, events)
         except Exception:  # status is best effort; the push path must not die with it
-            log.exception("could not record proxy status")
+            log.exception("could not record proxy status and events")
 
     def _row(self, s: ProxyState) -> ProxyStatus:
         return ProxyStatus(
@@ -165,15 +189,25 @@ class StatusRecorder:
             hold=s.hold,
         )
 
-    def _write(self, batch: dict[str, ProxyState], rows: list[ProxyStatus]) -> None:
+    def _write(
+        self,
+        batch: dict[str, ProxyState],
+        rows: list[ProxyStatus],
+        events: list[dict[str, object]],
+    ) -> None:
+        out = []
         for state, row in zip(batch.values(), rows, strict=True):
             if state.nack_error and state.nack_candidates and not state.nack_objects:
-                state.nack_objects = self._narrow(state)
+                try:
+                    state.nack_objects = self._narrow(state)
+                except Exception:  # the row is still written, with the candidates unnamed
+                    log.exception("could not map node %s's rejection to objects", state.node_id)
             if state.nack_objects:
                 row = dataclasses.replace(
                     row, nack_objects=", ".join(f"{k} {n}" for k, n in state.nack_objects)
                 )
-            self.store.save_proxy(row)
+            out.append(row)
+        self.store.save_status(out, events)
 
     def _narrow(self, state: ProxyState) -> list[tuple[str, str]]:
         """Prefer objects changed since the proxy's last good revision, then the error text."""

@@ -268,7 +268,10 @@ def test_admin_api_writes_are_validated_by_an_envoy_started_ahead(
         good = {"name": "ok", "gateways": ["gw"], "cluster": "app", "match": {"path": "/ok"}}
         r = api.post("/v1/routes", json=good, headers=h)
         assert r.status_code == 201, r.text
-        assert (spare.served, first.returncode) == (1, 0)  # the started-ahead Envoy checked it
+        assert spare.served == 1  # the started-ahead Envoy checked it
+        # its verdict was its "configuration ... OK" line; its shutdown was cut short and
+        # the process is gone (reaped, no orphan)
+        assert first.poll() is not None
         monkeypatch.setattr("controlplane.policy.route.HEADER_VALUE_MAX_BYTES", 10**9)
         revision = controller.store.revision()
         bad = {**good, "name": "long", "match": {"path": "/long"}}
@@ -279,7 +282,7 @@ def test_admin_api_writes_are_validated_by_an_envoy_started_ahead(
         assert message.startswith("route 'long': response_headers: Envoy refuses it: "), message
         assert controller.store.revision() == revision
         assert spare.served == 2
-        waiting = spare._next
+        waiting = spare.ready()
         assert waiting is not None and waiting.proc.poll() is None
     finally:
         validator.close()
@@ -321,3 +324,58 @@ def test_an_envoy_started_ahead_exits_when_its_writer_goes_away(tmp_path: Path) 
     started.close_fd()  # what the kernel does when the writing process dies
     assert started.proc.wait(timeout=60) == 0
     warm.close()
+
+
+def test_the_verdict_is_envoys_ok_line_not_its_shutdown(tmp_path: Path) -> None:
+    """Envoy prints "configuration '...' OK" once the whole configuration is accepted and
+    only then shuts its server down: the write takes the line as the verdict and ends the
+    process, rather than waiting for (and competing with) its shutdown. A refusal is still
+    the output and the exit code."""
+    import os
+
+    from controlplane.validate import _run
+
+    fake = tmp_path / "envoy"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$4" in *bad*) echo "error: bad listener"; exit 1;; esac\n'
+        "echo \"configuration '$4' OK\"\n"
+        "exec sleep 600\n"  # a shutdown that would never end
+    )
+    os.chmod(fake, 0o755)
+    folder = tmp_path / "work"
+    folder.mkdir()
+    [(code, out)] = _run(str(fake), str(folder), [b"good"])
+    assert code == 0 and out.strip().endswith("' OK"), out
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    [(code, out)] = _run(str(fake), str(bad), [b"x"])
+    assert (code, out.strip()) == (1, "error: bad listener")
+
+
+@needs_envoy
+def test_the_next_envoy_starts_after_the_write_not_inside_it() -> None:
+    """A write's check does not start the next validator itself (its start-up would run
+    while the controller pushes that write); a restart thread does, later - and a write
+    that comes before then has it started at once, still checked by a process started
+    ahead rather than the slower way."""
+    from envoy.config.bootstrap.v3 import bootstrap_pb2
+
+    from controlplane.validate import WarmEnvoy
+
+    assert ENVOY is not None
+    data = bootstrap_pb2.Bootstrap(node={"id": "t", "cluster": "gw"}).SerializeToString()
+    warm = WarmEnvoy(ENVOY, restart_after=600)  # "later" is never, unless hurried
+    try:
+        warm.prime()
+        first = warm.validate(data)
+        assert first is not None and first[0] == 0, first
+        assert warm.served == 1
+        assert warm._next is None  # nothing started inside the write
+        second = warm.validate(data)  # sooner than restart_after: started now, then used
+        assert second is not None and second[0] == 0, second
+        assert warm.served == 2
+        assert warm.ready() is not None  # and the one after it is there when asked for
+    finally:
+        warm.close()
+    assert warm._next is None
