@@ -1,25 +1,17 @@
 """The CLI as a thin client: only GATEWAY_URL and GATEWAY_TOKEN, from another working
 directory, against a real ``serve --admin-address`` and a real Envoy.
-
-Written against the admin API contract; skipped until the server (``controlplane.api``)
-is part of the tree.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-pytest.importorskip("controlplane.api")
-
 from controlplane.envoy_launcher import free_port
 
-from .harness import Cli, Controller, backend_of, gatewayctl_command
+from .harness import Cli, Controller, Remote, backend_of
 
 pytestmark = pytest.mark.e2e
 
@@ -41,36 +33,6 @@ def _token(cli: Cli) -> str:
     """A new admin token (``token add`` prints it once, on standard output)."""
     out = cli.run("token", "add", "remote-e2e", "--role", "admin").stdout
     return next(word for word in out.split() if word.startswith("gw_"))
-
-
-class Remote:
-    """``gatewayctl`` with no database: only the URL and the token, another directory."""
-
-    def __init__(self, url: str, token: str, workdir: Path) -> None:
-        workdir.mkdir(exist_ok=True)
-        self.workdir = workdir
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        self.env.update(
-            GATEWAY_URL=url, GATEWAY_TOKEN=token, XDG_CONFIG_HOME=str(workdir / "config")
-        )
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [*gatewayctl_command(), *args],
-            env=self.env,
-            cwd=self.workdir,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"gatewayctl {' '.join(args)} exited {proc.returncode}: {proc.stderr}"
-            )
-        return proc
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.run(*args, "-o", "json").stdout)
 
 
 def test_remote_cli_manages_a_running_controller(  # type: ignore[no-untyped-def]

@@ -11,60 +11,21 @@ creating or touching any database in remote mode.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from controlplane.demo.echo import EchoServer
 from controlplane.envoy_launcher import free_port
 
-from .harness import Cli, Controller, Envoy, backend_of, gatewayctl_command, wait_until
+from .harness import Cli, Controller, Envoy, Remote, backend_of, wait_until
 from .tlsutil import TestCA
 
 pytestmark = pytest.mark.e2e
-
-
-class Remote:
-    """``gatewayctl`` with only the URL and a token, in a directory of its own whose HOME
-    and XDG folders are inside it (so a database created by mistake would be seen)."""
-
-    def __init__(self, url: str, token: str, workdir: Path) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir = workdir
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        self.env.update(
-            GATEWAY_URL=url,
-            GATEWAY_TOKEN=token,
-            HOME=str(workdir / "home"),
-            XDG_CONFIG_HOME=str(workdir / "config"),
-            XDG_DATA_HOME=str(workdir / "data"),
-            XDG_STATE_HOME=str(workdir / "state"),
-        )
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [*gatewayctl_command(), *args],
-            env=self.env,
-            cwd=self.workdir,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"gatewayctl {' '.join(args)} exited {proc.returncode}: {proc.stderr}"
-            )
-        return proc
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.run(*args, "-o", "json").stdout)
 
 
 @dataclass
