@@ -270,7 +270,9 @@ def test_admin_api_writes_are_validated_by_an_envoy_started_ahead(
         assert r.status_code == 201, r.text
         assert spare.served == 1  # the started-ahead Envoy checked it
         # its verdict was its "configuration ... OK" line; its shutdown was cut short and
-        # the process is gone (reaped, no orphan)
+        # the process is gone (reaped, no orphan) once the restart thread, which ends it
+        # and then starts the next one, has run (ready() waits for that thread)
+        assert spare.ready() is not None
         assert first.poll() is not None
         monkeypatch.setattr("controlplane.policy.route.HEADER_VALUE_MAX_BYTES", 10**9)
         revision = controller.store.revision()
