@@ -22,6 +22,7 @@ it (its ACK is queued at once).
     python -m bench.ads_fanout --proxies 100 --workers 0     # proxies in this process
     python -m bench.ads_fanout --proxies 100 --code 810899b  # the controller of a commit
     python -m bench.ads_fanout --proxies 100 --gc-log        # + the controller's full GCs
+    python -m bench.ads_fanout --proxies 1000 --workers 2 --limit  # + a divided rate limit
 """
 
 from __future__ import annotations
@@ -350,6 +351,12 @@ def main() -> None:
     )
     parser.add_argument("--no-validate", action="store_true")
     parser.add_argument(
+        "--limit",
+        action="store_true",
+        help="give the gateway a rate limit divided by replicas: every proxy then gets the "
+        "member list, and each connect changes it (ADR 0048)",
+    )
+    parser.add_argument(
         "--gc-log",
         action="store_true",
         help="count the controller's full garbage collections (bench/controller_shim.py)",
@@ -381,6 +388,12 @@ def main() -> None:
         stack.start_backends()
         store = stack.seed()
         store.apply_objects([make_route("r", i, "a") for i in range(args.routes)])
+        if args.limit:  # the gateway's routes inherit a limit its replicas divide
+            from controlplane.policy import Gateway
+
+            gateway = store.get("gateway", GATEWAY)
+            limit = {"key": "none", "limits": [{"requests": 100000, "per": "second"}]}
+            store.apply_objects([Gateway(**{**gateway.model_dump(), "rate_limit": limit})])
         stack.start_controller()
         _measure(stack, args)
 

@@ -32,7 +32,7 @@ from .common import blame, pack
 from .filters import http_filters
 from .listener import listener_resource
 from .protocols import TRANSCODING, proto_context
-from .ratelimit import rate_limit_context
+from .ratelimit import RATE_LIMIT_FILTER, rate_limit_context
 from .route import RouteTable
 from .shard import choose_length, scope_resource, shard_name
 from .tls import redirect_listener, secret_resource, secure_listener
@@ -103,6 +103,10 @@ class Resources:
     #: (type, name, policy objects) of every resource added under a name already taken:
     #: a snapshot with any is never published (xds/snapshot.py)
     duplicates: list[tuple[str, str, list[PolicyRef]]] = field(default_factory=list)
+    #: the gateway's local rate limits divide each budget by its connected replicas (the
+    #: members of the local cluster, served by xds/cache.py); without it the member list
+    #: is constant and a proxy connecting or leaving changes nothing any other proxy runs
+    divides_by_replicas: bool = False
 
     def add(
         self,
@@ -210,6 +214,7 @@ class Translator:
         kept = self._kept_layouts(gw.name, previous if published else length, length)
         table.set_layouts(length, kept)
         filters, dynamic = http_filters(view, table)
+        out.divides_by_replicas = RATE_LIMIT_FILTER in dynamic
         routes_needed = [(ROUTE, gw.name)] if length is None else []
         out.add(
             LISTENER,

@@ -8,7 +8,14 @@ that membership to what it serves: the ClusterLoadAssignment of the bootstrap's 
 cluster, one member per connected Envoy (its own streams, plus those other controllers
 sharing the database report, see :meth:`SnapshotCache.set_remote_members`). Envoy's local
 rate limit divides every budget by the member count, so a limit holds for the gateway as a
-whole; a replica joining or leaving re-pushes only this one small resource.
+whole; a replica joining or leaving re-pushes only this one resource.
+
+That list has one entry per Envoy and goes to every Envoy, so serving it costs O(N) bytes
+per proxy and O(N^2) per mass reconnect. Two things keep a fleet's connects O(1)
+(docs/decisions/0048-membership-only-where-limits-divide.md): a gateway whose limits do not
+divide by replicas (no rate limit, :attr:`Snapshot.divides_by_replicas`) is served a
+constant one-member list, so a proxy connecting or leaving wakes no other stream; where
+they do, changes are coalesced (:func:`membership_delay`) into one update per burst.
 """
 
 from __future__ import annotations
@@ -20,9 +27,19 @@ from ..translate import ENDPOINT, Resources
 from ..translate.ratelimit import REPLICAS, replica_assignment
 from .snapshot import FragmentCache, Snapshot, build_snapshot, resource_fragment
 
-__all__ = ["CHANGED", "SnapshotCache", "Subscription"]
+__all__ = ["CHANGED", "SnapshotCache", "Subscription", "membership_delay"]
 
 CHANGED = object()  # wake-up token put on a stream's queue
+#: member lists kept encoded, newest last (a fleet moves between a few nearby counts)
+MEMBER_FRAGMENTS = 8
+
+
+def membership_delay(streams: int) -> float:
+    """Seconds a membership change waits for others before it is served: 50 ms for a
+    handful of proxies, growing with the fleet to 1 s at 2,000 streams, so that each
+    update (a list of N members to each of N proxies) is paid once per burst of connects,
+    not once per connect."""
+    return min(1.0, 0.05 + streams / 2000)
 
 
 class Subscription:
@@ -53,6 +70,8 @@ class SnapshotCache:
         self._served: dict[str, Snapshot] = {}
         self._subscribers: dict[str, set[Subscription]] = {}
         self._members: dict[int, bytes] = {}
+        #: gateways with a membership update scheduled (see :func:`membership_delay`)
+        self._members_due: set[str] = set()
         #: gateway -> Envoys connected to other live controllers
         self._remote: dict[str, int] = {}
         #: gateways whose configuration failed to build before any was published: their
@@ -156,22 +175,43 @@ class SnapshotCache:
                 FragmentCache(),
                 ident.database_id if ident else "",
             )
-        count = self.members(gateway)
-        fragment = self._members.get(count)
+        count = self.members(gateway) if base.divides_by_replicas else 1
+        fragment = self._members.pop(count, None)
         if fragment is None:
             data = replica_assignment(count).SerializeToString(deterministic=True)
-            fragment = self._members.setdefault(count, resource_fragment(ENDPOINT, data))
+            fragment = resource_fragment(ENDPOINT, data)
+            while len(self._members) >= MEMBER_FRAGMENTS:
+                del self._members[next(iter(self._members))]  # the least recently used
+        self._members[count] = fragment
         served = base.with_fragment(ENDPOINT, REPLICAS, fragment, f"r{count}")
         self._served[gateway] = served
         return served
 
     def _membership_changed(self, gateway: str) -> None:
-        if gateway in self._published or gateway in self._served:
-            self._serve(gateway)
-        if self._subscribers.get(gateway):
-            self._notify(gateway)
-        elif gateway not in self._published:
+        if gateway not in self._published and not self._subscribers.get(gateway):
             self._served.pop(gateway, None)
+        base = self._published.get(gateway)
+        if base is None or not base.divides_by_replicas:
+            return  # served a constant list: nothing any proxy runs changes
+        if gateway in self._members_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): at once
+            self._members_changed_now(gateway)
+            return
+        self._members_due.add(gateway)
+        delay = membership_delay(len(self._subscribers.get(gateway, ())))
+        loop.call_later(delay, self._members_changed_now, gateway)
+
+    def _members_changed_now(self, gateway: str) -> None:
+        self._members_due.discard(gateway)
+        before = self._served.get(gateway)
+        if gateway not in self._published:
+            return
+        after = self._serve(gateway)
+        if before is None or before.types[ENDPOINT].version != after.types[ENDPOINT].version:
+            self._notify(gateway)
 
     def _notify(self, gateway: str) -> None:
         for sub in self._subscribers.get(gateway, ()):

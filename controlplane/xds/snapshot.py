@@ -13,7 +13,6 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import Message
 
 from ..errors import TranslationError
@@ -54,6 +53,10 @@ WILDCARD_TYPES = frozenset({CLUSTER, LISTENER, SCOPED})
 OPTIONAL_TYPES = frozenset({SCOPED})
 
 
+#: responses kept encoded per TypeSnapshot (distinct name lists streams asked for)
+RESPONSES_KEPT = 64
+
+
 @dataclass(frozen=True)
 class TypeSnapshot:
     """All resources of one type for one gateway, and a version that changes with them."""
@@ -63,16 +66,26 @@ class TypeSnapshot:
     #: resources sent in a response of their own after the others (a listener being
     #: drained still uses them; Envoy applies the others first)
     late: frozenset[str] = frozenset()
+    #: (type, names) -> the response without its nonce: every stream of the gateway gets
+    #: the same bytes, only the nonce differs (a push to N proxies encodes it once)
+    _bodies: dict[tuple[str, tuple[str, ...] | None], bytes] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def response(self, type_url: str, nonce: str, names: Iterable[str] | None = None) -> bytes:
-        header = discovery_pb2.DiscoveryResponse(
-            version_info=self.version, type_url=type_url, nonce=nonce
-        ).SerializeToString()
-        if names is None:
-            body = b"".join(self.fragments[n] for n in sorted(self.fragments))
-        else:
-            body = b"".join(self.fragments[n] for n in names if n in self.fragments)
-        return body + header
+        """DiscoveryResponse bytes: version_info (1), resources (2), type_url (4), nonce (5);
+        fields may come in any order on the wire, so the shared part is built once."""
+        key = (type_url, None if names is None else tuple(names))
+        shared = self._bodies.get(key)
+        if shared is None:
+            if key[1] is None:
+                body = b"".join(self.fragments[n] for n in sorted(self.fragments))
+            else:
+                body = b"".join(self.fragments[n] for n in key[1] if n in self.fragments)
+            shared = body + wire.field(1, self.version.encode()) + wire.field(4, type_url.encode())
+            if len(self._bodies) < RESPONSES_KEPT:
+                self._bodies[key] = shared
+        return shared + wire.field(5, nonce.encode())
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,8 @@ class Snapshot:
     changed_revision: int
     types: dict[str, TypeSnapshot]
     sources: dict[tuple[str, str], Iterable[tuple[str, str]]] = field(default_factory=dict)
+    #: its rate limits share budgets between replicas (``Resources.divides_by_replicas``)
+    divides_by_replicas: bool = False
 
     def type_version(self, type_url: str) -> str:
         return self.types[type_url].version
@@ -225,4 +240,11 @@ def build_snapshot(
         version = type_version(revision, database_id, digest.hexdigest())
         types[type_url] = TypeSnapshot(version, frags, late)
     changed_revision = revision if changed or previous is None else previous.changed_revision
-    return Snapshot(gateway, revision, changed_revision, types, resources.sources)
+    return Snapshot(
+        gateway,
+        revision,
+        changed_revision,
+        types,
+        resources.sources,
+        resources.divides_by_replicas,
+    )

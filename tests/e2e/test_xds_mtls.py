@@ -319,7 +319,9 @@ def test_a_certificate_serves_only_the_gateways_and_node_it_names(
     cli, mtls_controller, pki, envoys, backends, gateway_port, tmp_path
 ):
     other_port = free_port()
-    cli.run("gateway", "add", "public", "--port", str(gateway_port), "--address", "127.0.0.1")
+    # a limit the gateway's replicas divide: only then is the membership served as counted
+    cli.run("gateway", "add", "public", "--port", str(gateway_port), "--address", "127.0.0.1",
+            "--rate-limit-key", "none", "--rate-limit", "1000/second")  # fmt: skip
     cli.run("gateway", "add", "secret", "--port", str(other_port), "--address", "127.0.0.1")
     cli.run("cluster", "add", "alpha", "--endpoint", f"127.0.0.1:{backends['alpha'].port}")
     cli.run("route", "add", "secret", "--gateway", "secret", "--cluster", "alpha")

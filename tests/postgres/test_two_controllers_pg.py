@@ -27,7 +27,11 @@ pytestmark = pytest.mark.e2e
 
 POLICY = """\
 gateways:
-  - {{name: public, port: {port}, address: 127.0.0.1}}
+  # a limit its replicas divide: only then is the membership served as counted
+  - name: public
+    port: {port}
+    address: 127.0.0.1
+    rate_limit: {{key: none, limits: [{{requests: 10000, per: second}}]}}
 clusters:
   - {{name: alpha, endpoints: ["127.0.0.1:{alpha}"]}}
   - {{name: beta, endpoints: ["127.0.0.1:{beta}"]}}
@@ -121,10 +125,6 @@ def test_two_controllers_serve_one_gateway(
     finally:
         store.close()
 
-    # each controller counts the other's Envoy too (read from the database on its
-    # heartbeat), so a rate-limit budget is divided by 2, not 1, on both Envoys
-    wait_until(lambda: all(_replica_members(e) == 2 for e in envoys), 15)
-
     cli.run(
         "route",
         "add",
@@ -138,6 +138,10 @@ def test_two_controllers_serve_one_gateway(
         "--wait",
     )
     revision = cli.json("status")["revision"]
+    # the route inherits the gateway's limit; each controller counts the other's Envoy too
+    # (read from the database on its heartbeat), so the budget is divided by 2, not 1, on
+    # both Envoys
+    wait_until(lambda: all(_replica_members(e) == 2 for e in envoys), 15)
     # --wait returned: every request, whichever Envoy accepts it, already sees the route.
     assert _spread(port, "/users/1") == {"alpha": 40}
     assert all(_upstream_requests(e, "alpha") > 0 for e in envoys), "one Envoy got no request"

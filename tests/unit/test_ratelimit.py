@@ -133,3 +133,12 @@ def test_both_routes_of_an_either_credential_route_share_one_budget() -> None:
     assert len(variants) == 2  # with x-api-key / without
     names = {r.metadata.filter_metadata[METADATA_NAMESPACE]["route"] for r in variants}
     assert names == {"either"}  # one policy name: one set of buckets
+
+
+def test_only_a_gateway_with_limits_divides_them_by_replicas() -> None:
+    """What xds/cache.py serves the replica list from (ADR 0048): a gateway without limits
+    gets a constant list, so proxies connecting to it wake nobody."""
+    translator = Translator()
+    out = {g: translator.translate(v) for g, v in _state(10).items()}
+    assert out["limited"].divides_by_replicas
+    assert not out["plain"].divides_by_replicas
