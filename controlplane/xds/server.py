@@ -349,6 +349,9 @@ class AdsStream:
         """One DiscoveryResponse: every resource of a wildcard type, or these names."""
         st = self.types[type_url]
         sent = dict(ts.fragments) if names is None else {n: ts.fragments[n] for n in names}
+        # a cluster Envoy had, changed: it warms until EDS answers again (a new one needs
+        # no resend: Envoy adds its name to the EDS request, so a first sync owes none)
+        rewarms = type_url == CLUSTER and any(st.sent.get(n, f) != f for n, f in sent.items())
         nonce = str(next(self._nonces))
         await self._write(ts.response(type_url, nonce, names))  # type: ignore[operator]
         st.nonce = nonce
@@ -363,7 +366,7 @@ class AdsStream:
             # an ACK of this nonce also covers earlier responses whose ACKs went stale
             st.sent.update(sent)
             st.pending = {**st.pending, **sent}
-        if type_url == CLUSTER:
+        if rewarms:
             self._cds_since_eds = True
 
     def _update_sync(self, snap: Snapshot) -> None:
