@@ -268,6 +268,10 @@ class RollupReader:
         query = select(func.coalesce(func.sum(RollupRow.requests), 0)).where(
             RollupRow.minute >= int(f.since // 60), RollupRow.minute < int(-(-f.until // 60))
         )
+        if f.gateway:
+            query = query.where(RollupRow.gateway == f.gateway)
+        if f.route:
+            query = query.where(RollupRow.route == f.route)
         if f.consumer is not None:
             query = query.where(RollupRow.consumer == f.consumer)
         with self._engine.connect() as conn:

@@ -114,8 +114,10 @@ def test_usage_classes_tell_the_gateways_refusals_from_the_backends_answers() ->
         ((401, "jwt_authn_access_denied{Jwt_is_missing}", False), "unauthenticated"),
         ((403, "rbac_access_denied_matched_policy[consumer]", False), "unauthenticated"),
         ((503, "via_upstream", False), "upstream_errors"),
-        ((503, "upstream_reset_before_response_started{connection_failure}", False),
-         "upstream_errors"),  # fmt: skip
+        (
+            (503, "upstream_reset_before_response_started{connection_failure}", False),
+            "upstream_errors",
+        ),
         ((404, "route_not_found", False), "refused"),
         ((0, "", False), "refused"),
     ]

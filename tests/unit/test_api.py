@@ -474,9 +474,7 @@ def test_analytics_usage_and_chart(api: TestClient, store: Store) -> None:
     # an export needs both ends of its range, in order
     err = _error(api.get("/v1/analytics/export?since=1h", headers=admin), 400, "invalid")
     assert err["field"] == "until" and err["message"].startswith("until: required")
-    err = _error(
-        api.get("/v1/analytics/export?since=1h&until=2h", headers=admin), 400, "invalid"
-    )
+    err = _error(api.get("/v1/analytics/export?since=1h&until=2h", headers=admin), 400, "invalid")
     assert err["message"].startswith("until: must be after since")
     export = api.get("/v1/analytics/export?since=2h&until=now", headers=admin).json()
     assert export["items"] == [] and export["columns"][:5] == [
