@@ -27,6 +27,7 @@ __all__ = [
     "RESERVED_NAMES",
     "RESERVED_PREFIXES",
     "SINK_CLUSTER",
+    "TRACING_CLUSTER",
     "XDS_CLUSTER",
     "cache_cluster_name",
     "jwks_cluster_name",
@@ -42,6 +43,8 @@ REPLICAS_CLUSTER = "gateway_replicas"
 REPLICAS_ASSIGNMENT = "gateway.replicas"
 #: the controller's access-log sink when a gateway's analytics name no other
 SINK_CLUSTER = "analytics:sink"
+#: the OTLP/gRPC collector of a gateway's tracing (translate/tracing.py)
+TRACING_CLUSTER = "tracing:otlp"
 #: the aggregation service (translate/aggregate.py)
 AGGREGATOR_CLUSTER = "_aggregator"
 
