@@ -20,6 +20,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
 from envoy.type.v3 import percent_pb2
+from google.protobuf import wrappers_pb2
 
 from ..policy import Gateway
 from ..policy.common import is_ip, parse_hostport
@@ -51,6 +52,8 @@ def tracing(gateway: Gateway) -> hcm_pb2.HttpConnectionManager.Tracing | None:
             name="envoy.tracers.opentelemetry", typed_config=pack(tracer)
         ),
         random_sampling=percent_pb2.Percent(value=config.sampling),
+        # a client span for the call to the backend too: the backend's time is its own span
+        spawn_upstream_span=wrappers_pb2.BoolValue(value=True),
         custom_tags=[
             custom_tag_pb2.CustomTag(tag=ATTRIBUTES["gateway"], literal=_literal(gateway.name)),
             custom_tag_pb2.CustomTag(tag=ATTRIBUTES["route"], value="%ROUTE_NAME%"),
