@@ -6,7 +6,8 @@ user object can never replace one (a cluster named like a provider's JWKS fetch 
 Envoy fetch that provider's keys from the user's server). The rule has three parts:
 
 * generated names carry a character the name grammar refuses (``jwks:<provider>``,
-  ``cache:<route>:<cluster>``, ``analytics:sink``, ``part:<cluster>``, ``<gateway>#<shard>``)
+  ``cache:<route>:<cluster>``, ``analytics:sink``, ``tracing:otlp``, ``part:<cluster>``,
+  ``<gateway>#<shard>``)
   or start with ``_`` (``_aggregator``);
 * generated names that cannot change because Envoy's stats or the bootstrap carry them start
   with ``gateway.`` (filter and ECDS names, ``gateway.replicas``, ``gateway.not_found``), a
