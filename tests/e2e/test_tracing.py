@@ -100,6 +100,7 @@ def test_spans_carry_one_trace_id_route_and_consumer(
                     "port": gateway_port,
                     "address": "127.0.0.1",
                     "tracing": {"otlp": f"127.0.0.1:{receiver.port}", "sampling": "100%"},
+                    "api_key_query": "api_key",
                 }
             ],
             "clusters": [{"name": "echo", "endpoints": [f"127.0.0.1:{backend.port}"]}],
@@ -157,6 +158,15 @@ def test_spans_carry_one_trace_id_route_and_consumer(
         joined = receiver.of(client_trace)
         assert any(s["parent_span_id"] == client_span for s in joined), joined
         assert all(s["trace_id"] == client_trace for s in joined)
+
+        # an API key sent in the query is removed before the span records the URL
+        status, echoed = _get(gateway_port, f"/orders/3?api_key={key}&b=2", {})
+        assert status == 200
+        trace_id = echoed["headers"]["traceparent"].split("-")[1]
+        wait_until(lambda: len(receiver.of(trace_id)) >= 2, timeout=30, interval=0.2)
+        spans = receiver.of(trace_id)
+        assert any("/orders/3" in str(s["attributes"]) for s in spans), spans
+        assert key not in json.dumps(receiver.spans)
     finally:
         if envoy is not None:
             envoy.stop()
