@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import histogram
-from .rollup import Cell, Key, group
+from .rollup import USAGE_CLASSES, Cell, Key, group, split_class
 
 __all__ = ["html_report", "series", "summarise", "text_chart", "top"]
 
@@ -46,9 +46,11 @@ def _round(value: float | None) -> float | None:
 
 def summarise(rows: list[tuple[Key, Cell]]) -> dict[str, Any]:
     """All requests in the rows: totals, per status class, error rate, percentiles."""
-    by_class = group(rows, lambda k: k[4])
+    by_class = group(rows, lambda k: split_class(k[4])[0])
+    by_usage = group(rows, lambda k: split_class(k[4])[1])
     out = _stats(c for _, c in rows)
     out["status"] = {k: by_class[k].requests for k in CLASSES if k in by_class}
+    out["usage"] = {k: by_usage[k].requests if k in by_usage else 0 for k in USAGE_CLASSES}
     out["error_rate"] = _error_rate(out["status"], out["requests"])
     return out
 

@@ -20,16 +20,23 @@ from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select, up
 from ..store.db import make_engines, normalize_url
 from ..store.tables import RollupRow
 from . import histogram
+from .classes import USAGE_CLASSES, rollup_class, split_class, status_class, usage_class
 
-__all__ = ["Cell", "Key", "RollupReader", "RollupWriter", "Rollups", "status_class"]
+__all__ = [
+    "USAGE_CLASSES",
+    "Cell",
+    "Key",
+    "RollupReader",
+    "RollupWriter",
+    "Rollups",
+    "rollup_class",
+    "split_class",
+    "status_class",
+    "usage_class",
+]
 
 #: (minute, gateway, route, consumer, status class)
 Key = tuple[int, str, str, str, str]
-
-
-def status_class(code: int) -> str:
-    """``2xx`` ... ``5xx``; ``none`` when no response was sent (client reset, timeout...)."""
-    return f"{code // 100}xx" if 100 <= code < 600 else "none"
 
 
 #: a rollup row's key (minute, gateway, route, consumer, status class) and its cell
@@ -235,10 +242,36 @@ class RollupReader:
                     merged[key] = cell
         yield from sorted(merged.items())
 
+    def usage_counts(self, f: Filter) -> dict[str, int]:
+        """Requests per usage class in ``[since, until)`` (minute granularity), over sinks."""
+        query = (
+            select(RollupRow.status_class, func.coalesce(func.sum(RollupRow.requests), 0))
+            .where(
+                RollupRow.minute >= int(f.since // 60),
+                RollupRow.minute < int(-(-f.until // 60)),
+            )
+            .group_by(RollupRow.status_class)
+        )
+        if f.gateway:
+            query = query.where(RollupRow.gateway == f.gateway)
+        if f.route:
+            query = query.where(RollupRow.route == f.route)
+        if f.consumer is not None:
+            query = query.where(RollupRow.consumer == f.consumer)
+        out = dict.fromkeys(USAGE_CLASSES, 0)
+        with self._engine.connect() as conn:
+            for klass, n in conn.execute(query):
+                out[split_class(klass)[1]] += int(n)
+        return out
+
     def total_requests(self, f: Filter) -> int:
         query = select(func.coalesce(func.sum(RollupRow.requests), 0)).where(
             RollupRow.minute >= int(f.since // 60), RollupRow.minute < int(-(-f.until // 60))
         )
+        if f.gateway:
+            query = query.where(RollupRow.gateway == f.gateway)
+        if f.route:
+            query = query.where(RollupRow.route == f.route)
         if f.consumer is not None:
             query = query.where(RollupRow.consumer == f.consumer)
         with self._engine.connect() as conn:

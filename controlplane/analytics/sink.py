@@ -28,7 +28,7 @@ from envoy.service.accesslog.v3 import als_pb2
 
 from ..metrics import Registry
 from ..xds.mtls import StreamAuthorizer
-from .rollup import Cell, Key, Rollups, RollupWriter, status_class
+from .rollup import Cell, Key, Rollups, RollupWriter, rollup_class, usage_class
 from .scope import OTHER, Scope, StoreScope
 
 __all__ = ["ALS_SERVICE", "AccessLogSink", "Bounds", "serve_sink"]
@@ -189,8 +189,12 @@ class AccessLogSink:
                     else:
                         consumer = OTHER
                         folded_consumer += 1
+            code = resp.response_code.value
+            klass = rollup_class(
+                code, usage_class(code, resp.response_code_details, c.response_flags.rate_limited)
+            )
             add(
-                (minute, gateway, route, consumer, status_class(resp.response_code.value)),
+                (minute, gateway, route, consumer, klass),
                 min(req.request_headers_bytes + req.request_body_bytes, _MAX_BYTES),
                 min(resp.response_headers_bytes + resp.response_body_bytes, _MAX_BYTES),
                 max(0.0, _ms(latency)),

@@ -229,7 +229,10 @@ def register_analytics(app: typer.Typer) -> None:
             str | None, typer.Argument(help="Consumer (default: every consumer with limits).")
         ] = None,
     ) -> None:
-        """Requests of consumers in the current period of each of their limits, against them."""
+        """Requests of consumers in the current period of each of their limits, against
+        them: requests the limits let through (admitted and upstream errors), with the
+        throttled ones beside. Warns when a gateway's analytics are off; exit 3 for an
+        unknown consumer."""
         c = ctx_of(ctx)
         api = c.remote
         if api is not None:
@@ -240,13 +243,63 @@ def register_analytics(app: typer.Typer) -> None:
 
             store = c.store
             out = usage_of(store, RollupReader.open(c.db), consumer)
+        for warning in out["warnings"]:
+            stderr.print(f"warning: {warning}", markup=False, highlight=False)
         if c.output != Format.table:
-            emit(out, c.output)
+            emit(out["items"], c.output)
             return
-        if not out:
-            stderr.print("no consumer with minute, hour or day limits")
-        for entry in out:
+        if not out["items"]:
+            stderr.print(
+                "no consumer with limits" if consumer is None else f"{consumer}: no limits"
+            )
+        for entry in out["items"]:
             print(entry["text"])
+
+    @group.command("export")
+    def export(
+        ctx: typer.Context,
+        since: Annotated[
+            str | None, typer.Option(help="Start (required): ISO time, today, 1d (ago).")
+        ] = None,
+        until: Annotated[
+            str | None, typer.Option(help="End (required): ISO time, now, 1h (ago).")
+        ] = None,
+        fmt: Annotated[str, typer.Option("--format", help="csv or jsonl.")] = "csv",
+        gateway: GatewayOpt = None,
+        route: RouteOpt = None,
+        consumer: ConsumerOpt = None,
+        file: Annotated[
+            Path | None, typer.Option("--file", help="Write here instead of stdout.")
+        ] = None,
+    ) -> None:
+        """Usage per hour x gateway x route x consumer for billing: requests, admitted,
+        throttled, unauthenticated, upstream errors, refused, bytes and latency percentiles
+        (columns in README "Usage export")."""
+        if fmt not in ("csv", "jsonl"):
+            raise PolicyInvalid(f"--format: {fmt!r} is not csv or jsonl")
+        for option, value in (("--since", since), ("--until", until)):
+            if value is None:
+                raise PolicyInvalid(f"{option}: required (an export covers a bounded range)")
+        start, end = _window(since or "", until or "")
+        c = ctx_of(ctx)
+        api = c.remote
+        if api is not None:
+            items = api.get(
+                "/v1/analytics/export", **_remote_query(start, end, gateway, route, consumer)
+            )["items"]
+        else:
+            from ..analytics.export import export_rows
+
+            rows, _, _ = _rows(ctx, since or "", until or "", gateway, route, consumer)
+            items = export_rows(rows)
+        from ..analytics.export import render
+
+        text = render(items, fmt)
+        if file is None:
+            sys.stdout.write(text)
+        else:
+            file.write_text(text, encoding="utf-8", newline="")
+            stderr.print(f"wrote {file} ({len(items)} rows)")
 
     @group.command("chart")
     def chart(

@@ -18,7 +18,7 @@ from .certificate import GatewayTls
 from .common import Hostname, Name, PolicyModel
 from .cors import CorsPolicy
 from .headers import API_KEY_HEADER, header_name, reserved_reason
-from .observability import AccessLog, Analytics
+from .observability import AccessLog, Analytics, Tracing
 from .ratelimit import RateLimit
 from .traffic import Compression
 
@@ -51,6 +51,9 @@ class Gateway(PolicyModel):
     )
     access_log: AccessLog | None = Field(None, description="one line per request on stdout")
     analytics: Analytics | None = Field(None, description="usage analytics (rollups in the db)")
+    tracing: Tracing | None = Field(
+        None, description="OpenTelemetry tracing of a sample of requests (OTLP/gRPC)"
+    )
     aggregation_port: Port = Field(
         18081,
         description="port of the internal listener aggregate routes call their parts through "

@@ -1,4 +1,4 @@
-"""Per-gateway observability: structured access logs to stdout and usage analytics.
+"""Per-gateway observability: structured access logs to stdout, usage analytics, tracing.
 
 Both are optional gateway settings; a gateway without them gets exactly the configuration
 it had before they existed. ``access_log`` makes every Envoy of the gateway print one line
@@ -6,6 +6,8 @@ per request on its stdout (JSON or text, with the fields chosen from :data:`LOG_
 ``analytics`` streams the same requests to a sink over gRPC (Envoy's access-log service,
 buffered in Envoy, never on the request path), which keeps per-minute rollups in the policy
 database: the controller by default, or a separate ``gatewayctl analytics-sink``.
+``tracing`` makes Envoy start an OpenTelemetry span for a sample of requests, export it over
+OTLP/gRPC to a collector and pass the W3C ``traceparent`` on to the backend.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, WithJsonSchema, field_validator
 
 from .bounds import IntRange
 from .common import Duration, PolicyModel, parse_hostport
 
-__all__ = ["LOG_FIELDS", "AccessLog", "Analytics", "LogFormat"]
+__all__ = ["LOG_FIELDS", "AccessLog", "Analytics", "LogFormat", "Tracing", "parse_percent"]
 
 #: field name -> Envoy command operator; the catalogue a gateway's ``fields`` pick from
 LOG_FIELDS: dict[str, str] = {
@@ -93,3 +95,57 @@ class Analytics(PolicyModel):
         if value is not None:
             parse_hostport(value)
         return value
+
+
+def parse_percent(value: object) -> float:
+    """``1%``, ``0.5 %``, ``100%`` or a bare number (percent) -> a float from 0 to 100."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a percentage")
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        text = value.strip().removesuffix("%").strip()
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"{value[:40]!r} is not a percentage like 1% or 0.5%") from None
+    else:
+        raise ValueError(f"{value!r} is not a percentage like 1% or 0.5%")
+    if not 0 <= number <= 100:  # also refuses nan
+        raise ValueError(f"{value!r} is outside 0-100 %")
+    return number
+
+
+class Tracing(PolicyModel):
+    """OpenTelemetry tracing: Envoy's OpenTelemetry tracer, spans exported over OTLP/gRPC."""
+
+    otlp: str = Field(description="HOST:PORT of an OTLP/gRPC collector (plaintext gRPC)")
+    sampling: Annotated[
+        float,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "number", "minimum": 0, "maximum": 100},
+                    {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*%?\s*$"},
+                ]
+            }
+        ),
+    ] = Field(
+        1.0, description="share of requests traced, 0-100 %: '1%', '0.5%' or a number of percent"
+    )
+    service_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+        description="the spans' service.name; unset: the gateway's name",
+    )
+
+    @field_validator("otlp")
+    @classmethod
+    def _otlp(cls, value: str) -> str:
+        parse_hostport(value)
+        return value
+
+    @field_validator("sampling", mode="before")
+    @classmethod
+    def _sampling(cls, value: object) -> float:
+        return parse_percent(value)

@@ -6,7 +6,8 @@ user object can never replace one (a cluster named like a provider's JWKS fetch 
 Envoy fetch that provider's keys from the user's server). The rule has three parts:
 
 * generated names carry a character the name grammar refuses (``jwks:<provider>``,
-  ``cache:<route>:<cluster>``, ``analytics:sink``, ``part:<cluster>``, ``<gateway>#<shard>``)
+  ``cache:<route>:<cluster>``, ``analytics:sink``, ``tracing:otlp``, ``part:<cluster>``,
+  ``<gateway>#<shard>``)
   or start with ``_`` (``_aggregator``);
 * generated names that cannot change because Envoy's stats or the bootstrap carry them start
   with ``gateway.`` (filter and ECDS names, ``gateway.replicas``, ``gateway.not_found``), a
@@ -27,6 +28,7 @@ __all__ = [
     "RESERVED_NAMES",
     "RESERVED_PREFIXES",
     "SINK_CLUSTER",
+    "TRACING_CLUSTER",
     "XDS_CLUSTER",
     "cache_cluster_name",
     "jwks_cluster_name",
@@ -42,6 +44,8 @@ REPLICAS_CLUSTER = "gateway_replicas"
 REPLICAS_ASSIGNMENT = "gateway.replicas"
 #: the controller's access-log sink when a gateway's analytics name no other
 SINK_CLUSTER = "analytics:sink"
+#: the OTLP/gRPC collector of a gateway's tracing (translate/tracing.py)
+TRACING_CLUSTER = "tracing:otlp"
 #: the aggregation service (translate/aggregate.py)
 AGGREGATOR_CLUSTER = "_aggregator"
 

@@ -36,6 +36,7 @@ from .ratelimit import RATE_LIMIT_FILTER, rate_limit_context
 from .route import RouteTable
 from .shard import choose_length, scope_resource, shard_name
 from .tls import redirect_listener, secret_resource, secure_listener
+from .tracing import TRACING_CLUSTER, tracing_cluster
 from .traffic import cache_cluster, cache_cluster_name, cached_routes
 from .view import GatewayView
 from .wire import Encoded
@@ -259,6 +260,9 @@ class Translator:
         analytics_sink = sink_cluster(gw, tls=self.sink_tls)
         if analytics_sink is not None:
             out.add(CLUSTER, SINK_CLUSTER, analytics_sink, [("gateway", gw.name)])
+        collector = tracing_cluster(gw)
+        if collector is not None:
+            out.add(CLUSTER, TRACING_CLUSTER, collector, [("gateway", gw.name)])
         self._add_aggregation(out, gw, table)
         for cluster_message in jwks_clusters(view):
             provider = cluster_message.name.partition(":")[2]

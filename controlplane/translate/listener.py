@@ -17,6 +17,7 @@ from .accesslog import access_logs
 from .auth import DENIED_CLAIM, DENIED_CONSUMER, DENIED_SCOPE
 from .common import ads_source, pack
 from .shard import early_mutation, scoped_routes
+from .tracing import tracing
 from .view import GatewayView
 
 __all__ = ["listener_resource", "request_hygiene"]
@@ -72,6 +73,9 @@ def listener_resource(
         access_log=access_logs(gateway),
     )
     request_hygiene(gateway, hcm)
+    traced = tracing(gateway)
+    if traced is not None:
+        hcm.tracing.CopyFrom(traced)
     if shard_length is None:
         hcm.rds.CopyFrom(hcm_pb2.Rds(config_source=ads_source(), route_config_name=gateway.name))
     else:

@@ -221,7 +221,10 @@ def test_analytics_group_remote(site: Site) -> None:
     # usage counts the current hour: both ask at nearly the same moment
     usage = site.admin.json("analytics", "usage", "acme")
     assert usage == site.cli.json("analytics", "usage", "acme")
-    assert [(u["consumer"], u["per"], u["limit"]) for u in usage] == [("acme", "hour", 1000)]
+    assert [(u["consumer"], u["per"], u["limit"]) for u in usage] == [
+        ("acme", "second", 10),
+        ("acme", "hour", 1000),
+    ]
     _same(site, "analytics", "usage", "nobody")  # exit 3 both ways
     bad = site.admin.run("analytics", "summary", "--since", "soon", check=False)
     assert bad.returncode == 2 and "--since" in bad.stderr

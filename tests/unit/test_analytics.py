@@ -97,3 +97,116 @@ def test_parse_time() -> None:
     assert parse_time("1970-01-01T00:01:00", "--since", now) == 60.0
     with pytest.raises(PolicyInvalid, match="--since: 'yesterday-ish' is not a time"):
         parse_time("yesterday-ish", "--since", now)
+
+
+def test_usage_classes_tell_the_gateways_refusals_from_the_backends_answers() -> None:
+    from controlplane.analytics.rollup import rollup_class, split_class, usage_class
+
+    cases = [
+        # (code, details, RL flag) -> class
+        ((200, "via_upstream", False), "admitted"),
+        ((429, "via_upstream", False), "admitted"),  # the backend's own 429
+        ((401, "via_upstream", False), "admitted"),  # the backend's own 401
+        ((404, "via_upstream", False), "admitted"),
+        ((200, "direct_response", False), "admitted"),
+        ((429, "local_rate_limited", True), "throttled"),
+        ((429, "local_rate_limited", False), "throttled"),
+        ((401, "jwt_authn_access_denied{Jwt_is_missing}", False), "unauthenticated"),
+        ((403, "rbac_access_denied_matched_policy[consumer]", False), "unauthenticated"),
+        ((503, "via_upstream", False), "upstream_errors"),
+        (
+            (503, "upstream_reset_before_response_started{connection_failure}", False),
+            "upstream_errors",
+        ),
+        ((404, "route_not_found", False), "refused"),
+        ((0, "", False), "refused"),
+    ]
+    for (code, details, flag), expected in cases:
+        got = usage_class(code, details, flag)
+        assert got == expected, (code, details, flag, got)
+        column = rollup_class(code, got)
+        assert len(column) <= 8  # the column is VARCHAR(8)
+        assert split_class(column)[1] == expected
+    # rows written before usage classes existed read as they always did
+    assert [split_class(c) for c in ("2xx", "4xx", "5xx", "none")] == [
+        ("2xx", "admitted"),
+        ("4xx", "admitted"),
+        ("5xx", "upstream_errors"),
+        ("none", "refused"),
+    ]
+
+
+def test_export_rows_per_hour_route_and_consumer(tmp_path: Path) -> None:
+    import csv
+    import io
+    import json
+
+    from controlplane.analytics.export import COLUMNS, export_rows, render
+
+    hour = 480_000  # hours since the epoch
+    m = hour * 60
+    r = Rollups()
+    for minute, consumer, klass, n, ms in (
+        (m, "acme", "2xx", 5, 10.0),
+        (m + 59, "acme", "4xx:t", 3, 0.2),
+        (m + 1, "acme", "5xx", 2, 40.0),
+        (m + 60, "acme", "2xx", 1, 10.0),  # the next hour
+        (m + 2, "", "4xx:u", 4, 0.3),
+    ):
+        for _ in range(n):
+            r.add((minute, "public", "api", consumer, klass), 10, 100, ms)
+    items = export_rows(sorted(r.take().items()))
+    assert [(i["hour"][11:13], i["consumer"], i["requests"]) for i in items] == [
+        ("00", "", 4),
+        ("00", "acme", 10),
+        ("01", "acme", 1),
+    ]
+    acme = items[1]
+    assert (acme["admitted"], acme["throttled"], acme["upstream_errors"]) == (5, 3, 2)
+    assert acme["unauthenticated"] == acme["refused"] == 0
+    assert items[0]["unauthenticated"] == 4 and items[0]["latency_p50_ms"] is None
+    assert acme["bytes_in"] == 100 and acme["bytes_out"] == 1000
+    # percentiles of the served requests only (the throttled 0.2 ms answers are not in them)
+    assert acme["latency_p50_ms"] >= 10.0 and acme["latency_p99_ms"] >= 40.0
+    assert acme["hour"].endswith("T00:00:00Z")
+
+    rows = list(csv.reader(io.StringIO(render(items, "csv"), newline="")))
+    assert tuple(rows[0]) == COLUMNS and len(rows) == 4
+    assert rows[1][COLUMNS.index("latency_p50_ms")] == ""  # none: an empty cell
+    lines = render(items, "jsonl").splitlines()
+    assert [list(json.loads(line)) for line in lines] == [list(COLUMNS)] * 3
+
+
+def test_usage_counts_by_class_and_limits_of_every_unit(tmp_path: Path) -> None:
+    import time as _time
+
+    from controlplane.analytics.usage import usage
+    from controlplane.errors import NotFound
+    from controlplane.policy import Consumer, Gateway
+    from controlplane.policy.ratelimit import Plan
+
+    db = str(tmp_path / "g.db")
+    store = Store(db, create=True)
+    store.create(Gateway(name="public", port=8080, analytics={"enabled": True}))
+    store.create(Gateway(name="internal", port=8081))
+    store.create(
+        Plan(name="pro", limits=[{"requests": 5, "per": "second"}, {"requests": 9, "per": "day"}])
+    )
+    store.create(Consumer(name="acme", plan="pro"))
+    now = _time.time()
+    minute = int(now // 60)
+    r = Rollups()
+    for klass, n in (("2xx", 4), ("4xx:t", 24), ("5xx", 1), ("4xx", 2)):
+        for _ in range(n):
+            r.add((minute, "public", "api", "acme", klass), 1, 1, 1.0)
+    RollupWriter(db, "s").write(r.take())
+    out = usage(store, RollupReader.open(db), "acme", now=now)
+    assert out["warnings"] == ["analytics is off on gateway internal: its requests are not counted"]
+    second, day = out["items"]
+    # throttled requests are never counted as used; a backend's 4xx is
+    assert (day["per"], day["used"], day["throttled"]) == ("day", 7, 24)
+    assert day["text"] == "acme: 7 of 9 today, 24 throttled"
+    assert second["per"] == "second" and second["used"] == 7
+    assert second["text"].startswith("acme: 7 this minute against 5 per second")
+    with pytest.raises(NotFound):
+        usage(store, RollupReader.open(db), "nobody", now=now)

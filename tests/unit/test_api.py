@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -458,9 +460,25 @@ def test_analytics_usage_and_chart(api: TestClient, store: Store) -> None:
     api.post("/v1/consumers", json={"name": "acme", "limits": [{"requests": 5, "per": "hour"}]},
              headers=admin)  # fmt: skip
     usage = api.get("/v1/analytics/usage?consumer=acme", headers=admin).json()
-    assert usage == [
-        {"consumer": "acme", "plan": None, "per": "hour", "used": 0, "limit": 5,
+    hour = datetime.fromtimestamp(time.time() // 3600 * 3600, UTC).isoformat()
+    assert usage["items"] == [
+        {"consumer": "acme", "plan": None, "per": "hour", "limit": 5, "period_start": hour,
+         "used": 0, "admitted": 0, "upstream_errors": 0, "throttled": 0,
          "text": "acme: 0 of 5 this hour"}
+    ]  # fmt: skip
+    # the seeded gateways have analytics off: nothing is counted, and the answer says so
+    assert usage["warnings"] == [
+        "analytics is off on every gateway: no request is counted "
+        "(set analytics: {enabled: true} on the gateway)"
+    ]
+    # an export needs both ends of its range, in order
+    err = _error(api.get("/v1/analytics/export?since=1h", headers=admin), 400, "invalid")
+    assert err["field"] == "until" and err["message"].startswith("until: required")
+    err = _error(api.get("/v1/analytics/export?since=1h&until=2h", headers=admin), 400, "invalid")
+    assert err["message"].startswith("until: must be after since")
+    export = api.get("/v1/analytics/export?since=2h&until=now", headers=admin).json()
+    assert export["items"] == [] and export["columns"][:5] == [
+        "hour", "gateway", "route", "consumer", "requests"
     ]  # fmt: skip
     _error(api.get("/v1/analytics/usage?consumer=nobody", headers=admin), 404, "not_found")
     scoped = _auth(store, "viewer", ("a",))
