@@ -96,6 +96,11 @@ def create_app(
             continue
         app.include_router(module.router)
     app.include_router(probes(status_source))
+    from ..console import Sessions
+    from ..console import router as console_router
+
+    app.state.sessions = Sessions()
+    app.include_router(console_router)
     _security(app)
     app.add_middleware(_ETag, store=store)
     app.add_middleware(BodyLimit, limit=max_body)
