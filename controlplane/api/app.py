@@ -100,7 +100,10 @@ def create_app(
     from ..console import router as console_router
 
     app.state.sessions = Sessions()
+    from ..console.usage import router as usage_router
+
     app.include_router(console_router)
+    app.include_router(usage_router)
     _security(app)
     app.add_middleware(_ETag, store=store)
     app.add_middleware(BodyLimit, limit=max_body)

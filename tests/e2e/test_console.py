@@ -6,13 +6,17 @@ browser context (its own cookies), so logins do not leak from one test to the ne
 
 from __future__ import annotations
 
+import csv
 import http.server
+import io
 import os
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ from controlplane.envoy_launcher import free_port
 from controlplane.store import Store
 from controlplane.store.tokens import add_token, revoke_token
 
-from .harness import Cli, Controller, Envoy, KeepAliveLoad, backend_of, wait_until
+from .harness import Cli, Controller, Envoy, KeepAliveLoad, backend_of, request, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -355,6 +359,110 @@ def test_add_cluster_and_route_through_the_forms(env: Env, new_page: Callable[..
     assert page.errors == [] and page.dialogs == []
 
 
+def _send(port: int, path: str, key: str, count: int) -> list[int]:
+    statuses = []
+    for _ in range(count):
+        status, _, _ = request(port, path, headers={"x-api-key": key})
+        statuses.append(status)
+    return statuses
+
+
+def test_key_issued_once_and_usage_counted_per_minute_with_csv(
+    env: Env, new_page: Callable[..., Any]
+) -> None:
+    admin = env.token("ops-usage", "admin")
+    with env.api(admin) as api:
+        r = api.patch("/v1/gateways/public", json={"analytics": {"enabled": True}})
+        assert r.status_code == 200, r.text
+        r = api.post(
+            "/v1/apply",
+            params={"wait": "30s"},
+            json={
+                "plans": [
+                    {"name": "small", "limits": [{"requests": 10, "per": "minute"}]},
+                    {"name": "big", "limits": [{"requests": 1000, "per": "minute"}]},
+                ],
+                "consumers": [{"name": "acme", "plan": "big"}],
+                "routes": [
+                    {
+                        "name": "metered",
+                        "gateways": ["public"],
+                        "match": {"path_prefix": "/metered"},
+                        "cluster": "beta",
+                        "auth": {"api_key": True},
+                        "rate_limit": {"key": "consumer"},
+                    }
+                ],
+            },
+        )
+        assert r.status_code == 200, r.text
+    page = new_page()
+    login(page, env, admin)
+    goto(page, env, "consumers")
+    card = page.locator("[data-consumer=acme]")
+    card.get_by_label("Plan").select_option("small")
+    card.get_by_role("button", name="Move to plan").click()
+    card.locator("p.ok").wait_for()
+    card.get_by_role("button", name="Issue a key for acme").click()
+    shown = card.get_by_test_id("new-key")
+    shown.wait_for()
+    key = shown.input_value()
+    assert key and "shown this once" in card.inner_text()
+    card.get_by_role("button", name="Copy").click()
+    # the key is in no later answer: not the page, not the API's listing
+    goto(page, env, "consumers")
+    assert key not in page.content()
+    with env.api(admin) as api:
+        assert key not in api.get("/v1/consumers/acme/keys").text
+        assert key not in api.get("/v1/export").text
+
+    # 15 requests within one minute of the limiter: 10 admitted, 5 throttled
+    second = time.time() % 60
+    if second > 45:
+        time.sleep(61 - second)
+    minute = datetime.fromtimestamp(time.time() // 60 * 60, UTC).isoformat()
+    statuses = _send(env.gateway_port, "/metered/x", key, 15)
+    assert statuses == [200] * 10 + [429] * 5, statuses
+
+    def row() -> dict[str, Any] | None:
+        with env.api(admin) as api:
+            data = api.get("/ui/usage.json", params={"range": "15m", "consumer": "acme"}).json()
+        found = [p for p in data["points"] if p["time"] == minute]
+        return found[0] if found and found[0]["requests"] == 15 else None
+
+    point = wait_until(row, 60, 1)
+    throttled = point["status"].get("429", point["status"].get("4xx"))
+    assert point["status"]["2xx"] == 10 and throttled == 5, point
+
+    page.goto(f"{env.url}/ui/#/usage?range=15m&consumer=acme")
+    page.wait_for_selector("main[data-page=usage]")
+    assert "UTC" in page.locator("main").inner_text()
+    table = page.get_by_test_id("usage-requests")
+    page.get_by_text("Table: Requests by status class").click()
+    cells = table.locator("tr", has_text=minute[:16].replace("T", " ")).locator("td")
+    texts = cells.all_inner_texts()
+    classes = [t.strip() for t in table.locator("th").all_inner_texts()][2:]
+    by_class = dict(zip(classes, texts[2:], strict=True))
+    assert texts[1] == "15" and by_class["2xx"] == "10", (classes, texts)
+    assert by_class.get("429", by_class.get("4xx")) == "5", (classes, texts)
+    for chart in page.locator("img.chart").all():
+        assert chart.evaluate("(img) => img.complete && img.naturalWidth > 0")
+        assert chart.get_attribute("alt")
+
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download CSV").click()
+    text = Path(download.value.path()).read_text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    (mine,) = [r for r in rows if r["time_utc"] == minute]
+    assert mine["requests"] == "15" and mine["2xx"] == "10"
+    assert mine.get("429", mine.get("4xx")) == "5", mine
+
+    goto(page, env, "consumers")
+    used = page.locator("[data-consumer=acme]").get_by_test_id("plan-usage").inner_text()
+    assert "of 10 requests this minute" in used, used
+    assert page.errors == []
+
+
 def test_hostile_values_are_shown_as_text_everywhere(
     env: Env, new_page: Callable[..., Any]
 ) -> None:
@@ -437,7 +545,7 @@ def test_pages_fit_desktop_and_phone_widths(env: Env, new_page: Callable[..., An
     for label, (width, height) in WIDTHS.items():
         page = new_page(width, height)
         login(page, env, admin)
-        for section in ("overview", "routes", "clusters", "consumers", "activity"):
+        for section in ("overview", "routes", "clusters", "consumers", "usage", "activity"):
             goto(page, env, section)
             if section in ("routes", "clusters"):
                 page.get_by_role("button", name=f"New {section[:-1]}").click()

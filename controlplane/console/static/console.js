@@ -348,8 +348,17 @@
               : notice("error", errorOf(x).message));
           } })));
       }
+      let used = null;
+      if (!me.gateways.length) {
+        const u = await api("GET", "/v1/analytics/usage?consumer=" + encodeURIComponent(c.name));
+        if (u.ok && u.data.length) {
+          used = h("ul", { "data-testid": "plan-usage", "aria-label": "Usage of " + c.name + " against its limits" },
+            u.data.map((e) => h("li", { text: e.used + " of " + e.limit + " requests this " + e.per })));
+        }
+      }
       out.push(h("section", { class: "card", "aria-label": "Consumer " + c.name, "data-consumer": c.name },
-        h("h2", { text: c.name }), h("p", { text: "Plan: " + (c.plan || "none") }),
+        h("h2", { text: c.name }), h("p", { text: "Plan: " + (c.plan || "none") }), used,
+        h("p", {}, h("a", { href: "#/usage?consumer=" + encodeURIComponent(c.name), text: "Usage charts of " + c.name })),
         table("Keys of " + c.name, ["Key", "Prefix", "Expires", "State", ""], keyRows, "keys"),
         controls, slot));
     }
@@ -401,7 +410,65 @@
     return out;
   }
 
-  const pages = { overview: overview, routes: routes, clusters: clusters, consumers: consumers, activity: activity };
+  async function usage() {
+    const params = new URLSearchParams(location.hash.split("?")[1] || "");
+    const [g, r, c] = await Promise.all([api("GET", "/v1/gateways"), api("GET", "/v1/routes"), api("GET", "/v1/consumers")]);
+    const names = (x) => (x.ok ? x.data.items.map((i) => i.name) : []);
+    const ranges = [["15m", "last 15 minutes"], ["1h", "last hour"], ["6h", "last 6 hours"],
+      ["24h", "last 24 hours"], ["7d", "last 7 days"], ["30d", "last 30 days"]];
+    const pick = (id, label, values, all) => {
+      const sel = h("select", { id: id, name: id },
+        all ? h("option", { value: "", text: all }) : null,
+        values.map(([v, t]) => h("option", { value: v, text: t, selected: v === (params.get(id) || (all ? "" : "1h")) })));
+      return [h("label", { for: id, text: label }), sel];
+    };
+    const controls = [
+      pick("range", "Time range", ranges, null),
+      pick("gateway", "Gateway", names(g).map((n) => [n, n]), "all gateways"),
+      pick("route", "Route", names(r).map((n) => [n, n]), "all routes"),
+      pick("consumer", "Consumer", names(c).map((n) => [n, n]), "all consumers"),
+    ];
+    const form = h("form", { class: "toolbar", "aria-label": "Usage filters", onsubmit: (e) => {
+      e.preventDefault();
+      const q = new URLSearchParams();
+      for (const id of ["range", "gateway", "route", "consumer"]) {
+        const v = document.getElementById(id).value;
+        if (v) q.set(id, v);
+      }
+      location.hash = "#/usage?" + q.toString();
+    } }, controls, h("button", { type: "submit", class: "primary", text: "Show" }));
+    const q = new URLSearchParams();
+    q.set("range", params.get("range") || "1h");
+    for (const id of ["gateway", "route", "consumer"]) if (params.get(id)) q.set(id, params.get(id));
+    const data = await api("GET", "/ui/usage.json?" + q.toString());
+    if (!data.ok) return [h("h1", { text: "Usage" }), form, notice("error", errorOf(data).message)];
+    const d = data.data;
+    const pts = d.points;
+    const total = (k) => pts.reduce((a, p) => a + (p.status[k] || 0), 0);
+    const ms = (v) => (v === null || v === undefined ? "—" : v.toFixed(1));
+    function chart(kind, title, headers, cells, testid) {
+      return h("section", { class: "card", "aria-label": title },
+        h("h2", { text: title }),
+        h("img", { class: "chart", src: "/ui/usage.svg?chart=" + kind + "&" + q.toString(),
+          alt: title + ", " + d.range + " to " + d.until.slice(0, 16).replace("T", " ") + " UTC; the table below has the figures" }),
+        h("details", {}, h("summary", { text: "Table: " + title }),
+          table(title + " (times in UTC)", headers, pts.map((p) => row([p.time.slice(0, 16).replace("T", " "), ...cells(p)])), testid)));
+    }
+    return [
+      h("h1", { text: "Usage" }), form,
+      h("p", {}, "From " + d.since.slice(0, 19).replace("T", " ") + " to " + d.until.slice(0, 19).replace("T", " ") +
+        " (times in UTC), one point per " + (d.step_s >= 3600 ? d.step_s / 3600 + " h" : d.step_s / 60 + " min") + ". ",
+        h("a", { href: "/ui/usage.csv?" + q.toString(), download: "", text: "Download CSV" })),
+      h("p", { "data-testid": "totals" }, "Requests: " + pts.reduce((a, p) => a + p.requests, 0) + " — " +
+        (d.classes.length ? d.classes.map((k) => k + ": " + total(k)).join(", ") : "none in this range")),
+      chart("requests", "Requests by status class", ["Time (UTC)", "Requests", ...d.classes],
+        (p) => [String(p.requests), ...d.classes.map((k) => String(p.status[k]))], "usage-requests"),
+      chart("latency", "Latency (ms)", ["Time (UTC)", "p50", "p95", "p99"], (p) => [ms(p.p50_ms), ms(p.p95_ms), ms(p.p99_ms)], "usage-latency"),
+      chart("bytes", "Bytes", ["Time (UTC)", "Bytes in", "Bytes out"], (p) => [String(p.bytes_in), String(p.bytes_out)], "usage-bytes"),
+    ];
+  }
+
+  const pages = { overview: overview, routes: routes, clusters: clusters, consumers: consumers, usage: usage, activity: activity };
 
   async function show() {
     if (timer) { clearTimeout(timer); timer = null; }
