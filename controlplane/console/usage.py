@@ -168,10 +168,14 @@ def _svg(title: str, data: dict[str, Any], series: dict[str, list[float | None]]
     for name, values in series.items():
         colour = _COLOURS.get(name, "#333333")
         path: list[str] = []
+        dots: list[str] = []
         for i, v in enumerate(values):
             if v is None:
                 continue
             path.append(f"{'M' if not path else 'L'}{x(i):.1f},{y(v):.1f}")
+            if v:  # a point with data stays visible even without neighbours to join
+                dots.append(f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="2.5" fill="{colour}"/>')
+        out.extend(dots)
         if path:
             out.append(
                 f'<path d="{" ".join(path)}" fill="none" stroke="{colour}" stroke-width="2"/>'

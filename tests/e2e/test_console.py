@@ -324,6 +324,8 @@ def test_add_cluster_and_route_through_the_forms(env: Env, new_page: Callable[..
     applied = page.get_by_test_id("applied")
     applied.wait_for()
     assert f"Applied as revision {before + 1}" in applied.inner_text()
+    page.locator("[data-testid=clusters] tr[data-name=alpha]").wait_for()  # listed now
+    assert applied.is_visible()
 
     goto(page, env, "routes")
     page.get_by_role("button", name="New route").click()
@@ -522,6 +524,10 @@ def test_nack_shown_on_the_overview_then_rolled_back_from_the_history(
         assert "pub-1" in page.locator("main p.error").inner_text()
 
         goto(page, env, "activity")
+        # the audit trail: who changed what, old -> new per field
+        audit = page.get_by_test_id("audit").locator("tr", has_text=f"→ {taken}").first
+        assert "update gateway public" in audit.inner_text()
+        assert f"port: {env.gateway_port} → {taken}" in audit.inner_text()
         page.get_by_role("button", name=f"Roll back to revision {good}").click()
         done = page.get_by_test_id("rolled-back")
         done.wait_for()

@@ -83,7 +83,7 @@
     const proxies = s.proxies.map((p) => row([
       p.node, p.gateway, p.address || "—", p.envoy || "—", String(p.acked_revision),
       h("span", { class: p.in_sync ? "ok" : "bad", text: p.in_sync ? "in sync" : "not in sync" }),
-      p.last_nack ? h("span", { class: "bad" },
+      p.last_nack ? h("span", { class: "bad wide" },
         "revision " + p.last_nack.revision + ": " + (p.last_nack.type ? p.last_nack.type + " of " : "") +
         [].concat(p.last_nack.objects || []).join(", ") +
         (p.last_nack.field ? " (field " + p.last_nack.field + ")" : "") + " — " + p.last_nack.error) : "—",
@@ -219,8 +219,13 @@
       body.replaceChildren(...(shown.length ? shown.map((it) => row([
         ...opts.columns.map(([, fn]) => fn(it)),
         canWrite() ? h("button", { type: "button", text: "Edit", "aria-label": "Edit " + it.name,
-          onclick: () => { formSlot.replaceChildren(opts.form(it)); formSlot.querySelector("input,select")?.focus(); } }) : null,
+          onclick: () => { formSlot.replaceChildren(opts.form(it, refresh)); formSlot.querySelector("input,select")?.focus(); } }) : null,
       ], { "data-name": it.name })) : [h("tr", {}, h("td", { colspan: opts.columns.length + 1, text: "none" }))]));
+    }
+    // after a change: the list again from the API, the form and its answer left in place
+    async function refresh() {
+      const r = await api("GET", "/v1/" + opts.kind + "s");
+      if (r.ok) { opts.items = r.data.items.map((i) => i.spec); render(); }
     }
     search.addEventListener("input", render);
     selects.forEach((s) => s.addEventListener("change", render));
@@ -231,7 +236,7 @@
         h("label", { for: "search", text: "Search" }), search,
         (opts.filters || []).map((f, i) => [h("label", { for: "filter-" + i, text: f.label }), selects[i]]),
         canWrite() ? h("button", { type: "button", class: "primary", text: "New " + opts.kind,
-          onclick: () => { formSlot.replaceChildren(opts.form(null)); formSlot.querySelector("input")?.focus(); } }) : null),
+          onclick: () => { formSlot.replaceChildren(opts.form(null, refresh)); formSlot.querySelector("input")?.focus(); } }) : null),
       h("div", { class: "scroll" }, h("table", { "data-testid": opts.kind + "s" },
         h("caption", { text: opts.title }),
         h("thead", {}, h("tr", {}, opts.columns.map(([x]) => h("th", { scope: "col", text: x })),
@@ -247,7 +252,7 @@
     const items = r.data.items.map((i) => i.spec);
     const clusters = c.ok ? c.data.items.map((i) => i.name) : [];
     const gateways = [...new Set(items.flatMap((i) => i.gateways || []))].sort();
-    function form(item) {
+    function form(item, refresh) {
       const spec = item || {};
       return changeForm({
         title: item ? "Edit route " + item.name : "New route", kind: "route", plural: "routes",
@@ -262,13 +267,13 @@
           obj.match = Object.assign({}, spec.match || {}, { path_prefix: v.path_prefix.trim() });
           return obj;
         },
-        done: () => setTimeout(show, 1500),
+        done: () => refresh(),
       });
     }
     return listPage({
       title: "Routes", kind: "route", items: items,
       columns: [["Name", (i) => i.name], ["Gateways", (i) => (i.gateways || []).join(", ")],
-        ["Match", (i) => JSON.stringify(i.match || {})], ["Cluster", (i) => i.cluster || "—"]],
+        ["Match", (i) => h("code", { class: "match", text: JSON.stringify(i.match || {}) })], ["Cluster", (i) => i.cluster || "—"]],
       filters: [{ label: "Gateway", values: gateways, get: (i) => i.gateways || [] }],
       form: form,
     });
@@ -278,7 +283,7 @@
     const r = await api("GET", "/v1/clusters");
     if (!r.ok) return [notice("error", errorOf(r).message)];
     const items = r.data.items.map((i) => i.spec);
-    function form(item) {
+    function form(item, refresh) {
       const spec = item || {};
       return changeForm({
         title: item ? "Edit cluster " + item.name : "New cluster", kind: "cluster", plural: "clusters",
@@ -288,7 +293,7 @@
             value: (spec.endpoints || []).map((e) => typeof e === "string" ? e : JSON.stringify(e)).join("\n"), help: "host:port, one per line" },
         ],
         build: (v) => Object.assign({}, spec, { name: v.name.trim(), endpoints: split(v.endpoints) }),
-        done: () => setTimeout(show, 1500),
+        done: () => refresh(),
       });
     }
     return listPage({
@@ -366,9 +371,26 @@
     return out;
   }
 
+  // Every leaf of an object by its dotted path, as JSON text.
+  function flatten(value, prefix, out) {
+    if (value !== null && typeof value === "object" && !Array.isArray(value) && Object.keys(value).length) {
+      for (const [k, v] of Object.entries(value)) flatten(v, prefix ? prefix + "." + k : k, out);
+    } else if (prefix) {
+      out[prefix] = JSON.stringify(value);
+    }
+    return out;
+  }
+  // [path, old, new] for each field that differs ("—": absent).
+  function fieldDiff(before, after) {
+    const a = flatten(before || {}, "", {});
+    const b = flatten(after || {}, "", {});
+    const paths = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort();
+    return paths.filter((p) => a[p] !== b[p]).map((p) => [p, a[p] === undefined ? "—" : a[p], b[p] === undefined ? "—" : b[p]]);
+  }
+
   async function activity() {
     const out = [h("h1", { text: "Activity" })];
-    const hist = await api("GET", "/v1/history?limit=50");
+    const hist = await api("GET", "/v1/history?limit=25");
     const slot = h("div", { class: "result", "aria-live": "polite" });
     if (hist.ok) {
       const current = hist.revision;
@@ -392,20 +414,21 @@
       out.push(notice("error", errorOf(hist).message));
     }
     if (isAdmin()) {
-      const audit = await api("GET", "/v1/audit?limit=100");
+      const audit = await api("GET", "/v1/audit?limit=25");
       if (audit.ok) {
-        out.push(table("Audit trail (times in UTC)", ["Revision", "Time (UTC)", "Actor", "Change", "Before", "After"],
+        out.push(table("Audit trail (times in UTC)", ["Revision", "Time (UTC)", "Actor", "Object", "Old → new"],
           audit.data.items.map((a) => row([String(a.revision), utc(a.at), a.actor || "—", a.op + " " + a.kind + " " + a.name,
-            h("pre", { class: "before", text: json(a.before) }), h("pre", { class: "after", text: json(a.after) })])), "audit"));
+            h("ul", { class: "changes wide" }, fieldDiff(a.before, a.after).map(([path, was, now]) =>
+              h("li", {}, h("code", { text: path }), ": ", h("del", { text: was }), " → ", h("ins", { text: now }))))])), "audit"));
       }
     } else {
       out.push(h("p", { class: "help", text: "The audit trail is shown to admin tokens only." }));
     }
     const ev = await api("GET", "/v1/events?limit=200");
     if (ev.ok) {
-      const items = ev.data.items.slice(-50).reverse();
+      const items = ev.data.items.slice(-25).reverse();
       out.push(table("Proxy events: pushes, ACKs, NACKs (times in UTC)", ["Time (UTC)", "Event", "Detail"],
-        items.map((e) => row([utc(e.at || e.time), [e.kind, e.node, e.gateway].filter(Boolean).join(" "), e.detail || e.error || JSON.stringify(e)])), "events"));
+        items.map((e) => row([utc(e.at || e.time), [e.kind, e.node, e.gateway, e.revision ? "revision " + e.revision : null].filter(Boolean).join(" "), e.detail || e.error || JSON.stringify(e)])), "events"));
     }
     return out;
   }
