@@ -154,7 +154,12 @@ def login(page: Any, env: Env, token: str) -> None:
 
 
 def goto(page: Any, env: Env, section: str) -> None:
-    page.goto(f"{env.url}/ui/#/{section}")
+    """Show ``section`` rendered afresh from the API (reloaded when it is already shown)."""
+    url = f"{env.url}/ui/#/{section}"
+    if page.url == url:
+        page.reload()
+    else:
+        page.goto(url)
     page.wait_for_selector(f"main[data-page={section}]")
 
 
@@ -413,7 +418,11 @@ def test_key_issued_once_and_usage_counted_per_minute_with_csv(
     card.get_by_role("button", name="Copy").click()
     # the key is in no later answer: not the page, not the API's listing
     goto(page, env, "consumers")
+    assert page.get_by_test_id("new-key").count() == 0
     assert key not in page.content()
+    assert not page.evaluate(
+        "(key) => [...document.querySelectorAll('input')].some((i) => i.value.includes(key))", key
+    )
     with env.api(admin) as api:
         assert key not in api.get("/v1/consumers/acme/keys").text
         assert key not in api.get("/v1/export").text
@@ -460,8 +469,30 @@ def test_key_issued_once_and_usage_counted_per_minute_with_csv(
     assert mine.get("429", mine.get("4xx")) == "5", mine
 
     goto(page, env, "consumers")
-    used = page.locator("[data-consumer=acme]").get_by_test_id("plan-usage").inner_text()
+    assert "10 per minute" in page.get_by_test_id("plans").inner_text()
+    card = page.locator("[data-consumer=acme]")
+    used = card.get_by_test_id("plan-usage").inner_text()
     assert "of 10 requests this minute" in used, used
+
+    # a second key with an expiry, then the first revoked (after the confirm dialog)
+    card.get_by_label("Key expires in").fill("30d")
+    card.get_by_role("button", name="Issue a key for acme").click()
+    card.get_by_test_id("new-key").wait_for()
+    second = card.get_by_test_id("new-key").input_value()
+    assert second != key
+    goto(page, env, "consumers")
+    card = page.locator("[data-consumer=acme]")
+    rows = card.get_by_test_id("keys").locator("tbody tr")
+    assert rows.count() == 2
+    expiring = [t for t in rows.all_inner_texts() if "UTC" in t.split("\t")[2]]
+    assert len(expiring) == 1, rows.all_inner_texts()
+    first_id = next(t.split("\t")[0] for t in rows.all_inner_texts() if t not in expiring)
+    card.get_by_role("button", name=f"Revoke key {first_id}").click()
+    page.locator(f"[data-consumer=acme] tr:has-text('{first_id}'):has-text('revoked')").wait_for()
+    assert page.dialogs and "Revoke key" in page.dialogs[-1]
+    status, _, _ = request(env.gateway_port, "/metered/x", headers={"x-api-key": key})
+    assert status == 401
+    assert request(env.gateway_port, "/metered/x", headers={"x-api-key": second})[0] in (200, 429)
     assert page.errors == []
 
 

@@ -308,7 +308,8 @@
     if (!r.ok) return [notice("error", errorOf(r).message)];
     const plans = p.ok ? p.data.items.map((i) => i.spec) : [];
     const out = [h("h1", { text: "Consumers and keys" })];
-    out.push(table("Plans", ["Plan", "Limits"], plans.map((pl) => row([pl.name, JSON.stringify(pl.limits || pl)])), "plans"));
+    out.push(table("Plans", ["Plan", "Limits"], plans.map((pl) => row([pl.name, (pl.limits || []).map((l) =>
+      l.requests + " per " + l.per + (l.burst ? " (burst " + l.burst + ")" : "")).join(", ") || "none"])), "plans"));
     for (const item of r.data.items) {
       const c = item.spec;
       const slot = h("div", { class: "result", "aria-live": "polite" });
@@ -497,6 +498,7 @@
     if (timer) { clearTimeout(timer); timer = null; }
     const name = (location.hash.replace(/^#\//, "") || "overview").split("?")[0];
     const page = pages[name] || overview;
+    main.removeAttribute("data-page"); // set again once this page is rendered
     document.querySelectorAll("#nav a").forEach((a) => {
       if (a.getAttribute("href") === "#/" + name) a.setAttribute("aria-current", "page");
       else a.removeAttribute("aria-current");
