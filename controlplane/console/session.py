@@ -41,6 +41,8 @@ IDLE_TIMEOUT = 2 * 3600.0
 #: at most this many live sessions; the least recently used goes first
 MAX_SESSIONS = 10_000
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: the query options that make an operation answer with secrets (export, render, apply)
+_SECRET_PARAMS = ("secrets", "show_secrets")
 
 
 @dataclass
@@ -129,6 +131,13 @@ def session_principal(request: Request) -> Principal | None:
         assert sessions is not None
         sessions.drop(sid)
         raise Unauthorized("the session's token was revoked or has expired: log in again")
+    params = request.query_params
+    if any(params.get(k, "").lower() in ("true", "1", "yes", "on") for k in _SECRET_PARAMS):
+        # no secret reaches a browser after its creation, whatever the session's role
+        raise Forbidden(
+            "the console does not read secrets (private keys, API keys): use gatewayctl "
+            "with an admin token"
+        )
     if request.method not in _SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER.lower(), "")
         if not same_origin(request) or not hmac.compare_digest(

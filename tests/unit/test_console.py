@@ -91,3 +91,49 @@ def test_pages_carry_a_strict_content_security_policy(store: Store) -> None:
     assert client.get("/ui/static/../web.py").status_code == 404
     assert client.get("/ui/static/session.py").status_code == 404
     assert "/ui" not in str(client.get("/openapi.json").json()["paths"])
+
+
+def test_expired_token_and_idle_session_end_the_session(store: Store) -> None:
+    import time
+
+    from sqlalchemy import update
+
+    from controlplane.console import Sessions
+    from controlplane.store.tables import ApiToken
+
+    token = add_token(store, "soon", "viewer", ())
+    app = create_app(store)
+    client = TestClient(app)
+    _login(client, token)
+    assert client.get("/v1/revision").status_code == 200
+    with store._writer.begin() as conn:
+        conn.execute(
+            update(ApiToken).where(ApiToken.name == "soon").values(expires_at=time.time() - 1)
+        )
+    assert client.get("/v1/revision").status_code == 401
+    assert client.get("/ui/session").status_code == 401  # the session is gone too
+
+    fresh = add_token(store, "fresh", "viewer", ())
+    app.state.sessions = Sessions(idle=0.05)
+    _login(client, fresh)
+    assert client.get("/v1/revision").status_code == 200
+    time.sleep(0.1)
+    r = client.get("/v1/revision")
+    assert r.status_code == 401 and "log in again" in r.json()["error"]["message"]
+
+
+def test_a_console_session_never_reads_secrets(store: Store) -> None:
+    token = add_token(store, "ops", "admin", ())
+    client = TestClient(create_app(store))
+    _login(client, token)
+    client.post(
+        "/v1/gateways",
+        json={"name": "public", "port": 18080, "address": "127.0.0.1"},
+        headers={"X-CSRF-Token": client.get("/ui/session").json()["csrf"]},
+    )
+    assert client.get("/v1/export").status_code == 200
+    for path in ("/v1/export?secrets=true", "/v1/gateways/public/render?show_secrets=1"):
+        r = client.get(path)
+        assert r.status_code == 403 and "does not read secrets" in r.text, path
+    bearer = TestClient(create_app(store), headers={"Authorization": f"Bearer {token}"})
+    assert bearer.get("/v1/export?secrets=true").status_code == 200  # the CLI's way
