@@ -38,11 +38,12 @@ RANGES = {
 }
 #: status classes in the order shown; a throttled class (429), once the rollups keep one,
 #: comes next to the other 4xx and is drawn apart from them
-_ORDER = ("2xx", "3xx", "429", "4xx", "5xx", "1xx", "none")
+_ORDER = ("2xx", "3xx", "429", "throttled", "4xx", "5xx", "1xx", "none")
 _COLOURS = {
     "2xx": "#2b7a3d",
     "3xx": "#5a6573",
     "429": "#c76b00",
+    "throttled": "#c76b00",
     "4xx": "#b3a100",
     "5xx": "#b3261e",
     "1xx": "#7a5cad",

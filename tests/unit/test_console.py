@@ -137,3 +137,40 @@ def test_a_console_session_never_reads_secrets(store: Store) -> None:
         assert r.status_code == 403 and "does not read secrets" in r.text, path
     bearer = TestClient(create_app(store), headers={"Authorization": f"Bearer {token}"})
     assert bearer.get("/v1/export?secrets=true").status_code == 200  # the CLI's way
+
+
+def test_cookie_is_secure_on_a_real_tls_admin_port(store: Store, tmp_path: Path) -> None:
+    """uvicorn with the admin TLS certificate: the login answer's cookie is Secure."""
+    import asyncio
+    import ssl
+
+    import httpx
+
+    from controlplane import pki
+    from controlplane.api.server import HttpService
+
+    pki.init_ca(tmp_path / "pki", ["127.0.0.1"])
+    folder = tmp_path / "pki"
+    token = add_token(store, "ops", "admin")
+
+    async def main() -> None:
+        service = HttpService(
+            create_app(store),
+            "127.0.0.1:0",
+            tls_cert=str(folder / pki.SERVER_CERT),
+            tls_key=str(folder / pki.SERVER_KEY),
+        )
+        await service.start()
+        try:
+            trust = ssl.create_default_context(cafile=str(folder / pki.CA_CERT))
+            url = f"https://127.0.0.1:{service.port}"
+            async with httpx.AsyncClient(verify=trust, base_url=url) as client:
+                r = await client.post("/ui/session", json={"token": token})
+                assert r.status_code == 200, r.text
+                cookie = r.headers["set-cookie"].lower()
+                assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+                assert (await client.get("/v1/revision")).status_code == 200
+        finally:
+            await service.close()
+
+    asyncio.run(main())
