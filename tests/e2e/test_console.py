@@ -357,10 +357,32 @@ def test_add_cluster_and_route_through_the_forms(env: Env, new_page: Callable[..
     # applied with wait: Envoy serves it already
     assert backend_of(env.gateway_port, "/hello") == "alpha"
 
+    # search, then edit: the form keeps the route's other fields, the diff shows both sides
+    goto(page, env, "routes")
+    page.get_by_label("Search").fill("hell")
+    assert page.locator("[data-testid=routes] tbody tr").all_inner_texts()[0].startswith("hello")
+    assert page.locator("[data-testid=routes] tbody tr").count() == 1
+    page.get_by_label("Gateway", exact=True).select_option("public")
+    assert page.locator("[data-testid=routes] tbody tr").count() == 1
+    page.get_by_role("button", name="Edit hello").click()
+    assert page.get_by_label("Name").input_value() == "hello"
+    assert page.get_by_label("Name").get_attribute("readonly") is not None
+    page.get_by_label("Cluster").fill("beta")
+    page.get_by_role("button", name="Plan").click()
+    diff = page.get_by_test_id("diff")
+    diff.wait_for()
+    assert "update route hello" in diff.inner_text()
+    assert '"alpha"' in diff.locator("pre.before").inner_text()
+    assert '"beta"' in diff.locator("pre.after").inner_text()
+    assert '"/hello"' in diff.locator("pre.after").inner_text()
+    page.get_by_role("button", name="Apply").click()
+    page.get_by_test_id("applied").wait_for()
+    assert backend_of(env.gateway_port, "/hello") == "beta"
+
     goto(page, env, "overview")
-    assert page.get_by_test_id("revision").inner_text() == str(before + 2)
+    assert page.get_by_test_id("revision").inner_text() == str(before + 3)
     row = page.locator("[data-testid=proxies] tr[data-node=pub-1]")
-    assert "in sync" in row.inner_text() and str(before + 2) in row.inner_text()
+    assert "in sync" in row.inner_text() and str(before + 3) in row.inner_text()
     assert page.locator("[data-testid=proxies] tbody tr").count() == 1
     assert "not in sync" not in page.get_by_test_id("proxies").inner_text()
     assert page.errors == [] and page.dialogs == []
