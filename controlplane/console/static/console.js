@@ -408,7 +408,9 @@
               if (!x.ok) { put(slot, notice("error", errorOf(x).message)); return; }
               put(slot, h("p", { class: "ok", role: "status", "data-testid": "rolled-back",
                 text: "Rolled back to revision " + it.revision + " as revision " + x.data.revision + "; " +
-                  ((x.data.notes || []).length ? x.data.notes.join("; ") : "every connected proxy ACKed it.") }));
+                  ((x.data.notes || []).length ? x.data.notes.join("; ") : "every connected proxy ACKed it.") }),
+                (x.data.skipped || []).length ? h("ul", { "aria-label": "Not rolled back" },
+                  x.data.skipped.map((k) => h("li", { text: k.kind + " " + k.name + " kept: " + k.reason }))) : null);
             } }) : null,
         ], { "data-revision": it.revision })), "history"));
     } else {
