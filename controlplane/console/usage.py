@@ -140,7 +140,7 @@ def _svg(title: str, data: dict[str, Any], series: dict[str, list[float | None]]
     y = lambda v: top + plot_h - plot_h * v / peak  # noqa: E731
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-        f'role="img" aria-label={quoteattr(title)} font-family="sans-serif" font-size="11">',
+        f'role="img" aria-label={quoteattr(title)} font-family="sans-serif" font-size="13">',
         f"<title>{escape(title)}</title>",
         f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>',
     ]

@@ -233,8 +233,8 @@
     return [
       h("h1", { text: opts.title }),
       h("div", { class: "toolbar" },
-        h("label", { for: "search", text: "Search" }), search,
-        (opts.filters || []).map((f, i) => [h("label", { for: "filter-" + i, text: f.label }), selects[i]]),
+        h("span", { class: "pair" }, h("label", { for: "search", text: "Search" }), search),
+        (opts.filters || []).map((f, i) => h("span", { class: "pair" }, h("label", { for: "filter-" + i, text: f.label }), selects[i])),
         canWrite() ? h("button", { type: "button", class: "primary", text: "New " + opts.kind,
           onclick: () => { formSlot.replaceChildren(opts.form(null, refresh)); formSlot.querySelector("input")?.focus(); } }) : null),
       h("div", { class: "scroll" }, h("table", { "data-testid": opts.kind + "s" },
@@ -327,7 +327,7 @@
       if (canWrite()) {
         const expiry = h("input", { id: "exp-" + c.name, type: "text", placeholder: "30d (empty: never)" });
         controls.push(h("div", { class: "toolbar" },
-          h("label", { for: "exp-" + c.name, text: "Key expires in" }), expiry,
+          h("span", { class: "pair" }, h("label", { for: "exp-" + c.name, text: "Key expires in" }), expiry),
           h("button", { type: "button", class: "primary", text: "Issue key", "aria-label": "Issue a key for " + c.name,
             onclick: async () => {
               const x = await api("POST", "/v1/consumers/" + encodeURIComponent(c.name) + "/keys?wait=30s",
@@ -347,7 +347,7 @@
           h("option", { value: "", text: "(no plan)" }),
           plans.map((pl) => h("option", { value: pl.name, text: pl.name, selected: pl.name === c.plan })));
         controls.push(h("div", { class: "toolbar" },
-          h("label", { for: "plan-" + c.name, text: "Plan" }), choice,
+          h("span", { class: "pair" }, h("label", { for: "plan-" + c.name, text: "Plan" }), choice),
           h("button", { type: "button", text: "Move to plan", onclick: async () => {
             const x = await api("PATCH", "/v1/consumers/" + encodeURIComponent(c.name) + "?wait=30s", { plan: choice.value || null });
             put(slot, x.ok ? notice("ok", "Revision " + x.data.revision + ": " + c.name + " is on plan " + (choice.value || "none") + ".")
@@ -446,7 +446,7 @@
       const sel = h("select", { id: id, name: id },
         all ? h("option", { value: "", text: all }) : null,
         values.map(([v, t]) => h("option", { value: v, text: t, selected: v === (params.get(id) || (all ? "" : "1h")) })));
-      return [h("label", { for: id, text: label }), sel];
+      return h("span", { class: "pair" }, h("label", { for: id, text: label }), sel);
     };
     const controls = [
       pick("range", "Time range", ranges, null),
@@ -466,6 +466,8 @@
     const q = new URLSearchParams();
     q.set("range", params.get("range") || "1h");
     for (const id of ["gateway", "route", "consumer"]) if (params.get(id)) q.set(id, params.get(id));
+    // a token limited to gateways sees the figures of one of its gateways at a time
+    if (me.gateways.length && !q.get("gateway")) q.set("gateway", me.gateways[0]);
     const data = await api("GET", "/ui/usage.json?" + q.toString());
     if (!data.ok) return [h("h1", { text: "Usage" }), form, notice("error", errorOf(data).message)];
     const d = data.data;
