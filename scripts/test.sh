@@ -3,8 +3,8 @@
 #   bash scripts/test.sh [pytest args...]
 # Needs python3 (>= 3.11) with venv. As root on Debian it also installs docker-compose
 # (to validate docker-compose.yml without a Docker engine), PostgreSQL (multi-controller
-# tests) and Chromium (the HTML report test) when they are missing; without them those
-# tests are skipped with a reason.
+# tests) and Chromium (the HTML report and web console tests) when they are missing;
+# without them those tests are skipped with a reason (the console tests fail when CI is set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +19,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=()
     command -v docker-compose >/dev/null || missing+=(docker-compose)
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
-    # headless browser for the HTML analytics report test
+    # headless browser for the HTML analytics report and the web console tests
     command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing ${missing[*]} (apt)"

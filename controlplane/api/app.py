@@ -96,6 +96,14 @@ def create_app(
             continue
         app.include_router(module.router)
     app.include_router(probes(status_source))
+    from ..console import Sessions
+    from ..console import router as console_router
+
+    app.state.sessions = Sessions()
+    from ..console.usage import router as usage_router
+
+    app.include_router(console_router)
+    app.include_router(usage_router)
     _security(app)
     app.add_middleware(_ETag, store=store)
     app.add_middleware(BodyLimit, limit=max_body)

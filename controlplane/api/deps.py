@@ -50,6 +50,14 @@ def _principal(
         Header(description="Bearer <token> (gatewayctl token add)", include_in_schema=False),
     ] = None,
 ) -> Principal:
+    if authorization is None and "gw_console" in request.cookies:
+        # the web console: the same operations, authenticated by its session (ADR 0042)
+        from ..console.session import session_principal
+
+        principal = session_principal(request)
+        if principal is not None:
+            request.state.principal = principal
+            return principal
     principal = authenticate(get_store(request), authorization)
     request.state.principal = principal
     return principal

@@ -46,6 +46,7 @@ __all__ = [
     "ensure_bootstrap_token",
     "get_token",
     "list_tokens",
+    "lookup_digest",
     "lookup_token",
     "new_token",
     "revoke_token",
@@ -290,9 +291,14 @@ def lookup_token(store: Store, plaintext: str) -> TokenInfo | None:
     :func:`hmac.compare_digest`, so no comparison on secret data ends early. ``last_used_at``
     is updated at most once a minute per token.
     """
+    return lookup_digest(store, digest_of(plaintext))
+
+
+def lookup_digest(store: Store, wanted: str) -> TokenInfo | None:
+    """:func:`lookup_token` by the token's digest: what a console session keeps, so the
+    controller's memory holds no plaintext token once the login is done."""
     import hmac
 
-    wanted = digest_of(plaintext)
     with store._reader.connect() as conn:
         row = conn.execute(
             select(*_COLUMNS, ApiToken.digest).where(ApiToken.digest == wanted)
