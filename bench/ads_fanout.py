@@ -94,7 +94,10 @@ class Proxy:
 
         from controlplane.translate import CLUSTER, ENDPOINT, LISTENER
 
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+        # a connection of its own, as each Envoy has (channels to one target would
+        # otherwise share one pooled connection: N streams on one HTTP/2 connection)
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}", options=options) as channel:
             call = channel.stream_stream(
                 ADS,
                 request_serializer=self._pb.DiscoveryRequest.SerializeToString,

@@ -22,6 +22,7 @@ without Envoy; ``never`` skips the check.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import re
 import select
@@ -630,7 +631,9 @@ def _verdict(proc: subprocess.Popen[str], deadline: float) -> tuple[int, str]:
             raise GatewayError(
                 f"envoy --mode validate did not finish in {TIMEOUT:g}s; nothing written"
             )
-        if not select.select([fd], [], [], left)[0]:
+        # poll, not select: a controller serving a thousand Envoys has descriptors past
+        # select()'s FD_SETSIZE (1024), where select refuses them ("out of range")
+        if not _readable(fd, left):
             continue
         chunk = os.read(fd, 1 << 16)
         if not chunk:
@@ -645,6 +648,13 @@ def _verdict(proc: subprocess.Popen[str], deadline: float) -> tuple[int, str]:
             f"envoy --mode validate did not finish in {TIMEOUT:g}s; nothing written"
         ) from None
     return proc.returncode, out.decode(errors="replace")
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` has data (or end-of-file) within ``timeout`` seconds."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(max(0, math.ceil(timeout * 1000))))
 
 
 @dataclass

@@ -7,6 +7,7 @@ binary the write proceeds with a note (``auto``) or is refused (``always``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -381,3 +382,31 @@ def test_the_next_envoy_starts_after_the_write_not_inside_it() -> None:
     finally:
         warm.close()
     assert warm._next is None
+
+
+@needs_envoy
+def test_a_controller_with_descriptors_past_1024_still_validates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A controller serving a thousand Envoys holds over 1,024 descriptors; the validating
+    Envoy's output pipe then gets one past select()'s FD_SETSIZE, which select refuses
+    ("filedescriptor out of range") - every admin API write failed with 500 at that scale."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1300:
+        if hard != resource.RLIM_INFINITY and hard < 1300:
+            pytest.skip(f"descriptor limit {hard} < 1300")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1300, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert max(held) > 1024
+        store = _store(tmp_path / "gw.db", EnvoyValidator("always"))
+        store.update("route", "base", lambda s: {**s, "cluster": "spare"})  # checked, written
+        with pytest.raises(PolicyRejected):  # and a refusal is still read from Envoy's output
+            store.create(_long_header_route(monkeypatch))  # type: ignore[arg-type]
+        store.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
