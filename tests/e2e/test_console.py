@@ -315,16 +315,23 @@ def test_add_cluster_and_route_through_the_forms(
     second = Envoy("public", "pub-2", env.controller.xds_port, tmp_path)
     try:
         wait_until(lambda: _connected(env, admin).get("pub-2"), 30, 0.5)
-        _add_cluster_and_route_through_the_forms(env, new_page, admin)
+        page = _add_cluster_and_route_through_the_forms(env, new_page, admin)
     finally:
         second.stop()
         # gone before the next test: the gateway's rate limits divide by connected proxies
         wait_until(lambda: not _connected(env, admin).get("pub-2"), 30, 0.5)
+    # a proxy that left is shown as gone, not as one out of sync
+    goto(page, env, "overview")
+    cells = page.locator("[data-testid=proxies] tr[data-node=pub-2] td").all_inner_texts()
+    assert cells[5] == "disconnected", cells
+    gateway = page.locator("[data-testid=gateways] tbody tr", has_text="public")
+    assert gateway.locator("td").nth(3).inner_text() == "1 of 1 (1 disconnected)"
+    assert page.errors == []
 
 
 def _add_cluster_and_route_through_the_forms(
     env: Env, new_page: Callable[..., Any], admin: str
-) -> None:
+) -> Any:
     page = new_page()
     login(page, env, admin)
 
@@ -414,6 +421,7 @@ def _add_cluster_and_route_through_the_forms(
     assert gateway.locator("td").nth(3).inner_text() == "2 of 2", gateway.inner_text()
     assert "Every proxy runs the current policy." in page.locator("main").inner_text()
     assert page.errors == [] and page.dialogs == []
+    return page
 
 
 def _send(port: int, path: str, key: str, count: int) -> list[int]:

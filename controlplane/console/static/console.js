@@ -82,16 +82,20 @@
     const s = r.data;
     const proxies = s.proxies.map((p) => row([
       p.node, p.gateway, p.address || "—", p.envoy || "—", String(p.acked_revision),
-      h("span", { class: p.in_sync ? "ok" : "bad", text: p.in_sync ? "in sync" : "not in sync" }),
+      // a proxy that left is listed until it expires: say so, rather than "not in sync"
+      p.connected === false ? h("span", { class: "help", text: "disconnected" })
+        : h("span", { class: p.in_sync ? "ok" : "bad", text: p.in_sync ? "in sync" : "not in sync" }),
       p.last_nack ? h("span", { class: "bad wide" },
         "revision " + p.last_nack.revision + ": " + (p.last_nack.type ? p.last_nack.type + " of " : "") +
         [].concat(p.last_nack.objects || []).join(", ") +
         (p.last_nack.field ? " (field " + p.last_nack.field + ")" : "") + " — " + p.last_nack.error) : "—",
     ], { "data-node": p.node }));
     const gateways = Object.entries(s.gateways).map(([g, b]) => {
-      const mine = s.proxies.filter((p) => p.gateway === g);
+      const mine = s.proxies.filter((p) => p.gateway === g && p.connected !== false);
+      const gone = s.proxies.filter((p) => p.gateway === g && p.connected === false).length;
       return row([g, String(b.built_revision), String(b.changed_revision),
-        mine.filter((p) => p.in_sync).length + " of " + mine.length, b.error || "—"]);
+        mine.filter((p) => p.in_sync).length + " of " + mine.length + (gone ? " (" + gone + " disconnected)" : ""),
+        b.error || "—"]);
     });
     const controllers = s.controllers.map((c) => row([
       c.id, c.xds_address, String(c.built_revision), c.alive ? "alive" : "gone"]));
