@@ -1,5 +1,6 @@
-"""The console's usage page: per-step series by status class, latency and bytes, as JSON,
-CSV and server-drawn SVG charts.
+"""The console's usage page: per-step series by status class (the gateway's 429s and
+401/403s apart from other 4xx) and by usage class (admitted, throttled, ...), latency and
+bytes, as JSON, CSV and server-drawn SVG charts.
 
 The rows come from the same function as ``/v1/analytics/...`` (``controlplane.api.analytics``
 ``_rows``), with the caller's role and gateway scope checked there. Charts are drawn here as
@@ -36,18 +37,27 @@ RANGES = {
     "7d": (7 * 86400, 3600),
     "30d": (30 * 86400, 6 * 3600),
 }
-#: status classes in the order shown; a throttled class (429), once the rollups keep one,
-#: comes next to the other 4xx and is drawn apart from them
-_ORDER = ("2xx", "3xx", "429", "throttled", "4xx", "5xx", "1xx", "none")
+#: the series of the status-class chart, in the order shown: the HTTP status class, except
+#: that the gateway's own refusals are drawn apart from the backend's answers: ``429`` the
+#: requests its rate limits throttled, ``401/403`` those it refused as unauthenticated
+#: (a backend's own 429 or 401 stays in ``4xx``: it was admitted; ADR 0044)
+_ORDER = ("2xx", "3xx", "4xx", "429", "401/403", "5xx", "1xx", "none")
+#: the status series of the gateway's refusals, by usage class
+_REFUSAL_SERIES = {"throttled": "429", "unauthenticated": "401/403"}
 _COLOURS = {
     "2xx": "#2b7a3d",
     "3xx": "#5a6573",
-    "429": "#c76b00",
-    "throttled": "#c76b00",
     "4xx": "#b3a100",
+    "429": "#c76b00",
+    "401/403": "#7a5cad",
     "5xx": "#b3261e",
-    "1xx": "#7a5cad",
+    "1xx": "#2b6cb0",
     "none": "#000000",
+    "admitted": "#2b7a3d",
+    "throttled": "#c76b00",
+    "unauthenticated": "#7a5cad",
+    "upstream_errors": "#b3261e",
+    "refused": "#000000",
     "p50": "#2b6cb0",
     "p95": "#c76b00",
     "p99": "#b3261e",
@@ -61,6 +71,18 @@ def _classes(seen: set[str]) -> list[str]:
     return [c for c in _ORDER if c in seen] + sorted(seen - set(_ORDER))
 
 
+def series_of(rollup_class: str) -> tuple[str, str]:
+    """A rollup's status class column (``4xx:t``) -> (status series, usage class): the
+    series is the HTTP status class, or ``429`` / ``401/403`` for a 4xx the gateway itself
+    answered because of its rate limits / authentication."""
+    from ..analytics.classes import split_class
+
+    klass, usage = split_class(rollup_class)
+    if klass == "4xx" and usage in _REFUSAL_SERIES:
+        return _REFUSAL_SERIES[usage], usage
+    return klass, usage
+
+
 def usage_series(
     store: Any,
     principal: Any,
@@ -71,10 +93,16 @@ def usage_series(
     now: float | None = None,
 ) -> dict[str, Any]:
     """Points of ``span`` (a key of :data:`RANGES`) ending now: per step its time (UTC),
-    requests per status class, p50/p95/p99 latency and bytes in and out."""
+    requests per status series and per usage class (admitted, throttled, ...: the classes
+    a plan's limits and billing count, ADR 0044), p50/p95/p99 latency and bytes in and out.
+
+    Latency is of the requests that took the backend path (admitted and upstream errors),
+    as in the billing export: the gateway's own refusals answer in microseconds and would
+    hide a slow backend behind a burst of 429s."""
     import time
 
     from ..analytics import histogram
+    from ..analytics.classes import USAGE_CLASSES
     from ..analytics.rollup import Cell, group
     from ..api.analytics import _rows
 
@@ -86,25 +114,32 @@ def usage_series(
     step_min = step // 60
     first = int(start // 60) // step_min * step_min
     last = math.ceil(end / 60)
-    by_bucket = group(rows, lambda k: (k[0] // step_min * step_min, k[4]))
-    classes = _classes({c for _, c in by_bucket})
+    by_bucket = group(rows, lambda k: (k[0] // step_min * step_min, *series_of(k[4])))
+    classes = _classes({c for _, c, _ in by_bucket})
+    cells: dict[int, list[tuple[str, str, Cell]]] = {}
+    for (minute, series, usage), cell in by_bucket.items():
+        cells.setdefault(minute, []).append((series, usage, cell))
     points = []
     for minute in range(first, last, step_min):
+        counts = dict.fromkeys(classes, 0)
+        usage_counts = dict.fromkeys(USAGE_CLASSES, 0)
         total = Cell()
-        counts = {}
-        for c in classes:
-            cell = by_bucket.get((minute, c))
-            counts[c] = cell.requests if cell else 0
-            if cell:
-                total.add(cell)
+        backend: dict[int, int] = {}
+        for series, usage, cell in cells.get(minute, ()):
+            counts[series] += cell.requests
+            usage_counts[usage] += cell.requests
+            total.add(cell)
+            if usage in ("admitted", "upstream_errors"):
+                histogram.merge(backend, cell.hist)
         points.append(
             {
                 "time": datetime.fromtimestamp(minute * 60, UTC).isoformat(),
                 "requests": total.requests,
                 "status": counts,
-                "p50_ms": _ms(histogram.percentile(total.hist, 0.50)),
-                "p95_ms": _ms(histogram.percentile(total.hist, 0.95)),
-                "p99_ms": _ms(histogram.percentile(total.hist, 0.99)),
+                "usage": usage_counts,
+                "p50_ms": _ms(histogram.percentile(backend, 0.50)),
+                "p95_ms": _ms(histogram.percentile(backend, 0.95)),
+                "p99_ms": _ms(histogram.percentile(backend, 0.99)),
                 "bytes_in": total.bytes_in,
                 "bytes_out": total.bytes_out,
             }
@@ -116,6 +151,7 @@ def usage_series(
         "since": iso(start),
         "until": iso(end),
         "classes": classes,
+        "usage_classes": list(USAGE_CLASSES),
         "points": points,
     }
 
@@ -223,20 +259,34 @@ def usage_csv(
     route: NameQuery = None,
     consumer: ConsumerQuery = None,
 ) -> Response:
-    """The page's figures as CSV: one row per step, times in UTC."""
+    """The page's figures as CSV: one row per step, times in UTC. The usage classes and
+    every status series are columns whether or not the range has any (0), so the columns
+    do not change from one download to the next."""
     data = usage_series(store, principal, range, gateway, route, consumer)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    classes = data["classes"]
+    usage = data["usage_classes"]
+    classes = list(_ORDER) + [c for c in data["classes"] if c not in _ORDER]
     writer.writerow(
-        ["time_utc", "requests", *classes, "p50_ms", "p95_ms", "p99_ms", "bytes_in", "bytes_out"]
+        [
+            "time_utc",
+            "requests",
+            *usage,
+            *classes,
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "bytes_in",
+            "bytes_out",
+        ]
     )
     for p in data["points"]:
         writer.writerow(
             [
                 p["time"],
                 p["requests"],
-                *(p["status"][c] for c in classes),
+                *(p["usage"][c] for c in usage),
+                *(p["status"].get(c, 0) for c in classes),
                 *("" if p[k] is None else p[k] for k in ("p50_ms", "p95_ms", "p99_ms")),
                 p["bytes_in"],
                 p["bytes_out"],
@@ -258,7 +308,7 @@ def usage_csv(
 def usage_svg(
     principal: Caller,
     store: StoreDep,
-    chart: Annotated[str, Query(pattern="^(requests|latency|bytes)$")] = "requests",
+    chart: Annotated[str, Query(pattern="^(requests|usage|latency|bytes)$")] = "requests",
     range: RangeQuery = "1h",
     gateway: NameQuery = None,
     route: NameQuery = None,
@@ -271,9 +321,18 @@ def usage_svg(
             c: [p["status"][c] for p in points] for c in data["classes"]
         }
         svg = _svg("Requests per step by status class", data, series, "requests")
+    elif chart == "usage":
+        # the classes of the range (admitted always): five flat lines at 0 would hide the rest
+        shown = [
+            c
+            for c in data["usage_classes"]
+            if c == "admitted" or any(p["usage"][c] for p in points)
+        ]
+        series = {c: [p["usage"][c] for p in points] for c in shown}
+        svg = _svg("Requests per step by usage class", data, series, "requests")
     elif chart == "latency":
         series = {q: [p[f"{q}_ms"] for p in points] for q in ("p50", "p95", "p99")}
-        svg = _svg("Latency percentiles", data, series, "ms")
+        svg = _svg("Latency percentiles (admitted and upstream errors)", data, series, "ms")
     elif chart == "bytes":
         series = {k: [p[k] for p in points] for k in ("bytes_in", "bytes_out")}
         svg = _svg("Bytes per step", data, series, "bytes")

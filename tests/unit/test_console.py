@@ -174,3 +174,106 @@ def test_cookie_is_secure_on_a_real_tls_admin_port(store: Store, tmp_path: Path)
             await service.close()
 
     asyncio.run(main())
+
+
+def _rollups(db: str, minute: int) -> None:
+    """One minute of acme's requests on route metered, one cell per rollup class."""
+    from controlplane.analytics.rollup import Rollups, RollupWriter
+
+    cells = Rollups()
+    for klass, count, latency_ms in (
+        ("2xx", 10, 120.0),  # admitted
+        ("4xx", 1, 80.0),  # a backend's own 4xx: admitted
+        ("4xx:t", 5, 0.05),  # the gateway's 429: throttled
+        ("4xx:u", 2, 0.05),  # the gateway's 401: unauthenticated
+        ("4xx:r", 1, 0.05),  # the gateway's 404: refused
+        ("5xx", 3, 200.0),  # upstream errors
+    ):
+        for _ in range(count):
+            cells.add((minute, "public", "metered", "acme", klass), 100, 200, latency_ms)
+    writer = RollupWriter(db, "sink-1")
+    try:
+        writer.write(cells.take())
+    finally:
+        writer.close()
+
+
+def test_usage_keeps_the_gateways_429_and_401_apart_with_usage_classes(
+    store: Store, tmp_path: Path
+) -> None:
+    import csv
+    import io
+    import time
+    from datetime import UTC, datetime
+
+    from controlplane.console.usage import series_of
+
+    assert series_of("4xx:t") == ("429", "throttled")
+    assert series_of("4xx:u") == ("401/403", "unauthenticated")
+    assert series_of("4xx:r") == ("4xx", "refused")
+    assert series_of("4xx") == ("4xx", "admitted")  # rows written before usage classes
+    assert series_of("5xx") == ("5xx", "upstream_errors")
+    assert series_of("none") == ("none", "refused")
+
+    minute = int(time.time() // 60)
+    _rollups(str(tmp_path / "g.db"), minute)
+    token = add_token(store, "ops", "admin", ())
+    client = TestClient(create_app(store), headers={"Authorization": f"Bearer {token}"})
+    r = client.get("/ui/usage.json", params={"range": "15m", "consumer": "acme"})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["classes"] == ["2xx", "4xx", "429", "401/403", "5xx"]
+    at = datetime.fromtimestamp(minute * 60, UTC).isoformat()
+    (point,) = [p for p in data["points"] if p["requests"]]
+    assert point["time"] == at
+    assert point["requests"] == 22
+    assert point["status"] == {"2xx": 10, "4xx": 2, "429": 5, "401/403": 2, "5xx": 3}
+    assert point["usage"] == {
+        "admitted": 11,
+        "throttled": 5,
+        "unauthenticated": 2,
+        "upstream_errors": 3,
+        "refused": 1,
+    }
+    # latency of the requests that reached the backend: the 0.05 ms refusals do not count
+    assert point["p50_ms"] is not None and point["p50_ms"] >= 100, point
+
+    r = client.get("/ui/usage.csv", params={"range": "15m", "consumer": "acme"})
+    assert r.status_code == 200, r.text
+    reader = csv.DictReader(io.StringIO(r.text))
+    assert reader.fieldnames == [
+        "time_utc",
+        "requests",
+        "admitted",
+        "throttled",
+        "unauthenticated",
+        "upstream_errors",
+        "refused",
+        "2xx",
+        "3xx",
+        "4xx",
+        "429",
+        "401/403",
+        "5xx",
+        "1xx",
+        "none",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "bytes_in",
+        "bytes_out",
+    ]
+    (row,) = [x for x in reader if x["time_utc"] == at]
+    assert (row["admitted"], row["throttled"], row["429"], row["4xx"], row["3xx"]) == (
+        "11",
+        "5",
+        "5",
+        "2",
+        "0",
+    )
+    for chart, names in (("requests", ("2xx", "429", "401/403")), ("usage", ("throttled",))):
+        r = client.get("/ui/usage.svg", params={"range": "15m", "chart": chart})
+        assert r.status_code == 200, r.text
+        for name in names:
+            assert f">{name}</text>" in r.text, (chart, name)
+    assert ">refused</text>" in client.get("/ui/usage.svg?chart=usage&range=1h").text

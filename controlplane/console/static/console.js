@@ -82,16 +82,20 @@
     const s = r.data;
     const proxies = s.proxies.map((p) => row([
       p.node, p.gateway, p.address || "—", p.envoy || "—", String(p.acked_revision),
-      h("span", { class: p.in_sync ? "ok" : "bad", text: p.in_sync ? "in sync" : "not in sync" }),
+      // a proxy that left is listed until it expires: say so, rather than "not in sync"
+      p.connected === false ? h("span", { class: "help", text: "disconnected" })
+        : h("span", { class: p.in_sync ? "ok" : "bad", text: p.in_sync ? "in sync" : "not in sync" }),
       p.last_nack ? h("span", { class: "bad wide" },
         "revision " + p.last_nack.revision + ": " + (p.last_nack.type ? p.last_nack.type + " of " : "") +
         [].concat(p.last_nack.objects || []).join(", ") +
         (p.last_nack.field ? " (field " + p.last_nack.field + ")" : "") + " — " + p.last_nack.error) : "—",
     ], { "data-node": p.node }));
     const gateways = Object.entries(s.gateways).map(([g, b]) => {
-      const mine = s.proxies.filter((p) => p.gateway === g);
+      const mine = s.proxies.filter((p) => p.gateway === g && p.connected !== false);
+      const gone = s.proxies.filter((p) => p.gateway === g && p.connected === false).length;
       return row([g, String(b.built_revision), String(b.changed_revision),
-        mine.filter((p) => p.in_sync).length + " of " + mine.length, b.error || "—"]);
+        mine.filter((p) => p.in_sync).length + " of " + mine.length + (gone ? " (" + gone + " disconnected)" : ""),
+        b.error || "—"]);
     });
     const controllers = s.controllers.map((c) => row([
       c.id, c.xds_address, String(c.built_revision), c.alive ? "alive" : "gone"]));
@@ -357,9 +361,17 @@
       let used = null;
       if (!me.gateways.length) {
         const u = await api("GET", "/v1/analytics/usage?consumer=" + encodeURIComponent(c.name));
-        if (u.ok && u.data.length) {
-          used = h("ul", { "data-testid": "plan-usage", "aria-label": "Usage of " + c.name + " against its limits" },
-            u.data.map((e) => h("li", { text: e.used + " of " + e.limit + " requests this " + e.per })));
+        if (u.ok && (u.data.items.length || u.data.warnings.length)) {
+          // each limit against the requests it let through; throttled ones beside, never counted as used
+          const period = { minute: "this minute", hour: "this hour", day: "today" };
+          used = h("div", {},
+            h("ul", { "data-testid": "plan-usage", "aria-label": "Usage of " + c.name + " against its limits" },
+              u.data.items.map((e) => h("li", { text: (e.per === "second"
+                ? e.used + " requests this minute against " + e.limit + " per second"
+                : e.used + " of " + e.limit + " requests " + (period[e.per] || "this " + e.per)) +
+                (e.throttled ? ", " + e.throttled + " throttled" : "") +
+                (e.upstream_errors ? " (" + e.upstream_errors + " of them upstream errors)" : "") }))),
+            u.data.warnings.map((w) => h("p", { class: "help", text: w })));
         }
       }
       out.push(h("section", { class: "card", "aria-label": "Consumer " + c.name, "data-consumer": c.name },
@@ -473,6 +485,9 @@
     const d = data.data;
     const pts = d.points;
     const total = (k) => pts.reduce((a, p) => a + (p.status[k] || 0), 0);
+    const totalUsage = (k) => pts.reduce((a, p) => a + (p.usage[k] || 0), 0);
+    const usageHeads = { admitted: "Admitted", throttled: "Throttled (429)", unauthenticated: "Unauthenticated (401/403)",
+      upstream_errors: "Upstream errors (5xx)", refused: "Refused" };
     const ms = (v) => (v === null || v === undefined ? "—" : v.toFixed(1));
     function chart(kind, title, headers, cells, testid) {
       return h("section", { class: "card", "aria-label": title },
@@ -488,10 +503,15 @@
         " (times in UTC), one point per " + (d.step_s >= 3600 ? d.step_s / 3600 + " h" : d.step_s / 60 + " min") + ". ",
         h("a", { href: "/ui/usage.csv?" + q.toString(), download: "", text: "Download CSV" })),
       h("p", { "data-testid": "totals" }, "Requests: " + pts.reduce((a, p) => a + p.requests, 0) + " — " +
-        (d.classes.length ? d.classes.map((k) => k + ": " + total(k)).join(", ") : "none in this range")),
+        (d.classes.length ? d.usage_classes.map((k) => k.replace("_", " ") + ": " + totalUsage(k)).join(", ") +
+          "; by status: " + d.classes.map((k) => k + ": " + total(k)).join(", ") : "none in this range")),
+      h("p", { class: "help", text: "429 and 401/403 are the gateway's own answers (its rate limits, its " +
+        "authentication); a backend's 4xx is in 4xx and counts as admitted." }),
       chart("requests", "Requests by status class", ["Time (UTC)", "Requests", ...d.classes],
         (p) => [String(p.requests), ...d.classes.map((k) => String(p.status[k]))], "usage-requests"),
-      chart("latency", "Latency (ms)", ["Time (UTC)", "p50", "p95", "p99"], (p) => [ms(p.p50_ms), ms(p.p95_ms), ms(p.p99_ms)], "usage-latency"),
+      chart("usage", "Requests by usage class", ["Time (UTC)", "Requests", ...d.usage_classes.map((k) => usageHeads[k] || k)],
+        (p) => [String(p.requests), ...d.usage_classes.map((k) => String(p.usage[k]))], "usage-classes"),
+      chart("latency", "Latency of admitted requests and upstream errors (ms)", ["Time (UTC)", "p50", "p95", "p99"], (p) => [ms(p.p50_ms), ms(p.p95_ms), ms(p.p99_ms)], "usage-latency"),
       chart("bytes", "Bytes", ["Time (UTC)", "Bytes in", "Bytes out"], (p) => [String(p.bytes_in), String(p.bytes_out)], "usage-bytes"),
     ];
   }
