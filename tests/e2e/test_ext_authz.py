@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import pytest
@@ -47,7 +47,7 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(self) -> None:
         self.checks: list[external_auth_pb2.CheckRequest] = []
 
-    def Check(  # noqa: N802 - the gRPC method's name
+    def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
         self.checks.append(request)
@@ -76,7 +76,7 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
 
 
 class _HttpAuthz(http.server.BaseHTTPRequestHandler):
-    calls: list[tuple[str, dict[str, str]]] = []
+    calls: ClassVar[list[tuple[str, dict[str, str]]]] = []
 
     def _answer(self) -> None:
         self.calls.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
@@ -90,7 +90,7 @@ class _HttpAuthz(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_GET = do_POST = _answer  # noqa: N815
+    do_GET = do_POST = _answer
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -223,7 +223,7 @@ def test_skipped_only_where_the_policy_says(authz: Any) -> None:
 
 
 def test_failure_modes_and_timeout(authz: Any) -> None:
-    port, authorizer, backend = authz
+    port, _, backend = authz
     before = backend.hits
     assert _get(port, "/down-closed/x")[0] == 403  # service unreachable, fail closed
     assert backend.hits == before
