@@ -32,6 +32,8 @@ from .headers import header_name
 __all__ = [
     "BODY_MAX",
     "ClientAddress",
+    "ClientAuth",
+    "ClientCertRule",
     "ExtAuthz",
     "ExtAuthzBody",
     "IpRules",
@@ -217,3 +219,55 @@ class ExtAuthz(PolicyModel):
                 if getattr(self, field):
                     raise ValueError(f"{field}: only for protocol http")
         return self
+
+
+class ClientAuth(PolicyModel):
+    """Client certificates on an HTTPS gateway (mutual TLS), verified against ``ca``.
+
+    ``required``: a client without a valid certificate is refused in the handshake;
+    ``optional``: it may connect, and routes with ``client_cert`` rules answer it 403. The
+    verified certificate (subject, URI and DNS SANs) reaches the backend in
+    ``x-forwarded-client-cert``, which clients cannot set: Envoy replaces their copies.
+    """
+
+    mode: Literal["required", "optional"] = Field("required", description="required or optional")
+    ca: str = Field(description="PEM bundle of the CAs client certificates must chain to")
+
+    @field_validator("ca")
+    @classmethod
+    def _bundle(cls, value: str) -> str:
+        from cryptography import x509
+
+        text = "\n".join(line.rstrip() for line in value.replace("\r\n", "\n").strip().split("\n"))
+        try:
+            certs = x509.load_pem_x509_certificates(text.encode())
+        except ValueError:
+            raise ValueError(
+                "not a PEM certificate bundle (expected -----BEGIN CERTIFICATE----- blocks)"
+            ) from None
+        for cert in certs:
+            try:
+                constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+            except x509.ExtensionNotFound:
+                constraints = None
+            if constraints is None or not constraints.value.ca:
+                raise ValueError(f"{cert.subject.rfc4514_string()!r} is not a CA certificate")
+        return text + "\n"
+
+
+class ClientCertRule(PolicyModel):
+    """Which verified client certificates a route admits (403 otherwise): ``names`` are
+    matched against the certificate's URI SAN, else its DNS SAN, else its subject (as
+    Envoy's RBAC reads a principal); empty: any certificate the gateway verified."""
+
+    names: list[str] = Field(default_factory=list, description="allowed SANs or subjects")
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name or any(ord(c) < 32 for c in name) or len(name) > 1024:
+                raise ValueError(f"{name[:40]!r} is not a certificate name")
+        if len(set(value)) != len(value):
+            raise ValueError("each name may appear once")
+        return value

@@ -18,7 +18,7 @@ from .auth import AuthPolicy
 from .bounds import UINT32_MAX, HttpStatus, IntRange, Port, ResponseStatus, Weight
 from .common import Duration, Hostname, Name, PolicyModel, Regex
 from .cors import CorsPolicy
-from .edge import BodyLimit, ExtAuthz, IpRules
+from .edge import BodyLimit, ClientCertRule, ExtAuthz, IpRules
 from .headers import (
     check_no_controls,
     host_value,
@@ -354,6 +354,9 @@ class Route(PolicyModel):
     )
     ext_authz: ExtAuthz | None = Field(
         None, description="ask an authorization service about every request (ext_authz)"
+    )
+    client_cert: ClientCertRule | None = Field(
+        None, description="only clients with a verified certificate (these names) (403)"
     )
 
     @model_validator(mode="before")

@@ -28,11 +28,13 @@ from typing import TYPE_CHECKING
 
 from envoy.config.core.v3 import (
     address_pb2,
+    base_pb2,
     config_source_pb2,
     extension_pb2,
     grpc_service_pb2,
     http_uri_pb2,
 )
+from envoy.config.listener.v3 import listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
@@ -42,14 +44,15 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.http.original_ip_detection.xff.v3 import xff_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import range_pb2
 from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
 from ..policy import Gateway, Route
-from ..policy.edge import BODY_MAX, ExtAuthz, IpRules
-from .common import duration, pack
+from ..policy.edge import BODY_MAX, ClientCertRule, ExtAuthz, IpRules
+from .common import ads_source, duration, pack
 
 if TYPE_CHECKING:
     from .auth import RouteContext
@@ -57,14 +60,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BODY_LIMIT_FILTER",
+    "DENIED_CERT",
     "DENIED_IP",
     "EXT_AUTHZ_PREFIX",
     "GATEWAY_IP_FILTER",
     "ROUTE_IP_FILTER",
     "apply_client_address",
+    "apply_client_auth",
     "apply_limits",
     "body_limit_filter",
     "body_limit_variants",
+    "client_ca_secret",
     "configure_route",
     "edge_clusters",
     "edge_features",
@@ -77,6 +83,8 @@ GATEWAY_IP_FILTER = "gateway.client_ip"
 ROUTE_IP_FILTER = "gateway.route_client_ip"
 BODY_LIMIT_FILTER = "gateway.body_limit"
 EXT_AUTHZ_PREFIX = "gateway.ext_authz."
+#: the route rule refusing a client certificate (or its absence)
+DENIED_CERT = "client-cert:"
 #: prefix of the IP rules' RBAC policy names (``ip:denied``, ``ip:not-allowed``): the 403
 #: body names the one that refused (listener.py)
 DENIED_IP = "ip:"
@@ -137,17 +145,22 @@ def _remote_in(ranges: list[str]) -> rbac_config.Principal:
     return rbac_config.Principal(or_ids=rbac_config.Principal.Set(ids=ids))
 
 
-def ip_rbac(rules: IpRules) -> rbac_filter.RBAC:
-    """A DENY RBAC: ``ip:denied`` for a client in ``deny``, ``ip:not-allowed`` for one
+def ip_rbac(rules: IpRules | None, cert: ClientCertRule | None = None) -> rbac_filter.RBAC:
+    """A DENY RBAC: ``client-cert:not-allowed`` without a verified certificate the route
+    admits, ``ip:denied`` for a client in ``deny``, ``ip:not-allowed`` for one
     outside a non-empty ``allow``. ``remote_ip`` is the client address the listener
     determined (the TCP peer unless trusted proxies say otherwise)."""
     policies: dict[str, rbac_config.Policy] = {}
     every = [rbac_config.Permission(any=True)]
-    if rules.deny:
+    if cert is not None:
+        policies[DENIED_CERT + "not-allowed"] = rbac_config.Policy(
+            permissions=every, principals=[rbac_config.Principal(not_id=_certified(cert))]
+        )
+    if rules is not None and rules.deny:
         policies[DENIED_IP + "denied"] = rbac_config.Policy(
             permissions=every, principals=[_remote_in(rules.deny)]
         )
-    if rules.allow:
+    if rules is not None and rules.allow:
         policies[DENIED_IP + "not-allowed"] = rbac_config.Policy(
             permissions=every,
             principals=[rbac_config.Principal(not_id=_remote_in(rules.allow))],
@@ -155,6 +168,24 @@ def ip_rbac(rules: IpRules) -> rbac_filter.RBAC:
     return rbac_filter.RBAC(
         rules=rbac_config.RBAC(action=rbac_config.RBAC.DENY, policies=policies),
         rules_stat_prefix="client_ip.",
+    )
+
+
+def _certified(cert: ClientCertRule) -> rbac_config.Principal:
+    """A verified client certificate, with one of the names if any are given."""
+    Authenticated = rbac_config.Principal.Authenticated
+    if not cert.names:
+        return rbac_config.Principal(authenticated=Authenticated())
+    ids = [
+        rbac_config.Principal(
+            authenticated=Authenticated(principal_name=string_pb2.StringMatcher(exact=n))
+        )
+        for n in cert.names
+    ]
+    return (
+        ids[0]
+        if len(ids) == 1
+        else rbac_config.Principal(or_ids=rbac_config.Principal.Set(ids=ids))
     )
 
 
@@ -301,15 +332,16 @@ _ON = ext_authz_pb2.ExtAuthzPerRoute(check_settings=ext_authz_pb2.CheckSettings(
 def configure_route(message: rc.Route, route: Route) -> None:
     """The route's IP rules and authorization service (per-filter settings)."""
     per = message.typed_per_filter_config
-    if route.ip_rules is not None:
-        per[ROUTE_IP_FILTER].CopyFrom(pack(rbac_filter.RBACPerRoute(rbac=ip_rbac(route.ip_rules))))
+    if route.ip_rules is not None or route.client_cert is not None:
+        rules = ip_rbac(route.ip_rules, route.client_cert)
+        per[ROUTE_IP_FILTER].CopyFrom(pack(rbac_filter.RBACPerRoute(rbac=rules)))
     if route.ext_authz is not None:
         per[ext_authz_name(route.ext_authz)].CopyFrom(pack(_ON))
 
 
 def edge_features(route: Route, context: RouteContext) -> Iterator[str]:
     """The filters of this module a route needs (counted per gateway by the RouteTable)."""
-    if route.ip_rules is not None:
+    if route.ip_rules is not None or route.client_cert is not None:
         yield ROUTE_IP_FILTER
     if body_limit(route, context) is not None:
         yield BODY_LIMIT_FILTER
@@ -322,3 +354,58 @@ def edge_clusters(route: Route) -> list[str]:
     if route.ext_authz is None or route.ext_authz.cluster in route.clusters():
         return []
     return [route.ext_authz.cluster]
+
+
+# -- client certificates (mutual TLS) ---------------------------------------------------
+
+
+def client_ca_name(gateway: Gateway) -> str:
+    """The SDS secret of the gateway's client CA bundle (outside the policy name space)."""
+    return f"client-ca:{gateway.name}"
+
+
+def client_ca_secret(gateway: Gateway) -> secret_pb2.Secret | None:
+    """The CA bundle as its own SDS secret: replacing it (rotation) updates the secret,
+    not the listener, so open connections stay."""
+    auth = gateway.tls.client_auth if gateway.tls is not None else None
+    if auth is None:
+        return None
+    return secret_pb2.Secret(
+        name=client_ca_name(gateway),
+        validation_context=common_pb2.CertificateValidationContext(
+            trusted_ca=base_pb2.DataSource(inline_string=auth.ca)
+        ),
+    )
+
+
+def apply_client_auth(listener: listener_pb2.Listener, gateway: Gateway) -> None:
+    """Every HTTPS filter chain asks for (or requires) a client certificate verified against
+    the CA secret, and its HTTP connection manager forwards the verified certificate's
+    subject and SANs in x-forwarded-client-cert, replacing whatever the client sent."""
+    auth = gateway.tls.client_auth if gateway.tls is not None else None
+    if auth is None:
+        return
+    chains = list(listener.filter_chains)
+    if listener.HasField("default_filter_chain"):
+        chains.append(listener.default_filter_chain)
+    for chain in chains:
+        if not chain.HasField("transport_socket"):
+            continue
+        context = tls_pb2.DownstreamTlsContext()
+        chain.transport_socket.typed_config.Unpack(context)
+        context.require_client_certificate.value = auth.mode == "required"
+        context.common_tls_context.validation_context_sds_secret_config.CopyFrom(
+            secret_pb2.SdsSecretConfig(name=client_ca_name(gateway), sds_config=ads_source())
+        )
+        chain.transport_socket.typed_config.CopyFrom(pack(context))
+        for flt in chain.filters:
+            hcm = hcm_pb2.HttpConnectionManager()
+            if not flt.typed_config.Unpack(hcm):
+                continue
+            hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
+            hcm.set_current_client_cert_details.CopyFrom(
+                hcm_pb2.HttpConnectionManager.SetCurrentClientCertDetails(
+                    subject=wrappers_pb2.BoolValue(value=True), uri=True, dns=True
+                )
+            )
+            flt.typed_config.CopyFrom(pack(hcm))

@@ -16,7 +16,7 @@ from ..policy import Gateway
 from .accesslog import access_logs
 from .auth import DENIED_CLAIM, DENIED_CONSUMER, DENIED_SCOPE
 from .common import ads_source, pack
-from .edge import DENIED_IP, apply_client_address, apply_limits
+from .edge import DENIED_CERT, DENIED_IP, apply_client_address, apply_limits
 from .shard import early_mutation, scoped_routes
 from .view import GatewayView
 
@@ -109,6 +109,7 @@ _FORBIDDEN = (
     (DENIED_CLAIM, "claim not accepted: a claim of the token lacks a value this route accepts"),
     (DENIED_CONSUMER, "consumer not allowed: not among this route's consumers or groups"),
     (DENIED_IP, "client address not allowed: refused by the IP rules of this gateway or route"),
+    (DENIED_CERT, "client certificate required: none verified, or not one this route allows"),
 )
 
 
