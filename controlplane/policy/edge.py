@@ -38,6 +38,7 @@ __all__ = [
     "ExtAuthzBody",
     "IpRules",
     "Limits",
+    "cert_names",
     "cidr",
 ]
 
@@ -265,9 +266,14 @@ class ClientCertRule(PolicyModel):
     @field_validator("names")
     @classmethod
     def _names(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not name or any(ord(c) < 32 for c in name) or len(name) > 1024:
-                raise ValueError(f"{name[:40]!r} is not a certificate name")
-        if len(set(value)) != len(value):
-            raise ValueError("each name may appear once")
-        return value
+        return cert_names(value)
+
+
+def cert_names(value: list[str]) -> list[str]:
+    """Certificate names (SANs, subjects): printable, at most 1 KiB, each once."""
+    for name in value:
+        if not name or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name) > 1024:
+            raise ValueError(f"{name[:40]!r} is not a certificate name")
+    if len(set(value)) != len(value):
+        raise ValueError("each name may appear once")
+    return value

@@ -39,6 +39,7 @@ from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BODY_LIMIT_FILTER",
+    "CERT_CONSUMER_FILTER",
     "DENIED_CERT",
     "DENIED_IP",
     "EXT_AUTHZ_PREFIX",
@@ -70,6 +72,7 @@ __all__ = [
     "apply_limits",
     "body_limit_filter",
     "body_limit_variants",
+    "cert_consumer_filter",
     "client_ca_secret",
     "configure_route",
     "edge_clusters",
@@ -409,3 +412,72 @@ def apply_client_auth(listener: listener_pb2.Listener, gateway: Gateway) -> None
                 )
             )
             flt.typed_config.CopyFrom(pack(hcm))
+
+
+#: sets x-consumer-id from the verified client certificate (translate/filters.py)
+CERT_CONSUMER_FILTER = "gateway.cert_consumer"
+
+_CERT_CONSUMER_LUA = """
+local consumers = {MAP}
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  if headers:get("x-consumer-id") ~= nil then
+    return
+  end
+  local ssl = handle:streamInfo():downstreamSslConnection()
+  if ssl == nil or not ssl:peerCertificateValidated() then
+    return
+  end
+  local found = nil
+  for _, name in ipairs(ssl:uriSanPeerCertificate()) do
+    found = found or consumers[name]
+  end
+  for _, name in ipairs(ssl:dnsSansPeerCertificate()) do
+    found = found or consumers[name]
+  end
+  found = found or consumers[ssl:subjectPeerCertificate()]
+  if found ~= nil then
+    headers:replace("x-consumer-id", found)
+  end
+end
+"""
+
+
+def _lua_string(text: str) -> str:
+    """A Lua string literal: letters and digits as they are, everything else as \\ddd."""
+    return (
+        '"'
+        + "".join(
+            c if c.isascii() and c.isalnum() else "".join(f"\\{b:03d}" for b in c.encode())
+            for c in text
+        )
+        + '"'
+    )
+
+
+def cert_consumer_filter(view: GatewayView) -> lua_pb2.Lua | None:
+    """On a gateway asking for client certificates, a request no credential identified
+    (no x-consumer-id after JWT and API key) gets the consumer whose ``certificates`` name
+    the verified certificate (URI SAN, then DNS SAN, then subject): plans, rules on
+    consumers and analytics then work as for keys and tokens. A name claimed by two
+    consumers goes to the first by name."""
+    gateway = view.gateway
+    if gateway.tls is None or gateway.tls.client_auth is None:
+        return None
+    consumers = view.objects.get("consumer", {})
+    mapping: dict[str, str] = {}
+    for name in sorted(consumers):
+        for cert_name in getattr(consumers[name], "certificates", ()):
+            mapping.setdefault(cert_name, name)
+    if not mapping:
+        return None
+    table = (
+        "{"
+        + ", ".join(f"[{_lua_string(k)}] = {_lua_string(v)}" for k, v in sorted(mapping.items()))
+        + "}"
+    )
+    return lua_pb2.Lua(
+        default_source_code=base_pb2.DataSource(
+            inline_string=_CERT_CONSUMER_LUA.replace("{MAP}", table)
+        )
+    )

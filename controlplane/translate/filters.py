@@ -108,6 +108,8 @@ ORDER: list[FilterSpec] = [
         dynamic=False,
         disabled=True,
     ),
+    # after the credentials (which win), before anything reads x-consumer-id
+    FilterSpec(edge.CERT_CONSUMER_FILTER, lambda view, _t: edge.cert_consumer_filter(view)),
     FilterSpec(auth.RBAC_FILTER, lambda view, _t: auth.rbac_filter_config(view)),
     # after authentication and the route's rules: the service sees x-consumer-id
     FilterSpec(

@@ -89,6 +89,8 @@ def mtls(
     ]
     policy = {
         "certificates": [{"name": "srv", "cert": served.cert, "key": served.key}],
+        "plans": [{"name": "tiny", "limits": [{"requests": 2, "per": "minute"}]}],
+        "consumers": [{"name": "acme", "plan": "tiny", "certificates": ["partner-a.example"]}],
         "gateways": gateways,
         "clusters": [{"name": "app", "endpoints": [f"127.0.0.1:{backends['alpha'].port}"]}],
         "routes": [
@@ -100,6 +102,14 @@ def mtls(
                     "gateway": gw,
                     "match": {"path_prefix": "/open"},
                     "cluster": "app",
+                },
+                {
+                    "name": f"{gw}-metered",
+                    "gateway": gw,
+                    "match": {"path_prefix": "/metered"},
+                    "cluster": "app",
+                    "client_cert": {},
+                    "rate_limit": {"key": "consumer"},
                 },
                 {
                     "name": f"{gw}-partners",
@@ -215,3 +225,16 @@ def test_bad_ca_is_refused(cli: Cli, tmp_path: Path) -> None:
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "tls.client_auth.ca" in lines[0] and why in lines[0], lines
     assert cli.run("export").stdout == before
+
+
+def test_consumer_by_certificate(mtls: dict[str, Any], tmp_path: Path) -> None:
+    """A consumer named by its certificate is identified without a key or token, and its
+    plan limits it; a certificate of no consumer is not."""
+    port, ca, clients = mtls["ports"]["req"], mtls["server_ca"], mtls["clients"]
+    status, body = _call(port, "/metered", ca, clients["a"], tmp_path, {"x-consumer-id": "other"})
+    assert status == 200 and body["headers"]["x-consumer-id"] == "acme"
+    assert _call(port, "/metered", ca, clients["a"], tmp_path)[0] == 200
+    assert _call(port, "/metered", ca, clients["a"], tmp_path)[0] == 429  # plan: 2/minute
+    for _ in range(3):
+        status, body = _call(port, "/metered", ca, clients["b"], tmp_path)
+        assert status == 200 and "x-consumer-id" not in body["headers"]
