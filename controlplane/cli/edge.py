@@ -6,11 +6,14 @@ the setting". The full settings (every limit, ext_authz headers) are in the decl
 format; these cover the common ones.
 """
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-__all__ = ["gateway_edge_fields", "route_edge_fields"]
+from ..errors import PolicyInvalid
+
+__all__ = ["consumer_edge_fields", "gateway_edge_fields", "route_edge_fields"]
 
 
 def _rules(allow: list[str] | None, deny: list[str] | None, off: bool) -> dict[str, Any]:
@@ -62,8 +65,30 @@ def gateway_edge_fields(
     connection_idle_timeout: Annotated[
         str | None, typer.Option(help="An idle client connection is closed after this [15m].")
     ] = None,
+    client_ca: Annotated[
+        str | None,
+        typer.Option(help="HTTPS: ask clients for certificates of these CAs (PEM file)."),
+    ] = None,
+    client_cert_mode: Annotated[
+        str | None, typer.Option(help="With --client-ca: required (default) or optional.")
+    ] = None,
+    client_auth_off: Annotated[
+        bool, typer.Option("--client-auth-off", help="No client certificates.")
+    ] = False,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    auth: dict[str, Any] = {}
+    if client_ca is not None:
+        try:
+            auth["ca"] = Path(client_ca).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PolicyInvalid(f"--client-ca: cannot read {client_ca}: {exc}") from None
+    if client_cert_mode is not None:
+        auth["mode"] = client_cert_mode
+    if auth:
+        out["tls"] = {"client_auth": auth}
+    elif client_auth_off:
+        out["tls"] = {"client_auth": None}
     if trusted_hops is not None:
         out["client_address"] = {"trusted_hops": trusted_hops}
     elif trusted_cidr:
@@ -113,8 +138,23 @@ def route_edge_fields(
     ext_authz_off: Annotated[
         bool, typer.Option("--ext-authz-off", help="No authorization service.")
     ] = False,
+    client_cert_name: Annotated[
+        list[str] | None,
+        typer.Option(help="Only clients whose verified certificate has this SAN/subject."),
+    ] = None,
+    client_cert_any: Annotated[
+        bool,
+        typer.Option("--client-cert-any", help="Any client with a verified certificate."),
+    ] = False,
+    client_cert_off: Annotated[
+        bool, typer.Option("--client-cert-off", help="No client certificate rule.")
+    ] = False,
 ) -> dict[str, Any]:
     out = _rules(ip_allow, ip_deny, ip_rules_off)
+    if client_cert_name or client_cert_any:
+        out["client_cert"] = {"names": client_cert_name or []}
+    elif client_cert_off:
+        out["client_cert"] = None
     if max_request_body is not None:
         out["max_request_body"] = max_request_body
     authz: dict[str, Any] = {}
@@ -133,3 +173,12 @@ def route_edge_fields(
     elif ext_authz_off:
         out["ext_authz"] = None
     return out
+
+
+def consumer_edge_fields(
+    certificate_name: Annotated[
+        list[str] | None,
+        typer.Option(help="Client certificate SAN/subject identifying it (repeatable)."),
+    ] = None,
+) -> dict[str, Any]:
+    return {"certificates": certificate_name} if certificate_name else {}

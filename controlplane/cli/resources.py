@@ -15,7 +15,7 @@ import typer
 
 from ..errors import PolicyInvalid
 from .context import ctx_of, finish_atomic, finish_change, finish_remote
-from .edge import gateway_edge_fields, route_edge_fields
+from .edge import consumer_edge_fields, gateway_edge_fields, route_edge_fields
 from .options import pairs as _pairs
 from .output import Format, emit, emit_table
 from .protocol_options import protocol_fields
@@ -761,7 +761,7 @@ FIELDS: dict[str, list[Callable[..., dict[str, Any]]]] = {
         route_edge_fields,
     ],
     "jwt_provider": [jwt_provider_fields],
-    "consumer": [consumer_fields],
+    "consumer": [consumer_fields, consumer_edge_fields],
     "plan": [plan_fields],
 }
 #: kind -> command group name
