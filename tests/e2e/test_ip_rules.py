@@ -225,3 +225,33 @@ def test_bad_input_is_refused(cli: Cli, tmp_path: Path) -> None:
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and field in lines[0], proc.stderr
     assert cli.run("export").stdout == before
+
+
+def test_clients_cannot_steer_envoy_with_x_envoy_headers(edge: dict[str, Any]) -> None:
+    """Under every trust setting, a client's x-envoy-* request headers (timeouts, retries)
+    are removed, also when it claims an internal address in X-Forwarded-For."""
+    steering = {
+        "x-envoy-upstream-rq-timeout-ms": "1",
+        "x-envoy-max-retries": "5",
+        "x-envoy-retry-on": "5xx",
+        "x-echo-delay-ms": "200",
+    }
+    for gateway, source in (("direct", None), ("hops", None), ("cidrs", "127.0.0.2")):
+        port = edge["ports"][gateway]
+        for xff in (None, "10.0.0.1", "203.0.113.7, 10.0.0.1"):
+            conn = http.client.HTTPConnection(
+                "127.0.0.1", port, timeout=10, source_address=(source, 0) if source else None
+            )
+            try:
+                conn.request(
+                    "GET",
+                    "/public/steer",
+                    headers={**steering, **({"x-forwarded-for": xff} if xff else {})},
+                )
+                resp = conn.getresponse()
+                body = json.loads(resp.read())
+            finally:
+                conn.close()
+            assert resp.status == 200, (gateway, xff)
+            seen = {k for k in body["headers"] if k.startswith("x-envoy-")}
+            assert not seen & set(steering), (gateway, xff, seen)
