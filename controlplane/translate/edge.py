@@ -208,6 +208,8 @@ def route_ip_filter() -> rbac_filter.RBAC:
 def body_limit(route: Route, context: RouteContext) -> int | None:
     if route.cluster is None and route.backends is None and route.aggregate is None:
         return None  # redirects and direct responses read no body
+    if route.websocket:
+        return None  # an upgraded stream is no request body: buffering it would stall it
     own = route.max_request_body
     return own if own is not None else context.max_request_body
 

@@ -136,3 +136,10 @@ def test_client_certificates() -> None:
     consumers = {"acme": Consumer(name="acme", certificates=["spiffe://x/acme"])}
     plain = GatewayView(Gateway(name="g", port=8080), {}, {}, {"consumer": consumers})
     assert cert_consumer_filter(plain) is None  # no client certificates on this gateway
+
+
+def test_websocket_routes_are_not_buffered() -> None:
+    gw = Gateway(name="g", port=8080, max_request_body=1000)
+    routes = [Route(name="ws", gateways=["g"], cluster="app", websocket=True)]
+    _, _, names = _translate(gw, routes)
+    assert BODY_LIMIT_FILTER not in names
