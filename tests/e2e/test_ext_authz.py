@@ -179,7 +179,8 @@ def authz(cli: Cli, controller: Any, envoy_factory: Callable[..., Envoy], tmp_pa
     path = tmp_path / "authz.yaml"
     path.write_text(yaml.safe_dump(policy))
     envoy_factory("ea")
-    cli.run("apply", "-f", str(path), "--wait=60s")
+    # Envoy checks the write first (translated as a write is), as without the tests' "never"
+    cli.run("--validate", "always", "apply", "-f", str(path), "--wait=60s")
     wait_until(lambda: _get(port, "/free")[0] == 200, timeout=30)
     yield port, authorizer, backend
     backend.stop()

@@ -113,7 +113,8 @@ def edge(
     path = tmp_path / "edge.yaml"
     path.write_text(yaml.safe_dump(policy))
     envoys = {gw: envoy_factory(gw) for gw in ports}
-    cli.run("apply", "-f", str(path), "--wait=60s")
+    # Envoy checks the write first (translated as a write is), as without the tests' "never"
+    cli.run("--validate", "always", "apply", "-f", str(path), "--wait=60s")
     for gw, port in ports.items():
         host = "::1" if gw == "v6" else "127.0.0.1"
         wait_until(lambda p=port, h=host: _get(p, "/public/x", host=h)[0] == 200, timeout=30)

@@ -130,7 +130,8 @@ def gw(cli: Cli, controller: Any, envoy_factory: Callable[..., Envoy], tmp_path:
     path = tmp_path / "limits.yaml"
     path.write_text(yaml.safe_dump(policy))
     envoy = envoy_factory("limits")
-    cli.run("apply", "-f", str(path), "--wait=60s")
+    # Envoy checks the write first (translated as a write is), as without the tests' "never"
+    cli.run("--validate", "always", "apply", "-f", str(path), "--wait=60s")
     wait_until(lambda: _post(port, "/small", b"x")[0] == 200, timeout=30)
     yield port, backend, envoy
     backend.shutdown()

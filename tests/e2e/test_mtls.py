@@ -124,7 +124,8 @@ def mtls(
     path = tmp_path / "mtls.yaml"
     path.write_text(yaml.safe_dump(policy))
     envoys = {gw: envoy_factory(gw) for gw in ports}
-    cli.run("apply", "-f", str(path), "--wait=60s")
+    # Envoy checks the write first (translated as a write is), as without the tests' "never"
+    cli.run("--validate", "always", "apply", "-f", str(path), "--wait=60s")
     clients = {
         "a": client_ca.issue("partner a", ["partner-a.example"], client=True),
         "b": client_ca.issue("partner b", ["partner-b.example"], client=True),
