@@ -89,10 +89,11 @@ def gateway_edge_fields(
         out["tls"] = {"client_auth": auth}
     elif client_auth_off:
         out["tls"] = {"client_auth": None}
+    # each replaces the other (an update merges into the stored setting)
     if trusted_hops is not None:
-        out["client_address"] = {"trusted_hops": trusted_hops}
+        out["client_address"] = {"trusted_hops": trusted_hops, "trusted_cidrs": []}
     elif trusted_cidr:
-        out["client_address"] = {"trusted_cidrs": trusted_cidr}
+        out["client_address"] = {"trusted_cidrs": trusted_cidr, "trusted_hops": 0}
     elif client_address_off:
         out["client_address"] = None
     out.update(_rules(ip_allow, ip_deny, ip_rules_off))
