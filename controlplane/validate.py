@@ -255,9 +255,11 @@ def translate_subset(
             r = view.get("route", name)
             if isinstance(r, Route) and gateway in r.gateways:
                 routes[name] = r
+    from .translate.edge import edge_clusters
+
     clusters: dict[str, Cluster] = {}
     for r in routes.values():
-        for c in r.clusters():
+        for c in (*r.clusters(), *edge_clusters(r)):  # with its authorization service
             obj = view.get("cluster", c)
             if isinstance(obj, Cluster):
                 clusters[c] = obj

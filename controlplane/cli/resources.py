@@ -15,6 +15,7 @@ import typer
 
 from ..errors import PolicyInvalid
 from .context import ctx_of, finish_atomic, finish_change, finish_remote
+from .edge import consumer_edge_fields, gateway_edge_fields, route_edge_fields
 from .options import pairs as _pairs
 from .output import Format, emit, emit_table
 from .protocol_options import protocol_fields
@@ -747,6 +748,7 @@ FIELDS: dict[str, list[Callable[..., dict[str, Any]]]] = {
         *(gateway_fields, auth_fields, cors_fields, rate_limit_fields),
         gateway_traffic_fields,
         observability_fields,
+        gateway_edge_fields,
     ],
     "cluster": [cluster_fields, cluster_traffic_fields],
     "route": [
@@ -756,9 +758,10 @@ FIELDS: dict[str, list[Callable[..., dict[str, Any]]]] = {
         rate_limit_fields,
         route_traffic_fields,
         protocol_fields,
+        route_edge_fields,
     ],
     "jwt_provider": [jwt_provider_fields],
-    "consumer": [consumer_fields],
+    "consumer": [consumer_fields, consumer_edge_fields],
     "plan": [plan_fields],
 }
 #: kind -> command group name

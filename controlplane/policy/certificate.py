@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .bounds import Port
 from .common import Name, PolicyModel
+from .edge import ClientAuth
 
 __all__ = ["CertInfo", "Certificate", "GatewayTls", "cert_info", "cert_summary"]
 
@@ -188,6 +189,9 @@ class GatewayTls(PolicyModel):
     )
     http_redirect_port: Port | None = Field(
         None, description="Also listen here for plain HTTP and redirect to HTTPS"
+    )
+    client_auth: ClientAuth | None = Field(
+        None, description="client certificates (mutual TLS); unset: none asked for"
     )
 
     @field_validator("certificates")

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from .common import Name, PolicyModel
+from .edge import cert_names
 from .ratelimit import Limit, check_limits
 
 __all__ = ["ApiKey", "Consumer", "new_api_key"]
@@ -28,6 +29,16 @@ class Consumer(PolicyModel):
     limits: list[Limit] = Field(
         default_factory=list, description="own limits, replacing the plan's"
     )
+    certificates: list[str] = Field(
+        default_factory=list,
+        description="client certificate names (URI SAN, DNS SAN or subject) that identify "
+        "this consumer on gateways with client_auth",
+    )
+
+    @field_validator("certificates")
+    @classmethod
+    def _cert_names(cls, value: list[str]) -> list[str]:
+        return cert_names(value)
 
     @field_validator("groups")
     @classmethod

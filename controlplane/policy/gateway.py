@@ -17,6 +17,7 @@ from .bounds import Port
 from .certificate import GatewayTls
 from .common import Hostname, Name, PolicyModel
 from .cors import CorsPolicy
+from .edge import BodyLimit, ClientAddress, IpRules, Limits
 from .headers import API_KEY_HEADER, header_name, reserved_reason
 from .observability import AccessLog, Analytics, Tracing
 from .ratelimit import RateLimit
@@ -76,6 +77,22 @@ class Gateway(PolicyModel):
         description="request headers with '_' in their name (CGI/WSGI backends read "
         "x_consumer_id as x-consumer-id): the request refused with 400 (Envoy's edge "
         "recommendation), or the headers dropped before any filter sees them",
+    )
+
+    client_address: ClientAddress | None = Field(
+        None,
+        description="which address is the client's (IP rules, rate limits by client_ip, "
+        "analytics); unset: the TCP peer, X-Forwarded-For never believed",
+    )
+    ip_rules: IpRules | None = Field(
+        None, description="client addresses allowed/denied on every route (403)"
+    )
+    limits: Limits = Field(
+        default_factory=Limits, description="request size and timeout limits (safe defaults)"
+    )
+    max_request_body: BodyLimit | None = Field(
+        None,
+        description="default request body limit of its routes in bytes (413); unset: none",
     )
 
     api_key_header: str = Field(

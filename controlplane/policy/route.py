@@ -18,6 +18,7 @@ from .auth import AuthPolicy
 from .bounds import UINT32_MAX, HttpStatus, IntRange, Port, ResponseStatus, Weight
 from .common import Duration, Hostname, Name, PolicyModel, Regex
 from .cors import CorsPolicy
+from .edge import BodyLimit, ClientCertRule, ExtAuthz, IpRules
 from .headers import (
     check_no_controls,
     host_value,
@@ -345,6 +346,18 @@ class Route(PolicyModel):
     )
     grpc_web: bool = Field(False, description="accept gRPC-Web (browsers) besides native gRPC")
     websocket: bool = Field(False, description="allow WebSocket upgrades (idle_timeout applies)")
+    ip_rules: IpRules | None = Field(
+        None, description="client addresses allowed/denied here, besides the gateway's (403)"
+    )
+    max_request_body: BodyLimit | None = Field(
+        None, description="request body limit in bytes (413); unset: the gateway's"
+    )
+    ext_authz: ExtAuthz | None = Field(
+        None, description="ask an authorization service about every request (ext_authz)"
+    )
+    client_cert: ClientCertRule | None = Field(
+        None, description="only clients with a verified certificate (these names) (403)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -425,10 +438,24 @@ class Route(PolicyModel):
         refs = [("gateway", g) for g in self.gateways] + [("cluster", c) for c in self.clusters()]
         if self.transcoding is not None:
             refs.append(("proto", self.transcoding.proto))
+        if self.ext_authz is not None and self.ext_authz.cluster not in self.clusters():
+            refs.append(("cluster", self.ext_authz.cluster))
         return refs + (self.auth.references() if self.auth else [])
 
     def reference_problem(self, kind: str, target: PolicyModel) -> str | None:
         """A problem with an object this route references beyond its existence."""
         if kind == "proto" and self.transcoding is not None and isinstance(target, Proto):
             return self.transcoding.problem_with(target)
+        authz = self.ext_authz
+        if (
+            kind == "cluster"
+            and authz is not None
+            and authz.protocol == "grpc"
+            and getattr(target, "name", None) == authz.cluster
+            and getattr(target, "protocol", None) != "http2"
+        ):
+            return (
+                f"ext_authz.cluster: cluster {authz.cluster!r} must have protocol "
+                "http2 for a gRPC authorization service"
+            )
         return None

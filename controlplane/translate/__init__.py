@@ -29,6 +29,7 @@ from .aggregate import (
 from .auth import jwks_clusters, route_context
 from .cluster import cluster_resource, is_eds, load_assignment
 from .common import blame, pack
+from .edge import apply_client_auth, client_ca_secret
 from .filters import http_filters
 from .listener import listener_resource
 from .protocols import TRANSCODING, proto_context
@@ -345,6 +346,11 @@ class Translator:
         )
         for cert in certs:
             out.add(SECRET, cert.name, secret_resource(cert), [("certificate", cert.name)])
+        client_ca = client_ca_secret(gw)  # mutual TLS (translate/edge.py)
+        if client_ca is not None:
+            apply_client_auth(cast(Any, out.message(LISTENER, gw.name)), gw)
+            out.add(SECRET, client_ca.name, client_ca, [("gateway", gw.name)])
+            out.needs[(LISTENER, gw.name)].append((SECRET, client_ca.name))
         redirect = redirect_listener(gw)
         if redirect is not None:
             out.add(LISTENER, redirect.name, redirect, [("gateway", gw.name)])

@@ -109,6 +109,8 @@ class RouteContext:
     #: where the gateway's clients send API keys (Gateway.api_key_header/api_key_query)
     api_key_header: str = API_KEY_HEADER
     api_key_query: str | None = None
+    #: the gateway's default request body limit (translate/edge.py)
+    max_request_body: int | None = None
 
     def members(self, group: str) -> tuple[str, ...]:
         return dict(self.groups).get(group, ())
@@ -125,6 +127,7 @@ def route_context(gateway: Gateway, consumers: Mapping[str, Consumer]) -> RouteC
         gateway.cors,
         api_key_header=gateway.api_key_header,
         api_key_query=gateway.api_key_query,
+        max_request_body=gateway.max_request_body,
     )
 
 

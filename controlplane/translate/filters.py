@@ -22,7 +22,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf.message import Message
 
 from ..policy.traffic import CompressionAlgorithm
-from . import auth
+from . import auth, edge
 from .common import ads_source, pack
 from .cors import CORS_FILTER, cors_filter
 from .protocols import GRPC_WEB_FILTER, TRANSCODER_FILTER, grpc_web_filter, transcoder_filter
@@ -59,6 +59,8 @@ class FilterSpec:
     dynamic: bool = True
     #: off unless a route's per-filter config turns it on (routes without it pay nothing)
     disabled: bool = False
+    #: several instances (name, config) in place of this one (``config`` unused)
+    instances: Callable[[GatewayView, RouteTable], list[tuple[str, Message]]] | None = None
 
 
 def _used(table: RouteTable, feature: str, config: Callable[[], Message]) -> Message | None:
@@ -83,6 +85,14 @@ def _jwt(view: GatewayView, table: RouteTable) -> Message:
 
 #: The filter chain, in order; the router must stay last.
 ORDER: list[FilterSpec] = [
+    # first: a refused address costs nothing further (translate/edge.py)
+    FilterSpec(edge.GATEWAY_IP_FILTER, lambda view, _t: edge.gateway_ip_filter(view)),
+    FilterSpec(
+        edge.ROUTE_IP_FILTER,
+        lambda _v, t: _used(t, edge.ROUTE_IP_FILTER, edge.route_ip_filter),
+        dynamic=False,
+        disabled=True,
+    ),
     FilterSpec(auth.STRIP_FILTER, lambda view, _t: auth.strip_filter(view)),
     # before authentication: a preflight is answered without credentials
     FilterSpec(CORS_FILTER, lambda _v, _t: cors_filter(), dynamic=False),
@@ -98,7 +108,24 @@ ORDER: list[FilterSpec] = [
         dynamic=False,
         disabled=True,
     ),
+    # after the credentials (which win), before anything reads x-consumer-id
+    FilterSpec(edge.CERT_CONSUMER_FILTER, lambda view, _t: edge.cert_consumer_filter(view)),
     FilterSpec(auth.RBAC_FILTER, lambda view, _t: auth.rbac_filter_config(view)),
+    # after authentication and the route's rules: the service sees x-consumer-id
+    FilterSpec(
+        edge.EXT_AUTHZ_PREFIX,
+        lambda _v, _t: None,
+        dynamic=False,
+        disabled=True,
+        instances=lambda v, t: edge.ext_authz_filters(v, t.features),
+    ),
+    # bodies without Content-Length on limited routes, once the caller is authenticated
+    FilterSpec(
+        edge.BODY_LIMIT_FILTER,
+        lambda _v, t: _used(t, edge.BODY_LIMIT_FILTER, edge.body_limit_filter),
+        dynamic=False,
+        disabled=True,
+    ),
     # after authentication and authorisation: x-consumer-id is set, refused calls not counted
     FilterSpec(RATE_LIMIT_FILTER, _rate_limits),
     # traffic policy (translate/traffic.py): each only where a route uses it
@@ -132,6 +159,12 @@ def http_filters(
     """The listener's filter list, and the configs to serve over ECDS by name."""
     listed, dynamic = [], {}
     for spec in ORDER:
+        if spec.instances is not None:
+            for name, instance in spec.instances(view, table):
+                listed.append(
+                    hcm_pb2.HttpFilter(name=name, typed_config=pack(instance), disabled=True)
+                )
+            continue
         config = spec.config(view, table)
         if config is None:
             continue

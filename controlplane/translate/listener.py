@@ -10,12 +10,13 @@ from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from google.protobuf import struct_pb2, wrappers_pb2
+from google.protobuf import struct_pb2
 
 from ..policy import Gateway
 from .accesslog import access_logs
 from .auth import DENIED_CLAIM, DENIED_CONSUMER, DENIED_SCOPE
 from .common import ads_source, pack
+from .edge import DENIED_CERT, DENIED_IP, apply_client_address, apply_limits
 from .shard import early_mutation, scoped_routes
 from .tracing import tracing
 from .view import GatewayView
@@ -69,9 +70,10 @@ def listener_resource(
         local_reply_config=local_replies(),
         # Hosts are matched without the port, so "api.example.com" matches on any port.
         strip_any_host_port=True,
-        use_remote_address=wrappers_pb2.BoolValue(value=True),
         access_log=access_logs(gateway),
     )
+    apply_client_address(gateway, hcm)
+    apply_limits(gateway, hcm)
     request_hygiene(gateway, hcm)
     traced = tracing(gateway)
     if traced is not None:
@@ -110,6 +112,8 @@ _FORBIDDEN = (
     (DENIED_SCOPE, "missing scope: the token lacks a scope this route requires"),
     (DENIED_CLAIM, "claim not accepted: a claim of the token lacks a value this route accepts"),
     (DENIED_CONSUMER, "consumer not allowed: not among this route's consumers or groups"),
+    (DENIED_IP, "client address not allowed: refused by the IP rules of this gateway or route"),
+    (DENIED_CERT, "client certificate required: none verified, or not one this route allows"),
 )
 
 

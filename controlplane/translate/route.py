@@ -32,6 +32,7 @@ from .auth import (
 )
 from .common import blame, duration, regex, string_match
 from .cors import apply_cors
+from .edge import body_limit_variants, configure_route, edge_clusters, edge_features
 from .protocols import apply_protocols, protocol_features
 from .ratelimit import apply_rate_limit, uses_consumers
 from .shard import SCOPE_HEADER, ShardPlan, literal, scope_key, shard_name
@@ -407,6 +408,8 @@ class RouteTable:
             apply_cors(variant, route, ctx)
             apply_aggregate(variant, route, ctx.aggregation_port)
             policy = apply_rate_limit(variant, route, ctx.rate_limit)
+            configure_route(variant, route)
+        variants = body_limit_variants(variants, route, ctx)
         variants = [twin for variant in variants for twin in with_slash_twin(variant)]
         if policy is not None:
             self.rate_limits[route.name] = policy
@@ -421,7 +424,9 @@ class RouteTable:
         if route.aggregate is not None:
             self.aggregates[route.name] = route
         self.clusters.update(route.clusters())
+        self.clusters.update(edge_clusters(route))
         self.features.update(route_features(route))
+        self.features.update(edge_features(route, ctx))
         requirement = jwt_requirements(route, self._context)
         if requirement is not None:
             self.jwt_requirements[requirement] += 1
@@ -448,11 +453,13 @@ class RouteTable:
             if uses_consumers(policy) and policy.use_plans:
                 self.plan_limited -= 1
         self.clusters.subtract(route.clusters())
-        for cluster in route.clusters():
+        self.clusters.subtract(edge_clusters(route))
+        for cluster in (*route.clusters(), *edge_clusters(route)):
             if self.clusters[cluster] <= 0:
-                del self.clusters[cluster]
+                self.clusters.pop(cluster, None)
         self.features.subtract(route_features(route))
         assert self._context is not None
+        self.features.subtract(edge_features(route, self._context))
         requirement = jwt_requirements(route, self._context)
         if requirement is not None:
             self.jwt_requirements[requirement] -= 1

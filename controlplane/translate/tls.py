@@ -23,6 +23,7 @@ from google.protobuf import wrappers_pb2
 
 from ..policy import Certificate, Gateway
 from .common import ads_source, pack
+from .edge import apply_limits
 
 __all__ = [
     "redirect_listener",
@@ -140,6 +141,7 @@ def redirect_listener(gateway: Gateway) -> listener_pb2.Listener | None:
         ],
         use_remote_address=wrappers_pb2.BoolValue(value=True),
     )
+    apply_limits(gateway, hcm)  # slow clients are held to the same bounds here
     return listener_pb2.Listener(
         name=name,
         address=address_pb2.Address(

@@ -97,6 +97,9 @@ def _static_secrets(chain: dict[str, Any]) -> None:
     context = socket["typed_config"]["common_tls_context"]
     for sds in context.get("tls_certificate_sds_secret_configs", []):
         assert sds.pop("sds_config") == {"ads": {}, "resource_api_version": "V3"}
+    validation = context.get("validation_context_sds_secret_config")  # client CA (mTLS)
+    if validation is not None:
+        assert validation.pop("sds_config") == {"ads": {}, "resource_api_version": "V3"}
 
 
 @pytest.fixture(scope="module")
