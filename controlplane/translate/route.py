@@ -17,6 +17,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.type.matcher.v3 import regex_pb2
 from google.protobuf import wrappers_pb2
+from google.protobuf.message import Message
 
 from ..policy import Gateway, Route
 from ..policy.ratelimit import RateLimit
@@ -30,11 +31,21 @@ from .auth import (
     route_variants,
     virtual_host_defaults,
 )
-from .common import blame, duration, regex, string_match
+from .common import blame, duration, pack, regex, string_match
 from .cors import apply_cors
 from .protocols import apply_protocols, protocol_features
 from .ratelimit import apply_rate_limit, uses_consumers
-from .shard import SCOPE_HEADER, ShardPlan, literal, scope_key, shard_name
+from .shard import (
+    CASE_FILTER,
+    FALLBACK_FILTER,
+    SCOPE_HEADER,
+    ShardPlan,
+    fallback_key,
+    is_fallback,
+    literal,
+    scope_key,
+    shard_name,
+)
 from .traffic import apply_traffic, envoy_header_value, route_features
 from .wire import Encoded, field
 
@@ -43,9 +54,25 @@ NO_AUTH = RouteContext(default=None, groups=())
 #: appended to every virtual host, so unmatched requests get 404 rather than 401
 _NOT_FOUND = field(3, not_found_route().SerializeToString(deterministic=True))
 #: VirtualHost.typed_per_filter_config (15): map entries {key (1), value (2)}, sorted by key
-_VIRTUAL_HOST_DEFAULTS = b"".join(
-    field(15, field(1, key.encode()) + field(2, value.SerializeToString(deterministic=True)))
-    for key, value in sorted(virtual_host_defaults().items())
+
+
+def _per_filter(settings: Mapping[str, Message]) -> bytes:
+    """VirtualHost.typed_per_filter_config (15): map entries {key (1), value (2)}, sorted
+    by key as deterministic serialisation writes them."""
+    return b"".join(
+        field(15, field(1, key.encode()) + field(2, value.SerializeToString(deterministic=True)))
+        for key, value in sorted(settings.items())
+    )
+
+
+_VIRTUAL_HOST_DEFAULTS = _per_filter(virtual_host_defaults())
+#: a shard's virtual hosts also switch the fallback filters off (translate/shard.py): a
+#: request that found a virtual host of its shard is not re-keyed
+_SHARD_VIRTUAL_HOST_DEFAULTS = _per_filter(
+    {
+        **virtual_host_defaults(),
+        **dict.fromkeys((CASE_FILTER, FALLBACK_FILTER), pack(rc.FilterConfig(disabled=True))),
+    }
 )
 
 __all__ = ["RouteTable", "route_configuration", "route_resource", "sort_key"]
@@ -291,17 +318,25 @@ class _Ordered:
 
 
 class _Shard:
-    """The routes of one shard: catch-alls, and per host the routes naming it."""
+    """The routes of one shard: catch-alls, and per host the routes naming it; ``long``
+    names the routes keyed here (a shard without any goes, its short routes with it)."""
 
     def __init__(self) -> None:
         self.catch_all = _Ordered()
         self.hosts: dict[str, _Ordered] = {}
         self.names: set[str] = set()
+        self.long: set[str] = set()
 
 
 def _length_of(scope_key: str) -> int:
     """The key length a scope key was made with (its digits before the path)."""
-    return int(scope_key.split("/", 1)[0])
+    digits = len(scope_key) - len(scope_key.lstrip("0123456789"))
+    return int(scope_key[:digits])
+
+
+def _fold(text: str) -> str:
+    """ASCII lower case, as scope keys are (translate/shard.py)."""
+    return text.encode().lower().decode()
 
 
 def _merged(a: _Ordered | None, b: _Ordered) -> bytes:
@@ -311,6 +346,15 @@ def _merged(a: _Ordered | None, b: _Ordered) -> bytes:
     first, second = zip(a.keys, a.data, strict=True), zip(b.keys, b.data, strict=True)
     pairs = heapq.merge(first, second)  # type: ignore[type-var]
     return b"".join(data for _, data in pairs)
+
+
+def _place(shard: _Shard, route: Route, key: tuple[object, ...], data: bytes) -> None:
+    if route.hosts:
+        for host in route.hosts:
+            shard.hosts.setdefault(host, _Ordered()).put(key, data)
+    else:
+        shard.catch_all.put(key, data)
+    shard.names.add(route.name)
 
 
 class RouteTable:
@@ -351,6 +395,9 @@ class RouteTable:
         self._lengths: set[int] = set()
         #: shards of every kept layout by scope key (the key starts with its length)
         self._shards: dict[str, _Shard] = {}
+        #: per kept length, the short routes (literal shorter than it) by name, lower-cased
+        #: literal first: they join every shard whose key their literal starts
+        self._short: dict[int, dict[str, tuple[str, Route, tuple[object, ...], bytes]]] = {}
         self._shard_out: dict[str, tuple[tuple[object, ...], Encoded, tuple[str, ...]]] = {}
 
     @property
@@ -471,30 +518,42 @@ class RouteTable:
 
     # -- shards (translate/shard.py) -----------------------------------------------------
 
-    def _shard_keys(self, route: Route) -> Iterator[str]:
-        """The shard of this route in each layout kept (none where its literal is too short:
-        then it is only in the newer layout that caused the change)."""
+    def _shard_keys(self, route: Route) -> Iterator[tuple[int, str]]:
+        """(length, key) of every shard holding this route in each layout kept: a long
+        route's own shard; for a short route the fallback and every shard whose key its
+        literal starts (translate/shard.py)."""
         lit = literal(route)
         if lit is None:
             return
         for length in self._lengths:
             if len(lit) >= length:
-                yield scope_key(length, lit)
+                yield length, scope_key(length, lit)
+                continue
+            yield length, fallback_key(length)
+            start = f"{length}{_fold(lit)}"
+            for skey, shard in self._shards.items():
+                if shard.long and skey.startswith(start) and _length_of(skey) == length:
+                    yield length, skey
 
     def _shard_put(self, route: Route, key: tuple[object, ...], data: bytes) -> None:
-        for skey in self._shard_keys(route):
+        lit = literal(route)
+        for length, skey in list(self._shard_keys(route)):
             shard = self._shards.get(skey)
             if shard is None:
                 shard = self._shards[skey] = _Shard()
-            if route.hosts:
-                for host in route.hosts:
-                    shard.hosts.setdefault(host, _Ordered()).put(key, data)
+            assert lit is not None
+            if len(lit) >= length:
+                if not shard.long:  # a new shard: the short routes its key starts with
+                    for folded, other, other_key, other_data in self._short[length].values():
+                        if skey.startswith(f"{length}{folded}"):
+                            _place(shard, other, other_key, other_data)
+                shard.long.add(route.name)
             else:
-                shard.catch_all.put(key, data)
-            shard.names.add(route.name)
+                self._short[length][route.name] = (_fold(lit), route, key, data)
+            _place(shard, route, key, data)
 
     def _shard_drop(self, route: Route, key: tuple[object, ...]) -> None:
-        for skey in self._shard_keys(route):
+        for length, skey in list(self._shard_keys(route)):
             shard = self._shards[skey]
             if route.hosts:
                 for host in route.hosts:
@@ -505,7 +564,9 @@ class RouteTable:
             else:
                 shard.catch_all.remove(key)
             shard.names.discard(route.name)
-            if not shard.names:
+            shard.long.discard(route.name)
+            self._short[length].pop(route.name, None)
+            if not shard.long and not is_fallback(skey):
                 del self._shards[skey]
                 self._shard_out.pop(skey, None)
 
@@ -519,11 +580,21 @@ class RouteTable:
         for skey in [k for k in self._shards if _length_of(k) not in wanted]:
             del self._shards[skey]
             self._shard_out.pop(skey, None)
+        for length in [n for n in self._short if n not in wanted]:
+            del self._short[length]
         added = wanted - self._lengths
         self._lengths = wanted
         if added:
             lengths, self._lengths = self._lengths, added
-            for route, key, data in self._entries.values():
+            for length in added:
+                self._short[length] = {}
+                self._shards[fallback_key(length)] = _Shard()
+            # long routes first, so each short route meets every shard it belongs to
+            entries = sorted(
+                self._entries.values(),
+                key=lambda e: -len(literal(e[0]) or ""),
+            )
+            for route, key, data in entries:
                 self._shard_put(route, key, data)
             self._lengths = lengths
 
@@ -555,10 +626,12 @@ class RouteTable:
             guards = _guards(gateway)
             for host in hosts:
                 body = guards + _merged(shard.hosts.get(host), shard.catch_all) + _NOT_FOUND
-                parts.append(field(2, _virtual_host(host, [host], body)))
+                parts.append(field(2, _virtual_host(host, [host], body, sharded=True)))
             if default:
                 body = guards + b"".join(shard.catch_all.data) + _NOT_FOUND
-                parts.append(field(2, _virtual_host(gateway.name, default, body)))
+                parts.append(
+                    field(2, _virtual_host(gateway.name, default, body, sharded=True))
+                )
             parts.append(field(8, SCOPE_HEADER.encode()))
             encoded = Encoded(route_pb2.RouteConfiguration, b"".join(parts))
             names = tuple(sorted(shard.names))
@@ -599,12 +672,12 @@ def route_configuration(
     return table.encode(gateway)
 
 
-def _virtual_host(name: str, domains: list[str], routes: bytes) -> bytes:
+def _virtual_host(name: str, domains: list[str], routes: bytes, sharded: bool = False) -> bytes:
     """VirtualHost: name (1), domains (2), routes (3, already encoded), then the per-filter
     defaults (15), in field order as deterministic serialisation writes them."""
     return (
         field(1, name.encode())
         + b"".join(field(2, d.encode()) for d in domains)
         + routes
-        + _VIRTUAL_HOST_DEFAULTS
+        + (_SHARD_VIRTUAL_HOST_DEFAULTS if sharded else _VIRTUAL_HOST_DEFAULTS)
     )
