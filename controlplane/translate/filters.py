@@ -27,7 +27,7 @@ from .common import ads_source, pack
 from .cors import CORS_FILTER, cors_filter
 from .protocols import GRPC_WEB_FILTER, TRANSCODER_FILTER, grpc_web_filter, transcoder_filter
 from .ratelimit import RATE_LIMIT_FILTER, plans_of, rate_limit_config
-from .shard import CASE_FILTER, FALLBACK_FILTER, fallback_filters
+from .shard import FALLBACK_FILTER, fallback_filter
 from .traffic import (
     BODY_FILTER,
     CACHE_FILTER,
@@ -78,9 +78,9 @@ def _rate_limits(view: GatewayView, table: RouteTable) -> Message | None:
     return cached[1]  # type: ignore[return-value]
 
 
-def _fallback(table: RouteTable, name: str) -> Message | None:
+def _fallback(table: RouteTable) -> Message | None:
     length = table.shard_length
-    return None if length is None else fallback_filters(length)[name]
+    return None if length is None else fallback_filter(length)
 
 
 def _jwt(view: GatewayView, table: RouteTable) -> Message:
@@ -91,8 +91,7 @@ def _jwt(view: GatewayView, table: RouteTable) -> Message:
 ORDER: list[FilterSpec] = [
     # a sharded gateway's re-keying of requests that found no virtual host (translate/
     # shard.py): first, so every other filter sees the route finally selected
-    FilterSpec(CASE_FILTER, lambda _v, t: _fallback(t, CASE_FILTER), dynamic=False),
-    FilterSpec(FALLBACK_FILTER, lambda _v, t: _fallback(t, FALLBACK_FILTER), dynamic=False),
+    FilterSpec(FALLBACK_FILTER, lambda _v, t: _fallback(t), dynamic=False),
     FilterSpec(auth.STRIP_FILTER, lambda view, _t: auth.strip_filter(view)),
     # before authentication: a preflight is answered without credentials
     FilterSpec(CORS_FILTER, lambda _v, _t: cors_filter(), dynamic=False),

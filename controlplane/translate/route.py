@@ -36,7 +36,6 @@ from .cors import apply_cors
 from .protocols import apply_protocols, protocol_features
 from .ratelimit import apply_rate_limit, uses_consumers
 from .shard import (
-    CASE_FILTER,
     FALLBACK_FILTER,
     SCOPE_HEADER,
     ShardPlan,
@@ -66,13 +65,10 @@ def _per_filter(settings: Mapping[str, Message]) -> bytes:
 
 
 _VIRTUAL_HOST_DEFAULTS = _per_filter(virtual_host_defaults())
-#: a shard's virtual hosts also switch the fallback filters off (translate/shard.py): a
+#: a shard's virtual hosts also switch the fallback filter off (translate/shard.py): a
 #: request that found a virtual host of its shard is not re-keyed
 _SHARD_VIRTUAL_HOST_DEFAULTS = _per_filter(
-    {
-        **virtual_host_defaults(),
-        **dict.fromkeys((CASE_FILTER, FALLBACK_FILTER), pack(rc.FilterConfig(disabled=True))),
-    }
+    {**virtual_host_defaults(), FALLBACK_FILTER: pack(rc.FilterConfig(disabled=True))}
 )
 
 __all__ = ["RouteTable", "route_configuration", "route_resource", "sort_key"]

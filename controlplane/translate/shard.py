@@ -17,11 +17,11 @@ keys: it goes into every shard whose key starts with its literal and into the la
 *fallback* shard, so adding it changes neither the key length nor the listener (ADR 0045).
 
 A request whose key (in its own case) names no shard, or whose route table has no virtual
-host for it, is re-keyed by two small Lua filters at the head of the chain, which every
-shard's virtual hosts switch off (so a request that found its shard never runs them): the
-first lower-cases the key (a case variant of a long route's path finds that route's shard),
-the second picks the fallback shard; each clears the route cache, so Envoy selects the
-scope again. A request that reaches the fallback can match no long route (its key would
+host for it, is re-keyed by a small Lua filter at the head of the chain, which every
+shard's virtual hosts switch off (so a request that found its shard never runs it): the
+key in lower case first (a case variant of a long route's path finds that route's shard),
+then, if that finds no route, the fallback shard; clearing the route cache makes Envoy
+select the scope again. A request that reaches the fallback can match no long route (its key would
 then name that route's shard), so the fallback, holding the short routes alone, routes it
 as the whole table would. Within a shard the routes keep the gateway's order and every
 shard has all the gateway's virtual hosts, so host selection and first-match order are
@@ -56,8 +56,7 @@ __all__ = [
     "ShardPlan",
     "choose_length",
     "early_mutation",
-    "fallback_filters",
-    "CASE_FILTER",
+    "fallback_filter",
     "FALLBACK_FILTER",
     "fallback_key",
     "is_fallback",
@@ -250,36 +249,34 @@ def scoped_routes(gateway: str) -> hcm_pb2.ScopedRoutes:
     )
 
 
-#: the fallback filters (ADR 0045), first in a sharded gateway's chain and switched off by
-#: every shard's virtual hosts: only a request that found no virtual host runs them
-CASE_FILTER = "gateway.route_scope_case"
+#: the fallback filter (ADR 0045), first in a sharded gateway's chain and switched off by
+#: every shard's virtual hosts: only a request that found no virtual host runs it (Envoy
+#: decides which filters a route disables when the chain is made, from the first route)
 FALLBACK_FILTER = "gateway.route_scope_fallback"
 
 
-def _lua(script: str) -> lua_pb2.Lua:
-    return lua_pb2.Lua(default_source_code=base_pb2.DataSource(inline_string=script))
-
-
-def fallback_filters(length: int) -> dict[str, lua_pb2.Lua]:
-    """The two re-keying filters of a layout, by name, in chain order: the key in lower
-    case when that differs (a case variant of a long route's path), else the fallback;
-    then the fallback. Each clears the route cache, so Envoy selects the scope again."""
-    fallback = fallback_key(length)
-    case = (
+def fallback_filter(length: int) -> lua_pb2.Lua:
+    """Re-keys a request that found no virtual host: first the key in lower case when that
+    differs (a case variant of a long route's path finds that route's shard), then, when
+    that finds no route either, the layout's fallback. Clearing the route cache makes Envoy
+    select the scope again; ``metadata()`` makes it resolve the route there and then, so
+    the route name tells whether the lower-case key found a virtual host (every virtual
+    host ends with the named 404 route, so a found one always gives a name)."""
+    script = (
         "function envoy_on_request(h)\n"
         f'  local key = h:headers():get("{SCOPE_HEADER}") or ""\n'
         "  local lower = key:lower()\n"
-        f'  h:headers():replace("{SCOPE_HEADER}", lower ~= key and lower or "{fallback}")\n'
+        "  if lower ~= key then\n"
+        f'    h:headers():replace("{SCOPE_HEADER}", lower)\n'
+        "    h:clearRouteCache()\n"
+        "    h:metadata()\n"
+        '    if (h:streamInfo():routeName() or "") ~= "" then return end\n'
+        "  end\n"
+        f'  h:headers():replace("{SCOPE_HEADER}", "{fallback_key(length)}")\n'
         "  h:clearRouteCache()\n"
         "end\n"
     )
-    other = (
-        "function envoy_on_request(h)\n"
-        f'  h:headers():replace("{SCOPE_HEADER}", "{fallback}")\n'
-        "  h:clearRouteCache()\n"
-        "end\n"
-    )
-    return {CASE_FILTER: _lua(case), FALLBACK_FILTER: _lua(other)}
+    return lua_pb2.Lua(default_source_code=base_pb2.DataSource(inline_string=script))
 
 
 def early_mutation(length: int) -> extension_pb2.TypedExtensionConfig:

@@ -15,7 +15,6 @@ from controlplane.policy import Gateway, Route
 from controlplane.translate import LISTENER, ROUTE, SCOPED, GatewayView, Translator
 from controlplane.translate.route import RouteTable
 from controlplane.translate.shard import (
-    CASE_FILTER,
     FALLBACK_FILTER,
     LENGTHS,
     SCOPE_HEADER,
@@ -158,11 +157,11 @@ def _sharded_match(
     path: str,
 ) -> str | None:
     """What Envoy picks: the scope of the request's key; where that names no scope or its
-    table no virtual host, the fallback filters' keys (lower case if that differs, then
+    table no virtual host, the fallback filter's keys (lower case if that differs, then
     the layout's fallback)."""
     by_key = {s.key.fragments[0].string_key: s.route_configuration_name for s in scopes}
     key = f"{length}{path.split('?', 1)[0][:length]}"
-    tries = [key, key.lower() if key.lower() != key else f"{length}*", f"{length}*"]
+    tries = [key, key.lower(), f"{length}*"]
     for k in tries:
         if k in by_key:
             got = _first_match(configs[by_key[k]], host, path)
@@ -219,7 +218,7 @@ def test_sharded_routing_equals_unsharded_routing() -> None:
     for config in configs.values():
         assert list(config.request_headers_to_remove) == [SCOPE_HEADER]
         for vh in config.virtual_hosts:  # a request that found its shard is not re-keyed
-            assert {CASE_FILTER, FALLBACK_FILTER} <= set(vh.typed_per_filter_config)
+            assert FALLBACK_FILTER in vh.typed_per_filter_config
 
 
 def test_a_short_route_changes_no_listener_and_one_shard() -> None:
@@ -262,7 +261,7 @@ def test_a_short_route_changes_no_listener_and_one_shard() -> None:
     assert "r-all" not in [r.name for r in vh.routes] and len(vh.routes) == 102
     assert _listener_hcm(fourth) == _listener_hcm(first)
     chain = [f.name for f in _listener_hcm(first).http_filters]
-    assert chain[:2] == [CASE_FILTER, FALLBACK_FILTER]
+    assert chain[0] == FALLBACK_FILTER
 
 
 def _listener_hcm(resources: object) -> hcm_pb2.HttpConnectionManager:
