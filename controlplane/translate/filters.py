@@ -44,7 +44,7 @@ from .traffic import (
 )
 from .view import GatewayView
 
-__all__ = ["ORDER", "FilterSpec", "http_filters"]
+__all__ = ["CHAIN_DISABLED", "ORDER", "FilterSpec", "http_filters"]
 
 if TYPE_CHECKING:
     from .route import RouteTable
@@ -133,6 +133,14 @@ ORDER: list[FilterSpec] = [
     FilterSpec(TRANSCODER_FILTER, lambda _v, t: transcoder_filter(t), dynamic=False, disabled=True),
     FilterSpec("envoy.filters.http.router", lambda _v, _t: router_pb2.Router(), dynamic=False),
 ]
+
+
+#: filters the chain may list disabled, switched on by a route's per-filter config (a
+#: compressor is disabled when its gateway has no compression); a request's chain is made
+#: from the route it finds first, which matters to re-keyed requests (translate/shard.py)
+CHAIN_DISABLED = frozenset(
+    spec.name for spec in ORDER if spec.disabled or spec.name.startswith(COMPRESS_PREFIX)
+)
 
 
 def http_filters(

@@ -33,6 +33,7 @@ from .auth import (
 )
 from .common import blame, duration, pack, regex, string_match
 from .cors import apply_cors
+from .filters import CHAIN_DISABLED
 from .protocols import apply_protocols, protocol_features
 from .ratelimit import apply_rate_limit, uses_consumers
 from .shard import (
@@ -42,6 +43,7 @@ from .shard import (
     fallback_key,
     is_fallback,
     literal,
+    refuse_rekeyed,
     scope_key,
     shard_name,
 )
@@ -65,6 +67,8 @@ def _per_filter(settings: Mapping[str, Message]) -> bytes:
 
 
 _VIRTUAL_HOST_DEFAULTS = _per_filter(virtual_host_defaults())
+_REFUSE = refuse_rekeyed()
+
 #: a shard's virtual hosts also switch the fallback filter off (translate/shard.py): a
 #: request that found a virtual host of its shard is not re-keyed
 _SHARD_VIRTUAL_HOST_DEFAULTS = _per_filter(
@@ -386,6 +390,8 @@ class RouteTable:
         #: sharding (translate/shard.py): the figures it is decided on, the key length in
         #: use (None: one RouteConfiguration), the shards, and their last encodings
         self.shard_plan = ShardPlan()
+        #: routes that switch on a filter the chain lists disabled
+        self._needy: set[str] = set()
         self.shard_length: int | None = None
         #: key lengths whose shards are kept: the current one and any a draining listener uses
         self._lengths: set[int] = set()
@@ -450,6 +456,13 @@ class RouteTable:
             apply_cors(variant, route, ctx)
             apply_aggregate(variant, route, ctx.aggregation_port)
             policy = apply_rate_limit(variant, route, ctx.rate_limit)
+        needy = any(
+            name in CHAIN_DISABLED for v in variants for name in v.typed_per_filter_config
+        )
+        if needy:  # never reached re-keyed (translate/shard.py)
+            for variant in variants:
+                variant.metadata.filter_metadata[FALLBACK_FILTER].CopyFrom(_REFUSE)
+            self._needy.add(route.name)
         variants = [twin for variant in variants for twin in with_slash_twin(variant)]
         if policy is not None:
             self.rate_limits[route.name] = policy
@@ -458,7 +471,7 @@ class RouteTable:
                 self.plan_limited += 1
         data = b"".join(field(3, v.SerializeToString(deterministic=True)) for v in variants)
         self._entries[route.name] = (route, key, data)
-        self.shard_plan.add(literal(route))
+        self.shard_plan.add(literal(route), needy)
         if self._lengths:
             self._shard_put(route, key, data)
         if route.aggregate is not None:
@@ -480,7 +493,9 @@ class RouteTable:
 
     def _remove(self, name: str) -> None:
         route, key, _ = self._entries.pop(name)
-        self.shard_plan.remove(literal(route))
+        needy = name in self._needy
+        self._needy.discard(name)
+        self.shard_plan.remove(literal(route), needy)
         if self._lengths:
             self._shard_drop(route, key)
         self.aggregates.pop(name, None)

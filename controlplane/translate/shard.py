@@ -46,6 +46,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
     header_mutation_pb2,
 )
+from google.protobuf import struct_pb2
 
 from ..policy import Route
 from ..policy.headers import GATEWAY_HEADER_PREFIX
@@ -61,6 +62,7 @@ __all__ = [
     "fallback_key",
     "is_fallback",
     "literal",
+    "refuse_rekeyed",
     "scope_key",
     "scope_resource",
     "scoped_routes",
@@ -105,17 +107,22 @@ class ShardPlan:
         self.lengths: Counter[int] = Counter()
         #: routes without a literal (regex paths)
         self.unshardable = 0
+        #: literal lengths of routes that switch on a filter the chain lists disabled: they
+        #: are never short (a re-keyed request's chain lacks such filters, see below)
+        self.needy: Counter[int] = Counter()
         #: per candidate length: routes per key, and shards per size (plain dicts: this
         #: runs for every route of a bulk load)
         self._keys: dict[int, dict[str, int]] = {n: {} for n in LENGTHS}
         self._sizes: dict[int, dict[int, int]] = {n: {} for n in LENGTHS}
 
-    def add(self, lit: str | None) -> None:
+    def add(self, lit: str | None, needy: bool = False) -> None:
         if lit is None:
             self.unshardable += 1
             return
         lit = _fold(lit)
         self.lengths[len(lit)] += 1
+        if needy:
+            self.needy[len(lit)] += 1
         for n in LENGTHS:
             if n > len(lit):
                 break
@@ -127,12 +134,14 @@ class ShardPlan:
             keys[key] = size + 1
             sizes[size + 1] = sizes.get(size + 1, 0) + 1
 
-    def remove(self, lit: str | None) -> None:
+    def remove(self, lit: str | None, needy: bool = False) -> None:
         if lit is None:
             self.unshardable -= 1
             return
         lit = _fold(lit)
         _decrement(self.lengths, len(lit))
+        if needy:
+            _decrement(self.needy, len(lit))
         for n in LENGTHS:
             if n > len(lit):
                 break
@@ -171,7 +180,9 @@ def choose_length(plan: ShardPlan, count: int, min_routes: int) -> int | None:
     The shortest candidate length whose largest shard, counting the fallback (the routes
     whose literal is shorter than it), has at most max(16, sqrt(count)) routes, or else the
     one whose largest shard is smallest; None when even that holds more than half the
-    routes. Lengths longer than every literal are not candidates. A short route added to a
+    routes. Lengths longer than every literal are not candidates, nor lengths longer than
+    the literal of a route that switches on a filter listed disabled (a request reaching
+    it re-keyed would miss that filter: translate/shard.py). A short route added to a
     sharded gateway (``/new`` next to ``/r/00000``..) goes to the fallback and changes
     neither the length nor the listener (ADR 0045), where a length bounded by the shortest
     literal fell back to one table.
@@ -179,8 +190,11 @@ def choose_length(plan: ShardPlan, count: int, min_routes: int) -> int | None:
     if min_routes <= 0 or count < min_routes or plan.unshardable:
         return None
     target = max(16, math.isqrt(count))
+    longest = min(plan.needy) if plan.needy else LENGTHS[-1]
     best: tuple[int, int] | None = None  # (largest shard, length)
     for length in LENGTHS:
+        if length > longest:
+            break  # a route that needs its chain would be short
         largest = plan.largest(length)
         if largest == 0:
             break  # no literal this long: longer lengths have none either
@@ -255,13 +269,28 @@ def scoped_routes(gateway: str) -> hcm_pb2.ScopedRoutes:
 FALLBACK_FILTER = "gateway.route_scope_fallback"
 
 
+def refuse_rekeyed() -> struct_pb2.Struct:
+    """Route metadata (under FALLBACK_FILTER) of a route a re-keyed request must not reach."""
+    out = struct_pb2.Struct()
+    out.update({"refuse": True})
+    return out
+
+
 def fallback_filter(length: int) -> lua_pb2.Lua:
     """Re-keys a request that found no virtual host: first the key in lower case when that
     differs (a case variant of a long route's path finds that route's shard), then, when
     that finds no route either, the layout's fallback. Clearing the route cache makes Envoy
     select the scope again; ``metadata()`` makes it resolve the route there and then, so
     the route name tells whether the lower-case key found a virtual host (every virtual
-    host ends with the named 404 route, so a found one always gives a name)."""
+    host ends with the named 404 route, so a found one always gives a name).
+
+    Envoy decides which of the filters listed disabled a request gets when it makes the
+    request's chain, from the route found first: a re-keyed request gets none of them,
+    whatever its final route switches on. A route that switches one on (an API key, a JWT,
+    rules, a body transform...) is therefore never short (``choose_length``), and carries
+    ``refuse`` in its metadata under this filter's name: a case variant of its path,
+    re-keyed to its shard, gets 404 (as a case variant did before re-keying) instead of
+    being served without the filter."""
     script = (
         "function envoy_on_request(h)\n"
         f'  local key = h:headers():get("{SCOPE_HEADER}") or ""\n'
@@ -269,8 +298,11 @@ def fallback_filter(length: int) -> lua_pb2.Lua:
         "  if lower ~= key then\n"
         f'    h:headers():replace("{SCOPE_HEADER}", lower)\n'
         "    h:clearRouteCache()\n"
-        "    h:metadata()\n"
-        '    if (h:streamInfo():routeName() or "") ~= "" then return end\n'
+        "    local meta = h:metadata()\n"
+        '    if (h:streamInfo():routeName() or "") ~= "" then\n'
+        '      if meta:get("refuse") then h:respond({[":status"] = "404"}, "") end\n'
+        "      return\n"
+        "    end\n"
         "  end\n"
         f'  h:headers():replace("{SCOPE_HEADER}", "{fallback_key(length)}")\n'
         "  h:clearRouteCache()\n"

@@ -343,3 +343,29 @@ def test_table_unsharded_when_threshold_not_met() -> None:
     assert _listener_hcm(out).WhichOneof("route_specifier") == "rds"
     assert set(out.by_type[ROUTE]) == {"edge"} and not out.by_type[SCOPED]
     assert table.shard_length is None
+
+
+def test_a_route_switching_on_a_disabled_filter_is_never_short() -> None:
+    """A request re-keyed by the fallback filter gets none of the filters the chain lists
+    disabled (Envoy makes its chain from the first route): a route that switches one on
+    (an API key here) keeps the key no longer than its literal, and is marked so that a
+    case variant re-keyed to it is refused."""
+    routes = {r.name: r for r in _bench_like(10_000)}
+    keyed = Route(
+        name="keyed", gateways=["edge"], match={"path_prefix": "/new"}, cluster="a",
+        auth={"api_key": True},
+    )  # fmt: skip
+    table = RouteTable()
+    table.sync({**routes, "keyed": keyed})
+    assert choose_length(table.shard_plan, len(table), 2000) is None  # as before: one table
+    table.sync(routes)
+    assert choose_length(table.shard_plan, len(table), 2000) == 6
+    long_keyed = Route.model_validate(
+        {**keyed.model_dump(exclude_none=True), "match": {"path_prefix": "/new/keyed"}}
+    )
+    out = Translator(shard_from=2000).translate(GatewayView(GW, {**routes, "keyed": long_keyed}, {}))
+    [vh] = out.message(ROUTE, "edge#6/new/k").virtual_hosts
+    [route] = [r for r in vh.routes if r.name == "keyed"]
+    assert route.metadata.filter_metadata[FALLBACK_FILTER]["refuse"] is True
+    [plain] = [r for r in out.message(ROUTE, "edge#6/r/000").virtual_hosts[0].routes][1:2]
+    assert FALLBACK_FILTER not in plain.metadata.filter_metadata
