@@ -70,6 +70,7 @@ __all__ = [
     "route_context",
     "route_variants",
     "strip_filter",
+    "strip_on",
 ]
 
 STRIP_FILTER = "gateway.strip_identity"
@@ -464,6 +465,12 @@ def not_found_route() -> rc.Route:
         match=rc.RouteMatch(prefix="/"),
         direct_response=rc.DirectResponseAction(status=404),
     )
+
+
+def strip_on() -> rc.FilterConfig:
+    """Switches the strip filter (listed disabled) on: its own mutations apply, the empty
+    per-route settings add none (Envoy wants a config to switch a filter on)."""
+    return rc.FilterConfig(config=pack(header_mutation_pb2.HeaderMutationPerRoute()))
 
 
 def virtual_host_defaults() -> dict[str, any_pb2.Any]:

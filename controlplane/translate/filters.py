@@ -6,6 +6,17 @@ here: a name and a function that returns the filter's config for a gateway (from
 order in Envoy: what answers without authentication (CORS preflight) comes before
 authentication, authentication before authorisation, and the router last. Per-route
 settings go in each route's ``typed_per_filter_config`` under the same filter name.
+
+A request pays only for the filters its route uses (ADR 0045). A filter whose absence
+could let a request through unchecked (identity strip, JWT, API keys, rules) is listed
+whenever the gateway could need it, *disabled*, and switched on by the per-filter config
+of the routes (or virtual hosts) that need it: Envoy does not even create a disabled filter
+for a request whose route does not switch it on, and the first route that needs it arrives
+with its switch in the same RouteConfiguration, so no listener changes and no connection
+opened before the change can reach that route through a chain without the filter. Other
+filters (CORS, rate limits, traffic policy) are listed only while some route uses them:
+their first use is a listener change, safe because their absence refuses nothing that
+should be refused.
 """
 
 from __future__ import annotations
@@ -58,8 +69,12 @@ class FilterSpec:
     config: Callable[[GatewayView, RouteTable], Message | None]
     #: delivered over ECDS: its config changes without touching the listener
     dynamic: bool = True
-    #: off unless a route's per-filter config turns it on (routes without it pay nothing)
-    disabled: bool = False
+    #: off unless a route's per-filter config turns it on (routes without it pay nothing);
+    #: a function: disabled only for some gateways
+    disabled: bool | Callable[[RouteTable], bool] = False
+
+    def disabled_for(self, table: RouteTable) -> bool:
+        return self.disabled(table) if callable(self.disabled) else self.disabled
 
 
 def _used(table: RouteTable, feature: str, config: Callable[[], Message]) -> Message | None:
@@ -92,10 +107,18 @@ ORDER: list[FilterSpec] = [
     # a sharded gateway's re-keying of requests that found no virtual host (translate/
     # shard.py): first, so every other filter sees the route finally selected
     FilterSpec(FALLBACK_FILTER, lambda _v, t: _fallback(t), dynamic=False),
-    FilterSpec(auth.STRIP_FILTER, lambda view, _t: auth.strip_filter(view)),
+    # switched on by every virtual host of a gateway whose routes use identity (translate/
+    # route.py); always on in a sharded gateway, whose re-keyed requests get no filter the
+    # chain lists disabled (translate/shard.py)
+    FilterSpec(
+        auth.STRIP_FILTER,
+        lambda view, _t: auth.strip_filter(view),
+        disabled=lambda t: t.shard_length is None,
+    ),
     # before authentication: a preflight is answered without credentials
-    FilterSpec(CORS_FILTER, lambda _v, _t: cors_filter(), dynamic=False),
-    FilterSpec(auth.JWT_FILTER, _jwt),
+    FilterSpec(CORS_FILTER, lambda _v, t: cors_filter() if t.cors_routes else None, False),
+    # on only where a route requires a JWT (not on API-key or public routes)
+    FilterSpec(auth.JWT_FILTER, _jwt, disabled=True),
     # off unless a route asks for keys: a request no route matches (e.g. outside every
     # shard of a sharded gateway) gets 404, not 401
     FilterSpec(auth.API_KEY_FILTER, lambda view, _t: auth.api_key_filter(view), disabled=True),
@@ -107,7 +130,8 @@ ORDER: list[FilterSpec] = [
         dynamic=False,
         disabled=True,
     ),
-    FilterSpec(auth.RBAC_FILTER, lambda view, _t: auth.rbac_filter_config(view)),
+    # on only where a route has rules
+    FilterSpec(auth.RBAC_FILTER, lambda view, _t: auth.rbac_filter_config(view), disabled=True),
     # after authentication and authorisation: x-consumer-id is set, refused calls not counted
     FilterSpec(RATE_LIMIT_FILTER, _rate_limits),
     # traffic policy (translate/traffic.py): each only where a route uses it
@@ -139,7 +163,7 @@ ORDER: list[FilterSpec] = [
 #: compressor is disabled when its gateway has no compression); a request's chain is made
 #: from the route it finds first, which matters to re-keyed requests (translate/shard.py)
 CHAIN_DISABLED = frozenset(
-    spec.name for spec in ORDER if spec.disabled or spec.name.startswith(COMPRESS_PREFIX)
+    spec.name for spec in ORDER if spec.disabled is True or spec.name.startswith(COMPRESS_PREFIX)
 )
 
 
@@ -165,7 +189,7 @@ def http_filters(
             )
         else:
             listed.append(hcm_pb2.HttpFilter(name=spec.name, typed_config=pack(config)))
-        if spec.disabled or _disabled_compressor(spec.name, view):
+        if spec.disabled_for(table) or _disabled_compressor(spec.name, view):
             listed[-1].disabled = True
     return listed, dynamic
 

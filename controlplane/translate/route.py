@@ -24,15 +24,22 @@ from ..policy.ratelimit import RateLimit
 from ..policy.route import HeaderOps
 from .aggregate import aggregate_action, apply_aggregate
 from .auth import (
+    API_KEY_FILTER,
+    CONSUMER_HEADER,
+    JWT_FILTER,
+    JWT_NAMESPACE,
+    RBAC_FILTER,
+    STRIP_FILTER,
     RouteContext,
     jwt_requirements,
     not_found_route,
     route_context,
     route_variants,
+    strip_on,
     virtual_host_defaults,
 )
 from .common import blame, duration, pack, regex, string_match
-from .cors import apply_cors
+from .cors import CORS_FILTER, apply_cors
 from .filters import CHAIN_DISABLED
 from .protocols import apply_protocols, protocol_features
 from .ratelimit import apply_rate_limit, uses_consumers
@@ -67,6 +74,15 @@ def _per_filter(settings: Mapping[str, Message]) -> bytes:
 
 
 _VIRTUAL_HOST_DEFAULTS = _per_filter(virtual_host_defaults())
+#: the same for a gateway whose routes use identity: the strip filter (listed disabled) on
+#: at every virtual host, so every route of it strips client-sent identity headers
+_IDENTITY_VIRTUAL_HOST_DEFAULTS = _per_filter(
+    {**virtual_host_defaults(), STRIP_FILTER: pack(strip_on())}
+)
+#: per-filter configs that mean a route uses identity, and bytes of its encoding that do
+#: (a header value or rate-limit descriptor reading x-consumer-id or a JWT claim)
+_IDENTITY_FILTERS = frozenset({JWT_FILTER, API_KEY_FILTER, RBAC_FILTER})
+_IDENTITY_MARKERS = (CONSUMER_HEADER.encode(), JWT_NAMESPACE.encode())
 _REFUSE = refuse_rekeyed()
 
 #: a shard's virtual hosts also switch the fallback filter off (translate/shard.py): a
@@ -381,6 +397,12 @@ class RouteTable:
         self.rate_limit_cache: tuple[object, object] | None = None
         #: routes whose effective rate limit applies the consumers' plans
         self.plan_limited = 0
+        #: routes whose Envoy config reads the identity the gateway sets (authentication,
+        #: rules, consumer templates or limits): the strip filter is on for the gateway
+        self.identity_routes = 0
+        #: routes with a CORS policy: the cors filter is in the chain
+        self.cors_routes = 0
+        self._flags: dict[str, tuple[bool, bool]] = {}
         #: routes per traffic feature (translate/traffic.py): which filters are needed
         self.features: Counter[str] = Counter()
         #: aggregate routes by name (they need the aggregation service and parts listener)
@@ -471,6 +493,13 @@ class RouteTable:
                 self.plan_limited += 1
         data = b"".join(field(3, v.SerializeToString(deterministic=True)) for v in variants)
         self._entries[route.name] = (route, key, data)
+        identity = any(
+            name in _IDENTITY_FILTERS for v in variants for name in v.typed_per_filter_config
+        ) or any(marker in data for marker in _IDENTITY_MARKERS)
+        cors = any(CORS_FILTER in v.typed_per_filter_config for v in variants)
+        self._flags[route.name] = (identity, cors)
+        self.identity_routes += identity
+        self.cors_routes += cors
         self.shard_plan.add(literal(route), needy)
         if self._lengths:
             self._shard_put(route, key, data)
@@ -493,6 +522,9 @@ class RouteTable:
 
     def _remove(self, name: str) -> None:
         route, key, _ = self._entries.pop(name)
+        identity, cors = self._flags.pop(name)
+        self.identity_routes -= identity
+        self.cors_routes -= cors
         needy = name in self._needy
         self._needy.discard(name)
         self.shard_plan.remove(literal(route), needy)
@@ -637,11 +669,16 @@ class RouteTable:
             guards = _guards(gateway)
             for host in hosts:
                 body = guards + _merged(shard.hosts.get(host), shard.catch_all) + _NOT_FOUND
-                parts.append(field(2, _virtual_host(host, [host], body, sharded=True)))
+                parts.append(
+                    field(2, _virtual_host(host, [host], body, _SHARD_VIRTUAL_HOST_DEFAULTS))
+                )
             if default:
                 body = guards + b"".join(shard.catch_all.data) + _NOT_FOUND
                 parts.append(
-                    field(2, _virtual_host(gateway.name, default, body, sharded=True))
+                    field(
+                        2,
+                        _virtual_host(gateway.name, default, body, _SHARD_VIRTUAL_HOST_DEFAULTS),
+                    )
                 )
             parts.append(field(8, SCOPE_HEADER.encode()))
             encoded = Encoded(route_pb2.RouteConfiguration, b"".join(parts))
@@ -664,13 +701,16 @@ class RouteTable:
         """
         parts = [field(1, gateway.name.encode())]
         guards = _guards(gateway)
+        defaults = (
+            _IDENTITY_VIRTUAL_HOST_DEFAULTS if self.identity_routes else _VIRTUAL_HOST_DEFAULTS
+        )
         for host in sorted(self._hosts):
             body = guards + b"".join(self._hosts[host].data) + _NOT_FOUND
-            parts.append(field(2, _virtual_host(host, [host], body)))
+            parts.append(field(2, _virtual_host(host, [host], body, defaults)))
         default_domains = self._default_domains(gateway)
         if default_domains:
             body = guards + b"".join(self._catch_all.data) + _NOT_FOUND
-            parts.append(field(2, _virtual_host(gateway.name, default_domains, body)))
+            parts.append(field(2, _virtual_host(gateway.name, default_domains, body, defaults)))
         return Encoded(route_pb2.RouteConfiguration, b"".join(parts))
 
 
@@ -683,12 +723,9 @@ def route_configuration(
     return table.encode(gateway)
 
 
-def _virtual_host(name: str, domains: list[str], routes: bytes, sharded: bool = False) -> bytes:
+def _virtual_host(
+    name: str, domains: list[str], routes: bytes, defaults: bytes = _VIRTUAL_HOST_DEFAULTS
+) -> bytes:
     """VirtualHost: name (1), domains (2), routes (3, already encoded), then the per-filter
     defaults (15), in field order as deterministic serialisation writes them."""
-    return (
-        field(1, name.encode())
-        + b"".join(field(2, d.encode()) for d in domains)
-        + routes
-        + (_SHARD_VIRTUAL_HOST_DEFAULTS if sharded else _VIRTUAL_HOST_DEFAULTS)
-    )
+    return field(1, name.encode()) + b"".join(field(2, d.encode()) for d in domains) + routes + defaults
