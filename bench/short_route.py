@@ -44,9 +44,7 @@ LISTENER_STATS = (
 
 def _short(i: int) -> Route:
     path = "/new" if i == 0 else f"/n{i - 1:03d}"
-    return Route(
-        name=f"short{i:03d}", gateways=[GATEWAY], match={"path_prefix": path}, cluster="b"
-    )
+    return Route(name=f"short{i:03d}", gateways=[GATEWAY], match={"path_prefix": path}, cluster="b")
 
 
 def run(routes: int, count: int, keep: bool) -> dict[str, Any]:

@@ -399,9 +399,9 @@ class RouteTable:
         self.plan_limited = 0
         #: routes whose Envoy config reads the identity the gateway sets (authentication,
         #: rules, consumer templates or limits): the strip filter is on for the gateway
-        self.identity_routes = 0
+        self.identity_routes: int = 0
         #: routes with a CORS policy: the cors filter is in the chain
-        self.cors_routes = 0
+        self.cors_routes: int = 0
         self._flags: dict[str, tuple[bool, bool]] = {}
         #: routes per traffic feature (translate/traffic.py): which filters are needed
         self.features: Counter[str] = Counter()
@@ -478,9 +478,7 @@ class RouteTable:
             apply_cors(variant, route, ctx)
             apply_aggregate(variant, route, ctx.aggregation_port)
             policy = apply_rate_limit(variant, route, ctx.rate_limit)
-        needy = any(
-            name in CHAIN_DISABLED for v in variants for name in v.typed_per_filter_config
-        )
+        needy = any(name in CHAIN_DISABLED for v in variants for name in v.typed_per_filter_config)
         if needy:  # never reached re-keyed (translate/shard.py)
             for variant in variants:
                 variant.metadata.filter_metadata[FALLBACK_FILTER].CopyFrom(_REFUSE)
@@ -728,4 +726,9 @@ def _virtual_host(
 ) -> bytes:
     """VirtualHost: name (1), domains (2), routes (3, already encoded), then the per-filter
     defaults (15), in field order as deterministic serialisation writes them."""
-    return field(1, name.encode()) + b"".join(field(2, d.encode()) for d in domains) + routes + defaults
+    return (
+        field(1, name.encode())
+        + b"".join(field(2, d.encode()) for d in domains)
+        + routes
+        + defaults
+    )

@@ -53,12 +53,12 @@ from ..policy.headers import GATEWAY_HEADER_PREFIX
 from .common import ads_source, pack
 
 __all__ = [
+    "FALLBACK_FILTER",
     "SCOPE_HEADER",
     "ShardPlan",
     "choose_length",
     "early_mutation",
     "fallback_filter",
-    "FALLBACK_FILTER",
     "fallback_key",
     "is_fallback",
     "literal",

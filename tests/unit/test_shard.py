@@ -363,7 +363,9 @@ def test_a_route_switching_on_a_disabled_filter_is_never_short() -> None:
     long_keyed = Route.model_validate(
         {**keyed.model_dump(exclude_none=True), "match": {"path_prefix": "/new/keyed"}}
     )
-    out = Translator(shard_from=2000).translate(GatewayView(GW, {**routes, "keyed": long_keyed}, {}))
+    out = Translator(shard_from=2000).translate(
+        GatewayView(GW, {**routes, "keyed": long_keyed}, {})
+    )
     [vh] = out.message(ROUTE, "edge#6/new/k").virtual_hosts
     [route] = [r for r in vh.routes if r.name == "keyed"]
     assert route.metadata.filter_metadata[FALLBACK_FILTER]["refuse"] is True
