@@ -146,6 +146,7 @@ def generated(view: GatewayView) -> tuple[Any, hcm_pb2.HttpConnectionManager]:
         if f.HasField("config_discovery"):
             f.typed_config.CopyFrom(out.message(EXTENSION, f.name).typed_config)  # type: ignore[attr-defined]
     hcm.route_config.CopyFrom(out.message(ROUTE, "bench"))
+    listener.filter_chains[0].filters[0].typed_config.CopyFrom(pack(hcm))  # type: ignore[attr-defined]
     return listener, hcm
 
 
@@ -215,6 +216,7 @@ def hand_written(case: str, view: GatewayView, template: hcm_pb2.HttpConnectionM
                 )
             ],
         )
+        limit.local_cluster_rate_limit.SetInParent()
         filters.append(hcm_pb2.HttpFilter(name="limit", typed_config=pack(limit)))
     filters.append(
         hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
@@ -253,10 +255,37 @@ def bootstrap(listener: Any, admin_port: int) -> dict[str, Any]:
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
         },
         "static_resources": {
-            "listeners": [json_format.MessageToDict(listener, preserving_proto_field_name=True)]
+            "listeners": [json_format.MessageToDict(listener, preserving_proto_field_name=True)],
+            "clusters": [
+                {
+                    "name": "gateway_replicas",
+                    "type": "STATIC",
+                    "load_assignment": {
+                        "cluster_name": "gateway_replicas",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": 9,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
         },
         "layered_runtime": {"layers": [{"name": "static", "static_layer": {}}]},
         "node": {"id": "bench", "cluster": "bench"},
+        # the replicas of the gateway, which divide its limits (ADR 0016): this one alone
+        "cluster_manager": {"local_cluster_name": "gateway_replicas"},
     }
 
 
@@ -324,10 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     log(f"load average at start: {loadavg()}; work dir {workdir}")
     try:
         for case in cases:
+            base, creds[case] = policy(case, 1, signer)  # one set of keys for both configs
             for config in CONFIGS:
                 port = free_port()
-                view, headers = policy(case, port, signer)
-                creds[case] = headers
+                gateway = base.gateway.model_copy(update={"port": port})
+                view = GatewayView(gateway, base.routes, base.clusters, base.objects)
                 listener, template = generated(view)
                 if config == "hand":
                     listener = hand_written(case, view, template)
