@@ -24,8 +24,10 @@ hygiene, local replies, taken from the generated listener so they cannot drift),
 filter chain a person would write for the case: ``plain``: the router only; ``jwt_limit``:
 strip client copies of the identity header, ``jwt_authn`` (the same provider, consumer
 claim to ``x-consumer-id``) required on the route, ``local_ratelimit`` keyed by
-``x-consumer-id``, router; ``api_key_limit``: the strip, ``api_key_auth`` forwarding the
-consumer as ``x-consumer-id`` (key hidden), the limit, router.
+``x-consumer-id`` (with the same X-RateLimit-* response headers), router;
+``api_key_limit``: the strip, ``api_key_auth`` forwarding the consumer as ``x-consumer-id``
+(key hidden), the limit, router. The routes are the generated ones (the path-parameter
+guard, the route, the final 404) without their per-filter settings.
 
 Both run as separate Envoy processes of the same binary with ``--concurrency 1`` (one
 worker). Load: ``wrk -t1 -c16`` for ``--duration`` seconds per cell; the cells are
@@ -203,6 +205,8 @@ def hand_written(case: str, view: GatewayView, template: hcm_pb2.HttpConnectionM
             filter_enforced=_percent(),
             descriptors=[_descriptor(bucket)],
             always_consume_default_token_bucket=wrappers_pb2.BoolValue(value=False),
+            # the same X-RateLimit-* response headers as the generated config
+            enable_x_ratelimit_headers=1,  # DRAFT_VERSION_03
             max_dynamic_descriptors=wrappers_pb2.UInt32Value(value=1000),
             rate_limits=[
                 rc.RateLimit(
