@@ -26,7 +26,7 @@ from .aggregate import (
     parts_listener,
     parts_listener_name,
 )
-from .auth import jwks_clusters, route_context
+from .auth import jwks_clusters, keys_expire, route_context
 from .cluster import cluster_resource, is_eds, load_assignment
 from .common import blame, pack
 from .edge import apply_client_auth, client_ca_secret
@@ -200,7 +200,11 @@ class Translator:
         table = self._tables.setdefault(gw.name, RouteTable())
         consumers = cast(Mapping[str, Consumer], view.objects.get("consumer", {}))
         context = rate_limit_context(route_context(gw, consumers), gw.rate_limit)
-        context = replace(context, aggregation_port=gw.aggregation_port)
+        context = replace(
+            context,
+            aggregation_port=gw.aggregation_port,
+            key_expiry=keys_expire(view.objects.get("api_key", {})),
+        )
         context = proto_context(
             context,
             view.routes,

@@ -66,10 +66,12 @@ __all__ = [
     "jwks_clusters",
     "jwt_filter",
     "key_expiry_filter",
+    "keys_expire",
     "rbac_filter_config",
     "route_context",
     "route_variants",
     "strip_filter",
+    "strip_on",
 ]
 
 STRIP_FILTER = "gateway.strip_identity"
@@ -111,6 +113,9 @@ class RouteContext:
     api_key_query: str | None = None
     #: the gateway's default request body limit (translate/edge.py)
     max_request_body: int | None = None
+    #: some usable key of the gateway expires: keyed routes run the expiry check (Lua);
+    #: without one the key filter hands the consumer straight to x-consumer-id (ADR 0045)
+    key_expiry: bool = True
 
     def members(self, group: str) -> tuple[str, ...]:
         return dict(self.groups).get(group, ())
@@ -227,14 +232,26 @@ def _requirement(providers: tuple[str, ...]) -> jwt.JwtRequirement:
 
 
 def api_key_filter(view: GatewayView, now: datetime | None = None) -> apikey.ApiKeyAuth:
-    """Every usable key with its consumer; expired and revoked keys are simply absent."""
+    """Every usable key with its consumer; expired and revoked keys are simply absent.
+    The consumer goes to the expiry check's header when some key expires, else straight to
+    x-consumer-id (as the keyed routes' own settings say, ``_configure``)."""
     now = now or datetime.now(UTC)
     stored = cast(Mapping[str, ApiKey], _objects(view, "api_key"))
     keys = sorted((k for k in stored.values() if k.usable(now)), key=lambda k: k.name)
+    expiring = any(k.expires_at is not None for k in keys)
     return apikey.ApiKeyAuth(
         credentials=[apikey.Credential(key=k.key or "", client=key_client(k)) for k in keys],
         key_sources=key_sources(view.gateway),
-        forwarding=apikey.Forwarding(header=KEY_CLIENT_HEADER, hide_credentials=True),
+        forwarding=_API_KEY_ROUTE.forwarding if expiring else _API_KEY_DIRECT.forwarding,
+    )
+
+
+def keys_expire(objects: Mapping[str, object], now: datetime | None = None) -> bool:
+    """Whether some usable key expires (the keyed routes then run the expiry check)."""
+    now = now or datetime.now(UTC)
+    return any(
+        isinstance(k, ApiKey) and k.usable(now) and k.expires_at is not None
+        for k in objects.values()
     )
 
 
@@ -340,6 +357,11 @@ def jwks_clusters(view: GatewayView) -> list[cluster_pb2.Cluster]:
 
 _API_KEY_ROUTE = apikey.ApiKeyAuthPerRoute(
     forwarding=apikey.Forwarding(header=KEY_CLIENT_HEADER, hide_credentials=True)
+)
+#: no key expires: the consumer straight to x-consumer-id, no expiry check to run (the
+#: strip filter removed any client copy first)
+_API_KEY_DIRECT = apikey.ApiKeyAuthPerRoute(
+    forwarding=apikey.Forwarding(header=CONSUMER_HEADER, hide_credentials=True)
 )
 #: turns the expiry check (off in the chain) on for a route that accepts keys
 _KEY_EXPIRY_ROUTE = lua_pb2.LuaPerRoute(name="key_expiry")
@@ -469,6 +491,12 @@ def not_found_route() -> rc.Route:
     )
 
 
+def strip_on() -> rc.FilterConfig:
+    """Switches the strip filter (listed disabled) on: its own mutations apply, the empty
+    per-route settings add none (Envoy wants a config to switch a filter on)."""
+    return rc.FilterConfig(config=pack(header_mutation_pb2.HeaderMutationPerRoute()))
+
+
 def virtual_host_defaults() -> dict[str, any_pb2.Any]:
     """Per-filter settings of every virtual host: the API-key filter is off unless a route
     turns it on."""
@@ -531,7 +559,10 @@ def _configure(
             pack(jwt.PerRouteConfig(requirement_name=_requirement_name(jwt_req)))
         )
     if api_key:  # a route's settings replace the filter's: forwarding is repeated
-        per[API_KEY_FILTER].CopyFrom(pack(_API_KEY_ROUTE))
-        per[KEY_EXPIRY_FILTER].CopyFrom(pack(_KEY_EXPIRY_ROUTE))
+        if context is None or context.key_expiry:
+            per[API_KEY_FILTER].CopyFrom(pack(_API_KEY_ROUTE))
+            per[KEY_EXPIRY_FILTER].CopyFrom(pack(_KEY_EXPIRY_ROUTE))
+        else:
+            per[API_KEY_FILTER].CopyFrom(pack(_API_KEY_DIRECT))
     if rules is not None and context is not None:
         per[RBAC_FILTER].CopyFrom(pack(_rules(rules, context, via_jwt=jwt_req is not None)))

@@ -6,6 +6,17 @@ here: a name and a function that returns the filter's config for a gateway (from
 order in Envoy: what answers without authentication (CORS preflight) comes before
 authentication, authentication before authorisation, and the router last. Per-route
 settings go in each route's ``typed_per_filter_config`` under the same filter name.
+
+A request pays only for the filters its route uses (ADR 0045). A filter whose absence
+could let a request through unchecked (identity strip, JWT, API keys, rules) is listed
+whenever the gateway could need it, *disabled*, and switched on by the per-filter config
+of the routes (or virtual hosts) that need it: Envoy does not even create a disabled filter
+for a request whose route does not switch it on, and the first route that needs it arrives
+with its switch in the same RouteConfiguration, so no listener changes and no connection
+opened before the change can reach that route through a chain without the filter. Other
+filters (CORS, rate limits, traffic policy) are listed only while some route uses them:
+their first use is a listener change, safe because their absence refuses nothing that
+should be refused.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from .common import ads_source, pack
 from .cors import CORS_FILTER, cors_filter
 from .protocols import GRPC_WEB_FILTER, TRANSCODER_FILTER, grpc_web_filter, transcoder_filter
 from .ratelimit import RATE_LIMIT_FILTER, plans_of, rate_limit_config
+from .shard import FALLBACK_FILTER, fallback_filter
 from .traffic import (
     BODY_FILTER,
     CACHE_FILTER,
@@ -43,7 +55,7 @@ from .traffic import (
 )
 from .view import GatewayView
 
-__all__ = ["ORDER", "FilterSpec", "http_filters"]
+__all__ = ["CHAIN_DISABLED", "ORDER", "FilterSpec", "chain_disabled", "http_filters"]
 
 if TYPE_CHECKING:
     from .route import RouteTable
@@ -57,10 +69,15 @@ class FilterSpec:
     config: Callable[[GatewayView, RouteTable], Message | None]
     #: delivered over ECDS: its config changes without touching the listener
     dynamic: bool = True
-    #: off unless a route's per-filter config turns it on (routes without it pay nothing)
-    disabled: bool = False
-    #: several instances (name, config) in place of this one (``config`` unused)
+    #: off unless a route's per-filter config turns it on (routes without it pay nothing);
+    #: a function: disabled only for some gateways
+    disabled: bool | Callable[[GatewayView, RouteTable], bool] = False
+    #: several instances (name, config) in place of this one (``config`` unused), each
+    #: listed disabled and switched on by the routes that use it
     instances: Callable[[GatewayView, RouteTable], list[tuple[str, Message]]] | None = None
+
+    def disabled_for(self, view: GatewayView, table: RouteTable) -> bool:
+        return self.disabled(view, table) if callable(self.disabled) else self.disabled
 
 
 def _used(table: RouteTable, feature: str, config: Callable[[], Message]) -> Message | None:
@@ -79,13 +96,21 @@ def _rate_limits(view: GatewayView, table: RouteTable) -> Message | None:
     return cached[1]  # type: ignore[return-value]
 
 
+def _fallback(table: RouteTable) -> Message | None:
+    length = table.shard_length
+    return None if length is None else fallback_filter(length)
+
+
 def _jwt(view: GatewayView, table: RouteTable) -> Message:
     return auth.jwt_filter(view, sorted(table.jwt_requirements))
 
 
 #: The filter chain, in order; the router must stay last.
 ORDER: list[FilterSpec] = [
-    # first: a refused address costs nothing further (translate/edge.py)
+    # a sharded gateway's re-keying of requests that found no virtual host (translate/
+    # shard.py): first, so every other filter sees the route finally selected
+    FilterSpec(FALLBACK_FILTER, lambda _v, t: _fallback(t), dynamic=False),
+    # then the client address: a refused address costs nothing further (translate/edge.py)
     FilterSpec(edge.GATEWAY_IP_FILTER, lambda view, _t: edge.gateway_ip_filter(view)),
     FilterSpec(
         edge.ROUTE_IP_FILTER,
@@ -93,10 +118,19 @@ ORDER: list[FilterSpec] = [
         dynamic=False,
         disabled=True,
     ),
-    FilterSpec(auth.STRIP_FILTER, lambda view, _t: auth.strip_filter(view)),
+    # switched on by every virtual host of a gateway whose routes use identity (translate/
+    # route.py); always on in a sharded gateway, whose re-keyed requests get no filter the
+    # chain lists disabled (translate/shard.py), and where client certificates name
+    # consumers (that filter keeps an x-consumer-id it finds: it must be the gateway's)
+    FilterSpec(
+        auth.STRIP_FILTER,
+        lambda view, _t: auth.strip_filter(view),
+        disabled=lambda v, t: t.shard_length is None and edge.cert_consumer_filter(v) is None,
+    ),
     # before authentication: a preflight is answered without credentials
-    FilterSpec(CORS_FILTER, lambda _v, _t: cors_filter(), dynamic=False),
-    FilterSpec(auth.JWT_FILTER, _jwt),
+    FilterSpec(CORS_FILTER, lambda _v, t: cors_filter() if t.cors_routes else None, False),
+    # on only where a route requires a JWT (not on API-key or public routes)
+    FilterSpec(auth.JWT_FILTER, _jwt, disabled=True),
     # off unless a route asks for keys: a request no route matches (e.g. outside every
     # shard of a sharded gateway) gets 404, not 401
     FilterSpec(auth.API_KEY_FILTER, lambda view, _t: auth.api_key_filter(view), disabled=True),
@@ -110,7 +144,8 @@ ORDER: list[FilterSpec] = [
     ),
     # after the credentials (which win), before anything reads x-consumer-id
     FilterSpec(edge.CERT_CONSUMER_FILTER, lambda view, _t: edge.cert_consumer_filter(view)),
-    FilterSpec(auth.RBAC_FILTER, lambda view, _t: auth.rbac_filter_config(view)),
+    # on only where a route has rules
+    FilterSpec(auth.RBAC_FILTER, lambda view, _t: auth.rbac_filter_config(view), disabled=True),
     # after authentication and the route's rules: the service sees x-consumer-id
     FilterSpec(
         edge.EXT_AUTHZ_PREFIX,
@@ -153,6 +188,21 @@ ORDER: list[FilterSpec] = [
 ]
 
 
+#: filters the chain may list disabled, switched on by a route's per-filter config (a
+#: compressor is disabled when its gateway has no compression); a request's chain is made
+#: from the route it finds first, which matters to re-keyed requests (translate/shard.py)
+CHAIN_DISABLED = frozenset(
+    spec.name for spec in ORDER if spec.disabled is True or spec.name.startswith(COMPRESS_PREFIX)
+)
+#: filters listed as several instances, all disabled (their names start with the spec's)
+_DISABLED_PREFIXES = tuple(spec.name + "." for spec in ORDER if spec.instances is not None)
+
+
+def chain_disabled(name: str) -> bool:
+    """Whether a per-route filter config names a filter the chain lists disabled."""
+    return name in CHAIN_DISABLED or name.startswith(_DISABLED_PREFIXES)
+
+
 def http_filters(
     view: GatewayView, table: RouteTable
 ) -> tuple[list[hcm_pb2.HttpFilter], dict[str, Message]]:
@@ -181,7 +231,7 @@ def http_filters(
             )
         else:
             listed.append(hcm_pb2.HttpFilter(name=spec.name, typed_config=pack(config)))
-        if spec.disabled or _disabled_compressor(spec.name, view):
+        if spec.disabled_for(view, table) or _disabled_compressor(spec.name, view):
             listed[-1].disabled = True
     return listed, dynamic
 

@@ -17,25 +17,44 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.type.matcher.v3 import regex_pb2
 from google.protobuf import wrappers_pb2
+from google.protobuf.message import Message
 
 from ..policy import Gateway, Route
 from ..policy.ratelimit import RateLimit
 from ..policy.route import HeaderOps
 from .aggregate import aggregate_action, apply_aggregate
 from .auth import (
+    API_KEY_FILTER,
+    CONSUMER_HEADER,
+    JWT_FILTER,
+    JWT_NAMESPACE,
+    RBAC_FILTER,
+    STRIP_FILTER,
     RouteContext,
     jwt_requirements,
     not_found_route,
     route_context,
     route_variants,
+    strip_on,
     virtual_host_defaults,
 )
-from .common import blame, duration, regex, string_match
-from .cors import apply_cors
+from .common import blame, duration, pack, regex, string_match
+from .cors import CORS_FILTER, apply_cors
 from .edge import body_limit_variants, configure_route, edge_clusters, edge_features
+from .filters import chain_disabled
 from .protocols import apply_protocols, protocol_features
 from .ratelimit import apply_rate_limit, uses_consumers
-from .shard import SCOPE_HEADER, ShardPlan, literal, scope_key, shard_name
+from .shard import (
+    FALLBACK_FILTER,
+    SCOPE_HEADER,
+    ShardPlan,
+    fallback_key,
+    is_fallback,
+    literal,
+    refuse_rekeyed,
+    scope_key,
+    shard_name,
+)
 from .traffic import apply_traffic, envoy_header_value, route_features
 from .wire import Encoded, field
 
@@ -44,9 +63,33 @@ NO_AUTH = RouteContext(default=None, groups=())
 #: appended to every virtual host, so unmatched requests get 404 rather than 401
 _NOT_FOUND = field(3, not_found_route().SerializeToString(deterministic=True))
 #: VirtualHost.typed_per_filter_config (15): map entries {key (1), value (2)}, sorted by key
-_VIRTUAL_HOST_DEFAULTS = b"".join(
-    field(15, field(1, key.encode()) + field(2, value.SerializeToString(deterministic=True)))
-    for key, value in sorted(virtual_host_defaults().items())
+
+
+def _per_filter(settings: Mapping[str, Message]) -> bytes:
+    """VirtualHost.typed_per_filter_config (15): map entries {key (1), value (2)}, sorted
+    by key as deterministic serialisation writes them."""
+    return b"".join(
+        field(15, field(1, key.encode()) + field(2, value.SerializeToString(deterministic=True)))
+        for key, value in sorted(settings.items())
+    )
+
+
+_VIRTUAL_HOST_DEFAULTS = _per_filter(virtual_host_defaults())
+#: the same for a gateway whose routes use identity: the strip filter (listed disabled) on
+#: at every virtual host, so every route of it strips client-sent identity headers
+_IDENTITY_VIRTUAL_HOST_DEFAULTS = _per_filter(
+    {**virtual_host_defaults(), STRIP_FILTER: pack(strip_on())}
+)
+#: per-filter configs that mean a route uses identity, and bytes of its encoding that do
+#: (a header value or rate-limit descriptor reading x-consumer-id or a JWT claim)
+_IDENTITY_FILTERS = frozenset({JWT_FILTER, API_KEY_FILTER, RBAC_FILTER})
+_IDENTITY_MARKERS = (CONSUMER_HEADER.encode(), JWT_NAMESPACE.encode())
+_REFUSE = refuse_rekeyed()
+
+#: a shard's virtual hosts also switch the fallback filter off (translate/shard.py): a
+#: request that found a virtual host of its shard is not re-keyed
+_SHARD_VIRTUAL_HOST_DEFAULTS = _per_filter(
+    {**virtual_host_defaults(), FALLBACK_FILTER: pack(rc.FilterConfig(disabled=True))}
 )
 
 __all__ = ["RouteTable", "route_configuration", "route_resource", "sort_key"]
@@ -292,17 +335,25 @@ class _Ordered:
 
 
 class _Shard:
-    """The routes of one shard: catch-alls, and per host the routes naming it."""
+    """The routes of one shard: catch-alls, and per host the routes naming it; ``long``
+    names the routes keyed here (a shard without any goes, its short routes with it)."""
 
     def __init__(self) -> None:
         self.catch_all = _Ordered()
         self.hosts: dict[str, _Ordered] = {}
         self.names: set[str] = set()
+        self.long: set[str] = set()
 
 
 def _length_of(scope_key: str) -> int:
     """The key length a scope key was made with (its digits before the path)."""
-    return int(scope_key.split("/", 1)[0])
+    digits = len(scope_key) - len(scope_key.lstrip("0123456789"))
+    return int(scope_key[:digits])
+
+
+def _fold(text: str) -> str:
+    """ASCII lower case, as scope keys are (translate/shard.py)."""
+    return text.encode().lower().decode()
 
 
 def _merged(a: _Ordered | None, b: _Ordered) -> bytes:
@@ -312,6 +363,15 @@ def _merged(a: _Ordered | None, b: _Ordered) -> bytes:
     first, second = zip(a.keys, a.data, strict=True), zip(b.keys, b.data, strict=True)
     pairs = heapq.merge(first, second)  # type: ignore[type-var]
     return b"".join(data for _, data in pairs)
+
+
+def _place(shard: _Shard, route: Route, key: tuple[object, ...], data: bytes) -> None:
+    if route.hosts:
+        for host in route.hosts:
+            shard.hosts.setdefault(host, _Ordered()).put(key, data)
+    else:
+        shard.catch_all.put(key, data)
+    shard.names.add(route.name)
 
 
 class RouteTable:
@@ -338,6 +398,12 @@ class RouteTable:
         self.rate_limit_cache: tuple[object, object] | None = None
         #: routes whose effective rate limit applies the consumers' plans
         self.plan_limited = 0
+        #: routes whose Envoy config reads the identity the gateway sets (authentication,
+        #: rules, consumer templates or limits): the strip filter is on for the gateway
+        self.identity_routes: int = 0
+        #: routes with a CORS policy: the cors filter is in the chain
+        self.cors_routes: int = 0
+        self._flags: dict[str, tuple[bool, bool]] = {}
         #: routes per traffic feature (translate/traffic.py): which filters are needed
         self.features: Counter[str] = Counter()
         #: aggregate routes by name (they need the aggregation service and parts listener)
@@ -347,11 +413,16 @@ class RouteTable:
         #: sharding (translate/shard.py): the figures it is decided on, the key length in
         #: use (None: one RouteConfiguration), the shards, and their last encodings
         self.shard_plan = ShardPlan()
+        #: routes that switch on a filter the chain lists disabled
+        self._needy: set[str] = set()
         self.shard_length: int | None = None
         #: key lengths whose shards are kept: the current one and any a draining listener uses
         self._lengths: set[int] = set()
         #: shards of every kept layout by scope key (the key starts with its length)
         self._shards: dict[str, _Shard] = {}
+        #: per kept length, the short routes (literal shorter than it) by name, lower-cased
+        #: literal first: they join every shard whose key their literal starts
+        self._short: dict[int, dict[str, tuple[str, Route, tuple[object, ...], bytes]]] = {}
         self._shard_out: dict[str, tuple[tuple[object, ...], Encoded, tuple[str, ...]]] = {}
 
     @property
@@ -410,6 +481,11 @@ class RouteTable:
             policy = apply_rate_limit(variant, route, ctx.rate_limit)
             configure_route(variant, route)
         variants = body_limit_variants(variants, route, ctx)
+        needy = any(chain_disabled(name) for v in variants for name in v.typed_per_filter_config)
+        if needy:  # never reached re-keyed (translate/shard.py)
+            for variant in variants:
+                variant.metadata.filter_metadata[FALLBACK_FILTER].CopyFrom(_REFUSE)
+            self._needy.add(route.name)
         variants = [twin for variant in variants for twin in with_slash_twin(variant)]
         if policy is not None:
             self.rate_limits[route.name] = policy
@@ -418,7 +494,14 @@ class RouteTable:
                 self.plan_limited += 1
         data = b"".join(field(3, v.SerializeToString(deterministic=True)) for v in variants)
         self._entries[route.name] = (route, key, data)
-        self.shard_plan.add(literal(route))
+        identity = any(
+            name in _IDENTITY_FILTERS for v in variants for name in v.typed_per_filter_config
+        ) or any(marker in data for marker in _IDENTITY_MARKERS)
+        cors = any(CORS_FILTER in v.typed_per_filter_config for v in variants)
+        self._flags[route.name] = (identity, cors)
+        self.identity_routes += identity
+        self.cors_routes += cors
+        self.shard_plan.add(literal(route), needy)
         if self._lengths:
             self._shard_put(route, key, data)
         if route.aggregate is not None:
@@ -442,7 +525,12 @@ class RouteTable:
 
     def _remove(self, name: str) -> None:
         route, key, _ = self._entries.pop(name)
-        self.shard_plan.remove(literal(route))
+        identity, cors = self._flags.pop(name)
+        self.identity_routes -= identity
+        self.cors_routes -= cors
+        needy = name in self._needy
+        self._needy.discard(name)
+        self.shard_plan.remove(literal(route), needy)
         if self._lengths:
             self._shard_drop(route, key)
         self.aggregates.pop(name, None)
@@ -478,30 +566,42 @@ class RouteTable:
 
     # -- shards (translate/shard.py) -----------------------------------------------------
 
-    def _shard_keys(self, route: Route) -> Iterator[str]:
-        """The shard of this route in each layout kept (none where its literal is too short:
-        then it is only in the newer layout that caused the change)."""
+    def _shard_keys(self, route: Route) -> Iterator[tuple[int, str]]:
+        """(length, key) of every shard holding this route in each layout kept: a long
+        route's own shard; for a short route the fallback and every shard whose key its
+        literal starts (translate/shard.py)."""
         lit = literal(route)
         if lit is None:
             return
         for length in self._lengths:
             if len(lit) >= length:
-                yield scope_key(length, lit)
+                yield length, scope_key(length, lit)
+                continue
+            yield length, fallback_key(length)
+            start = f"{length}{_fold(lit)}"
+            for skey, shard in self._shards.items():
+                if shard.long and skey.startswith(start) and _length_of(skey) == length:
+                    yield length, skey
 
     def _shard_put(self, route: Route, key: tuple[object, ...], data: bytes) -> None:
-        for skey in self._shard_keys(route):
+        lit = literal(route)
+        for length, skey in list(self._shard_keys(route)):
             shard = self._shards.get(skey)
             if shard is None:
                 shard = self._shards[skey] = _Shard()
-            if route.hosts:
-                for host in route.hosts:
-                    shard.hosts.setdefault(host, _Ordered()).put(key, data)
+            assert lit is not None
+            if len(lit) >= length:
+                if not shard.long:  # a new shard: the short routes its key starts with
+                    for folded, other, other_key, other_data in self._short[length].values():
+                        if skey.startswith(f"{length}{folded}"):
+                            _place(shard, other, other_key, other_data)
+                shard.long.add(route.name)
             else:
-                shard.catch_all.put(key, data)
-            shard.names.add(route.name)
+                self._short[length][route.name] = (_fold(lit), route, key, data)
+            _place(shard, route, key, data)
 
     def _shard_drop(self, route: Route, key: tuple[object, ...]) -> None:
-        for skey in self._shard_keys(route):
+        for length, skey in list(self._shard_keys(route)):
             shard = self._shards[skey]
             if route.hosts:
                 for host in route.hosts:
@@ -512,7 +612,9 @@ class RouteTable:
             else:
                 shard.catch_all.remove(key)
             shard.names.discard(route.name)
-            if not shard.names:
+            shard.long.discard(route.name)
+            self._short[length].pop(route.name, None)
+            if not shard.long and not is_fallback(skey):
                 del self._shards[skey]
                 self._shard_out.pop(skey, None)
 
@@ -526,11 +628,21 @@ class RouteTable:
         for skey in [k for k in self._shards if _length_of(k) not in wanted]:
             del self._shards[skey]
             self._shard_out.pop(skey, None)
+        for length in [n for n in self._short if n not in wanted]:
+            del self._short[length]
         added = wanted - self._lengths
         self._lengths = wanted
         if added:
             lengths, self._lengths = self._lengths, added
-            for route, key, data in self._entries.values():
+            for length in added:
+                self._short[length] = {}
+                self._shards[fallback_key(length)] = _Shard()
+            # long routes first, so each short route meets every shard it belongs to
+            entries = sorted(
+                self._entries.values(),
+                key=lambda e: -len(literal(e[0]) or ""),
+            )
+            for route, key, data in entries:
                 self._shard_put(route, key, data)
             self._lengths = lengths
 
@@ -562,10 +674,17 @@ class RouteTable:
             guards = _guards(gateway)
             for host in hosts:
                 body = guards + _merged(shard.hosts.get(host), shard.catch_all) + _NOT_FOUND
-                parts.append(field(2, _virtual_host(host, [host], body)))
+                parts.append(
+                    field(2, _virtual_host(host, [host], body, _SHARD_VIRTUAL_HOST_DEFAULTS))
+                )
             if default:
                 body = guards + b"".join(shard.catch_all.data) + _NOT_FOUND
-                parts.append(field(2, _virtual_host(gateway.name, default, body)))
+                parts.append(
+                    field(
+                        2,
+                        _virtual_host(gateway.name, default, body, _SHARD_VIRTUAL_HOST_DEFAULTS),
+                    )
+                )
             parts.append(field(8, SCOPE_HEADER.encode()))
             encoded = Encoded(route_pb2.RouteConfiguration, b"".join(parts))
             names = tuple(sorted(shard.names))
@@ -587,13 +706,16 @@ class RouteTable:
         """
         parts = [field(1, gateway.name.encode())]
         guards = _guards(gateway)
+        defaults = (
+            _IDENTITY_VIRTUAL_HOST_DEFAULTS if self.identity_routes else _VIRTUAL_HOST_DEFAULTS
+        )
         for host in sorted(self._hosts):
             body = guards + b"".join(self._hosts[host].data) + _NOT_FOUND
-            parts.append(field(2, _virtual_host(host, [host], body)))
+            parts.append(field(2, _virtual_host(host, [host], body, defaults)))
         default_domains = self._default_domains(gateway)
         if default_domains:
             body = guards + b"".join(self._catch_all.data) + _NOT_FOUND
-            parts.append(field(2, _virtual_host(gateway.name, default_domains, body)))
+            parts.append(field(2, _virtual_host(gateway.name, default_domains, body, defaults)))
         return Encoded(route_pb2.RouteConfiguration, b"".join(parts))
 
 
@@ -606,12 +728,14 @@ def route_configuration(
     return table.encode(gateway)
 
 
-def _virtual_host(name: str, domains: list[str], routes: bytes) -> bytes:
+def _virtual_host(
+    name: str, domains: list[str], routes: bytes, defaults: bytes = _VIRTUAL_HOST_DEFAULTS
+) -> bytes:
     """VirtualHost: name (1), domains (2), routes (3, already encoded), then the per-filter
     defaults (15), in field order as deterministic serialisation writes them."""
     return (
         field(1, name.encode())
         + b"".join(field(2, d.encode()) for d in domains)
         + routes
-        + _VIRTUAL_HOST_DEFAULTS
+        + defaults
     )

@@ -370,15 +370,23 @@ def test_no_variant_reaches_a_public_route_on_a_sharded_gateway(  # type: ignore
     from .harness import Envoy
 
     servers = paths_setup
-    for letter in "bcdefghijk":  # public routes, enough to shard (a catch-all cannot)
+    for letter in "bcdefghijk":  # public routes, enough to shard
         cli.add_route(f"{letter}-docs", "public", f"/{letter}-docs", "public")
     cli.add_route("public", "public", "/public", "public")
+    # a public catch-all, shorter than the key: in the fallback shard and in every shard
+    # (ADR 0045); a case variant of a protected path must still meet the protected route
+    cli.add_route("everything", "public", "/", "public")
     envoy = Envoy("public", "public-1", sharding_controller.xds_port, tmp_path)
     try:
         cli.run("route", "update", "public", "--timeout", "5s", "--wait=90s")  # a busy machine
         scopes = _scopes(envoy.admin_port)  # sharded by "/" and one character
-        assert {"2/a", "2/p", "2/b"} <= scopes and len(scopes) == 12, scopes
+        assert {"2/a", "2/p", "2/b", "2*"} <= scopes and len(scopes) == 13, scopes
         outcomes = _check_variants(gateway_port, servers["public"], servers["private"])
+        # re-keyed in lower case to the protected route's shard (not the fallback's
+        # catch-all), where a re-keyed request is refused: its chain would lack the key check
+        assert outcomes["/PRIVATE/x"] == outcomes["/ADMIN"] == outcomes["/Admin/"] == 404
+        status, _, body = _walk(gateway_port, "/zzz/x")  # no shard: the fallback
+        assert status == 200 and body["path"] == "/zzz/x"
         # the key is taken from the normalised path: dot segments and merged slashes
         # reach the protected route's shard
         assert outcomes["/public/%2e%2e/private/x"] == outcomes["//private/x"] == 401

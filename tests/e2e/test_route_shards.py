@@ -69,8 +69,9 @@ def _policy(gateway_port: int, backends: dict) -> dict:  # type: ignore[type-arg
     }
 
 
-#: the scope keys of _policy(): 11 characters ("/api/users0" is shared by 11 routes)
-SCOPES = {"11/api/users0", "11/api/users1", "11/api/users2", "11/api/health"}
+#: the scope keys of _policy(): 11 characters ("/api/users0" is shared by 11 routes), and
+#: the fallback (routes shorter than the key, ADR 0045)
+SCOPES = {"11/api/users0", "11/api/users1", "11/api/users2", "11/api/health", "11*"}
 
 
 def _apply(cli, envoy_factory, policy: dict, tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -168,8 +169,11 @@ def test_layout_changes_drop_no_request(
         old = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=5)
         assert _backend_on(old, "/api/users02") == "alpha"
         sock = old.sock
-        # "/a" matches every /api path: no shard layout can keep it, one table again
-        cli.add_route("short", "public", "/a", "beta", "--wait")
+        # a regex path has no literal: no shard layout can keep it, one table again
+        cli.run(
+            "route", "add", "short", "--gateway", "public", "--path-regex", "/a[b]c.*",
+            "--cluster", "beta", "--wait",
+        )  # fmt: skip
         assert _route_specifier(envoy.admin_port) == "rds"
         assert backend_of(gateway_port, "/abc") == "beta"
         assert backend_of(gateway_port, "/api/users00") == "alpha"  # longer prefix first
@@ -195,6 +199,54 @@ def test_layout_changes_drop_no_request(
             expected = "beta" if i % 2 or i == 2 else "alpha"
             assert backend_of(gateway_port, f"/api/users{i:02d}") == expected
     assert set(load.outcomes) == {"2xx"}, load.outcomes
+    [proxy] = cli.json("status")["proxies"]
+    assert proxy["in_sync"], proxy
+
+
+def _listener_counters(admin_port: int) -> dict[str, int]:
+    return stats(
+        admin_port,
+        r"listener_manager\.(listener_added|listener_modified|listener_in_place_updated"
+        r"|listener_removed|total_listeners_draining|total_listeners_warming)$",
+    )
+
+
+def test_a_short_route_leaves_the_shards_and_the_listener_alone(
+    cli, controller, envoy_factory, backends, gateway_port, tmp_path
+):  # type: ignore[no-untyped-def]
+    """Issue 14 item 6: routes shorter than the key (``/new``, a catch-all ``/``) go to the
+    fallback shard (and into the shards their literal starts): no new listener, nothing
+    draining, old routes and the new ones answer, case variants included."""
+    envoy = _apply(cli, envoy_factory, _policy(gateway_port, backends), tmp_path)
+    assert _route_specifier(envoy.admin_port) == "scoped_routes"
+    before = _listener_counters(envoy.admin_port)
+    assert len(before) == 6, before  # every counter exists
+    listeners = _admin_json(envoy.admin_port, "/config_dump?resource=dynamic_listeners")
+
+    with KeepAliveLoad(gateway_port, ["/api/users13/k", "/api/health"]) as load:
+        load.more(50)
+        cli.add_route("new", "public", "/new", "beta", "--wait")
+        assert backend_of(gateway_port, "/new") == "beta"
+        assert backend_of(gateway_port, "/new/x?y=1") == "beta"
+        assert backend_of(gateway_port, "/NEW/x") == "beta"  # re-keyed, then the fallback
+        assert backend_of(gateway_port, "/newer") == "beta"  # a prefix, as in one table
+        assert backend_of(gateway_port, "/API/USERS13") == "beta"  # re-keyed in lower case
+        assert backend_of(gateway_port, "/nothing") == 404
+        # a short route whose literal starts shards joins them, after their own routes
+        cli.add_route("api-all", "public", "/api", "alpha", "--wait")
+        assert backend_of(gateway_port, "/api/users13") == "beta"
+        assert backend_of(gateway_port, "/api/users0x") == "alpha"  # in a shard, via api-all
+        assert backend_of(gateway_port, "/api/other") == "alpha"  # no shard: the fallback
+        assert backend_of(gateway_port, "/Api/Users3") == "alpha"
+        cli.run("route", "update", "users13", "--cluster", "alpha", "--wait")
+        assert backend_of(gateway_port, "/api/users13") == "alpha"
+        cli.run("route", "delete", "api-all", "--wait")
+        assert backend_of(gateway_port, "/api/users0x") == 404
+        load.more(50)
+    assert set(load.outcomes) == {"2xx"}, load.outcomes
+    assert _listener_counters(envoy.admin_port) == before
+    assert _admin_json(envoy.admin_port, "/config_dump?resource=dynamic_listeners") == listeners
+    assert _scopes(envoy.admin_port) == SCOPES
     [proxy] = cli.json("status")["proxies"]
     assert proxy["in_sync"], proxy
 

@@ -15,6 +15,7 @@ from controlplane.policy import Gateway, Route
 from controlplane.translate import LISTENER, ROUTE, SCOPED, GatewayView, Translator
 from controlplane.translate.route import RouteTable
 from controlplane.translate.shard import (
+    FALLBACK_FILTER,
     LENGTHS,
     SCOPE_HEADER,
     ShardPlan,
@@ -55,28 +56,29 @@ def test_length_spreads_routes_into_small_shards() -> None:
     assert _choose(_bench_like(10_000), min_routes=0) is None  # sharding off
 
 
-def test_no_sharding_when_a_route_has_no_literal_or_matches_everything() -> None:
+def test_no_sharding_when_a_route_has_no_literal() -> None:
     routes = _bench_like(300)
     assert _choose(routes) is not None
     assert _choose([*routes, _route("re", path_regex="^/x/[0-9]+$")]) is None
-    assert _choose([*routes, _route("all", path_prefix="/")]) is None
+    # a catch-all is a short route like any other: in the fallback and in every shard
+    assert _choose([*routes, _route("all", path_prefix="/")]) == _choose(routes)
     # every route in one shard whatever the length: not worth it
     same = [_route(f"s{i}", path="/same", hosts=[f"h{i}.example"]) for i in range(300)]
     assert _choose(same) is None
 
 
-def test_no_length_where_two_keys_differ_only_in_case() -> None:
-    """Routes ignore case, a request's key keeps its own (ADR 0022): with /R/... next to
-    /r/..., keys of 2 characters ("/r", "/R") would send /R/00001 to the /R shard, where
-    the route for /r/00001 is not."""
+def test_keys_ignore_case() -> None:
+    """Routes ignore case (ADR 0022): /R/00042-upper shares the shard of /r/00042, keyed in
+    lower case (a request in another case is re-keyed in lower case by the fallback filter),
+    so case variants no longer rule a length out."""
     routes = _bench_like(10_000)
     assert _choose(routes, min_routes=2000) == 6
     upper = [_route("upper", path_prefix="/R/00042-upper")]
     plan = _plan(routes + upper)
-    assert all(plan.case_clash(n) for n in range(2, 9))  # up to the shortest literal
-    assert choose_length(plan, 10_001, 2000) is None  # so one table
+    assert plan.largest(6) == 101  # with /r/00000../r/00099
+    assert choose_length(plan, 10_001, 2000) == 7  # 101 > sqrt(10,001): one more character
     plan.remove(literal(upper[0]))
-    assert not plan.case_clash(2) and choose_length(plan, 10_000, 2000) == 6
+    assert plan.largest(6) == 100 and choose_length(plan, 10_000, 2000) == 6
 
 
 def test_a_prefix_with_a_trailing_slash_has_the_literal_without_it() -> None:
@@ -86,12 +88,24 @@ def test_a_prefix_with_a_trailing_slash_has_the_literal_without_it() -> None:
     assert literal(_route("c", path_prefix="/")) == "/"
 
 
+def test_short_literals_keep_the_length() -> None:
+    """Issue 14 item 6: a route shorter than the key (``/new``, ``/r/05``, ``/``) goes to the
+    fallback shard instead of shortening the key (which fell back to one table)."""
+    routes = _bench_like(10_000)
+    for short in ("/new", "/r/05", "/r/0", "/", "/n"):
+        assert _choose([*routes, _route("s", path_prefix=short)], min_routes=2000) == 6
+    # the fallback is a shard like the others: up to sqrt(n) routes, else the length whose
+    # largest shard is smallest
+    shorts = [_route(f"s{i}", path_prefix=f"/s{i:02d}") for i in range(100)]
+    assert _choose([*routes, *shorts], min_routes=2000) == 6
+    shorts += [_route(f"t{i}", path_prefix=f"/t{i:02d}") for i in range(100)]
+    assert _choose([*routes, *shorts], min_routes=2000) == 6  # fallback of 200 routes
+    shorts += [_route(f"u{i}", path_prefix=f"/u/{i:03d}") for i in range(300)]
+    assert _choose([*routes, *shorts], min_routes=2000) == 6  # /u/ routes of 6 characters
+
+
 def test_length_depends_on_the_routes_only() -> None:
     routes = _bench_like(10_000)
-    shorter = [*routes, _route("short", path_prefix="/r/05")]  # literal of 5 characters
-    assert _choose(shorter, min_routes=2000) == 5
-    # all routes share "/r/0": no length up to 4 spreads them
-    assert _choose([*routes, _route("s", path_prefix="/r/0")], min_routes=2000) is None
     assert _choose(routes[:1999], min_routes=2000) is None
 
     # built route by route, with detours, the plan ends where a fresh one starts
@@ -99,7 +113,7 @@ def test_length_depends_on_the_routes_only() -> None:
     extra = [literal(r) for r in (*_bench_like(300), _route("x", path="/r/0"))]
     for lit in extra:
         plan.add(lit)
-    assert choose_length(plan, 10_301, 2000) is None
+    assert choose_length(plan, 10_301, 2000) == 7  # /r/000.. now hold 200 routes at 6
     for lit in extra:
         plan.remove(lit)
     fresh = _plan(routes)
@@ -111,12 +125,15 @@ def test_length_depends_on_the_routes_only() -> None:
     assert plan.shortest() == 0 and all(plan.largest(n) == 0 for n in LENGTHS)
 
 
+_NO_HOST = "no virtual host"
+
+
 def _first_match(config: route_pb2.RouteConfiguration, host: str, path: str) -> str | None:
     """The route Envoy would pick (exact domain, else the wildcard or default host)."""
     vhosts = {d: vh for vh in config.virtual_hosts for d in vh.domains}
     vh = vhosts.get(host) or vhosts.get("*")
     if vh is None:
-        return None
+        return _NO_HOST
     bare = path.split("?", 1)[0]
     for r in vh.routes:
         m = r.match
@@ -139,15 +156,22 @@ def _sharded_match(
     host: str,
     path: str,
 ) -> str | None:
+    """What Envoy picks: the scope of the request's key; where that names no scope or its
+    table no virtual host, the fallback filter's keys (lower case if that differs, then
+    the layout's fallback)."""
+    by_key = {s.key.fragments[0].string_key: s.route_configuration_name for s in scopes}
     key = f"{length}{path.split('?', 1)[0][:length]}"
-    for scope in scopes:
-        if scope.key.fragments[0].string_key == key:
-            return _first_match(configs[scope.route_configuration_name], host, path)
-    return None  # no scope: Envoy answers 404 without a route
+    tries = [key, key.lower(), f"{length}*"]
+    for k in tries:
+        if k in by_key:
+            got = _first_match(configs[by_key[k]], host, path)
+            if got != _NO_HOST:
+                return got
+    return None
 
 
 def _random_routes(rng: random.Random, n: int) -> list[Route]:
-    words = ["users", "orders", "use", "us", "admin", "api", "items", "u"]
+    words = ["users", "orders", "use", "us", "admin", "api", "items", "u", "Users"]
     out = []
     for i in range(n):
         path = "/" + "/".join(rng.choice(words) for _ in range(rng.randint(1, 3)))
@@ -156,10 +180,17 @@ def _random_routes(rng: random.Random, n: int) -> list[Route]:
         hosts = [rng.choice(["a.example", "b.example"])] if rng.random() < 0.25 else None
         kind = "path" if rng.random() < 0.3 else "path_prefix"
         out.append(_route(f"r{i}", hosts=hosts, **{kind: path}))
+    # short literals: a catch-all, a host's catch-all, a short prefix and an exact path
+    out.append(_route("all", path_prefix="/"))
+    out.append(_route("b-all", path_prefix="/", hosts=["b.example"]))
+    out.append(_route("short", path_prefix="/us"))
+    out.append(_route("exact", path="/u"))
     return out
 
 
 def test_sharded_routing_equals_unsharded_routing() -> None:
+    """Every request, whatever its case, host or path, meets the route the single table
+    gives it: short routes (shorter than the key) included, through the fallback."""
     rng = random.Random(7)
     routes = {r.name: r for r in _random_routes(rng, 400)}
     whole = Translator(shard_from=0).translate(GatewayView(GW, routes, {}))
@@ -168,33 +199,69 @@ def test_sharded_routing_equals_unsharded_routing() -> None:
     scopes = [sharded.message(SCOPED, n) for n in sharded.by_type[SCOPED]]
     configs = {n: sharded.message(ROUTE, n) for n in sharded.by_type[ROUTE]}
     assert len(scopes) >= 4 and "edge" not in configs
-    length = int(scopes[0].key.fragments[0].string_key.split("/", 1)[0])
+    length = int(scopes[0].key.fragments[0].string_key.rstrip("*").split("/", 1)[0])
+    assert length > 3  # longer than the short routes' literals
     segments = ["users", "orders", "use", "us", "usx", "admin", "api", "items", "u", "x", "0"]
-    checked = matched = 0
-    for _ in range(5000):
-        path = "/" + "/".join(rng.choice(segments) for _ in range(rng.randint(0, 4)))
-        path += rng.choice(["", "1", "/", "?q=1", "7?a=/b"])
-        host = rng.choice(["a.example", "b.example", "c.example"])
-        expected = _first_match(plain, host, path)
-        assert _sharded_match(scopes, configs, length, host, path) == expected, (host, path)
-        checked += 1
-        matched += expected is not None
-    assert checked == 5000 and matched > 1000  # the paths hit routes, not only 404s
-    # Another case in the first characters: the sharded gateway may answer 404 where one
-    # table finds the route (routes ignore case, the key has the request's), never
-    # another route (ADR 0022).
-    differ = 0
-    for _ in range(2000):
-        path = "/" + "/".join(rng.choice(segments) for _ in range(rng.randint(1, 4)))
-        path = "".join(c.upper() if rng.random() < 0.3 else c for c in path)
-        host = rng.choice(["a.example", "b.example", "c.example"])
-        expected = _first_match(plain, host, path)
-        got = _sharded_match(scopes, configs, length, host, path)
-        assert got in (expected, None), (host, path)
-        differ += got != expected
-    assert 0 < differ < 2000
+    checked = matched = fallback = 0
+    for upper in (0.0, 0.3):
+        for _ in range(5000):
+            path = "/" + "/".join(rng.choice(segments) for _ in range(rng.randint(0, 4)))
+            path += rng.choice(["", "1", "/", "?q=1", "7?a=/b"])
+            path = "".join(c.upper() if rng.random() < upper else c for c in path)
+            host = rng.choice(["a.example", "b.example", "c.example"])
+            expected = _first_match(plain, host, path)
+            assert _sharded_match(scopes, configs, length, host, path) == expected, (host, path)
+            checked += 1
+            matched += expected is not None
+            fallback += expected in ("all", "b-all", "short", "exact")
+    assert checked == 10_000 and matched > 2000 and fallback > 500
     for config in configs.values():
         assert list(config.request_headers_to_remove) == [SCOPE_HEADER]
+        for vh in config.virtual_hosts:  # a request that found its shard is not re-keyed
+            assert FALLBACK_FILTER in vh.typed_per_filter_config
+
+
+def test_a_short_route_changes_no_listener_and_one_shard() -> None:
+    """Issue 14 item 6: /new added to 10,000 routes: the listener is the same message, the
+    fallback is the only RouteConfiguration sent, and no layout is kept for a drain."""
+    routes = {r.name: r for r in _bench_like(10_000)}
+    translator = Translator(shard_from=2000)
+    first = translator.translate(GatewayView(GW, routes, {}))
+    new = _route("new", path_prefix="/new")
+    second = translator.translate(
+        GatewayView(GW, {**routes, "new": new}, {}, changed_routes=frozenset({"new"}))
+    )
+    assert _listener_hcm(first) == _listener_hcm(second)
+    changed = [
+        n for n, enc in second.by_type[ROUTE].items() if enc is not first.by_type[ROUTE].get(n)
+    ]
+    assert changed == ["edge#6*"] and not second.late
+    assert [r.name for r in second.message(ROUTE, "edge#6*").virtual_hosts[0].routes] == [
+        "gateway.path_parameters",
+        "new",
+        "gateway.not_found",
+    ]
+    # a short route whose literal starts shards joins them too, in the gateway's order
+    r_all = _route("r-all", path_prefix="/r/0")
+    third = translator.translate(
+        GatewayView(
+            GW, {**routes, "new": new, "r-all": r_all}, {}, changed_routes=frozenset({"r-all"})
+        )
+    )
+    changed = {n for n, e in third.by_type[ROUTE].items() if e is not second.by_type[ROUTE][n]}
+    assert len(changed) == 101 and "edge#6*" in changed
+    [vh] = third.message(ROUTE, "edge#6/r/042").virtual_hosts
+    assert [r.name for r in vh.routes][-2:] == ["r-all", "gateway.not_found"]
+    assert len(vh.routes) == 1 + 100 + 1 + 1
+    # and leaves them again
+    fourth = translator.translate(
+        GatewayView(GW, {**routes, "new": new}, {}, changed_routes=frozenset({"r-all"}))
+    )
+    [vh] = fourth.message(ROUTE, "edge#6/r/042").virtual_hosts
+    assert "r-all" not in [r.name for r in vh.routes] and len(vh.routes) == 102
+    assert _listener_hcm(fourth) == _listener_hcm(first)
+    chain = [f.name for f in _listener_hcm(first).http_filters]
+    assert chain[0] == FALLBACK_FILTER
 
 
 def _listener_hcm(resources: object) -> hcm_pb2.HttpConnectionManager:
@@ -221,20 +288,21 @@ def test_a_change_reencodes_one_shard_and_layout_changes_keep_the_old_shards() -
     changed = [
         n for n, enc in second.by_type[ROUTE].items() if enc is not first.by_type[ROUTE].get(n)
     ]
-    assert changed == ["edge#7/r/0150"]  # 3,000 routes: 300 shards of 10
+    assert changed == ["edge#7/r/0150"]  # 3,000 routes: 300 shards of 10, and the fallback
+    assert len(first.by_type[SCOPED]) == 301 and "edge#7*" in first.by_type[SCOPED]
     assert second.by_type[SCOPED].keys() == first.by_type[SCOPED].keys()
 
-    # a route with a 5-character literal: a new layout; the old shards stay published for
-    # the connections of the listener being drained
-    short = _route("short", path_prefix="/r/01")
+    # short routes outnumbering the routes of the shards of a shorter key: a new layout; the
+    # old shards stay published for the connections of the listener being drained
+    shorts = {f"s{i}": _route(f"s{i}", path_prefix=f"/r/{100 + i}") for i in range(120)}
     third = translator.translate(
-        GatewayView(GW, {**routes, "short": short}, {}, changed_routes=frozenset({"short"}))
+        GatewayView(GW, {**routes, **shorts}, {}, changed_routes=frozenset(shorts))
     )
     names = set(third.by_type[SCOPED])
     assert {n for n in names if n.startswith("edge#7")} == set(first.by_type[SCOPED])
-    new = {n for n in names if n.startswith("edge#5")}
-    assert new == {"edge#5/r/00", "edge#5/r/01", "edge#5/r/02"}
-    assert third.message(SCOPED, "edge#5/r/01").key.fragments[0].string_key == "5/r/01"
+    new = {n for n in names if n.startswith("edge#6")}
+    assert len(new) == 30 + 120 + 1  # /r/000../r/029, /r/100../r/219, the fallback
+    assert third.message(SCOPED, "edge#6/r/015").key.fragments[0].string_key == "6/r/015"
     assert set(third.by_type[ROUTE]) == names
 
     # the replaced layout is kept up to date: a change shows in both layouts' shards
@@ -242,13 +310,13 @@ def test_a_change_reencodes_one_shard_and_layout_changes_keep_the_old_shards() -
     fourth = translator.translate(
         GatewayView(
             GW,
-            {**routes, "short": short, back.name: back},
+            {**routes, **shorts, back.name: back},
             {},
             changed_routes=frozenset({back.name}),
         )
     )
     changed = {n for n, enc in fourth.by_type[ROUTE].items() if enc is not third.by_type[ROUTE][n]}
-    assert changed == {"edge#7/r/0150", "edge#5/r/01"}
+    assert changed == {"edge#7/r/0150", "edge#6/r/015"}
     for name in changed:
         [vh] = fourth.message(ROUTE, name).virtual_hosts
         [r] = [r for r in vh.routes if r.name == "r01500"]
@@ -275,3 +343,31 @@ def test_table_unsharded_when_threshold_not_met() -> None:
     assert _listener_hcm(out).WhichOneof("route_specifier") == "rds"
     assert set(out.by_type[ROUTE]) == {"edge"} and not out.by_type[SCOPED]
     assert table.shard_length is None
+
+
+def test_a_route_switching_on_a_disabled_filter_is_never_short() -> None:
+    """A request re-keyed by the fallback filter gets none of the filters the chain lists
+    disabled (Envoy makes its chain from the first route): a route that switches one on
+    (an API key here) keeps the key no longer than its literal, and is marked so that a
+    case variant re-keyed to it is refused."""
+    routes = {r.name: r for r in _bench_like(10_000)}
+    keyed = Route(
+        name="keyed", gateways=["edge"], match={"path_prefix": "/new"}, cluster="a",
+        auth={"api_key": True},
+    )  # fmt: skip
+    table = RouteTable()
+    table.sync({**routes, "keyed": keyed})
+    assert choose_length(table.shard_plan, len(table), 2000) is None  # as before: one table
+    table.sync(routes)
+    assert choose_length(table.shard_plan, len(table), 2000) == 6
+    long_keyed = Route.model_validate(
+        {**keyed.model_dump(exclude_none=True), "match": {"path_prefix": "/new/keyed"}}
+    )
+    out = Translator(shard_from=2000).translate(
+        GatewayView(GW, {**routes, "keyed": long_keyed}, {})
+    )
+    [vh] = out.message(ROUTE, "edge#6/new/k").virtual_hosts
+    [route] = [r for r in vh.routes if r.name == "keyed"]
+    assert route.metadata.filter_metadata[FALLBACK_FILTER]["refuse"] is True
+    [plain] = [r for r in out.message(ROUTE, "edge#6/r/000").virtual_hosts[0].routes][1:2]
+    assert FALLBACK_FILTER not in plain.metadata.filter_metadata
