@@ -170,6 +170,12 @@ class AdsStream:
         st.running = req.version_info
         names = frozenset() if req.type_url in WILDCARD_TYPES else frozenset(req.resource_names)
         names_changed = names != st.names
+        for gone in st.names - names:
+            # no longer asked for: Envoy dropped it (e.g. the cluster left CDS); asked for
+            # again later it is sent again, unchanged or not (a re-added EDS cluster warms
+            # until its endpoints come)
+            st.sent.pop(gone, None)
+            st.acked.pop(gone, None)
         st.names = names
         first = not st.subscribed
         st.subscribed = True

@@ -28,6 +28,14 @@ from .harness import Cli, Controller, Envoy, wait_until
 pytestmark = pytest.mark.e2e
 
 
+def _scope_groups(resource_spans: object) -> list[object]:
+    """ResourceSpans field 2: ``scope_spans`` in current OTLP, ``instrumentation_library_spans``
+    in the older copy of these modules that xds-protos also installs (same wire format;
+    which copy a fresh environment ends up with depends on pip's install order)."""
+    name = resource_spans.DESCRIPTOR.fields_by_number[2].name  # type: ignore[attr-defined]
+    return list(getattr(resource_spans, name))
+
+
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     """An OTLP/gRPC trace receiver: keeps every span with its attributes and service name."""
 
@@ -44,7 +52,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         with self.lock:
             for resource_spans in request.resource_spans:
                 resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-                for scope_spans in resource_spans.scope_spans:
+                for scope_spans in _scope_groups(resource_spans):
                     for span in scope_spans.spans:
                         self.spans.append(
                             {

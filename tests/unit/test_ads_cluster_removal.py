@@ -90,3 +90,58 @@ async def _dropped_cluster() -> None:
         ("Cluster", ["alpha", "gamma"]),
         ("RouteConfiguration", ["public->gamma"]),
     ]
+
+
+def test_an_endpoint_list_asked_for_again_is_sent_again() -> None:
+    """A cluster that left CDS and came back is new to Envoy: it warms until its endpoints
+    arrive, even when they did not change while it was gone (a rollback to a cluster
+    the routes had left). The stream must not take it for already sent."""
+    asyncio.run(_asked_again())
+
+
+async def _asked_again() -> None:
+    from envoy.config.endpoint.v3 import endpoint_pb2
+
+    from controlplane.translate import ENDPOINT
+
+    res = Resources()
+    res.add(ENDPOINT, "alpha", endpoint_pb2.ClusterLoadAssignment(cluster_name="alpha"), [])
+    res.add(ENDPOINT, "beta", endpoint_pb2.ClusterLoadAssignment(cluster_name="beta"), [])
+    cache = SnapshotCache()
+    cache.publish(build_snapshot("gw", 1, res, None, FragmentCache()))
+    written: list[bytes] = []
+
+    async def write(data: bytes) -> None:
+        written.append(data)
+
+    stream = AdsStream(cache, _Recorder(), write, "peer")  # type: ignore[arg-type]
+    stream.proxy = ProxyState(node_id="n", gateway="gw", address="a", envoy_version="1.40.0")
+
+    def names(data: bytes) -> list[str]:
+        resp = discovery_pb2.DiscoveryResponse.FromString(data)
+        out = []
+        for any_ in resp.resources:
+            cla = endpoint_pb2.ClusterLoadAssignment()
+            any_.Unpack(cla)
+            out.append(cla.cluster_name)
+        return sorted(out)
+
+    async def ask(*wanted: str) -> None:
+        nonce = discovery_pb2.DiscoveryResponse.FromString(written[-1]).nonce if written else ""
+        version = (
+            discovery_pb2.DiscoveryResponse.FromString(written[-1]).version_info if written else ""
+        )
+        await stream._on_request(
+            discovery_pb2.DiscoveryRequest(
+                type_url=ENDPOINT, resource_names=list(wanted), response_nonce=nonce,
+                version_info=version,
+            )
+        )  # fmt: skip
+
+    await ask("alpha", "beta")
+    assert [names(w) for w in written] == [["alpha", "beta"]]
+    await ask("alpha", "beta")  # the ACK
+    await ask("beta")  # alpha left CDS: Envoy stops asking for its endpoints
+    assert len(written) == 1
+    await ask("alpha", "beta")  # alpha is back (rolled back to): its endpoints go again
+    assert [names(w) for w in written[1:]] == [["alpha"]]
