@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2, protocol_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
 from envoy.config.core.v3 import substitution_format_string_pb2 as fmt_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
 from ..policy import Gateway
@@ -24,7 +23,7 @@ from ..policy.common import is_ip, parse_hostport
 from ..policy.headers import CONSUMER_HEADER
 from ..policy.observability import LOG_FIELDS, LogFormat
 from ..policy.reserved import SINK_CLUSTER, XDS_CLUSTER
-from .cluster import endpoints_of
+from .cluster import grpc_collector_cluster
 from .common import duration, pack
 
 __all__ = ["SINK_CLUSTER", "XDS_CLUSTER", "access_logs", "sink_cluster"]
@@ -95,20 +94,7 @@ def sink_cluster(gateway: Gateway, *, tls: bool = False) -> cluster_pb2.Cluster 
     if analytics is None or not analytics.enabled or analytics.sink is None:
         return None
     host, port = parse_hostport(analytics.sink)
-    options = http_protocol_options_pb2.HttpProtocolOptions(
-        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-        )
-    )
-    cluster = cluster_pb2.Cluster(
-        name=SINK_CLUSTER,
-        type=cluster_pb2.Cluster.STATIC if is_ip(host) else cluster_pb2.Cluster.STRICT_DNS,
-        connect_timeout=duration("1s"),
-        load_assignment=endpoints_of(SINK_CLUSTER, [(host, port)]),
-    )
-    cluster.typed_extension_protocol_options[
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-    ].CopyFrom(pack(options))
+    cluster = grpc_collector_cluster(SINK_CLUSTER, host, port)
     if tls:
         cluster.transport_socket.CopyFrom(_sink_tls(host))
     return cluster

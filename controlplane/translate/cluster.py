@@ -21,7 +21,13 @@ from ..policy.cluster import LbPolicy, UpstreamProtocol
 from ..policy.common import is_ip
 from .common import ads_source, duration, pack
 
-__all__ = ["cluster_resource", "endpoints_of", "is_eds", "load_assignment"]
+__all__ = [
+    "cluster_resource",
+    "endpoints_of",
+    "grpc_collector_cluster",
+    "is_eds",
+    "load_assignment",
+]
 
 _LB = {
     LbPolicy.round_robin: cluster_pb2.Cluster.ROUND_ROBIN,
@@ -139,3 +145,23 @@ def cluster_resource(cluster: Cluster) -> cluster_pb2.Cluster:
             )
         )
     return out
+
+
+def grpc_collector_cluster(name: str, host: str, port: int) -> cluster_pb2.Cluster:
+    """A generated cluster to a gRPC service Envoy itself calls (the analytics sink, the
+    tracing collector): HTTP/2, static or DNS by the host, 1 s to connect."""
+    options = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    )
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.STATIC if is_ip(host) else cluster_pb2.Cluster.STRICT_DNS,
+        connect_timeout=duration("1s"),
+        load_assignment=endpoints_of(name, [(host, port)]),
+    )
+    cluster.typed_extension_protocol_options[
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ].CopyFrom(pack(options))
+    return cluster

@@ -12,21 +12,20 @@ connection manager, never as an HTTP filter.
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import grpc_service_pb2, protocol_pb2
+from envoy.config.core.v3 import grpc_service_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
 from ..policy import Gateway
-from ..policy.common import is_ip, parse_hostport
+from ..policy.common import parse_hostport
 from ..policy.headers import CONSUMER_HEADER
 from ..policy.reserved import TRACING_CLUSTER
-from .cluster import endpoints_of
+from .cluster import grpc_collector_cluster
 from .common import duration, pack
 
 __all__ = ["ATTRIBUTES", "TRACING_CLUSTER", "tracing", "tracing_cluster"]
@@ -75,18 +74,5 @@ def tracing_cluster(gateway: Gateway) -> cluster_pb2.Cluster | None:
     if config is None:
         return None
     host, port = parse_hostport(config.otlp)
-    options = http_protocol_options_pb2.HttpProtocolOptions(
-        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-        )
-    )
-    cluster = cluster_pb2.Cluster(
-        name=TRACING_CLUSTER,
-        type=cluster_pb2.Cluster.STATIC if is_ip(host) else cluster_pb2.Cluster.STRICT_DNS,
-        connect_timeout=duration("1s"),
-        load_assignment=endpoints_of(TRACING_CLUSTER, [(host, port)]),
-    )
-    cluster.typed_extension_protocol_options[
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-    ].CopyFrom(pack(options))
+    cluster = grpc_collector_cluster(TRACING_CLUSTER, host, port)
     return cluster
