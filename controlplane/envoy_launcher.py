@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -84,16 +85,45 @@ def find_envoy_binary() -> str:
     )
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free right now.
 
     The port is released before returning, so another process could take it in between;
-    good enough for tests and local runs, which is all it is used for.
+    good enough for tests and local runs, which is all it is used for. It is picked below
+    the kernel's ephemeral range: a port from bind(0) is, until the caller binds it again,
+    also a candidate source port for every outgoing connection on the machine, and a test
+    run opens tens of thousands of those (an Envoy whose listener port was taken that way
+    fails the bind and serves nothing). A port is never handed out twice by one process.
     """
+    low, _ = _ephemeral_range()
+    if low > 12000:
+        for _ in range(200):
+            port = random.randrange(10000, low)
+            if port in _handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        _handed_out.add(found)
+        return found
 
 
 @dataclass(frozen=True)

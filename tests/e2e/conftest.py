@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,23 @@ from .harness import Cli, Controller, Envoy
 # every controller a test starts without naming an admin address gets an ephemeral port:
 # tests run in parallel, and the default 127.0.0.1:18004 may be taken
 os.environ.setdefault("GATEWAY_ADMIN_ADDRESS", "127.0.0.1:0")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed end-to-end test shows the tail of every controller and Envoy log it left:
+    the temp folder is gone by the time anyone reads a CI log, and a wait that timed out
+    says nothing about why (a listener that failed to bind, a NACK, a controller error)."""
+    report = yield
+    folder = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.failed and call.when == "call" and isinstance(folder, Path):
+        for log in sorted(folder.rglob("*.log"))[:8]:
+            try:
+                lines = log.read_text(errors="replace").splitlines()[-40:]
+            except OSError:
+                continue
+            report.sections.append((f"tail of {log.relative_to(folder)}", "\n".join(lines)))
+    return report
 
 
 @pytest.fixture
