@@ -61,7 +61,15 @@ NOT_VALIDATED = (
     "a configuration Envoy refuses would only show as a NACK"
 )
 #: kinds every gateway's configuration may draw on without a reference edge to it
-_SHARED = ("jwt_provider", "consumer", "api_key", "plan", "certificate", "proto")
+_SHARED = (
+    "jwt_provider",
+    "oidc_provider",
+    "consumer",
+    "api_key",
+    "plan",
+    "certificate",
+    "proto",
+)
 #: seconds an ``envoy --mode validate`` run may take before the write is refused
 TIMEOUT = 60.0
 _ALL = None  # a gateway rendered with every route

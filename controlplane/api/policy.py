@@ -30,6 +30,7 @@ PATH_KINDS: dict[str, str] = {
     "clusters": "cluster",
     "routes": "route",
     "jwt-providers": "jwt_provider",
+    "oidc-providers": "oidc_provider",
     "consumers": "consumer",
     "plans": "plan",
     "certificates": "certificate",

@@ -47,6 +47,7 @@ COMMANDS: tuple[Listed, ...] = (
     Listed("cluster", "Manage clusters.", None, False, False),
     Listed("route", "Manage routes.", None, False, False),
     Listed("jwt-provider", "Manage jwt providers.", None, False, False),
+    Listed("oidc-provider", "Manage oidc providers.", None, False, False),
     Listed("consumer", "Manage consumers.", None, False, False),
     Listed("plan", "Manage plans.", None, False, False),
     Listed("cert", "Manage TLS certificates (for HTTPS gateways).", None, False, False),

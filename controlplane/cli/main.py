@@ -88,7 +88,15 @@ def main(
 #: each module of this package that adds commands, in --help order, with the top-level
 #: names it adds (tests/unit/test_cli_imports.py checks the names against the modules)
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
-    "resources": ("gateway", "cluster", "route", "jwt-provider", "consumer", "plan"),
+    "resources": (
+        "gateway",
+        "cluster",
+        "route",
+        "jwt-provider",
+        "oidc-provider",
+        "consumer",
+        "plan",
+    ),
     "certs": ("cert",),
     "ratelimit": ("ratelimit",),
     "protos": ("proto",),

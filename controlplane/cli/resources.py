@@ -287,6 +287,9 @@ def auth_fields(
     ] = None,
     auth_consumer: Annotated[list[str] | None, typer.Option(help="Allowed consumer.")] = None,
     auth_group: Annotated[list[str] | None, typer.Option(help="Allowed consumer group.")] = None,
+    auth_oidc: Annotated[
+        str | None, typer.Option(help="Browser login with this OpenID provider.")
+    ] = None,
 ) -> dict[str, Any]:
     auth: dict[str, Any] = {}
     if auth_public:
@@ -297,6 +300,7 @@ def auth_fields(
             "claims": {},
             "consumers": [],
             "groups": [],
+            "oidc": None,
         }
     _set(auth, "jwt", auth_jwt)
     if auth_api_key is not None:
@@ -306,7 +310,61 @@ def auth_fields(
         auth["claims"] = {k: v.split(",") for k, v in _pairs(auth_claim, "--auth-claim").items()}
     _set(auth, "consumers", auth_consumer)
     _set(auth, "groups", auth_group)
+    _set(auth, "oidc", auth_oidc)
     return {"auth": auth} if auth or auth_public else {}
+
+
+def oidc_provider_fields(
+    issuer: Annotated[str | None, typer.Option(help="The provider's issuer URL.")] = None,
+    authorization_endpoint: Annotated[
+        str | None, typer.Option(help="Login page URL (from the discovery document).")
+    ] = None,
+    token_endpoint: Annotated[str | None, typer.Option(help="Token endpoint URL.")] = None,
+    end_session_endpoint: Annotated[
+        str | None, typer.Option(help="Provider logout URL (RP-initiated logout).")
+    ] = None,
+    client_id: Annotated[str | None, typer.Option(help="This gateway's client id.")] = None,
+    client_secret_file: Annotated[
+        str | None,
+        typer.Option(help="File holding the client secret (kept out of shell history)."),
+    ] = None,
+    scope: Annotated[list[str] | None, typer.Option(help="Requested scope (repeatable).")] = None,
+    callback_path: Annotated[str | None, typer.Option(help="Redirect URI path.")] = None,
+    logout_path: Annotated[str | None, typer.Option(help="Path that ends the session.")] = None,
+    refresh: Annotated[bool | None, typer.Option("--refresh/--no-refresh")] = None,
+    forward_access_token: Annotated[
+        bool | None, typer.Option("--forward-access-token/--no-forward-access-token")
+    ] = None,
+    session_lifetime: Annotated[
+        str | None, typer.Option(help="Session length without expires_in, e.g. 1h.")
+    ] = None,
+    cookie_domain: Annotated[str | None, typer.Option(help="Cookie domain.")] = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _set(out, "issuer", issuer)
+    _set(out, "authorization_endpoint", authorization_endpoint)
+    _set(out, "token_endpoint", token_endpoint)
+    _set(out, "end_session_endpoint", end_session_endpoint)
+    _set(out, "client_id", client_id)
+    if client_secret_file is not None:
+        try:
+            with open(client_secret_file, encoding="utf-8") as handle:
+                out["client_secret"] = handle.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise PolicyInvalid(
+                f"--client-secret-file: cannot read {client_secret_file}: {why}"
+            ) from None
+    _set(out, "scopes", scope)
+    _set(out, "callback_path", callback_path)
+    _set(out, "logout_path", logout_path)
+    if refresh is not None:
+        out["refresh"] = refresh
+    if forward_access_token is not None:
+        out["forward_access_token"] = forward_access_token
+    _set(out, "session_lifetime", session_lifetime)
+    _set(out, "cookie_domain", cookie_domain)
+    return out
 
 
 def cors_fields(
@@ -709,6 +767,15 @@ COLUMNS: dict[str, tuple[list[str], Callable[[dict[str, Any]], list[Any]]]] = {
             s.get("jwks_uri") or "inline",
         ],
     ),
+    "oidc_provider": (
+        ["NAME", "ISSUER", "CLIENT", "CALLBACK"],
+        lambda s: [
+            s["name"],
+            s["issuer"],
+            s["client_id"],
+            s.get("callback_path", "/oauth2/callback"),
+        ],
+    ),
     "consumer": (
         ["NAME", "GROUPS", "PLAN"],
         lambda s: [
@@ -761,11 +828,12 @@ FIELDS: dict[str, list[Callable[..., dict[str, Any]]]] = {
         route_edge_fields,
     ],
     "jwt_provider": [jwt_provider_fields],
+    "oidc_provider": [oidc_provider_fields],
     "consumer": [consumer_fields, consumer_edge_fields],
     "plan": [plan_fields],
 }
 #: kind -> command group name
-COMMAND = {"jwt_provider": "jwt-provider"}
+COMMAND = {"jwt_provider": "jwt-provider", "oidc_provider": "oidc-provider"}
 
 
 # -- command factories --------------------------------------------------------------------

@@ -17,6 +17,7 @@ from .common import PolicyModel
 from .consumer import ApiKey, Consumer, new_api_key
 from .gateway import Gateway
 from .jwt import JwtProvider
+from .oidc import OidcProvider
 from .proto import Proto, Transcoding
 from .ratelimit import Limit, Plan, RateLimit
 from .route import Route, RouteMatch
@@ -36,6 +37,7 @@ __all__ = [
     "JwtProvider",
     "LbPolicy",
     "Limit",
+    "OidcProvider",
     "Plan",
     "PolicyModel",
     "Proto",

@@ -1,4 +1,5 @@
-"""Who may call a route: authentication (JWT, API key, either) and authorisation rules."""
+"""Who may call a route: authentication (JWT, API key, either; or an OpenID browser login)
+and authorisation rules."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ class AuthPolicy(PolicyModel):
     )
     consumers: list[Name] = Field(default_factory=list, description="allowed consumers")
     groups: list[Name] = Field(default_factory=list, description="allowed consumer groups")
+    oidc: Name | None = Field(
+        None, description="browser login with this OpenID provider (oidc_provider)"
+    )
 
     @field_validator("scopes")
     @classmethod
@@ -49,7 +53,9 @@ class AuthPolicy(PolicyModel):
 
     @property
     def public(self) -> bool:
-        return not self.jwt and not self.api_key
+        """Open to anyone: no credential checked by the JWT or API-key filters, and no
+        browser login."""
+        return not self.jwt and not self.api_key and self.oidc is None
 
     @property
     def has_rules(self) -> bool:
@@ -57,6 +63,11 @@ class AuthPolicy(PolicyModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> AuthPolicy:
+        if self.oidc is not None and (self.jwt or self.api_key or self.has_rules):
+            raise ValueError(
+                "oidc: a browser login stands alone; jwt, api_key and rules (scopes, claims, "
+                "consumers, groups) cannot be combined with it"
+            )
         if self.public and self.has_rules:
             raise ValueError("rules (scopes, claims, consumers, groups) need jwt or api_key")
         if self.claims and not self.jwt:
@@ -71,4 +82,8 @@ class AuthPolicy(PolicyModel):
         return self
 
     def references(self) -> list[tuple[str, str]]:
-        return [("jwt_provider", p) for p in self.jwt] + [("consumer", c) for c in self.consumers]
+        return (
+            [("jwt_provider", p) for p in self.jwt]
+            + [("consumer", c) for c in self.consumers]
+            + ([("oidc_provider", self.oidc)] if self.oidc is not None else [])
+        )

@@ -21,6 +21,7 @@ from .consumer import ApiKey, Consumer
 from .gateway import Gateway
 from .jwt import JwtProvider
 from .loader import load_text
+from .oidc import OidcProvider
 from .proto import Proto
 from .ratelimit import Plan
 from .route import Route
@@ -47,11 +48,13 @@ KINDS: dict[str, type[PolicyModel]] = {
     "api_key": ApiKey,
     "certificate": Certificate,
     "proto": Proto,
+    "oidc_provider": OidcProvider,
 }
 #: kind name -> key in the declarative file
 #: Kinds without an entry (API keys) hold secrets and are managed imperatively only.
 PLURALS: dict[str, str] = {
     "jwt_provider": "jwt_providers",
+    "oidc_provider": "oidc_providers",
     "plan": "plans",
     "consumer": "consumers",
     "certificate": "certificates",
@@ -117,6 +120,7 @@ class Bundle(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     jwt_providers: list[JwtProvider] = Field(default_factory=list)
+    oidc_providers: list[OidcProvider] = Field(default_factory=list)
     plans: list[Plan] = Field(default_factory=list)
     consumers: list[Consumer] = Field(default_factory=list)
     certificates: list[Certificate] = Field(default_factory=list)

@@ -8,6 +8,7 @@ type, plus the links needed to check consistency and to map a rejection back to 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -15,7 +16,8 @@ from typing import Any, cast
 from envoy.config.core.v3 import extension_pb2
 from google.protobuf.message import Message
 
-from ..policy import Cluster, Consumer, Gateway, PolicyModel, Route
+from ..errors import TranslationError
+from ..policy import Cluster, Consumer, Gateway, OidcProvider, PolicyModel, Route
 from ..policy.certificate import Certificate
 from .accesslog import SINK_CLUSTER, sink_cluster
 from .aggregate import (
@@ -32,9 +34,18 @@ from .common import blame, pack
 from .edge import apply_client_auth, client_ca_secret
 from .filters import http_filters
 from .listener import listener_resource
+from .oidc import (
+    login_routes,
+    oidc_filter_name,
+    provider_cluster,
+    provider_secrets,
+    secret_names,
+    token_cluster_name,
+    used_providers,
+)
 from .protocols import TRANSCODING, proto_context
 from .ratelimit import RATE_LIMIT_FILTER, rate_limit_context
-from .route import RouteTable
+from .route import RouteContext, RouteTable
 from .shard import choose_length, scope_resource, shard_name
 from .tls import redirect_listener, secret_resource, secure_listener
 from .tracing import TRACING_CLUSTER, tracing_cluster
@@ -162,6 +173,9 @@ class Translator:
         self._tables: dict[str, RouteTable] = {}
         self._clusters: dict[str, tuple[Cluster, Message, Message | None]] = {}
         self._extensions: dict[tuple[str, str], tuple[Message, Message]] = {}
+        #: gateway -> the generated login routes in its table, and the providers they are of
+        self._login_routes: dict[str, dict[str, Route]] = {}
+        self._login_of: dict[str, dict[str, OidcProvider]] = {}
         self.aggregation = aggregation or AggregationTarget()
         self._aggregator = aggregator_cluster(self.aggregation)
 
@@ -213,6 +227,7 @@ class Translator:
             view,
         )
         table.sync(view.routes, context, view.changed_routes)
+        providers = self._sync_login_routes(view, table, context)
         previous = table.shard_length
         length = None
         if table.protocols[TRANSCODING] == 0:
@@ -237,6 +252,7 @@ class Translator:
                 [(k, o) for k in ("jwt_provider", "consumer") for o in view.objects.get(k, {})],
             )
         self._add_tls(out, view)
+        self._add_login(out, gw, providers)
         used = sorted(table.clusters)
         cached = cached_routes(view, table.features)
         cluster_needs = (
@@ -374,8 +390,68 @@ class Translator:
             needs=[(CLUSTER, c) for c in sorted(timeouts)],
         )
 
+    def _sync_login_routes(
+        self, view: GatewayView, table: RouteTable, context: RouteContext
+    ) -> list[OidcProvider]:
+        """Keep the callback and logout routes of the providers the gateway's routes log in
+        with (translate/oidc.py) in its table; the providers in use."""
+        gw = view.gateway.name
+        known = cast(Mapping[str, OidcProvider], view.objects.get("oidc_provider", {}))
+        previous = self._login_routes.get(gw, {})
+        of = self._login_of.get(gw, {})
+        # the generated routes still in the table count as users of their provider
+        own = Counter(
+            oidc_filter_name(r.auth.oidc)
+            for n, r in previous.items()
+            if n in table and r.auth and r.auth.oidc
+        )
+        users = {n: table.features[n] - own[n] for n in table.features}
+        wanted: dict[str, Route] = {}
+        in_use: dict[str, OidcProvider] = {}
+        for name in used_providers(users):
+            provider = known.get(name)
+            if provider is None:
+                continue  # a dangling reference: reported by the write's reference check
+            in_use[name] = provider
+            mine = [r for r in previous.values() if r.auth and r.auth.oidc == name]
+            if of.get(name) is not provider or len(mine) != 2:
+                mine = login_routes(gw, provider)
+            wanted.update((r.name, r) for r in mine)
+        paths: dict[str, str] = {}
+        for provider in in_use.values():
+            for path in (provider.callback_path, provider.logout_path):
+                other = paths.setdefault(path.lower(), provider.name)
+                if other != provider.name:
+                    raise TranslationError(
+                        f"gateway {gw!r}: oidc providers {other!r} and {provider.name!r} both "
+                        f"use the path {path!r}; give one another callback_path/logout_path"
+                    )
+        if wanted or previous:
+            table.sync(wanted, context, frozenset(wanted) | frozenset(previous))
+        if wanted:
+            self._login_routes[gw], self._login_of[gw] = wanted, in_use
+        else:
+            self._login_routes.pop(gw, None)
+            self._login_of.pop(gw, None)
+        return [in_use[n] for n in sorted(in_use)]
+
+    def _add_login(self, out: Resources, gw: Gateway, providers: list[OidcProvider]) -> None:
+        """Each provider's token-endpoint cluster and its SDS secrets."""
+        for provider in providers:
+            src = [("oidc_provider", provider.name)]
+            cluster = provider_cluster(provider)
+            out.add(CLUSTER, token_cluster_name(provider.name), cluster, src)
+            for secret in provider_secrets(provider):
+                out.add(SECRET, secret.name, secret, src)
+            out.needs.setdefault((LISTENER, gw.name), []).extend(
+                [(CLUSTER, token_cluster_name(provider.name))]
+                + [(SECRET, n) for n in secret_names(provider.name)]
+            )
+
     def forget_gateway(self, gateway: str) -> None:
         self._tables.pop(gateway, None)
+        self._login_routes.pop(gateway, None)
+        self._login_of.pop(gateway, None)
         for key in [k for k in self._extensions if k[0] == gateway]:
             del self._extensions[key]
 

@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
-from urllib.parse import urlsplit
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
@@ -35,8 +34,6 @@ from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.type.matcher.v3 import metadata_pb2, regex_pb2, string_pb2, value_pb2
 from google.protobuf import any_pb2
 
@@ -46,8 +43,9 @@ from ..policy.headers import API_KEY_HEADER, CONSUMER_HEADER
 from ..policy.proto import Proto
 from ..policy.ratelimit import RateLimit
 from ..policy.reserved import jwks_cluster_name
-from .cluster import endpoints_of
+from .cluster import url_cluster
 from .common import duration, pack
+from .oidc import enable_login
 from .view import GatewayView
 
 __all__ = [
@@ -90,7 +88,6 @@ DENIED_CONSUMER = "consumer"
 KEY_CLIENT_HEADER = "x-gateway-key-client"
 JWT_NAMESPACE = "envoy.filters.http.jwt_authn"
 JWT_PAYLOAD = "jwt_payload"
-SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 
 
 @dataclass(frozen=True)
@@ -323,33 +320,11 @@ def rbac_filter_config(_view: GatewayView) -> rbac_filter.RBAC:
 
 def jwks_clusters(view: GatewayView) -> list[cluster_pb2.Cluster]:
     """One cluster per remote JWKS host, TLS (system CAs, SNI) for https URIs."""
-    out = []
-    for provider in _providers(view):
-        if provider.jwks_uri is None:
-            continue
-        url = urlsplit(provider.jwks_uri)
-        host = url.hostname or ""
-        port = url.port or (443 if url.scheme == "https" else 80)
-        cluster = cluster_pb2.Cluster(
-            name=_jwks_cluster_name(provider),
-            type=cluster_pb2.Cluster.STRICT_DNS,
-            dns_lookup_family=cluster_pb2.Cluster.V4_PREFERRED,
-            connect_timeout=duration(provider.jwks_fetch_timeout),
-            load_assignment=endpoints_of(_jwks_cluster_name(provider), [(host, port)]),
-        )
-        if url.scheme == "https":
-            tls = tls_pb2.UpstreamTlsContext(
-                sni=host,
-                common_tls_context=tls_pb2.CommonTlsContext(
-                    validation_context=tls_common_pb2.CertificateValidationContext(
-                        trusted_ca=base_pb2.DataSource(filename=SYSTEM_CA)
-                    )
-                ),
-            )
-            cluster.transport_socket.name = "envoy.transport_sockets.tls"
-            cluster.transport_socket.typed_config.CopyFrom(pack(tls))
-        out.append(cluster)
-    return out
+    return [
+        url_cluster(_jwks_cluster_name(p), p.jwks_uri, p.jwks_fetch_timeout)
+        for p in _providers(view)
+        if p.jwks_uri is not None
+    ]
 
 
 # -- per-route ------------------------------------------------------------------------------
@@ -508,6 +483,9 @@ def route_variants(route: Route, message: rc.Route, context: RouteContext) -> li
     auth = effective_auth(route, context)
     if auth is None or auth.public:
         _configure(message, jwt_req=None, api_key=False, rules=None)
+        return [message]
+    if auth.oidc is not None:  # a browser login stands alone (policy/auth.py)
+        enable_login(message, auth)
         return [message]
     rules = auth if auth.has_rules else None
     if auth.jwt and auth.api_key:

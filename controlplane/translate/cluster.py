@@ -8,10 +8,13 @@ are STRICT_DNS clusters with their endpoints inline (EDS cannot carry names).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import address_pb2, health_check_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import http_pb2, range_pb2
 from google.protobuf import wrappers_pb2
@@ -27,6 +30,7 @@ __all__ = [
     "grpc_collector_cluster",
     "is_eds",
     "load_assignment",
+    "url_cluster",
 ]
 
 _LB = {
@@ -164,4 +168,37 @@ def grpc_collector_cluster(name: str, host: str, port: int) -> cluster_pb2.Clust
     cluster.typed_extension_protocol_options[
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     ].CopyFrom(pack(options))
+    return cluster
+
+
+#: the system's CA bundle (Debian's path; the Envoy image's too): a provider's https
+#: endpoints are verified against it
+SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def url_cluster(name: str, url: str, connect_timeout: str) -> cluster_pb2.Cluster:
+    """A generated cluster to the host of ``url`` that Envoy itself calls (a JWKS, an
+    OpenID provider's token endpoint): DNS, TLS verified against the system CAs with SNI
+    for https."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.STRICT_DNS,
+        dns_lookup_family=cluster_pb2.Cluster.V4_PREFERRED,
+        connect_timeout=duration(connect_timeout),
+        load_assignment=endpoints_of(name, [(host, port)]),
+    )
+    if parts.scheme == "https":
+        tls = tls_pb2.UpstreamTlsContext(
+            sni=host,
+            common_tls_context=tls_pb2.CommonTlsContext(
+                validation_context=tls_common_pb2.CertificateValidationContext(
+                    trusted_ca=base_pb2.DataSource(filename=SYSTEM_CA)
+                )
+            ),
+        )
+        cluster.transport_socket.name = "envoy.transport_sockets.tls"
+        cluster.transport_socket.typed_config.CopyFrom(pack(tls))
     return cluster

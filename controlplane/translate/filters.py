@@ -21,9 +21,9 @@ should be refused.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from envoy.config.core.v3 import config_source_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -32,10 +32,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf.message import Message
 
+from ..policy import OidcProvider
 from ..policy.traffic import CompressionAlgorithm
 from . import auth, edge
 from .common import ads_source, pack
 from .cors import CORS_FILTER, cors_filter
+from .oidc import OIDC_PREFIX, oidc_filters
 from .protocols import GRPC_WEB_FILTER, TRANSCODER_FILTER, grpc_web_filter, transcoder_filter
 from .ratelimit import RATE_LIMIT_FILTER, plans_of, rate_limit_config
 from .shard import FALLBACK_FILTER, fallback_filter
@@ -129,6 +131,17 @@ ORDER: list[FilterSpec] = [
     ),
     # before authentication: a preflight is answered without credentials
     FilterSpec(CORS_FILTER, lambda _v, t: cors_filter() if t.cors_routes else None, False),
+    # browser login (translate/oidc.py): one instance per provider, on only where a route
+    # logs in with it
+    FilterSpec(
+        OIDC_PREFIX,
+        lambda _v, _t: None,
+        dynamic=False,
+        disabled=True,
+        instances=lambda v, t: oidc_filters(
+            cast(Mapping[str, OidcProvider], v.objects.get("oidc_provider", {})), t.features
+        ),
+    ),
     # on only where a route requires a JWT (not on API-key or public routes)
     FilterSpec(auth.JWT_FILTER, _jwt, disabled=True),
     # off unless a route asks for keys: a request no route matches (e.g. outside every
@@ -194,8 +207,13 @@ ORDER: list[FilterSpec] = [
 CHAIN_DISABLED = frozenset(
     spec.name for spec in ORDER if spec.disabled is True or spec.name.startswith(COMPRESS_PREFIX)
 )
-#: filters listed as several instances, all disabled (their names start with the spec's)
-_DISABLED_PREFIXES = tuple(spec.name + "." for spec in ORDER if spec.instances is not None)
+#: filters listed as several instances, all disabled (their names start with the spec's,
+#: which ends with a dot)
+_DISABLED_PREFIXES = tuple(
+    spec.name if spec.name.endswith(".") else spec.name + "."
+    for spec in ORDER
+    if spec.instances is not None
+)
 
 
 def chain_disabled(name: str) -> bool:

@@ -31,6 +31,7 @@ from .auth import (
     RBAC_FILTER,
     STRIP_FILTER,
     RouteContext,
+    effective_auth,
     jwt_requirements,
     not_found_route,
     route_context,
@@ -42,6 +43,7 @@ from .common import blame, duration, pack, regex, string_match
 from .cors import CORS_FILTER, apply_cors
 from .edge import body_limit_variants, configure_route, edge_clusters, edge_features
 from .filters import chain_disabled
+from .oidc import OIDC_PREFIX, login_features
 from .protocols import apply_protocols, protocol_features
 from .ratelimit import apply_rate_limit, uses_consumers
 from .shard import (
@@ -436,6 +438,9 @@ class RouteTable:
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
     def sync(
         self,
         routes: Mapping[str, Route],
@@ -495,7 +500,9 @@ class RouteTable:
         data = b"".join(field(3, v.SerializeToString(deterministic=True)) for v in variants)
         self._entries[route.name] = (route, key, data)
         identity = any(
-            name in _IDENTITY_FILTERS for v in variants for name in v.typed_per_filter_config
+            name in _IDENTITY_FILTERS or name.startswith(OIDC_PREFIX)
+            for v in variants
+            for name in v.typed_per_filter_config
         ) or any(marker in data for marker in _IDENTITY_MARKERS)
         cors = any(CORS_FILTER in v.typed_per_filter_config for v in variants)
         self._flags[route.name] = (identity, cors)
@@ -510,6 +517,7 @@ class RouteTable:
         self.clusters.update(edge_clusters(route))
         self.features.update(route_features(route))
         self.features.update(edge_features(route, ctx))
+        self.features.update(login_features(effective_auth(route, ctx)))
         requirement = jwt_requirements(route, self._context)
         if requirement is not None:
             self.jwt_requirements[requirement] += 1
@@ -548,6 +556,7 @@ class RouteTable:
         self.features.subtract(route_features(route))
         assert self._context is not None
         self.features.subtract(edge_features(route, self._context))
+        self.features.subtract(login_features(effective_auth(route, self._context)))
         requirement = jwt_requirements(route, self._context)
         if requirement is not None:
             self.jwt_requirements[requirement] -= 1

@@ -61,6 +61,7 @@ def static_bootstrap(case: str) -> dict[str, Any]:
                             http_filter["typed_config"] = extensions[http_filter["name"]][
                                 "typed_config"
                             ]
+                        _static_filter_secrets(http_filter)
             listeners.append(listener)
         for cluster in _load(OUT / f"{case}.{gw}.clusters.json"):
             if cluster["type"] == "EDS":
@@ -100,6 +101,15 @@ def _static_secrets(chain: dict[str, Any]) -> None:
     validation = context.get("validation_context_sds_secret_config")  # client CA (mTLS)
     if validation is not None:
         assert validation.pop("sds_config") == {"ads": {}, "resource_api_version": "V3"}
+
+
+def _static_filter_secrets(http_filter: dict[str, Any]) -> None:
+    """An OpenID login's client secret and cookie key: SDS over ADS -> static secrets."""
+    credentials = http_filter.get("typed_config", {}).get("config", {}).get("credentials")
+    if credentials is None:
+        return
+    for field in ("token_secret", "hmac_secret"):
+        assert credentials[field].pop("sds_config") == {"ads": {}, "resource_api_version": "V3"}
 
 
 @pytest.fixture(scope="module")
