@@ -607,8 +607,9 @@ def build_app(config: Config) -> Flask:
     def login_page(status: int, error: str = "") -> Response:
         hidden = "\n".join(
             f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
-            for k, v in request.values.items(multi=True)
+            for k in request.values
             if k not in ("username", "password")
+            for v in request.values.getlist(k)
         )
         body = LOGIN_PAGE.format(
             issuer=html.escape(issuer),

@@ -49,37 +49,39 @@ class Provider:
 
 
 @pytest.fixture
-def provider() -> Iterator[Provider]:
+def provider(tmp_path: Path) -> Iterator[Provider]:
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.oidc_provider",
-            "--port",
-            str(port),
-            "--client-id",
-            CLIENT_ID,
-            "--client-secret",
-            CLIENT_SECRET,
-            "--redirect-uri",
-            REDIRECT_URI,
-            "--redirect-uri",
-            "http://127.0.0.1:18080/other-callback",
-            "--post-logout-redirect-uri",
-            POST_LOGOUT_URI,
-            "--access-token-ttl",
-            "120",
-            "--user",
-            "alice:password",
-            "--user",
-            "bob:hunter2",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    log = tmp_path / "oidc_provider.log"
+    with log.open("w") as stderr:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.oidc_provider",
+                "--port",
+                str(port),
+                "--client-id",
+                CLIENT_ID,
+                "--client-secret",
+                CLIENT_SECRET,
+                "--redirect-uri",
+                REDIRECT_URI,
+                "--redirect-uri",
+                "http://127.0.0.1:18080/other-callback",
+                "--post-logout-redirect-uri",
+                POST_LOGOUT_URI,
+                "--access-token-ttl",
+                "120",
+                "--user",
+                "alice:password",
+                "--user",
+                "bob:hunter2",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     try:
         assert process.stdout is not None
         line = process.stdout.readline().strip()
@@ -93,7 +95,12 @@ def provider() -> Iterator[Provider]:
             process.kill()
             process.wait()
             raise
-    assert code == 0, f"provider exited with {code} on SIGTERM"
+        finally:
+            if process.stdout is not None:
+                process.stdout.close()
+    tail = log.read_text()[-3000:]
+    assert code == 0, f"provider exited with {code} on SIGTERM; its log ends:\n{tail}"
+    assert "Traceback" not in tail, tail
 
 
 def pkce_pair() -> tuple[str, str]:
