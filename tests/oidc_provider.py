@@ -386,8 +386,9 @@ class IdTokenClaims:
     def get_client_claims(self, client: ClientMixin) -> dict[str, Any]:
         """``aud`` is the bare client id; ``exp`` follows the access token lifetime.
 
-        Envoy sizes its IdToken cookie from the ID token's ``exp``; keeping it equal to
-        ``expires_in`` keeps both cookies on the same clock.
+        One lifetime for both tokens means a relying party that sizes a cookie from either
+        one (the access token's ``expires_in`` or the ID token's ``exp``) gets the same
+        expiry, so a test that waits for expiry does not depend on which one Envoy uses.
         """
         now = int(time.time())
         return {
@@ -415,7 +416,8 @@ class OIDCCode(IdTokenClaims, OpenIDCode):
 class OIDCRefresh(IdTokenClaims, OpenIDToken):
     """A fresh ID token on refresh too (OIDC Core 12.2).
 
-    The original ``auth_time`` is kept; ``nonce`` is left out, as 12.2 advises.
+    The original ``auth_time`` is kept (12.2 requires it). ``nonce`` is not repeated: it
+    answers one authentication request, and a refresh is not one.
     """
 
     def get_compatible_claims(self, request: OAuth2Request) -> dict[str, Any]:
@@ -441,6 +443,8 @@ class AccessTokens(JWTBearerTokenGenerator):
 
 
 def user_info(user: User) -> UserInfo:
+    """The same claims in ID tokens and at ``/userinfo``, whatever the scope, so tests
+    can compare them without knowing which scopes the gateway asked for."""
     return UserInfo(sub=user.username, name=user.name, email=user.email)
 
 
