@@ -1022,7 +1022,7 @@ def _kind_app(kind: str) -> typer.Typer:
     ) -> None:
         c = ctx_of(ctx)
         api = c.remote
-        spec = spec_of(api.get(path_of(plural, name))) if api else c.store.get(kind, name).spec()
+        spec = spec_of(api.get(path_of(plural, name))) if api else _shown(c.store.get(kind, name))
         emit(spec, Format.json if c.output == Format.json else Format.yaml)
 
     add.__doc__ = f"Create a {kind}."
@@ -1054,7 +1054,7 @@ def _kind_app(kind: str) -> typer.Typer:
             else:
                 specs = [spec_of(item) for item in api.get(path_of(plural))["items"]]
         else:
-            specs = [o.spec() for o in c.store.list_objects(kind)]
+            specs = [_shown(o) for o in c.store.list_objects(kind)]
         if c.output == Format.table:
             columns, row = COLUMNS[kind]
             emit_table(columns, [row(s) for s in specs])
@@ -1062,6 +1062,15 @@ def _kind_app(kind: str) -> typer.Typer:
             emit(specs, c.output)
 
     return app
+
+
+def _shown(obj: Any) -> dict[str, Any]:
+    """An object's spec as get and list print it: without its secret fields (an OpenID
+    client secret), as the admin API answers; ``export --secrets`` is the way to them."""
+    spec: dict[str, Any] = obj.spec()
+    for field in getattr(obj, "secret_fields", ()):
+        spec.pop(field, None)
+    return spec
 
 
 def register_resources(app: typer.Typer) -> typer.Typer:

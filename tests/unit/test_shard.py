@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2, scoped_route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
-from controlplane.policy import Gateway, Route
+from controlplane.policy import Cluster, Gateway, OidcProvider, Route
 from controlplane.translate import LISTENER, ROUTE, SCOPED, GatewayView, Translator
 from controlplane.translate.route import RouteTable
 from controlplane.translate.shard import (
@@ -371,3 +372,43 @@ def test_a_route_switching_on_a_disabled_filter_is_never_short() -> None:
     assert route.metadata.filter_metadata[FALLBACK_FILTER]["refuse"] is True
     [plain] = [r for r in out.message(ROUTE, "edge#6/r/000").virtual_hosts[0].routes][1:2]
     assert FALLBACK_FILTER not in plain.metadata.filter_metadata
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"ext_authz": {"cluster": "authz"}},
+        {"auth": {"oidc": "corp"}},
+    ],
+    ids=["ext_authz", "oidc"],
+)
+def test_a_route_switching_on_a_filter_instance_is_marked_for_the_fallback(
+    extra: dict[str, object],
+) -> None:
+    """The same for filters listed as several instances (an authorization service, an
+    OpenID login): a case variant re-keyed to such a route would skip the check."""
+    routes = {r.name: r for r in _bench_like(10_000)}
+    guarded = Route.model_validate(
+        {
+            "name": "guarded",
+            "gateways": ["edge"],
+            "match": {"path_prefix": "/new/guarded"},
+            "cluster": "a",
+            **extra,
+        }
+    )
+    oidc = OidcProvider(
+        name="corp",
+        issuer="https://login.example.com",
+        authorization_endpoint="https://login.example.com/authorize",
+        token_endpoint="https://login.example.com/token",
+        client_id="gw",
+        client_secret="s",
+    )
+    clusters = {"authz": Cluster(name="authz", endpoints=["10.0.0.9:9191"], protocol="http2")}
+    out = Translator(shard_from=2000).translate(
+        GatewayView(GW, {**routes, "guarded": guarded}, clusters, {"oidc_provider": {"corp": oidc}})
+    )
+    [vh] = out.message(ROUTE, "edge#6/new/g").virtual_hosts
+    [route] = [r for r in vh.routes if r.name == "guarded"]
+    assert route.metadata.filter_metadata[FALLBACK_FILTER]["refuse"] is True
