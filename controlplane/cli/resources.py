@@ -331,6 +331,9 @@ def oidc_provider_fields(
     scope: Annotated[list[str] | None, typer.Option(help="Requested scope (repeatable).")] = None,
     callback_path: Annotated[str | None, typer.Option(help="Redirect URI path.")] = None,
     logout_path: Annotated[str | None, typer.Option(help="Path that ends the session.")] = None,
+    redirect_origin: Annotated[
+        str | None, typer.Option(help="scheme://host[:port] browsers use for the gateway.")
+    ] = None,
     refresh: Annotated[bool | None, typer.Option("--refresh/--no-refresh")] = None,
     forward_access_token: Annotated[
         bool | None, typer.Option("--forward-access-token/--no-forward-access-token")
@@ -358,6 +361,7 @@ def oidc_provider_fields(
     _set(out, "scopes", scope)
     _set(out, "callback_path", callback_path)
     _set(out, "logout_path", logout_path)
+    _set(out, "redirect_origin", redirect_origin)
     if refresh is not None:
         out["refresh"] = refresh
     if forward_access_token is not None:

@@ -72,6 +72,14 @@ class OidcProvider(PolicyModel):
         "/oauth2/callback", description="The redirect URI's path (register it at the provider)"
     )
     logout_path: str = Field("/oauth2/logout", description="Ends the session")
+    redirect_origin: str | None = Field(
+        None,
+        description=(
+            "The scheme, host and port browsers use for the gateway (e.g. "
+            "https://app.example.com:8443), the redirect URI's origin; unset: the request's "
+            "scheme and host without a port (the gateway on 80/443 or behind a proxy)"
+        ),
+    )
     refresh: bool = Field(True, description="Renew expired tokens with the refresh token")
     forward_access_token: bool = Field(
         True, description="Send the access token to the backend as Authorization: Bearer"
@@ -118,6 +126,17 @@ class OidcProvider(PolicyModel):
         if not _PATH_RE.match(value) or "//" in value or "/../" in value + "/":
             raise ValueError(f"{value!r} is not a plain absolute path")
         return value
+
+    @field_validator("redirect_origin")
+    @classmethod
+    def _origin(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        _check_url(value, "redirect origin")
+        parts = urlsplit(value)
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"{value!r}: only scheme://host[:port], the path is callback_path")
+        return value.rstrip("/")
 
     @field_validator("cookie_domain")
     @classmethod

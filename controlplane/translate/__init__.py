@@ -35,6 +35,7 @@ from .edge import apply_client_auth, client_ca_secret
 from .filters import http_filters
 from .listener import listener_resource
 from .oidc import (
+    login_origins,
     login_routes,
     oidc_filter_name,
     provider_cluster,
@@ -218,6 +219,9 @@ class Translator:
             context,
             aggregation_port=gw.aggregation_port,
             key_expiry=keys_expire(view.objects.get("api_key", {})),
+            login_origins=login_origins(
+                cast(Mapping[str, OidcProvider], view.objects.get("oidc_provider", {}))
+            ),
         )
         context = proto_context(
             context,

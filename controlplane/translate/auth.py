@@ -113,6 +113,9 @@ class RouteContext:
     #: some usable key of the gateway expires: keyed routes run the expiry check (Lua);
     #: without one the key filter hands the consumer straight to x-consumer-id (ADR 0045)
     key_expiry: bool = True
+    #: OpenID provider -> the origin its logins return to, where one is configured
+    #: (translate/oidc.py)
+    login_origins: tuple[tuple[str, str], ...] = ()
 
     def members(self, group: str) -> tuple[str, ...]:
         return dict(self.groups).get(group, ())
@@ -485,7 +488,7 @@ def route_variants(route: Route, message: rc.Route, context: RouteContext) -> li
         _configure(message, jwt_req=None, api_key=False, rules=None)
         return [message]
     if auth.oidc is not None:  # a browser login stands alone (policy/auth.py)
-        enable_login(message, auth)
+        enable_login(message, auth, dict(context.login_origins).get(auth.oidc))
         return [message]
     rules = auth if auth.has_rules else None
     if auth.jwt and auth.api_key:

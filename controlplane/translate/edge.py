@@ -445,7 +445,7 @@ end
 """
 
 
-def _lua_string(text: str) -> str:
+def lua_string(text: str) -> str:
     """A Lua string literal: letters and digits as they are, everything else as \\ddd."""
     return (
         '"'
@@ -475,7 +475,7 @@ def cert_consumer_filter(view: GatewayView) -> lua_pb2.Lua | None:
         return None
     table = (
         "{"
-        + ", ".join(f"[{_lua_string(k)}] = {_lua_string(v)}" for k, v in sorted(mapping.items()))
+        + ", ".join(f"[{lua_string(k)}] = {lua_string(v)}" for k, v in sorted(mapping.items()))
         + "}"
     )
     return lua_pb2.Lua(

@@ -37,7 +37,7 @@ from ..policy.traffic import CompressionAlgorithm
 from . import auth, edge
 from .common import ads_source, pack
 from .cors import CORS_FILTER, cors_filter
-from .oidc import OIDC_PREFIX, oidc_filters
+from .oidc import OIDC_PREFIX, ORIGIN_FILTER, oidc_filters, origin_filter, used_providers
 from .protocols import GRPC_WEB_FILTER, TRANSCODER_FILTER, grpc_web_filter, transcoder_filter
 from .ratelimit import RATE_LIMIT_FILTER, plans_of, rate_limit_config
 from .shard import FALLBACK_FILTER, fallback_filter
@@ -103,6 +103,13 @@ def _fallback(table: RouteTable) -> Message | None:
     return None if length is None else fallback_filter(length)
 
 
+def _origins_used(view: GatewayView, table: RouteTable) -> bool:
+    providers = cast(Mapping[str, OidcProvider], view.objects.get("oidc_provider", {}))
+    return any(
+        providers[n].redirect_origin for n in used_providers(table.features) if n in providers
+    )
+
+
 def _jwt(view: GatewayView, table: RouteTable) -> Message:
     return auth.jwt_filter(view, sorted(table.jwt_requirements))
 
@@ -131,8 +138,14 @@ ORDER: list[FilterSpec] = [
     ),
     # before authentication: a preflight is answered without credentials
     FilterSpec(CORS_FILTER, lambda _v, t: cors_filter() if t.cors_routes else None, False),
-    # browser login (translate/oidc.py): one instance per provider, on only where a route
-    # logs in with it
+    # browser login (translate/oidc.py): the origin a login returns to, then one instance
+    # per provider, each on only where a route logs in with it
+    FilterSpec(
+        ORIGIN_FILTER,
+        lambda v, t: origin_filter() if _origins_used(v, t) else None,
+        dynamic=False,
+        disabled=True,
+    ),
     FilterSpec(
         OIDC_PREFIX,
         lambda _v, _t: None,

@@ -18,11 +18,13 @@ session, as rotating a signing key should. Envoy encrypts the tokens in the cook
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from envoy.config.core.v3 import base_pb2, http_uri_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.oauth2.v3 import oauth_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.type.matcher.v3 import path_pb2, string_pb2
@@ -33,16 +35,20 @@ from ..policy import OidcProvider, Route
 from ..policy.auth import AuthPolicy
 from .cluster import url_cluster
 from .common import ads_source, duration, pack
+from .edge import lua_string
 
 __all__ = [
     "OIDC_PREFIX",
+    "ORIGIN_FILTER",
     "enable_login",
     "hmac_key",
     "login_features",
+    "login_origins",
     "login_routes",
     "oauth2_filter",
     "oidc_filter_name",
     "oidc_filters",
+    "origin_filter",
     "provider_cluster",
     "provider_secrets",
     "secret_names",
@@ -51,6 +57,7 @@ __all__ = [
 ]
 
 OIDC_PREFIX = "gateway.oidc."
+ORIGIN_FILTER = "gateway.login_origin"
 #: above every user route (priorities go up to 1000): the callback and logout always win
 _LOGIN_PRIORITY = 1001
 #: switches a disabled filter on (a FilterConfig with an empty config: no config at all
@@ -108,7 +115,10 @@ def oauth2_filter(provider: OidcProvider) -> oauth_pb2.OAuth2:
             hmac_secret=_sds(_hmac_name(provider.name)),
             cookie_domain=provider.cookie_domain or "",
         ),
-        redirect_uri="%REQ(x-forwarded-proto)%://%REQ(:authority)%" + provider.callback_path,
+        # the listener strips the port from the host (translate/listener.py): where
+        # browsers use another port, the origin is configured
+        redirect_uri=(provider.redirect_origin or "%REQ(x-forwarded-proto)%://%REQ(:authority)%")
+        + provider.callback_path,
         redirect_path_matcher=path_pb2.PathMatcher(
             path=string_pb2.StringMatcher(exact=provider.callback_path)
         ),
@@ -161,10 +171,38 @@ def oidc_filters(
     ]
 
 
-def enable_login(message: rc.Route, auth: AuthPolicy) -> None:
-    """Switch the route's provider's filter on."""
-    if auth.oidc is not None:
-        message.typed_per_filter_config[oidc_filter_name(auth.oidc)].CopyFrom(pack(_ON))
+def enable_login(message: rc.Route, auth: AuthPolicy, origin: str | None = None) -> None:
+    """Switch the route's provider's filter on; with a configured origin, also the filter
+    that gives the request that origin's host and port first."""
+    if auth.oidc is None:
+        return
+    per = message.typed_per_filter_config
+    per[oidc_filter_name(auth.oidc)].CopyFrom(pack(_ON))
+    if origin is not None:
+        script = (
+            "function envoy_on_request(request)\n"
+            f'  request:headers():replace(":authority", {lua_string(urlsplit(origin).netloc)})\n'
+            "end\n"
+        )
+        per[ORIGIN_FILTER].CopyFrom(
+            pack(lua_pb2.LuaPerRoute(source_code=base_pb2.DataSource(inline_string=script)))
+        )
+
+
+def origin_filter() -> lua_pb2.Lua:
+    """The listener strips the port from every request's host (translate/listener.py), and
+    the oauth2 filter sends the browser back, after the login, to the scheme, host and path
+    it saw: on a gateway browsers reach on another port than 80/443 that would lose the
+    port. Routes whose provider names its origin set the host to it first, in Lua (a
+    header mutation may not touch the host); the filter-level script does nothing, only
+    those routes switch the filter on."""
+    return lua_pb2.Lua(
+        default_source_code=base_pb2.DataSource(inline_string="function envoy_on_request(r) end")
+    )
+
+
+def login_origins(providers: Mapping[str, OidcProvider]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((n, p.redirect_origin) for n, p in providers.items() if p.redirect_origin))
 
 
 def login_features(auth: AuthPolicy | None) -> Iterator[str]:

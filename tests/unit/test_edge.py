@@ -124,7 +124,7 @@ def test_body_limit_variants() -> None:
 def test_client_certificates() -> None:
     from controlplane.policy import Consumer
     from controlplane.policy.edge import ClientAuth
-    from controlplane.translate.edge import _lua_string, cert_consumer_filter
+    from controlplane.translate.edge import cert_consumer_filter, lua_string
     from controlplane.translate.view import GatewayView
 
     with pytest.raises(ValidationError, match="not a PEM certificate bundle"):
@@ -132,7 +132,7 @@ def test_client_certificates() -> None:
     with pytest.raises(ValidationError, match="each name may appear once"):
         Consumer(name="a", certificates=["x", "x"])
     # every byte that is not a letter or digit is a 3-digit escape: no way out of the string
-    assert _lua_string('a"]=1 --\\') == '"a\\034\\093\\0611\\032\\045\\045\\092"'
+    assert lua_string('a"]=1 --\\') == '"a\\034\\093\\0611\\032\\045\\045\\092"'
     consumers = {"acme": Consumer(name="acme", certificates=["spiffe://x/acme"])}
     plain = GatewayView(Gateway(name="g", port=8080), {}, {}, {"consumer": consumers})
     assert cert_consumer_filter(plain) is None  # no client certificates on this gateway
