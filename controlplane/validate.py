@@ -40,6 +40,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.filters.http.oauth2.v3 import oauth_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -329,6 +330,7 @@ def bootstrap(resources: Resources) -> bootstrap_pb2.Bootstrap:
                         if ext_name in extensions:
                             ext = resources.message(EXTENSION, ext_name)
                             http_filter.typed_config.CopyFrom(ext.typed_config)  # type: ignore[attr-defined]
+                    _static_login(http_filter.typed_config)
                 flt.typed_config.Pack(hcm)
     assignments = resources.by_type[ENDPOINT]
     for name in resources.by_type[CLUSTER]:
@@ -377,6 +379,17 @@ def _static_tls(config: Any) -> None:
     for sds in context.common_tls_context.tls_certificate_sds_secret_configs:
         sds.ClearField("sds_config")
     config.Pack(context)
+
+
+def _static_login(config: Any) -> None:
+    """An OpenID login's client secret and cookie key (SDS) as static secret names."""
+    if not config.Is(oauth_pb2.OAuth2.DESCRIPTOR):
+        return
+    login = oauth_pb2.OAuth2()
+    config.Unpack(login)
+    login.config.credentials.token_secret.ClearField("sds_config")
+    login.config.credentials.hmac_secret.ClearField("sds_config")
+    config.Pack(login)
 
 
 def _sources(resources: Resources) -> dict[str, list[tuple[str, str]]]:

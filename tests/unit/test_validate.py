@@ -410,3 +410,33 @@ def test_a_controller_with_descriptors_past_1024_still_validates(
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@needs_envoy
+def test_a_route_with_an_openid_login_is_validated(tmp_path: Path) -> None:
+    """A write adding an OpenID login is validated by Envoy and accepted (the validating
+    bootstrap names the login's SDS secrets as static secrets, so Envoy loads them too)."""
+    validator = EnvoyValidator("always")
+    store = _store(tmp_path / "p.db", validator)
+    try:
+        provider = parse_object(
+            "oidc_provider",
+            {
+                "name": "corp",
+                "issuer": "https://login.example.com",
+                "authorization_endpoint": "https://login.example.com/authorize",
+                "token_endpoint": "https://login.example.com/token",
+                "client_id": "gw",
+                "client_secret": "s",
+            },
+        )
+        route = parse_object(
+            "route",
+            {"name": "r", "gateway": "gw", "cluster": "app", "match": {"path_prefix": "/r/"}}
+            | {"auth": {"oidc": "corp"}},
+        )
+        result = store.write([("create", "oidc_provider", "corp", provider),
+                              ("create", "route", "r", route)])  # fmt: skip
+        assert result.notes == [] and validator.runs >= 1  # each gateway it affects
+    finally:
+        store.close()
