@@ -24,6 +24,7 @@ __all__ = [
     "PolicyModel",
     "Regex",
     "duration_ms",
+    "is_loopback_host",
     "parse_duration",
     "parse_hostport",
 ]
@@ -125,3 +126,13 @@ def is_ip(host: str) -> bool:
 Name = Annotated[str, AfterValidator(_check_name), Field(examples=["users-api"])]
 Hostname = Annotated[str, AfterValidator(_check_hostname)]
 Regex = Annotated[str, AfterValidator(_check_regex)]
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP address (a host name may resolve to anything: no)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

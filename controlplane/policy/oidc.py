@@ -9,14 +9,13 @@ at rest, never listed, served to Envoy over SDS only.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from .common import Duration, Name, PolicyModel
+from .common import Duration, Name, PolicyModel, is_loopback_host
 from .headers import check_no_controls
 from .jwt import _check_url
 
@@ -27,21 +26,12 @@ _COOKIE_DOMAIN_RE = re.compile(r"^\.?[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$"
 _PATH_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _https(value: str, what: str, *, fetched: bool = False) -> str:
     """An https URL; plain http only to a loopback host (a provider on the same machine,
     as in a local setup or a test): the code, the tokens and the client secret cross it."""
     _check_url(value, what, fetched=fetched)
     parts = urlsplit(value)
-    if parts.scheme != "https" and not _loopback(parts.hostname or ""):
+    if parts.scheme != "https" and not is_loopback_host(parts.hostname or ""):
         raise ValueError(f"{value!r}: the {what} must be https (http only to a loopback host)")
     return value
 

@@ -17,7 +17,6 @@ told ``--insecure``. See docs/decisions/0018.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ..errors import GatewayError
 from ..pki import Identity, identity_of
+from ..policy.common import is_loopback_host
 
 __all__ = [
     "HandshakeCounter",
@@ -137,13 +137,7 @@ class UnsafeBind(GatewayError):
 
 def is_loopback(address: str) -> bool:
     """Whether ``host:port`` binds only the loopback interface (an empty host is every one)."""
-    host = address.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name may resolve to anything: not provably loopback
+    return is_loopback_host(address.rpartition(":")[0].strip("[]"))
 
 
 def check_bind(option: str, address: str, *, tls: bool, insecure: bool, tls_options: str) -> bool:

@@ -90,6 +90,23 @@ def _setup(cli: Cli, tmp_path: Path, provider: Provider, gateway_port: int, echo
     cli.add_route("open", "public", "/", "app")  # also where a logout lands
 
 
+@pytest.fixture
+def site(
+    cli: Cli, controller: Controller, envoy_factory: Any, tmp_path: Path,
+    provider: Provider, gateway_port: int,
+) -> Iterator[tuple[str, EchoServer]]:  # fmt: skip
+    """A gateway whose /app/ routes log in with the provider, /: open; its URL and backend."""
+    echo = EchoServer("app").start()
+    try:
+        _setup(cli, tmp_path, provider, gateway_port, echo.port)
+        envoy_factory("public")
+        base = f"http://127.0.0.1:{gateway_port}"
+        wait_until(lambda: httpx.get(f"{base}/open/x").status_code == 200, 30, 0.1)
+        yield base, echo
+    finally:
+        echo.stop()
+
+
 def _claims(token: str) -> dict[str, Any]:
     payload = token.split(".")[1]
     data: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -171,160 +188,140 @@ def _bearer(echoed: dict[str, Any]) -> str:
 
 
 def test_login_forwards_the_token_refreshes_and_logs_out(
-    cli: Cli, controller: Controller, envoy_factory: Any, tmp_path: Path,
-    provider: Provider, gateway_port: int,
-) -> None:  # fmt: skip
-    echo = EchoServer("app").start()
-    try:
-        _setup(cli, tmp_path, provider, gateway_port, echo.port)
-        envoy_factory("public")
-        base = f"http://127.0.0.1:{gateway_port}"
-        wait_until(lambda: httpx.get(f"{base}/open/x").status_code == 200, 30, 0.1)
-        opened = echo.hits
+    site: tuple[str, EchoServer], provider: Provider
+) -> None:
+    base, echo = site
+    opened = echo.hits
 
-        # an unauthenticated browser is sent to the provider: code flow with PKCE (S256)
-        browser = Browser()
-        to_provider = browser.to_provider(f"{base}/app/page?q=1", provider)
-        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(to_provider).query))
-        assert query["response_type"] == "code" and query["client_id"] == CLIENT_ID
-        assert query["code_challenge_method"] == "S256" and query["code_challenge"]
-        assert "openid" in query["scope"].split()
-        assert query["redirect_uri"] == f"{base}/oauth2/callback"
-        assert echo.hits == opened  # the backend saw nothing
+    # an unauthenticated browser is sent to the provider: code flow with PKCE (S256)
+    browser = Browser()
+    to_provider = browser.to_provider(f"{base}/app/page?q=1", provider)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(to_provider).query))
+    assert query["response_type"] == "code" and query["client_id"] == CLIENT_ID
+    assert query["code_challenge_method"] == "S256" and query["code_challenge"]
+    assert "openid" in query["scope"].split()
+    assert query["redirect_uri"] == f"{base}/oauth2/callback"
+    assert echo.hits == opened  # the backend saw nothing
 
-        # completing the flow: Envoy exchanges the code (with the verifier), sets the
-        # session and sends the browser back where it was going
-        callback = browser.log_in_at_provider(to_provider, provider)
-        before_callback = dict(browser.jar())  # nonce and verifier: for the replay below
-        done = browser.get(callback)
-        assert done.status_code == 302 and done.headers["location"] == f"{base}/app/page?q=1"
-        [exchange] = provider.events("token")
-        assert exchange["grant_type"] == "authorization_code" and exchange["ok"]
-        assert exchange["code_verifier_present"]
-        echoed = _echoed(browser.get(done.headers["location"]))
-        access = _bearer(echoed)
-        claims = _claims(access)
-        assert claims["sub"] == "alice" and claims["aud"] == CLIENT_ID
-        assert claims["iss"] == provider.url
-        assert echoed["path"] == "/app/page?q=1"
-        # and the ID token, decrypted, in the request's cookies
-        sent = dict(
-            part.strip().partition("=")[::2] for part in echoed["headers"]["cookie"].split(";")
-        )
-        identity = _claims(sent["IdToken"])
-        assert identity["sub"] == "alice" and identity["aud"] == CLIENT_ID
-        assert identity["iss"] == provider.url
+    # completing the flow: Envoy exchanges the code (with the verifier), sets the
+    # session and sends the browser back where it was going
+    callback = browser.log_in_at_provider(to_provider, provider)
+    before_callback = dict(browser.jar())  # nonce and verifier: for the replay below
+    done = browser.get(callback)
+    assert done.status_code == 302 and done.headers["location"] == f"{base}/app/page?q=1"
+    [exchange] = provider.events("token")
+    assert exchange["grant_type"] == "authorization_code" and exchange["ok"]
+    assert exchange["code_verifier_present"]
+    echoed = _echoed(browser.get(done.headers["location"]))
+    access = _bearer(echoed)
+    claims = _claims(access)
+    assert claims["sub"] == "alice" and claims["aud"] == CLIENT_ID
+    assert claims["iss"] == provider.url
+    assert echoed["path"] == "/app/page?q=1"
+    # and the ID token, decrypted, in the request's cookies
+    sent = dict(part.strip().partition("=")[::2] for part in echoed["headers"]["cookie"].split(";"))
+    identity = _claims(sent["IdToken"])
+    assert identity["sub"] == "alice" and identity["aud"] == CLIENT_ID
+    assert identity["iss"] == provider.url
 
-        # the session cookies are bounded and hold the tokens encrypted, not in clear
-        jar = browser.jar()
-        assert {"BearerToken", "OauthHMAC", "OauthExpires", "RefreshToken"} <= set(jar)
-        assert all(len(f"{k}={v}") < 4096 for k, v in jar.items())
-        assert sum(len(f"{k}={v}") for k, v in jar.items()) < 8192
-        assert access not in jar["BearerToken"] and access.split(".")[1] not in str(jar)
+    # the session cookies are bounded and hold the tokens encrypted, not in clear
+    jar = browser.jar()
+    assert {"BearerToken", "OauthHMAC", "OauthExpires", "RefreshToken"} <= set(jar)
+    assert all(len(f"{k}={v}") < 4096 for k, v in jar.items())
+    assert sum(len(f"{k}={v}") for k, v in jar.items()) < 8192
+    assert access not in jar["BearerToken"] and access.split(".")[1] not in str(jar)
 
-        # a tampered cookie is refused: back to the provider, the backend sees nothing
-        hits = echo.hits
-        for name in ("BearerToken", "OauthHMAC", "OauthExpires"):
-            forged = Browser()
-            forged.cookies = {k: (v, float("inf")) for k, v in jar.items() if k != "RefreshToken"}
-            value = jar[name]
-            flipped = value[:-2] + ("A" if value[-2] != "A" else "B") + value[-1]
-            forged.cookies[name] = (flipped, float("inf"))
-            answer = forged.get(f"{base}/app/page")
-            assert answer.status_code == 302, (name, answer.status_code)
-            assert answer.headers["location"].startswith(f"{provider.url}/authorize?")
-        assert echo.hits == hits
+    # a tampered cookie is refused: back to the provider, the backend sees nothing
+    hits = echo.hits
+    for name in ("BearerToken", "OauthHMAC", "OauthExpires"):
+        forged = Browser()
+        forged.cookies = {k: (v, float("inf")) for k, v in jar.items() if k != "RefreshToken"}
+        value = jar[name]
+        flipped = value[:-2] + ("A" if value[-2] != "A" else "B") + value[-1]
+        forged.cookies[name] = (flipped, float("inf"))
+        answer = forged.get(f"{base}/app/page")
+        assert answer.status_code == 302, (name, answer.status_code)
+        assert answer.headers["location"].startswith(f"{provider.url}/authorize?")
+    assert echo.hits == hits
 
-        # the session as copied now (without its refresh token), replayed once expired
-        copied = {k: v for k, v in jar.items() if k != "RefreshToken"}
+    # the session as copied now (without its refresh token), replayed once expired
+    copied = {k: v for k, v in jar.items() if k != "RefreshToken"}
 
-        # after expiry the refresh token renews the session: a new access token reaches
-        # the backend without another login
-        time.sleep(TOKEN_TTL + 1)
-        renewed = browser.get(f"{base}/app/page?again=1")
-        if renewed.status_code == 302 and renewed.headers["location"].startswith(base):
-            renewed = browser.get(renewed.headers["location"])  # a filter's own hop
-        fresh = _bearer(_echoed(renewed))
-        assert fresh != access and _claims(fresh)["sub"] == "alice"
-        assert _claims(fresh)["jti"] != claims["jti"]
-        grants = [e["grant_type"] for e in provider.events("token") if e["ok"]]
-        assert grants == ["authorization_code", "refresh_token"]
-        assert not [e for e in provider.events("authorize") if e.get("outcome") == "redirect"][1:]
+    # after expiry the refresh token renews the session: a new access token reaches
+    # the backend without another login
+    time.sleep(TOKEN_TTL + 1)
+    renewed = browser.get(f"{base}/app/page?again=1")
+    if renewed.status_code == 302 and renewed.headers["location"].startswith(base):
+        renewed = browser.get(renewed.headers["location"])  # a filter's own hop
+    fresh = _bearer(_echoed(renewed))
+    assert fresh != access and _claims(fresh)["sub"] == "alice"
+    assert _claims(fresh)["jti"] != claims["jti"]
+    grants = [e["grant_type"] for e in provider.events("token") if e["ok"]]
+    assert grants == ["authorization_code", "refresh_token"]
+    assert not [e for e in provider.events("authorize") if e.get("outcome") == "redirect"][1:]
 
-        stale = Browser()
-        stale.cookies = {k: (v, float("inf")) for k, v in copied.items()}
-        refused = stale.get(f"{base}/app/page")
-        assert refused.status_code == 302 and "/authorize?" in refused.headers["location"]
+    stale = Browser()
+    stale.cookies = {k: (v, float("inf")) for k, v in copied.items()}
+    refused = stale.get(f"{base}/app/page")
+    assert refused.status_code == 302 and "/authorize?" in refused.headers["location"]
 
-        # a replayed callback (same code and state, the flow's own cookies) is refused:
-        # the provider takes a code once
-        hits = echo.hits
-        replay = Browser()
-        replay.cookies = {k: (v, float("inf")) for k, v in before_callback.items()}
-        replayed = replay.get(callback)
-        assert replayed.status_code == 401, replayed.status_code
-        assert not any(k == "BearerToken" for k in replay.jar())
-        assert [e["ok"] for e in provider.events("token")] == [True, True, False]
-        assert echo.hits == hits
+    # a replayed callback (same code and state, the flow's own cookies) is refused:
+    # the provider takes a code once
+    hits = echo.hits
+    replay = Browser()
+    replay.cookies = {k: (v, float("inf")) for k, v in before_callback.items()}
+    replayed = replay.get(callback)
+    assert replayed.status_code == 401, replayed.status_code
+    assert not any(k == "BearerToken" for k in replay.jar())
+    assert [e["ok"] for e in provider.events("token")] == [True, True, False]
+    assert echo.hits == hits
 
-        # logout: the session is cleared and the provider's session ended too
-        out = browser.get(f"{base}/oauth2/logout")
-        assert out.status_code == 302, out.status_code
-        assert not {"BearerToken", "OauthHMAC", "RefreshToken"} & set(browser.jar())
-        end = out.headers["location"]
-        assert end.startswith(f"{provider.url}/end_session"), end
-        ended = browser.get(end)
-        [logout] = provider.events("end_session")
-        assert logout["id_token_hint_valid"], logout
-        assert ended.status_code in (200, 302)
-        again = browser.to_provider(f"{base}/app/page", provider)
-        form = browser.get(again)
-        assert form.status_code == 200 and 'name="password"' in form.text  # log in again
-        assert echo.hits == hits  # nothing reached the backend since the refresh
-    finally:
-        echo.stop()
+    # logout: the session is cleared and the provider's session ended too
+    out = browser.get(f"{base}/oauth2/logout")
+    assert out.status_code == 302, out.status_code
+    assert not {"BearerToken", "OauthHMAC", "RefreshToken"} & set(browser.jar())
+    end = out.headers["location"]
+    assert end.startswith(f"{provider.url}/end_session"), end
+    ended = browser.get(end)
+    [logout] = provider.events("end_session")
+    assert logout["id_token_hint_valid"], logout
+    assert ended.status_code in (200, 302)
+    again = browser.to_provider(f"{base}/app/page", provider)
+    form = browser.get(again)
+    assert form.status_code == 200 and 'name="password"' in form.text  # log in again
+    assert echo.hits == hits  # nothing reached the backend since the refresh
 
 
-def test_a_real_browser_logs_in_and_out(
-    cli: Cli, controller: Controller, envoy_factory: Any, tmp_path: Path,
-    provider: Provider, gateway_port: int,
-) -> None:  # fmt: skip
+def test_a_real_browser_logs_in_and_out(site: tuple[str, EchoServer], provider: Provider) -> None:
     """The same login in Chromium: the redirects, the provider's form, the cookies as a
     browser keeps them (Secure cookies on a loopback origin), the logout."""
     path = chromium()
     from playwright.sync_api import sync_playwright
 
-    echo = EchoServer("app").start()
-    try:
-        _setup(cli, tmp_path, provider, gateway_port, echo.port)
-        envoy_factory("public")
-        base = f"http://127.0.0.1:{gateway_port}"
-        wait_until(lambda: httpx.get(f"{base}/open/x").status_code == 200, 30, 0.1)
-        with sync_playwright() as p:
-            args = ["--no-sandbox"] if os.geteuid() == 0 else []
-            browser = p.chromium.launch(executable_path=path, headless=True, args=args)
-            try:
-                page = browser.new_context().new_page()
-                page.goto(f"{base}/app/welcome")
-                assert page.url.startswith(f"{provider.url}/authorize?")  # the login form
-                page.fill("#username", "alice")
-                page.fill("#password", "password")
-                with page.expect_navigation(url=f"{base}/app/welcome"):
-                    page.click("#submit")
-                echoed = json.loads(page.inner_text("body"))
-                assert echoed["path"] == "/app/welcome"
-                token = echoed["headers"]["authorization"].removeprefix("Bearer ")
-                assert _claims(token)["sub"] == "alice"
-                names = {c["name"] for c in page.context.cookies(base)}
-                assert {"BearerToken", "OauthHMAC", "RefreshToken"} <= names
-                page.goto(f"{base}/oauth2/logout")
-                assert provider.events("end_session")
-                names = {c["name"] for c in page.context.cookies(base)}
-                assert not {"BearerToken", "OauthHMAC", "RefreshToken"} & names
-                page.goto(f"{base}/app/welcome")
-                assert page.url.startswith(f"{provider.url}/authorize?")
-                assert page.locator("#password").count() == 1  # the provider asks again
-            finally:
-                browser.close()
-    finally:
-        echo.stop()
+    base, _ = site
+    with sync_playwright() as p:
+        args = ["--no-sandbox"] if os.geteuid() == 0 else []
+        browser = p.chromium.launch(executable_path=path, headless=True, args=args)
+        try:
+            page = browser.new_context().new_page()
+            page.goto(f"{base}/app/welcome")
+            assert page.url.startswith(f"{provider.url}/authorize?")  # the login form
+            page.fill("#username", "alice")
+            page.fill("#password", "password")
+            with page.expect_navigation(url=f"{base}/app/welcome"):
+                page.click("#submit")
+            echoed = json.loads(page.inner_text("body"))
+            assert echoed["path"] == "/app/welcome"
+            token = echoed["headers"]["authorization"].removeprefix("Bearer ")
+            assert _claims(token)["sub"] == "alice"
+            names = {c["name"] for c in page.context.cookies(base)}
+            assert {"BearerToken", "OauthHMAC", "RefreshToken"} <= names
+            page.goto(f"{base}/oauth2/logout")
+            assert provider.events("end_session")
+            names = {c["name"] for c in page.context.cookies(base)}
+            assert not {"BearerToken", "OauthHMAC", "RefreshToken"} & names
+            page.goto(f"{base}/app/welcome")
+            assert page.url.startswith(f"{provider.url}/authorize?")
+            assert page.locator("#password").count() == 1  # the provider asks again
+        finally:
+            browser.close()
