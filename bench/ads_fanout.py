@@ -113,12 +113,13 @@ class Proxy:
                 self.errors += 1
 
     def _on_response(self, resp: Any) -> None:
+        from envoy.config.cluster.v3 import cluster_pb2
         from envoy.config.listener.v3 import listener_pb2
         from envoy.extensions.filters.network.http_connection_manager.v3 import (
             http_connection_manager_pb2 as hcm_pb2,
         )
 
-        from controlplane.translate import EXTENSION, LISTENER, ROUTE
+        from controlplane.translate import CLUSTER, ENDPOINT, EXTENSION, LISTENER, ROUTE
 
         received = time.perf_counter()
         kind = resp.type_url.rsplit(".", 1)[-1]
@@ -130,6 +131,16 @@ class Proxy:
             self.route_acks.setdefault(
                 _revision(resp.version_info), (received, time.perf_counter())
             )
+        elif resp.type_url == CLUSTER:
+            # as Envoy: the endpoints of every EDS cluster (the controller sends routes to a
+            # new cluster once its endpoints went out)
+            eds = []
+            for any_ in resp.resources:
+                cluster = cluster_pb2.Cluster()
+                any_.Unpack(cluster)
+                if cluster.type == cluster_pb2.Cluster.EDS:
+                    eds.append(cluster.eds_cluster_config.service_name or cluster.name)
+            self._subscribe(ENDPOINT, ["gateway.replicas", *sorted(eds)])
         elif resp.type_url == LISTENER:
             routes, filters = [], []
             for any_ in resp.resources:

@@ -185,3 +185,34 @@ def test_rejected_change_is_reported(cli, controller, envoy_factory, backends, g
     status = cli.json("status")
     assert all(p["in_sync"] for p in status["proxies"])
     assert backend_of(gateway_port, "/good") == "alpha"
+
+
+def test_a_route_moving_off_its_only_cluster_never_fails(
+    cli, controller, envoy_factory, backends, gateway_port
+):
+    """Make-before-break when a move leaves a cluster unused: the route moves first, the
+    cluster goes after (and when dropping is the only cluster change, Envoy gets no CDS
+    response before the routes). Under load on that route, 40 moves: no request fails."""
+    _setup(cli, backends, gateway_port)
+    cli.add_route("moving", "public", "/moving", "alpha", "--wait")
+    envoy_factory("public")
+    store = Store(cli.db)
+    with KeepAliveLoad(gateway_port, ["/moving/x"] * 10) as load:
+        load.more(20)
+        for i in range(40):
+            target = "beta" if i % 2 == 0 else "alpha"  # the other one is then unused
+            store.apply_objects(
+                [
+                    Route(
+                        name="moving",
+                        gateways=["public"],
+                        match={"path_prefix": "/moving"},
+                        cluster=target,
+                    )
+                ]
+            )
+            revision = store.revision()
+            wait_until(lambda r=revision: all(p.acked_revision >= r for p in store.proxies()), 20)
+            load.more(10)
+    assert load.outcomes["2xx"] > 400, load.outcomes
+    assert set(load.outcomes) == {"2xx"}, f"failed requests during the moves: {load.outcomes}"

@@ -5,8 +5,10 @@ so requests on a route moving away from it never meet "no cluster" (503)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -75,9 +77,9 @@ async def _dropped_cluster() -> None:
     cache.publish(second)
     await stream._on_snapshot()
     assert [_sent(w) for w in written[2:]] == [
-        ("Cluster", ["alpha", "beta"]),  # beta kept while the route still uses it
+        # Envoy runs alpha and beta already: the routes move first, nothing before them
         ("RouteConfiguration", ["public->alpha"]),
-        ("Cluster", ["alpha"]),  # then removed
+        ("Cluster", ["alpha"]),  # then beta is removed
     ]
     # the last CDS response is the snapshot's: its ACK puts the proxy in sync
     final = discovery_pb2.DiscoveryResponse.FromString(written[-1])
@@ -86,9 +88,19 @@ async def _dropped_cluster() -> None:
     third = _snapshot(3, ["alpha", "gamma"], "gamma", second, frags)
     cache.publish(third)
     await stream._on_snapshot()
-    assert [_sent(w) for w in written[5:]] == [
+    assert [_sent(w) for w in written[4:]] == [
         ("Cluster", ["alpha", "gamma"]),
         ("RouteConfiguration", ["public->gamma"]),
+    ]
+    # dropping one cluster while adding another: the new one must be there before the
+    # routes use it, the old one stays until they left it
+    fourth = _snapshot(4, ["alpha", "delta"], "delta", third, frags)
+    cache.publish(fourth)
+    await stream._on_snapshot()
+    assert [_sent(w) for w in written[6:]] == [
+        ("Cluster", ["alpha", "delta", "gamma"]),  # delta added, gamma kept
+        ("RouteConfiguration", ["public->delta"]),
+        ("Cluster", ["alpha", "delta"]),
     ]
 
 
@@ -145,3 +157,102 @@ async def _asked_again() -> None:
     assert len(written) == 1
     await ask("alpha", "beta")  # alpha is back (rolled back to): its endpoints go again
     assert [names(w) for w in written[1:]] == [["alpha"]]
+
+
+def _eds_snapshot(
+    revision: int, clusters: list[str], target: str, previous: Snapshot | None, frags: FragmentCache
+) -> Snapshot:
+    from envoy.config.endpoint.v3 import endpoint_pb2
+
+    from controlplane.translate import ENDPOINT
+
+    res = Resources()
+    for name in clusters:
+        res.add(CLUSTER, name, cluster_pb2.Cluster(name=name), [], needs=[(ENDPOINT, name)])
+        res.add(ENDPOINT, name, endpoint_pb2.ClusterLoadAssignment(cluster_name=name), [])
+    res.add(ROUTE, "public", route_pb2.RouteConfiguration(name=f"public->{target}"), [])
+    return build_snapshot("gw", revision, res, previous, frags)
+
+
+def _endpoint_names(data: bytes) -> list[str]:
+    from envoy.config.endpoint.v3 import endpoint_pb2
+
+    resp = discovery_pb2.DiscoveryResponse.FromString(data)
+    out = []
+    for any_ in resp.resources:
+        if any_.Is(endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR):
+            cla = endpoint_pb2.ClusterLoadAssignment()
+            any_.Unpack(cla)
+            out.append(cla.cluster_name)
+    return out
+
+
+def _types(written: list[bytes]) -> list[str]:
+    return [
+        discovery_pb2.DiscoveryResponse.FromString(w).type_url.rsplit(".", 1)[-1] for w in written
+    ]
+
+
+@pytest.mark.parametrize("asks", [True, False], ids=["envoy asks", "envoy never asks"])
+def test_routes_to_a_new_cluster_wait_for_its_endpoints(
+    asks: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new EDS cluster warms until its endpoints come, and a route to a warming cluster
+    gets 503: the routes go after Envoy asked for the new cluster's endpoints and got them
+    (or, if it never asks, after WARM_WAIT)."""
+    monkeypatch.setattr("controlplane.xds.server.WARM_WAIT", 0.2)
+    asyncio.run(_new_cluster(asks))
+
+
+async def _new_cluster(asks: bool) -> None:
+    from controlplane.translate import ENDPOINT
+
+    frags = FragmentCache()
+    cache = SnapshotCache()
+    first = _eds_snapshot(1, ["alpha"], "alpha", None, frags)
+    cache.publish(first)
+    written: list[bytes] = []
+    requests: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+
+    async def write(data: bytes) -> None:
+        written.append(data)
+
+    async def envoy() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+        while (item := await requests.get()) is not None:
+            yield item
+
+    def ask(type_url: str, names: list[str], nonce: str = "") -> None:
+        req = discovery_pb2.DiscoveryRequest(
+            type_url=type_url, resource_names=names, response_nonce=nonce
+        )
+        req.node.id, req.node.cluster = "n", "gw"
+        requests.put_nowait(req)
+
+    cache.ready.set()
+    stream = AdsStream(cache, _Recorder(), write, "peer")  # type: ignore[arg-type]
+    runner = asyncio.create_task(stream.run(envoy()))
+    ask(CLUSTER, [])
+    ask(ENDPOINT, ["alpha"])
+    ask(ROUTE, ["public"])
+    await asyncio.sleep(0.1)
+    assert _types(written) == ["Cluster", "ClusterLoadAssignment", "RouteConfiguration"]
+    # the route moves to a new cluster, beta
+    cache.publish(_eds_snapshot(2, ["alpha", "beta"], "beta", first, frags))
+    await asyncio.sleep(0.1)
+    pushed = _types(written[3:])
+    assert pushed[0] == "Cluster" and "RouteConfiguration" not in pushed  # beta warms
+    if asks:
+        nonce = discovery_pb2.DiscoveryResponse.FromString(written[-1]).nonce
+        ask(ENDPOINT, ["alpha", "beta"], nonce if pushed[-1] != "Cluster" else "")
+        await asyncio.sleep(0.1)
+        assert _types(written[-2:]) == ["ClusterLoadAssignment", "RouteConfiguration"]
+        assert "beta" in _endpoint_names(written[-2])  # its endpoints, then the routes
+    else:
+        await asyncio.sleep(0.4)  # past WARM_WAIT: the routes go anyway
+        assert _types(written[-1:]) == ["RouteConfiguration"]
+        assert not any("beta" in _endpoint_names(w) for w in written[3:-1])
+    config = route_pb2.RouteConfiguration()
+    discovery_pb2.DiscoveryResponse.FromString(written[-1]).resources[0].Unpack(config)
+    assert config.name == "public->beta"
+    requests.put_nowait(None)
+    await asyncio.wait_for(runner, 2)
