@@ -66,6 +66,8 @@ class Proxy:
         self.errors = 0
         #: responses received per resource type (short name)
         self.responses: dict[str, int] = {}
+        #: type -> (version, nonce) of the last response
+        self.last: dict[str, tuple[str, str]] = {}
 
     def _request(self, type_url: str, names: list[str], version: str = "", nonce: str = ""):  # type: ignore[no-untyped-def]
         req = self._pb.DiscoveryRequest(
@@ -78,9 +80,12 @@ class Proxy:
         return req
 
     def _subscribe(self, type_url: str, names: list[str]) -> None:
+        """A new list of names, with the last version and nonce of the type, as Envoy
+        sends it (a request without a nonce is a new subscription: answered in full)."""
         if names and self.subscribed.get(type_url) != names:
             self.subscribed[type_url] = names
-            self.queue.put_nowait(self._request(type_url, names))
+            version, nonce = self.last.get(type_url, ("", ""))
+            self.queue.put_nowait(self._request(type_url, names, version, nonce))
 
     async def _requests(self):  # type: ignore[no-untyped-def]
         while True:
@@ -125,6 +130,7 @@ class Proxy:
         kind = resp.type_url.rsplit(".", 1)[-1]
         self.responses[kind] = self.responses.get(kind, 0) + 1
         names = self.subscribed.get(resp.type_url, [])
+        self.last[resp.type_url] = (resp.version_info, resp.nonce)
         ack = self._request(resp.type_url, names, resp.version_info, resp.nonce)
         self.queue.put_nowait(ack)  # ACK first, as Envoy does once the resource is applied
         if resp.type_url == ROUTE:

@@ -40,10 +40,6 @@ _LATE = object()
 #: that serving listeners wait for. A proxy is in sync without them: that listener's
 #: connections close after their next response (run-envoy.sh: --drain-strategy immediate).
 LATE_INTERVAL = 1.0
-#: the longest a push waits, after a CDS response adding EDS clusters, for Envoy to ask for
-#: their endpoints before it sends the rest (listeners, routes) anyway
-WARM_WAIT = 5.0
-_WARM_TIMEOUT = object()
 
 
 @dataclass
@@ -101,13 +97,6 @@ class AdsStream:
         self.types = {t: TypeState() for t in PUSH_ORDER}
         self._nonces = itertools.count(1)
         self._cds_since_eds = False
-        #: EDS clusters just added by CDS whose endpoints Envoy has not been sent yet: the
-        #: rest of the push (routes that may use them) waits for them, until the deadline
-        self._warming: frozenset[str] = frozenset()
-        self._warming_until = 0.0
-        #: new clusters whose endpoints Envoy did not ask for within WARM_WAIT: not waited
-        #: for again (until they leave CDS)
-        self._unasked: frozenset[str] = frozenset()
         self.proxy: ProxyState | None = None
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         #: resource types sent since the last push event was recorded
@@ -157,10 +146,6 @@ class AdsStream:
                 elif isinstance(item, tuple) and item[0] is _LATE:
                     self.types[item[1]].late_waiting = False
                     await self._on_snapshot()
-                elif item is _WARM_TIMEOUT:
-                    if self._warming and time.monotonic() >= self._warming_until:
-                        self._give_up_warming()  # Envoy did not ask: send the rest
-                        await self._on_snapshot()
                 elif isinstance(item, discovery_pb2.DiscoveryRequest):
                     await self._on_request(item)
         finally:
@@ -227,13 +212,6 @@ class AdsStream:
             await self._send(ENDPOINT, snap, force=True)
         elif names_changed and not req.HasField("error_detail"):
             await self._send(req.type_url, snap, force=False)
-        if (
-            req.type_url == ENDPOINT
-            and self._warming
-            and self._warming <= self.types[ENDPOINT].sent.keys()
-        ):
-            self._warming = frozenset()  # the new clusters have their endpoints
-            await self._on_snapshot()  # now the routes that may use them
         self._record_push(snap.revision)
 
     def _on_nack(self, req: discovery_pb2.DiscoveryRequest, snap: Snapshot) -> None:
@@ -274,8 +252,8 @@ class AdsStream:
         for type_url in PUSH_ORDER:
             if not self.types[type_url].subscribed:
                 continue
-            if type_url not in (CLUSTER, ENDPOINT) and self._awaits_endpoints(snap):
-                return  # resumed when Envoy has asked for and got them (_on_request)
+            if type_url == ENDPOINT:
+                await self._send_new_endpoints(snap)
             if type_url == CLUSTER and dropped:
                 # make-before-break: clusters the new configuration drops stay until the
                 # routes that used them have moved (else those requests get 503 "no
@@ -294,52 +272,25 @@ class AdsStream:
         self._record_push(snap.revision)
         self._update_sync(snap)
 
-    def _awaits_endpoints(self, snap: Snapshot) -> bool:
-        """Whether the clusters CDS just added still wait for their endpoints. Envoy warms
-        a new EDS cluster until its endpoints come, and routes to a warming cluster get 503
-        ("no cluster"): the routes go once Envoy has asked for the endpoints and got them
-        (Envoy applies the responses of a stream in order). A changed cluster needs no
-        wait: Envoy keeps serving the old one while the new one warms."""
-        eds = self.types[ENDPOINT]  # not yet subscribed: the first EDS cluster comes
-        clusters = self.types[CLUSTER].sent
-        self._unasked &= clusters.keys()
-        if not self._warming:
-            new = frozenset(
-                n
-                for n in clusters
-                if n in snap.types[ENDPOINT].fragments
-                and n not in eds.sent
-                and n not in self._unasked
-            )
-            if not new:
-                return False
-            self._warming = new
-            self._warming_until = time.monotonic() + WARM_WAIT
-            asyncio.get_running_loop().call_later(
-                WARM_WAIT, self._queue.put_nowait, _WARM_TIMEOUT
-            )
-        if time.monotonic() >= self._warming_until:
-            self._give_up_warming()
-            return False
-        return True
-
-    def _give_up_warming(self) -> None:
-        if self.proxy is not None:
-            log.warning(
-                "node %s did not ask for the endpoints of %s within %.0f s: routes sent anyway",
-                self.proxy.node_id,
-                ", ".join(sorted(self._warming)),
-                WARM_WAIT,
-            )
-        self._unasked |= self._warming
-        self._warming = frozenset()
+    async def _send_new_endpoints(self, snap: Snapshot) -> None:
+        """The endpoints of the EDS clusters the CDS response just added, sent right after
+        it, before the routes. Envoy warms a new cluster until its endpoints come, and a
+        route to a warming cluster gets 503 ("no cluster"); Envoy applies a stream's
+        responses in order and has its watch on the new cluster once it applied the CDS
+        response, so it takes these endpoints before the routes arrive. Waiting for its
+        own EDS request instead would cost a round trip to every proxy. A changed cluster
+        needs nothing here: Envoy keeps serving the old one while the new one warms."""
+        eds = self.types[ENDPOINT]
+        fragments = snap.types[ENDPOINT].fragments
+        new = {n for n in self.types[CLUSTER].sent if n in fragments and n not in eds.sent}
+        if new:
+            names = sorted((eds.names & fragments.keys()) | new)
+            await self._respond(ENDPOINT, snap.types[ENDPOINT], names)
 
     def _runs(self, type_url: str, fragments: dict[str, bytes]) -> bool:
         """Whether the last response of this type sent exactly these resources."""
         sent = self.types[type_url].sent
-        return sent.keys() == fragments.keys() and all(
-            sent[n] == f for n, f in fragments.items()
-        )
+        return sent.keys() == fragments.keys() and all(sent[n] == f for n, f in fragments.items())
 
     def _dropped_clusters(self, snap: Snapshot) -> dict[str, bytes]:
         """Clusters Envoy was sent that ``snap`` no longer has, when routes change too."""

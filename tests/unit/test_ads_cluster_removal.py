@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -193,18 +192,14 @@ def _types(written: list[bytes]) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("asks", [True, False], ids=["envoy asks", "envoy never asks"])
-def test_routes_to_a_new_cluster_wait_for_its_endpoints(
-    asks: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_routes_to_a_new_cluster_come_after_its_endpoints() -> None:
     """A new EDS cluster warms until its endpoints come, and a route to a warming cluster
-    gets 503: the routes go after Envoy asked for the new cluster's endpoints and got them
-    (or, if it never asks, after WARM_WAIT)."""
-    monkeypatch.setattr("controlplane.xds.server.WARM_WAIT", 0.2)
-    asyncio.run(_new_cluster(asks))
+    gets 503: its endpoints go right after the CDS response, before the routes, without
+    waiting for Envoy to ask (a round trip to every proxy)."""
+    asyncio.run(_new_cluster())
 
 
-async def _new_cluster(asks: bool) -> None:
+async def _new_cluster() -> None:
     from controlplane.translate import ENDPOINT
 
     frags = FragmentCache()
@@ -239,18 +234,8 @@ async def _new_cluster(asks: bool) -> None:
     # the route moves to a new cluster, beta
     cache.publish(_eds_snapshot(2, ["alpha", "beta"], "beta", first, frags))
     await asyncio.sleep(0.1)
-    pushed = _types(written[3:])
-    assert pushed[0] == "Cluster" and "RouteConfiguration" not in pushed  # beta warms
-    if asks:
-        nonce = discovery_pb2.DiscoveryResponse.FromString(written[-1]).nonce
-        ask(ENDPOINT, ["alpha", "beta"], nonce if pushed[-1] != "Cluster" else "")
-        await asyncio.sleep(0.1)
-        assert _types(written[-2:]) == ["ClusterLoadAssignment", "RouteConfiguration"]
-        assert "beta" in _endpoint_names(written[-2])  # its endpoints, then the routes
-    else:
-        await asyncio.sleep(0.4)  # past WARM_WAIT: the routes go anyway
-        assert _types(written[-1:]) == ["RouteConfiguration"]
-        assert not any("beta" in _endpoint_names(w) for w in written[3:-1])
+    assert _types(written[3:]) == ["Cluster", "ClusterLoadAssignment", "RouteConfiguration"]
+    assert _endpoint_names(written[4]) == ["alpha", "beta"]  # what Envoy watches, and beta
     config = route_pb2.RouteConfiguration()
     discovery_pb2.DiscoveryResponse.FromString(written[-1]).resources[0].Unpack(config)
     assert config.name == "public->beta"
