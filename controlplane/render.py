@@ -77,14 +77,15 @@ def render_gateway(
 
 def _plain(value: Any, *, redact: bool) -> Any:
     """A copy made of plain dicts and lists; with ``redact``, without private keys (TLS
-    secrets) and API keys (the api_key_auth filter)."""
+    secrets), API keys (the api_key_auth filter) and generic secrets (an OpenID client
+    secret and its cookie key)."""
     if isinstance(value, list):
         return [_plain(v, redact=redact) for v in value]
     if not isinstance(value, dict):
         return value
     out: dict[str, Any] = {}
     for key, item in value.items():
-        if redact and key == "private_key" and isinstance(item, dict):
+        if redact and key in ("private_key", "generic_secret") and isinstance(item, dict):
             out[key] = dict.fromkeys(item, REDACTED)
         elif redact and key == "credentials" and value.get("@type") == _API_KEY_AUTH:
             out[key] = [{**_plain(c, redact=False), "key": REDACTED} for c in item]

@@ -50,7 +50,9 @@ def test_add_list_get_and_protect_a_route(loaded: Cli) -> None:
     assert key_id is not None
     # the rendered configuration names the SDS secret, and the secret is served only over SDS
     rendered = loaded.run("render", "--gateway", "public").stdout
-    assert "oidc:corp:client-secret" in rendered
+    assert "oidc:corp:client-secret" in rendered and SECRET not in rendered  # redacted
+    shown = loaded.run("render", "--gateway", "public", "--show-secrets").stdout
+    assert SECRET in shown
     loaded.run("route", "update", "users-api", "--auth-public")
     assert "gateway.oidc.corp" not in loaded.run("render", "--gateway", "public").stdout
 

@@ -484,7 +484,8 @@ def register_declarative(app: typer.Typer) -> None:
         show_secrets: Annotated[
             bool,
             typer.Option(
-                "--show-secrets", help="Print private keys and API keys instead of (redacted)."
+                "--show-secrets",
+                help="Print private keys, API keys and client secrets instead of (redacted).",
             ),
         ] = False,
     ) -> None:
