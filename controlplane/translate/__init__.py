@@ -40,7 +40,6 @@ from .oidc import (
     oidc_filter_name,
     provider_cluster,
     provider_secrets,
-    secret_names,
     token_cluster_name,
     used_providers,
 )
@@ -445,12 +444,11 @@ class Translator:
             src = [("oidc_provider", provider.name)]
             cluster = provider_cluster(provider)
             out.add(CLUSTER, token_cluster_name(provider.name), cluster, src)
+            needs = out.needs.setdefault((LISTENER, gw.name), [])
+            needs.append((CLUSTER, token_cluster_name(provider.name)))
             for secret in provider_secrets(provider):
                 out.add(SECRET, secret.name, secret, src)
-            out.needs.setdefault((LISTENER, gw.name), []).extend(
-                [(CLUSTER, token_cluster_name(provider.name))]
-                + [(SECRET, n) for n in secret_names(provider.name)]
-            )
+                needs.append((SECRET, secret.name))
 
     def forget_gateway(self, gateway: str) -> None:
         self._tables.pop(gateway, None)

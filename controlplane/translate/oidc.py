@@ -51,7 +51,6 @@ __all__ = [
     "origin_filter",
     "provider_cluster",
     "provider_secrets",
-    "secret_names",
     "token_cluster_name",
     "used_providers",
 ]
@@ -255,7 +254,3 @@ def provider_secrets(provider: OidcProvider) -> list[secret_pb2.Secret]:
             ),
         ),
     ]
-
-
-def secret_names(provider: str) -> list[str]:
-    return [_client_secret_name(provider), _hmac_name(provider)]

@@ -249,11 +249,12 @@ class AdsStream:
             return
         snap = self.cache.get(self.proxy.gateway)  # type: ignore[union-attr]
         dropped = self._dropped_clusters(snap)
+        cds_before = self.types[CLUSTER].sent_version
         for type_url in PUSH_ORDER:
             if not self.types[type_url].subscribed:
                 continue
-            if type_url == ENDPOINT:
-                await self._send_new_endpoints(snap)
+            if type_url == ENDPOINT and self.types[CLUSTER].sent_version != cds_before:
+                await self._send_new_endpoints(snap)  # only after a CDS response of this push
             if type_url == CLUSTER and dropped:
                 # make-before-break: clusters the new configuration drops stay until the
                 # routes that used them have moved (else those requests get 503 "no
