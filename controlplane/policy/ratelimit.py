@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from .bounds import IntRange
 from .common import Name, PolicyModel
 
-__all__ = ["Limit", "Per", "Plan", "RateLimit", "check_limits", "parse_limit"]
+__all__ = ["QUOTA_UNITS", "Limit", "Per", "Plan", "RateLimit", "check_limits", "parse_limit"]
 
 _HEADER_NAME_RE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 _LIMIT_RE = re.compile(r"^\s*(-?\d+)\s*/\s*([a-z]+)\s*$")
@@ -28,10 +28,21 @@ class Per(StrEnum):
     minute = "minute"
     hour = "hour"
     day = "day"
+    week = "week"
+    month = "month"
 
 
-#: seconds in each unit, also the order of units (shortest first)
-SECONDS = {Per.second: 1, Per.minute: 60, Per.hour: 3600, Per.day: 86400}
+#: seconds in each unit (a month counted as 31 days), also the order of units (shortest first)
+SECONDS = {
+    Per.second: 1,
+    Per.minute: 60,
+    Per.hour: 3600,
+    Per.day: 86400,
+    Per.week: 7 * 86400,
+    Per.month: 31 * 86400,
+}
+#: units counted in calendar windows (midnight, Monday, the 1st) that survive restarts
+QUOTA_UNITS = frozenset({Per.day, Per.week, Per.month})
 
 
 class Limit(PolicyModel):
@@ -43,6 +54,11 @@ class Limit(PolicyModel):
 
     @model_validator(mode="after")
     def _burst(self) -> Limit:
+        if self.burst is not None and self.per in QUOTA_UNITS:
+            raise ValueError(
+                f"burst: a per-{self.per} quota has no burst (its count starts again at the "
+                "calendar boundary)"
+            )
         if self.burst is not None and self.burst < self.requests:
             raise ValueError(f"burst: must be at least requests ({self.requests})")
         return self
@@ -51,7 +67,7 @@ class Limit(PolicyModel):
 def check_limits(value: list[Limit]) -> list[Limit]:
     units = [limit.per for limit in value]
     if len(set(units)) != len(units):
-        raise ValueError("at most one limit per unit (second, minute, hour, day)")
+        raise ValueError("at most one limit per unit (second, minute, hour, day, week, month)")
     return sorted(value, key=lambda limit: SECONDS[limit.per])
 
 
@@ -66,6 +82,9 @@ def parse_limit(text: str, burst: int | None = None) -> dict[str, Any]:
         "h": "hour",
         "hr": "hour",
         "d": "day",
+        "w": "week",
+        "wk": "week",
+        "mo": "month",
     }
     if not m:
         raise ValueError(f"{text!r} is not a limit like 60/minute")

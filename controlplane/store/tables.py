@@ -29,6 +29,7 @@ __all__ = [
     "Lineage",
     "Meta",
     "ProxyRow",
+    "QuotaCounterRow",
     "Ref",
     "Resource",
     "RollupRow",
@@ -199,3 +200,22 @@ class EventRow(Base):
     node: Mapped[str] = mapped_column(String(255), nullable=False)
     revision: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     detail: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class QuotaCounterRow(Base):
+    """Requests counted against one limit in one window: gateway x route x key x unit x start.
+
+    ``key`` names who is counted (``consumer:acme``, ``ip:10.0.0.1``, ``header:v``, ``all``).
+    The quota service keeps these rows; several controllers on one PostgreSQL share them,
+    and they outlive controller and Envoy restarts. Like rollups they are not policy:
+    written outside ``Store._commit``, they never bump the revision.
+    """
+
+    __tablename__ = "quota_counters"
+    gateway: Mapped[str] = mapped_column(String(128), primary_key=True)
+    route: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    unit: Mapped[str] = mapped_column(String(16), primary_key=True)
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    used: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    window_end: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)

@@ -293,7 +293,10 @@ def limits(p: Pools) -> T:
         st.fixed_dictionaries(
             {
                 "requests": p.small_int(1, 1000),
-                "per": p.v(st.sampled_from(["second", "minute", "hour", "day"]), st.just("week")),
+                "per": p.v(
+                    st.sampled_from(["second", "minute", "hour", "day", "week", "month"]),
+                    st.just("fortnight"),
+                ),
             },
             optional={"burst": p.small_int(1, 5000)},
         ),

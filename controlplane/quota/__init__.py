@@ -1,0 +1,1 @@
+"""Shared rate limits and calendar quotas: windows, counters, and the quota service."""
