@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import multiprocessing
 import os
 import random
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -146,6 +149,19 @@ def _worker(port: int, first: int, count: int, conn: Connection) -> None:
     asyncio.run(_fleet(port, first, count, conn))
 
 
+def _sigterm(stack: Stack, stopped: list[float]) -> None:
+    """SIGTERM the controller; append the seconds it took to exit."""
+    proc = stack.procs["controller"]
+    start = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    stopped.append(time.perf_counter() - start)
+
+
 def _metrics(stack: Stack) -> dict[str, float]:
     """The controller's admission counters and gauges (absent without the gate)."""
     conn = http.client.HTTPConnection("127.0.0.1", stack.ports["health"], timeout=10)
@@ -187,17 +203,27 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
     for c in conns:
         c.recv()
     peak = base
+    stopped: list[float] = []
+    if args.sigterm_after is not None:  # SIGTERM in the middle of the storm
+        threading.Timer(args.sigterm_after, _sigterm, (stack, stopped)).start()
     for c in conns:
         c.send(("synced", args.timeout))
     waiting = list(conns)
     times: list[tuple[float, float]] = []
     while waiting:
-        peak = max(peak, rss_kib(pid))
+        with contextlib.suppress(OSError, RuntimeError):  # gone after a SIGTERM
+            peak = max(peak, rss_kib(pid))
         for c in [c for c in waiting if c.poll(0.2)]:
             times += c.recv()
             waiting.remove(c)
-    after = rss_kib(pid)
-    gate = _metrics(stack)
+    if args.sigterm_after is None:
+        after = rss_kib(pid)
+        gate = _metrics(stack)
+        _sigterm(stack, stopped)  # every stream still open: the controller's busiest stop
+    else:
+        after, gate = peak, {}
+        while not stopped:
+            time.sleep(0.1)
     totals: dict[str, int] = {}
     responses: dict[str, int] = {}
     details: dict[str, str] = {}
@@ -247,6 +273,7 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
     if gate:
         print("admission: " + ", ".join(f"{k} {v:g}" for k, v in sorted(gate.items())))
     print(f"load average (1 min) at the end: {load:.2f}")
+    print(f"SIGTERM -> controller exited: {stopped[0]:.2f} s")
 
 
 def main() -> None:
@@ -260,6 +287,12 @@ def main() -> None:
         type=int,
         default=None,
         help="serve --max-initial-syncs (0: no bound); default: the controller's default",
+    )
+    parser.add_argument(
+        "--sigterm-after",
+        type=float,
+        metavar="S",
+        help="SIGTERM the controller S seconds after the go (default: once all synced)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the controller's log")
     parser.add_argument("--code", default="worktree", help="the controller of this revision")
