@@ -109,7 +109,8 @@ class ReconnectingProxy(Proxy):
 async def _fleet(port: int, first: int, count: int, conn: Connection) -> None:
     """``count`` proxies, opened when the benchmark says ``("go",)``; then
     ``("synced", timeout)`` -> [(opened, synced)] once all synced or the timeout passed;
-    ``("stop",)`` -> (errors by code, responses by type), then the fleet ends."""
+    ``("count",)`` -> (errors by code, first text per code, responses by type);
+    ``("stop",)`` -> the same, then the fleet ends."""
     proxies = [ReconnectingProxy(port, first + i) for i in range(count)]
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[Any] = asyncio.Queue()
@@ -137,10 +138,12 @@ async def _fleet(port: int, first: int, count: int, conn: Connection) -> None:
                         details.setdefault(code, text)
                     for kind, n in p.responses.items():
                         responses[kind] = responses.get(kind, 0) + n
-                    p.close()
-                await asyncio.wait(tasks, timeout=20)
                 conn.send((codes, details, responses))
-                return
+                if command[0] == "stop":
+                    for p in proxies:
+                        p.close()
+                    await asyncio.wait(tasks, timeout=20)
+                    return
     finally:
         loop.remove_reader(conn.fileno())
 
@@ -219,16 +222,13 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
     if args.sigterm_after is None:
         after = rss_kib(pid)
         gate = _metrics(stack)
-        _sigterm(stack, stopped)  # every stream still open: the controller's busiest stop
     else:
         after, gate = peak, {}
-        while not stopped:
-            time.sleep(0.1)
     totals: dict[str, int] = {}
     responses: dict[str, int] = {}
     details: dict[str, str] = {}
-    for c in conns:
-        c.send(("stop",))
+    for c in conns:  # what the fleet saw until now (not the SIGTERM's errors)
+        c.send(("count",))
         codes, texts, counts = c.recv()
         for code, text in texts.items():
             details.setdefault(code, text)
@@ -236,6 +236,13 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
             totals[code] = totals.get(code, 0) + n
         for kind, n in counts.items():
             responses[kind] = responses.get(kind, 0) + n
+    if args.sigterm_after is None:
+        _sigterm(stack, stopped)  # every stream still open: the controller's busiest stop
+    while not stopped:
+        time.sleep(0.1)
+    for c in conns:
+        c.send(("stop",))
+        c.recv()
     for proc in procs:
         proc.join(30)
     synced = [s - o for o, s in times if s]
