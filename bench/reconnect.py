@@ -39,7 +39,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench.ads_fanout import Proxy
-from bench.harness import Stack, make_route, rss_kib
+from bench.harness import Stack, cpu_seconds, make_route, rss_kib
 from bench.stats import percentile
 
 #: Envoy's reconnect backoff as the bootstrap sets it (seconds)
@@ -200,6 +200,7 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
         conns.append(mine)
         procs.append(proc)
     time.sleep(3)  # the workers have imported grpc and built their proxies
+    cpu = cpu_seconds(pid)
     go = time.perf_counter()
     for c in conns:
         c.send(("go",))
@@ -220,6 +221,7 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
             times += c.recv()
             waiting.remove(c)
     if args.sigterm_after is None:
+        cpu = cpu_seconds(pid) - cpu
         after = rss_kib(pid)
         gate = _metrics(stack)
     else:
@@ -277,6 +279,8 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
         "responses per proxy: "
         + ", ".join(f"{k} {n / args.proxies:.2f}" for k, n in sorted(responses.items()))
     )
+    if args.sigterm_after is None:
+        print(f"controller CPU from the go to all synced: {cpu:.1f} s")
     if gate:
         print("admission: " + ", ".join(f"{k} {v:g}" for k, v in sorted(gate.items())))
     print(f"load average (1 min) at the end: {load:.2f}")
