@@ -128,37 +128,6 @@ class Controller:
             self.cache, self.recorder, XdsMetrics(self.metrics), self.authorizer, self.gate
         )
         self.metrics.gauge(
-            "gateway_xds_initial_syncs_in_flight",
-            "ADS streams running their first sync now (at most --max-initial-syncs).",
-            lambda: float(self.gate.active),
-        )
-        self.metrics.gauge(
-            "gateway_xds_initial_syncs_waiting",
-            "ADS streams waiting in turn for their first sync (--max-initial-syncs reached).",
-            lambda: float(self.gate.waiting),
-        )
-        self.metrics.gauge(
-            "gateway_xds_initial_syncs_peak",
-            "Most first syncs in flight at once since start.",
-            lambda: float(self.gate.peak),
-        )
-        self.metrics.gauge(
-            "gateway_xds_initial_syncs_queued",
-            "ADS streams since start that waited for their first sync.",
-            lambda: float(self.gate.queued),
-        )
-        self.metrics.gauge(
-            "gateway_xds_initial_sync_longest_wait_seconds",
-            "The longest time an ADS stream waited for its first sync since start.",
-            lambda: self.gate.max_wait,
-        )
-        self.metrics.gauge(
-            "gateway_xds_initial_syncs_timed_out",
-            f"First-sync slots passed on because the proxy had not ACKed within "
-            f"{SLOT_TIMEOUT:g} s.",
-            lambda: float(self.gate.expired),
-        )
-        self.metrics.gauge(
             "gateway_connected_proxies",
             "Proxies with an open ADS stream to this controller, per gateway.",
             lambda: {(g,): float(n) for g, n in self.ads.connected().items()},
@@ -192,6 +161,37 @@ class Controller:
             "ADS and access-log streams refused since start because the client certificate "
             "does not name the gateway and node id the stream claims (ADR 0018).",
             lambda: float(self.authorizer.refused),
+        )
+        self.metrics.gauge(
+            "gateway_xds_initial_syncs_in_flight",
+            "ADS streams running their first sync now (at most --max-initial-syncs).",
+            lambda: float(self.gate.active),
+        )
+        self.metrics.gauge(
+            "gateway_xds_initial_syncs_waiting",
+            "ADS streams waiting in turn for their first sync (--max-initial-syncs reached).",
+            lambda: float(self.gate.waiting),
+        )
+        self.metrics.gauge(
+            "gateway_xds_initial_syncs_peak",
+            "Most first syncs in flight at once since start.",
+            lambda: float(self.gate.peak),
+        )
+        self.metrics.gauge(
+            "gateway_xds_initial_syncs_queued",
+            "ADS streams since start that waited for their first sync.",
+            lambda: float(self.gate.queued),
+        )
+        self.metrics.gauge(
+            "gateway_xds_initial_sync_longest_wait_seconds",
+            "The longest time an ADS stream waited for its first sync since start.",
+            lambda: self.gate.max_wait,
+        )
+        self.metrics.gauge(
+            "gateway_xds_initial_syncs_timed_out",
+            f"First-sync slots passed on because the proxy had not ACKed within "
+            f"{SLOT_TIMEOUT:g} s.",
+            lambda: float(self.gate.expired),
         )
         #: Envoy's access-log service, served on the xDS port (gateways with analytics on)
         self.sink = AccessLogSink(
