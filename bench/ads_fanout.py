@@ -399,13 +399,9 @@ def main() -> None:
     )
     raw = sys.argv[1:]
     args = parser.parse_args(raw)
-    if args.code != "worktree" and not os.environ.get("BENCH_CODE_SNAPSHOT"):
-        from bench.run import use_snapshot
+    from bench.run import code_of
 
-        argv = [a for a in raw if not a.startswith("--code") and a != args.code]
-        use_snapshot(args.code, argv, module="bench.ads_fanout")
-    if os.environ.get("BENCH_CODE_SNAPSHOT"):
-        print(f"controller code: snapshot of {os.environ['BENCH_CODE_SNAPSHOT']}")
+    code_of(args.code, raw, "bench.ads_fanout")
     if args.no_validate:
         os.environ["GATEWAY_VALIDATE"] = "never"
     else:

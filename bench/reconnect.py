@@ -309,13 +309,9 @@ def main() -> None:
     parser.add_argument("--code", default="worktree", help="the controller of this revision")
     raw = sys.argv[1:]
     args = parser.parse_args(raw)
-    if args.code != "worktree" and not os.environ.get("BENCH_CODE_SNAPSHOT"):
-        from bench.run import use_snapshot
+    from bench.run import code_of
 
-        argv = [a for a in raw if not a.startswith("--code") and a != args.code]
-        use_snapshot(args.code, argv, module="bench.reconnect")
-    if os.environ.get("BENCH_CODE_SNAPSHOT"):
-        print(f"controller code: snapshot of {os.environ['BENCH_CODE_SNAPSHOT']}")
+    code_of(args.code, raw, "bench.reconnect")
     if args.initial_syncs is not None:
         os.environ["GATEWAY_MAX_INITIAL_SYNCS"] = str(args.initial_syncs)
     os.environ["GATEWAY_VALIDATE"] = "never"  # no admin writes here
