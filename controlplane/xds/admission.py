@@ -15,7 +15,8 @@ When a controller restarts, every Envoy of the fleet reconnects within a second 
   at once.
 
 :class:`InitialSyncGate` bounds the number of first syncs in flight. A stream asks for a
-slot (:meth:`InitialSyncGate.admit`) once it knows its node and before it sends anything;
+slot (:meth:`InitialSyncGate.admit`) once it knows its node and subscribed to its gateway
+(so it counts as a replica while it waits), before it sends anything;
 streams beyond the bound wait in FIFO order; the slot is given back when the stream's
 proxy runs the configuration (its first full sync ACKed), when it cannot (a NACK, a
 rollback hold, a withheld gateway), when the stream ends, or after
@@ -28,7 +29,8 @@ their first request.
 The gate knows nothing about the xDS variant: a state-of-the-world and a delta stream use
 it the same way::
 
-    slot = await gate.admit()          # before subscribing or sending anything
+    sub = cache.subscribe(...)         # a waiting proxy counts as a replica already
+    slot = await gate.admit()          # before sending anything
     try:
         ...                            # serve; once the first full sync is ACKed:
         slot.release()

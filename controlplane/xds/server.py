@@ -139,9 +139,11 @@ class AdsStream:
             self.recorder.changed(self.proxy)
             # Never answer before the full state is loaded: an empty answer would roll back.
             await self.cache.ready.wait()
+            # subscribed first: a proxy waiting its turn counts as a replica (a limit the
+            # replicas divide is not split among only the proxies synced so far)
+            sub = self.cache.subscribe(gateway, queue, node.id)
             if self._gate is not None:  # in turn when a fleet reconnects at once
                 self._slot = await self._gate.admit()
-            sub = self.cache.subscribe(gateway, queue, node.id)
             await self._on_request(first)
             while True:
                 item = await queue.get()

@@ -66,9 +66,12 @@ def _cache() -> SnapshotCache:
     return cache
 
 
-async def _server(gate: InitialSyncGate) -> tuple[grpc.aio.Server, int]:
+async def _server(
+    gate: InitialSyncGate, cache: SnapshotCache | None = None
+) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((AdsServer(_cache(), _Recorder(), gate=gate).handler(),))  # type: ignore[arg-type]
+    ads = AdsServer(cache or _cache(), _Recorder(), gate=gate)  # type: ignore[arg-type]
+    server.add_generic_rpc_handlers((ads.handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port
@@ -191,6 +194,40 @@ def test_without_a_bound_the_same_fleet_syncs_beyond_it() -> None:
     assert [code for *_, code in results if code] == []
     assert _overlap([(first, synced) for first, synced, _ in results]) > limit
     assert gate.peak > limit and gate.queued == 0
+
+
+def test_a_stream_waiting_its_turn_counts_as_a_replica_and_is_served_after() -> None:
+    """Waiting streams are members of their gateway already (a limit the replicas divide is
+    not split among the proxies synced so far only), and get nothing until their turn."""
+
+    async def run() -> None:
+        gate = InitialSyncGate(1, slot_timeout=0)
+        cache = _cache()
+        server, port = await _server(gate, cache)
+        release = asyncio.Event()
+        try:
+            held = await gate.admit()  # the one slot, taken
+            task = asyncio.create_task(_proxy(port, "waiting", release))
+            deadline = time.monotonic() + 60
+            while gate.waiting < 1:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            assert cache.streams("gw") == 1  # counted while it waits
+            await asyncio.sleep(0.2)
+            freed = asyncio.get_running_loop().time()
+            held.release()
+            while gate.admitted < 2 or gate.active:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            release.set()
+            first, synced, code = await task
+            assert code is None and synced
+            assert first > freed  # nothing was sent to it before its turn
+        finally:
+            release.set()
+            await server.stop(1)
+
+    asyncio.run(run())
 
 
 # -- the gate alone ---------------------------------------------------------------------------
