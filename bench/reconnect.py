@@ -200,6 +200,8 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
         conns.append(mine)
         procs.append(proc)
     time.sleep(3)  # the workers have imported grpc and built their proxies
+    if args.profile:
+        stack.profile_toggle()
     cpu = cpu_seconds(pid)
     go = time.perf_counter()
     for c in conns:
@@ -222,6 +224,11 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
             waiting.remove(c)
     if args.sigterm_after is None:
         cpu = cpu_seconds(pid) - cpu
+        if args.profile:
+            stack.profile_toggle()
+            deadline = time.monotonic() + 120
+            while not os.path.exists(f"{args.profile}.txt") and time.monotonic() < deadline:
+                time.sleep(0.2)
         after = rss_kib(pid)
         gate = _metrics(stack)
     else:
@@ -305,6 +312,11 @@ def main() -> None:
         metavar="S",
         help="SIGTERM the controller S seconds after the go (default: once all synced)",
     )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="profile the controller from the go to all synced (yappi) into FILE, FILE.txt",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the controller's log")
     parser.add_argument("--code", default="worktree", help="the controller of this revision")
     raw = sys.argv[1:]
@@ -315,7 +327,7 @@ def main() -> None:
     if args.initial_syncs is not None:
         os.environ["GATEWAY_MAX_INITIAL_SYNCS"] = str(args.initial_syncs)
     os.environ["GATEWAY_VALIDATE"] = "never"  # no admin writes here
-    with Stack(keep=args.keep) as stack:
+    with Stack(keep=args.keep, profile=args.profile) as stack:
         stack.start_backends()
         store = stack.seed()
         store.apply_objects([make_route("r", i, "a") for i in range(args.routes)])
