@@ -64,6 +64,10 @@ class Proxy:
         #: revision -> (RouteConfiguration of that revision received, its ACK queued)
         self.route_acks: dict[int, tuple[float, float]] = {}
         self.errors = 0
+        #: stream errors by gRPC status code name
+        self.codes: dict[str, int] = {}
+        #: the first error text per code
+        self.details: dict[str, str] = {}
         #: responses received per resource type (short name)
         self.responses: dict[str, int] = {}
         #: type -> (version, nonce) of the last response
@@ -114,8 +118,10 @@ class Proxy:
             try:
                 async for resp in call(self._requests()):
                     self._on_response(resp)
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as exc:
                 self.errors += 1
+                self.codes[exc.code().name] = self.codes.get(exc.code().name, 0) + 1
+                self.details.setdefault(exc.code().name, str(exc.details()))
 
     def _on_response(self, resp: Any) -> None:
         from envoy.config.cluster.v3 import cluster_pb2
@@ -393,13 +399,9 @@ def main() -> None:
     )
     raw = sys.argv[1:]
     args = parser.parse_args(raw)
-    if args.code != "worktree" and not os.environ.get("BENCH_CODE_SNAPSHOT"):
-        from bench.run import use_snapshot
+    from bench.run import code_of
 
-        argv = [a for a in raw if not a.startswith("--code") and a != args.code]
-        use_snapshot(args.code, argv, module="bench.ads_fanout")
-    if os.environ.get("BENCH_CODE_SNAPSHOT"):
-        print(f"controller code: snapshot of {os.environ['BENCH_CODE_SNAPSHOT']}")
+    code_of(args.code, raw, "bench.ads_fanout")
     if args.no_validate:
         os.environ["GATEWAY_VALIDATE"] = "never"
     else:

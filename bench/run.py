@@ -631,6 +631,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def code_of(code: str, raw: list[str], module: str) -> None:
+    """A benchmark's ``--code REV``: re-run ``module`` on a snapshot of REV (never returns)
+    unless this already is that run or REV is ``worktree``; say which code runs."""
+    if code != "worktree" and not os.environ.get("BENCH_CODE_SNAPSHOT"):
+        argv = [a for a in raw if not a.startswith("--code") and a != code]
+        use_snapshot(code, argv, module=module)
+    if os.environ.get("BENCH_CODE_SNAPSHOT"):
+        print(f"controller code: snapshot of {os.environ['BENCH_CODE_SNAPSHOT']}")
+
+
 def use_snapshot(rev: str, argv: list[str], module: str = "bench") -> None:
     """Re-run this benchmark on ``git archive <rev>`` of controlplane/ and envoy/.
 

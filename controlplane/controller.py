@@ -36,6 +36,8 @@ from .store.tokens import bootstrap_admin
 from .supervise import wake_loop_on_signals
 from .translate import AggregationTarget
 from .xds import AdsServer, SnapshotCache, StatusRecorder
+from .xds.admission import SERVER_OPTIONS as ADMISSION_OPTIONS
+from .xds.admission import SLOT_TIMEOUT, InitialSyncGate
 from .xds.metrics import XdsMetrics
 from .xds.mtls import HandshakeCounter, StreamAuthorizer, check_bind, server_credentials
 
@@ -119,7 +121,12 @@ class Controller:
         #: with mutual TLS, each ADS and access-log stream's certificate must permit the
         #: gateway and node id it claims (ADR 0018); without it, every client is trusted
         self.authorizer = StreamAuthorizer(required=tls)
-        self.ads = AdsServer(self.cache, self.recorder, XdsMetrics(self.metrics), self.authorizer)
+        #: first syncs in flight at once: a fleet reconnecting together is served in order
+        #: (xds/admission.py, ADR 0053)
+        self.gate = InitialSyncGate(settings.max_initial_syncs)
+        self.ads = AdsServer(
+            self.cache, self.recorder, XdsMetrics(self.metrics), self.authorizer, self.gate
+        )
         self.metrics.gauge(
             "gateway_connected_proxies",
             "Proxies with an open ADS stream to this controller, per gateway.",
@@ -154,6 +161,37 @@ class Controller:
             "ADS and access-log streams refused since start because the client certificate "
             "does not name the gateway and node id the stream claims (ADR 0018).",
             lambda: float(self.authorizer.refused),
+        )
+        self.metrics.gauge(
+            "gateway_xds_initial_syncs_in_flight",
+            "ADS streams running their first sync now (at most --max-initial-syncs).",
+            lambda: float(self.gate.active),
+        )
+        self.metrics.gauge(
+            "gateway_xds_initial_syncs_waiting",
+            "ADS streams waiting in turn for their first sync (--max-initial-syncs reached).",
+            lambda: float(self.gate.waiting),
+        )
+        self.metrics.gauge(
+            "gateway_xds_initial_syncs_peak",
+            "Most first syncs in flight at once since start.",
+            lambda: float(self.gate.peak),
+        )
+        self.metrics.gauge(
+            "gateway_xds_initial_syncs_queued",
+            "ADS streams since start that waited for their first sync.",
+            lambda: float(self.gate.queued),
+        )
+        self.metrics.gauge(
+            "gateway_xds_initial_sync_longest_wait_seconds",
+            "The longest time an ADS stream waited for its first sync since start.",
+            lambda: self.gate.max_wait,
+        )
+        self.metrics.gauge(
+            "gateway_xds_initial_syncs_timed_out",
+            f"First-sync slots passed on because the proxy had not ACKed within "
+            f"{SLOT_TIMEOUT:g} s.",
+            lambda: float(self.gate.expired),
         )
         #: Envoy's access-log service, served on the xDS port (gateways with analytics on)
         self.sink = AccessLogSink(
@@ -221,6 +259,7 @@ class Controller:
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                *ADMISSION_OPTIONS,  # a reconnecting fleet waits in turn, not refused
             ]
         )
         self._grpc.add_generic_rpc_handlers((self.ads.handler(), self.sink.handler()))

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     #: gateways with at least this many routes are sharded over scoped RDS when their
     #: paths allow it (ADR 0017); 0 never shards
     route_shards_from: int = Field(2000, ge=0)
+    #: first syncs (whole configuration to a newly connected proxy) in flight at once; the
+    #: other streams wait in turn, so a fleet reconnecting together is served in order
+    #: (xds/admission.py, ADR 0053; the default from bench/reconnect.py); 0: no bound
+    max_initial_syncs: int = Field(200, ge=0)
     #: create the database when it does not exist (``serve --create``); otherwise a missing
     #: database is an error, never an empty policy served to running proxies
     create_database: bool = False

@@ -137,6 +137,15 @@ def register_run(app: typer.Typer) -> None:
                 help="Shard gateways with at least this many routes (scoped RDS); 0: never.",
             ),
         ] = 2000,
+        max_initial_syncs: Annotated[
+            int,
+            typer.Option(
+                envvar="GATEWAY_MAX_INITIAL_SYNCS",
+                min=0,
+                help="Proxies sent their first configuration at once; the others wait in "
+                "turn (a fleet reconnecting after a restart); 0: no bound.",
+            ),
+        ] = 200,
         create: Annotated[
             bool,
             typer.Option(
@@ -194,6 +203,7 @@ def register_run(app: typer.Typer) -> None:
             aggregation_address=aggregation_address,
             analytics_retention_days=analytics_retention_days,
             route_shards_from=route_shards_from,
+            max_initial_syncs=max_initial_syncs,
             insecure=insecure,
             proxy_expiry=proxy_expiry,
             create_database=create,

@@ -19,6 +19,7 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from ..translate import CLUSTER, ENDPOINT
+from .admission import InitialSyncGate, Slot
 from .cache import CHANGED, SnapshotCache
 from .guard import parse_version, rollback_reason
 from .metrics import XdsMetrics
@@ -87,6 +88,7 @@ class AdsStream:
         peer: str,
         metrics: XdsMetrics | None = None,
         admit: Admit | None = None,
+        gate: InitialSyncGate | None = None,
     ) -> None:
         self.cache = cache
         self.recorder = recorder
@@ -103,6 +105,9 @@ class AdsStream:
         self._pushed: set[str] = set()
         #: a rollback was let through (``--allow-rollback``) and logged
         self._overridden = False
+        #: bounds the first syncs in flight (admission.py); the slot while this one runs
+        self._gate = gate
+        self._slot: Slot | None = None
 
     async def run(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]) -> None:
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -134,7 +139,11 @@ class AdsStream:
             self.recorder.changed(self.proxy)
             # Never answer before the full state is loaded: an empty answer would roll back.
             await self.cache.ready.wait()
+            # subscribed first: a proxy waiting its turn counts as a replica (a limit the
+            # replicas divide is not split among only the proxies synced so far)
             sub = self.cache.subscribe(gateway, queue, node.id)
+            if self._gate is not None:  # in turn when a fleet reconnects at once
+                self._slot = await self._gate.admit()
             await self._on_request(first)
             while True:
                 item = await queue.get()
@@ -149,6 +158,7 @@ class AdsStream:
                 elif isinstance(item, discovery_pb2.DiscoveryRequest):
                     await self._on_request(item)
         finally:
+            self._first_sync_over()
             reader.cancel()
             if sub is not None:
                 self.cache.unsubscribe(sub)
@@ -180,6 +190,7 @@ class AdsStream:
         first = not st.subscribed
         st.subscribed = True
         if self.cache.withheld(self.proxy.gateway):  # type: ignore[union-attr]
+            self._first_sync_over()  # nothing to send until it builds: no slot needed
             return  # answered once the gateway's configuration builds (_on_snapshot)
         snap = self.cache.get(self.proxy.gateway)  # type: ignore[union-attr]
         if req.HasField("error_detail"):
@@ -241,6 +252,7 @@ class AdsStream:
         )
         st.pending, st.pending_version = {}, st.acked_version
         self.recorder.changed(p)
+        self._first_sync_over()  # it will not run this configuration: the next stream's turn
 
     # -- pushes ---------------------------------------------------------------------------
 
@@ -328,6 +340,8 @@ class AdsStream:
                 log.warning("node %s: serving it anyway (--allow-rollback): %s", p.node_id, reason)
                 self.recorder.event("rollback", p, ident.revision, reason)
             reason = None
+        if reason is not None:
+            self._first_sync_over()  # held: nothing is sent, the next stream's turn
         if reason == p.hold:
             return reason is not None
         if reason is not None and p.hold is None:  # a new hold: said once, counted once
@@ -402,6 +416,13 @@ class AdsStream:
         if rewarms:
             self._cds_since_eds = True
 
+    def _first_sync_over(self) -> None:
+        """The proxy runs its first configuration (or will not): its admission slot goes
+        to the next stream waiting."""
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
+
     def _update_sync(self, snap: Snapshot) -> None:
         """A proxy runs revision R when every type it uses matches snapshot R as ACKed."""
         assert self.proxy is not None
@@ -417,6 +438,7 @@ class AdsStream:
                     frag = ts.fragments.get(name)
                     if frag is not None and st.acked.get(name) is not frag:
                         return
+        self._first_sync_over()
         if self.proxy.acked_revision != snap.revision:
             self.proxy.acked_revision = snap.revision
             self.recorder.event("ack", self.proxy, snap.revision, "in sync")
@@ -442,11 +464,14 @@ class AdsServer:
         recorder: StatusRecorder,
         metrics: XdsMetrics | None = None,
         authorizer: StreamAuthorizer | None = None,
+        gate: InitialSyncGate | None = None,
     ) -> None:
         self.cache = cache
         self.recorder = recorder
         self.metrics = metrics
         self.authorizer = authorizer or StreamAuthorizer(required=False)
+        #: first syncs in flight at once (admission.py); shared by every ADS stream
+        self.gate = gate or InitialSyncGate(0)
         self.active: set[AdsStream] = set()
 
     def connected(self) -> dict[str, int]:
@@ -468,7 +493,13 @@ class AdsServer:
             return authorizer.refusal(context, gateway, node_id)
 
         stream = AdsStream(
-            self.cache, self.recorder, context.write, context.peer(), self.metrics, admit
+            self.cache,
+            self.recorder,
+            context.write,
+            context.peer(),
+            self.metrics,
+            admit,
+            self.gate,
         )
         identity = client_identity(context)
         if identity is not None:

@@ -90,11 +90,13 @@ def test_twenty_envoys_resync_after_a_controller_restart_with_bounded_eds(
             envoy.stop()
 
 
-def _start_fleet(controller: Controller, tmp_path: Path) -> list[Envoy]:
+def _start_fleet(
+    controller: Controller, tmp_path: Path, gateways: tuple[str, ...] = ("public", "limited")
+) -> list[Envoy]:
     envoys: list[Envoy] = []
     try:
         for i in range(FLEET):  # started together, then waited for
-            gateway = "public" if i < FLEET // 2 else "limited"
+            gateway = gateways[i * len(gateways) // FLEET]
             envoys.append(Envoy(gateway, f"{gateway}-{i}", controller.xds_port, tmp_path,
                                 wait=False))  # fmt: skip
         for envoy in envoys:
@@ -104,3 +106,42 @@ def _start_fleet(controller: Controller, tmp_path: Path) -> list[Envoy]:
             envoy.stop()
         raise
     return envoys
+
+
+def _metric(controller: Controller, name: str) -> float:
+    url = f"http://127.0.0.1:{controller.health_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        lines = resp.read().decode().splitlines()
+    return sum(float(ln.split(" ")[1]) for ln in lines if ln.split(" ")[0] == name)
+
+
+def test_envoys_waiting_their_turn_after_a_restart_all_resync(
+    cli: Cli, controller: Controller, backends, tmp_path: Path
+) -> None:
+    """Admission control (ADR 0053) with a bound of one first sync at a time: the Envoys
+    reconnecting together wait in turn - their streams open, unanswered - and every one
+    resyncs at the same revision, none restarted, traffic served throughout."""
+    public = free_port()
+    cli.run("gateway", "add", "public", "--port", str(public), "--address", "127.0.0.1")
+    cli.run("cluster", "add", "alpha", "--endpoint", f"127.0.0.1:{backends['alpha'].port}")
+    cli.run("route", "add", "all-public", "--gateway", "public", "--cluster", "alpha")
+    envoys = _start_fleet(controller, tmp_path, gateways=("public",))
+    try:
+        wait_until(lambda: _all_in_sync(cli), 90, interval=0.2)
+        revision, _ = _in_sync(cli)
+        controller.stop()
+        controller.args = (*controller.args, "--max-initial-syncs", "1")
+        controller.start()
+        wait_until(lambda: _all_in_sync(cli), 120, interval=0.2)
+        after, proxies = _in_sync(cli)
+        assert after == revision  # nothing rolled back
+        assert {p["node"] for p in proxies} == {e.spec.node_id for e in envoys}
+        assert _metric(controller, "gateway_xds_initial_syncs_peak") == 1  # one at a time
+        # the fleet came back together: some streams had to wait, and still synced
+        assert _metric(controller, "gateway_xds_initial_syncs_queued") > 0
+        assert _metric(controller, "gateway_xds_initial_syncs_timed_out") == 0
+        assert all(e.proc.poll() is None for e in envoys)  # no Envoy restarted
+        assert backend_of(public, "/x") == "alpha"
+    finally:
+        for envoy in envoys:
+            envoy.stop()

@@ -39,6 +39,12 @@ CONTROLLER_FAMILIES = {
     "gateway_streams_held": ("gauge", set()),
     "gateway_xds_tls_handshakes": ("gauge", set()),
     "gateway_xds_streams_refused": ("gauge", set()),
+    "gateway_xds_initial_syncs_in_flight": ("gauge", set()),
+    "gateway_xds_initial_syncs_waiting": ("gauge", set()),
+    "gateway_xds_initial_syncs_peak": ("gauge", set()),
+    "gateway_xds_initial_syncs_queued": ("gauge", set()),
+    "gateway_xds_initial_sync_longest_wait_seconds": ("gauge", set()),
+    "gateway_xds_initial_syncs_timed_out": ("gauge", set()),
 }
 SINK_FAMILIES = {
     "gateway_analytics_entries": ("counter", {"gateway"}),
