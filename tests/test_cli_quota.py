@@ -293,7 +293,7 @@ def test_quota_commands_through_the_admin_api(site: Site) -> None:
     out = json.loads(
         site.editor.run(
             "quota", "reset", "--consumer", "acme", "--unit", "day", "--yes", "-o", "json"
-        ).stdout  # fmt: skip
+        ).stdout
     )
     assert out["reset"] == 1 and out["counters"][0]["used"] == 120
     assert _used(site.cli, "--consumer", "acme")[("users-api", "day")] == 0

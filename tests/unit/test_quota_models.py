@@ -93,8 +93,8 @@ def store(tmp_path: Path) -> Store:
     s.create(Gateway(name="internal", port=8081))
     s.create(Cluster(name="c", endpoints=["127.0.0.1:9"]))
     s.create(Route(name="api", gateway="public", cluster="c"))
-    s.create(Route(name="ips", gateway="public", cluster="c",
-                   rate_limit={"key": "client_ip", "limits": [{"requests": 7, "per": "week"}]}))  # fmt: skip
+    weekly = {"key": "client_ip", "limits": [{"requests": 7, "per": "week"}]}
+    s.create(Route(name="ips", gateway="public", cluster="c", rate_limit=weekly))
     s.create(Route(name="inner", gateway="internal", cluster="c",
                    rate_limit={"key": "consumer", "use_plans": False,
                                "limits": [{"requests": 3, "per": "month"}]}))  # fmt: skip
