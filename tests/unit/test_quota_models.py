@@ -201,3 +201,15 @@ def test_reset_forgets_one_consumers_open_windows_and_records_who(store: Store) 
     assert "consumer acme (unit day): 1 counter(s) reset" in event["detail"]
     day = next(e for e in show(store, counters, consumer="acme", now=NOW) if e["unit"] == "day")
     assert day["used"] == 0
+
+
+def test_a_day_across_a_daylight_saving_change_lasts_25_hours_in_show(store: Store) -> None:
+    counters = QuotaCounters(store._writer)
+    noon = 1792929600  # 2026-10-25 12:00 UTC: Paris leaves summer time that night
+    day = next(e for e in show(store, counters, consumer="acme", now=noon) if e["unit"] == "day")
+    assert (day["window_start"], day["window_end"]) == (
+        "2026-10-25T00:00:00+02:00",
+        "2026-10-26T00:00:00+01:00",
+    )
+    start, end = window(Per.day, noon, "Europe/Paris")
+    assert end - start == 25 * 3600 and day["resets_at"] == end
