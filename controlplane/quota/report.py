@@ -216,12 +216,25 @@ def _check_scope(scope: frozenset[str], gateway: str | None, who: str) -> None:
 
 
 def _check_names(
-    store: Store, consumer: str | None, gateway: str | None, route: str | None
+    store: Store,
+    consumer: str | None,
+    gateway: str | None,
+    route: str | None,
+    scope: frozenset[str],
+    who: str,
 ) -> None:
-    """An unknown consumer, gateway or route named as a filter: NotFound (exit 3)."""
+    """An unknown consumer, gateway or route named as a filter: NotFound (exit 3). A
+    gateway-scoped caller naming a route of other gateways only: Forbidden, as for a
+    gateway outside its scope (it does not see such routes)."""
     for kind, name in (("consumer", consumer), ("gateway", gateway), ("route", route)):
-        if name is not None:
-            store.get(kind, name)
+        if name is None:
+            continue
+        obj = store.get(kind, name)
+        if kind == "route" and scope and not set(getattr(obj, "gateways", ())) & scope:
+            raise Forbidden(
+                f"token {who!r} is limited to gateways {', '.join(sorted(scope))}: "
+                f"route {name!r} serves none of them"
+            )
 
 
 def show(
@@ -243,7 +256,7 @@ def show(
     callers without a plan, counters whose quota the policy no longer has: limit null).
     ``scope``: a gateway-scoped token's gateways; nothing outside them is shown."""
     _check_scope(scope, gateway, who)
-    _check_names(store, consumer, gateway, route)
+    _check_names(store, consumer, gateway, route, scope, who)
     at = int(time.time() if now is None else now)
     quotas = quotas_of(
         store, consumer=consumer, gateway=gateway, route=route, every_consumer=consumer is not None
@@ -298,7 +311,7 @@ def reset(
     if unit is not None and unit not in QUOTA_UNITS:
         raise PolicyInvalid(f"unit: {unit!r} is not day, week or month")
     _check_scope(scope, gateway, actor)
-    _check_names(store, consumer, gateway, route)
+    _check_names(store, consumer, gateway, route, scope, actor)
     at = int(time.time() if now is None else now)
     key = f"consumer:{consumer}"
     targets = [gateway] if gateway is not None or not scope else sorted(scope)

@@ -168,6 +168,8 @@ def test_scoped_callers_see_and_reset_their_gateways_only(store: Store) -> None:
     assert {e["gateway"] for e in seen} == {"internal"}
     with pytest.raises(Forbidden, match="outside its scope"):
         show(store, counters, gateway="public", scope=frozenset({"internal"}), who="t", now=NOW)
+    with pytest.raises(Forbidden, match="route 'api' serves none of them"):
+        show(store, counters, route="api", scope=frozenset({"internal"}), who="t", now=NOW)
     with pytest.raises(Forbidden):
         reset(store, counters, consumer="acme", gateway="public", scope=frozenset({"internal"}),
               actor="t", now=NOW)  # fmt: skip
