@@ -99,18 +99,25 @@ def top(
 class UsageEntry(BaseModel):
     consumer: str
     plan: str | None = Field(description="the plan the limit comes from; null: its own limits")
-    per: str = Field(description="second, minute, hour or day")
+    per: str = Field(description="second, minute, hour, day, week or month")
     limit: int = Field(description="requests allowed per `per`")
-    period_start: str = Field(
+    period_start: str | None = Field(
         description="ISO 8601 start of the counted period (the current minute for a "
-        "per-second limit: rollups are per minute)"
+        "per-second limit: rollups are per minute; the calendar window for day/week/month); "
+        "null: a quota no route applies"
     )
     used: int = Field(
-        description="requests the limits let through since period_start: admitted + upstream_errors"
+        description="requests the limits let through since period_start: admitted + "
+        "upstream_errors; for day/week/month, the quota counters' count on `route`"
     )
     admitted: int
     upstream_errors: int
     throttled: int = Field(description="refused with 429 by the gateway's own limits")
+    gateway: str | None = Field(None, description="day/week/month: the gateway counted on")
+    route: str | None = Field(None, description="day/week/month: the route counted on")
+    resets_at: int | None = Field(
+        None, description="day/week/month: unix time the calendar window ends"
+    )
     text: str = Field(description="the line `gatewayctl analytics usage` prints")
 
 

@@ -67,7 +67,7 @@ def create_app(
     """The admin API over ``store``; ``status_source`` (the running controller) answers
     ``/readyz`` and ``/metrics``; ``listing`` (the controller's
     :meth:`~controlplane.runner.Runner.listed`) serves lists from memory."""
-    from . import analytics, declarative, policy, status, tokens
+    from . import analytics, declarative, policy, quota, status, tokens
 
     app = FastAPI(
         title=TITLE,
@@ -85,7 +85,7 @@ def create_app(
     app.state.listing = listing
     app.state.specs = policy.SpecCache()
     install_error_handlers(app)
-    for module in (policy, declarative, status, tokens, analytics):
+    for module in (policy, declarative, status, tokens, analytics, quota):
         app.include_router(module.router)
     for name in _OPTIONAL_ROUTERS:
         try:

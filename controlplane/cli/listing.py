@@ -52,6 +52,7 @@ COMMANDS: tuple[Listed, ...] = (
     Listed("plan", "Manage plans.", None, False, False),
     Listed("cert", "Manage TLS certificates (for HTTPS gateways).", None, False, False),
     Listed("ratelimit", "Manage rate limits of routes and gateways.", None, False, False),
+    Listed("quota", "Day/week/month quotas: use in the current calendar window, operator reset.", None, False, False),  # noqa: E501
     Listed("proto", "Manage protobuf APIs (descriptor sets) for JSON -> gRPC transcoding.", None, False, False),  # noqa: E501
     Listed("cache", "Response caches of routes.", None, False, False),
     Listed("analytics", "Usage analytics from the access-log rollups (gateways with analytics on).", None, False, False),  # noqa: E501

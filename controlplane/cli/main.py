@@ -99,6 +99,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     ),
     "certs": ("cert",),
     "ratelimit": ("ratelimit",),
+    "quota": ("quota",),
     "protos": ("proto",),
     "declarative": ("apply", "diff", "export", "render"),
     "history": ("history", "rollback", "audit"),

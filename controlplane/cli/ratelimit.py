@@ -17,7 +17,8 @@ import typer
 from ..errors import PolicyInvalid
 from .context import ctx_of, finish_change, finish_remote
 from .output import emit, emit_table
-from .resources import WaitOption, _limits, spec_of
+from .resources import TimeZoneOption, WaitOption, _limits, spec_of
+from .resources import _limits_text as _limits_of
 
 __all__ = ["register_ratelimit"]
 
@@ -64,13 +65,15 @@ def _change(
     finish_change(c, result.revision, message, wait if result.changes else None)
 
 
+#: the order of units, shortest first (policy.ratelimit.SECONDS, not imported at start-up)
+_ORDER = {"second": 1, "minute": 2, "hour": 3, "day": 4, "week": 5, "month": 6}
+
+
 def _limits_text(policy: dict[str, Any]) -> str:
-    seconds = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}  # policy.ratelimit.SECONDS
-    parts = []
-    for limit in sorted(policy.get("limits", []), key=lambda x: seconds.get(x["per"], 0)):
-        burst = f" (burst {limit['burst']})" if limit.get("burst") else ""
-        parts.append(f"{limit['requests']}/{limit['per']}{burst}")
-    return ", ".join(parts) or "-"
+    """``100/minute (burst 150), 5000/month``; the day/week/month quotas' time zone after
+    them when it is not UTC."""
+    limits = sorted(policy.get("limits", []), key=lambda x: _ORDER.get(x["per"], 0))
+    return _limits_of(limits, policy.get("time_zone")) or "-"
 
 
 def register_ratelimit(app: typer.Typer) -> None:
@@ -94,12 +97,15 @@ def register_ratelimit(app: typer.Typer) -> None:
             bool | None,
             typer.Option("--plans/--no-plans", help="Consumers' plans apply (key consumer)."),
         ] = None,
+        time_zone: TimeZoneOption = None,
         wait: WaitOption = None,
     ) -> None:
         """Replace the rate limit of a route, or the default of a gateway's routes."""
         kind, name = _target(route, gateway)
         value: dict[str, Any] = {"key": key, "limits": _limits(limit, burst, "--limit")}
         value["use_plans"] = plans if plans is not None else key.strip() == "consumer"
+        if time_zone is not None:
+            value["time_zone"] = time_zone
         if not value["limits"] and not value["use_plans"]:
             raise PolicyInvalid("ratelimit set: give --limit (or --plans with key consumer)")
         _change(ctx, kind, name, value, "set", wait)

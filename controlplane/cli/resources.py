@@ -480,6 +480,17 @@ def _limits(values: list[str] | None, burst: int | None, option: str) -> list[di
     return out
 
 
+#: ``--time-zone`` of plans and consumers (and ``ratelimit set``)
+TimeZoneOption = Annotated[
+    str | None,
+    typer.Option(
+        "--time-zone",
+        help="Time zone of the day/week/month quotas' calendar, an IANA name such as "
+        "Europe/Paris (default UTC).",
+    ),
+]
+
+
 def consumer_fields(
     group: Annotated[list[str] | None, typer.Option(help="Group (repeatable; replaces).")] = None,
     plan: Annotated[
@@ -492,6 +503,7 @@ def consumer_fields(
     no_limits: Annotated[
         bool, typer.Option("--no-limits", help="Drop the consumer's own limits.")
     ] = False,
+    time_zone: TimeZoneOption = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     _set(out, "groups", group)
@@ -500,22 +512,28 @@ def consumer_fields(
     _set(out, "limits", _limits(limit, None, "--limit"))
     if no_limits:
         out["limits"] = []
+    _set(out, "time_zone", time_zone)
     return out
 
 
 def plan_fields(
     limit: Annotated[
         list[str] | None,
-        typer.Option(help="N/second|minute|hour|day, e.g. 60/minute (repeatable; replaces)."),
+        typer.Option(
+            help="N/second|minute|hour|day|week|month, e.g. 60/minute or 100000/month "
+            "(repeatable; replaces)."
+        ),
     ] = None,
     burst: Annotated[
         int | None, typer.Option(help="Burst of the single --limit (at least its rate).")
     ] = None,
     description: Annotated[str | None, typer.Option(help="Shown in plan list.")] = None,
+    time_zone: TimeZoneOption = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     _set(out, "limits", _limits(limit, burst, "--limit"))
     _set(out, "description", description)
+    _set(out, "time_zone", time_zone)
     return out
 
 
@@ -539,6 +557,10 @@ def rate_limit_fields(
     rate_limit_off: Annotated[
         bool, typer.Option("--rate-limit-off", help="No rate limit (clears the settings).")
     ] = False,
+    rate_limit_time_zone: Annotated[
+        str | None,
+        typer.Option(help="Time zone of its day/week/month quotas (IANA name; default UTC)."),
+    ] = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if rate_limit_off:
@@ -550,6 +572,8 @@ def rate_limit_fields(
         out["limits"] = _limits(rate_limit, rate_limit_burst, "--rate-limit")
     if rate_limit_plans is not None:
         out["use_plans"] = rate_limit_plans
+    if rate_limit_time_zone is not None:
+        out["time_zone"] = rate_limit_time_zone
     return {"rate_limit": out} if out else {}
 
 
@@ -730,11 +754,15 @@ def _match_text(m: dict[str, Any]) -> str:
     return " ".join([path, *extra])
 
 
-def _limits_text(limits: list[dict[str, Any]]) -> str:
-    return ", ".join(
-        f"{x['requests']}/{x['per']}" + (f" (burst {x['burst']})" if "burst" in x else "")
+def _limits_text(limits: list[dict[str, Any]], time_zone: str | None = None) -> str:
+    """``100/minute (burst 150), 5000/month``; `` (Europe/Paris)`` after the day/week/month
+    quotas' calendar when it is not UTC."""
+    text = ", ".join(
+        f"{x['requests']}/{x['per']}" + (f" (burst {x['burst']})" if x.get("burst") else "")
         for x in limits
     )
+    calendar = any(x["per"] in ("day", "week", "month") for x in limits)
+    return f"{text} ({time_zone})" if calendar and time_zone and time_zone != "UTC" else text
 
 
 def _action_text(s: dict[str, Any]) -> str:
@@ -790,7 +818,11 @@ COLUMNS: dict[str, tuple[list[str], Callable[[dict[str, Any]], list[Any]]]] = {
     ),
     "plan": (
         ["NAME", "LIMITS", "DESCRIPTION"],
-        lambda s: [s["name"], _limits_text(s.get("limits", [])), s.get("description", "")],
+        lambda s: [
+            s["name"],
+            _limits_text(s.get("limits", []), s.get("time_zone")),
+            s.get("description", ""),
+        ],
     ),
     "cluster": (
         ["NAME", "ENDPOINTS", "LB", "PROTOCOL"],

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .common import Name, PolicyModel
 from .edge import cert_names
-from .ratelimit import Limit, check_limits
+from .ratelimit import Limit, TimeZone, check_limits
 
 __all__ = ["ApiKey", "Consumer", "new_api_key"]
 
@@ -29,6 +29,8 @@ class Consumer(PolicyModel):
     limits: list[Limit] = Field(
         default_factory=list, description="own limits, replacing the plan's"
     )
+    #: the calendar of the consumer's own day/week/month quotas (its plan's has its own)
+    time_zone: TimeZone = "UTC"
     certificates: list[str] = Field(
         default_factory=list,
         description="client certificate names (URI SAN, DNS SAN or subject) that identify "

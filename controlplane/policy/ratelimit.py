@@ -12,12 +12,21 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from .bounds import IntRange
 from .common import Name, PolicyModel
 
-__all__ = ["QUOTA_UNITS", "Limit", "Per", "Plan", "RateLimit", "check_limits", "parse_limit"]
+__all__ = [
+    "QUOTA_UNITS",
+    "Limit",
+    "Per",
+    "Plan",
+    "RateLimit",
+    "TimeZone",
+    "check_limits",
+    "parse_limit",
+]
 
 _HEADER_NAME_RE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 _LIMIT_RE = re.compile(r"^\s*(-?\d+)\s*/\s*([a-z]+)\s*$")
@@ -43,6 +52,24 @@ SECONDS = {
 }
 #: units counted in calendar windows (midnight, Monday, the 1st) that survive restarts
 QUOTA_UNITS = frozenset({Per.day, Per.week, Per.month})
+
+
+def _time_zone(value: str) -> str:
+    from ..quota.calendar import check_time_zone  # imports this module: imported when used
+
+    return check_time_zone(value)
+
+
+#: the zone whose calendar (midnight, Monday, the 1st) bounds day/week/month quotas
+TimeZone = Annotated[
+    str,
+    AfterValidator(_time_zone),
+    Field(
+        max_length=64,
+        description="IANA time zone of the day/week/month quotas' calendar windows "
+        "(e.g. Europe/Paris); UTC by default",
+    ),
+]
 
 
 class Limit(PolicyModel):
@@ -72,7 +99,8 @@ def check_limits(value: list[Limit]) -> list[Limit]:
 
 
 def parse_limit(text: str, burst: int | None = None) -> dict[str, Any]:
-    """``60/minute`` (also ``60/min``, ``10/s``, ``1000/h``, ``5/d``) as a limit's fields."""
+    """``60/minute`` (also ``60/min``, ``10/s``, ``1000/h``, ``5/d``, ``5000/w``, ``5000/wk``,
+    ``100000/mo``; the plural ``100000/months`` too) as a limit's fields."""
     m = _LIMIT_RE.match(text.lower())
     units = {
         "s": "second",
@@ -88,7 +116,10 @@ def parse_limit(text: str, burst: int | None = None) -> dict[str, Any]:
     }
     if not m:
         raise ValueError(f"{text!r} is not a limit like 60/minute")
-    per = units.get(m.group(2), m.group(2))
+    word = m.group(2)
+    per = units.get(word, word)
+    if per not in SECONDS and per.endswith("s") and per[:-1] in SECONDS:
+        per = per[:-1]  # 5/days
     out: dict[str, Any] = {"requests": int(m.group(1)), "per": per}
     if burst is not None:
         out["burst"] = burst
@@ -103,6 +134,7 @@ class Plan(PolicyModel):
     name: Name
     limits: list[Limit] = Field(min_length=1)
     description: str | None = Field(None, max_length=200)
+    time_zone: TimeZone = "UTC"
 
     _limits = field_validator("limits")(classmethod(lambda cls, v: check_limits(v)))
 
@@ -121,6 +153,8 @@ class RateLimit(PolicyModel):
     limits: list[Limit] = Field(default_factory=list, description="for callers without a plan")
     # default True so that ``export`` writes ``use_plans: false`` whenever it is off
     use_plans: bool = Field(True, description="consumers' plans apply (key consumer only)")
+    #: the calendar of ``limits``' day/week/month quotas (a plan's own ``time_zone`` for its)
+    time_zone: TimeZone = "UTC"
 
     @model_validator(mode="before")
     @classmethod

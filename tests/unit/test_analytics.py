@@ -183,7 +183,7 @@ def test_usage_counts_by_class_and_limits_of_every_unit(tmp_path: Path) -> None:
     from controlplane.analytics.usage import usage
     from controlplane.errors import NotFound
     from controlplane.policy import Consumer, Gateway
-    from controlplane.policy.ratelimit import Plan
+    from controlplane.policy.ratelimit import Per, Plan
 
     db = str(tmp_path / "g.db")
     store = Store(db, create=True)
@@ -204,9 +204,26 @@ def test_usage_counts_by_class_and_limits_of_every_unit(tmp_path: Path) -> None:
     assert out["warnings"] == ["analytics is off on gateway internal: its requests are not counted"]
     second, day = out["items"]
     # throttled requests are never counted as used; a backend's 4xx is
-    assert (day["per"], day["used"], day["throttled"]) == ("day", 7, 24)
-    assert day["text"] == "acme: 7 of 9 today, 24 throttled"
     assert second["per"] == "second" and second["used"] == 7
     assert second["text"].startswith("acme: 7 this minute against 5 per second")
+    # a day quota counts from the quota counters, per route it applies on: none yet
+    assert (day["per"], day["used"], day["route"]) == ("day", 0, None)
+    assert day["text"] == "acme: 0 of 9 today (no route applies it)"
+
+    from controlplane.policy import Cluster, Route
+    from controlplane.quota.calendar import window
+    from controlplane.quota.counters import CounterKey, QuotaCounters
+
+    store.create(Cluster(name="c", endpoints=["127.0.0.1:9"]))
+    store.create(Route(name="api", gateway="public", cluster="c", rate_limit={"key": "consumer"}))
+    start, end = window(Per.day, now, "UTC")
+    QuotaCounters(store._writer).add(
+        {CounterKey("public", "api", "consumer:acme", "day", start): (3, end)}
+    )
+    day = usage(store, RollupReader.open(db), "acme", now=now)["items"][1]
+    # used: the counters' 3 (not the rollups' 7); throttled: the rollups' 24 on that route
+    assert (day["used"], day["throttled"], day["route"]) == (3, 24, "api")
+    assert day["text"].startswith("acme: 3 of 9 today on public/api (since ")
+    assert day["text"].endswith(", 24 throttled") and day["resets_at"] == end
     with pytest.raises(NotFound):
         usage(store, RollupReader.open(db), "nobody", now=now)

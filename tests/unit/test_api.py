@@ -464,6 +464,7 @@ def test_analytics_usage_and_chart(api: TestClient, store: Store) -> None:
     assert usage["items"] == [
         {"consumer": "acme", "plan": None, "per": "hour", "limit": 5, "period_start": hour,
          "used": 0, "admitted": 0, "upstream_errors": 0, "throttled": 0,
+         "gateway": None, "route": None, "resets_at": None,
          "text": "acme: 0 of 5 this hour"}
     ]  # fmt: skip
     # the seeded gateways have analytics off: nothing is counted, and the answer says so

@@ -54,15 +54,18 @@ jwt_providers:
 plans:
   - name: gold
     description: the gold plan
-    limits: [{requests: 100, per: minute}]
+    limits: [{requests: 100, per: minute}, {requests: 100000, per: month}]
+    time_zone: Europe/Paris
   - name: bare
     limits: [{requests: 1, per: second}]
 consumers:
   - {name: acme, plan: gold, groups: [a, b]}
   - {name: solo}
+  - {name: weekly, limits: [{requests: 5000, per: week}], time_zone: America/New_York}
 gateways:
   - name: strict
     port: 9080
+    rate_limit: {key: client_ip, limits: [{requests: 10, per: day}], time_zone: Asia/Tokyo}
     escaped_slashes: reject
     path_semicolons: allow
     underscore_headers: drop
