@@ -141,6 +141,60 @@ class QuotaCounters:
             self._set(conn, changed)
         return granted
 
+    def exchange(
+        self,
+        adds: Mapping[CounterKey, tuple[int, int]],
+        asks: Sequence[Ask],
+        earlier: Mapping[CounterKey, Sequence[CounterKey]] | None = None,
+    ) -> list[int]:
+        """:meth:`add` then :meth:`reserve` in ONE transaction (one usage report).
+
+        ``earlier`` names, per ask key, rows of the same sliding window that also hold its
+        limit: the ask may take at most ``limit`` minus their counts. Those rows belong to
+        past sub-windows, which only ever decrease (budget given back), so reading them
+        without a lock never lets two controllers grant more than the limit.
+        """
+        if not adds and not asks:
+            return []
+        earlier = earlier or {}
+        with self._engine.begin() as conn:
+            ends = {k: end for k, (_, end) in adds.items()}
+            ends.update({a.key: a.window_end for a in asks})
+            self._ensure(conn, ends)
+            used = self._locked(conn, list(ends))
+            current = dict(used)
+            for key, (n, _) in adds.items():
+                current[key] = max(0, current.get(key, 0) + n)
+            before = sorted({k for a in asks for k in earlier.get(a.key, ())} - set(ends))
+            past = self._read(conn, before)
+            granted: list[int] = []
+            for ask in asks:
+                held = sum(past.get(k, current.get(k, 0)) for k in earlier.get(ask.key, ()))
+                have = current.get(ask.key, 0)
+                take = max(0, min(ask.want, ask.limit - held - have))
+                granted.append(take)
+                current[ask.key] = have + take
+            self._set(conn, {k: v for k, v in current.items() if v != used.get(k, 0)})
+        return granted
+
+    def _read(self, conn: Any, keys: Sequence[CounterKey]) -> dict[CounterKey, int]:
+        """Counts of ``keys`` without locking them (missing rows are absent)."""
+        columns = (
+            QuotaCounterRow.gateway,
+            QuotaCounterRow.route,
+            QuotaCounterRow.key,
+            QuotaCounterRow.unit,
+            QuotaCounterRow.window_start,
+        )
+        out: dict[CounterKey, int] = {}
+        for chunk in _chunks(sorted(set(keys)), 200):
+            query = select(*columns, QuotaCounterRow.used).where(
+                tuple_(*columns).in_([tuple(k) for k in chunk])
+            )
+            for row in conn.execute(query):
+                out[CounterKey(*row[:5])] = int(row[5])
+        return out
+
     def add(self, amounts: Mapping[CounterKey, tuple[int, int]]) -> dict[CounterKey, int]:
         """Add ``n`` (negative gives budget back, never below 0) to each key; ``amounts`` maps
         a key to ``(n, window_end)``. Returns the new counts."""
