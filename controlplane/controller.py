@@ -168,6 +168,12 @@ class Controller:
             retention_s=settings.analytics_retention_days * 86400,
             authorizer=self.authorizer,
         )
+        #: the quota service (RLQS) of shared budgets and calendar quotas, on the xDS port
+        from .quota.service import QuotaService
+
+        self.quota = QuotaService(
+            self.store.writer_engine, self.runner.objects, authorizer=self.authorizer
+        )
         #: ``serve``: once started, freeze the heap (see :meth:`_freeze_heap`)
         self.freeze_heap = False
         self._grpc: grpc.aio.Server | None = None
@@ -223,7 +229,9 @@ class Controller:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ]
         )
-        self._grpc.add_generic_rpc_handlers((self.ads.handler(), self.sink.handler()))
+        self._grpc.add_generic_rpc_handlers(
+            (self.ads.handler(), self.sink.handler(), self.quota.handler())
+        )
         if credentials is None:
             self.xds_port = self._grpc.add_insecure_port(self.settings.xds_address)
         else:
@@ -299,7 +307,9 @@ class Controller:
 
     async def run(self) -> None:
         """Until cancelled: watch revisions and record proxy status."""
-        await asyncio.gather(self.runner.run(), self.recorder.run(), self.sink.run())
+        await asyncio.gather(
+            self.runner.run(), self.recorder.run(), self.sink.run(), self.quota.run()
+        )
 
     async def stop(self, deadline: float | None = None) -> bool:
         """Close the ports, end the ADS streams, write proxy status and mark this

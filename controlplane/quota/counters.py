@@ -265,6 +265,17 @@ class QuotaCounters:
             )
         return int(done.rowcount or 0)
 
+    def prune_units(self, units: Iterable[str], before: int) -> int:
+        """Delete counters of ``units`` whose window ended before ``before`` (the sub-windows
+        of sliding minute/hour budgets, which matter for minutes, not a day)."""
+        with self._engine.begin() as conn:
+            done = conn.execute(
+                delete(QuotaCounterRow).where(
+                    QuotaCounterRow.unit.in_(list(units)), QuotaCounterRow.window_end < before
+                )
+            )
+        return int(done.rowcount or 0)
+
     def prune(self, now: int) -> int:
         """Delete counters of windows that ended more than a day before ``now``."""
         with self._engine.begin() as conn:
