@@ -61,7 +61,7 @@ def budget_of(objects: Mapping[str, Mapping[str, object]], bucket: BucketKey) ->
     gateways = cast(Mapping[str, Gateway], objects.get("gateway", {}))
     route = routes.get(bucket.route)
     gateway = gateways.get(bucket.gateway)
-    if route is None or gateway is None or route.gateway != bucket.gateway:
+    if route is None or gateway is None or bucket.gateway not in route.gateways:
         return None
     if bucket.unit not in shared_units(gateway):
         return None
