@@ -44,7 +44,9 @@ from .calendar import window
 from .counters import Ask, CounterKey
 
 __all__ = [
+    "ASSIGNMENT_TTL_S",
     "LEASE_SECONDS",
+    "REPORT_INTERVAL_S",
     "SUB_WINDOWS",
     "Allocator",
     "Budget",
@@ -55,8 +57,14 @@ __all__ = [
     "rows_of",
 ]
 
-#: a lease covers this many seconds of the replica's recent demand
-LEASE_SECONDS = 2.0
+#: how often Envoy 1.40 reports usage: a fixed 5 s (the filter's ``reporting_interval`` is
+#: not used yet: filter_persistence.cc hardcodes it)
+REPORT_INTERVAL_S = 5.0
+#: a lease covers this many seconds of the replica's recent demand (two reports)
+LEASE_SECONDS = 2 * REPORT_INTERVAL_S
+#: an assignment not refreshed for this long expires (the service is unreachable): three
+#: reports missed
+ASSIGNMENT_TTL_S = 15
 #: the smallest lease handed to a replica that asks (its next requests need no round trip)
 MIN_LEASE = 1
 #: the first lease of a replica: this share of the budget (its demand is not known yet)
@@ -159,7 +167,7 @@ class Allocator:
 
     ledger: Ledger
     budget: Callable[[BucketKey], Budget | None]
-    report_interval: float = 1.0
+    report_interval: float = REPORT_INTERVAL_S
     streams: dict[object, dict[BucketKey, Lease]] = field(default_factory=dict)
 
     def report(self, stream: object, usages: Iterable[Usage], now: float) -> list[Decision]:
@@ -206,6 +214,10 @@ class Allocator:
             if lease.tokens == 0 and lease.outstanding == 0 and not lease.row:
                 # a replica's first lease of this bucket: its demand is not known yet
                 want = max(want, math.ceil(budget.limit * FIRST_SHARE))
+            if usage.denied > 0 and lease.tokens > 0:
+                # refused for want of tokens: the demand seen is what the lease allowed, so
+                # grow geometrically until the replica stops running dry
+                want = max(want, 2 * lease.tokens)
             renew = (
                 lease.tokens == 0
                 or lease.outstanding * 3 < want * 2

@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 
 from ..policy.ratelimit import Per
 from ..xds.mtls import StreamAuthorizer
-from .allocator import Allocator, BucketKey, Decision, Usage
+from .allocator import ASSIGNMENT_TTL_S, Allocator, BucketKey, Decision, Usage
 from .budgets import budget_of
 from .counters import QuotaCounters
 
@@ -41,7 +41,7 @@ RLQS_SERVICE = "envoy.service.rate_limit_quota.v3.RateLimitQuotaService"
 #: WHOLE seconds of fill_interval, so it must be at least 1 s)
 LEASE_FILL = duration_pb2.Duration(seconds=30 * 86400)
 #: an assignment lives this long unless refreshed by the next answer (translate/quota.py)
-ASSIGNMENT_TTL = duration_pb2.Duration(seconds=5)
+ASSIGNMENT_TTL = duration_pb2.Duration(seconds=ASSIGNMENT_TTL_S)
 #: rows of minute/hour sub-windows are deleted this long after they end
 KEEP_SHORT_S = 3 * 3600
 _KEYS = {"consumer": "consumer:", "ip": "ip:", "header": "header:"}

@@ -19,7 +19,7 @@ budget of that bucket from the policy it already has, so the filter carries no l
 its fallback. A request whose key is missing (no consumer, no header) gets no bucket id and
 is not limited, as with the local filter.
 
-Envoy reports each bucket's usage every :data:`REPORT_INTERVAL` over the bootstrap's
+Envoy reports each bucket's usage every 5 s over the bootstrap's
 ``xds_cluster`` (the same port as ADS); the service answers with leases
 (:mod:`controlplane.quota.allocator`). When an assignment expires (the service is
 unreachable for :data:`ASSIGNMENT_TTL_S`) the bucket falls back to a local token bucket of
@@ -51,6 +51,7 @@ from ..policy import Consumer, Gateway
 from ..policy.headers import CONSUMER_HEADER
 from ..policy.ratelimit import QUOTA_UNITS, SECONDS, Per, Plan, RateLimit
 from ..policy.reserved import XDS_CLUSTER
+from ..quota.allocator import ASSIGNMENT_TTL_S
 from ..quota.budgets import consumer_budget, shared_units, time_zone_of
 from ..quota.calendar import http_date, window
 from .common import pack
@@ -65,10 +66,9 @@ __all__ = [
 ]
 
 QUOTA_PREFIX = "gateway.quota."
-#: how often Envoy reports usage (and at most how stale an allocation is)
+#: how often Envoy should report usage (Envoy 1.40 ignores it and reports every 5 s,
+#: :data:`~controlplane.quota.allocator.REPORT_INTERVAL_S`)
 REPORT_INTERVAL = duration_pb2.Duration(seconds=1)
-#: an assignment not refreshed for this long expires: the service is unreachable
-ASSIGNMENT_TTL_S = 5
 #: how long the fallback applies before the bucket reverts to admitting (no assignment)
 FALLBACK_S = 30 * 86400
 _CEL_INPUT = "gateway.route_metadata"

@@ -171,7 +171,7 @@ def test_fallback_while_the_controller_is_away_then_exact_again(  # type: ignore
     assert [send(conns[0], "/api/x", carl) for _ in range(10)].count(200) == 10
 
     controller.kill()
-    time.sleep(7)  # assignments expire (5 s): each Envoy falls back to its own token bucket
+    time.sleep(17)  # assignments expire (15 s): each Envoy falls back to its own token bucket
     during = [send(c, "/api/x", carl) for c in conns for _ in range(120)]
     # requests keep flowing; each Envoy applies the plan's budget on its own (100 a minute)
     assert 150 <= during.count(200) <= 200, during.count(200)
@@ -199,31 +199,31 @@ def test_a_day_quota_survives_controller_and_envoy_restarts(  # type: ignore[no-
         are retried after a pause (the quota is not spent yet)."""
         conn = http.client.HTTPConnection("127.0.0.1", gateway_port, timeout=10)
         got = refused = 0
-        while got < count and refused < 50:
+        while got < count and refused < 200:
             status = send(conn, "/api/x", dora)
             if status == 200:
                 got += 1
             else:
                 assert status == 429
                 refused += 1
-                time.sleep(0.2)
+                time.sleep(0.25)
         conn.close()
         return got
 
     assert admit(400) == 400
-    time.sleep(2.5)  # the last requests are reported
+    time.sleep(6)  # the last requests are reported (every 5 s)
     envoy.stop()
     controller.stop()
     controller.start()
     envoy = envoy_factory("public")
     wait_until(lambda: request(gateway_port, "/free/x")[0] == 200, timeout=30)
     assert admit(600) == 600
-    time.sleep(2.5)
+    time.sleep(6)
     status, headers, _ = request(gateway_port, "/api/x", headers=dora)
     assert status == 429, status
     tomorrow = (int(time.time()) // 86400 + 1) * 86400
     assert headers["x-ratelimit-reset"] == str(tomorrow)
     assert headers["retry-after"].endswith("00:00:00 GMT")
     # and it stays refused: the whole day's quota is spent, none left in leases
-    time.sleep(2.5)
+    time.sleep(6)
     assert request(gateway_port, "/api/x", headers=dora)[0] == 429
