@@ -49,8 +49,8 @@ __all__ = [
     "REPORT_INTERVAL_S",
     "SUB_WINDOWS",
     "Allocator",
-    "Budget",
     "BucketKey",
+    "Budget",
     "Decision",
     "Ledger",
     "Usage",
@@ -147,7 +147,9 @@ class Lease:
     last_report: float | None = None
 
 
-def rows_of(bucket: BucketKey, budget: Budget, now: float) -> tuple[CounterKey, int, list[CounterKey]]:
+def rows_of(
+    bucket: BucketKey, budget: Budget, now: float
+) -> tuple[CounterKey, int, list[CounterKey]]:
     """The counter row new budget is taken from at ``now``, its end, and the earlier rows
     of the same window whose counts also hold the budget (sliding windows)."""
     g, r, unit, k = bucket
@@ -223,14 +225,17 @@ class Allocator:
                 or lease.outstanding * 3 < want * 2
                 or lease.outstanding > 4 * want + MIN_LEASE
                 or lease.row is None
-                or lease.row.window_start != row.window_start
-                and usage.bucket.unit in QUOTA_UNITS  # a new calendar window: new lease
+                or (
+                    lease.row.window_start != row.window_start and usage.bucket.unit in QUOTA_UNITS
+                )  # a new calendar window: new lease
             )
             if not renew:
                 plan.append((usage.bucket, lease, -1, None, 0))
                 continue
-            if lease.row is not None and lease.row.window_start != row.window_start and (
-                usage.bucket.unit in QUOTA_UNITS
+            if (
+                lease.row is not None
+                and lease.row.window_start != row.window_start
+                and (usage.bucket.unit in QUOTA_UNITS)
             ):
                 # the old calendar window is over: its remainder is no longer spendable there
                 add(lease.row, -lease.outstanding, lease.row_end)
@@ -241,21 +246,24 @@ class Allocator:
 
         granted = self.ledger.exchange(adds, asks, earlier) if adds or asks else []
         out: list[Decision] = []
-        for bucket, lease, index, row, end in plan:
-            if lease is None:
+        for bucket, held_lease, index, new_row, new_end in plan:
+            if held_lease is None:
                 out.append(Decision(bucket, "allow"))
             elif index < 0:
-                out.append(Decision(bucket, "lease", lease.tokens))
+                out.append(Decision(bucket, "lease", held_lease.tokens))
             else:
                 got = granted[index]
+                lease = held_lease
                 lease.pending, lease.pending_row, lease.pending_end = (
                     lease.outstanding,
                     lease.row,
                     lease.row_end,
                 )
-                lease.outstanding, lease.row, lease.row_end = got, row, end
+                lease.outstanding, lease.row, lease.row_end = got, new_row, new_end
                 lease.tokens = got
-                out.append(Decision(bucket, "lease", got, True) if got else Decision(bucket, "deny"))
+                out.append(
+                    Decision(bucket, "lease", got, True) if got else Decision(bucket, "deny")
+                )
         return out
 
     def close(self, stream: object) -> None:

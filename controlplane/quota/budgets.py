@@ -8,7 +8,7 @@ from typing import cast
 
 from ..policy import Consumer, Gateway, Route
 from ..policy.ratelimit import QUOTA_UNITS, Limit, Per, Plan, RateLimit
-from .allocator import Budget, BucketKey
+from .allocator import BucketKey, Budget
 
 __all__ = ["RATE_LIMIT_MODES", "budget_of", "shared_units", "time_zone_of"]
 
@@ -65,7 +65,9 @@ def budget_of(objects: Mapping[str, Mapping[str, object]], bucket: BucketKey) ->
         return None
     if bucket.unit not in shared_units(gateway):
         return None
-    policy: RateLimit | None = route.rate_limit if route.rate_limit is not None else gateway.rate_limit
+    policy: RateLimit | None = (
+        route.rate_limit if route.rate_limit is not None else gateway.rate_limit
+    )
     if policy is None:
         return None
     if policy.use_plans and bucket.key.startswith("consumer:"):

@@ -32,7 +32,7 @@ from .allocator import ASSIGNMENT_TTL_S, Allocator, BucketKey, Decision, Usage
 from .budgets import budget_of
 from .counters import QuotaCounters
 
-__all__ = ["LEASE_FILL", "QuotaService", "RLQS_SERVICE", "bucket_key"]
+__all__ = ["LEASE_FILL", "RLQS_SERVICE", "QuotaService", "bucket_key"]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,9 @@ def _strategy(decision: Decision) -> list[ratelimit_strategy_pb2.RateLimitStrate
     return [S(blanket_rule=S.DENY_ALL), lease] if decision.fresh else [lease]
 
 
-def response(decisions: list[Decision], ids: Mapping[BucketKey, Any]) -> rlqs_pb2.RateLimitQuotaResponse:
+def response(
+    decisions: list[Decision], ids: Mapping[BucketKey, Any]
+) -> rlqs_pb2.RateLimitQuotaResponse:
     out = rlqs_pb2.RateLimitQuotaResponse()
     for decision in decisions:
         for strategy in _strategy(decision):
@@ -144,9 +146,7 @@ class QuotaService:
                     if key.gateway != gateway:  # one stream serves one gateway's Envoy
                         continue
                     ids[key] = usage.bucket_id
-                    usages.append(
-                        Usage(key, usage.num_requests_allowed, usage.num_requests_denied)
-                    )
+                    usages.append(Usage(key, usage.num_requests_allowed, usage.num_requests_denied))
                 if not usages:
                     continue
                 decisions = await asyncio.to_thread(self._report, stream, usages)

@@ -34,8 +34,8 @@ from google.protobuf.message import Message
 
 from ..policy import OidcProvider
 from ..policy.ratelimit import QUOTA_UNITS, Per
-from ..quota.budgets import shared_units
 from ..policy.traffic import CompressionAlgorithm
+from ..quota.budgets import shared_units
 from . import auth, edge, quota
 from .common import ads_source, pack
 from .cors import CORS_FILTER, cors_filter

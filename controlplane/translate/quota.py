@@ -41,10 +41,10 @@ from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb
 from envoy.type.matcher.v3 import http_inputs_pb2
 from envoy.type.v3 import http_status_pb2, ratelimit_strategy_pb2, token_bucket_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
+from xds.core.v3 import extension_pb2 as xds_extension_pb2
 from xds.type.matcher.v3 import cel_pb2 as cel_matcher_pb2
 from xds.type.matcher.v3 import http_inputs_pb2 as xds_inputs_pb2
 from xds.type.matcher.v3 import matcher_pb2
-from xds.core.v3 import extension_pb2 as xds_extension_pb2
 from xds.type.v3 import cel_pb2
 
 from ..policy import Consumer, Gateway
@@ -90,12 +90,16 @@ def _cel_route(route: str) -> cel_pb2.CelExpression:
     meta = E(
         select_expr=E.Select(
             operand=E(
-                select_expr=E.Select(operand=E(ident_expr=E.Ident(name="xds")), field="route_metadata")
+                select_expr=E.Select(
+                    operand=E(ident_expr=E.Ident(name="xds")), field="route_metadata"
+                )
             ),
             field="filter_metadata",
         )
     )
-    expr = call("_==_", call("_[_]", call("_[_]", meta, const("gateway")), const("route")), const(route))
+    expr = call(
+        "_==_", call("_[_]", call("_[_]", meta, const("gateway")), const("route")), const(route)
+    )
     return cel_pb2.CelExpression(cel_expr_parsed=syntax_pb2.ParsedExpr(expr=expr))
 
 
@@ -141,7 +145,9 @@ def _token_bucket(requests: int, unit: Per) -> token_bucket_pb2.TokenBucket:
     )
 
 
-def _deny(unit: Per, time_zone: str, now: float) -> rlq.RateLimitQuotaBucketSettings.DenyResponseSettings:
+def _deny(
+    unit: Per, time_zone: str, now: float
+) -> rlq.RateLimitQuotaBucketSettings.DenyResponseSettings:
     out = rlq.RateLimitQuotaBucketSettings.DenyResponseSettings(
         http_status=http_status_pb2.HttpStatus(code=http_status_pb2.TooManyRequests),
         http_body=wrappers_pb2.BytesValue(value=b"rate limited\n"),
@@ -216,16 +222,14 @@ def quota_filter(
     consumers = cast(Mapping[str, Consumer], objects.get("consumer", {}))
     plans = cast(Mapping[str, Plan], objects.get("plan", {}))
     M = matcher_pb2.Matcher
-    entries: list[M.MatcherList.FieldMatcher] = []
+    entries: list[matcher_pb2.Matcher.MatcherList.FieldMatcher] = []
     for route in sorted(policies):
         policy = policies[route]
         key = _key_input(policy)
         own = next((x for x in policy.limits if x.per == unit), None)
         tz = time_zone_of(policy)
         default = (
-            None
-            if own is None
-            else _settings(gateway.name, route, unit, key, own.requests, tz, at)
+            None if own is None else _settings(gateway.name, route, unit, key, own.requests, tz, at)
         )
         listed: dict[str, xds_extension_pb2.TypedExtensionConfig] = {}
         if policy.use_plans and key is not None and key[0] == "consumer":
@@ -263,7 +267,9 @@ def quota_filter(
         else:
             assert default is not None
             on_match = _on_match(default)
-        entries.append(M.MatcherList.FieldMatcher(predicate=_route_predicate(route), on_match=on_match))
+        entries.append(
+            M.MatcherList.FieldMatcher(predicate=_route_predicate(route), on_match=on_match)
+        )
     if not entries:
         return None
     return rlq.RateLimitQuotaFilterConfig(
@@ -273,5 +279,3 @@ def quota_filter(
         domain=f"{gateway.name}/{unit}",
         bucket_matchers=M(matcher_list=M.MatcherList(matchers=entries)),
     )
-
-

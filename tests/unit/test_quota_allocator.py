@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.policy.ratelimit import Per
-from controlplane.quota.allocator import Allocator, Budget, BucketKey, Decision, Usage, rows_of
+from controlplane.quota.allocator import Allocator, BucketKey, Budget, Decision, Usage, rows_of
 from controlplane.quota.counters import QuotaCounters
 from controlplane.store import Store
 from controlplane.store.db import make_engines
@@ -97,7 +97,7 @@ def _run(
 
 @pytest.mark.parametrize("split", [[0.8, 0.15, 0.05], [1 / 3] * 3, [0.98, 0.01, 0.01], [1.0]])
 def test_uneven_splits_admit_the_budget(counters: QuotaCounters, split: list[float]) -> None:
-    replicas, allocator = _run(counters, split, 300, 40.0)
+    replicas, _ = _run(counters, split, 300, 40.0)
     admitted = sum(r.admitted for r in replicas)
     # the first request of each replica's bucket is admitted before any assignment
     assert 95 <= admitted <= 100 + len(split), [r.admitted for r in replicas]
