@@ -9,8 +9,15 @@ from typing import cast
 from ..policy import Consumer, Gateway, Route
 from ..policy.ratelimit import QUOTA_UNITS, Limit, Per, Plan, RateLimit
 from .allocator import BucketKey, Budget
+from .calendar import window
 
-__all__ = ["RATE_LIMIT_MODES", "budget_of", "shared_units", "time_zone_of"]
+__all__ = [
+    "RATE_LIMIT_MODES",
+    "budget_of",
+    "next_quota_boundary",
+    "shared_units",
+    "time_zone_of",
+]
 
 #: ``local``: Envoy's local_ratelimit divided by the replicas (ADR 0016); ``shared``: minute
 #: and hour budgets leased by the quota service (ADR 0051)
@@ -81,3 +88,16 @@ def budget_of(objects: Mapping[str, Mapping[str, object]], bucket: BucketKey) ->
                 return budget
     hit = _pick(list(policy.limits), bucket.unit)
     return None if hit is None else Budget(hit.requests, time_zone_of(policy))
+
+
+def next_quota_boundary(objects: Mapping[str, Mapping[str, object]], now: float) -> float:
+    """The next midnight after ``now`` in any time zone quotas use (UTC at least): where a
+    day, week or month window may end."""
+    zones = {"UTC"}
+    for kind in ("plan", "consumer", "route", "gateway"):
+        for obj in objects.get(kind, {}).values():
+            zones.add(time_zone_of(obj))
+            policy = getattr(obj, "rate_limit", None)
+            if policy is not None:
+                zones.add(time_zone_of(policy))
+    return float(min(window(Per.day, now, z)[1] for z in zones))
