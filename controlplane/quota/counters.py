@@ -179,13 +179,7 @@ class QuotaCounters:
 
     def _read(self, conn: Any, keys: Sequence[CounterKey]) -> dict[CounterKey, int]:
         """Counts of ``keys`` without locking them (missing rows are absent)."""
-        columns = (
-            QuotaCounterRow.gateway,
-            QuotaCounterRow.route,
-            QuotaCounterRow.key,
-            QuotaCounterRow.unit,
-            QuotaCounterRow.window_start,
-        )
+        columns = _key_columns()
         out: dict[CounterKey, int] = {}
         for chunk in _chunks(sorted(set(keys)), 200):
             query = select(*columns, QuotaCounterRow.used).where(
@@ -210,22 +204,8 @@ class QuotaCounters:
     def used(self, keys: Iterable[CounterKey]) -> dict[CounterKey, int]:
         """The counts of ``keys`` (missing rows count 0)."""
         wanted = sorted(set(keys))
-        out = dict.fromkeys(wanted, 0)
-        columns = (
-            QuotaCounterRow.gateway,
-            QuotaCounterRow.route,
-            QuotaCounterRow.key,
-            QuotaCounterRow.unit,
-            QuotaCounterRow.window_start,
-        )
         with self._engine.connect() as conn:
-            for chunk in _chunks(wanted, 200):
-                query = select(*columns, QuotaCounterRow.used).where(
-                    tuple_(*columns).in_([tuple(k) for k in chunk])
-                )
-                for row in conn.execute(query):
-                    out[CounterKey(*row[:5])] = int(row[5])
-        return out
+            return {**dict.fromkeys(wanted, 0), **self._read(conn, wanted)}
 
     def rows(
         self,
@@ -298,6 +278,17 @@ def _filters(
     if unit is not None:
         out.append(QuotaCounterRow.unit == unit)
     return out or [true()]
+
+
+def _key_columns() -> tuple[Any, ...]:
+    """The primary key of a counter row, in :class:`CounterKey` order."""
+    return (
+        QuotaCounterRow.gateway,
+        QuotaCounterRow.route,
+        QuotaCounterRow.key,
+        QuotaCounterRow.unit,
+        QuotaCounterRow.window_start,
+    )
 
 
 def _chunks(items: Sequence[CounterKey], size: int) -> Iterable[Sequence[CounterKey]]:
