@@ -35,7 +35,7 @@ from google.protobuf.message import Message
 from ..policy import OidcProvider
 from ..policy.ratelimit import QUOTA_UNITS, Per
 from ..policy.traffic import CompressionAlgorithm
-from ..quota.budgets import shared_units
+from ..quota.budgets import next_quota_boundary, shared_units
 from . import auth, edge, quota
 from .common import ads_source, pack
 from .cors import CORS_FILTER, cors_filter
@@ -107,9 +107,8 @@ def _quota(view: GatewayView, table: RouteTable, unit: Per) -> Message | None:
     each calendar boundary (the reset time of refusals)."""
     if not table.rate_limits or unit not in shared_units(view.gateway):
         return None
-    from ..quota.calendar import window
-
-    boundary = window(unit, quota.clock())[1] if unit in QUOTA_UNITS else 0
+    # the next midnight of any zone in use: a new day, week or month in one of them
+    boundary = next_quota_boundary(view.objects, quota.clock()) if unit in QUOTA_UNITS else 0
     key = (
         table.rate_limit_version,
         plans_of(view.objects) if table.uses_plans else (),
