@@ -174,6 +174,16 @@ class Controller:
         self.quota = QuotaService(
             self.store.writer_engine, self.runner.objects, authorizer=self.authorizer
         )
+        self.metrics.gauge(
+            "gateway_quota_streams",
+            "Open quota-service (RLQS) streams: one per Envoy and quota filter (unit) in use.",
+            lambda: float(self.quota.streams),
+        )
+        self.metrics.gauge(
+            "gateway_quota_reports",
+            "Usage reports the quota service has answered since start.",
+            lambda: float(self.quota.reports),
+        )
         #: ``serve``: once started, freeze the heap (see :meth:`_freeze_heap`)
         self.freeze_heap = False
         self._grpc: grpc.aio.Server | None = None

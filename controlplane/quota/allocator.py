@@ -68,7 +68,7 @@ ASSIGNMENT_TTL_S = 15
 #: the smallest lease handed to a replica that asks (its next requests need no round trip)
 MIN_LEASE = 1
 #: the first lease of a replica: this share of the budget (its demand is not known yet)
-FIRST_SHARE = 0.05
+FIRST_SHARE = 0.1
 #: sub-windows of a sliding minute/hour window
 SUB_WINDOWS = 6
 

@@ -57,6 +57,17 @@ def pinned_connections(port: int, envoys: list[Envoy]) -> list[http.client.HTTPC
     return [owned[i] for i in range(len(envoys))]
 
 
+def quota_metric(controller: Controller, name: str) -> int:
+    """``gateway_quota_<name>`` of ``controller`` (its metrics): open RLQS streams, reports."""
+    url = f"http://127.0.0.1:{controller.health_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    for line in text.splitlines():
+        if line.startswith(f"gateway_quota_{name} "):
+            return int(float(line.split()[1]))
+    return 0
+
+
 def send(conn: http.client.HTTPConnection, path: str, headers: dict[str, str]) -> int:
     conn.request("GET", path, headers=headers)
     resp = conn.getresponse()
@@ -184,9 +195,15 @@ def test_fallback_while_the_controller_is_away_then_exact_again(  # type: ignore
 
     controller.start()
     acme = bearer(signer, "acme")  # a fresh budget, counted by the service again
-    wait_until(lambda: request(gateway_port, "/free/x")[0] == 200, timeout=20)
-    # both Envoys report within one interval of reconnecting; a new bucket is exact again
-    statuses = spread(conns[:2] + conns[:1], acme, 150, 10.0)
+    # each Envoy re-opens its streams at its next report (within one interval, 5 s): until
+    # then a new bucket has no assignment and is admitted
+    wait_until(lambda: quota_metric(controller, "streams") >= 4, timeout=30)
+    # a new caller on both Envoys; once each has reported again (one interval), exact again
+    warm = [send(c, "/api/x", acme) for c in conns for _ in range(2)]
+    reports = quota_metric(controller, "reports")
+    # 4 immediate reports of the new buckets, then a periodic one per Envoy and filter
+    wait_until(lambda: quota_metric(controller, "reports") >= reports + 8, timeout=30)
+    statuses = warm + spread(conns[:2] + conns[:1], acme, 200, 20.0)
     assert 95 <= statuses.count(200) <= 102, statuses.count(200)
 
 
