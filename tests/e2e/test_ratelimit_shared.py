@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .harness import Cli, Envoy, request, wait_until
+from .harness import Cli, Controller, Envoy, request, wait_until
 from .test_ratelimit_fleet import ISSUER, EcSigner
 
 pytestmark = pytest.mark.e2e
