@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, and_, delete, select, true, tuple_, update
 
+from ..policy.ratelimit import QUOTA_UNITS
 from ..store.tables import QuotaCounterRow
 
 __all__ = ["Ask", "CounterKey", "CounterRow", "QuotaCounters"]
@@ -214,12 +215,20 @@ class QuotaCounters:
         gateway: str | None = None,
         route: str | None = None,
         key: str | None = None,
+        units: Iterable[str] = tuple(sorted(QUOTA_UNITS)),
     ) -> list[CounterRow]:
-        """Counters of the windows open at unix time ``at``, filtered."""
+        """Counters of the windows open at unix time ``at``, filtered; calendar quotas only
+        unless ``units`` says otherwise (the sub-windows of shared minute/hour budgets are
+        the quota service's bookkeeping, not quotas to show)."""
         t = QuotaCounterRow
         query = (
             select(t.gateway, t.route, t.key, t.unit, t.window_start, t.window_end, t.used)
-            .where(t.window_start <= at, t.window_end > at, *_filters(gateway, route, key, None))
+            .where(
+                t.window_start <= at,
+                t.window_end > at,
+                t.unit.in_([str(u) for u in units]),
+                *_filters(gateway, route, key, None),
+            )
             .order_by(t.gateway, t.route, t.key, t.window_start)
         )
         with self._engine.connect() as conn:

@@ -183,3 +183,13 @@ def test_a_day_quota_continues_after_a_restart(counters: QuotaCounters) -> None:
     now = _spend(again, second, now, 10_000)
     assert replica.admitted + again.admitted == 1000
     assert again.tokens == 0 and not again.request()  # nothing left: DENY_ALL
+
+
+def test_sliding_window_rows_are_not_listed_as_quotas(counters: QuotaCounters) -> None:
+    """``quota show`` lists calendar quotas: the minute sub-windows stay out of rows()."""
+    allocator = _allocator(counters)
+    now = 1_000_020.0
+    allocator.report("a", [Usage(BUCKET, 3, 0), Usage(DAY, 3, 0)], now)
+    assert [r.unit for r in counters.rows(at=int(now))] == ["day"]
+    minute = counters.rows(at=int(now), units=["minute"])
+    assert [r.unit for r in minute] == ["minute"] and minute[0].used >= 3
