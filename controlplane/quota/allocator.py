@@ -67,7 +67,8 @@ LEASE_SECONDS = 2 * REPORT_INTERVAL_S
 ASSIGNMENT_TTL_S = 15
 #: the smallest lease handed to a replica that asks (its next requests need no round trip)
 MIN_LEASE = 1
-#: the first lease of a replica: this share of the budget (its demand is not known yet)
+#: every lease is at least this share of the budget divided by the replicas holding one
+#: (the first one's demand is not known; a quiet replica's demand may jump)
 FIRST_SHARE = 0.1
 #: sub-windows of a sliding minute/hour window
 SUB_WINDOWS = 6
@@ -171,6 +172,8 @@ class Allocator:
     budget: Callable[[BucketKey], Budget | None]
     report_interval: float = REPORT_INTERVAL_S
     streams: dict[object, dict[BucketKey, Lease]] = field(default_factory=dict)
+    #: how many streams hold a lease of each bucket
+    holders: dict[BucketKey, int] = field(default_factory=dict)
 
     def report(self, stream: object, usages: Iterable[Usage], now: float) -> list[Decision]:
         """Account one usage report of ``stream`` and decide each reported bucket; ONE
@@ -190,10 +193,14 @@ class Allocator:
         for usage in usages:
             budget = self.budget(usage.bucket)
             if budget is None:
-                held.pop(usage.bucket, None)
+                if held.pop(usage.bucket, None) is not None:
+                    self._release(usage.bucket)
                 plan.append((usage.bucket, None, 0, None, 0))
                 continue
-            lease = held.setdefault(usage.bucket, Lease())
+            lease = held.get(usage.bucket)
+            if lease is None:
+                lease = held[usage.bucket] = Lease()
+                self.holders[usage.bucket] = self.holders.get(usage.bucket, 0) + 1
             row, end, before = rows_of(usage.bucket, budget, now)
             allowed = max(0, usage.allowed)
             # the old remainder was spent first (it was in place before the new lease)
@@ -213,9 +220,11 @@ class Allocator:
             lease.rate = max(demand, lease.rate * 0.5)
             lease.last_report = now
             want = max(MIN_LEASE, math.ceil(lease.rate * LEASE_SECONDS))
-            if lease.tokens == 0 and lease.outstanding == 0 and not lease.row:
-                # a replica's first lease of this bucket: its demand is not known yet
-                want = max(want, math.ceil(budget.limit * FIRST_SHARE))
+            # never less than a share of the budget split between the replicas holding it:
+            # demand may jump between two reports (5 s), and a large budget loses nothing
+            # by being leased generously (all leases together hold at most FIRST_SHARE)
+            holders = self.holders.get(usage.bucket, 1)
+            want = max(want, math.ceil(budget.limit * FIRST_SHARE / holders))
             if usage.denied > 0 and lease.tokens > 0:
                 # refused for want of tokens: the demand seen is what the lease allowed, so
                 # grow geometrically until the replica stops running dry
@@ -271,6 +280,8 @@ class Allocator:
         its stream may still spend its lease until the assignment expires; those requests
         are counted if it reconnects and reports them.)"""
         held = self.streams.pop(stream, {})
+        for bucket in held:
+            self._release(bucket)
         adds: dict[CounterKey, tuple[int, int]] = {}
         for lease in held.values():
             for row, n, end in (
@@ -282,6 +293,13 @@ class Allocator:
                     adds[row] = (prev - n, end)
         if adds:
             self.ledger.exchange(adds, [], {})
+
+    def _release(self, bucket: BucketKey) -> None:
+        left = self.holders.get(bucket, 1) - 1
+        if left > 0:
+            self.holders[bucket] = left
+        else:
+            self.holders.pop(bucket, None)
 
     def reserved(self) -> dict[BucketKey, int]:
         """Tokens held by leases (outstanding + pending), per bucket."""
