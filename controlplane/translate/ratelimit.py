@@ -204,11 +204,9 @@ def rate_limit_config(
             n: p.model_copy(update={"limits": [x for x in p.limits if x.per not in remote]})
             for n, p in policies.items()
         }
-        plans = tuple(
-            (n, kept)
-            for n, limits in plans
-            if (kept := tuple(x for x in limits if x.per not in remote))
-        )
+        # a consumer whose plan has only remote units stays listed: the route's own limits
+        # must not apply to it (a unit its plan lacks gets an unlimited bucket)
+        plans = tuple((n, tuple(x for x in limits if x.per not in remote)) for n, limits in plans)
     A = rc.RateLimit.Action
     out = lrl.LocalRateLimit(
         stat_prefix=_STAT_PREFIX,

@@ -46,3 +46,21 @@ def test_next_boundary_is_the_first_midnight_of_any_zone_in_use() -> None:
     tokyo = SimpleNamespace(time_zone="Asia/Tokyo", rate_limit=None)
     objects = {"plan": {"p": plan, "t": tokyo}}
     assert next_quota_boundary(objects, NEW_YEAR + 10) == NEW_YEAR + 86400 - 9 * 3600
+
+
+def test_a_consumer_whose_plan_is_all_quotas_keeps_its_own_local_buckets() -> None:
+    """A plan of only a day quota (counted by the quota service): the route's own minute
+    limit must not apply to its consumers in the local filter (an unlimited bucket)."""
+    from controlplane.policy.ratelimit import Limit
+    from controlplane.translate.ratelimit import UNLIMITED, rate_limit_config
+
+    route = RateLimit(key="consumer", limits=[{"requests": 30, "per": "minute"}])
+    plans = (("acme", (Limit(requests=1000, per=Per.day),)),)
+    config = rate_limit_config({"api": route}, plans, 1, frozenset({Per.day}))
+    assert config is not None
+    acme = [
+        d
+        for d in config.descriptors
+        if any(e.key == "consumer" and e.value == "acme" for e in d.entries)
+    ]
+    assert [d.token_bucket.max_tokens for d in acme] == [UNLIMITED]
