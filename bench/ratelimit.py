@@ -52,10 +52,16 @@ def path_of(ending: str, protection: str) -> str:
     return f"/{ending[0]}/{protection}"
 
 
-def build_policy(stack: Stack, n_consumers: int) -> list[str]:
-    """Plan, consumers with one key each, four routes, in one commit; returns the keys."""
+def build_policy(stack: Stack, n_consumers: int, mode: str = "local") -> list[str]:
+    """Plan, consumers with one key each, four routes, in one commit; returns the keys.
+    ``mode``: the gateway's ``rate_limit_mode`` (shared: the plan's minute budget is leased
+    by the controller's quota service, ADR 0051)."""
     assert stack.store is not None
-    objects: list[Any] = [Plan(name="big", limits=[{"requests": 1_000_000_000, "per": "minute"}])]
+    gateway = stack.store.get("gateway", GATEWAY)
+    objects: list[Any] = [
+        gateway.model_copy(update={"rate_limit_mode": mode}),
+        Plan(name="big", limits=[{"requests": 1_000_000_000, "per": "minute"}]),
+    ]
     keys = []
     for i in range(n_consumers):
         name = f"c{i:05d}"
@@ -103,7 +109,7 @@ def key_script(stack: Stack, keys: list[str]) -> Path:
     return path
 
 
-def wait_accepted(port: int, key: str) -> None:
+def wait_accepted(port: int, key: str, mode: str = "local") -> None:
     import urllib.error
     import urllib.request
 
@@ -116,14 +122,17 @@ def wait_accepted(port: int, key: str) -> None:
                 try:
                     with urllib.request.urlopen(req, timeout=5) as resp:
                         limit = resp.headers.get("x-ratelimit-limit")
-                        if resp.status == 200 and (limit is not None) == (protection == "limited"):
+                        # shared mode: no X-RateLimit-* headers (the quota filter adds none)
+                        local = protection == "limited" and mode == "local"
+                        headed = (limit is not None) == local
+                        if resp.status == 200 and headed:
                             break
                 except urllib.error.HTTPError:
                     pass
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{url} not ready after 60 s")
                 time.sleep(0.1)
-    log("  pre-check: 200 on every route; X-RateLimit-* only on limited routes")
+    log(f"  pre-check ({mode}): 200 on every route; X-RateLimit-* only on local limited routes")
 
 
 def run_cell(
@@ -166,8 +175,9 @@ def run_cell(
     if res["limiter_refused"]:
         problems.append(f"{res['limiter_refused']} refused by the limiter")
     # the filter runs on every route; only limited routes match descriptors (the pre-check
-    # saw their X-RateLimit-* headers, and their absence on unlimited routes)
-    if res["limiter_ok"] < res["requests"]:
+    # saw their X-RateLimit-* headers, and their absence on unlimited routes). Shared mode:
+    # the quota filter counts them (its buckets are reported to the controller)
+    if args.mode == "local" and res["limiter_ok"] < res["requests"]:
         problems.append(f"limiter passed {res['limiter_ok']} of {res['requests']} requests")
     if problems:
         raise RuntimeError(f"{ending}/{protection}: " + "; ".join(problems) + "\n" + output)
@@ -184,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
     parser.add_argument("--rounds", type=int, default=8, help="rounds of the 4 cells (8)")
     parser.add_argument("--consumers", type=int, default=1000, help="consumers, one key each")
+    parser.add_argument(
+        "--mode", choices=("local", "shared"), default="local", help="gateway rate_limit_mode"
+    )
     parser.add_argument("--json", help="write every cell to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
@@ -195,10 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         with Stack(keep=args.keep) as stack:
             stack.start_backends()
             stack.seed()
-            keys = build_policy(stack, args.consumers)
+            keys = build_policy(stack, args.consumers, args.mode)
             stack.start_controller()
             stack.start_envoy()
-            wait_accepted(stack.ports["listener"], keys[0])
+            wait_accepted(stack.ports["listener"], keys[0], args.mode)
             script = key_script(stack, keys)
             for ending in ENDINGS:  # warm-up
                 for protection in PROTECTIONS:
@@ -224,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{loadavg()}",
         f"wrk {args.threads} thread(s), {args.connections} connections, closed loop; "
         f"{args.rounds} rounds x 4 cells x {args.duration:g} s; {args.consumers} consumers, "
+        f"rate_limit_mode {args.mode}, "
         f"keys rotated per request; run took {time.perf_counter() - started:.0f} s",
         "",
         "| ending | route | rps | p50 ms | p99 ms | Envoy CPU us/req | rps vs unlimited "

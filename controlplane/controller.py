@@ -206,6 +206,22 @@ class Controller:
             retention_s=settings.analytics_retention_days * 86400,
             authorizer=self.authorizer,
         )
+        #: the quota service (RLQS) of shared budgets and calendar quotas, on the xDS port
+        from .quota.service import QuotaService
+
+        self.quota = QuotaService(
+            self.store.writer_engine, self.runner.objects, authorizer=self.authorizer
+        )
+        self.metrics.gauge(
+            "gateway_quota_streams",
+            "Open quota-service (RLQS) streams: one per Envoy and quota filter (unit) in use.",
+            lambda: float(self.quota.streams),
+        )
+        self.metrics.gauge(
+            "gateway_quota_reports",
+            "Usage reports the quota service has answered since start.",
+            lambda: float(self.quota.reports),
+        )
         #: ``serve``: once started, freeze the heap (see :meth:`_freeze_heap`)
         self.freeze_heap = False
         self._grpc: grpc.aio.Server | None = None
@@ -262,7 +278,9 @@ class Controller:
                 *ADMISSION_OPTIONS,  # a reconnecting fleet waits in turn, not refused
             ]
         )
-        self._grpc.add_generic_rpc_handlers((self.ads.handler(), self.sink.handler()))
+        self._grpc.add_generic_rpc_handlers(
+            (self.ads.handler(), self.sink.handler(), self.quota.handler())
+        )
         if credentials is None:
             self.xds_port = self._grpc.add_insecure_port(self.settings.xds_address)
         else:
@@ -338,7 +356,9 @@ class Controller:
 
     async def run(self) -> None:
         """Until cancelled: watch revisions and record proxy status."""
-        await asyncio.gather(self.runner.run(), self.recorder.run(), self.sink.run())
+        await asyncio.gather(
+            self.runner.run(), self.recorder.run(), self.sink.run(), self.quota.run()
+        )
 
     async def stop(self, deadline: float | None = None) -> bool:
         """Close the ports, end the ADS streams, write proxy status and mark this

@@ -25,6 +25,10 @@ KNOWN_WARNINGS = {
         "work in progress upstream; Envoy has no stable filter that checks API keys "
         "(tests/e2e/test_auth.py covers what the gateway relies on)"
     ),
+    "envoy.type.v3.RateLimitStrategy": (
+        "work in progress upstream (the fallback token bucket of the rate_limit_quota filter, "
+        "ADR 0051); tests/e2e/test_ratelimit_shared.py covers what the gateway relies on"
+    ),
     "envoy.extensions.filters.http.cache_v2.v3.": (
         "work in progress upstream; Envoy's only HTTP cache (README, response caching; "
         "tests/e2e/test_cache.py covers what the gateway relies on)"

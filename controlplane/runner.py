@@ -26,6 +26,7 @@ from .errors import GatewayError, TranslationError
 from .policy import KINDS, Cluster, Gateway, PolicyModel, Route, references
 from .policy.certificate import Certificate
 from .policy.ratelimit import Plan
+from .quota.budgets import next_quota_boundary
 from .store import Identity, Store, Unloadable
 from .store.backup import file_identity, save_from
 from .store.db import FileWatch, RevisionProbe, sqlite_path
@@ -71,6 +72,8 @@ class Runner:
         self.revision = -1
         self.started_at = time.time()
         self._next_expiry: datetime | None = None
+        #: the next calendar boundary of quotas (unix time); None: to be computed
+        self._next_boundary: float | None = None
         self.objects: dict[str, dict[str, PolicyModel]] = {kind: {} for kind in KINDS}
         self.errors: dict[str, str] = {}
         #: gateway -> the revision whose change it failed to apply (what ``--wait`` on that
@@ -484,8 +487,21 @@ class Runner:
         # identity providers, consumers and keys are shared by every gateway
         return set(self.objects["gateway"])
 
+    def _quota_boundary(self) -> None:
+        """Refusals of calendar quotas name the window's end: rebuild every gateway at each
+        midnight of the time zones quotas use (the quota filters then carry the next end)."""
+        now = time.time()
+        if self._next_boundary is None:
+            self._next_boundary = next_quota_boundary(self.objects, now)
+        if now < self._next_boundary:
+            return
+        self._next_boundary = next_quota_boundary(self.objects, now + 1)
+        log.info("a quota window ended: rebuilding every gateway")
+        self._rebuild(set(self.objects["gateway"]), self.revision, retried=set(self.errors))
+
     def _expire_keys(self) -> None:
         """Envoy cannot expire a key by itself: rebuild when the next one expires."""
+        self._quota_boundary()
         now = datetime.now(UTC)
         if self._next_expiry is None or now < self._next_expiry:
             return
@@ -554,6 +570,7 @@ class Runner:
             self.failed_at.pop(name, None)
             self.cache.publish(snapshot)
         self._next_expiry = next_key_expiry(self.objects["api_key"], datetime.now(UTC))
+        self._next_boundary = None  # the zones in use may have changed
         for name in self.cache.gateways():  # unaffected gateways are current at this revision
             if name not in gateways:
                 self.cache.advance(name, revision)

@@ -32,8 +32,9 @@ def usage_class(code: int, details: str, rate_limited: bool) -> str:
     """What a request counts as for usage and billing, from its access-log entry.
 
     * ``throttled``: refused by the gateway's own rate limits (Envoy's local rate limit sets
-      the ``RL`` response flag and the detail ``local_rate_limited``); a 429 from a backend is
-      not one.
+      the ``RL`` response flag and the detail ``local_rate_limited``; the quota filter of
+      shared budgets and calendar quotas the detail ``rate_limited_by_quota``); a 429 from a
+      backend is not one.
     * ``unauthenticated``: a 401 or 403 the gateway generated (authentication, key, scope,
       IP or consumer rules); a backend's own 401/403 is not one.
     * ``upstream_errors``: a 5xx, whether from the backend or from Envoy failing to reach it.
@@ -42,7 +43,7 @@ def usage_class(code: int, details: str, rate_limited: bool) -> str:
     * ``admitted``: everything else: the request passed the gateway's checks and the backend
       (or a direct response, or the cache) answered it below 500.
     """
-    if rate_limited or details == "local_rate_limited":
+    if rate_limited or details in ("local_rate_limited", "rate_limited_by_quota"):
         return "throttled"
     passed = details.startswith(_PASSED)
     if code in (401, 403) and not passed:

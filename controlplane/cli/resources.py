@@ -109,6 +109,13 @@ def gateway_fields(
     underscore_headers: Annotated[
         str | None, typer.Option(help="Header names with '_': reject (400) or drop.")
     ] = None,
+    rate_limit_mode: Annotated[
+        str | None,
+        typer.Option(
+            help="Minute/hour budgets across the gateway's Envoys: local (budget / Envoys) "
+            "or shared (leased by the controller's quota service) [local]."
+        ),
+    ] = None,
     api_key_header: Annotated[
         str | None, typer.Option(help="Header clients send API keys in [x-api-key].")
     ] = None,
@@ -124,6 +131,7 @@ def gateway_fields(
     _set(out, "escaped_slashes", escaped_slashes)
     _set(out, "path_semicolons", path_semicolons)
     _set(out, "underscore_headers", underscore_headers)
+    _set(out, "rate_limit_mode", rate_limit_mode)
     _set(out, "aggregation_port", aggregation_port)
     _set(out, "address", address)
     _set(out, "hostnames", hostname)

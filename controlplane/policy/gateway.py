@@ -46,6 +46,14 @@ class Gateway(PolicyModel):
     )
     cors: CorsPolicy | None = Field(None, description="default CORS policy of its routes")
     rate_limit: RateLimit | None = Field(None, description="default rate limit of its routes")
+    rate_limit_mode: Literal["local", "shared"] = Field(
+        "local",
+        description="how minute and hour budgets hold across the gateway's Envoys: local "
+        "(each Envoy enforces budget / connected Envoys) or shared (the controller's quota "
+        "service leases the budget to each Envoy from its usage reports; exact whatever the "
+        "split of traffic). Per-second limits are always local; day/week/month quotas always "
+        "go through the quota service",
+    )
     tls: GatewayTls | None = Field(None, description="serve HTTPS on the port; unset: plain HTTP")
     compression: Compression | None = Field(
         None, description="compress responses of its routes (a route may opt out)"

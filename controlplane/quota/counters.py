@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, and_, delete, select, true, tuple_, update
 
+from ..policy.ratelimit import QUOTA_UNITS
 from ..store.tables import QuotaCounterRow
 
 __all__ = ["Ask", "CounterKey", "CounterRow", "QuotaCounters"]
@@ -141,6 +142,54 @@ class QuotaCounters:
             self._set(conn, changed)
         return granted
 
+    def exchange(
+        self,
+        adds: Mapping[CounterKey, tuple[int, int]],
+        asks: Sequence[Ask],
+        earlier: Mapping[CounterKey, Sequence[CounterKey]] | None = None,
+    ) -> list[int]:
+        """:meth:`add` then :meth:`reserve` in ONE transaction (one usage report).
+
+        ``earlier`` names, per ask key, rows of the same sliding window that also hold its
+        limit: the ask may take at most ``limit`` minus their counts. Those rows belong to
+        past sub-windows, which only ever decrease (budget given back), so reading them
+        without a lock never lets two controllers grant more than the limit.
+        """
+        if not adds and not asks:
+            return []
+        earlier = earlier or {}
+        with self._engine.begin() as conn:
+            ends = {k: end for k, (_, end) in adds.items()}
+            ends.update({a.key: a.window_end for a in asks})
+            self._ensure(conn, ends)
+            used = self._locked(conn, list(ends))
+            current = dict(used)
+            for key, (n, _) in adds.items():
+                current[key] = max(0, current.get(key, 0) + n)
+            before = sorted({k for a in asks for k in earlier.get(a.key, ())} - set(ends))
+            past = self._read(conn, before)
+            granted: list[int] = []
+            for ask in asks:
+                held = sum(past.get(k, current.get(k, 0)) for k in earlier.get(ask.key, ()))
+                have = current.get(ask.key, 0)
+                take = max(0, min(ask.want, ask.limit - held - have))
+                granted.append(take)
+                current[ask.key] = have + take
+            self._set(conn, {k: v for k, v in current.items() if v != used.get(k, 0)})
+        return granted
+
+    def _read(self, conn: Any, keys: Sequence[CounterKey]) -> dict[CounterKey, int]:
+        """Counts of ``keys`` without locking them (missing rows are absent)."""
+        columns = _key_columns()
+        out: dict[CounterKey, int] = {}
+        for chunk in _chunks(sorted(set(keys)), 200):
+            query = select(*columns, QuotaCounterRow.used).where(
+                tuple_(*columns).in_([tuple(k) for k in chunk])
+            )
+            for row in conn.execute(query):
+                out[CounterKey(*row[:5])] = int(row[5])
+        return out
+
     def add(self, amounts: Mapping[CounterKey, tuple[int, int]]) -> dict[CounterKey, int]:
         """Add ``n`` (negative gives budget back, never below 0) to each key; ``amounts`` maps
         a key to ``(n, window_end)``. Returns the new counts."""
@@ -156,22 +205,8 @@ class QuotaCounters:
     def used(self, keys: Iterable[CounterKey]) -> dict[CounterKey, int]:
         """The counts of ``keys`` (missing rows count 0)."""
         wanted = sorted(set(keys))
-        out = dict.fromkeys(wanted, 0)
-        columns = (
-            QuotaCounterRow.gateway,
-            QuotaCounterRow.route,
-            QuotaCounterRow.key,
-            QuotaCounterRow.unit,
-            QuotaCounterRow.window_start,
-        )
         with self._engine.connect() as conn:
-            for chunk in _chunks(wanted, 200):
-                query = select(*columns, QuotaCounterRow.used).where(
-                    tuple_(*columns).in_([tuple(k) for k in chunk])
-                )
-                for row in conn.execute(query):
-                    out[CounterKey(*row[:5])] = int(row[5])
-        return out
+            return {**dict.fromkeys(wanted, 0), **self._read(conn, wanted)}
 
     def rows(
         self,
@@ -180,12 +215,20 @@ class QuotaCounters:
         gateway: str | None = None,
         route: str | None = None,
         key: str | None = None,
+        units: Iterable[str] = tuple(sorted(QUOTA_UNITS)),
     ) -> list[CounterRow]:
-        """Counters of the windows open at unix time ``at``, filtered."""
+        """Counters of the windows open at unix time ``at``, filtered; calendar quotas only
+        unless ``units`` says otherwise (the sub-windows of shared minute/hour budgets are
+        the quota service's bookkeeping, not quotas to show)."""
         t = QuotaCounterRow
         query = (
             select(t.gateway, t.route, t.key, t.unit, t.window_start, t.window_end, t.used)
-            .where(t.window_start <= at, t.window_end > at, *_filters(gateway, route, key, None))
+            .where(
+                t.window_start <= at,
+                t.window_end > at,
+                t.unit.in_([str(u) for u in units]),
+                *_filters(gateway, route, key, None),
+            )
             .order_by(t.gateway, t.route, t.key, t.window_start)
         )
         with self._engine.connect() as conn:
@@ -207,6 +250,17 @@ class QuotaCounters:
                     QuotaCounterRow.window_start <= at,
                     QuotaCounterRow.window_end > at,
                     *_filters(gateway, route, key, unit),
+                )
+            )
+        return int(done.rowcount or 0)
+
+    def prune_units(self, units: Iterable[str], before: int) -> int:
+        """Delete counters of ``units`` whose window ended before ``before`` (the sub-windows
+        of sliding minute/hour budgets, which matter for minutes, not a day)."""
+        with self._engine.begin() as conn:
+            done = conn.execute(
+                delete(QuotaCounterRow).where(
+                    QuotaCounterRow.unit.in_(list(units)), QuotaCounterRow.window_end < before
                 )
             )
         return int(done.rowcount or 0)
@@ -233,6 +287,17 @@ def _filters(
     if unit is not None:
         out.append(QuotaCounterRow.unit == unit)
     return out or [true()]
+
+
+def _key_columns() -> tuple[Any, ...]:
+    """The primary key of a counter row, in :class:`CounterKey` order."""
+    return (
+        QuotaCounterRow.gateway,
+        QuotaCounterRow.route,
+        QuotaCounterRow.key,
+        QuotaCounterRow.unit,
+        QuotaCounterRow.window_start,
+    )
 
 
 def _chunks(items: Sequence[CounterKey], size: int) -> Iterable[Sequence[CounterKey]]:

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import (
     Connection,
+    Engine,
     bindparam,
     delete,
     func,
@@ -311,6 +312,11 @@ class Store:
         file was replaced, pooled connections still read the old one)."""
         self._writer.dispose()
         self._reader.dispose()
+
+    @property
+    def writer_engine(self) -> Engine:
+        """The writer engine, for state kept beside policy (quota counters)."""
+        return self._writer
 
     def close(self) -> None:
         self._writer.dispose()

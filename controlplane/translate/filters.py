@@ -33,12 +33,15 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf.message import Message
 
 from ..policy import OidcProvider
+from ..policy.ratelimit import QUOTA_UNITS, Per
 from ..policy.traffic import CompressionAlgorithm
-from . import auth, edge
+from ..quota.budgets import next_quota_boundary, shared_units
+from . import auth, edge, quota
 from .common import ads_source, pack
 from .cors import CORS_FILTER, cors_filter
 from .oidc import OIDC_PREFIX, ORIGIN_FILTER, oidc_filters, origin_filter, used_providers
 from .protocols import GRPC_WEB_FILTER, TRANSCODER_FILTER, grpc_web_filter, transcoder_filter
+from .quota import QUOTA_PREFIX, quota_filter
 from .ratelimit import RATE_LIMIT_FILTER, plans_of, rate_limit_config
 from .shard import FALLBACK_FILTER, fallback_filter
 from .traffic import (
@@ -90,11 +93,32 @@ def _rate_limits(view: GatewayView, table: RouteTable) -> Message | None:
     """Rebuilt only when the routes' limits, the plans or the consumer count change."""
     plans = plans_of(view.objects) if table.uses_plans else ()
     consumers = len(view.objects.get("consumer", {}))
-    key = (table.rate_limit_version, consumers, plans)
+    remote = shared_units(view.gateway)
+    key = (table.rate_limit_version, consumers, plans, remote)
     cached = table.rate_limit_cache
     if cached is None or cached[0] != key:
-        cached = (key, rate_limit_config(table.rate_limits, plans, consumers))
+        cached = (key, rate_limit_config(table.rate_limits, plans, consumers, remote))
         table.rate_limit_cache = cached
+    return cached[1]  # type: ignore[return-value]
+
+
+def _quota(view: GatewayView, table: RouteTable, unit: Per) -> Message | None:
+    """Rebuilt when the routes' limits, the plans, the consumers or the mode change, and at
+    each calendar boundary (the reset time of refusals)."""
+    if not table.rate_limits or unit not in shared_units(view.gateway):
+        return None
+    # the next midnight of any zone in use: a new day, week or month in one of them
+    boundary = next_quota_boundary(view.objects, quota.clock()) if unit in QUOTA_UNITS else 0
+    key = (
+        table.rate_limit_version,
+        plans_of(view.objects) if table.uses_plans else (),
+        view.gateway.rate_limit_mode,
+        boundary,
+    )
+    cached = table.quota_cache.get(unit)
+    if cached is None or cached[0] != key:
+        cached = (key, quota_filter(view.gateway, unit, table.rate_limits, view.objects))
+        table.quota_cache[unit] = cached
     return cached[1]  # type: ignore[return-value]
 
 
@@ -189,6 +213,12 @@ ORDER: list[FilterSpec] = [
     ),
     # after authentication and authorisation: x-consumer-id is set, refused calls not counted
     FilterSpec(RATE_LIMIT_FILTER, _rate_limits),
+    # budgets counted by the controller's quota service (translate/quota.py): one filter per
+    # unit, each only while some route counts that unit there
+    *[
+        FilterSpec(QUOTA_PREFIX + u.value, lambda v, t, u=u: _quota(v, t, u))  # type: ignore[misc]
+        for u in (Per.minute, Per.hour, Per.day, Per.week, Per.month)
+    ],
     # traffic policy (translate/traffic.py): each only where a route uses it
     FilterSpec(FAULT_FILTER, lambda _v, t: _used(t, FAULT_FILTER, fault_filter), False, True),
     # before the cache: query changes and the cache-key header are part of the key

@@ -191,10 +191,22 @@ def _retry_after(limits: Iterable[Limit]) -> int:
 
 
 def rate_limit_config(
-    policies: Mapping[str, RateLimit], plans: ConsumerLimits, consumers: int
+    policies: Mapping[str, RateLimit],
+    plans: ConsumerLimits,
+    consumers: int,
+    remote: frozenset[Per] = frozenset(),
 ) -> lrl.LocalRateLimit | None:
     """The gateway's filter config for routes (by policy name) and their effective limits,
-    or None when nothing is limited."""
+    or None when nothing is limited. Limits of a unit in ``remote`` are counted by the quota
+    service instead (translate/quota.py) and left out."""
+    if remote:
+        policies = {
+            n: p.model_copy(update={"limits": [x for x in p.limits if x.per not in remote]})
+            for n, p in policies.items()
+        }
+        # a consumer whose plan has only remote units stays listed: the route's own limits
+        # must not apply to it (a unit its plan lacks gets an unlimited bucket)
+        plans = tuple((n, tuple(x for x in limits if x.per not in remote)) for n, limits in plans)
     A = rc.RateLimit.Action
     out = lrl.LocalRateLimit(
         stat_prefix=_STAT_PREFIX,

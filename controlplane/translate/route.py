@@ -398,6 +398,8 @@ class RouteTable:
         self.rate_limit_version = 0
         #: the gateway's rate-limit filter config, with the inputs it was built from
         self.rate_limit_cache: tuple[object, object] | None = None
+        #: the quota filters' configs per unit, with the key they were built for
+        self.quota_cache: dict[object, tuple[object, object]] = {}
         #: routes whose effective rate limit applies the consumers' plans
         self.plan_limited = 0
         #: routes whose Envoy config reads the identity the gateway sets (authentication,

@@ -202,6 +202,27 @@ class StreamAuthorizer:
         self._log(f"{what}|{who}|{reason}", what, reason, context)
         return reason
 
+    def gateway_refusal(self, context: Any, gateway: str, what: str) -> str | None:
+        """Like :meth:`refusal` for a stream that names only its gateway (the quota
+        service's reports carry no node): None when the certificate permits ``gateway``."""
+        if not self.required:
+            return None
+        try:
+            pems = context.auth_context().get("x509_pem_cert", [])
+            identity: Identity | None = self._identity(pems[0]) if pems else None
+        except (ValueError, IndexError):
+            identity = None
+        if identity is not None and gateway in identity.gateways:
+            return None
+        reason = (
+            "the stream has no readable client certificate"
+            if identity is None
+            else f"the client certificate {identity.subject} does not permit gateway {gateway!r}"
+        )
+        self.refused += 1
+        self._log(f"{what}|{reason}", what, reason, context)
+        return reason
+
     def _identity(self, pem: bytes) -> Identity:
         identity = self._identities.get(pem)
         if identity is None:

@@ -47,6 +47,14 @@ TYPES = {
 UPDATE_HINT = "run `pytest tests/translate --update-golden` and review the diff"
 
 
+@pytest.fixture(autouse=True)
+def _fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refusals of calendar quotas name the window's end: translate at a fixed instant."""
+    from controlplane.translate import quota
+
+    monkeypatch.setattr(quota, "clock", lambda: 1_767_225_600.0)  # 2026-01-01T00:00:00Z
+
+
 def translate_case(case: str) -> dict[str, str]:
     """Output file name -> expected text, for every gateway of the case."""
     path = IN / f"{case}.yaml"

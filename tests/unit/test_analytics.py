@@ -111,6 +111,7 @@ def test_usage_classes_tell_the_gateways_refusals_from_the_backends_answers() ->
         ((200, "direct_response", False), "admitted"),
         ((429, "local_rate_limited", True), "throttled"),
         ((429, "local_rate_limited", False), "throttled"),
+        ((429, "rate_limited_by_quota", False), "throttled"),  # the quota filter (RLQS)
         ((401, "jwt_authn_access_denied{Jwt_is_missing}", False), "unauthenticated"),
         ((403, "rbac_access_denied_matched_policy[consumer]", False), "unauthenticated"),
         ((503, "via_upstream", False), "upstream_errors"),

@@ -122,3 +122,18 @@ def test_streams_of_one_node_count_as_one_replica() -> None:
     assert cache.members("public") == 2
     cache.unsubscribe(first)
     assert cache.members("public") == 2
+
+
+def test_quota_streams_are_authorized_by_gateway(ca: Path, tmp_path: Path) -> None:
+    """RLQS reports name no node: a stream may report the buckets of the gateways its
+    certificate permits, and only those."""
+    cert, _ = issue_client(ca, ["public"], "envoy-1", tmp_path / "e")
+    ctx = _Context(cert.read_bytes())
+    assert StreamAuthorizer(required=False).gateway_refusal(_Context(None), "x", "quota") is None
+    auth = StreamAuthorizer(required=True, every=60)
+    assert auth.gateway_refusal(ctx, "public", "quota") is None
+    assert "does not permit gateway 'other'" in (auth.gateway_refusal(ctx, "other", "quota") or "")
+    assert auth.gateway_refusal(_Context(None), "public", "quota") == (
+        "the stream has no readable client certificate"
+    )
+    assert auth.refused == 2

@@ -1,0 +1,281 @@
+"""Budgets shared through the controller's quota service -> Envoy's ``rate_limit_quota``.
+
+One filter instance per unit the gateway's routes count through the quota service
+(``gateway.quota.<unit>``: day/week/month quotas always, minute/hour budgets when the
+gateway's ``rate_limit_mode`` is ``shared``; :func:`controlplane.quota.budgets.shared_units`).
+A request is counted in at most one bucket per filter, so a plan of 100/minute and
+10,000/day is two filters, each with its own bucket for the caller.
+
+Each filter's bucket matcher picks the route by the policy name in its route metadata
+(``gateway.route``, set by the rate-limit translator) with a CEL predicate, then the caller:
+
+* ``key: consumer``: ``x-consumer-id`` (set by authentication, earlier in the chain); with
+  plans, each consumer with limits is listed (its fallback is its own budget) and the rest
+  fall to the route's own limits;
+* ``client_ip``: the client address; ``header:NAME``: that header; ``none``: one bucket.
+
+The bucket id is ``{gateway, route, unit, consumer|ip|header}``: the quota service reads the
+budget of that bucket from the policy it already has, so the filter carries no limits except
+its fallback. A request whose key is missing (no consumer, no header) gets no bucket id and
+is not limited, as with the local filter.
+
+Envoy reports each bucket's usage every 5 s over the bootstrap's
+``xds_cluster`` (the same port as ADS); the service answers with leases
+(:mod:`controlplane.quota.allocator`). When an assignment expires (the service is
+unreachable for :data:`ASSIGNMENT_TTL_S`) the bucket falls back to a local token bucket of
+the whole budget per window on each Envoy for :data:`FALLBACK_S`. Refusals are 429; those
+of a calendar quota carry ``retry-after`` (HTTP-date) and ``x-ratelimit-reset`` (seconds) of
+the window's end, which the controller refreshes at each boundary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import cast
+
+from cel.expr import syntax_pb2
+from envoy.config.core.v3 import base_pb2, extension_pb2, grpc_service_pb2
+from envoy.extensions.filters.http.rate_limit_quota.v3 import rate_limit_quota_pb2 as rlq
+from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
+from envoy.type.matcher.v3 import http_inputs_pb2
+from envoy.type.v3 import http_status_pb2, ratelimit_strategy_pb2, token_bucket_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
+from xds.core.v3 import extension_pb2 as xds_extension_pb2
+from xds.type.matcher.v3 import cel_pb2 as cel_matcher_pb2
+from xds.type.matcher.v3 import http_inputs_pb2 as xds_inputs_pb2
+from xds.type.matcher.v3 import matcher_pb2
+from xds.type.v3 import cel_pb2
+
+from ..policy import Consumer, Gateway
+from ..policy.headers import CONSUMER_HEADER
+from ..policy.ratelimit import QUOTA_UNITS, SECONDS, Per, Plan, RateLimit
+from ..policy.reserved import XDS_CLUSTER
+from ..quota.allocator import ASSIGNMENT_TTL_S
+from ..quota.budgets import consumer_budget, shared_units, time_zone_of
+from ..quota.calendar import http_date, window
+from .common import pack
+
+__all__ = [
+    "ASSIGNMENT_TTL_S",
+    "FALLBACK_S",
+    "QUOTA_PREFIX",
+    "REPORT_INTERVAL",
+    "clock",
+    "quota_filter",
+]
+
+QUOTA_PREFIX = "gateway.quota."
+#: how often Envoy should report usage (Envoy 1.40 ignores it and reports every 5 s,
+#: :data:`~controlplane.quota.allocator.REPORT_INTERVAL_S`)
+REPORT_INTERVAL = duration_pb2.Duration(seconds=1)
+#: how long the fallback applies before the bucket reverts to admitting (no assignment)
+FALLBACK_S = 30 * 86400
+_CEL_INPUT = "gateway.route_metadata"
+#: the clock of the reset times in refusals (golden tests fix it)
+clock = time.time
+
+
+def _cel_route(route: str) -> cel_pb2.CelExpression:
+    """``xds.route_metadata.filter_metadata['gateway']['route'] == route`` (parsed form:
+    Envoy 1.40 does not compile ``cel_expr_string``)."""
+    E = syntax_pb2.Expr
+
+    def call(fn: str, *args: syntax_pb2.Expr) -> syntax_pb2.Expr:
+        return E(call_expr=E.Call(function=fn, args=list(args)))
+
+    def const(v: str) -> syntax_pb2.Expr:
+        return E(const_expr=syntax_pb2.Constant(string_value=v))
+
+    meta = E(
+        select_expr=E.Select(
+            operand=E(
+                select_expr=E.Select(
+                    operand=E(ident_expr=E.Ident(name="xds")), field="route_metadata"
+                )
+            ),
+            field="filter_metadata",
+        )
+    )
+    expr = call(
+        "_==_", call("_[_]", call("_[_]", meta, const("gateway")), const("route")), const(route)
+    )
+    return cel_pb2.CelExpression(cel_expr_parsed=syntax_pb2.ParsedExpr(expr=expr))
+
+
+def _route_predicate(route: str) -> matcher_pb2.Matcher.MatcherList.Predicate:
+    P = matcher_pb2.Matcher.MatcherList.Predicate
+    return P(
+        single_predicate=P.SinglePredicate(
+            input=xds_extension_pb2.TypedExtensionConfig(
+                name=_CEL_INPUT, typed_config=pack(xds_inputs_pb2.HttpAttributesCelMatchInput())
+            ),
+            custom_match=xds_extension_pb2.TypedExtensionConfig(
+                name="gateway.route_is",
+                typed_config=pack(cel_matcher_pb2.CelMatcher(expr_match=_cel_route(route))),
+            ),
+        )
+    )
+
+
+def _header_input(name: str) -> extension_pb2.TypedExtensionConfig:
+    return extension_pb2.TypedExtensionConfig(
+        name=f"header.{name}",
+        typed_config=pack(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=name)),
+    )
+
+
+def _key_input(policy: RateLimit) -> tuple[str, extension_pb2.TypedExtensionConfig] | None:
+    """The bucket-id entry naming the caller (None: one bucket for the route)."""
+    if policy.key == "consumer":
+        return "consumer", _header_input(CONSUMER_HEADER)
+    if policy.key == "client_ip":
+        return "ip", extension_pb2.TypedExtensionConfig(
+            name="client_ip", typed_config=pack(network_inputs_pb2.SourceIPInput())
+        )
+    header = policy.header
+    return ("header", _header_input(header)) if header is not None else None
+
+
+def _token_bucket(requests: int, unit: Per) -> token_bucket_pb2.TokenBucket:
+    return token_bucket_pb2.TokenBucket(
+        max_tokens=requests,
+        tokens_per_fill=wrappers_pb2.UInt32Value(value=requests),
+        fill_interval=duration_pb2.Duration(seconds=SECONDS[unit]),
+    )
+
+
+def _deny(
+    unit: Per, time_zone: str, now: float
+) -> rlq.RateLimitQuotaBucketSettings.DenyResponseSettings:
+    out = rlq.RateLimitQuotaBucketSettings.DenyResponseSettings(
+        http_status=http_status_pb2.HttpStatus(code=http_status_pb2.TooManyRequests),
+        http_body=wrappers_pb2.BytesValue(value=b"rate limited\n"),
+    )
+    if unit in QUOTA_UNITS:
+        end = window(unit, now, time_zone)[1]
+        for key, value in (("retry-after", http_date(end)), ("x-ratelimit-reset", str(end))):
+            out.response_headers_to_add.append(
+                base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value))
+            )
+    return out
+
+
+def _settings(
+    gateway: str,
+    route: str,
+    unit: Per,
+    key: tuple[str, extension_pb2.TypedExtensionConfig] | None,
+    fallback: int | None,
+    time_zone: str,
+    now: float,
+) -> xds_extension_pb2.TypedExtensionConfig:
+    S = rlq.RateLimitQuotaBucketSettings
+    ids = {
+        "gateway": S.BucketIdBuilder.ValueBuilder(string_value=gateway),
+        "route": S.BucketIdBuilder.ValueBuilder(string_value=route),
+        "unit": S.BucketIdBuilder.ValueBuilder(string_value=str(unit)),
+    }
+    if key is not None:
+        ids[key[0]] = S.BucketIdBuilder.ValueBuilder(custom_value=key[1])
+    settings = S(
+        bucket_id_builder=S.BucketIdBuilder(bucket_id_builder=ids),
+        reporting_interval=REPORT_INTERVAL,
+        deny_response_settings=_deny(unit, time_zone, now),
+    )
+    if fallback is not None:
+        settings.expired_assignment_behavior.CopyFrom(
+            S.ExpiredAssignmentBehavior(
+                expired_assignment_behavior_timeout=duration_pb2.Duration(seconds=FALLBACK_S),
+                fallback_rate_limit=ratelimit_strategy_pb2.RateLimitStrategy(
+                    token_bucket=_token_bucket(fallback, unit)
+                ),
+            )
+        )
+    return xds_extension_pb2.TypedExtensionConfig(
+        name="gateway.bucket", typed_config=pack(settings)
+    )
+
+
+def _xds(config: extension_pb2.TypedExtensionConfig) -> xds_extension_pb2.TypedExtensionConfig:
+    return xds_extension_pb2.TypedExtensionConfig(
+        name=config.name, typed_config=config.typed_config
+    )
+
+
+def _on_match(action: xds_extension_pb2.TypedExtensionConfig) -> matcher_pb2.Matcher.OnMatch:
+    return matcher_pb2.Matcher.OnMatch(action=action)
+
+
+def quota_filter(
+    gateway: Gateway,
+    unit: Per,
+    policies: Mapping[str, RateLimit],
+    objects: Mapping[str, Mapping[str, object]],
+    now: float | None = None,
+) -> rlq.RateLimitQuotaFilterConfig | None:
+    """The gateway's filter of ``unit`` for its limited routes (``policies``: effective rate
+    limit by route policy name), or None when nothing counts ``unit`` through the service."""
+    if unit not in shared_units(gateway):
+        return None
+    at = clock() if now is None else now
+    consumers = cast(Mapping[str, Consumer], objects.get("consumer", {}))
+    plans = cast(Mapping[str, Plan], objects.get("plan", {}))
+    M = matcher_pb2.Matcher
+    entries: list[matcher_pb2.Matcher.MatcherList.FieldMatcher] = []
+    for route in sorted(policies):
+        policy = policies[route]
+        key = _key_input(policy)
+        own = next((x for x in policy.limits if x.per == unit), None)
+        tz = time_zone_of(policy)
+        default = (
+            None if own is None else _settings(gateway.name, route, unit, key, own.requests, tz, at)
+        )
+        listed: dict[str, xds_extension_pb2.TypedExtensionConfig] = {}
+        if policy.use_plans and key is not None and key[0] == "consumer":
+            limited = {
+                name: consumer_budget(consumers[name], plans, unit) for name in sorted(consumers)
+            }
+            if not any(b is not None for _, b in limited.values()) and own is None:
+                continue
+            for name, (has, budget) in limited.items():
+                if not has:
+                    continue
+                listed[name] = _settings(
+                    gateway.name,
+                    route,
+                    unit,
+                    key,
+                    None if budget is None else budget.limit,
+                    "UTC" if budget is None else budget.time_zone,
+                    at,
+                )
+        if default is None and not listed:
+            continue
+        if listed:
+            inner = M(
+                matcher_tree=M.MatcherTree(
+                    input=_xds(_header_input(CONSUMER_HEADER)),
+                    exact_match_map=M.MatcherTree.MatchMap(
+                        map={n: _on_match(a) for n, a in listed.items()}
+                    ),
+                )
+            )
+            if default is not None:
+                inner.on_no_match.CopyFrom(_on_match(default))
+            on_match = M.OnMatch(matcher=inner)
+        else:
+            assert default is not None
+            on_match = _on_match(default)
+        entries.append(
+            M.MatcherList.FieldMatcher(predicate=_route_predicate(route), on_match=on_match)
+        )
+    if not entries:
+        return None
+    return rlq.RateLimitQuotaFilterConfig(
+        rlqs_server=grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=XDS_CLUSTER)
+        ),
+        domain=f"{gateway.name}/{unit}",
+        bucket_matchers=M(matcher_list=M.MatcherList(matchers=entries)),
+    )
