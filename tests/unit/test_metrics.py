@@ -45,6 +45,8 @@ CONTROLLER_FAMILIES = {
     "gateway_xds_initial_syncs_queued": ("gauge", set()),
     "gateway_xds_initial_sync_longest_wait_seconds": ("gauge", set()),
     "gateway_xds_initial_syncs_timed_out": ("gauge", set()),
+    "gateway_quota_streams": ("gauge", set()),
+    "gateway_quota_reports": ("gauge", set()),
 }
 SINK_FAMILIES = {
     "gateway_analytics_entries": ("counter", {"gateway"}),
