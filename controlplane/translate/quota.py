@@ -24,7 +24,7 @@ Envoy reports each bucket's usage every 5 s over the bootstrap's
 (:mod:`controlplane.quota.allocator`). When an assignment expires (the service is
 unreachable for :data:`ASSIGNMENT_TTL_S`) the bucket falls back to a local token bucket of
 the whole budget per window on each Envoy for :data:`FALLBACK_S`. Refusals are 429; those
-of a calendar quota carry ``retry-after`` (HTTP-date) and ``x-ratelimit-reset`` (seconds) of
+of a calendar quota carry ``retry-after`` (HTTP-date) and ``x-quota-reset`` (unix time) of
 the window's end, which the controller refreshes at each boundary.
 """
 
@@ -154,7 +154,7 @@ def _deny(
     )
     if unit in QUOTA_UNITS:
         end = window(unit, now, time_zone)[1]
-        for key, value in (("retry-after", http_date(end)), ("x-ratelimit-reset", str(end))):
+        for key, value in (("retry-after", http_date(end)), ("x-quota-reset", str(end))):
             out.response_headers_to_add.append(
                 base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value))
             )

@@ -237,9 +237,14 @@ def rate_limit_config(
                 actions[(unit, key_name)] = rc.RateLimit(
                     actions=chain + ([key_action] if key_action is not None else [])
                 )
+        own_units = {x.per for x in policy.limits}
         for name, limits in listed:
             by_unit = {x.per: x for x in limits}
             for unit in units:
+                if unit not in by_unit and unit not in own_units:
+                    # no route default to escape: an unlimited bucket would only add
+                    # meaningless X-RateLimit headers to the consumer's responses
+                    continue
                 out.descriptors.append(
                     ratelimit_pb2.LocalRateLimitDescriptor(
                         entries=_entries(route, unit, key_name, name),

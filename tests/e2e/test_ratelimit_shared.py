@@ -244,7 +244,10 @@ def test_a_day_quota_survives_controller_and_envoy_restarts(  # type: ignore[no-
     status, headers, _ = request(gateway_port, "/api/x", headers=dora)
     assert status == 429, status
     tomorrow = (int(time.time()) // 86400 + 1) * 86400
-    assert headers["x-ratelimit-reset"] == str(tomorrow)
+    assert headers["x-quota-reset"] == str(tomorrow)
+    # no local bucket is dora's (her plan is a day quota only): no X-RateLimit-* headers
+    # from the local filter beside the quota's (an unlimited filler bucket once added them)
+    assert "x-ratelimit-limit" not in headers and "x-ratelimit-reset" not in headers
     assert headers["retry-after"].endswith("00:00:00 GMT")
     # and it stays refused: the whole day's quota is spent, none left in leases
     time.sleep(6)

@@ -30,7 +30,7 @@ def test_refusals_name_the_end_of_the_window() -> None:
     assert config is not None and config.domain == "g/day"
     assert _headers(config) == {
         "retry-after": "Fri, 02 Jan 2026 00:00:00 GMT",
-        "x-ratelimit-reset": str(NEW_YEAR + 86400),
+        "x-quota-reset": str(NEW_YEAR + 86400),
     }
     # minute budgets go through the service only in shared mode
     assert quota_filter(gateway, Per.minute, {"api": policy}, {}) is None
