@@ -4,6 +4,7 @@ Run from the repository root with the project's venv::
 
     python -m bench.ratelimit                        # 8 rounds x 4 cells x 3 s (about 2 min)
     python -m bench.ratelimit --duration 2 --rounds 2   # quick look
+    python -m bench.ratelimit --mode both --rounds 6    # local and shared, interleaved
 
 One stack (bench.harness.Stack: SQLite file, echo backend, ``gatewayctl serve``, one Envoy)
 carries one gateway whose routes all require an API key; 1,000 consumers have a key each and
@@ -135,9 +136,18 @@ def wait_accepted(port: int, key: str, mode: str = "local") -> None:
     log(f"  pre-check ({mode}): 200 on every route; X-RateLimit-* only on local limited routes")
 
 
+def set_mode(stack: Stack, mode: str, key: str) -> None:
+    """Switch the gateway's rate_limit_mode and wait until Envoy serves it (the limited
+    routes carry X-RateLimit-* headers in local mode only)."""
+    assert stack.store is not None
+    gateway = stack.store.get("gateway", GATEWAY)
+    stack.store.apply_objects([gateway.model_copy(update={"rate_limit_mode": mode})])
+    wait_accepted(stack.ports["listener"], key, mode)
+
+
 def run_cell(
     stack: Stack, wrk: str, script: Path, ending: str, protection: str, args: argparse.Namespace,
-    duration: float,
+    duration: float, mode: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     import os
     import subprocess
@@ -160,6 +170,7 @@ def run_cell(
     res.update(
         ending=ending,
         protection=protection,
+        mode=mode or args.mode,
         envoy_cpu_us_per_req=1e6 * (envoy1 - envoy0) / max(res["requests"], 1),
         busy_cores=(busy1 - busy0) / wall,
         envoy_2xx=stat_delta(stats0, stats1, f"http.{GATEWAY}.downstream_rq_2xx"),
@@ -177,7 +188,7 @@ def run_cell(
     # the filter runs on every route; only limited routes match descriptors (the pre-check
     # saw their X-RateLimit-* headers, and their absence on unlimited routes). Shared mode:
     # the quota filter counts them (its buckets are reported to the controller)
-    if args.mode == "local" and res["limiter_ok"] < res["requests"]:
+    if (mode or args.mode) == "local" and res["limiter_ok"] < res["requests"]:
         problems.append(f"limiter passed {res['limiter_ok']} of {res['requests']} requests")
     if problems:
         raise RuntimeError(f"{ending}/{protection}: " + "; ".join(problems) + "\n" + output)
@@ -195,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=8, help="rounds of the 4 cells (8)")
     parser.add_argument("--consumers", type=int, default=1000, help="consumers, one key each")
     parser.add_argument(
-        "--mode", choices=("local", "shared"), default="local", help="gateway rate_limit_mode"
+        "--mode",
+        choices=("local", "shared", "both"),
+        default="local",
+        help="gateway rate_limit_mode; both: the two modes in alternate rounds of one run",
     )
     parser.add_argument("--json", help="write every cell to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -208,26 +222,34 @@ def main(argv: list[str] | None = None) -> int:
         with Stack(keep=args.keep) as stack:
             stack.start_backends()
             stack.seed()
-            keys = build_policy(stack, args.consumers, args.mode)
+            modes = ("local", "shared") if args.mode == "both" else (args.mode,)
+            keys = build_policy(stack, args.consumers, modes[0])
             stack.start_controller()
             stack.start_envoy()
-            wait_accepted(stack.ports["listener"], keys[0], args.mode)
+            wait_accepted(stack.ports["listener"], keys[0], modes[0])
             script = key_script(stack, keys)
-            for ending in ENDINGS:  # warm-up
-                for protection in PROTECTIONS:
-                    run_cell(stack, wrk, script, ending, protection, args, 1.0)
             for r in range(args.rounds):
-                order = PROTECTIONS if r % 2 == 0 else PROTECTIONS[::-1]
-                for ending in ENDINGS:
-                    for protection in order:
-                        res = run_cell(stack, wrk, script, ending, protection, args, args.duration)
-                        res["round"] = r
-                        results.append(res)
-                        log(
-                            f"  round {r + 1} {ending:8} {protection:9}: {res['rps']:8,.0f} rps"
-                            f"  p50 {res['p50']:.2f}  p99 {res['p99']:.2f} ms  Envoy "
-                            f"{res['envoy_cpu_us_per_req']:.1f} us/req"
-                        )
+                # alternate the mode's order too: each mode runs first in half of the rounds
+                for mode in modes if r % 2 == 0 else modes[::-1]:
+                    if len(modes) > 1 or r == 0:
+                        set_mode(stack, mode, keys[0])
+                        for ending in ENDINGS:  # warm-up (leases handed out in shared mode)
+                            for protection in PROTECTIONS:
+                                run_cell(stack, wrk, script, ending, protection, args, 1.0, mode)
+                    order = PROTECTIONS if r % 2 == 0 else PROTECTIONS[::-1]
+                    for ending in ENDINGS:
+                        for protection in order:
+                            res = run_cell(
+                                stack, wrk, script, ending, protection, args, args.duration, mode
+                            )
+                            res["round"] = r
+                            results.append(res)
+                            log(
+                                f"  round {r + 1} {mode:6} {ending:8} {protection:9}: "
+                                f"{res['rps']:8,.0f} rps  p50 {res['p50']:.2f}  p99 "
+                                f"{res['p99']:.2f} ms  Envoy "
+                                f"{res['envoy_cpu_us_per_req']:.1f} us/req"
+                            )
     except RuntimeError as exc:
         log(f"FAILED: {exc}")
         return 1
@@ -236,34 +258,50 @@ def main(argv: list[str] | None = None) -> int:
         f"code {info['code_start']}; load average at start {info['loadavg_start']}, end "
         f"{loadavg()}",
         f"wrk {args.threads} thread(s), {args.connections} connections, closed loop; "
-        f"{args.rounds} rounds x 4 cells x {args.duration:g} s; {args.consumers} consumers, "
+        f"{args.rounds} rounds x {4 * len(modes)} cells x {args.duration:g} s; "
+        f"{args.consumers} consumers, "
         f"rate_limit_mode {args.mode}, "
         f"keys rotated per request; run took {time.perf_counter() - started:.0f} s",
         "",
-        "| ending | route | rps | p50 ms | p99 ms | Envoy CPU us/req | rps vs unlimited "
+        "| ending | mode | route | rps | p50 ms | p99 ms | Envoy CPU us/req | rps vs unlimited "
         "| p99 vs unlimited |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for ending in ENDINGS:
         summary[ending] = {}
-        for protection in PROTECTIONS:
-            cells = [c for c in results if c["ending"] == ending and c["protection"] == protection]
-            summary[ending][protection] = {
-                k: statistics.median(c[k] for c in cells)
-                for k in ("rps", "p50", "p99", "envoy_cpu_us_per_req")
-            }
-        base = summary[ending]["unlimited"]
-        for protection in PROTECTIONS:
-            row = summary[ending][protection]
-            vs = (
-                ["", ""]
-                if protection == "unlimited"
-                else [f"{100 * (row[k] / base[k] - 1):+.1f} %" for k in ("rps", "p99")]
-            )
+        for mode in modes:
+            for protection in PROTECTIONS:
+                cells = [
+                    c
+                    for c in results
+                    if c["ending"] == ending and c["protection"] == protection and c["mode"] == mode
+                ]
+                summary[ending][f"{mode}/{protection}"] = {
+                    k: statistics.median(c[k] for c in cells)
+                    for k in ("rps", "p50", "p99", "envoy_cpu_us_per_req")
+                }
+        for mode in modes:
+            base = summary[ending][f"{mode}/unlimited"]
+            for protection in PROTECTIONS:
+                row = summary[ending][f"{mode}/{protection}"]
+                vs = (
+                    ["", ""]
+                    if protection == "unlimited"
+                    else [f"{100 * (row[k] / base[k] - 1):+.1f} %" for k in ("rps", "p99")]
+                )
+                lines.append(
+                    f"| {ending} | {mode} | {protection} | {row['rps']:,.0f} | {row['p50']:.3f} | "
+                    f"{row['p99']:.2f} | {row['envoy_cpu_us_per_req']:.1f} | "
+                    + " | ".join(vs)
+                    + " |"
+                )
+        if len(modes) > 1:
+            local, shared = summary[ending]["local/limited"], summary[ending]["shared/limited"]
+            rel = {k: 100 * (shared[k] / local[k] - 1) for k in local}
             lines.append(
-                f"| {ending} | {protection} | {row['rps']:,.0f} | {row['p50']:.3f} | "
-                f"{row['p99']:.2f} | {row['envoy_cpu_us_per_req']:.1f} | " + " | ".join(vs) + " |"
+                f"| {ending} | shared vs local | limited | {rel['rps']:+.1f} % | | "
+                f"{rel['p99']:+.1f} % | {rel['envoy_cpu_us_per_req']:+.1f} % | | |"
             )
     print("\n".join(lines))
     if args.json:
