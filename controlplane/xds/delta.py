@@ -363,8 +363,9 @@ class DeltaStream:
         self, type_url: str, snap: Snapshot, *, force: bool, remove: bool = True
     ) -> None:
         """What the Envoy lacks of this type (changed or new), and, with ``remove``, the
-        names of a wildcard subscription it has that are gone; ``force``: a response even when that is nothing (the
-        answer to a first subscription, which Envoy waits for before it starts)."""
+        names of a wildcard subscription it has that are gone; ``force``: a response even
+        when that is nothing (the answer to a first subscription, which Envoy waits for
+        before it starts)."""
         st = self.types[type_url]
         ts = snap.types[type_url]
         wanted = self._wanted(type_url, snap)
