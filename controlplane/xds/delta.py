@@ -261,7 +261,11 @@ class DeltaStream:
         if self._held():
             return
         if first or resubscribed or added or req.resource_names_unsubscribe:
+            before = dict(self.types[CLUSTER].have)
             await self._send(req.type_url, snap, force=first)
+            if req.type_url == CLUSTER and self.types[ENDPOINT].subscribed:
+                # a reconnect's CDS answer adding a cluster: its endpoints before the routes
+                await self._send_endpoints_ahead(snap, before)
         self._record_push(snap.revision)
 
     def _on_ack(
@@ -412,6 +416,7 @@ class DeltaStream:
         parts.append(wire.field(4, type_url.encode()))
         parts.append(wire.field(5, nonce.encode()))
         parts.extend(wire.field(6, name.encode()) for name in removed)
+        log.debug("delta %s: %d resource(s), removed %s", type_url, len(names), removed)
         await self._write(b"".join(parts))  # type: ignore[operator]
         st.pending[nonce] = (sent, removed, ts.version)
         if len(st.pending) > PENDING_KEPT:  # an Envoy answers each; bound what one skips
