@@ -8,8 +8,7 @@ cluster comes or goes). Envoy's own counters of its connection to the controller
 (``cluster.xds_cluster.upstream_cx_rx_bytes_total``, ``..._tx_bytes_total``: gRPC over
 HTTP/2, framing included) are read around the changes; each change is timed from the
 write to the first 200 from the new cluster. Also: bytes of the first sync, and of a
-cluster change (one cluster's endpoint added) for a gateway with many clusters
-(``--clusters``).
+cluster change (one cluster's connect timeout) among ``--clusters`` clusters in use.
 
     python -m bench.xds_bytes --routes 10000 --samples 20
 """
@@ -46,11 +45,30 @@ def _settle(stack: Stack, seconds: float = 1.0) -> tuple[int, int]:
         last = now
 
 
+def _wait_stat(stack: Stack, name: str, above: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while stats(stack.ports["admin"], f"^{name}$").get(name, 0) <= above:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} still {above}")
+        time.sleep(0.01)
+
+
 def run(api_type: str, args: argparse.Namespace) -> dict[str, object]:
+    from controlplane.policy import Cluster
+
+    def cluster(i: int, timeout: str = "5s") -> Cluster:
+        # never called: the route using it is not requested
+        return Cluster(name=f"c{i:04d}", endpoints=["127.0.0.1:9"], connect_timeout=timeout)
+
     with Stack(xds_api_type=api_type) as stack:
-        preload = [make_route("r", i, "a") for i in range(args.routes)]
+        # the first --clusters routes each use a cluster of their own
+        preload: list[object] = [cluster(i) for i in range(args.clusters)]
+        preload += [
+            make_route("r", i, f"c{i:04d}" if i < args.clusters else "a")
+            for i in range(args.routes)
+        ]
         keep_b = make_route("keep", 0, "b")
-        stack.start(preload=[*preload, keep_b])
+        stack.start(preload=[*preload, keep_b])  # type: ignore[list-item]
         store = stack.store
         assert store is not None
         probe = Probe(stack.ports["listener"])
@@ -71,10 +89,20 @@ def run(api_type: str, args: argparse.Namespace) -> dict[str, object]:
         rx, tx = _settle(stack)
         probe.close()
         assert name == route.name
+        # one cluster's setting changes: a CDS change among --clusters clusters
+        modified = "cluster_manager.cluster_modified"
+        for i in range(args.samples):
+            before = stats(stack.ports["admin"], f"^{modified}$").get(modified, 0)
+            store.apply_objects([cluster(0, "6s" if i % 2 == 0 else "5s")])
+            _wait_stat(stack, modified, before)
+            time.sleep(args.pause)
+        crx, ctx = _settle(stack)
         return {
             "sync_rx": sync_rx,
             "rx": (rx - sync_rx) / args.samples,
             "tx": (tx - sync_tx) / args.samples,
+            "cluster_rx": (crx - rx) / args.samples,
+            "cluster_tx": (ctx - tx) / args.samples,
             "times": times,
         }
 
@@ -84,17 +112,24 @@ def main() -> None:
     parser.add_argument("--routes", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--pause", type=float, default=0.3)
+    parser.add_argument(
+        "--clusters", type=int, default=1000, help="routes with a cluster of their own"
+    )
     args = parser.parse_args()
     os.environ["GATEWAY_VALIDATE"] = "never"  # the push alone, not the pre-commit check
-    print(f"{args.routes} routes, {args.samples} route changes per protocol, one real Envoy")
+    print(
+        f"{args.routes} routes ({args.clusters} with a cluster of their own), {args.samples} "
+        "route changes and cluster changes per protocol, one real Envoy"
+    )
     for api_type in ("GRPC", "DELTA_GRPC"):
         got = run(api_type, args)
         s = summary(got["times"])  # type: ignore[arg-type]
         print(
             f"{api_type:10s} first sync {got['sync_rx'] / 1e3:8.1f} kB received; per route "
             f"change {got['rx'] / 1e3:6.2f} kB received, {got['tx'] / 1e3:5.2f} kB sent; "
-            f"write -> first 200 p50 {s['p50']:.1f} ms p99 {s['p99']:.1f} ms "
-            f"(load {os.getloadavg()[0]:.1f})"
+            f"write -> first 200 p50 {s['p50']:.1f} ms p99 {s['p99']:.1f} ms; per cluster "
+            f"change {got['cluster_rx'] / 1e3:6.2f} kB received, "
+            f"{got['cluster_tx'] / 1e3:5.2f} kB sent (load {os.getloadavg()[0]:.1f})"
         )
 
 
