@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -377,5 +378,57 @@ async def _held(running: str) -> None:
         client.send(CLUSTER, initial_resource_versions={"alpha": running})
         assert await client.quiet()  # nothing sent: the proxy keeps what it runs
         assert [e[0] for e in recorder.events if e[0] == "hold"] == ["hold"]
+        client.close()
+    await server.stop(None)
+
+
+@pytest.mark.parametrize(("gateway", "refused"), [("gw", False), ("admin", True)])
+def test_the_delta_stream_checks_the_client_certificate(
+    gateway: str, refused: bool, tmp_path: Path
+) -> None:
+    _run(_mtls(gateway, refused, tmp_path))
+
+
+async def _mtls(gateway: str, refused: bool, tmp_path: Path) -> None:
+    """Over mutual TLS, as the SotW stream: the node id and gateway the first request claims
+    must be named by the client certificate, else PERMISSION_DENIED before anything is
+    sent or recorded."""
+    from controlplane.pki import init_ca, issue_client
+    from controlplane.xds.mtls import StreamAuthorizer, server_credentials
+
+    init_ca(tmp_path, ["localhost"])
+    cert, key = issue_client(tmp_path, ["gw"], "envoy-1", tmp_path / "envoy-1")
+    cache = SnapshotCache()
+    cache.ready.set()
+    _Gateway(cache).publish({"/a": "alpha"})
+    recorder = _Recorder()
+    ads = AdsServer(cache, recorder, authorizer=StreamAuthorizer(required=True))  # type: ignore[arg-type]
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((ads.handler(),))
+    creds = server_credentials(
+        str(tmp_path / "controller.pem"), str(tmp_path / "controller.key"), str(tmp_path / "ca.pem")
+    )
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    await server.start()
+    channel_creds = grpc.ssl_channel_credentials(
+        (tmp_path / "ca.pem").read_bytes(), key.read_bytes(), cert.read_bytes()
+    )
+    options = [("grpc.ssl_target_name_override", "localhost")]
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_creds, options) as channel:
+        client = _Client(channel)
+        req = discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER)
+        req.node.id, req.node.cluster = "envoy-1", gateway
+        client.first = False
+        client.requests.put_nowait(req)
+        if refused:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await client._reader
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "does not permit gateway 'admin'" in (caught.value.details() or "")
+            assert recorder.events == [] and recorder.states == []
+        else:
+            resp = await client.read()
+            assert _names(resp) == ["alpha"]
+            assert recorder.events[0][0] == "connect"
         client.close()
     await server.stop(None)
