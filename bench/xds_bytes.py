@@ -60,7 +60,7 @@ def run(api_type: str, args: argparse.Namespace) -> dict[str, object]:
         # never called: the route using it is not requested
         return Cluster(name=f"c{i:04d}", endpoints=["127.0.0.1:9"], connect_timeout=timeout)
 
-    with Stack(xds_api_type=api_type) as stack:
+    with Stack(admin=True, xds_api_type=api_type) as stack:
         # the first --clusters routes each use a cluster of their own
         preload: list[object] = [cluster(i) for i in range(args.clusters)]
         preload += [
