@@ -243,7 +243,10 @@ class DeltaStream:
                 resubscribed = True
         for name in req.resource_names_unsubscribe:
             st.names.discard(name)
-            st.ahead.discard(name)
+            if name in st.ahead:
+                # sent ahead after Envoy dropped it (a cluster removed and added again in
+                # quick succession): Envoy has it, and its subscription follows
+                continue
             if not st.wildcard:
                 st.have.pop(name, None)
                 st.acked.pop(name, None)
@@ -351,9 +354,8 @@ class DeltaStream:
             return
         for name in names:
             eds.have.pop(name, None)
-            if name not in eds.names:
-                eds.ahead.add(name)
-                eds.names.add(name)
+            eds.ahead.add(name)
+            eds.names.add(name)
         await self._respond(ENDPOINT, snap, names, [])
 
     def _wanted(self, type_url: str, snap: Snapshot) -> set[str]:

@@ -288,6 +288,44 @@ async def _new_cluster() -> None:
     await server.stop(None)
 
 
+def test_a_cluster_dropped_and_added_again_before_envoy_answers_is_sent_once() -> None:
+    _run(_churn())
+
+
+async def _churn() -> None:
+    cache = SnapshotCache()
+    cache.ready.set()
+    gw = _Gateway(cache)
+    gw.publish({"/a": "alpha"})
+    server, port = await _server(cache, _Recorder())
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        client = _Client(channel)
+        await _sync(client)
+        got = []
+        for target in ("beta", "alpha"):  # Envoy's (un)subscriptions lag behind
+            gw.publish({"/a": target})
+            for _ in range(4):
+                resp = await client.read()
+                got.append((_short(resp.type_url), _names(resp), list(resp.removed_resources)))
+                client.ack(resp)
+        assert got[4:] == [
+            ("Cluster", ["alpha"], []),
+            ("ClusterLoadAssignment", ["alpha"], []),
+            ("RouteConfiguration", ["main"], []),
+            ("Cluster", [], ["beta"]),
+        ]
+        # now Envoy's requests of the first move arrive, then those of the second
+        client.send(
+            ENDPOINT, resource_names_subscribe=["beta"], resource_names_unsubscribe=["alpha"]
+        )
+        client.send(
+            ENDPOINT, resource_names_subscribe=["alpha"], resource_names_unsubscribe=["beta"]
+        )
+        assert await client.quiet()  # alpha's endpoints went ahead once: nothing again
+        client.close()
+    await server.stop(None)
+
+
 def test_a_nack_is_recorded_and_not_resent() -> None:
     _run(_nack())
 
