@@ -125,6 +125,9 @@ class DeltaTypeState:
     late_waiting: bool = False
     #: the newest resource version the Envoy reported having (rollback guard)
     running: str = ""
+    #: the TypeSnapshot whose every resource the Envoy was sent since its subscription
+    #: last changed: a push of an unchanged type then costs nothing
+    synced_to: TypeSnapshot | None = None
 
 
 class DeltaStream:
@@ -219,6 +222,8 @@ class DeltaStream:
         first = not st.subscribed
         st.subscribed = True
         added = set(req.resource_names_subscribe)
+        if added or req.resource_names_unsubscribe:
+            st.synced_to = None
         if first:
             # the legacy wildcard: a first request naming nothing, for the types Envoy
             # subscribes to as a whole (listeners, clusters, scopes)
@@ -352,6 +357,7 @@ class DeltaStream:
         names = sorted(n for n in have if n in ts.fragments and before.get(n) != have[n])
         if not names:
             return
+        eds.synced_to = None
         for name in names:
             eds.have.pop(name, None)
             eds.ahead.add(name)
@@ -374,6 +380,8 @@ class DeltaStream:
         before it starts)."""
         st = self.types[type_url]
         ts = snap.types[type_url]
+        if not force and remove and st.synced_to is ts:
+            return
         wanted = self._wanted(type_url, snap)
         changed = sorted(
             n
@@ -391,6 +399,7 @@ class DeltaStream:
         if early or removed or (force and not late):
             await self._respond(type_url, snap, early, removed)
         if not late:
+            st.synced_to = ts if remove else None
             return
         wait = st.late_at + LATE_INTERVAL - time.monotonic()
         if force or wait <= 0:
