@@ -436,7 +436,10 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
     )
     before, bytes_before = _counts(fleet)
     sync_bytes = sum(bytes_before.values()) / args.proxies
-    print(f"first sync: {sync_bytes / 1e3:.1f} kB received per proxy")
+    print(
+        f"first sync: {sync_bytes / 1e3:.1f} kB received per proxy, responses per proxy: "
+        + ", ".join(f"{k} {n / args.proxies:.2f}" for k, n in sorted(before.items()))
+    )
     conn = http.client.HTTPConnection("127.0.0.1", stack.ports["admin-api"], timeout=60)
     token = stack.admin_token()
     name = route_name("r", args.routes // 2)
