@@ -6,6 +6,7 @@ rebuilding what Envoy runs."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -151,3 +152,35 @@ def test_a_restarted_controller_resyncs_a_delta_envoy_with_only_what_changed(
         assert after[name] == before[name], name
     assert _delta_streams(controller) >= 1
     assert envoy.proc.poll() is None
+
+
+def test_a_rejected_change_is_reported_and_a_fix_resyncs_over_delta(
+    cli, controller, delta_envoy, backends, gateway_port
+):
+    """A listener Envoy refuses (its port is taken on the host): the NACK reaches the CLI
+    and status with the object that caused it; the proxy keeps serving; the fix syncs."""
+    _setup(cli, backends, gateway_port)
+    cli.add_route("good", "public", "/good", "alpha", "--wait")
+    delta_envoy("public")
+    wait_until(lambda: backend_of(gateway_port, "/good") == "alpha", 20)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        proc = cli.run(
+            "gateway", "update", "public", "--port", str(taken), "--wait=10s", check=False
+        )
+        assert proc.returncode == 7, proc.stderr
+        error = proc.stderr.strip().splitlines()[-1]
+        assert error.startswith("error: proxy public-delta-1 of gateway 'public' rejected")
+        assert "(caused by gateway public)" in error and "Address already in use" in error
+        status = cli.json("status")
+        [proxy] = status["proxies"]
+        assert proxy["last_nack"]["type"] == "Listener"
+        assert proxy["last_nack"]["revision"] == status["revision"]
+        assert not proxy["in_sync"]
+        assert backend_of(gateway_port, "/good") == "alpha"  # still served
+    cli.run("gateway", "update", "public", "--port", str(gateway_port), "--wait")
+    [proxy] = cli.json("status")["proxies"]
+    assert proxy["in_sync"]
+    assert backend_of(gateway_port, "/good") == "alpha"
