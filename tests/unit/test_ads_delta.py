@@ -7,6 +7,7 @@ rollback guard."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,35 @@ async def _server(cache: SnapshotCache, recorder: _Recorder) -> tuple[grpc.aio.S
     return server, port
 
 
+@contextlib.asynccontextmanager
+async def _serving(
+    routes: dict[str, str], listeners: tuple[str, ...] = ("main",), identity: Any = None
+) -> AsyncIterator[tuple[_Gateway, _Recorder, int]]:
+    """Gateway ``gw`` published with ``routes`` and served over ADS on a local port."""
+    cache = SnapshotCache()
+    cache.identity = identity
+    cache.ready.set()
+    gw = _Gateway(cache)
+    gw.publish(routes, listeners)
+    recorder = _Recorder()
+    server, port = await _server(cache, recorder)
+    try:
+        yield gw, recorder, port
+    finally:
+        await server.stop(None)
+
+
+@contextlib.asynccontextmanager
+async def _connected(port: int) -> AsyncIterator[_Client]:
+    """One delta stream from a client with a connection of its own."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        client = _Client(channel)
+        try:
+            yield client
+        finally:
+            client.close()
+
+
 def _run(coro: Any) -> None:
     asyncio.run(asyncio.wait_for(coro, 60))
 
@@ -198,14 +228,14 @@ def test_first_sync_then_only_the_changed_route_then_removals() -> None:
 
 
 async def _changes() -> None:
-    cache = SnapshotCache()
-    cache.ready.set()
-    gw = _Gateway(cache)
-    gw.publish({"/a": "alpha", "/b": "beta"}, listeners=("main", "other"))
-    recorder = _Recorder()
-    server, port = await _server(cache, recorder)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        client = _Client(channel)
+    async with (
+        _serving({"/a": "alpha", "/b": "beta"}, listeners=("main", "other")) as (
+            gw,
+            recorder,
+            port,
+        ),
+        _connected(port) as client,
+    ):
         got = await _sync(client)
         by_type = {(_short(r.type_url), tuple(_names(r))) for r in got}
         assert by_type == {
@@ -250,8 +280,6 @@ async def _changes() -> None:
         )
         client.ack(resp)
         assert await client.quiet()
-        client.close()
-    await server.stop(None)
 
 
 def test_a_new_clusters_endpoints_come_before_the_routes() -> None:
@@ -259,13 +287,7 @@ def test_a_new_clusters_endpoints_come_before_the_routes() -> None:
 
 
 async def _new_cluster() -> None:
-    cache = SnapshotCache()
-    cache.ready.set()
-    gw = _Gateway(cache)
-    gw.publish({"/a": "alpha"})
-    server, port = await _server(cache, _Recorder())
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        client = _Client(channel)
+    async with _serving({"/a": "alpha"}) as (gw, _recorder, port), _connected(port) as client:
         await _sync(client)
         gw.publish({"/a": "gamma"})
         order = []
@@ -284,8 +306,6 @@ async def _new_cluster() -> None:
             ENDPOINT, resource_names_subscribe=["gamma"], resource_names_unsubscribe=["alpha"]
         )
         assert await client.quiet()
-        client.close()
-    await server.stop(None)
 
 
 def test_a_cluster_dropped_and_added_again_before_envoy_answers_is_sent_once() -> None:
@@ -293,13 +313,7 @@ def test_a_cluster_dropped_and_added_again_before_envoy_answers_is_sent_once() -
 
 
 async def _churn() -> None:
-    cache = SnapshotCache()
-    cache.ready.set()
-    gw = _Gateway(cache)
-    gw.publish({"/a": "alpha"})
-    server, port = await _server(cache, _Recorder())
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        client = _Client(channel)
+    async with _serving({"/a": "alpha"}) as (gw, _recorder, port), _connected(port) as client:
         await _sync(client)
         got = []
         for target in ("beta", "alpha"):  # Envoy's (un)subscriptions lag behind
@@ -322,8 +336,6 @@ async def _churn() -> None:
             ENDPOINT, resource_names_subscribe=["alpha"], resource_names_unsubscribe=["beta"]
         )
         assert await client.quiet()  # alpha's endpoints went ahead once: nothing again
-        client.close()
-    await server.stop(None)
 
 
 def test_a_nack_is_recorded_and_not_resent() -> None:
@@ -331,14 +343,7 @@ def test_a_nack_is_recorded_and_not_resent() -> None:
 
 
 async def _nack() -> None:
-    cache = SnapshotCache()
-    cache.ready.set()
-    gw = _Gateway(cache)
-    gw.publish({"/a": "alpha"})
-    recorder = _Recorder()
-    server, port = await _server(cache, recorder)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        client = _Client(channel)
+    async with _serving({"/a": "alpha"}) as (gw, recorder, port), _connected(port) as client:
         await _sync(client)
         gw.publish({"/a": "alpha", "/bad(": "alpha"})
         resp = await client.read()
@@ -352,8 +357,6 @@ async def _nack() -> None:
         assert state.nack_error == "missing ): /bad("
         assert ("route", "/bad(") in state.nack_candidates
         assert state.acked_revision == 1  # still runs the first revision
-        client.close()
-    await server.stop(None)
 
 
 def test_a_reconnect_with_its_versions_gets_only_what_changed() -> None:
@@ -361,39 +364,30 @@ def test_a_reconnect_with_its_versions_gets_only_what_changed() -> None:
 
 
 async def _reconnect() -> None:
-    cache = SnapshotCache()
-    cache.ready.set()
-    gw = _Gateway(cache)
-    gw.publish({"/a": "alpha", "/b": "beta"}, listeners=("main", "other"))
-    recorder = _Recorder()
-    server, port = await _server(cache, recorder)
     versions: dict[str, dict[str, str]] = {}
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        client = _Client(channel)
-        for resp in await _sync(client):
-            for r in resp.resources:
-                versions.setdefault(resp.type_url, {})[r.name] = r.version
-        client.close()
-    # while it was away: a route changed and a listener went
-    gw.publish({"/a": "alpha", "/b": "alpha", "/c": "beta"}, listeners=("main",))
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        client = _Client(channel)
-        got = await _sync(client, versions)
-        sent = sorted(
-            (_short(r.type_url), tuple(_names(r)), tuple(r.removed_resources))
-            for r in got
-            if r.resources or r.removed_resources
-        )
-        assert sent == [
-            ("Listener", (), ("other",)),
-            ("RouteConfiguration", ("main",), ()),
-        ]
-        # the first answers of wildcard types come even when empty: Envoy waits for them
-        assert {_short(r.type_url) for r in got} >= {"Cluster", "Listener"}
-        await asyncio.sleep(0.1)
-        assert ("ack", 2, "in sync") in recorder.events
-        client.close()
-    await server.stop(None)
+    routes = {"/a": "alpha", "/b": "beta"}
+    async with _serving(routes, ("main", "other")) as (gw, recorder, port):
+        async with _connected(port) as client:
+            for resp in await _sync(client):
+                for r in resp.resources:
+                    versions.setdefault(resp.type_url, {})[r.name] = r.version
+        # while it was away: a route changed and a listener went
+        gw.publish({"/a": "alpha", "/b": "alpha", "/c": "beta"}, listeners=("main",))
+        async with _connected(port) as client:
+            got = await _sync(client, versions)
+            sent = sorted(
+                (_short(r.type_url), tuple(_names(r)), tuple(r.removed_resources))
+                for r in got
+                if r.resources or r.removed_resources
+            )
+            assert sent == [
+                ("Listener", (), ("other",)),
+                ("RouteConfiguration", ("main",), ()),
+            ]
+            # the first answers of wildcard types come even when empty: Envoy waits for them
+            assert {_short(r.type_url) for r in got} >= {"Cluster", "Listener"}
+            await asyncio.sleep(0.1)
+            assert ("ack", 2, "in sync") in recorder.events
 
 
 @pytest.mark.parametrize("running", ["9-db1-0123456789abcdef", "1-other-0123456789abcdef"])
@@ -404,20 +398,14 @@ def test_a_proxy_running_newer_policy_is_held(running: str) -> None:
 async def _held(running: str) -> None:
     from controlplane.store import Identity
 
-    cache = SnapshotCache()
-    cache.identity = Identity(database_id=DB, revision=1, lineage={})
-    cache.ready.set()
-    gw = _Gateway(cache)
-    gw.publish({"/a": "alpha"})
-    recorder = _Recorder()
-    server, port = await _server(cache, recorder)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        client = _Client(channel)
+    identity = Identity(database_id=DB, revision=1, lineage={})
+    async with (
+        _serving({"/a": "alpha"}, identity=identity) as (_gw, recorder, port),
+        _connected(port) as client,
+    ):
         client.send(CLUSTER, initial_resource_versions={"alpha": running})
         assert await client.quiet()  # nothing sent: the proxy keeps what it runs
         assert [e[0] for e in recorder.events if e[0] == "hold"] == ["hold"]
-        client.close()
-    await server.stop(None)
 
 
 @pytest.mark.parametrize(("gateway", "refused"), [("gw", False), ("admin", True)])
