@@ -184,3 +184,32 @@ def test_a_rejected_change_is_reported_and_a_fix_resyncs_over_delta(
     [proxy] = cli.json("status")["proxies"]
     assert proxy["in_sync"]
     assert backend_of(gateway_port, "/good") == "alpha"
+
+
+def test_a_changed_cluster_warms_at_once_over_delta(
+    cli, controller, delta_envoy, backends, gateway_port
+):
+    """A changed EDS cluster warms until its endpoints come again: the stream sends them
+    right after the CDS response, so no change waits for Envoy's 15 s fetch timeout and
+    no request on the cluster fails meanwhile."""
+    _setup(cli, backends, gateway_port)
+    cli.add_route("users", "public", "/users", "alpha", "--wait")
+    envoy = delta_envoy("public")
+    wait_until(lambda: backend_of(gateway_port, "/users/1") == "alpha", 20)
+    with KeepAliveLoad(gateway_port, ["/users/x"] * 5) as load:
+        load.more(10)
+        for i in range(6):
+            modified = _counters(envoy)["cluster_manager.cluster_modified"]
+            timeout = f"{2 + i % 2}s"
+            cli.run("cluster", "update", "alpha", "--connect-timeout", timeout, "--wait")
+            wait_until(
+                lambda m=modified: _counters(envoy)["cluster_manager.cluster_modified"] > m, 10
+            )
+            # warmed within a few seconds (the fetch timeout would take 15)
+            wait_until(lambda: stats(envoy.admin_port, "warming_clusters")[
+                "cluster_manager.warming_clusters"] == 0, 5)  # fmt: skip
+            load.more(10)
+    assert set(load.outcomes) == {"2xx"}, f"failed requests during the changes: {load.outcomes}"
+    # every warming ended with endpoints from the controller, none with Envoy's timeout
+    timeouts = stats(envoy.admin_port, r"^cluster\.alpha\.init_fetch_timeout$")
+    assert timeouts.get("cluster.alpha.init_fetch_timeout", 0) == 0, timeouts
