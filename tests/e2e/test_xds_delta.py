@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.envoy_launcher import stats
+from controlplane.envoy_launcher import free_port, stats
 from controlplane.policy import Route
 from controlplane.store import Store
 
@@ -213,3 +213,51 @@ def test_a_changed_cluster_warms_at_once_over_delta(
     # every warming ended with endpoints from the controller, none with Envoy's timeout
     timeouts = stats(envoy.admin_port, r"^cluster\.alpha\.init_fetch_timeout$")
     assert timeouts.get("cluster.alpha.init_fetch_timeout", 0) == 0, timeouts
+
+
+def test_delta_envoys_over_mutual_tls_get_only_what_their_certificate_names(
+    cli, backends, gateway_port, tmp_path, monkeypatch
+):
+    """The delta stream is authorised as the SotW one: a delta Envoy whose certificate
+    names its gateway and node is served over mutual TLS; one claiming a gateway its
+    certificate does not name gets nothing (PERMISSION_DENIED, logged by the controller)."""
+    from .test_xds_mtls import Pki
+
+    pki = Pki(tmp_path)
+    monkeypatch.setenv("GATEWAY_XDS_CLIENT_CA", pki.ca_path)
+    controller = Controller(
+        cli, tmp_path, ("--xds-tls-cert", pki.server_cert, "--xds-tls-key", pki.server_key)
+    )
+    controller.start()
+    envoys: list[Envoy] = []
+    try:
+        _setup(cli, backends, gateway_port)
+        other_port = free_port()
+        cli.add_gateway("other", other_port)
+        cli.add_route("users", "public", "/users", "alpha", "--wait")
+        cli.add_route("secret", "other", "/secret", "beta")
+        xds = controller.xds_port
+        good = Envoy(
+            "public", "good", xds, tmp_path, xds_api_type="DELTA_GRPC", **pki.client("good")
+        )
+        envoys.append(good)
+        wait_until(lambda: backend_of(gateway_port, "/users/1") == "alpha", 20)
+        intruder = Envoy(
+            "other",
+            "intruder",
+            xds,
+            tmp_path,
+            xds_api_type="DELTA_GRPC",
+            **pki.client("intruder", gateways=("public",)),
+        )
+        envoys.append(intruder)
+        wait_until(lambda: "does not permit gateway 'other'" in controller.log(), 20)
+        assert "delta stream open: node intruder" not in controller.log()
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", other_port)) != 0  # no listener for it
+        [proxy] = cli.json("status")["proxies"]
+        assert proxy["node"] == "good" and proxy["in_sync"]
+    finally:
+        for envoy in envoys:
+            envoy.stop()
+        controller.stop()
