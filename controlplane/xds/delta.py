@@ -128,6 +128,12 @@ class DeltaTypeState:
     #: the TypeSnapshot whose every resource the Envoy was sent since its subscription
     #: last changed: a push of an unchanged type then costs nothing
     synced_to: TypeSnapshot | None = None
+    #: the same for additions and changes only (removals held back, ADR 0050)
+    added_to: TypeSnapshot | None = None
+    #: the TypeSnapshot whose every wanted resource the Envoy accepted (sync check)
+    acked_to: TypeSnapshot | None = None
+    #: the nonce of the newest response of this type
+    last_nonce: str = ""
 
 
 class DeltaStream:
@@ -223,7 +229,7 @@ class DeltaStream:
         st.subscribed = True
         added = set(req.resource_names_subscribe)
         if added or req.resource_names_unsubscribe:
-            st.synced_to = None
+            st.synced_to = st.added_to = st.acked_to = None
         if first:
             # the legacy wildcard: a first request naming nothing, for the types Envoy
             # subscribes to as a whole (listeners, clusters, scopes)
@@ -287,6 +293,7 @@ class DeltaStream:
         st.acked.update(sent)
         for name in removed:
             st.acked.pop(name, None)
+        st.acked_to = None
         self.proxy.acked_at = time.time()
         self.recorder.changed(self.proxy)
 
@@ -329,15 +336,15 @@ class DeltaStream:
             return
         snap = self.cache.get(self.gateway)
         cds = self.types[CLUSTER]
-        before = dict(cds.have)
         for type_url in PUSH_ORDER:
             if not self.types[type_url].subscribed:
                 continue
             if type_url == CLUSTER:
                 # make-before-break: clusters the new configuration drops stay until the
                 # routes moved off them; removed in the last response (below)
+                before, nonce = dict(cds.have), cds.last_nonce
                 await self._send(CLUSTER, snap, force=False, remove=False)
-                if self.types[ENDPOINT].subscribed:
+                if self.types[ENDPOINT].subscribed and cds.last_nonce != nonce:
                     await self._send_endpoints_ahead(snap, before)
             else:
                 await self._send(type_url, snap, force=False)
@@ -357,7 +364,7 @@ class DeltaStream:
         names = sorted(n for n in have if n in ts.fragments and before.get(n) != have[n])
         if not names:
             return
-        eds.synced_to = None
+        eds.synced_to = eds.added_to = eds.acked_to = None
         for name in names:
             eds.have.pop(name, None)
             eds.ahead.add(name)
@@ -380,7 +387,7 @@ class DeltaStream:
         before it starts)."""
         st = self.types[type_url]
         ts = snap.types[type_url]
-        if not force and remove and st.synced_to is ts:
+        if not force and (st.synced_to is ts or (not remove and st.added_to is ts)):
             return
         wanted = self._wanted(type_url, snap)
         changed = sorted(
@@ -399,6 +406,7 @@ class DeltaStream:
         if early or removed or (force and not late):
             await self._respond(type_url, snap, early, removed)
         if not late:
+            st.added_to = ts
             st.synced_to = ts if remove else None
             return
         wait = st.late_at + LATE_INTERVAL - time.monotonic()
@@ -430,6 +438,7 @@ class DeltaStream:
         log.debug("delta %s: %d resource(s), removed %s", type_url, len(names), removed)
         await self._write(b"".join(parts))  # type: ignore[operator]
         st.pending[nonce] = (sent, removed, ts.version)
+        st.last_nonce = nonce
         if len(st.pending) > PENDING_KEPT:  # an Envoy answers each; bound what one skips
             del st.pending[next(iter(st.pending))]
         st.have.update(sent)
@@ -453,11 +462,14 @@ class DeltaStream:
                 if type_url in WILDCARD_TYPES:
                     return
                 continue
+            if st.acked_to is ts:
+                continue  # checked since, and nothing was accepted or (un)subscribed
             for name in self._wanted(type_url, snap) - ts.late:
                 if st.acked.get(name) != self.encoder.digest(self.gateway, type_url, ts, name):
                     return
             if st.wildcard and any(n not in ts.fragments for n in st.acked):
                 return
+            st.acked_to = ts
         if self.proxy.acked_revision != snap.revision:
             self.proxy.acked_revision = snap.revision
             self.recorder.event("ack", self.proxy, snap.revision, "in sync")
