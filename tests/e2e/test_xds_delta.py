@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from controlplane.envoy_launcher import free_port, stats
-from controlplane.policy import Route
 from controlplane.store import Store
 
 from .harness import Cli, Controller, Envoy, KeepAliveLoad, backend_of, wait_until
+from .test_core_loop import moves_off_its_only_cluster_never_fail
 
 pytestmark = pytest.mark.e2e
 
@@ -97,26 +97,7 @@ def test_a_route_moving_off_its_only_cluster_never_fails_over_delta(
     _setup(cli, backends, gateway_port)
     cli.add_route("moving", "public", "/moving", "alpha", "--wait")
     delta_envoy("public")
-    store = Store(cli.db)
-    with KeepAliveLoad(gateway_port, ["/moving/x"] * 10) as load:
-        load.more(20)
-        for i in range(40):
-            target = "beta" if i % 2 == 0 else "alpha"  # the other one is then unused
-            store.apply_objects(
-                [
-                    Route(
-                        name="moving",
-                        gateways=["public"],
-                        match={"path_prefix": "/moving"},
-                        cluster=target,
-                    )
-                ]
-            )
-            revision = store.revision()
-            wait_until(lambda r=revision: all(p.acked_revision >= r for p in store.proxies()), 20)
-            load.more(10)
-    assert load.outcomes["2xx"] > 400, load.outcomes
-    assert set(load.outcomes) == {"2xx"}, f"failed requests during the moves: {load.outcomes}"
+    moves_off_its_only_cluster_never_fail(cli, gateway_port)
 
 
 def test_a_restarted_controller_resyncs_a_delta_envoy_with_only_what_changed(
