@@ -104,26 +104,31 @@ class Proxy:
             yield item
 
     async def run(self) -> None:
-        import grpc
-
         from controlplane.translate import CLUSTER, ENDPOINT, LISTENER
 
-        # a connection of its own, as each Envoy has (channels to one target would
-        # otherwise share one pooled connection: N streams on one HTTP/2 connection)
+        self.queue.put_nowait(self._request(CLUSTER, []))
+        self.queue.put_nowait(self._request(LISTENER, []))
+        self._subscribe(ENDPOINT, ["gateway.replicas"])
+        pb = self._pb
+        await self._stream(ADS, pb.DiscoveryRequest, pb.DiscoveryResponse, self._on_response)
+
+    async def _stream(self, method: str, request: Any, response: Any, handle: Any) -> None:
+        """One ADS call sending the queued requests, counting what arrives and passing it
+        to ``handle``. A connection of its own, as each Envoy has (channels to one target
+        would otherwise share one pooled connection: N streams on one HTTP/2 connection)."""
+        import grpc
+
         options = [("grpc.use_local_subchannel_pool", 1)]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}", options=options) as channel:
             call = channel.stream_stream(
-                ADS,
-                request_serializer=self._pb.DiscoveryRequest.SerializeToString,
-                response_deserializer=_sized(self._pb.DiscoveryResponse),
+                method,
+                request_serializer=request.SerializeToString,
+                response_deserializer=_sized(response),
             )
-            self.queue.put_nowait(self._request(CLUSTER, []))
-            self.queue.put_nowait(self._request(LISTENER, []))
-            self._subscribe(ENDPOINT, ["gateway.replicas"])
             try:
                 async for size, resp in call(self._requests()):
                     self._count(resp.type_url, size)
-                    self._on_response(resp)
+                    handle(resp)
             except grpc.aio.AioRpcError:
                 self.errors += 1
 
@@ -254,27 +259,16 @@ class DeltaProxy(Proxy):
         )
 
     async def run(self) -> None:
-        import grpc
-
         from controlplane.translate import CLUSTER, ENDPOINT, LISTENER
 
-        options = [("grpc.use_local_subchannel_pool", 1)]
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}", options=options) as channel:
-            call = channel.stream_stream(
-                DELTA,
-                request_serializer=self._pb.DeltaDiscoveryRequest.SerializeToString,
-                response_deserializer=_sized(self._pb.DeltaDiscoveryResponse),
-            )
-            # as Envoy: the bootstrap's EDS cluster first, then CDS and LDS by wildcard
-            self._want(ENDPOINT, {"gateway.replicas"})
-            self.queue.put_nowait(self._delta(CLUSTER))
-            self.queue.put_nowait(self._delta(LISTENER))
-            try:
-                async for size, resp in call(self._requests()):
-                    self._count(resp.type_url, size)
-                    self._on_delta(resp)
-            except grpc.aio.AioRpcError:
-                self.errors += 1
+        # as Envoy: the bootstrap's EDS cluster first, then CDS and LDS by wildcard
+        self._want(ENDPOINT, {"gateway.replicas"})
+        self.queue.put_nowait(self._delta(CLUSTER))
+        self.queue.put_nowait(self._delta(LISTENER))
+        pb = self._pb
+        await self._stream(
+            DELTA, pb.DeltaDiscoveryRequest, pb.DeltaDiscoveryResponse, self._on_delta
+        )
 
     def _on_delta(self, resp: Any) -> None:
         from envoy.config.cluster.v3 import cluster_pb2
