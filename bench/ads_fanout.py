@@ -139,10 +139,6 @@ class Proxy:
 
     def _on_response(self, resp: Any) -> None:
         from envoy.config.cluster.v3 import cluster_pb2
-        from envoy.config.listener.v3 import listener_pb2
-        from envoy.extensions.filters.network.http_connection_manager.v3 import (
-            http_connection_manager_pb2 as hcm_pb2,
-        )
 
         from controlplane.translate import CLUSTER, ENDPOINT, EXTENSION, LISTENER, ROUTE
 
@@ -166,22 +162,13 @@ class Proxy:
                     eds.append(cluster.eds_cluster_config.service_name or cluster.name)
             self._subscribe(ENDPOINT, ["gateway.replicas", *sorted(eds)])
         elif resp.type_url == LISTENER:
-            routes, filters = [], []
+            routes, filters = set(), set()
             for any_ in resp.resources:
-                listener = listener_pb2.Listener()
-                any_.Unpack(listener)
-                for chain in listener.filter_chains:
-                    for f in chain.filters:
-                        hcm = hcm_pb2.HttpConnectionManager()
-                        if not f.typed_config.Unpack(hcm):
-                            continue
-                        if hcm.HasField("rds"):
-                            routes.append(hcm.rds.route_config_name)
-                        filters += [
-                            h.name for h in hcm.http_filters if h.HasField("config_discovery")
-                        ]
-            self._subscribe(ROUTE, sorted(set(routes)))
-            self._subscribe(EXTENSION, sorted(set(filters)))
+                needs = _listener_needs(any_)
+                routes |= needs[0]
+                filters |= needs[1]
+            self._subscribe(ROUTE, sorted(routes))
+            self._subscribe(EXTENSION, sorted(filters))
 
     def acked(self, revision: int) -> tuple[float, float] | None:
         """(received, ACK queued) of the first RouteConfiguration at ``revision`` or later."""
