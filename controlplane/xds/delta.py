@@ -38,7 +38,7 @@ from .cache import CHANGED, SnapshotCache
 from .guard import parse_version, rollback_reason, type_version
 from .metrics import XdsMetrics
 from .mtls import StreamAuthorizer, client_identity
-from .server import LATE_INTERVAL, Admit, Refused, _pump, settle_hold
+from .server import LATE_INTERVAL, Admit, Refused, _pump
 from .snapshot import OPTIONAL_TYPES, PUSH_ORDER, WILDCARD_TYPES, Snapshot, TypeSnapshot
 from .status import ProxyState, StatusRecorder
 
@@ -489,12 +489,27 @@ class DeltaStream:
             if why is not None:
                 reason = f"{type_url.rsplit('.', 1)[-1]}: {why}"
                 break
-        was = p.hold
-        held = settle_hold(self, reason)
-        if was is not None and not held:
+        if reason is not None and self.cache.allow_rollback:
+            if not self._overridden:
+                self._overridden = True
+                log.warning("node %s: serving it anyway (--allow-rollback): %s", p.node_id, reason)
+                self.recorder.event("rollback", p, ident.revision, reason)
+            reason = None
+        if reason == p.hold:
+            return reason is not None
+        if reason is not None and p.hold is None:  # a new hold: said once, counted once
+            log.error("node %s gateway %s held, nothing sent: %s", p.node_id, p.gateway, reason)
+            self.recorder.event("hold", p, ident.revision, reason)
+            if self.metrics is not None:
+                self.metrics.held(p.gateway)
+        elif reason is None:
+            log.warning("node %s: hold released at %s", p.node_id, ident.label())
+            self.recorder.event("release", p, ident.revision, "hold released")
             for st in self.types.values():
                 st.running = ""  # served from now on: what it runs comes from here
-        return held
+        p.hold = reason
+        self.recorder.changed(p)
+        return reason is not None
 
     def _record_push(self, revision: int) -> None:
         if self._pushed and self.proxy is not None:

@@ -323,7 +323,25 @@ class AdsStream:
             if reason is not None:
                 reason = f"{type_url.rsplit('.', 1)[-1]}: {reason}"
                 break
-        return settle_hold(self, reason)
+        if reason is not None and self.cache.allow_rollback:
+            if not self._overridden:
+                self._overridden = True
+                log.warning("node %s: serving it anyway (--allow-rollback): %s", p.node_id, reason)
+                self.recorder.event("rollback", p, ident.revision, reason)
+            reason = None
+        if reason == p.hold:
+            return reason is not None
+        if reason is not None and p.hold is None:  # a new hold: said once, counted once
+            log.error("node %s gateway %s held, nothing sent: %s", p.node_id, p.gateway, reason)
+            self.recorder.event("hold", p, ident.revision, reason)
+            if self.metrics is not None:
+                self.metrics.held(p.gateway)
+        elif reason is None:
+            log.warning("node %s: hold released at %s", p.node_id, ident.label())
+            self.recorder.event("release", p, ident.revision, "hold released")
+        p.hold = reason
+        self.recorder.changed(p)
+        return reason is not None
 
     def _record_push(self, revision: int) -> None:
         if self._pushed and self.proxy is not None:
@@ -404,34 +422,6 @@ class AdsStream:
             self.proxy.acked_revision = snap.revision
             self.recorder.event("ack", self.proxy, snap.revision, "in sync")
             self.recorder.changed(self.proxy)
-
-
-def settle_hold(stream: Any, reason: str | None) -> bool:
-    """Apply a stream's hold decision (``reason``: why answering would roll its proxy back,
-    or None): the ``--allow-rollback`` override, the hold and release events, log lines,
-    metric and status. Whether the stream is held. Shared by the SotW and delta streams
-    (``stream``: their ``proxy``, ``cache``, ``recorder``, ``metrics``, ``_overridden``)."""
-    p = stream.proxy
-    ident = stream.cache.identity
-    if reason is not None and stream.cache.allow_rollback:
-        if not stream._overridden:
-            stream._overridden = True
-            log.warning("node %s: serving it anyway (--allow-rollback): %s", p.node_id, reason)
-            stream.recorder.event("rollback", p, ident.revision, reason)
-        reason = None
-    if reason == p.hold:
-        return reason is not None
-    if reason is not None and p.hold is None:  # a new hold: said once, counted once
-        log.error("node %s gateway %s held, nothing sent: %s", p.node_id, p.gateway, reason)
-        stream.recorder.event("hold", p, ident.revision, reason)
-        if stream.metrics is not None:
-            stream.metrics.held(p.gateway)
-    elif reason is None:
-        log.warning("node %s: hold released at %s", p.node_id, ident.label())
-        stream.recorder.event("release", p, ident.revision, "hold released")
-    p.hold = reason
-    stream.recorder.changed(p)
-    return reason is not None
 
 
 async def _pump(requests: AsyncIterator[object], queue: asyncio.Queue[object]) -> None:
