@@ -23,6 +23,13 @@ it (its ACK is queued at once).
     python -m bench.ads_fanout --proxies 100 --code 810899b  # the controller of a commit
     python -m bench.ads_fanout --proxies 100 --gc-log        # + the controller's full GCs
     python -m bench.ads_fanout --proxies 1000 --workers 2 --limit  # + a divided rate limit
+    python -m bench.ads_fanout --proxies 100 --protocol delta   # incremental xDS streams
+
+``--protocol delta`` opens ``DeltaAggregatedResources`` streams instead, subscribing as an
+Envoy with ``api_type: DELTA_GRPC`` does (wildcard CDS and LDS, named EDS, RDS and ECDS
+changed with ``resource_names_subscribe``/``_unsubscribe`` as clusters and listeners come
+and go, every response ACKed by its nonce). Bytes received per proxy are counted per type
+(the gRPC message, as the controller wrote it).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from bench.harness import GATEWAY, Stack, make_route, route_name
 from bench.stats import summary
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+DELTA = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
 
 
 def _revision(version: str) -> int:
@@ -68,8 +76,9 @@ class Proxy:
         self.codes: dict[str, int] = {}
         #: the first error text per code
         self.details: dict[str, str] = {}
-        #: responses received per resource type (short name)
+        #: responses and bytes received per resource type (short name)
         self.responses: dict[str, int] = {}
+        self.bytes: dict[str, int] = {}
         #: type -> (version, nonce) of the last response
         self.last: dict[str, tuple[str, str]] = {}
 
@@ -99,42 +108,47 @@ class Proxy:
             yield item
 
     async def run(self) -> None:
-        import grpc
-
         from controlplane.translate import CLUSTER, ENDPOINT, LISTENER
 
-        # a connection of its own, as each Envoy has (channels to one target would
-        # otherwise share one pooled connection: N streams on one HTTP/2 connection)
+        self.queue.put_nowait(self._request(CLUSTER, []))
+        self.queue.put_nowait(self._request(LISTENER, []))
+        self._subscribe(ENDPOINT, ["gateway.replicas"])
+        pb = self._pb
+        await self._stream(ADS, pb.DiscoveryRequest, pb.DiscoveryResponse, self._on_response)
+
+    async def _stream(self, method: str, request: Any, response: Any, handle: Any) -> None:
+        """One ADS call sending the queued requests, counting what arrives and passing it
+        to ``handle``. A connection of its own, as each Envoy has (channels to one target
+        would otherwise share one pooled connection: N streams on one HTTP/2 connection)."""
+        import grpc
+
         options = [("grpc.use_local_subchannel_pool", 1)]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}", options=options) as channel:
             call = channel.stream_stream(
-                ADS,
-                request_serializer=self._pb.DiscoveryRequest.SerializeToString,
-                response_deserializer=self._pb.DiscoveryResponse.FromString,
+                method,
+                request_serializer=request.SerializeToString,
+                response_deserializer=_sized(response),
             )
-            self.queue.put_nowait(self._request(CLUSTER, []))
-            self.queue.put_nowait(self._request(LISTENER, []))
-            self._subscribe(ENDPOINT, ["gateway.replicas"])
             try:
-                async for resp in call(self._requests()):
-                    self._on_response(resp)
+                async for size, resp in call(self._requests()):
+                    self._count(resp.type_url, size)
+                    handle(resp)
             except grpc.aio.AioRpcError as exc:
                 self.errors += 1
                 self.codes[exc.code().name] = self.codes.get(exc.code().name, 0) + 1
                 self.details.setdefault(exc.code().name, str(exc.details()))
 
+    def _count(self, type_url: str, size: int) -> None:
+        kind = type_url.rsplit(".", 1)[-1]
+        self.responses[kind] = self.responses.get(kind, 0) + 1
+        self.bytes[kind] = self.bytes.get(kind, 0) + size
+
     def _on_response(self, resp: Any) -> None:
         from envoy.config.cluster.v3 import cluster_pb2
-        from envoy.config.listener.v3 import listener_pb2
-        from envoy.extensions.filters.network.http_connection_manager.v3 import (
-            http_connection_manager_pb2 as hcm_pb2,
-        )
 
         from controlplane.translate import CLUSTER, ENDPOINT, EXTENSION, LISTENER, ROUTE
 
         received = time.perf_counter()
-        kind = resp.type_url.rsplit(".", 1)[-1]
-        self.responses[kind] = self.responses.get(kind, 0) + 1
         names = self.subscribed.get(resp.type_url, [])
         self.last[resp.type_url] = (resp.version_info, resp.nonce)
         ack = self._request(resp.type_url, names, resp.version_info, resp.nonce)
@@ -154,22 +168,13 @@ class Proxy:
                     eds.append(cluster.eds_cluster_config.service_name or cluster.name)
             self._subscribe(ENDPOINT, ["gateway.replicas", *sorted(eds)])
         elif resp.type_url == LISTENER:
-            routes, filters = [], []
+            routes, filters = set(), set()
             for any_ in resp.resources:
-                listener = listener_pb2.Listener()
-                any_.Unpack(listener)
-                for chain in listener.filter_chains:
-                    for f in chain.filters:
-                        hcm = hcm_pb2.HttpConnectionManager()
-                        if not f.typed_config.Unpack(hcm):
-                            continue
-                        if hcm.HasField("rds"):
-                            routes.append(hcm.rds.route_config_name)
-                        filters += [
-                            h.name for h in hcm.http_filters if h.HasField("config_discovery")
-                        ]
-            self._subscribe(ROUTE, sorted(set(routes)))
-            self._subscribe(EXTENSION, sorted(set(filters)))
+                needs = _listener_needs(any_)
+                routes |= needs[0]
+                filters |= needs[1]
+            self._subscribe(ROUTE, sorted(routes))
+            self._subscribe(EXTENSION, sorted(filters))
 
     def acked(self, revision: int) -> tuple[float, float] | None:
         """(received, ACK queued) of the first RouteConfiguration at ``revision`` or later."""
@@ -180,13 +185,125 @@ class Proxy:
         self.queue.put_nowait(None)
 
 
-async def _fleet(port: int, first: int, count: int, conn: Connection) -> None:
+def _sized(message: Any) -> Any:
+    """A response deserializer that keeps the message's size on the wire."""
+
+    def parse(data: bytes) -> tuple[int, Any]:
+        return len(data), message.FromString(data)
+
+    return parse
+
+
+def _listener_needs(any_: Any) -> tuple[set[str], set[str]]:
+    """(RouteConfiguration names, ECDS filter names) one Listener resource asks for."""
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2 as hcm_pb2,
+    )
+
+    listener = listener_pb2.Listener()
+    any_.Unpack(listener)
+    routes, filters = set(), set()
+    for chain in listener.filter_chains:
+        for f in chain.filters:
+            hcm = hcm_pb2.HttpConnectionManager()
+            if not f.typed_config.Unpack(hcm):
+                continue
+            if hcm.HasField("rds"):
+                routes.add(hcm.rds.route_config_name)
+            filters |= {h.name for h in hcm.http_filters if h.HasField("config_discovery")}
+    return routes, filters
+
+
+class DeltaProxy(Proxy):
+    """One simulated Envoy on the incremental protocol (bootstrap ``api_type: DELTA_GRPC``)."""
+
+    def __init__(self, port: int, index: int) -> None:
+        super().__init__(port, index)
+        self.first = True
+        #: type -> names subscribed to
+        self.names: dict[str, set[str]] = {}
+        #: cluster -> its EDS service name; listener -> (route names, filter names)
+        self.clusters: dict[str, str | None] = {}
+        self.listeners: dict[str, tuple[set[str], set[str]]] = {}
+
+    def _delta(self, type_url: str, **fields: Any) -> Any:
+        req = self._pb.DeltaDiscoveryRequest(type_url=type_url, **fields)
+        if self.first:
+            self.first = False
+            req.node.id, req.node.cluster = self.node, GATEWAY
+            req.node.user_agent_name = "envoy"
+            v = req.node.user_agent_build_version.version
+            v.major_number, v.minor_number, v.patch = 1, 40, 0
+        return req
+
+    def _want(self, type_url: str, names: set[str]) -> None:
+        """Subscribe and unsubscribe so that ``names`` is what this type is subscribed to."""
+        have = self.names.get(type_url, set())
+        if names == have:
+            return
+        self.names[type_url] = set(names)
+        self.queue.put_nowait(
+            self._delta(
+                type_url,
+                resource_names_subscribe=sorted(names - have),
+                resource_names_unsubscribe=sorted(have - names),
+            )
+        )
+
+    async def run(self) -> None:
+        from controlplane.translate import CLUSTER, ENDPOINT, LISTENER
+
+        # as Envoy: the bootstrap's EDS cluster first, then CDS and LDS by wildcard
+        self._want(ENDPOINT, {"gateway.replicas"})
+        self.queue.put_nowait(self._delta(CLUSTER))
+        self.queue.put_nowait(self._delta(LISTENER))
+        pb = self._pb
+        await self._stream(
+            DELTA, pb.DeltaDiscoveryRequest, pb.DeltaDiscoveryResponse, self._on_delta
+        )
+
+    def _on_delta(self, resp: Any) -> None:
+        from envoy.config.cluster.v3 import cluster_pb2
+
+        from controlplane.translate import CLUSTER, ENDPOINT, EXTENSION, LISTENER, ROUTE
+
+        received = time.perf_counter()
+        self.queue.put_nowait(self._delta(resp.type_url, response_nonce=resp.nonce))  # ACK
+        if resp.type_url == ROUTE and resp.resources:
+            revision = max(_revision(r.version) for r in resp.resources)
+            self.route_acks.setdefault(revision, (received, time.perf_counter()))
+        elif resp.type_url == CLUSTER:
+            for r in resp.resources:
+                cluster = cluster_pb2.Cluster()
+                r.resource.Unpack(cluster)
+                eds = cluster.type == cluster_pb2.Cluster.EDS
+                self.clusters[r.name] = (
+                    (cluster.eds_cluster_config.service_name or cluster.name) if eds else None
+                )
+            for name in resp.removed_resources:
+                self.clusters.pop(name, None)
+            eds_names = {n for n in self.clusters.values() if n}
+            self._want(ENDPOINT, {"gateway.replicas"} | eds_names)
+        elif resp.type_url == LISTENER:
+            for r in resp.resources:
+                self.listeners[r.name] = _listener_needs(r.resource)
+            for name in resp.removed_resources:
+                self.listeners.pop(name, None)
+            routes = set().union(*(r for r, _ in self.listeners.values()))
+            filters = set().union(*(f for _, f in self.listeners.values()))
+            self._want(ROUTE, routes)
+            self._want(EXTENSION, filters)
+
+
+async def _fleet(port: int, first: int, count: int, conn: Connection, protocol: str) -> None:
     """Run ``count`` proxies; answer the benchmark's requests on ``conn``:
     ``("synced",)`` -> True once every proxy has a RouteConfiguration;
     ``("wait", revision, timeout)`` -> [(received, acked)] per proxy once all ACKed it;
-    ``("count",)`` -> responses received by type, summed over the proxies;
+    ``("count",)`` -> (responses, bytes) received by type, summed over the proxies;
     ``("stop",)`` -> stream error count, then the fleet ends."""
-    proxies = [Proxy(port, first + i) for i in range(count)]
+    kind = DeltaProxy if protocol == "delta" else Proxy
+    proxies = [kind(port, first + i) for i in range(count)]
     tasks = [asyncio.create_task(p.run()) for p in proxies]
     loop = asyncio.get_running_loop()
     requests: asyncio.Queue[Any] = asyncio.Queue()
@@ -203,10 +320,13 @@ async def _fleet(port: int, first: int, count: int, conn: Connection) -> None:
                 conn.send([p.acked(revision) for p in proxies])
             elif command[0] == "count":
                 total: dict[str, int] = {}
+                size: dict[str, int] = {}
                 for p in proxies:
-                    for kind, n in p.responses.items():
-                        total[kind] = total.get(kind, 0) + n
-                conn.send(total)
+                    for t, n in p.responses.items():
+                        total[t] = total.get(t, 0) + n
+                    for t, n in p.bytes.items():
+                        size[t] = size.get(t, 0) + n
+                conn.send((total, size))
             else:
                 for p in proxies:
                     p.close()
@@ -217,8 +337,8 @@ async def _fleet(port: int, first: int, count: int, conn: Connection) -> None:
         loop.remove_reader(conn.fileno())
 
 
-def _worker(port: int, first: int, count: int, conn: Connection) -> None:
-    asyncio.run(_fleet(port, first, count, conn))
+def _worker(port: int, first: int, count: int, conn: Connection, protocol: str) -> None:
+    asyncio.run(_fleet(port, first, count, conn, protocol))
 
 
 async def _until(check, timeout: float) -> None:  # type: ignore[no-untyped-def]
@@ -232,7 +352,7 @@ async def _until(check, timeout: float) -> None:  # type: ignore[no-untyped-def]
 class Fleet:
     """The simulated proxies, split over ``workers`` processes (0: one thread here)."""
 
-    def __init__(self, port: int, proxies: int, workers: int) -> None:
+    def __init__(self, port: int, proxies: int, workers: int, protocol: str = "sotw") -> None:
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
         shares = max(1, workers)
@@ -242,9 +362,9 @@ class Fleet:
             count = (w + 1) * proxies // shares - first
             mine, theirs = ctx.Pipe()
             if workers:
-                proc: Any = ctx.Process(target=_worker, args=(port, first, count, theirs))
+                proc: Any = ctx.Process(target=_worker, args=(port, first, count, theirs, protocol))
             else:
-                proc = threading.Thread(target=_worker, args=(port, first, count, theirs))
+                proc = threading.Thread(target=_worker, args=(port, first, count, theirs, protocol))
             proc.daemon = True
             proc.start()
             self.conns.append(mine)
@@ -262,12 +382,16 @@ class Fleet:
         return errors
 
 
-def _counts(fleet: Fleet) -> dict[str, int]:
+def _counts(fleet: Fleet) -> tuple[dict[str, int], dict[str, int]]:
+    """(responses, bytes) received per type, summed over the fleet."""
     total: dict[str, int] = {}
-    for share in fleet.ask("count"):
-        for kind, n in share.items():
+    size: dict[str, int] = {}
+    for responses, sizes in fleet.ask("count"):
+        for kind, n in responses.items():
             total[kind] = total.get(kind, 0) + n
-    return total
+        for kind, n in sizes.items():
+            size[kind] = size.get(kind, 0) + n
+    return total, size
 
 
 def _put(
@@ -291,10 +415,18 @@ def _put(
 
 def _measure(stack: Stack, args: argparse.Namespace) -> None:
     opened = time.perf_counter()
-    fleet = Fleet(stack.ports["xds"], args.proxies, args.workers)
+    fleet = Fleet(stack.ports["xds"], args.proxies, args.workers, args.protocol)
     fleet.ask("synced")
-    print(f"{args.proxies} proxies synced in {(time.perf_counter() - opened) * 1e3:.0f} ms")
-    before = _counts(fleet)
+    print(
+        f"{args.proxies} {args.protocol} proxies synced in "
+        f"{(time.perf_counter() - opened) * 1e3:.0f} ms"
+    )
+    before, bytes_before = _counts(fleet)
+    sync_bytes = sum(bytes_before.values()) / args.proxies
+    print(
+        f"first sync: {sync_bytes / 1e3:.1f} kB received per proxy, responses per proxy: "
+        + ", ".join(f"{k} {n / args.proxies:.2f}" for k, n in sorted(before.items()))
+    )
     conn = http.client.HTTPConnection("127.0.0.1", stack.ports["admin-api"], timeout=60)
     token = stack.admin_token()
     name = route_name("r", args.routes // 2)
@@ -324,19 +456,29 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
             time.sleep(0.1)
         print(f"controller profile: {args.profile} (pstat), {args.profile}.txt")
     conn.close()
-    after = _counts(fleet)
+    after, bytes_after = _counts(fleet)
     ended = time.time()
     per_write = {k: (n - before.get(k, 0)) / args.samples / args.proxies for k, n in after.items()}
+    bytes_per_write = {
+        k: (n - bytes_before.get(k, 0)) / args.samples / args.proxies
+        for k, n in bytes_after.items()
+    }
     errors = fleet.close()
     validated = "never" if args.no_validate else "auto (validated)"
     where = f"{args.workers} worker process(es)" if args.workers else "the benchmark process"
     print(
-        f"{args.routes} routes, {args.samples} writes, validate={validated}, proxies in "
+        f"{args.protocol}: {args.routes} routes, {args.samples} writes, validate={validated}, "
+        "proxies in "
         f"{where}, stream errors {errors}"
     )
     print(
         "responses per proxy per write: "
         + ", ".join(f"{k} {n:.2f}" for k, n in sorted(per_write.items()) if n)
+    )
+    print(
+        f"bytes per proxy per write: {sum(bytes_per_write.values()):.0f} ("
+        + ", ".join(f"{k} {n:.0f}" for k, n in sorted(bytes_per_write.items()) if n)
+        + ")"
     )
     print(f"load average (1 min) during the samples: {min(loads):.2f}-{max(loads):.2f}")
     if args.gc_log:
@@ -376,6 +518,12 @@ def main() -> None:
         help="processes the proxies run in (0: a thread of the benchmark process)",
     )
     parser.add_argument("--no-validate", action="store_true")
+    parser.add_argument(
+        "--protocol",
+        choices=("sotw", "delta"),
+        default="sotw",
+        help="ADS the simulated proxies speak: state of the world or incremental (delta)",
+    )
     parser.add_argument(
         "--limit",
         action="store_true",

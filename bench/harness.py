@@ -173,6 +173,8 @@ class Stack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     store: Store | None = None
+    #: the Envoy's ADS protocol (bootstrap api_type GRPC or DELTA_GRPC; None: the default)
+    xds_api_type: str | None = None
 
     @property
     def db(self) -> str:
@@ -315,6 +317,7 @@ class Stack:
             xds_port=self.ports["xds"],
             admin_port=self.ports["admin"],
             log_level="warning",
+            xds_api_type=self.xds_api_type,
         )
         self.procs["envoy"] = start_envoy(spec, log_path=self.workdir / "envoy.log")
         wait_ready(self.ports["admin"], 60.0, process=self.procs["envoy"])

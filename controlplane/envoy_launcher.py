@@ -146,6 +146,9 @@ class EnvoySpec:
     xds_tls_cert: str | None = None
     xds_tls_key: str | None = None
     xds_tls_ca: str | None = None
+    #: the ADS protocol (bootstrap ``api_type``): GRPC (state of the world) or DELTA_GRPC
+    #: (incremental); None: run-envoy.sh's default (docs/decisions/0054)
+    xds_api_type: str | None = None
 
     def env(self) -> dict[str, str]:
         """Return the variables run-envoy.sh reads (and nothing else).
@@ -167,6 +170,7 @@ class EnvoySpec:
             ("XDS_TLS_CERT", self.xds_tls_cert),
             ("XDS_TLS_KEY", self.xds_tls_key),
             ("XDS_TLS_CA", self.xds_tls_ca),
+            ("XDS_API_TYPE", self.xds_api_type),
         ):
             if value is not None:
                 env[name] = value

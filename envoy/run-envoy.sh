@@ -5,7 +5,9 @@
 #
 # Variables (defaults): NODE_ID (envoy-$(hostname)), GATEWAY (default), XDS_HOST (127.0.0.1),
 # XDS_PORT (18000), ADMIN_ADDRESS (127.0.0.1), ADMIN_PORT (9901), ENVOY_BOOTSTRAP (template),
-# ENVOY_RENDERED (output file), ENVOY_BIN (envoy), ENVOY_LOG_LEVEL (info).
+# ENVOY_RENDERED (output file), ENVOY_BIN (envoy), ENVOY_LOG_LEVEL (info),
+# XDS_API_TYPE (the ADS protocol: GRPC, state of the world, or DELTA_GRPC, incremental;
+# default DEFAULT_API_TYPE below, chosen by measurement: docs/decisions/0054).
 # Mutual TLS to the controller: XDS_TLS_CERT, XDS_TLS_KEY (this Envoy's client certificate
 # and key) and XDS_TLS_CA (the CA of the controller's certificate), all three or none; when
 # set, the template defaults to bootstrap-mtls.yaml.
@@ -20,6 +22,8 @@ XDS_HOST="${XDS_HOST:-127.0.0.1}"
 XDS_PORT="${XDS_PORT:-18000}"
 ADMIN_ADDRESS="${ADMIN_ADDRESS:-127.0.0.1}"
 ADMIN_PORT="${ADMIN_PORT:-9901}"
+DEFAULT_API_TYPE=GRPC
+XDS_API_TYPE="${XDS_API_TYPE:-$DEFAULT_API_TYPE}"
 XDS_TLS_CERT="${XDS_TLS_CERT:-}"
 XDS_TLS_KEY="${XDS_TLS_KEY:-}"
 XDS_TLS_CA="${XDS_TLS_CA:-}"
@@ -44,9 +48,11 @@ for var in XDS_PORT ADMIN_PORT; do
     [[ "${!var}" =~ $port_re ]] && (( 10#${!var} >= 0 && 10#${!var} <= 65535 )) \
         || die "$var='${!var}' must be a port number (0-65535)"
 done
+[[ "$XDS_API_TYPE" =~ ^(GRPC|DELTA_GRPC)$ ]] \
+    || die "XDS_API_TYPE='${XDS_API_TYPE}' must be GRPC (state of the world) or DELTA_GRPC (incremental)"
 [[ -r "$ENVOY_BOOTSTRAP" ]] || die "bootstrap template not readable: $ENVOY_BOOTSTRAP"
 
-substituted=(NODE_ID GATEWAY XDS_HOST XDS_PORT ADMIN_ADDRESS ADMIN_PORT)
+substituted=(NODE_ID GATEWAY XDS_HOST XDS_PORT ADMIN_ADDRESS ADMIN_PORT XDS_API_TYPE)
 if [[ "$template" == bootstrap-mtls.yaml ]]; then
     path_re='^[A-Za-z0-9._/-]+$'
     for var in XDS_TLS_CERT XDS_TLS_KEY XDS_TLS_CA; do

@@ -295,7 +295,9 @@ def test_demo_backends_run_the_echo_module() -> None:
 def test_every_bootstrap_placeholder_is_supplied() -> None:
     placeholders = set(PLACEHOLDER.findall(BOOTSTRAP.read_text()))
     expected = {"NODE_ID", "GATEWAY", "XDS_HOST", "XDS_PORT", "ADMIN_ADDRESS", "ADMIN_PORT"}
-    assert placeholders == expected
+    assert placeholders == expected | DEFAULTED
+    # the ADS protocol has one default, run-envoy.sh's: compose and launcher leave it be
+    placeholders -= DEFAULTED
 
     compose_env = _compose_envoy_env()
     assert placeholders <= set(compose_env), placeholders - set(compose_env)
@@ -313,6 +315,38 @@ def test_every_bootstrap_placeholder_is_supplied() -> None:
 
 #: read by the envoyproxy/envoy image's entrypoint, not by run-envoy.sh
 IMAGE_VARS = {"ENVOY_UID"}
+#: placeholders run-envoy.sh fills with its own default unless the environment sets them
+DEFAULTED = {"XDS_API_TYPE"}
+
+
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
+def test_the_ads_protocol_is_chosen_by_xds_api_type(api_type: str, tmp_path: Path) -> None:
+    env = EnvoySpec(
+        node_id="n", gateway="g", xds_host="127.0.0.1", xds_port=1, xds_api_type=api_type
+    ).env()
+    rendered = tmp_path / "bootstrap.yaml"
+    result = _render(env, rendered, "--mode", "validate")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        yaml.safe_load(rendered.read_text())["dynamic_resources"]["ads_config"]["api_type"]
+        == api_type
+    )
+    # unset: the script's one default
+    plain = EnvoySpec(node_id="n", gateway="g", xds_host="127.0.0.1", xds_port=1).env()
+    assert "XDS_API_TYPE" not in plain and "XDS_API_TYPE" not in _compose_envoy_env()
+    result = _render(plain, rendered, "--mode", "validate")
+    assert result.returncode == 0, result.stdout + result.stderr
+    default = re.search(r"^DEFAULT_API_TYPE=(\w+)$", RUN_ENVOY.read_text(), re.M)
+    assert default is not None
+    assert yaml.safe_load(rendered.read_text())["dynamic_resources"]["ads_config"][
+        "api_type"
+    ] == default.group(1)
+
+
+def test_run_envoy_refuses_an_unknown_ads_protocol(tmp_path: Path) -> None:
+    result = _render({"XDS_API_TYPE": "REST", "ENVOY_BIN": "true"}, tmp_path / "bootstrap.yaml")
+    assert result.returncode != 0
+    assert "XDS_API_TYPE='REST' must be GRPC" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------
@@ -426,7 +460,7 @@ def test_every_mtls_placeholder_is_supplied() -> None:
         xds_tls_ca="/ca.pem",
     ).env()
     # XDS_TLS_SAN_TYPE is derived by the script from XDS_HOST, not supplied
-    assert placeholders - {"XDS_TLS_SAN_TYPE"} <= set(spec_env)
+    assert placeholders - {"XDS_TLS_SAN_TYPE"} - DEFAULTED <= set(spec_env)
     script = RUN_ENVOY.read_text()
     assert "XDS_TLS_SAN_TYPE=IP_ADDRESS" in script and "XDS_TLS_SAN_TYPE=DNS" in script
     for name in spec_env:

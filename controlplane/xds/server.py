@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -473,6 +474,8 @@ class AdsServer:
         #: first syncs in flight at once (admission.py); shared by every ADS stream
         self.gate = gate or InitialSyncGate(0)
         self.active: set[AdsStream] = set()
+        #: delta streams' encoded resources, shared by all of them (``delta.py``)
+        self._delta_encoder: Any = None
 
     def connected(self) -> dict[str, int]:
         """Open streams per gateway (the proxies connected to this controller)."""
@@ -512,9 +515,25 @@ class AdsServer:
         finally:
             self.active.discard(stream)
 
-    async def _delta(self, requests: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "delta xDS is not served yet; use SotW ADS"
+    async def _delta(
+        self,
+        requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Incremental ADS (``api_type: DELTA_GRPC``): see ``delta.py``."""
+        from .delta import DeltaEncoder, serve_delta  # delta.py builds on this module
+
+        if self._delta_encoder is None:
+            self._delta_encoder = DeltaEncoder()
+        await serve_delta(
+            self.cache,
+            self.recorder,
+            self._delta_encoder,
+            self.metrics,
+            self.authorizer,
+            self.active,  # type: ignore[arg-type]
+            requests,
+            context,
         )
 
     def handler(self) -> grpc.GenericRpcHandler:
