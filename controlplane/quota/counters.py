@@ -79,13 +79,7 @@ class QuotaCounters:
     def _locked(self, conn: Any, keys: Sequence[CounterKey]) -> dict[CounterKey, int]:
         """Current counts of ``keys``, rows locked until the transaction ends (PostgreSQL;
         SQLite's writer transactions are serialised as a whole)."""
-        columns = (
-            QuotaCounterRow.gateway,
-            QuotaCounterRow.route,
-            QuotaCounterRow.key,
-            QuotaCounterRow.unit,
-            QuotaCounterRow.window_start,
-        )
+        columns = _key_columns()
         found: dict[CounterKey, int] = {}
         for chunk in _chunks(sorted(set(keys)), 200):  # sorted: locks in one order, no deadlock
             query = (
