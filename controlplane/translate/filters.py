@@ -122,6 +122,13 @@ def _quota(view: GatewayView, table: RouteTable, unit: Per) -> Message | None:
     return cached[1]  # type: ignore[return-value]
 
 
+_QUOTA_UNITS = (Per.minute, Per.hour, Per.day, Per.week, Per.month)
+
+
+def _quotas_used(view: GatewayView, table: RouteTable) -> bool:
+    return any(_quota(view, table, unit) is not None for unit in _QUOTA_UNITS)
+
+
 def _fallback(table: RouteTable) -> Message | None:
     length = table.shard_length
     return None if length is None else fallback_filter(length)
@@ -213,11 +220,17 @@ ORDER: list[FilterSpec] = [
     ),
     # after authentication and authorisation: x-consumer-id is set, refused calls not counted
     FilterSpec(RATE_LIMIT_FILTER, _rate_limits),
-    # budgets counted by the controller's quota service (translate/quota.py): one filter per
-    # unit, each only while some route counts that unit there
+    # budgets counted by the controller's quota service (translate/quota.py): the route's
+    # name where their matchers read it, then one filter per unit, each only while some
+    # route counts that unit there
+    FilterSpec(
+        quota.ROUTE_FILTER,
+        lambda v, t: quota.route_filter() if _quotas_used(v, t) else None,
+        dynamic=False,
+    ),
     *[
         FilterSpec(QUOTA_PREFIX + u.value, lambda v, t, u=u: _quota(v, t, u))  # type: ignore[misc]
-        for u in (Per.minute, Per.hour, Per.day, Per.week, Per.month)
+        for u in _QUOTA_UNITS
     ],
     # traffic policy (translate/traffic.py): each only where a route uses it
     FilterSpec(FAULT_FILTER, lambda _v, t: _used(t, FAULT_FILTER, fault_filter), False, True),

@@ -151,6 +151,8 @@ def test_a_shared_budget_is_exact_whatever_the_split(  # type: ignore[no-untyped
 ) -> None:
     signer = EcSigner()
     doc = policy(gateway_port, backends["alpha"].port, signer, "shared")
+    # a second route on the same plan: its buckets are its own
+    doc["routes"].append({**doc["routes"][0], "name": "other", "match": {"path_prefix": "/other"}})
     apply(cli, tmp_path, doc)
     envoys = [envoy_factory("public") for _ in range(3)]
     cli.run("route", "update", "api", "--timeout", "5s", "--wait")
@@ -161,6 +163,9 @@ def test_a_shared_budget_is_exact_whatever_the_split(  # type: ignore[no-untyped
     assert shared.count(429) == 300 - admitted, shared
     print(f"\nshared mode, 80/15/5 split: {admitted} of 300 admitted (budget 100)")
     assert 95 <= admitted <= 105, admitted
+    # acme's budget on /api is spent; on /other (its own bucket, the same plan) it is not
+    assert [send(conns[0], "/other/x", bearer(signer, "acme")) for _ in range(3)] == [200] * 3
+    assert send(conns[0], "/api/x", bearer(signer, "acme")) == 429
 
     # the same traffic in local mode: each Envoy applies budget / 3 from its own counter
     doc["gateways"][0]["rate_limit_mode"] = "local"

@@ -16,9 +16,9 @@ NEW_YEAR = 1_767_225_600  # 2026-01-01T00:00:00Z
 
 
 def _headers(config: rlq.RateLimitQuotaFilterConfig) -> dict[str, str]:
-    entry = config.bucket_matchers.matcher_list.matchers[0]
+    entry = config.bucket_matchers.matcher_tree.exact_match_map.map["api"]
     settings = rlq.RateLimitQuotaBucketSettings()
-    entry.on_match.action.typed_config.Unpack(settings)
+    entry.action.typed_config.Unpack(settings)
     headers = settings.deny_response_settings.response_headers_to_add
     return {h.header.key: h.header.value for h in headers}
 
@@ -64,3 +64,39 @@ def test_a_consumer_whose_plan_is_all_quotas_keeps_its_own_local_buckets() -> No
         if any(e.key == "consumer" and e.value == "acme" for e in d.entries)
     ]
     assert [d.token_bucket.max_tokens for d in acme] == [UNLIMITED]
+
+
+def test_the_route_is_one_map_lookup_whatever_the_number_of_limited_routes() -> None:
+    """The matcher reads the route's name from the filter state that the route filter sets
+    from its metadata: one exact map keyed by route (a predicate per route, evaluated in
+    turn, cost each request a CEL evaluation per limited route)."""
+    from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2
+    from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
+
+    from controlplane.translate.quota import ROUTE_STATE, route_filter
+
+    gateway = Gateway(name="g", port=8080, rate_limit_mode="shared")
+    policies = {
+        f"r{i:03d}": RateLimit(key="none", limits=[{"requests": 10 + i, "per": "minute"}])
+        for i in range(200)
+    }
+    config = quota_filter(gateway, Per.minute, policies, {})
+    assert config is not None
+    tree = config.bucket_matchers.matcher_tree
+    assert not config.bucket_matchers.HasField("matcher_list")
+    assert sorted(tree.exact_match_map.map) == sorted(policies)
+    state = network_inputs_pb2.FilterStateInput()
+    assert tree.input.typed_config.Unpack(state) and state.key == ROUTE_STATE
+    # each route's bucket names that route
+    settings = rlq.RateLimitQuotaBucketSettings()
+    tree.exact_match_map.map["r007"].action.typed_config.Unpack(settings)
+    ids = settings.bucket_id_builder.bucket_id_builder
+    assert ids["route"].string_value == "r007" and ids["unit"].string_value == "minute"
+
+    setter = route_filter()
+    assert isinstance(setter, set_filter_state_pb2.Config)
+    (value,) = setter.on_request_headers
+    assert value.object_key == ROUTE_STATE
+    assert value.format_string.text_format_source.inline_string == (
+        "%METADATA(ROUTE:gateway:route)%"
+    )
