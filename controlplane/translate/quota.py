@@ -157,7 +157,7 @@ def _settings(
     gateway: str,
     route: str,
     unit: Per,
-    key: tuple[str, extension_pb2.TypedExtensionConfig] | None,
+    key: tuple[str, extension_pb2.TypedExtensionConfig | str] | None,
     fallback: int | None,
     time_zone: str,
     now: float,
@@ -169,7 +169,12 @@ def _settings(
         "unit": S.BucketIdBuilder.ValueBuilder(string_value=str(unit)),
     }
     if key is not None:
-        ids[key[0]] = S.BucketIdBuilder.ValueBuilder(custom_value=key[1])
+        name, value = key
+        ids[name] = (
+            S.BucketIdBuilder.ValueBuilder(string_value=value)
+            if isinstance(value, str)
+            else S.BucketIdBuilder.ValueBuilder(custom_value=value)
+        )
     settings = S(
         bucket_id_builder=S.BucketIdBuilder(bucket_id_builder=ids),
         reporting_interval=REPORT_INTERVAL,
@@ -233,11 +238,13 @@ def quota_filter(
             for name, (has, budget) in limited.items():
                 if not has:
                     continue
+                # the map matched this consumer's name: the bucket id names it statically
+                # (the same id as read from the header), no input read per request
                 listed[name] = _settings(
                     gateway.name,
                     route,
                     unit,
-                    key,
+                    (key[0], name),
                     None if budget is None else budget.limit,
                     "UTC" if budget is None else budget.time_zone,
                     at,

@@ -100,3 +100,26 @@ def test_the_route_is_one_map_lookup_whatever_the_number_of_limited_routes() -> 
     assert value.format_string.text_format_source.inline_string == (
         "%METADATA(ROUTE:gateway:route)%"
     )
+
+
+def test_a_listed_consumer_s_bucket_names_it_without_reading_the_header() -> None:
+    """Consumers with plans are matched by name in a map; their bucket ids carry that name as
+    a constant (the id the header would give, so the quota service sees the same bucket),
+    and only callers outside the map have theirs read from ``x-consumer-id``."""
+    from controlplane.policy import Consumer
+
+    gateway = Gateway(name="g", port=8080, rate_limit_mode="shared")
+    policy = RateLimit(key="consumer", limits=[{"requests": 5, "per": "minute"}])
+    objects = {
+        "plan": {"team": Plan(name="team", limits=[{"requests": 100, "per": "minute"}])},
+        "consumer": {"acme": Consumer(name="acme", plan="team")},
+    }
+    config = quota_filter(gateway, Per.minute, {"api": policy}, objects)
+    assert config is not None
+    by_consumer = config.bucket_matchers.matcher_tree.exact_match_map.map["api"].matcher
+    settings = rlq.RateLimitQuotaBucketSettings()
+    by_consumer.matcher_tree.exact_match_map.map["acme"].action.typed_config.Unpack(settings)
+    assert settings.bucket_id_builder.bucket_id_builder["consumer"].string_value == "acme"
+    others = rlq.RateLimitQuotaBucketSettings()
+    by_consumer.on_no_match.action.typed_config.Unpack(others)
+    assert others.bucket_id_builder.bucket_id_builder["consumer"].HasField("custom_value")
