@@ -32,7 +32,7 @@ from .auth import jwks_clusters, keys_expire, route_context
 from .cluster import cluster_resource, is_eds, load_assignment
 from .common import blame, pack
 from .edge import apply_client_auth, client_ca_secret
-from .filters import http_filters
+from .filters import http_filters, quota_units_in_use
 from .listener import listener_resource
 from .oidc import (
     login_origins,
@@ -229,7 +229,14 @@ class Translator:
             table.protocols[TRANSCODING] > 0,
             view,
         )
+        context = replace(context, quota_units=table.quota_units)
         table.sync(view.routes, context, view.changed_routes)
+        units = quota_units_in_use(view, table)
+        if units != table.quota_units:
+            # the first route or plan counting a unit through the quota service (or the
+            # last one gone): every limited route switches its filter on (or off)
+            table.quota_units = units
+            table.sync(view.routes, replace(context, quota_units=units))
         providers = self._sync_login_routes(view, table, context)
         previous = table.shard_length
         length = None

@@ -41,7 +41,7 @@ from ..policy import ApiKey, AuthPolicy, Consumer, Gateway, JwtProvider, Route
 from ..policy.cors import CorsPolicy
 from ..policy.headers import API_KEY_HEADER, CONSUMER_HEADER
 from ..policy.proto import Proto
-from ..policy.ratelimit import RateLimit
+from ..policy.ratelimit import Per, RateLimit
 from ..policy.reserved import jwks_cluster_name
 from .cluster import url_cluster
 from .common import duration, pack
@@ -116,6 +116,9 @@ class RouteContext:
     #: OpenID provider -> the origin its logins return to, where one is configured
     #: (translate/oidc.py)
     login_origins: tuple[tuple[str, str], ...] = ()
+    #: units some route of the gateway counts through the quota service: limited routes
+    #: switch those filters on (translate/quota.py)
+    quota_units: frozenset[Per] = frozenset()
 
     def members(self, group: str) -> tuple[str, ...]:
         return dict(self.groups).get(group, ())

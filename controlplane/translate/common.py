@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 
 from envoy.config.core.v3 import config_source_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2
 
@@ -42,6 +43,15 @@ def pack(message: object) -> any_pb2.Any:
     out = any_pb2.Any()
     out.Pack(message, deterministic=True)  # type: ignore[arg-type]
     return out
+
+
+def switch_on_config() -> rc.FilterConfig:
+    """The per-route config that turns on a filter the chain lists disabled: a FilterConfig
+    whose ``config`` is present but empty (no config at all is refused by Envoy as an
+    empty per-route configuration)."""
+    on = rc.FilterConfig()
+    on.config.SetInParent()
+    return on
 
 
 def ads_source() -> config_source_pb2.ConfigSource:

@@ -60,7 +60,14 @@ from .traffic import (
 )
 from .view import GatewayView
 
-__all__ = ["CHAIN_DISABLED", "ORDER", "FilterSpec", "chain_disabled", "http_filters"]
+__all__ = [
+    "CHAIN_DISABLED",
+    "ORDER",
+    "FilterSpec",
+    "chain_disabled",
+    "http_filters",
+    "quota_units_in_use",
+]
 
 if TYPE_CHECKING:
     from .route import RouteTable
@@ -125,8 +132,9 @@ def _quota(view: GatewayView, table: RouteTable, unit: Per) -> Message | None:
 _QUOTA_UNITS = (Per.minute, Per.hour, Per.day, Per.week, Per.month)
 
 
-def _quotas_used(view: GatewayView, table: RouteTable) -> bool:
-    return any(_quota(view, table, unit) is not None for unit in _QUOTA_UNITS)
+def quota_units_in_use(view: GatewayView, table: RouteTable) -> frozenset[Per]:
+    """Units with a quota filter in the chain: the filters a limited route switches on."""
+    return frozenset(u for u in _QUOTA_UNITS if _quota(view, table, u) is not None)
 
 
 def _fallback(table: RouteTable) -> Message | None:
@@ -222,14 +230,16 @@ ORDER: list[FilterSpec] = [
     FilterSpec(RATE_LIMIT_FILTER, _rate_limits),
     # budgets counted by the controller's quota service (translate/quota.py): the route's
     # name where their matchers read it, then one filter per unit, each only while some
-    # route counts that unit there
+    # route counts that unit there; all listed disabled, which only the limited routes
+    # route and switch on (translate/route.py, :func:`quota_units_in_use`)
     FilterSpec(
         quota.ROUTE_FILTER,
-        lambda v, t: quota.route_filter() if _quotas_used(v, t) else None,
+        lambda v, t: quota.route_filter() if quota_units_in_use(v, t) else None,
         dynamic=False,
+        disabled=True,
     ),
     *[
-        FilterSpec(QUOTA_PREFIX + u.value, lambda v, t, u=u: _quota(v, t, u))  # type: ignore[misc]
+        FilterSpec(QUOTA_PREFIX + u.value, lambda v, t, u=u: _quota(v, t, u), disabled=True)  # type: ignore[misc]
         for u in _QUOTA_UNITS
     ],
     # traffic policy (translate/traffic.py): each only where a route uses it

@@ -34,7 +34,7 @@ from google.protobuf.message import Message
 from ..policy import OidcProvider, Route
 from ..policy.auth import AuthPolicy
 from .cluster import url_cluster
-from .common import ads_source, duration, pack
+from .common import ads_source, duration, pack, switch_on_config
 from .edge import lua_string
 
 __all__ = [
@@ -59,10 +59,7 @@ OIDC_PREFIX = "gateway.oidc."
 ORIGIN_FILTER = "gateway.login_origin"
 #: above every user route (priorities go up to 1000): the callback and logout always win
 _LOGIN_PRIORITY = 1001
-#: switches a disabled filter on (a FilterConfig with an empty config: no config at all
-#: is refused by Envoy)
-_ON = rc.FilterConfig()
-_ON.config.SetInParent()
+_ON = switch_on_config()
 _LAX = oauth_pb2.CookieConfig(same_site=oauth_pb2.CookieConfig.LAX)
 
 

@@ -47,7 +47,7 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
 from ..policy import Proto, Route
-from .common import duration, pack
+from .common import duration, pack, switch_on_config
 
 if TYPE_CHECKING:
     from .auth import RouteContext
@@ -74,10 +74,7 @@ GRPC_WEB = "grpc_web"
 
 Protos = tuple[tuple[str, Proto], ...]
 
-#: enables a filter that is disabled in the chain: a FilterConfig whose ``config`` is
-#: present but empty (no config at all is refused by Envoy as an empty per-route config)
-_ENABLE = rc.FilterConfig()
-_ENABLE.config.SetInParent()
+_ENABLE = switch_on_config()
 
 
 def protocol_features(route: Route) -> list[str]:

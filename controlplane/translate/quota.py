@@ -42,6 +42,7 @@ from envoy.config.core.v3 import (
     grpc_service_pb2,
     substitution_format_string_pb2,
 )
+from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.common.set_filter_state.v3 import value_pb2
 from envoy.extensions.filters.http.rate_limit_quota.v3 import rate_limit_quota_pb2 as rlq
 from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2
@@ -59,7 +60,7 @@ from ..policy.reserved import XDS_CLUSTER
 from ..quota.allocator import ASSIGNMENT_TTL_S
 from ..quota.budgets import consumer_budget, shared_units, time_zone_of
 from ..quota.calendar import http_date, window
-from .common import pack
+from .common import pack, switch_on_config
 from .ratelimit import METADATA_NAMESPACE
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "clock",
     "quota_filter",
     "route_filter",
+    "switch_on",
 ]
 
 QUOTA_PREFIX = "gateway.quota."
@@ -108,6 +110,20 @@ def route_filter() -> set_filter_state_pb2.Config:
             )
         ]
     )
+
+
+_ON = pack(switch_on_config())
+
+
+def switch_on(message: rc.Route, units: frozenset[Per]) -> None:
+    """Turn on, for a limited route, the route filter and the quota filters of ``units``
+    (those some route of the gateway counts through the service): the chain lists them
+    disabled, so a request on a route without limits creates none of them (ADR 0045)."""
+    if not units:
+        return
+    message.typed_per_filter_config[ROUTE_FILTER].CopyFrom(_ON)
+    for unit in units:
+        message.typed_per_filter_config[QUOTA_PREFIX + unit.value].CopyFrom(_ON)
 
 
 def _header_input(name: str) -> extension_pb2.TypedExtensionConfig:

@@ -20,7 +20,7 @@ from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
 from ..policy import Gateway, Route
-from ..policy.ratelimit import RateLimit
+from ..policy.ratelimit import Per, RateLimit
 from ..policy.route import HeaderOps
 from .aggregate import aggregate_action, apply_aggregate
 from .auth import (
@@ -45,6 +45,7 @@ from .edge import body_limit_variants, configure_route, edge_clusters, edge_feat
 from .filters import chain_disabled
 from .oidc import OIDC_PREFIX, login_features
 from .protocols import apply_protocols, protocol_features
+from .quota import switch_on
 from .ratelimit import apply_rate_limit, uses_consumers
 from .shard import (
     FALLBACK_FILTER,
@@ -400,6 +401,8 @@ class RouteTable:
         self.rate_limit_cache: tuple[object, object] | None = None
         #: the quota filters' configs per unit, with the key they were built for
         self.quota_cache: dict[object, tuple[object, object]] = {}
+        #: the quota filters in the gateway's chain when its routes were last encoded
+        self.quota_units: frozenset[Per] = frozenset()
         #: routes whose effective rate limit applies the consumers' plans
         self.plan_limited = 0
         #: routes whose Envoy config reads the identity the gateway sets (authentication,
@@ -486,6 +489,8 @@ class RouteTable:
             apply_cors(variant, route, ctx)
             apply_aggregate(variant, route, ctx.aggregation_port)
             policy = apply_rate_limit(variant, route, ctx.rate_limit)
+            if policy is not None:
+                switch_on(variant, ctx.quota_units)
             configure_route(variant, route)
         variants = body_limit_variants(variants, route, ctx)
         needy = any(chain_disabled(name) for v in variants for name in v.typed_per_filter_config)

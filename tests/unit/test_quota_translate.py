@@ -123,3 +123,88 @@ def test_a_listed_consumer_s_bucket_names_it_without_reading_the_header() -> Non
     others = rlq.RateLimitQuotaBucketSettings()
     by_consumer.on_no_match.action.typed_config.Unpack(others)
     assert others.bucket_id_builder.bucket_id_builder["consumer"].HasField("custom_value")
+
+
+def _chain(out: object, gateway: str) -> dict[str, bool]:
+    """The gateway's HTTP filters in order: name -> listed disabled."""
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2 as hcm_pb2,
+    )
+
+    from controlplane.translate import LISTENER
+
+    listener = out.message(LISTENER, gateway)  # type: ignore[attr-defined]
+    hcm = hcm_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    return {f.name: f.disabled for f in hcm.http_filters}
+
+
+def _switched(out: object, gateway: str) -> dict[str, set[str]]:
+    """Route name -> the quota filters its per-filter config names."""
+    from controlplane.translate import ROUTE
+
+    [vh] = out.message(ROUTE, gateway).virtual_hosts  # type: ignore[attr-defined]
+    return {
+        r.name: {n for n in r.typed_per_filter_config if n.startswith("gateway.quota")}
+        for r in vh.routes
+    }
+
+
+def test_only_limited_routes_run_the_quota_filters() -> None:
+    """The quota filters and the route filter are listed disabled and switched on by the
+    limited routes alone: a request on a route without limits creates none of them. The
+    first plan with a day quota switches the day filter on in every limited route, and
+    the last one gone switches it off again."""
+    from controlplane.policy import Consumer, Route
+    from controlplane.translate import GatewayView, Translator
+
+    gateway = Gateway(name="g", port=8080, rate_limit_mode="shared")
+
+    def route(name: str, limit: dict[str, object] | None) -> Route:
+        return Route.model_validate(
+            {
+                "name": name,
+                "gateways": ["g"],
+                "match": {"path_prefix": f"/{name}"},
+                "cluster": "app",
+                "auth": {"api_key": True},
+                **({"rate_limit": limit} if limit else {}),
+            }
+        )
+
+    routes = {
+        "open": route("open", None),
+        "metered": route("metered", {"key": "consumer"}),
+    }
+    minute = {"plan": {"p": Plan(name="p", limits=[{"requests": 100, "per": "minute"}])}}
+    objects = {**minute, "consumer": {"acme": Consumer(name="acme", plan="p")}}
+    translator = Translator()
+    out = translator.translate(GatewayView(gateway, routes, {}, objects))
+    chain = _chain(out, "g")
+    assert chain["gateway.quota_route"] is True and chain["gateway.quota.minute"] is True
+    assert "gateway.quota.day" not in chain
+    switched = _switched(out, "g")
+    assert switched["metered"] == {"gateway.quota_route", "gateway.quota.minute"}
+    assert switched["open"] == set()
+
+    # a day quota added to the plan: the limited route switches the day filter on too
+    daily = Plan(
+        name="p",
+        limits=[{"requests": 100, "per": "minute"}, {"requests": 1000, "per": "day"}],
+    )
+    with_day = {**objects, "plan": {"p": daily}}
+    out = translator.translate(GatewayView(gateway, routes, {}, with_day, frozenset()))
+    assert _chain(out, "g")["gateway.quota.day"] is True
+    assert _switched(out, "g")["metered"] == {
+        "gateway.quota_route", "gateway.quota.minute", "gateway.quota.day",
+    }  # fmt: skip
+    # and removed again
+    out = translator.translate(GatewayView(gateway, routes, {}, objects, frozenset()))
+    assert "gateway.quota.day" not in _chain(out, "g")
+    assert _switched(out, "g")["metered"] == {"gateway.quota_route", "gateway.quota.minute"}
+
+    # local mode without calendar quotas: no quota filter, nothing switched on
+    local = gateway.model_copy(update={"rate_limit_mode": "local"})
+    out = Translator().translate(GatewayView(local, routes, {}, objects))
+    assert not [n for n in _chain(out, "g") if n.startswith("gateway.quota")]
+    assert _switched(out, "g")["metered"] == set()
