@@ -38,7 +38,7 @@ from .cache import CHANGED, SnapshotCache
 from .guard import parse_version, rollback_reason, type_version
 from .metrics import XdsMetrics
 from .mtls import StreamAuthorizer, client_identity
-from .server import LATE_INTERVAL, Admit, Refused, _pump
+from .server import _CLOSED, LATE_INTERVAL, Admit, Refused, _pump  # _pump ends with _CLOSED
 from .snapshot import OPTIONAL_TYPES, PUSH_ORDER, WILDCARD_TYPES, Snapshot, TypeSnapshot
 from .status import ProxyState, StatusRecorder
 
@@ -46,7 +46,6 @@ __all__ = ["DeltaEncoder", "DeltaStream", "serve_delta"]
 
 log = logging.getLogger(__name__)
 
-_CLOSED = object()
 _LATE = object()
 #: the explicit wildcard subscription of the delta protocol
 WILDCARD = "*"
