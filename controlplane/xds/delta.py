@@ -206,6 +206,7 @@ class DeltaStream(_Stream):
                 st.have.pop(name, None)
                 st.acked.pop(name, None)
         if self.cache.withheld(self.gateway):
+            self._first_sync_over()  # nothing to send until it builds: no slot needed
             return  # answered once the gateway's configuration builds (_on_snapshot)
         snap = self.cache.get(self.gateway)
         if req.response_nonce:
@@ -272,6 +273,7 @@ class DeltaStream(_Stream):
             req.error_detail.message,
         )
         self.recorder.changed(p)
+        self._first_sync_over()  # it will not run this configuration: the next stream's turn
 
     # -- pushes ---------------------------------------------------------------------------
 

@@ -567,7 +567,8 @@ class AdsServer:
         requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        """Incremental ADS (``api_type: DELTA_GRPC``): see ``delta.py``."""
+        """Incremental ADS (``api_type: DELTA_GRPC``): see ``delta.py``. Its first syncs go
+        through the same gate as the SotW ones: a mixed fleet shares one bound."""
         from .delta import DeltaEncoder, DeltaStream  # delta.py builds on this module
 
         if self._delta_encoder is None:
@@ -580,6 +581,7 @@ class AdsServer:
             context.peer(),
             self.metrics,
             self._admit(context),
+            self.gate,
         )
         await self._serve(stream, requests, context)
 
