@@ -22,32 +22,27 @@ moved off them. Status (ACK, NACK, in sync at revision R) goes to the same recor
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from ..translate import CLUSTER, ENDPOINT, wire
-from .cache import CHANGED, SnapshotCache
+from .admission import InitialSyncGate
+from .cache import SnapshotCache
 from .guard import parse_version, rollback_reason, type_version
 from .metrics import XdsMetrics
-from .mtls import StreamAuthorizer, client_identity
-from .server import LATE_INTERVAL, Admit, Refused, _pump
+from .server import LATE_INTERVAL, Admit, _Stream
 from .snapshot import OPTIONAL_TYPES, PUSH_ORDER, WILDCARD_TYPES, Snapshot, TypeSnapshot
-from .status import ProxyState, StatusRecorder
+from .status import StatusRecorder
 
-__all__ = ["DeltaEncoder", "DeltaStream", "serve_delta"]
+__all__ = ["DeltaEncoder", "DeltaStream"]
 
 log = logging.getLogger(__name__)
 
-_CLOSED = object()
-_LATE = object()
 #: the explicit wildcard subscription of the delta protocol
 WILDCARD = "*"
 #: responses per type awaiting an answer that a stream remembers
@@ -136,8 +131,12 @@ class DeltaTypeState:
     last_nonce: str = ""
 
 
-class DeltaStream:
-    """The state machine of one Envoy's delta ADS stream."""
+class DeltaStream(_Stream):
+    """The state machine of one Envoy's delta ADS stream. Opening, closing, admission
+    through the gate and the hold's bookkeeping are the SotW stream's (``_Stream``)."""
+
+    _request_type = discovery_pb2.DeltaDiscoveryRequest
+    _kind = "delta stream"
 
     def __init__(
         self,
@@ -148,75 +147,20 @@ class DeltaStream:
         peer: str,
         metrics: XdsMetrics | None = None,
         admit: Admit | None = None,
+        gate: InitialSyncGate | None = None,
     ) -> None:
-        self.cache = cache
-        self.recorder = recorder
+        super().__init__(cache, recorder, write, peer, metrics, admit, gate)
         self.encoder = encoder
-        self._write = write
-        self.peer = peer
-        self.metrics = metrics
-        self._admit = admit
         self.types = {t: DeltaTypeState() for t in PUSH_ORDER}
-        self._nonces = itertools.count(1)
-        self.proxy: ProxyState | None = None
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
-        self._pushed: set[str] = set()
-        self._overridden = False
 
     @property
     def gateway(self) -> str:
         assert self.proxy is not None
         return self.proxy.gateway
 
-    async def run(self, requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]) -> None:
-        queue = self._queue
-        reader = asyncio.create_task(_pump(requests, queue))
-        sub = None
-        try:
-            first = await queue.get()
-            if not isinstance(first, discovery_pb2.DeltaDiscoveryRequest):
-                return
-            node = first.node
-            gateway = node.cluster or "default"
-            refusal = None if self._admit is None else self._admit(gateway, node.id)
-            if refusal is not None:
-                raise Refused(refusal)
-            version = node.user_agent_build_version.version
-            self.proxy = ProxyState(
-                node_id=node.id or self.peer,
-                gateway=gateway,
-                address=self.peer,
-                envoy_version=".".join(
-                    str(x) for x in (version.major_number, version.minor_number, version.patch)
-                ),
-            )
-            log.info("delta stream open: node %s gateway %s from %s", node.id, gateway, self.peer)
-            self.recorder.event("connect", self.proxy, None, f"Envoy {self.proxy.envoy_version}")
-            self.recorder.changed(self.proxy)
-            await self.cache.ready.wait()  # an answer from an empty state would roll back
-            sub = self.cache.subscribe(gateway, queue, node.id)
-            await self._on_request(first)
-            while True:
-                item = await queue.get()
-                if item is _CLOSED:
-                    return
-                if item is CHANGED:
-                    sub.taken()
-                    await self._on_snapshot()
-                elif isinstance(item, tuple) and item[0] is _LATE:
-                    self.types[item[1]].late_waiting = False
-                    await self._on_snapshot()
-                elif isinstance(item, discovery_pb2.DeltaDiscoveryRequest):
-                    await self._on_request(item)
-        finally:
-            reader.cancel()
-            if sub is not None:
-                self.cache.unsubscribe(sub)
-            if self.proxy is not None:
-                self.proxy.connected = False
-                self.recorder.event("disconnect", self.proxy, None, "stream closed")
-                self.recorder.changed(self.proxy)
-                log.info("delta stream closed: node %s", self.proxy.node_id)
+    async def _on_late(self, type_url: str) -> None:
+        self.types[type_url].late_waiting = False
+        await self._on_snapshot()
 
     # -- requests -------------------------------------------------------------------------
 
@@ -262,6 +206,7 @@ class DeltaStream:
                 st.have.pop(name, None)
                 st.acked.pop(name, None)
         if self.cache.withheld(self.gateway):
+            self._first_sync_over()  # nothing to send until it builds: no slot needed
             return  # answered once the gateway's configuration builds (_on_snapshot)
         snap = self.cache.get(self.gateway)
         if req.response_nonce:
@@ -328,6 +273,7 @@ class DeltaStream:
             req.error_detail.message,
         )
         self.recorder.changed(p)
+        self._first_sync_over()  # it will not run this configuration: the next stream's turn
 
     # -- pushes ---------------------------------------------------------------------------
 
@@ -415,7 +361,7 @@ class DeltaStream:
             st.late_at = time.monotonic()
         elif not st.late_waiting:
             st.late_waiting = True
-            asyncio.get_running_loop().call_later(wait, self._queue.put_nowait, (_LATE, type_url))
+            self._later(wait, type_url)
 
     async def _respond(
         self, type_url: str, snap: Snapshot, names: list[str], removed: list[str]
@@ -470,10 +416,7 @@ class DeltaStream:
             if st.wildcard and any(n not in ts.fragments for n in st.acked):
                 return
             st.acked_to = ts
-        if self.proxy.acked_revision != snap.revision:
-            self.proxy.acked_revision = snap.revision
-            self.recorder.event("ack", self.proxy, snap.revision, "in sync")
-            self.recorder.changed(self.proxy)
+        self._in_sync(snap.revision)
 
     def _held(self) -> bool:
         """Whether answering would roll the proxy back: the newest resource version it
@@ -489,64 +432,13 @@ class DeltaStream:
             if why is not None:
                 reason = f"{type_url.rsplit('.', 1)[-1]}: {why}"
                 break
-        if reason is not None and self.cache.allow_rollback:
-            if not self._overridden:
-                self._overridden = True
-                log.warning("node %s: serving it anyway (--allow-rollback): %s", p.node_id, reason)
-                self.recorder.event("rollback", p, ident.revision, reason)
-            reason = None
-        if reason == p.hold:
-            return reason is not None
-        if reason is not None and p.hold is None:  # a new hold: said once, counted once
-            log.error("node %s gateway %s held, nothing sent: %s", p.node_id, p.gateway, reason)
-            self.recorder.event("hold", p, ident.revision, reason)
-            if self.metrics is not None:
-                self.metrics.held(p.gateway)
-        elif reason is None:
-            log.warning("node %s: hold released at %s", p.node_id, ident.label())
-            self.recorder.event("release", p, ident.revision, "hold released")
-            for st in self.types.values():
-                st.running = ""  # served from now on: what it runs comes from here
-        p.hold = reason
-        self.recorder.changed(p)
-        return reason is not None
+        return self._hold(reason)
 
-    def _record_push(self, revision: int) -> None:
-        if self._pushed and self.proxy is not None:
-            self.recorder.event("push", self.proxy, revision, ", ".join(sorted(self._pushed)))
-            self._pushed = set()
+    def _hold_released(self) -> None:
+        for st in self.types.values():
+            st.running = ""  # served from now on: what it runs comes from here
 
 
 def _newer(version: str, than: str) -> bool:
     mine, theirs = parse_version(version), parse_version(than)
     return theirs is None or (mine is not None and mine[1] > theirs[1])
-
-
-async def serve_delta(
-    cache: SnapshotCache,
-    recorder: StatusRecorder,
-    encoder: DeltaEncoder,
-    metrics: XdsMetrics | None,
-    authorizer: StreamAuthorizer,
-    active: set[object],
-    requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
-    context: grpc.aio.ServicerContext,
-) -> None:
-    """One ``DeltaAggregatedResources`` call: the same certificate checks as the SotW
-    stream (``StreamAuthorizer``: the node id and gateway the first request claims must
-    be those the client certificate names), counted among the server's active streams."""
-
-    def admit(gateway: str, node_id: str) -> str | None:
-        return authorizer.refusal(context, gateway, node_id)
-
-    stream = DeltaStream(cache, recorder, encoder, context.write, context.peer(), metrics, admit)
-    identity = client_identity(context)
-    if identity is not None:
-        log.info("delta xDS client %s authenticated as %s", context.peer(), identity)
-    active.add(stream)
-    try:
-        await stream.run(requests)
-    except Refused as exc:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-    finally:
-        active.discard(stream)

@@ -78,8 +78,16 @@ class Refused(Exception):
     claims; nothing was sent, subscribed or recorded for it."""
 
 
-class AdsStream:
-    """The state machine of one Envoy's ADS stream."""
+class _Stream:
+    """What a state-of-the-world stream (:class:`AdsStream`) and a delta one
+    (``delta.py``) share: the opening (certificate check, status, subscription, admission
+    through the gate), the loop over requests and snapshot changes, the closing, the
+    rollback hold's bookkeeping and the end of the first sync. A subclass sets
+    ``_request_type`` and implements ``_on_request``, ``_on_snapshot`` and ``_on_late``."""
+
+    #: the protocol's request message; the name of the stream in the log
+    _request_type: type[Any] = discovery_pb2.DiscoveryRequest
+    _kind = "stream"
 
     def __init__(
         self,
@@ -97,9 +105,7 @@ class AdsStream:
         self.peer = peer
         self.metrics = metrics
         self._admit = admit
-        self.types = {t: TypeState() for t in PUSH_ORDER}
         self._nonces = itertools.count(1)
-        self._cds_since_eds = False
         self.proxy: ProxyState | None = None
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         #: resource types sent since the last push event was recorded
@@ -110,15 +116,15 @@ class AdsStream:
         self._gate = gate
         self._slot: Slot | None = None
 
-    async def run(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]) -> None:
+    async def run(self, requests: AsyncIterator[Any]) -> None:
         queue: asyncio.Queue[object] = asyncio.Queue()
         self._queue = queue
         reader = asyncio.create_task(_pump(requests, queue))
         sub = None
         try:
             first = await queue.get()
-            if first is _CLOSED or not isinstance(first, discovery_pb2.DiscoveryRequest):
-                return
+            if not isinstance(first, self._request_type):
+                return  # closed before its first request
             node = first.node
             gateway = node.cluster or "default"
             # Before anything is recorded, subscribed or sent: a stream its certificate does
@@ -135,7 +141,7 @@ class AdsStream:
                     str(x) for x in (version.major_number, version.minor_number, version.patch)
                 ),
             )
-            log.info("stream open: node %s gateway %s from %s", node.id, gateway, self.peer)
+            log.info("%s open: node %s gateway %s from %s", self._kind, node.id, gateway, self.peer)
             self.recorder.event("connect", self.proxy, None, f"Envoy {self.proxy.envoy_version}")
             self.recorder.changed(self.proxy)
             # Never answer before the full state is loaded: an empty answer would roll back.
@@ -154,9 +160,8 @@ class AdsStream:
                     sub.taken()
                     await self._on_snapshot()
                 elif isinstance(item, tuple) and item[0] is _LATE:
-                    self.types[item[1]].late_waiting = False
-                    await self._on_snapshot()
-                elif isinstance(item, discovery_pb2.DiscoveryRequest):
+                    await self._on_late(item[1])
+                elif isinstance(item, self._request_type):
                     await self._on_request(item)
         finally:
             self._first_sync_over()
@@ -167,7 +172,99 @@ class AdsStream:
                 self.proxy.connected = False
                 self.recorder.event("disconnect", self.proxy, None, "stream closed")
                 self.recorder.changed(self.proxy)
-                log.info("stream closed: node %s", self.proxy.node_id)
+                log.info("%s closed: node %s", self._kind, self.proxy.node_id)
+
+    async def _on_request(self, req: Any) -> None:
+        raise NotImplementedError
+
+    async def _on_snapshot(self) -> None:
+        raise NotImplementedError
+
+    async def _on_late(self, type_url: str) -> None:
+        """Resources only a draining listener uses are due (``LATE_INTERVAL``)."""
+        raise NotImplementedError
+
+    def _later(self, wait: float, type_url: str) -> None:
+        """Have ``_on_late(type_url)`` called in ``wait`` seconds, in the stream's turn."""
+        asyncio.get_running_loop().call_later(wait, self._queue.put_nowait, (_LATE, type_url))
+
+    def _hold(self, reason: str | None) -> bool:
+        """Whether the stream holds (sends nothing) for rollback ``reason`` (None: none):
+        ``--allow-rollback`` overrides it (logged once); a new hold is logged, recorded and
+        counted once, its end once too (``_hold_released``); a held proxy gives its
+        admission slot back, as it will not sync."""
+        p = self.proxy
+        ident = self.cache.identity
+        assert p is not None and ident is not None
+        if reason is not None and self.cache.allow_rollback:
+            if not self._overridden:
+                self._overridden = True
+                log.warning("node %s: serving it anyway (--allow-rollback): %s", p.node_id, reason)
+                self.recorder.event("rollback", p, ident.revision, reason)
+            reason = None
+        if reason is not None:
+            self._first_sync_over()  # held: nothing is sent, the next stream's turn
+        if reason == p.hold:
+            return reason is not None
+        if reason is not None and p.hold is None:  # a new hold: said once, counted once
+            log.error("node %s gateway %s held, nothing sent: %s", p.node_id, p.gateway, reason)
+            self.recorder.event("hold", p, ident.revision, reason)
+            if self.metrics is not None:
+                self.metrics.held(p.gateway)
+        elif reason is None:
+            log.warning("node %s: hold released at %s", p.node_id, ident.label())
+            self.recorder.event("release", p, ident.revision, "hold released")
+            self._hold_released()
+        p.hold = reason
+        self.recorder.changed(p)
+        return reason is not None
+
+    def _hold_released(self) -> None:
+        """The proxy is served again after a hold."""
+
+    def _record_push(self, revision: int) -> None:
+        if self._pushed and self.proxy is not None:
+            detail = ", ".join(sorted(self._pushed))
+            self.recorder.event("push", self.proxy, revision, detail)
+            self._pushed = set()
+
+    def _first_sync_over(self) -> None:
+        """The proxy runs its first configuration (or will not): its admission slot goes
+        to the next stream waiting. Idempotent."""
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
+
+    def _in_sync(self, revision: int) -> None:
+        """The proxy accepted everything of ``revision`` it uses."""
+        assert self.proxy is not None
+        self._first_sync_over()
+        if self.proxy.acked_revision != revision:
+            self.proxy.acked_revision = revision
+            self.recorder.event("ack", self.proxy, revision, "in sync")
+            self.recorder.changed(self.proxy)
+
+
+class AdsStream(_Stream):
+    """The state machine of one Envoy's ADS stream."""
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        recorder: StatusRecorder,
+        write: object,
+        peer: str,
+        metrics: XdsMetrics | None = None,
+        admit: Admit | None = None,
+        gate: InitialSyncGate | None = None,
+    ) -> None:
+        super().__init__(cache, recorder, write, peer, metrics, admit, gate)
+        self.types = {t: TypeState() for t in PUSH_ORDER}
+        self._cds_since_eds = False
+
+    async def _on_late(self, type_url: str) -> None:
+        self.types[type_url].late_waiting = False
+        await self._on_snapshot()
 
     # -- requests -------------------------------------------------------------------------
 
@@ -335,33 +432,7 @@ class AdsStream:
             if reason is not None:
                 reason = f"{type_url.rsplit('.', 1)[-1]}: {reason}"
                 break
-        if reason is not None and self.cache.allow_rollback:
-            if not self._overridden:
-                self._overridden = True
-                log.warning("node %s: serving it anyway (--allow-rollback): %s", p.node_id, reason)
-                self.recorder.event("rollback", p, ident.revision, reason)
-            reason = None
-        if reason is not None:
-            self._first_sync_over()  # held: nothing is sent, the next stream's turn
-        if reason == p.hold:
-            return reason is not None
-        if reason is not None and p.hold is None:  # a new hold: said once, counted once
-            log.error("node %s gateway %s held, nothing sent: %s", p.node_id, p.gateway, reason)
-            self.recorder.event("hold", p, ident.revision, reason)
-            if self.metrics is not None:
-                self.metrics.held(p.gateway)
-        elif reason is None:
-            log.warning("node %s: hold released at %s", p.node_id, ident.label())
-            self.recorder.event("release", p, ident.revision, "hold released")
-        p.hold = reason
-        self.recorder.changed(p)
-        return reason is not None
-
-    def _record_push(self, revision: int) -> None:
-        if self._pushed and self.proxy is not None:
-            detail = ", ".join(sorted(self._pushed))
-            self.recorder.event("push", self.proxy, revision, detail)
-            self._pushed = set()
+        return self._hold(reason)
 
     async def _send(self, type_url: str, snap: Snapshot, *, force: bool) -> None:
         st = self.types[type_url]
@@ -391,7 +462,7 @@ class AdsStream:
             st.late_at = time.monotonic()
         elif not st.late_waiting:
             st.late_waiting = True
-            asyncio.get_running_loop().call_later(wait, self._queue.put_nowait, (_LATE, type_url))
+            self._later(wait, type_url)
 
     async def _respond(self, type_url: str, ts: TypeSnapshot, names: list[str] | None) -> None:
         """One DiscoveryResponse: every resource of a wildcard type, or these names."""
@@ -417,13 +488,6 @@ class AdsStream:
         if rewarms:
             self._cds_since_eds = True
 
-    def _first_sync_over(self) -> None:
-        """The proxy runs its first configuration (or will not): its admission slot goes
-        to the next stream waiting."""
-        if self._slot is not None:
-            self._slot.release()
-            self._slot = None
-
     def _update_sync(self, snap: Snapshot) -> None:
         """A proxy runs revision R when every type it uses matches snapshot R as ACKed."""
         assert self.proxy is not None
@@ -439,11 +503,7 @@ class AdsStream:
                     frag = ts.fragments.get(name)
                     if frag is not None and st.acked.get(name) is not frag:
                         return
-        self._first_sync_over()
-        if self.proxy.acked_revision != snap.revision:
-            self.proxy.acked_revision = snap.revision
-            self.recorder.event("ack", self.proxy, snap.revision, "in sync")
-            self.recorder.changed(self.proxy)
+        self._in_sync(snap.revision)
 
 
 async def _pump(requests: AsyncIterator[object], queue: asyncio.Queue[object]) -> None:
@@ -473,7 +533,8 @@ class AdsServer:
         self.authorizer = authorizer or StreamAuthorizer(required=False)
         #: first syncs in flight at once (admission.py); shared by every ADS stream
         self.gate = gate or InitialSyncGate(0)
-        self.active: set[AdsStream] = set()
+        #: open streams of both protocols
+        self.active: set[_Stream] = set()
         #: delta streams' encoded resources, shared by all of them (``delta.py``)
         self._delta_encoder: Any = None
 
@@ -490,20 +551,54 @@ class AdsServer:
         requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        authorizer = self.authorizer
-
-        def admit(gateway: str, node_id: str) -> str | None:
-            return authorizer.refusal(context, gateway, node_id)
-
         stream = AdsStream(
             self.cache,
             self.recorder,
             context.write,
             context.peer(),
             self.metrics,
-            admit,
+            self._admit(context),
             self.gate,
         )
+        await self._serve(stream, requests, context)
+
+    async def _delta(
+        self,
+        requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Incremental ADS (``api_type: DELTA_GRPC``): see ``delta.py``. Its first syncs go
+        through the same gate as the SotW ones: a mixed fleet shares one bound."""
+        from .delta import DeltaEncoder, DeltaStream  # delta.py builds on this module
+
+        if self._delta_encoder is None:
+            self._delta_encoder = DeltaEncoder()
+        stream = DeltaStream(
+            self.cache,
+            self.recorder,
+            self._delta_encoder,
+            context.write,
+            context.peer(),
+            self.metrics,
+            self._admit(context),
+            self.gate,
+        )
+        await self._serve(stream, requests, context)
+
+    def _admit(self, context: grpc.aio.ServicerContext) -> Admit:
+        """The certificate check of one call: the node id and gateway its first request
+        claims must be those its client certificate names (``StreamAuthorizer``)."""
+        authorizer = self.authorizer
+
+        def admit(gateway: str, node_id: str) -> str | None:
+            return authorizer.refusal(context, gateway, node_id)
+
+        return admit
+
+    async def _serve(
+        self, stream: _Stream, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Run one stream of either protocol, counted among the active streams."""
         identity = client_identity(context)
         if identity is not None:
             log.info("xDS client %s authenticated as %s", context.peer(), identity)
@@ -514,27 +609,6 @@ class AdsServer:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         finally:
             self.active.discard(stream)
-
-    async def _delta(
-        self,
-        requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
-        context: grpc.aio.ServicerContext,
-    ) -> None:
-        """Incremental ADS (``api_type: DELTA_GRPC``): see ``delta.py``."""
-        from .delta import DeltaEncoder, serve_delta  # delta.py builds on this module
-
-        if self._delta_encoder is None:
-            self._delta_encoder = DeltaEncoder()
-        await serve_delta(
-            self.cache,
-            self.recorder,
-            self._delta_encoder,
-            self.metrics,
-            self.authorizer,
-            self.active,  # type: ignore[arg-type]
-            requests,
-            context,
-        )
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(

@@ -7,7 +7,9 @@ a connection of its own, subscribing as Envoy does (CDS and LDS by wildcard, EDS
 name) and ACKing every response. Concurrency is observed from the clients' side: a stream
 is "syncing" from its first response to the moment it holds all four types; those intervals
 lie inside the server's slots, so their greatest overlap can never exceed the bound if the
-gate works, and does exceed it without the gate (checked too, so the count can fail)."""
+gate works, and does exceed it without the gate (checked too, so the count can fail).
+Delta streams (``DeltaAggregatedResources``) go through the same gate: a delta fleet and a
+mixed one are bounded together, checked the same way."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from controlplane.xds.snapshot import FragmentCache, build_snapshot
 from controlplane.xds.status import ProxyState
 
 ADS = f"/{ADS_SERVICE}/StreamAggregatedResources"
+DELTA = f"/{ADS_SERVICE}/DeltaAggregatedResources"
 FULL = {CLUSTER, LISTENER, ENDPOINT, ROUTE}
 
 
@@ -85,23 +88,37 @@ def _request(node: str, type_url: str, names: list[str], version: str = "", nonc
     return req
 
 
+def _delta_request(node: str, type_url: str, names: list[str], version: str = "", nonce: str = ""):  # type: ignore[no-untyped-def]
+    """The delta counterpart of :func:`_request`: a subscription (no nonce) or an ACK."""
+    if nonce:
+        return discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, response_nonce=nonce)
+    req = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, resource_names_subscribe=names)
+    req.node.id, req.node.cluster = node, "gw"
+    return req
+
+
 async def _proxy(
     port: int,
     node: str,
     release: asyncio.Event,
     over: list[str] | None = None,
     apply: float = 0.0,
+    delta: bool = False,
+    nack: bool = False,
 ) -> tuple[float, float, str | None]:
     """One Envoy-like stream: the time of its first response and of its full sync (an ACK
     sent for each of the four types) on the loop clock, and its error code, if any. Each
     ACK goes ``apply`` seconds after its response (Envoy applying it). The stream stays
-    open until ``release`` is set, as a proxy's does; ``over`` gets its node once it
-    synced or failed."""
+    open until ``release`` is set, as a proxy's does, then closes its side and waits for
+    the server to end the call; ``over`` gets its node once it synced or failed.
+    ``delta``: an incremental stream (``DeltaAggregatedResources``) instead; ``nack``: it
+    rejects every response instead of accepting it."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
     names = {CLUSTER: [], LISTENER: [], ENDPOINT: ["alpha"], ROUTE: ["public"]}
+    request = _delta_request if delta else _request
     for type_url, wanted in names.items():
-        queue.put_nowait(_request(node, type_url, wanted))
+        queue.put_nowait(request(node, type_url, wanted))
 
     async def requests() -> AsyncIterator[Any]:
         while (item := await queue.get()) is not None:
@@ -121,18 +138,28 @@ async def _proxy(
 
     options = [("grpc.use_local_subchannel_pool", 1)]  # a connection per proxy, as Envoys
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
-        call = channel.stream_stream(
-            ADS,
-            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
-        )
+        if delta:
+            call = channel.stream_stream(
+                DELTA,
+                request_serializer=discovery_pb2.DeltaDiscoveryRequest.SerializeToString,
+                response_deserializer=discovery_pb2.DeltaDiscoveryResponse.FromString,
+            )
+        else:
+            call = channel.stream_stream(
+                ADS,
+                request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+                response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+            )
         waiter = asyncio.create_task(release.wait())
         waiter.add_done_callback(lambda _: queue.put_nowait(None))
         try:
             async for resp in call(requests()):
                 first = first or loop.time()
                 wanted = names[resp.type_url]
-                req = _request(node, resp.type_url, wanted, resp.version_info, resp.nonce)
+                version = resp.system_version_info if delta else resp.version_info
+                req = request(node, resp.type_url, wanted, version, resp.nonce)
+                if nack:
+                    req.error_detail.message = "rejected"
                 loop.call_later(apply, ack, req)
         except grpc.aio.AioRpcError as exc:
             if over is not None and not synced:
@@ -154,14 +181,19 @@ def _overlap(intervals: list[tuple[float, float]]) -> int:
 
 
 async def _fleet(
-    limit: int, streams: int, apply: float
+    limit: int, streams: int, apply: float, delta: int = 0
 ) -> tuple[InitialSyncGate, list[tuple[float, float, str | None]]]:
+    """``streams`` streams at once, every ``delta``-th of them incremental (0: none, 1: all)."""
     gate = InitialSyncGate(limit, slot_timeout=0)  # no hand-over by time: pure bound
     server, port = await _server(gate)
     release = asyncio.Event()
     try:
         tasks = [
-            asyncio.create_task(_proxy(port, f"envoy-{i}", release, apply=apply))
+            asyncio.create_task(
+                _proxy(
+                    port, f"envoy-{i}", release, apply=apply, delta=bool(delta and i % delta == 0)
+                )
+            )
             for i in range(streams)
         ]
         deadline = time.monotonic() + 300
@@ -196,7 +228,33 @@ def test_without_a_bound_the_same_fleet_syncs_beyond_it() -> None:
     assert gate.peak > limit and gate.queued == 0
 
 
-def test_a_stream_waiting_its_turn_counts_as_a_replica_and_is_served_after() -> None:
+@pytest.mark.parametrize("delta", [1, 2], ids=["delta", "mixed"])
+def test_delta_and_mixed_fleets_share_the_bound_and_all_complete(delta: int) -> None:
+    """Delta streams go through the same gate as SotW ones: a fleet of delta streams only,
+    and one alternating SotW and delta streams, stay within one bound and all sync (every
+    stream closes its side at the end and waits for the server to end the call)."""
+    limit, streams = 8, 120
+    gate, results = asyncio.run(_fleet(limit, streams, apply=0.1, delta=delta))
+    assert [code for *_, code in results if code] == []
+    assert all(first and synced for first, synced, _ in results)
+    assert _overlap([(first, synced) for first, synced, _ in results]) <= limit
+    assert gate.admitted == streams and gate.peak == limit
+    assert gate.queued > 0 and gate.waiting == 0 and gate.active == 0
+
+
+@pytest.mark.parametrize("delta", [1, 2], ids=["delta", "mixed"])
+def test_without_a_bound_delta_and_mixed_fleets_sync_beyond_it(delta: int) -> None:
+    """The control of the test above: the same fleets without a bound."""
+    limit, streams = 8, 120
+    gate, results = asyncio.run(_fleet(0, streams, apply=0.1, delta=delta))
+    assert [code for *_, code in results if code] == []
+    assert all(first and synced for first, synced, _ in results)
+    assert _overlap([(first, synced) for first, synced, _ in results]) > limit
+    assert gate.peak > limit and gate.queued == 0
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_a_stream_waiting_its_turn_counts_as_a_replica_and_is_served_after(delta: bool) -> None:
     """Waiting streams are members of their gateway already (a limit the replicas divide is
     not split among the proxies synced so far only), and get nothing until their turn."""
 
@@ -207,7 +265,7 @@ def test_a_stream_waiting_its_turn_counts_as_a_replica_and_is_served_after() -> 
         release = asyncio.Event()
         try:
             held = await gate.admit()  # the one slot, taken
-            task = asyncio.create_task(_proxy(port, "waiting", release))
+            task = asyncio.create_task(_proxy(port, "waiting", release, delta=delta))
             deadline = time.monotonic() + 60
             while gate.waiting < 1:
                 assert time.monotonic() < deadline
@@ -223,6 +281,41 @@ def test_a_stream_waiting_its_turn_counts_as_a_replica_and_is_served_after() -> 
             first, synced, code = await task
             assert code is None and synced
             assert first > freed  # nothing was sent to it before its turn
+        finally:
+            release.set()
+            await server.stop(1)
+
+    asyncio.run(run())
+
+
+def test_a_delta_stream_that_rejects_its_first_sync_passes_its_slot_on() -> None:
+    """A NACK gives the slot back (the proxy will not run this configuration): with a
+    bound of 1 and no timeout, the stream behind a rejecting delta stream is served."""
+
+    async def run() -> None:
+        gate = InitialSyncGate(1, slot_timeout=0)
+        server, port = await _server(gate)
+        release = asyncio.Event()
+        try:
+            loop = asyncio.get_running_loop()
+            rejecting = asyncio.create_task(
+                _proxy(port, "rejecting", release, delta=True, nack=True)
+            )
+            deadline = time.monotonic() + 60
+            while gate.admitted < 1:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            started = loop.time()
+            over: list[str] = []
+            behind = asyncio.create_task(_proxy(port, "behind", release, over, delta=True))
+            while not over:  # synced (or failed) while the rejecting stream stays open
+                assert time.monotonic() < deadline, f"{gate.waiting} waiting"
+                await asyncio.sleep(0.02)
+            assert gate.admitted == 2 and gate.active == 0 and gate.expired == 0
+            release.set()
+            first, synced, code = await behind
+            assert code is None and first > started and synced
+            assert (await rejecting)[2] is None
         finally:
             release.set()
             await server.stop(1)

@@ -458,3 +458,19 @@ async def _mtls(gateway: str, refused: bool, tmp_path: Path) -> None:
             assert recorder.events[0][0] == "connect"
         client.close()
     await server.stop(None)
+
+
+def test_the_stream_ends_when_the_client_closes_its_side() -> None:
+    """A client ending its requests (a half-close, not a cancel) ends the call: the stream
+    sees the end of its requests, closes (status: disconnected) and gives back anything it
+    holds, as a SotW stream does. It used to wait for a request forever."""
+    _run(_half_close())
+
+
+async def _half_close() -> None:
+    async with _serving({"/a": "alpha"}) as (_gw, recorder, port), _connected(port) as client:
+        await _sync(client)
+        client.requests.put_nowait(None)  # no more requests; the call stays open
+        await asyncio.wait_for(client._reader, 5)  # the server ended the call
+        assert await client.call.code() == grpc.StatusCode.OK
+        assert any(kind == "disconnect" for kind, *_ in recorder.events)
