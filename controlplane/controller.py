@@ -390,13 +390,16 @@ class Controller:
                 log.warning("shutdown: no time left to %s", what)
                 complete = False
                 continue
-            try:
-                await asyncio.wait_for(task, left)
-            except TimeoutError:
+            # not wait_for: it waits for the cancelled step to unwind, which for 10,000
+            # streams' handlers took seconds past the step's bound
+            done, _ = await asyncio.wait({task}, timeout=left)
+            if not done:
+                task.cancel()
                 log.warning("shutdown: could not %s within %.1f s; abandoned", what, left)
                 complete = False
-            except Exception as exc:  # shutting down: report and carry on
-                log.warning("shutdown: could not %s: %s", what, exc)
+            elif not task.cancelled() and task.exception() is not None:
+                # shutting down: report and carry on
+                log.warning("shutdown: could not %s: %s", what, task.exception())
                 complete = False
         self.sink.close()
         self.validator.close()  # the Envoy started ahead for the next write
@@ -482,6 +485,12 @@ async def serve(
         if unwake is not None:
             unwake()
         finished.set()
+        if hard_exit and received:
+            # Nothing is left to do: skip the interpreter's teardown, which frees every
+            # object of every stream while holding the GIL (2.5 s after the orderly stop
+            # with 10,000 streams open, when the watchdog could not even run).
+            log.info("exiting %.2f s after %s", time.monotonic() - since, name)
+            _exit_now(0)
 
 
 def _watchdog(finished: threading.Event, name: str, since: float) -> None:
