@@ -115,6 +115,10 @@ class _Stream:
         #: bounds the first syncs in flight (admission.py); the slot while this one runs
         self._gate = gate
         self._slot: Slot | None = None
+        self._start()
+
+    def _start(self) -> None:
+        """The protocol's own per-stream state (a subclass's, set up last)."""
 
     async def run(self, requests: AsyncIterator[Any]) -> None:
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -248,17 +252,7 @@ class _Stream:
 class AdsStream(_Stream):
     """The state machine of one Envoy's ADS stream."""
 
-    def __init__(
-        self,
-        cache: SnapshotCache,
-        recorder: StatusRecorder,
-        write: object,
-        peer: str,
-        metrics: XdsMetrics | None = None,
-        admit: Admit | None = None,
-        gate: InitialSyncGate | None = None,
-    ) -> None:
-        super().__init__(cache, recorder, write, peer, metrics, admit, gate)
+    def _start(self) -> None:
         self.types = {t: TypeState() for t in PUSH_ORDER}
         self._cds_since_eds = False
 
