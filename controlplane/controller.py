@@ -34,7 +34,7 @@ from .store.history import parse_retention
 from .store.repository import display_url
 from .store.tokens import bootstrap_admin
 from .supervise import wake_loop_on_signals
-from .translate import AggregationTarget
+from .translate.aggregate import aggregation_target
 from .xds import AdsServer, SnapshotCache, StatusRecorder
 from .xds.admission import SERVER_OPTIONS as ADMISSION_OPTIONS
 from .xds.admission import SLOT_TIMEOUT, InitialSyncGate
@@ -53,13 +53,6 @@ SHUTDOWN_BUDGET_S = 3.5
 #: then the process ends even if a thread (a status write waiting on a database another
 #: writer holds, up to its 10 s busy timeout per row) or a task has not finished
 _HARD_EXIT_S = 4.5
-
-
-def aggregation_target(settings: Settings) -> AggregationTarget:
-    try:
-        return AggregationTarget.parse(settings.aggregator, settings.aggregation_address)
-    except ValueError as exc:
-        raise GatewayError(f"aggregation settings: {exc}") from None
 
 
 class Controller:

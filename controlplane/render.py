@@ -42,8 +42,8 @@ def render_gateway(
     keys are replaced by ``(redacted)`` unless ``show_secrets``. ``settings`` (default: the
     ``GATEWAY_*`` environment, as ``serve`` reads it) choose what ``serve`` would: the
     aggregation service, route sharding, TLS to the log sink."""
-    from .controller import aggregation_target  # the controller's imports: only when rendering
     from .runner import Runner
+    from .translate.aggregate import aggregation_target
     from .xds.cache import SnapshotCache
 
     settings = settings or Settings()

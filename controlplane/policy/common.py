@@ -35,12 +35,33 @@ _HOST_RE = re.compile(
 )
 
 
+#: one set per distinct combination of fields set (ADR 0055); bounded so that input with
+#: ever new combinations cannot grow it without limit
+_FIELDS_SETS: dict[frozenset[str], set[str]] = {}
+_FIELDS_SETS_MAX = 4096
+
+
 class PolicyModel(BaseModel):
     """Base of every policy object: strict about unknown fields, immutable once validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: ClassVar[str] = ""
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Share the set of names of the fields given (pydantic keeps one per instance, 216
+        bytes: a fifth of a route's memory, 21 MiB of a 50,000-route apply; ADR 0055).
+        Sharing is safe because the models are frozen: pydantic changes that set only on
+        assignment, which a frozen model refuses first, and ``model_copy`` copies it before
+        adding the updated names."""
+        fs = self.__pydantic_fields_set__
+        key = frozenset(fs)
+        shared = _FIELDS_SETS.get(key)
+        if shared is None:
+            if len(_FIELDS_SETS) < _FIELDS_SETS_MAX:
+                _FIELDS_SETS[key] = fs
+        elif shared is not fs:
+            object.__setattr__(self, "__pydantic_fields_set__", shared)
 
     def spec(self) -> dict[str, Any]:
         """The canonical JSON form stored in the database and written by ``export``."""

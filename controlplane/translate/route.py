@@ -377,6 +377,10 @@ def _place(shard: _Shard, route: Route, key: tuple[object, ...], data: bytes) ->
     shard.names.add(route.name)
 
 
+#: the four (identity, cors) pairs a route's flags can be, shared by every route
+_FLAG_PAIRS = (((False, False), (False, True)), ((True, False), (True, True)))
+
+
 class RouteTable:
     """One gateway's routes, encoded and ordered, updated by what changed.
 
@@ -512,7 +516,7 @@ class RouteTable:
             for name in v.typed_per_filter_config
         ) or any(marker in data for marker in _IDENTITY_MARKERS)
         cors = any(CORS_FILTER in v.typed_per_filter_config for v in variants)
-        self._flags[route.name] = (identity, cors)
+        self._flags[route.name] = _FLAG_PAIRS[identity][cors]  # shared: no tuple per route
         self.identity_routes += identity
         self.cors_routes += cors
         self.shard_plan.add(literal(route), needy)

@@ -212,3 +212,42 @@ def test_export_round_trip(path: Path) -> None:
     again = Bundle.from_text(text, "export")
     assert again.to_data() == bundle.to_data()
     assert again.to_yaml() == text  # export of an export is the same text
+
+
+def test_models_with_the_same_fields_share_one_fields_set_safely() -> None:
+    """Objects given the same fields share one set of their names (ADR 0055: a fifth of a
+    route's memory), and nothing one object does changes what another reports as set."""
+    from pydantic import ValidationError
+
+    def route(i: int, **extra: object) -> Route:
+        return Route.model_validate(
+            {
+                "name": f"r{i}",
+                "gateways": ["web"],
+                "match": {"path": f"/{i}"},
+                "cluster": "app",
+                **extra,
+            }
+        )
+
+    a, b, c = route(1), route(2), route(3, priority=5)
+    assert a.model_fields_set is b.model_fields_set  # shared
+    assert a.match.model_fields_set is b.match.model_fields_set  # nested objects too
+    assert a.model_fields_set == {"name", "gateways", "match", "cluster"}
+    assert c.model_fields_set == {"name", "gateways", "match", "cluster", "priority"}
+    # a copy with an update gets its own set; the shared one is unchanged
+    d = a.model_copy(update={"priority": 3})
+    assert d.priority == 3 and "priority" in d.model_fields_set
+    assert "priority" not in a.model_fields_set and "priority" not in b.model_fields_set
+    # assignment is refused (frozen) before pydantic would add to the set
+    with pytest.raises(ValidationError):
+        a.priority = 9  # type: ignore[misc]
+    assert "priority" not in b.model_fields_set
+    # the canonical form does not depend on the set: defaults are left out either way
+    assert a.spec() == {
+        "name": "r1",
+        "gateways": ["web"],
+        "match": {"path": "/1"},
+        "cluster": "app",
+    }
+    assert d.spec()["priority"] == 3

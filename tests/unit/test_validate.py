@@ -440,3 +440,55 @@ def test_a_route_with_an_openid_login_is_validated(tmp_path: Path) -> None:
         assert result.notes == [] and validator.runs >= 1  # each gateway it affects
     finally:
         store.close()
+
+
+def test_the_checked_bootstrap_inlines_the_route_table_proxies_receive(tmp_path: Path) -> None:
+    """The route table goes into the checked bootstrap as its wire bytes (no message copies
+    of every route): parsed back, the listener's connection manager holds exactly the
+    route configuration a proxy receives over RDS, and no RDS source."""
+    from envoy.config.bootstrap.v3 import bootstrap_pb2
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2 as hcm_pb2,
+    )
+
+    from controlplane.store import WriteView
+    from controlplane.translate import ROUTE
+    from controlplane.validate import render_static, translate_subset
+
+    seen: list[tuple[bytes, object]] = []
+
+    def capture(view: WriteView) -> list[str]:
+        rendered = render_static(view, "gw", None, None)
+        assert rendered is not None
+        seen.append((rendered.bootstrap, translate_subset(view, "gw", None, None)))
+        return []
+
+    store = _store(tmp_path / "p.db", None)
+    store.validator = capture
+    store.create(
+        parse_object(
+            "route",
+            {"name": "second", "gateway": "gw", "cluster": "spare", "match": {"path": "/two"}},
+        )
+    )
+    [(data, resources)] = seen
+    boot = bootstrap_pb2.Bootstrap.FromString(data)
+    managers = []
+    for listener in boot.static_resources.listeners:
+        for chain in [*listener.filter_chains, listener.default_filter_chain]:
+            for flt in chain.filters:
+                if flt.typed_config.Is(hcm_pb2.HttpConnectionManager.DESCRIPTOR):
+                    hcm = hcm_pb2.HttpConnectionManager()
+                    flt.typed_config.Unpack(hcm)
+                    managers.append(hcm)
+    assert managers, boot
+    tables = resources.by_type[ROUTE]  # type: ignore[attr-defined]
+    assert len(tables) == 1
+    [name] = tables
+    for hcm in managers:
+        assert not hcm.HasField("rds")
+        assert hcm.route_config == resources.message(ROUTE, name)  # type: ignore[attr-defined]
+        paths = {
+            r.match.path or r.match.prefix for v in hcm.route_config.virtual_hosts for r in v.routes
+        }
+        assert {"/two", "/"} <= paths, paths
