@@ -101,12 +101,29 @@ class Ctx:
 
     def _open(self) -> Store:
         from ..store import Store
-        from ..validate import EnvoyValidator
 
-        def warn(note: str) -> None:
-            stderr.print(f"note: {note}", markup=False)
+        return Store(self.db, validator=_FirstWriteValidator(self.validate))
 
-        return Store(self.db, validator=EnvoyValidator(self.validate, warn=warn))
+
+class _FirstWriteValidator:
+    """Envoy's check of a write (controlplane/validate.py), imported by the first write:
+    a read command never loads it and the Envoy protobufs it draws on (~0.25 s of a local
+    command's start-up, docs/benchmarks.md)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self._validator: Any = None
+
+    def __call__(self, view: Any) -> list[str]:
+        if self._validator is None:
+            from ..validate import EnvoyValidator
+
+            def warn(note: str) -> None:
+                stderr.print(f"note: {note}", markup=False)
+
+            self._validator = EnvoyValidator(self.mode, warn=warn)
+        notes: list[str] = self._validator(view)
+        return notes
 
 
 def ctx_of(typer_ctx: typer.Context) -> Ctx:

@@ -194,3 +194,24 @@ def test_the_generated_command_table_is_current() -> None:
     assert listing.generate() == Path(listing.__file__).read_text(encoding="utf-8"), (
         "controlplane/cli/listing.py is stale: run `python -m controlplane.cli.listing`"
     )
+
+
+def test_a_local_read_leaves_envoys_check_unloaded_and_a_write_loads_it(tmp_path: Path) -> None:
+    """Envoy's check of a write (controlplane/validate.py and the Envoy protobufs of a
+    bootstrap) is a quarter of a local command's imports; only a write needs it."""
+    from controlplane.store import Store
+
+    db = tmp_path / "policy.db"
+    Store(str(db), create=True).close()
+    env = {**cli_env(tmp_path), "GATEWAY_DB": str(db), "GATEWAY_VALIDATE": "never"}
+    read = _modules_after(["route", "list", "-o", "json"], tmp_path, env)
+    assert "controlplane.store" in read  # it did open the database
+    assert "controlplane.validate" not in read
+    assert "envoy.config.bootstrap.v3.bootstrap_pb2" not in read
+    write = _modules_after(["cluster", "add", "c1", "--endpoint", "127.0.0.1:9000"], tmp_path, env)
+    assert "controlplane.validate" in write  # the mode is the validator's to apply
+    store = Store(str(db))
+    try:
+        assert store.get("cluster", "c1").name == "c1"
+    finally:
+        store.close()
