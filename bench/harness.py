@@ -319,7 +319,9 @@ class Stack:
             log_level="warning",
             xds_api_type=self.xds_api_type,
         )
-        self.procs["envoy"] = start_envoy(spec, log_path=self.workdir / "envoy.log")
+        self.procs["envoy"] = start_envoy(
+            spec, log_path=self.workdir / "envoy.log", rendered=self.workdir / "envoy.yaml"
+        )
         wait_ready(self.ports["admin"], 60.0, process=self.procs["envoy"])
         # only the xDS 'config' component logs at debug: when each RouteConfiguration arrived
         # and when it was accepted (see envoy_route_log)

@@ -84,7 +84,9 @@ class Processes:
             admin_port=self.admin_port,
             log_level="warning",
         )
-        envoy = start_envoy(spec, log_path=self.work / "envoy.log")
+        envoy = start_envoy(
+            spec, log_path=self.work / "envoy.log", rendered=self.work / "envoy.yaml"
+        )
         self.procs.append(envoy)
         wait_ready(self.admin_port, 40, process=envoy)
         return envoy

@@ -183,13 +183,17 @@ def start_envoy(
     *,
     envoy_log: str | os.PathLike[str] | None = None,
     tie_to_parent: bool = False,
+    rendered: str | os.PathLike[str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start Envoy through run-envoy.sh and return the process (its PID is Envoy's).
 
     run-envoy.sh execs Envoy, so terminating the returned process stops Envoy itself. The
-    rendered bootstrap goes to a per-node file under the temp directory, so several Envoys
-    can run side by side (the script also passes --disable-hot-restart for that reason); the
-    admin port is part of the file name so two Envoys sharing a node id cannot race on it.
+    rendered bootstrap goes to `rendered`, by default a per-node file under the temp directory,
+    so several Envoys can run side by side (the script also passes --disable-hot-restart for
+    that reason); the admin port is part of the file name so two Envoys sharing a node id
+    cannot race on it. Nothing removes that default file (`up` reuses it on its fixed admin
+    port): a caller starting many Envoys on ephemeral ports passes a path in a directory it
+    cleans up.
     Output goes to `log_path` when given (appended), otherwise it is inherited.
     `envoy_log` sends Envoy's own log (not its stdout, where access logs may go) to that
     file instead (Envoy's --log-path). `tie_to_parent` makes Envoy receive SIGTERM when this
@@ -200,9 +204,10 @@ def start_envoy(
     script = bootstrap_dir() / "run-envoy.sh"
     env = dict(os.environ)
     env.update(spec.env())
-    env["ENVOY_RENDERED"] = str(
-        Path(tempfile.gettempdir()) / f"envoy-bootstrap-{spec.node_id}-{spec.admin_port}.yaml"
-    )
+    if rendered is None:
+        name = f"envoy-bootstrap-{spec.node_id}-{spec.admin_port}.yaml"
+        rendered = Path(tempfile.gettempdir()) / name
+    env["ENVOY_RENDERED"] = str(rendered)
     log: IO[bytes] | None = None
     if log_path is not None:
         log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below

@@ -181,7 +181,11 @@ class Envoy:
             **spec_fields,
         )
         self.log_path = log_dir / f"envoy-{node_id}.log"
-        self.proc = start_envoy(self.spec, log_path=self.log_path)
+        self.proc = start_envoy(
+            self.spec,
+            log_path=self.log_path,
+            rendered=log_dir / f"envoy-bootstrap-{node_id}-{self.admin_port}.yaml",
+        )
         if wait:
             wait_ready(self.admin_port, 40, process=self.proc)
 
