@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
@@ -42,6 +42,9 @@ from ..policy.common import duration_ms, is_ip, parse_hostport
 from ..policy.reserved import AGGREGATOR_CLUSTER
 from .cluster import endpoints_of
 from .common import duration, pack, string_match
+
+if TYPE_CHECKING:  # settings are the controller's; translation only reads two fields
+    from ..settings import Settings
 
 __all__ = [
     "AGGREGATOR_CLUSTER",
@@ -78,7 +81,7 @@ class AggregationTarget:
         return cls(endpoints, address)
 
 
-def aggregation_target(settings: Any) -> AggregationTarget:
+def aggregation_target(settings: Settings) -> AggregationTarget:
     """The target of the controller's settings (``aggregator``, ``aggregation_address``);
     here rather than in the controller so that a write's check (validate.py) translates
     without importing the controller's server stack (~24 MiB of the CLI's memory)."""
