@@ -165,6 +165,8 @@ class EnvoyValidator:
                 self._warn(NOT_VALIDATED)
             self._warned = True
             return [NOT_VALIDATED]
+        if self.settings is None:  # read from the environment once, not per gateway rendered
+            self.settings = Settings()
         rendered = []
         for gateway, routes in affected(view):
             try:
