@@ -251,6 +251,17 @@ def test_list_formats(loaded: Cli) -> None:
     assert "endpoints:" in loaded.run("-o", "yaml", "cluster", "get", "users").stdout
 
 
+def test_a_piped_table_has_one_line_per_row(loaded: Cli) -> None:
+    """Piped into grep or a log, a table used to be folded to 80 columns: a long cell went
+    on over several lines, and `gatewayctl route list | grep NAME` lost the rest of it."""
+    long_host = "a-very-long-host-name-that-does-not-fit." * 3 + "example.com"
+    loaded.run("route", "update", "users-api", "--host", long_host)
+    lines = loaded.run("route", "list").stdout.splitlines()  # stdout is a pipe here
+    assert len(lines) == 2 + 2  # header, rule, one line per route
+    row = next(line for line in lines if line.startswith("users-api "))
+    assert long_host in row and "/users" in row
+
+
 def test_output_format_after_the_subcommand(loaded: Cli) -> None:
     """``-o`` is taken before or after the subcommand, in every spelling."""
     before = loaded.run("-o", "json", "route", "list").stdout

@@ -94,4 +94,16 @@ def emit_table(
         table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(*("" if v is None else escape(str(v)) for v in row))
-    stdout.print(table)
+    console = stdout._get()
+    if console.is_terminal:  # fit the terminal: rich folds the widest cells
+        console.print(table)
+        return
+    # Piped or redirected (grep, a CI log, a file): rich would assume 80 columns and fold
+    # cells onto several lines, breaking `gatewayctl status | grep NODE`; one line per row.
+    # (print's own width= is capped at the console's width: widen the console itself)
+    natural = console.measure(table, options=console.options.update_width(1 << 16)).maximum
+    before, console.width = console.width, max(natural, console.width)
+    try:
+        console.print(table)
+    finally:
+        console.width = before
