@@ -204,6 +204,9 @@ class LocalRun:
     def prepare_demo(self, store: Store) -> None:
         """--demo: an echo backend in this process, and a route of the gateway to it."""
         if not self.demo:
+            note = stale_demo_note(store)
+            if note is not None:
+                _say(f"note: {note}")
             return
         from .demo.echo import EchoServer
         from .policy import Cluster, Route
@@ -336,6 +339,32 @@ class LocalRun:
         if self._demo_server is not None:
             _say(f"try: curl http://{host}:{gw.port}/hello")
         _say("Ctrl-C stops.")
+
+
+def stale_demo_note(store: Store) -> str | None:
+    """Why the demo route answers 503 when `up` runs without --demo after an `up --demo`:
+    the echo backend lived in that earlier process, its cluster still names its port."""
+    import socket
+
+    from .policy import Cluster
+
+    try:
+        cluster = store.get("cluster", "demo")
+    except NotFound:
+        return None
+    if not isinstance(cluster, Cluster) or len(cluster.endpoints) != 1:
+        return None
+    host, _, port = str(cluster.endpoints[0]).rpartition(":")
+    if host != "127.0.0.1" or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=0.5).close()
+    except OSError:
+        return (
+            f"cluster 'demo' goes to {host}:{port}, where nothing listens: the backend of an "
+            "earlier `up --demo`, which runs only with --demo (its routes answer 503 without it)"
+        )
+    return None
 
 
 def _say(line: str) -> None:
