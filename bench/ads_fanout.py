@@ -24,6 +24,7 @@ it (its ACK is queued at once).
     python -m bench.ads_fanout --proxies 100 --gc-log        # + the controller's full GCs
     python -m bench.ads_fanout --proxies 1000 --workers 2 --limit  # + a divided rate limit
     python -m bench.ads_fanout --proxies 100 --protocol delta   # incremental xDS streams
+    python -m bench.ads_fanout --proxies 100 --change timeout   # writes that change routes only
 
 ``--protocol delta`` opens ``DeltaAggregatedResources`` streams instead, subscribing as an
 Envoy with ``api_type: DELTA_GRPC`` does (wildcard CDS and LDS, named EDS, RDS and ECDS
@@ -394,8 +395,18 @@ def _counts(fleet: Fleet) -> tuple[dict[str, int], dict[str, int]]:
     return total, size
 
 
+def _change(kind: str, i: int) -> dict[str, Any]:
+    """The fields write ``i`` sets on the route. ``cluster``: it alternates between
+    clusters ``a`` and ``b``, and no other route uses ``b``, so every other write adds a
+    cluster (CDS, then its endpoints, then the routes) and the next drops it. ``timeout``:
+    a new timeout each write, a change of the route table only."""
+    if kind == "timeout":
+        return {"timeout": f"{1 + i % 60}s"}
+    return {"cluster": "ba"[i % 2]}
+
+
 def _put(
-    conn: http.client.HTTPConnection, token: str, name: str, cluster: str
+    conn: http.client.HTTPConnection, token: str, name: str, change: dict[str, Any]
 ) -> tuple[int, float, float]:
     """(revision, PUT sent, response read) of one route update through the admin API."""
     auth = {"Authorization": f"Bearer {token}"}
@@ -404,7 +415,7 @@ def _put(
     spec = json.loads(got.read())["spec"]
     headers = {**auth, "If-Match": got.headers["ETag"], "Content-Type": "application/json"}
     start = time.perf_counter()
-    conn.request("PUT", f"/v1/routes/{name}", body=json.dumps({**spec, "cluster": cluster}),
+    conn.request("PUT", f"/v1/routes/{name}", body=json.dumps({**spec, **change}),
                  headers=headers)  # fmt: skip
     resp = conn.getresponse()
     body = json.loads(resp.read())
@@ -439,7 +450,7 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
         stack.profile_toggle()
     for i in range(args.samples):
         time.sleep(args.pause)
-        revision, start, returned = _put(conn, token, name, "ba"[i % 2])
+        revision, start, returned = _put(conn, token, name, _change(args.change, i))
         times = [t for share in fleet.ask("wait", revision, 60) for t in share]
         received = [rx for rx, _ in times]
         acked = [ack for _, ack in times]
@@ -467,7 +478,8 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
     validated = "never" if args.no_validate else "auto (validated)"
     where = f"{args.workers} worker process(es)" if args.workers else "the benchmark process"
     print(
-        f"{args.protocol}: {args.routes} routes, {args.samples} writes, validate={validated}, "
+        f"{args.protocol}: {args.routes} routes, {args.samples} writes of the route's "
+        f"{args.change}, validate={validated}, "
         "proxies in "
         f"{where}, stream errors {errors}"
     )
@@ -518,6 +530,13 @@ def main() -> None:
         help="processes the proxies run in (0: a thread of the benchmark process)",
     )
     parser.add_argument("--no-validate", action="store_true")
+    parser.add_argument(
+        "--change",
+        choices=("cluster", "timeout"),
+        default="cluster",
+        help="what each write changes: the route's cluster (every other write adds one) or "
+        "its timeout (the route table only)",
+    )
     parser.add_argument(
         "--protocol",
         choices=("sotw", "delta"),
