@@ -347,6 +347,7 @@ def stale_demo_note(store: Store) -> str | None:
     import socket
 
     from .policy import Cluster
+    from .policy.common import parse_hostport
 
     try:
         cluster = store.get("cluster", "demo")
@@ -354,11 +355,11 @@ def stale_demo_note(store: Store) -> str | None:
         return None
     if not isinstance(cluster, Cluster) or len(cluster.endpoints) != 1:
         return None
-    host, _, port = str(cluster.endpoints[0]).rpartition(":")
-    if host != "127.0.0.1" or not port.isdigit():
+    host, port = parse_hostport(cluster.endpoints[0])  # validated when it was stored
+    if host != "127.0.0.1":
         return None
     try:
-        socket.create_connection((host, int(port)), timeout=0.5).close()
+        socket.create_connection((host, port), timeout=0.5).close()
     except OSError:
         return (
             f"cluster 'demo' goes to {host}:{port}, where nothing listens: the backend of an "

@@ -111,7 +111,7 @@ class _FirstWriteValidator:
     command's start-up, docs/benchmarks.md)."""
 
     def __init__(self, mode: str) -> None:
-        self.mode = mode
+        self._mode = mode
         self._validator: Any = None
 
     def __call__(self, view: Any) -> list[str]:
@@ -121,7 +121,7 @@ class _FirstWriteValidator:
             def warn(note: str) -> None:
                 stderr.print(f"note: {note}", markup=False)
 
-            self._validator = EnvoyValidator(self.mode, warn=warn)
+            self._validator = EnvoyValidator(self._mode, warn=warn)
         notes: list[str] = self._validator(view)
         return notes
 
