@@ -85,9 +85,17 @@ class TranslationError(GatewayError):
 
 
 class WaitFailed(GatewayError):
-    """A proxy rejected the change, or did not acknowledge it in time."""
+    """A proxy rejected the change, or did not acknowledge it in time.
+
+    ``revision``: the revision the change was committed as and that stays committed (a
+    ``--wait`` without ``--atomic``), so the user learns the write itself took effect;
+    None when nothing of the change remains (``--atomic`` restored it) or nothing says."""
 
     exit_code = 7
+
+    def __init__(self, message: str, revision: int | None = None) -> None:
+        super().__init__(message)
+        self.revision = revision
 
 
 class Unauthorized(GatewayError):

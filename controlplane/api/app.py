@@ -149,6 +149,11 @@ def _security(app: FastAPI) -> None:
                         "code": {"type": "string"},
                         "message": {"type": "string"},
                         "field": {"type": ["string", "null"]},
+                        "revision": {
+                            "type": "integer",
+                            "description": "wait_failed only: the revision the write was "
+                            "committed as, which stays (no --atomic)",
+                        },
                     },
                 }
             },

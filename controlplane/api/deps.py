@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Query, Request
 
-from ..errors import Conflict, GatewayError, PolicyInvalid
+from ..errors import Conflict, GatewayError, PolicyInvalid, WaitFailed
 from ..store import ApplyResult, ObjectChange, Store
 from ..store.actor import acting_as
 from .auth import Principal, authenticate, check_write, require_role
@@ -166,10 +166,20 @@ def write_response(
         with acting_as(atomic_as):
             body["notes"] = wait_or_revert(store, result, 30.0 if wait is None else wait)
     elif wait is not None and result.changes and not dry_run:
-        from ..cli.wait import wait_for_revision
-
-        body["notes"] = wait_for_revision(store, result.revision, wait)
+        body["notes"] = wait_committed(store, result.revision, wait)
     return body
+
+
+def wait_committed(store: Store, revision: int, wait: float) -> list[str]:
+    """``wait_for_revision`` of a write that stays committed whatever the proxies do: its
+    WaitFailed names the revision, so the error answer says the write took effect."""
+    from ..cli.wait import wait_for_revision
+
+    try:
+        return wait_for_revision(store, revision, wait)
+    except WaitFailed as exc:
+        exc.revision = revision
+        raise
 
 
 class Writer:

@@ -80,13 +80,22 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.field = status, code, message, field
 
 
-def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "field": field}}
+def error_body(
+    code: str, message: str, field: str | None = None, revision: int | None = None
+) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message, "field": field}
+    if revision is not None:  # wait_failed of a write that stays committed as this revision
+        error["revision"] = revision
+    return {"error": error}
 
 
-def _json(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
+def _json(
+    status: int, code: str, message: str, field: str | None = None, revision: int | None = None
+) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
+    return JSONResponse(
+        error_body(code, message, field, revision), status_code=status, headers=headers
+    )
 
 
 def status_of(exc: GatewayError) -> tuple[int, str]:
@@ -145,7 +154,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if field is None and isinstance(exc, PolicyInvalid):
             match = _FIELD.match(message)
             field = match.group(1) if match else None
-        return _json(status, code, message, field)
+        revision = exc.revision if isinstance(exc, WaitFailed) else None
+        return _json(status, code, message, field, revision)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:

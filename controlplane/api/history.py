@@ -211,9 +211,9 @@ async def post_rollback(
     result = await run_in_threadpool(run)
     notes: list[str] = []
     if timeout is not None and result.changes and not dry:
-        from ..cli.wait import wait_for_revision
+        from .deps import wait_committed
 
-        notes = await run_in_threadpool(wait_for_revision, db, result.revision, timeout)
+        notes = await run_in_threadpool(wait_committed, db, result.revision, timeout)
     _etag(response, result.revision)
     return RollbackResponse(
         revision=result.revision,

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import NotFound, PolicyInvalid
+from ..errors import NotFound, PolicyInvalid, StoreError
 from ..policy import KINDS, ApiKey, PolicyModel, new_api_key
 from ..policy.bundle import parse_object
 from ..policy.common import _NAME_RE
@@ -469,15 +469,20 @@ def revoke_key(
     """Revoke an API key: its secret is erased, it stays listed as revoked (with when), and
     proxies stop accepting it with the new revision."""
     try:
-        key = store.get("api_key", key_id)
+        try:
+            before = store.get("api_key", key_id).spec()
+        except StoreError:
+            # a row whose secret does not decrypt (damaged, forged): revoke_key removes it,
+            # and its owner and old value are read from the clear part of the row
+            before = store.clear_spec("api_key", key_id)
     except NotFound:
         raise NotFound(f"api key {key_id!r} does not exist") from None
-    if key.consumer != name:  # type: ignore[attr-defined]
+    if before.get("consumer") != name:
         raise NotFound(f"api key {key_id!r} of consumer {name!r} does not exist")
     from ..keyrevoke import revoke_key
 
     writer = Writer(store, principal)
-    writer.check("api_key", key_id, redact("api_key", key.spec()), None)
+    writer.check("api_key", key_id, redact("api_key", before), None)
     result = writer.single(lambda: revoke_key(store, key_id, expect_revision=expect)[0])
     _etag(response, result.revision)
     return write_response(store, result, wait)

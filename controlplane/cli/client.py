@@ -93,8 +93,9 @@ def error_for(status: int, body: bytes, url: str) -> GatewayError:
         doc = json.loads(body)
         err = doc["error"]
         code, message, field = str(err.get("code", "")), err.get("message"), err.get("field")
+        revision = err.get("revision")
     except (ValueError, KeyError, TypeError, AttributeError):
-        code, message, field = "", None, None
+        code, message, field, revision = "", None, None, None
         detail = _detail(body)
         if detail and detail[1]:  # a validation error naming its field
             message = detail[0]
@@ -108,6 +109,8 @@ def error_for(status: int, body: bytes, url: str) -> GatewayError:
     message = _one_line(message)
     if field and str(field) not in message:
         message = f"{message} (field {field})"
+    if cls is WaitFailed:
+        return WaitFailed(message, revision if isinstance(revision, int) else None)
     return cls(message)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from ..errors import GatewayError, PolicyInvalid
+from ..errors import GatewayError, PolicyInvalid, WaitFailed
 from .context import Ctx, ValidateMode
 from .fastparams import install as _install_plain_params
 from .output import Format, stderr
@@ -353,6 +353,10 @@ def run() -> None:
         if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here
             sys.exit(code)
     except GatewayError as exc:
+        if isinstance(exc, WaitFailed) and exc.revision is not None:
+            # the admin API did the waiting: the write itself is committed (a local command
+            # said so before it waited)
+            stderr.print(f"change committed (revision {exc.revision})", markup=False)
         stderr.print(f"error: {exc}", markup=False)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:

@@ -272,8 +272,9 @@ class Store:
         self.secrets = secrets or SecretKeys.for_database(parsed.database, sqlite)
         #: whether this Store created the database (the SQLite file or the schema)
         self.created = False
-        #: set (to why) while status must not be written: the file was replaced under a
-        #: controller, and writing would mix its data into the new file through the WAL
+        #: set (to why) while nothing may be written: the file was replaced under a
+        #: controller, and writing would mix its data into the new file through the WAL, or
+        #: land in the removed file (status is skipped, policy writes refused)
         self.paused: str | None = None
         path = sqlite_path(self.url)
         if path is not None and not Path(path).exists():
@@ -410,6 +411,17 @@ class Store:
         if spec is None:
             raise NotFound(f"{kind} {name!r} does not exist")
         return _load(kind, spec)
+
+    def clear_spec(self, kind: str, name: str) -> dict[str, Any]:
+        """The stored spec without its secret fields, nothing decrypted: what can still be
+        read of a row whose secret no longer decrypts (to check or remove it)."""
+        with self._reader.connect() as conn:
+            spec = conn.execute(
+                select(Resource.spec).where(Resource.kind == kind, Resource.name == name)
+            ).scalar()
+        if spec is None:
+            raise NotFound(f"{kind} {name!r} does not exist")
+        return dict(spec)
 
     def list_objects(self, kind: str) -> list[PolicyModel]:
         with self._reader.connect() as conn:
@@ -600,6 +612,7 @@ class Store:
         """Plan and write in one transaction. ``dry_run``: every check of the write runs,
         then the transaction is rolled back. ``expect_revision``: refused (Conflict) unless
         the database is still at the revision the change was planned against."""
+        self.check_writable()
         try:
             with self._writer.begin() as conn:
                 return self._commit_in(
@@ -874,6 +887,18 @@ class Store:
                 _add_events(conn, list(events), _EVENTS_KEPT)
 
         self._write_status(write)
+
+    def check_writable(self) -> None:
+        """Refuse a write while the controller found its database file replaced, removed
+        or gone back (``paused``): this process still has the old file open, so the write
+        would land in a file nobody reads any more and be lost while its caller is told
+        it was committed."""
+        if self.paused:
+            raise StoreError(
+                f"refusing the write: {self.paused} under this controller, which serves the "
+                "policy it had in memory (a write now would be lost); put the database back "
+                "(gatewayctl restore) or restart the controller on the new file"
+            )
 
     def _write_status(self, write: Callable[[Connection], None]) -> None:
         """Run one status transaction of ``_upsert`` statements. Each is a single

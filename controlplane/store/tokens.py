@@ -226,6 +226,7 @@ def add_token(
     :class:`PolicyInvalid` naming the field. ``created_by`` defaults to the current actor.
     """
     scope = _check(name, role, gateways, expires_at)
+    store.check_writable()
     now = time.time()
     try:
         with store._writer.begin() as conn:
@@ -271,6 +272,7 @@ def get_token(store: Store, name: str) -> TokenInfo:
 def revoke_token(store: Store, name: str) -> TokenInfo:
     """Revoke a token at once (its next request is refused); revoking twice keeps the first
     time. The row stays, so the name keeps naming the same holder in history and audit."""
+    store.check_writable()
     now = time.time()
     with store._writer.begin() as conn:
         row = conn.execute(select(*_COLUMNS).where(ApiToken.name == name)).first()

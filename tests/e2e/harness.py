@@ -33,14 +33,56 @@ def gatewayctl_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "controlplane.cli"]
 
 
+#: commands that work on the database file itself (or run a server of their own): always
+#: run against ``--db``, never through a controller's admin API
+LOCAL_ONLY = frozenset(
+    {
+        "init",
+        "serve",
+        "up",
+        "aggregator",
+        "analytics-sink",
+        "context",
+        "backup",
+        "restore",
+        "secrets",
+    }
+)
+
+
+#: the CLI's options that come before the command and take a value
+_VALUED = frozenset({"-o", "--output", "--db", "--context"})
+
+
+def _command(args: tuple[str, ...]) -> str:
+    """The subcommand of a ``gatewayctl`` argument list ("" for none)."""
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in _VALUED:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return ""
+
+
 @dataclass
 class Cli:
     """``gatewayctl`` against one database. The database is created (``gatewayctl init``,
-    in-process for speed) unless ``init`` is False: no command creates it implicitly."""
+    in-process for speed) unless ``init`` is False: no command creates it implicitly.
+
+    While a :class:`Controller` of this database runs (and serves its admin API on the
+    harness's port), commands go to that API with the controller's bootstrap admin token,
+    as an operator's CLI does (``GATEWAY_URL``/``GATEWAY_TOKEN``); otherwise, and for the
+    commands in :data:`LOCAL_ONLY` or with an explicit ``--db``, they open the database.
+    ``E2E_CLI=local`` keeps every command local (to compare the two paths)."""
 
     db: str
     env: dict[str, str] = field(default_factory=dict)
     init: bool = True
+    #: the controller whose admin API the commands go to while it runs, or None
+    server: Controller | None = None
 
     def __post_init__(self) -> None:
         if self.init:
@@ -48,10 +90,25 @@ class Cli:
 
             Store(self.db, create=True).close()
 
+    def environment(self, args: tuple[str, ...]) -> dict[str, str]:
+        """The environment one command runs with: remote or local (see the class)."""
+        env = {**os.environ, "GATEWAY_DB": self.db, **self.env}
+        remote = None if self.server is None else self.server.remote()
+        if (
+            remote is not None
+            and _command(args) not in LOCAL_ONLY
+            and not any(a == "--db" or a.startswith("--db=") for a in args)
+            and "GATEWAY_URL" not in self.env
+            and "GATEWAY_CONTEXT" not in self.env
+        ):
+            del env["GATEWAY_DB"]
+            env["GATEWAY_URL"], env["GATEWAY_TOKEN"] = remote
+        return env
+
     def run(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "GATEWAY_DB": self.db, **self.env}
+        env = self.environment(args)
         proc = subprocess.run(
             [*gatewayctl_command(), *args],
             env=env,
@@ -101,6 +158,8 @@ class Controller:
         self.log_dir = log_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        #: (admin API URL, bootstrap admin token) for the CLI, once known (``_serve_cli``)
+        self._admin: tuple[str, str] | None = None
 
     def start(self, timeout: float = 20) -> None:
         self.starts += 1
@@ -135,16 +194,52 @@ class Controller:
                     f"http://127.0.0.1:{self.health_port}/healthz", timeout=1
                 ) as resp:
                     if resp.status == 200:
+                        self._serve_cli()
                         return
             except OSError:
                 pass
             time.sleep(0.05)
         raise TimeoutError(f"controller not healthy after {timeout}s: {self.log()}")
 
+    def _serve_cli(self) -> None:
+        """Point the CLI at this controller's admin API (see :class:`Cli`) when it serves
+        one on the harness's port with the bootstrap token of a database file: the token
+        ``serve`` wrote next to the database on its first start."""
+        if os.environ.get("E2E_CLI") == "local" or any(a.startswith("--admin") for a in self.args):
+            return
+        token_file = Path(self.cli.db).parent / "admin-token"
+        if "://" in self.cli.db or not token_file.is_file():
+            return
+        url, token = f"http://127.0.0.1:{self.admin_port}", token_file.read_text().strip()
+        # the file may hold another database's token (two databases in one folder)
+        ask = urllib.request.Request(
+            f"{url}/v1/revision", headers={"Authorization": f"Bearer {token}"}
+        )
+        try:
+            with urllib.request.urlopen(ask, timeout=10) as resp:
+                if resp.status != 200:
+                    return
+        except OSError:
+            return
+        self._admin = (url, token)
+        self.cli.server = self
+
+    def remote(self) -> tuple[str, str] | None:
+        """(admin API URL, admin token) while this controller runs and serves its API."""
+        if self._admin is None or self.proc is None or self.proc.poll() is not None:
+            return None
+        return self._admin
+
+    def _local_cli(self) -> None:
+        """The controller is gone: the CLI opens the database again."""
+        if self.cli.server is self:
+            self.cli.server = None
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+        self._local_cli()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -153,6 +248,7 @@ class Controller:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._local_cli()
 
     def log(self) -> str:
         path = self.log_dir / f"controller-{self.starts}.log"

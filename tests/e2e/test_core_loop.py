@@ -165,9 +165,12 @@ def test_rejected_change_is_reported(cli, controller, envoy_factory, backends, g
         error = proc.stderr.strip().splitlines()[-1]
         assert error.startswith("error: proxy pub-1 of gateway 'public' rejected Listener")
         assert "(caused by gateway public)" in error and "Address already in use" in error
-        assert len(proc.stderr.strip().splitlines()) == 2  # "updated (revision N)" + error
+        # the write stays committed, and the first line says as which revision (a local
+        # command before it waits; through the admin API, which waited, with the error)
+        committed = proc.stderr.strip().splitlines()[:-1]
 
         status = cli.json("status")
+        assert len(committed) == 1 and f"(revision {status['revision']})" in committed[0]
         proxies = {p["node"]: p for p in status["proxies"]}
         nack = proxies["pub-1"]["last_nack"]
         assert nack["type"] == "Listener" and nack["objects"] == "gateway public"

@@ -221,6 +221,30 @@ def test_add_posts_the_object_with_token_if_match_and_wait(tmp_path: Path) -> No
     assert "revision 8 is live on every connected proxy" in proc.stderr
 
 
+def test_a_rejected_wait_says_the_write_stays_committed(tmp_path: Path) -> None:
+    """The admin API waited and a proxy rejected the change: the answer names the revision
+    the write stays committed as, and the CLI says so before the error (as a local command
+    does), exit 7. An --atomic failure carries no revision: nothing of it remains."""
+    message = "proxy p1 of gateway 'public' rejected Listener: cannot bind"
+    body = {"error": {"code": "wait_failed", "message": message, "field": None, "revision": 9}}
+    atomic = _error("wait_failed", 409, f"{message}; restored as revision 10")
+    answers: Canned = {("PATCH", "/v1/gateways/public"): (409, body)}
+    with FakeApi(answers) as api:
+        env = cli_env(tmp_path, api.url, TOKEN)
+        proc = gatewayctl(tmp_path, env, "gateway", "update", "public", "--port", "81", "--wait")
+        api.answers[("PATCH", "/v1/gateways/public")] = atomic
+        undone = gatewayctl(
+            tmp_path, env, "gateway", "update", "public", "--port", "81", "--atomic"
+        )
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "change committed (revision 9)",
+        f"error: {message}",
+    ]
+    assert undone.returncode == 7, undone.stderr
+    assert undone.stderr.strip().splitlines() == [f"error: {message}; restored as revision 10"]
+
+
 def test_update_sends_a_merge_patch_that_replaces_the_action(tmp_path: Path) -> None:
     written = {"revision": 9, "changes": [{"op": "update", "kind": "route", "name": "r1"}]}
     with FakeApi({("PATCH", "/v1/routes/r1"): (200, written)}) as api:
