@@ -23,7 +23,7 @@ import grpc
 from .analytics.scope import Scope
 from .analytics.sink import AccessLogSink
 from .api.app import create_app, create_health_app
-from .api.server import HttpService
+from .api.server import HttpService, warm_routes
 from .api.status import HealthSource
 from .errors import GatewayError
 from .metrics import Registry
@@ -325,13 +325,15 @@ class Controller:
                 address,
             )
         tls = self._admin_tls
+        app = create_app(
+            self.store,
+            status_source=self._health_source(),
+            max_body=self.settings.admin_max_body,
+            listing=self.runner.listed,
+        )
+        await warm_routes(app)
         self._admin = HttpService(
-            create_app(
-                self.store,
-                status_source=self._health_source(),
-                max_body=self.settings.admin_max_body,
-                listing=self.runner.listed,
-            ),
+            app,
             address,
             tls_cert=tls[0] if tls else None,
             tls_key=tls[1] if tls else None,
