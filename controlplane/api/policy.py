@@ -414,6 +414,30 @@ def _key_row(key: ApiKey) -> dict[str, Any]:
     return key.listing()
 
 
+class KeyOwner(BaseModel):
+    id: str
+    consumer: str
+
+
+KeyId = Annotated[str, Path(pattern=r"^ak_[0-9a-f]{12}$")]
+
+
+@router.get("/api-keys/{key_id}", response_model=KeyOwner, tags=["consumers"])
+def key_owner(
+    key_id: KeyId, principal: Caller, store: StoreDep, response: Response
+) -> dict[str, Any]:
+    """Which consumer an API key belongs to, by its id: one request where finding it under
+    ``/consumers/{name}/keys`` takes one per consumer. Read without the key's secret, so it
+    also answers for a row whose secret no longer decrypts (to revoke it)."""
+    revision = store.revision()
+    try:
+        spec = store.clear_spec("api_key", key_id)
+    except NotFound:
+        raise NotFound(f"api key {key_id!r} does not exist") from None
+    _etag(response, revision)
+    return {"id": key_id, "consumer": str(spec.get("consumer", ""))}
+
+
 @router.get("/consumers/{name}/keys", response_model=KeyList, tags=["consumers"])
 def list_keys(
     name: NamePath, principal: Caller, store: StoreDep, response: Response
@@ -459,7 +483,7 @@ def add_key(
 )
 def revoke_key(
     name: NamePath,
-    key_id: Annotated[str, Path(pattern=r"^ak_[0-9a-f]{12}$")],
+    key_id: KeyId,
     principal: Caller,
     store: StoreDep,
     expect: IfMatch,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import NotFound, PolicyInvalid
+from ..errors import PolicyInvalid
 from .context import ctx_of, finish_change, finish_remote
 from .contexts import path_of
 from .output import Format, emit, emit_table
@@ -150,17 +150,7 @@ def register_keys(consumer_app: typer.Typer) -> None:
         c = ctx_of(ctx)
         api = c.remote
         if api is not None:
-            owner = consumer or next(
-                (
-                    name
-                    for name in _remote_consumers(api, None)
-                    for item in api.get(path_of("consumers", name, "keys"))["items"]
-                    if _remote_row(item, name)["id"] == key_id
-                ),
-                None,
-            )
-            if owner is None:
-                raise NotFound(f"api key {key_id!r} does not exist")
+            owner = consumer or str(api.get(path_of("api-keys", key_id))["consumer"])
             resp = api.request(
                 "DELETE", path_of("consumers", owner, "keys", key_id), wait=wait
             ).data

@@ -278,6 +278,11 @@ def test_apply_plan_diff_export_keys_tokens(api: TestClient, store: Store) -> No
     key = added.json()["key"]
     listed = api.get("/v1/consumers/acme/keys", headers=h).json()["items"]
     assert listed[0]["id"] == added.json()["id"] and key not in json.dumps(listed)
+    # a key's owner by its id alone (the CLI's revoke), never the key itself
+    owner = api.get(f"/v1/api-keys/{listed[0]['id']}", headers=h)
+    assert owner.json() == {"id": listed[0]["id"], "consumer": "acme"} and key not in owner.text
+    _error(api.get("/v1/api-keys/ak_000000000000", headers=h), 404, "not_found")
+    _error(api.get("/v1/api-keys/not-a-key", headers=h), 400, "invalid")
     assert api.delete(f"/v1/consumers/acme/keys/{listed[0]['id']}", headers=h).status_code == 200
     [revoked] = api.get("/v1/consumers/acme/keys", headers=h).json()["items"]
     assert revoked["revoked"] is True and revoked["revoked_at"], revoked
