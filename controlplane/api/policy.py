@@ -422,6 +422,16 @@ class KeyOwner(BaseModel):
 KeyId = Annotated[str, Path(pattern=r"^ak_[0-9a-f]{12}$")]
 
 
+@router.get("/api-keys", response_model=KeyList, tags=["consumers"])
+def list_all_keys(principal: Caller, store: StoreDep, response: Response) -> dict[str, Any]:
+    """Every consumer's API keys by id and prefix, in one request (``consumer key list``
+    without a consumer), ordered by id."""
+    revision = store.revision()
+    keys = store.list_objects("api_key")
+    _etag(response, revision)
+    return {"items": [_key_row(k) for k in keys]}  # type: ignore[arg-type]
+
+
 @router.get("/api-keys/{key_id}", response_model=KeyOwner, tags=["consumers"])
 def key_owner(
     key_id: KeyId, principal: Caller, store: StoreDep, response: Response

@@ -47,13 +47,6 @@ def _remote_row(item: dict[str, Any], consumer: str) -> dict[str, Any]:
     }
 
 
-def _remote_consumers(api: Any, consumer: str | None) -> list[str]:
-    """The consumers whose keys to read: the one named, or every consumer."""
-    if consumer is not None:
-        return [consumer]
-    return [str(item["name"]) for item in api.get("/v1/consumers")["items"]]
-
-
 def register_keys(consumer_app: typer.Typer) -> None:
     keys = typer.Typer(help="Manage a consumer's API keys.", no_args_is_help=True)
     consumer_app.add_typer(keys, name="key")
@@ -105,11 +98,10 @@ def register_keys(consumer_app: typer.Typer) -> None:
         c = ctx_of(ctx)
         api = c.remote
         if api is not None:
-            rows = [
-                _remote_row(item, name)
-                for name in _remote_consumers(api, consumer)
-                for item in api.get(path_of("consumers", name, "keys"))["items"]
-            ]
+            where = (
+                path_of("api-keys") if consumer is None else path_of("consumers", consumer, "keys")
+            )
+            rows = [_remote_row(item, consumer or "") for item in api.get(where)["items"]]
         else:
             rows = [
                 _row(k)  # type: ignore[arg-type]

@@ -278,6 +278,7 @@ def test_apply_plan_diff_export_keys_tokens(api: TestClient, store: Store) -> No
     key = added.json()["key"]
     listed = api.get("/v1/consumers/acme/keys", headers=h).json()["items"]
     assert listed[0]["id"] == added.json()["id"] and key not in json.dumps(listed)
+    assert api.get("/v1/api-keys", headers=h).json()["items"] == listed  # every consumer's
     # a key's owner by its id alone (the CLI's revoke), never the key itself
     owner = api.get(f"/v1/api-keys/{listed[0]['id']}", headers=h)
     assert owner.json() == {"id": listed[0]["id"], "consumer": "acme"} and key not in owner.text
