@@ -33,8 +33,9 @@ async def warm_routes(app: Any) -> int:
     FastAPI builds each included router's route table at the first request that walks it,
     and a path that matches nothing walks them all: ~150 ms of CPU on the admin API's first
     request otherwise (measured: the first ``GET /v1/routes`` of a fresh controller 144 ms,
-    the next 4-6 ms), paid by whichever user or CLI command comes first, and before the
-    controller's heap is frozen (``Controller._freeze_heap``) this way."""
+    the next 4-6 ms), paid by whichever user or CLI command comes first. Built here, before
+    the controller freezes its heap (``Controller._freeze_heap``), the tables are frozen
+    with the rest of what start-up made."""
     done: dict[str, int] = {}
 
     async def receive() -> dict[str, Any]:
