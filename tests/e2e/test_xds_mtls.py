@@ -463,6 +463,18 @@ def test_a_separate_analytics_sink_is_reached_over_mutual_tls(
             stderr=subprocess.STDOUT,
         )
     try:
+
+        def sink_up() -> bool:
+            assert sink.poll() is None, log_path.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{sink_http}/healthz", timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        # the sink answers before anything is sent to it (the CLI's few commands take
+        # less time than its start-up)
+        wait_until(sink_up, 30, 0.1)
         cli.run(
             *("gateway", "add", "public", "--port", str(gateway_port), "--address", "127.0.0.1"),
             *("--analytics-sink", f"127.0.0.1:{sink_port}", "--analytics-flush-interval", "0.2s"),
