@@ -1,0 +1,150 @@
+"""The floor under an ADS push: a bare grpc.aio stream server doing only the writes.
+
+Run from the repository root with the project's venv::
+
+    python -m bench.grpc_floor                          # 100 streams, 3 writes each, 30 pushes
+    python -m bench.grpc_floor --streams 1000 --writes 1
+    python -m bench.grpc_floor --size 200
+
+No controller code: a server process holds ``--streams`` bidirectional streams (one channel,
+so one connection, each) from a client process, as ``bench.ads_fanout``'s simulated Envoys
+hold theirs. A push asks every stream to write ``--writes`` messages of ``--size`` bytes one
+after the other (each awaited, as one ADS stream writes CDS, then EDS, then RDS); the client
+answers every message with a small one, as Envoy ACKs each response. Reported: the time from
+the push to the server having read every answer, and the server's CPU time for it (all of
+its threads). Set beside ``bench.ads_fanout`` it says how much of a push is gRPC's own
+per-message cost on one event loop, which no change to the stream code can remove.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import time
+from multiprocessing.queues import Queue
+from typing import Any
+
+from .stats import percentile
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+async def _server(args: argparse.Namespace, ports: Queue[Any], results: Queue[Any]) -> None:
+    import grpc
+
+    server = grpc.aio.server()
+    streams: list[asyncio.Queue[int]] = []
+    answered = asyncio.Event()
+    count = {"answers": 0, "want": -1}
+    message = b"x" * args.size
+
+    async def handler(requests: Any, context: Any) -> None:
+        pushes: asyncio.Queue[int] = asyncio.Queue()
+        streams.append(pushes)
+
+        async def read() -> None:
+            async for _ in requests:
+                count["answers"] += 1
+                if count["answers"] == count["want"]:
+                    answered.set()
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                await pushes.get()
+                for _ in range(args.writes):
+                    await context.write(message)
+        finally:
+            reader.cancel()
+
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "floor.Floor",
+                {
+                    "Stream": grpc.stream_stream_rpc_method_handler(
+                        handler, request_deserializer=_identity, response_serializer=_identity
+                    )
+                },
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    ports.put(port)
+    while len(streams) < args.streams:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    took, cpu = [], []
+    for _ in range(args.pushes):
+        count["answers"], count["want"] = 0, args.streams * args.writes
+        answered.clear()
+        cpu0, start = time.process_time(), time.perf_counter()
+        for pushes in streams:
+            pushes.put_nowait(1)
+        await answered.wait()
+        took.append((time.perf_counter() - start) * 1e3)
+        cpu.append((time.process_time() - cpu0) * 1e3)
+        await asyncio.sleep(args.pause)
+    results.put((took, cpu))
+    await asyncio.sleep(3600)  # ended by the benchmark (a stop would log every cancelled call)
+
+
+async def _client(port: int, streams: int) -> None:
+    import grpc
+
+    async def one() -> None:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        call = channel.stream_stream(
+            "/floor.Floor/Stream", request_serializer=_identity, response_deserializer=_identity
+        )()
+        await call.write(b"hello")
+        async for _ in call:
+            await call.write(b"ack")
+
+    await asyncio.gather(*(one() for _ in range(streams)), return_exceptions=True)
+
+
+def _run_server(args: argparse.Namespace, ports: Queue[Any], results: Queue[Any]) -> None:
+    asyncio.run(_server(args, ports, results))
+
+
+def _run_client(port: int, streams: int) -> None:
+    asyncio.run(_client(port, streams))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument("--writes", type=int, default=3, help="messages per stream per push")
+    parser.add_argument("--size", type=int, default=3000, help="bytes per message")
+    parser.add_argument("--pushes", type=int, default=30)
+    parser.add_argument("--pause", type=float, default=0.2, help="seconds between pushes")
+    args = parser.parse_args()
+    ctx = mp.get_context("spawn")
+    ports: Queue[Any] = ctx.Queue()
+    results: Queue[Any] = ctx.Queue()
+    server = ctx.Process(target=_run_server, args=(args, ports, results))
+    server.start()
+    client = ctx.Process(target=_run_client, args=(ports.get(), args.streams), daemon=True)
+    client.start()
+    took, cpu = results.get()
+    client.terminate()
+    server.terminate()
+    client.join(10)
+    server.join(10)
+    messages = args.streams * args.writes
+    print(
+        f"{args.streams} streams x {args.writes} write(s) of {args.size} B, "
+        f"{args.pushes} pushes: push -> every answer read "
+        f"p50 {percentile(took, 50):.1f} ms, p99 {percentile(took, 99):.1f} ms; "
+        f"server CPU p50 {percentile(cpu, 50):.1f} ms "
+        f"({percentile(cpu, 50) * 1e3 / messages:.0f} us per message written and answer read)"
+    )
+
+
+if __name__ == "__main__":
+    main()
