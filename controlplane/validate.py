@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import queue
 import re
 import select
 import shutil
@@ -32,7 +33,7 @@ import tempfile
 import termios
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -528,15 +529,24 @@ def _run(
                 proc.stdout.close()
 
 
-def _validate_process(envoy: str, path: str) -> subprocess.Popen[str]:
+def _validate_process(envoy: str, path: str, tie: Sequence[str] = ()) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [envoy, "--mode", "validate", "-c", path, "-l", "critical"],
+        [*tie, envoy, "--mode", "validate", "-c", path, "-l", "critical"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         errors="replace",
     )
+
+
+def _death_tie() -> list[str]:
+    """``setpriv --pdeathsig KILL --`` when util-linux's setpriv is installed (Linux): the
+    started process gets SIGKILL when the thread that started it ends. Exec'd by setpriv,
+    so no fork of this (large) process is needed beyond the usual vfork. Elsewhere nothing:
+    the FIFO's end-of-file still ends a validator that opened it."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 class WarmEnvoy:
@@ -551,10 +561,17 @@ class WarmEnvoy:
     dies Envoy reads end-of-file, validates an empty bootstrap and exits (no orphan).
     Thread-safe: admin API writes run in a thread pool.
 
-    The next process is started by a thread of its own, ``restart_after`` seconds after a
-    write was checked, not inside the write: its start-up (~60 ms of CPU) would otherwise
-    compete with the controller pushing the change just committed to every proxy (ADR
-    0040). A write that comes sooner has it started at once and waits for it.
+    A process that dies while Envoy is still starting, before Envoy opened the FIFO, would
+    leave it blocked in open() for good (no writer is left to meet). Every validator is
+    therefore started through ``setpriv --pdeathsig KILL`` where util-linux has it: the
+    kernel kills it when the thread that started it ends. That thread is one long-lived
+    thread per WarmEnvoy (not one per start), so it ends only with the process or
+    :meth:`close` (ADR 0039).
+
+    The next process is started ``restart_after`` seconds after a write was checked, not
+    inside the write: its start-up (~60 ms of CPU) would otherwise compete with the
+    controller pushing the change just committed to every proxy (ADR 0040). A write that
+    comes sooner has it started at once and waits for it.
     """
 
     #: seconds between a write's check and the start of the next process
@@ -567,8 +584,14 @@ class WarmEnvoy:
         #: validations served by a process started ahead (for tests and benchmarks)
         self.served = 0
         self.restart_after = restart_after
-        #: the thread ending the last process and starting the next; set: start it now
-        self._restart: threading.Thread | None = None
+        #: the command prefix that ties a validator's life to the thread starting it
+        self._tie = _death_tie()
+        #: the starting thread's jobs: (process to end, seconds to wait, done) or None: stop
+        self._jobs: queue.SimpleQueue[tuple[_Started | None, float, threading.Event] | None]
+        self._jobs = queue.SimpleQueue()
+        self._starter: threading.Thread | None = None
+        #: the job in flight (set once it is done); set ``_hurry``: start now, do not wait
+        self._pending: threading.Event | None = None
         self._hurry = threading.Event()
         self._closing = False
 
@@ -577,7 +600,8 @@ class WarmEnvoy:
         with self._lock:
             self._settle()
             if self._next is None:
-                self._next = self._start()
+                self._request(None, 0.0)
+                self._settle()
 
     def ready(self) -> _Started | None:
         """The process waiting for the next write, started now if its start was pending."""
@@ -585,19 +609,38 @@ class WarmEnvoy:
             self._settle()
             return self._next
 
-    def _settle(self) -> None:
-        """Finish a pending restart at once (the caller holds the lock)."""
-        thread, self._restart = self._restart, None
-        if thread is not None:
-            self._hurry.set()
-            thread.join()
+    def _request(self, used: _Started | None, delay: float) -> None:
+        """Have the starting thread end ``used`` and, ``delay`` s later, start the next
+        process (the caller holds the lock)."""
+        if self._starter is None:
+            self._starter = threading.Thread(
+                target=self._run_starter, name="envoy-validate", daemon=True
+            )
+            self._starter.start()
+        done = threading.Event()
+        self._hurry.clear()
+        self._pending = done
+        self._jobs.put((used, delay, done))
 
-    def _replace(self, used: _Started | None) -> None:
-        if used is not None:
-            _discard(used)  # still shutting down after its verdict: ended now
-        self._hurry.wait(self.restart_after)
-        if not self._closing:
-            self._next = self._start()  # read by the next write after join()
+    def _settle(self) -> None:
+        """Finish a pending start at once (the caller holds the lock)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._hurry.set()
+            pending.wait()
+
+    def _run_starter(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            used, delay, done = job
+            try:
+                if used is not None:
+                    _discard(used)  # still shutting down after its verdict: ended now
+                if delay > 0:
+                    self._hurry.wait(delay)
+                if not self._closing:
+                    self._next = self._start()  # read by the next write after _settle()
+            finally:
+                done.set()
 
     def _start(self) -> _Started | None:
         folder = tempfile.mkdtemp(prefix="gateway-validate-")  # mode 0700
@@ -609,7 +652,7 @@ class WarmEnvoy:
             shutil.rmtree(folder, ignore_errors=True)
             return None
         try:
-            proc = _validate_process(self._envoy, path)
+            proc = _validate_process(self._envoy, path, self._tie)
         except OSError:
             os.close(fd)
             shutil.rmtree(folder, ignore_errors=True)
@@ -630,11 +673,7 @@ class WarmEnvoy:
                     self.served += 1
                 return result
             finally:
-                self._hurry.clear()
-                self._restart = threading.Thread(
-                    target=self._replace, args=(current,), name="envoy-validate", daemon=True
-                )
-                self._restart.start()
+                self._request(current, self.restart_after)
 
     @staticmethod
     def _feed(current: _Started, data: bytes) -> tuple[int, str] | None:
@@ -663,6 +702,9 @@ class WarmEnvoy:
             if self._next is not None:
                 _discard(self._next)
                 self._next = None
+            if self._starter is not None:
+                self._jobs.put(None)
+                self._starter = None
 
 
 #: what ``envoy --mode validate`` prints once the whole configuration was accepted, before

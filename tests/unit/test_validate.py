@@ -329,6 +329,53 @@ def test_an_envoy_started_ahead_exits_when_its_writer_goes_away(tmp_path: Path) 
     warm.close()
 
 
+@needs_envoy
+def test_a_validator_dies_with_a_writer_killed_while_it_starts() -> None:
+    """A writer SIGKILLed right after starting the next validator, before Envoy reached the
+    FIFO: no writer is left for Envoy's open() to meet, so without the parent-death tie it
+    would wait there for ever (an orphan per such kill, ~20 MB each). With it the kernel
+    ends it together with the thread that started it."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("util-linux's setpriv is not installed")
+    script = (
+        "import os, signal, sys\n"
+        "from controlplane.validate import WarmEnvoy\n"
+        "warm = WarmEnvoy(sys.argv[1])\n"
+        "warm.prime()\n"
+        "print(warm._next.proc.pid, warm._next.folder, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    assert ENVOY is not None
+    writer = subprocess.run(
+        [sys.executable, "-c", script, ENVOY], capture_output=True, text=True, timeout=120
+    )
+    assert writer.returncode == -9, writer.stderr
+    pid_text, folder = writer.stdout.split()
+    pid = int(pid_text)
+    deadline = time.monotonic() + 30
+
+    def alive() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    try:
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(), f"validator {pid} outlived its writer"
+    finally:
+        if alive():
+            os.kill(pid, 9)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_the_verdict_is_envoys_ok_line_not_its_shutdown(tmp_path: Path) -> None:
     """Envoy prints "configuration '...' OK" once the whole configuration is accepted and
     only then shuts its server down: the write takes the line as the verdict and ends the
