@@ -494,11 +494,7 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
     )
     print(f"load average (1 min) during the samples: {min(loads):.2f}-{max(loads):.2f}")
     if args.gc_log:
-        pauses = [
-            float(line.split()[1])
-            for line in (stack.workdir / "gc.log").read_text().splitlines()
-            if began <= float(line.split()[0]) <= ended
-        ]
+        pauses = stack.full_gc_pauses(began, ended)
         print(
             f"controller full GCs during the samples: {len(pauses)}"
             + (f", longest {max(pauses):.1f} ms" if pauses else "")

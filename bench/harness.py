@@ -286,6 +286,14 @@ class Stack:
                 raise TimeoutError("controller not ready after 120 s")
             time.sleep(0.05)
 
+    def full_gc_pauses(self, since: float, until: float) -> list[float]:
+        """Pauses (ms) of the controller's full collections between two ``time.time()``
+        values, from the shim's log (``gc_log``)."""
+        lines = (self.workdir / "gc.log").read_text().splitlines()
+        return [
+            float(line.split()[1]) for line in lines if since <= float(line.split()[0]) <= until
+        ]
+
     def profile_toggle(self) -> None:
         """Start the controller's profile, or stop it and write its file (``profile``)."""
         self.procs["controller"].send_signal(signal.SIGUSR2)

@@ -204,6 +204,7 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
         stack.profile_toggle()
     cpu = cpu_seconds(pid)
     go = time.perf_counter()
+    go_wall = time.time()
     for c in conns:
         c.send(("go",))
     for c in conns:
@@ -222,6 +223,7 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
         for c in [c for c in waiting if c.poll(0.2)]:
             times += c.recv()
             waiting.remove(c)
+    synced_wall = time.time()
     if args.sigterm_after is None:
         cpu = cpu_seconds(pid) - cpu
         if args.profile:
@@ -290,6 +292,12 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
         print(f"controller CPU from the go to all synced: {cpu:.1f} s")
     if gate:
         print("admission: " + ", ".join(f"{k} {v:g}" for k, v in sorted(gate.items())))
+    if args.gc_log:
+        pauses = stack.full_gc_pauses(go_wall, synced_wall)
+        print(
+            f"controller full GCs from the go to all synced: {len(pauses)}, "
+            f"{sum(pauses):.0f} ms in all" + (f", longest {max(pauses):.0f} ms" if pauses else "")
+        )
     print(f"load average (1 min) at the end: {load:.2f}")
     print(f"SIGTERM -> controller exited: {stopped[0]:.2f} s")
 
@@ -318,6 +326,11 @@ def main() -> None:
         help="profile the controller from the go to all synced (yappi) into FILE, FILE.txt",
     )
     parser.add_argument("--keep", action="store_true", help="keep the controller's log")
+    parser.add_argument(
+        "--gc-log",
+        action="store_true",
+        help="count the controller's full garbage collections (bench/controller_shim.py)",
+    )
     parser.add_argument("--code", default="worktree", help="the controller of this revision")
     raw = sys.argv[1:]
     args = parser.parse_args(raw)
@@ -327,7 +340,7 @@ def main() -> None:
     if args.initial_syncs is not None:
         os.environ["GATEWAY_MAX_INITIAL_SYNCS"] = str(args.initial_syncs)
     os.environ["GATEWAY_VALIDATE"] = "never"  # no admin writes here
-    with Stack(keep=args.keep, profile=args.profile) as stack:
+    with Stack(keep=args.keep, profile=args.profile, gc_log=args.gc_log) as stack:
         stack.start_backends()
         store = stack.seed()
         store.apply_objects([make_route("r", i, "a") for i in range(args.routes)])

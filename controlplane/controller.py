@@ -38,6 +38,7 @@ from .translate.aggregate import aggregation_target
 from .xds import AdsServer, SnapshotCache, StatusRecorder
 from .xds.admission import SERVER_OPTIONS as ADMISSION_OPTIONS
 from .xds.admission import SLOT_TIMEOUT, InitialSyncGate
+from .xds.gcdefer import FullCollectionDeferral
 from .xds.metrics import XdsMetrics
 from .xds.mtls import HandshakeCounter, StreamAuthorizer, check_bind, server_credentials
 
@@ -116,7 +117,7 @@ class Controller:
         self.authorizer = StreamAuthorizer(required=tls)
         #: first syncs in flight at once: a fleet reconnecting together is served in order
         #: (xds/admission.py, ADR 0053)
-        self.gate = InitialSyncGate(settings.max_initial_syncs)
+        self.gate = InitialSyncGate(settings.max_initial_syncs, deferral=FullCollectionDeferral())
         self.ads = AdsServer(
             self.cache, self.recorder, XdsMetrics(self.metrics), self.authorizer, self.gate
         )

@@ -45,6 +45,8 @@ import logging
 import time
 from collections import deque
 
+from .gcdefer import FullCollectionDeferral
+
 __all__ = [
     "SERVER_OPTIONS",
     "SLOT_TIMEOUT",
@@ -107,11 +109,18 @@ class InitialSyncGate:
     """At most ``limit`` first syncs at once (0: no bound); the others wait, first come
     first served."""
 
-    def __init__(self, limit: int, slot_timeout: float = SLOT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        limit: int,
+        slot_timeout: float = SLOT_TIMEOUT,
+        deferral: FullCollectionDeferral | None = None,
+    ) -> None:
         if limit < 0:
             raise ValueError("limit must be >= 0")
         self.limit = limit
         self.slot_timeout = slot_timeout
+        #: full garbage collections held off while first syncs run (gcdefer.py)
+        self.deferral = deferral
         #: slots held now; the most held at once since start
         self.active = 0
         self.peak = 0
@@ -153,6 +162,8 @@ class InitialSyncGate:
         self.active += 1
         self.admitted += 1
         self.peak = max(self.peak, self.active)
+        if self.deferral is not None:
+            self.deferral.busy()
 
     def _slot(self, waited: float) -> Slot:
         slot = Slot(self, waited)
@@ -169,3 +180,5 @@ class InitialSyncGate:
                 continue
             self._take()
             future.set_result(None)
+        if self.active == 0 and self.deferral is not None:
+            self.deferral.idle()  # nobody in flight, so nobody waits either
