@@ -12,8 +12,9 @@ hold theirs. A push asks every stream to write ``--writes`` messages of ``--size
 after the other (each awaited, as one ADS stream writes CDS, then EDS, then RDS); the client
 answers every message with a small one, as Envoy ACKs each response. Reported: the time from
 the push to the server having read every answer, and the server's CPU time for it (all of
-its threads). Set beside ``bench.ads_fanout`` it says how much of a push is gRPC's own
-per-message cost on one event loop, which no change to the stream code can remove.
+its threads), and the server's RSS growth per connection once every stream is open. Set
+beside ``bench.ads_fanout`` and ``bench.reconnect`` it says how much of a push, and of a
+proxy's memory, is gRPC's own, which no change to the stream code can remove.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ from .stats import percentile
 
 def _identity(data: bytes) -> bytes:
     return data
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
 
 
 async def _server(args: argparse.Namespace, ports: Queue[Any], results: Queue[Any]) -> None:
@@ -74,10 +80,13 @@ async def _server(args: argparse.Namespace, ports: Queue[Any], results: Queue[An
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    await asyncio.sleep(0.5)
+    before = _rss_kib()
     ports.put(port)
     while len(streams) < args.streams:
         await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(2)  # every stream has its first message and answer
+    opened = _rss_kib()
     took, cpu = [], []
     for _ in range(args.pushes):
         count["answers"], count["want"] = 0, args.streams * args.writes
@@ -89,7 +98,7 @@ async def _server(args: argparse.Namespace, ports: Queue[Any], results: Queue[An
         took.append((time.perf_counter() - start) * 1e3)
         cpu.append((time.process_time() - cpu0) * 1e3)
         await asyncio.sleep(args.pause)
-    results.put((took, cpu))
+    results.put((took, cpu, (opened - before) / args.streams))
     await asyncio.sleep(3600)  # ended by the benchmark (a stop would log every cancelled call)
 
 
@@ -131,7 +140,7 @@ def main() -> None:
     server.start()
     client = ctx.Process(target=_run_client, args=(ports.get(), args.streams), daemon=True)
     client.start()
-    took, cpu = results.get()
+    took, cpu, per_stream = results.get()
     client.terminate()
     server.terminate()
     client.join(10)
@@ -142,7 +151,8 @@ def main() -> None:
         f"{args.pushes} pushes: push -> every answer read "
         f"p50 {percentile(took, 50):.1f} ms, p99 {percentile(took, 99):.1f} ms; "
         f"server CPU p50 {percentile(cpu, 50):.1f} ms "
-        f"({percentile(cpu, 50) * 1e3 / messages:.0f} us per message written and answer read)"
+        f"({percentile(cpu, 50) * 1e3 / messages:.0f} us per message written and answer read); "
+        f"server RSS {per_stream:.1f} KiB per connection with its open stream"
     )
 
 
