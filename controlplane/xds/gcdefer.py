@@ -14,12 +14,13 @@ While the initial-sync gate (``admission.py``) has first syncs in flight or wait
 young collections go on as usual, and so does reference counting. Once the gate is idle
 the thresholds are restored and CPython makes one full collection at its next chance,
 when the fleet is in sync rather than in the middle of it. A gate busy without a pause
-(a fleet that never stops churning) gets its thresholds back after :data:`MAX_DEFERRAL`
-seconds anyway, so cyclic garbage never waits longer than that plus one burst.
+(a fleet that never stops churning, or a slot never given back) gets its thresholds back
+after :data:`MAX_DEFERRAL` seconds anyway, so cyclic garbage never waits longer than that.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 
@@ -43,6 +44,8 @@ class FullCollectionDeferral:
         self._spent = False
         #: deferrals so far (for tests and metrics)
         self.deferrals = 0
+        #: ends the deferral at ``max_deferral`` even if no further first sync comes
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def deferring(self) -> bool:
@@ -52,8 +55,7 @@ class FullCollectionDeferral:
         """A first sync starts or waits: defer full collections (if not too long already)."""
         if self._saved is not None:
             if time.monotonic() - self._since >= self.max_deferral:
-                self._restore()
-                self._spent = True
+                self._expire()
             return
         if self._spent:
             return
@@ -64,6 +66,16 @@ class FullCollectionDeferral:
         self._since = time.monotonic()
         self.deferrals += 1
         gc.set_threshold(saved[0], saved[1], _OUT_OF_REACH)
+        try:  # a slot that is never given back (no bound, a silent proxy) must not keep it
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._timer = loop.call_later(self.max_deferral, self._expire)
+
+    def _expire(self) -> None:
+        """Deferred for ``max_deferral``: collections as usual until the gate is idle."""
+        self._restore()
+        self._spent = True
 
     def idle(self) -> None:
         """No first sync in flight or waiting: full collections as usual again."""
@@ -72,6 +84,9 @@ class FullCollectionDeferral:
             self._restore()
 
     def _restore(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         saved, self._saved = self._saved, None
         if saved is not None and gc.get_threshold()[2] == _OUT_OF_REACH:
             gc.set_threshold(*saved)  # unless someone set other thresholds meanwhile

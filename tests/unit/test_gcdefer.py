@@ -75,3 +75,21 @@ def test_thresholds_set_by_someone_else_are_left_alone(
     gc.set_threshold(500, 5, 5)  # changed while deferred
     deferral.idle()
     assert gc.get_threshold() == (500, 5, 5)
+
+
+def test_a_slot_never_given_back_does_not_defer_for_ever(
+    thresholds: tuple[int, int, int],
+) -> None:
+    """Without a bound a slot has no timeout; a proxy that never ACKs keeps it. The
+    deferral still ends after its longest time, with no further first sync to notice."""
+
+    async def run() -> None:
+        gate = InitialSyncGate(0, deferral=FullCollectionDeferral(max_deferral=0.05))
+        silent = await gate.admit()
+        assert gc.get_threshold()[2] > 1_000_000
+        await asyncio.sleep(0.2)
+        assert gc.get_threshold() == thresholds and silent.held
+        silent.release()
+        assert gc.get_threshold() == thresholds
+
+    asyncio.run(run())
