@@ -33,12 +33,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     fi
 fi
 
-# Three workers by default on 2 cores (TEST_WORKERS=1 runs in one process): the tests mostly
-# wait on real Envoys, controllers and CLI processes, and a third worker took the suite from
-# 18:17 to 16:28 of pytest time on the 2-core VM (fresh clones, nothing else running). A
-# file's tests stay in one worker, so module fixtures (one controller and Envoy per file)
-# are started once.
-workers="${TEST_WORKERS:-3}"
+# Two workers by default (TEST_WORKERS=1 runs in one process); a file's tests stay in one
+# worker, so module fixtures (one controller and Envoy per file) are started once. Three
+# took 16:28 instead of 18:17 of pytest time on 2 cores, but their contention once let a
+# test meet a window between two xDS updates (an API key's ECDS before its routes' RDS).
+workers="${TEST_WORKERS:-2}"
 if [ "$workers" -gt 1 ]; then
     exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
 fi
