@@ -22,20 +22,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import time
 from multiprocessing.queues import Queue
 from typing import Any
 
+from .harness import rss_kib
 from .stats import percentile
 
 
 def _identity(data: bytes) -> bytes:
     return data
-
-
-def _rss_kib() -> int:
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
 
 
 async def _server(args: argparse.Namespace, ports: Queue[Any], results: Queue[Any]) -> None:
@@ -81,12 +78,12 @@ async def _server(args: argparse.Namespace, ports: Queue[Any], results: Queue[An
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     await asyncio.sleep(0.5)
-    before = _rss_kib()
+    before = rss_kib(os.getpid())
     ports.put(port)
     while len(streams) < args.streams:
         await asyncio.sleep(0.05)
     await asyncio.sleep(2)  # every stream has its first message and answer
-    opened = _rss_kib()
+    opened = rss_kib(os.getpid())
     took, cpu = [], []
     for _ in range(args.pushes):
         count["answers"], count["want"] = 0, args.streams * args.writes
