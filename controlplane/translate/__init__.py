@@ -28,7 +28,7 @@ from .aggregate import (
     parts_listener,
     parts_listener_name,
 )
-from .auth import jwks_clusters, keys_expire, route_context
+from .auth import KEY_EXPIRY_SWITCH, jwks_clusters, keys_expire, route_context
 from .cluster import cluster_resource, is_eds, load_assignment
 from .common import blame, pack
 from .edge import apply_client_auth, client_ca_secret
@@ -120,6 +120,11 @@ class Resources:
     #: members of the local cluster, served by xds/cache.py); without it the member list
     #: is constant and a proxy connecting or leaving changes nothing any other proxy runs
     divides_by_replicas: bool = False
+    #: switches the gateway's routes turn on that its extension configs (ECDS) rely on, so
+    #: a proxy must take the routes first when one turns on (xds/snapshot.py, push_order):
+    #: ``"key_expiry"``, the keyed routes run the expiry check that reads what the key
+    #: filter forwards
+    route_switches: frozenset[str] = frozenset()
 
     def add(
         self,
@@ -246,6 +251,8 @@ class Translator:
         table.set_layouts(length, kept)
         filters, dynamic = http_filters(view, table)
         out.divides_by_replicas = RATE_LIMIT_FILTER in dynamic
+        if context.key_expiry:
+            out.route_switches = frozenset({KEY_EXPIRY_SWITCH})
         routes_needed = [(ROUTE, gw.name)] if length is None else []
         out.add(
             LISTENER,

@@ -57,6 +57,7 @@ __all__ = [
     "JWT_FILTER",
     "KEY_CLIENT_HEADER",
     "KEY_EXPIRY_FILTER",
+    "KEY_EXPIRY_SWITCH",
     "RBAC_FILTER",
     "STRIP_FILTER",
     "RouteContext",
@@ -300,6 +301,11 @@ end
 
 
 _EXPIRY_SOURCE = "key_expiry"
+#: the snapshot's name for "the keyed routes run the expiry check" (Resources.route_switches):
+#: the first key that expires must reach a proxy's routes before its credentials do, or the
+#: backend gets "<consumer> <expiry>" as the consumer with the expiry unchecked; the last
+#: one must leave the credentials first, or the routes forward that pair unchecked
+KEY_EXPIRY_SWITCH = "key_expiry"
 
 
 def key_expiry_filter() -> lua_pb2.Lua:

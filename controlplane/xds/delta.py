@@ -30,13 +30,20 @@ from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from ..translate import CLUSTER, ENDPOINT, wire
+from ..translate import CLUSTER, ENDPOINT, ROUTE, wire
 from .admission import InitialSyncGate
 from .cache import SnapshotCache
 from .guard import parse_version, rollback_reason, type_version
 from .metrics import XdsMetrics
 from .server import LATE_INTERVAL, Admit, _Stream
-from .snapshot import OPTIONAL_TYPES, PUSH_ORDER, WILDCARD_TYPES, Snapshot, TypeSnapshot
+from .snapshot import (
+    OPTIONAL_TYPES,
+    PUSH_ORDER,
+    WILDCARD_TYPES,
+    Snapshot,
+    TypeSnapshot,
+    push_order,
+)
 from .status import StatusRecorder
 
 __all__ = ["DeltaEncoder", "DeltaStream"]
@@ -282,7 +289,7 @@ class DeltaStream(_Stream):
             return
         snap = self.cache.get(self.gateway)
         cds = self.types[CLUSTER]
-        for type_url in PUSH_ORDER:
+        for type_url in push_order(snap, self._route_switches):
             if not self.types[type_url].subscribed:
                 continue
             if type_url == CLUSTER:
@@ -333,6 +340,8 @@ class DeltaStream(_Stream):
         before it starts)."""
         st = self.types[type_url]
         ts = snap.types[type_url]
+        if type_url == ROUTE:
+            self._route_switches = snap.route_switches
         if not force and (st.synced_to is ts or (not remove and st.added_to is ts)):
             return
         wanted = self._wanted(type_url, snap)

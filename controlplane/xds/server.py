@@ -19,13 +19,20 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
-from ..translate import CLUSTER, ENDPOINT
+from ..translate import CLUSTER, ENDPOINT, ROUTE
 from .admission import InitialSyncGate, Slot
 from .cache import CHANGED, SnapshotCache
 from .guard import parse_version, rollback_reason
 from .metrics import XdsMetrics
 from .mtls import StreamAuthorizer, client_identity
-from .snapshot import OPTIONAL_TYPES, PUSH_ORDER, WILDCARD_TYPES, Snapshot, TypeSnapshot
+from .snapshot import (
+    OPTIONAL_TYPES,
+    PUSH_ORDER,
+    WILDCARD_TYPES,
+    Snapshot,
+    TypeSnapshot,
+    push_order,
+)
 from .status import ProxyState, StatusRecorder
 
 __all__ = ["ADS_SERVICE", "AdsServer", "AdsStream", "Refused"]
@@ -115,6 +122,8 @@ class _Stream:
         #: bounds the first syncs in flight (admission.py); the slot while this one runs
         self._gate = gate
         self._slot: Slot | None = None
+        #: the switches of the routes last sent (``Snapshot.route_switches``); None: none
+        self._route_switches: frozenset[str] | None = None
         self._start()
 
     def _start(self) -> None:
@@ -354,7 +363,7 @@ class AdsStream(_Stream):
         snap = self.cache.get(self.proxy.gateway)  # type: ignore[union-attr]
         dropped = self._dropped_clusters(snap)
         cds_before = self.types[CLUSTER].sent_version
-        for type_url in PUSH_ORDER:
+        for type_url in push_order(snap, self._route_switches):
             if not self.types[type_url].subscribed:
                 continue
             if type_url == ENDPOINT and self.types[CLUSTER].sent_version != cds_before:
@@ -431,6 +440,8 @@ class AdsStream(_Stream):
     async def _send(self, type_url: str, snap: Snapshot, *, force: bool) -> None:
         st = self.types[type_url]
         ts = snap.types[type_url]
+        if type_url == ROUTE:
+            self._route_switches = snap.route_switches
         if type_url in WILDCARD_TYPES:
             if not force and ts.version == st.sent_version:
                 return

@@ -38,6 +38,7 @@ __all__ = [
     "Snapshot",
     "TypeSnapshot",
     "build_snapshot",
+    "push_order",
     "resource_fragment",
 ]
 
@@ -45,6 +46,8 @@ __all__ = [
 #: certificates (SDS) before the listeners that serve them; a sharded gateway's scopes
 #: (SRDS) name the RouteConfigurations Envoy then asks for
 PUSH_ORDER = (CLUSTER, ENDPOINT, EXTENSION, SECRET, LISTENER, SCOPED, ROUTE)
+#: the same with the routes before the extension configs (``push_order``)
+ROUTES_FIRST = (CLUSTER, ENDPOINT, SECRET, LISTENER, SCOPED, ROUTE, EXTENSION)
 #: types whose requests name no resources and whose responses carry all of them
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER, SCOPED})
 #: wildcard types only some listeners ask for (scopes: sharded gateways). A proxy is in
@@ -100,6 +103,9 @@ class Snapshot:
     sources: dict[tuple[str, str], Iterable[tuple[str, str]]] = field(default_factory=dict)
     #: its rate limits share budgets between replicas (``Resources.divides_by_replicas``)
     divides_by_replicas: bool = False
+    #: what its routes switch on that its extension configs rely on
+    #: (``Resources.route_switches``, ``push_order``)
+    route_switches: frozenset[str] = frozenset()
 
     def type_version(self, type_url: str) -> str:
         return self.types[type_url].version
@@ -114,6 +120,23 @@ class Snapshot:
         old = self.types[type_url]
         added = TypeSnapshot(f"{old.version}+{tag}", {**old.fragments, name: fragment}, old.late)
         return dataclasses.replace(self, types={**self.types, type_url: added})
+
+
+def push_order(snap: Snapshot, running: frozenset[str] | None) -> tuple[str, ...]:
+    """The order of one push to a proxy whose routes carry the switches ``running`` (None:
+    not known, none sent yet).
+
+    Extension configs usually go before the routes, which may name a filter config they add
+    (a new JWT provider). A switch the routes turn on reverses that for the push that turns
+    it on: the new extension configs rely on it (the first key that expires makes the key
+    filter forward "<consumer> <expiry>", which only the expiry check the keyed routes now
+    run may read), so a request served between the two responses must meet the new routes
+    with the old configs (which they handle), never the reverse. A switch turning off keeps
+    the usual order: the old routes handle the new configs. Envoy applies a stream's
+    responses in order, so sending one before the other is enough."""
+    if running is not None and snap.route_switches - running:
+        return ROUTES_FIRST
+    return PUSH_ORDER
 
 
 def resource_fragment(type_url: str, value: bytes) -> bytes:
@@ -247,4 +270,5 @@ def build_snapshot(
         types,
         resources.sources,
         resources.divides_by_replicas,
+        resources.route_switches,
     )

@@ -1,0 +1,167 @@
+"""The order of a push when a gateway's first API key that expires comes (and when its last
+one goes), over both ADS protocols, with the controller's own translator.
+
+The key filter's credentials (ECDS) and the keyed routes' settings (RDS) change together:
+the credentials carry "<consumer> <expiry>", and the routes forward that to the expiry check
+instead of straight to ``x-consumer-id``. A request Envoy serves between the two responses
+meets one new and one old: only new routes with old credentials, or new credentials with old
+routes when the check turns off, are safe (``xds/snapshot.py``, ``push_order``).
+tests/e2e/test_push_order.py holds a real Envoy in that window."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from envoy.service.discovery.v3 import discovery_pb2
+
+from controlplane.policy import Bundle, new_api_key
+from controlplane.runner import Runner
+from controlplane.store import Store
+from controlplane.translate import CLUSTER, ENDPOINT, EXTENSION, LISTENER, ROUTE
+from controlplane.translate.auth import KEY_EXPIRY_SWITCH
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.delta import DeltaEncoder, DeltaStream
+from controlplane.xds.server import AdsStream
+from controlplane.xds.snapshot import ROUTES_FIRST, Snapshot, push_order
+from controlplane.xds.status import ProxyState
+
+POLICY = """
+gateways:
+  - {name: public, port: 18080}
+clusters:
+  - {name: alpha, endpoints: ["127.0.0.1:18081"]}
+consumers:
+  - {name: acme}
+routes:
+  - name: keyed
+    gateway: public
+    match: {path_prefix: /keyed}
+    cluster: alpha
+    auth: {api_key: true}
+"""
+
+
+class _Recorder:
+    def event(self, *args: Any) -> None:
+        pass
+
+    def changed(self, state: ProxyState) -> None:
+        pass
+
+
+def _type_of(data: bytes, delta: bool) -> str:
+    message = (
+        discovery_pb2.DeltaDiscoveryResponse if delta else discovery_pb2.DiscoveryResponse
+    ).FromString(data)
+    return message.type_url
+
+
+class _Gateway:
+    """The policy in a store, translated by the controller's runner into its cache."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.store = Store(str(tmp_path / "gateway.db"), create=True)
+        self.store.apply(Bundle.from_text(POLICY, "policy.yaml"))
+        self.store.create(new_api_key("acme"))  # a key that never expires
+        self.cache = SnapshotCache()
+        self.runner = Runner(self.store, self.cache, controller="test", xds_address="127.0.0.1:1")
+
+    async def render(self) -> Snapshot:
+        """The gateway's snapshot as of the store's newest revision (as ``serve`` polls)."""
+        if self.cache.published("public") is None:
+            await self.runner.load()
+        else:
+            assert await self.runner.poll()
+        snap = self.cache.get("public")
+        assert snap.revision == self.store.revision()
+        return snap
+
+
+async def _sync(gw: _Gateway, delta: bool, written: list[bytes]) -> AdsStream | DeltaStream:
+    """A stream that ran its first sync of every type the gateway has."""
+
+    async def write(data: bytes) -> None:
+        written.append(data)
+
+    stream: AdsStream | DeltaStream
+    if delta:
+        stream = DeltaStream(gw.cache, _Recorder(), DeltaEncoder(), write, "peer")  # type: ignore[arg-type]
+    else:
+        stream = AdsStream(gw.cache, _Recorder(), write, "peer")  # type: ignore[arg-type]
+    stream.proxy = ProxyState(node_id="n", gateway="public", address="a", envoy_version="1.40.0")
+    snap = gw.cache.get("public")
+    for type_url in (CLUSTER, ENDPOINT, LISTENER, EXTENSION, ROUTE):
+        names = [] if type_url in (CLUSTER, LISTENER) else sorted(snap.types[type_url].fragments)
+        if delta:
+            await stream._on_request(
+                discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=type_url, resource_names_subscribe=names
+                )
+            )
+        else:
+            await stream._on_request(
+                discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=names)
+            )
+    return stream
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_the_first_expiring_key_reaches_the_routes_before_the_credentials(
+    tmp_path: Path, delta: bool
+) -> None:
+    asyncio.run(_first_and_last(tmp_path, delta))
+
+
+async def _first_and_last(tmp_path: Path, delta: bool) -> None:
+    gw = _Gateway(tmp_path)
+    assert KEY_EXPIRY_SWITCH not in (await gw.render()).route_switches
+    written: list[bytes] = []
+    stream = await _sync(gw, delta, written)
+    assert {_type_of(w, delta) for w in written} >= {EXTENSION, ROUTE}
+
+    # the first key that expires: the keyed routes switch the expiry check on
+    expiring = new_api_key("acme", datetime.now(UTC) + timedelta(days=1))
+    gw.store.create(expiring)
+    snap = await gw.render()
+    assert KEY_EXPIRY_SWITCH in snap.route_switches
+    before = len(written)
+    await stream._on_snapshot()
+    pushed = [_type_of(w, delta) for w in written[before:]]
+    assert pushed == [ROUTE, EXTENSION], pushed
+
+    # another expiring key: the routes are unchanged, the credentials alone are pushed
+    gw.store.create(new_api_key("acme", datetime.now(UTC) + timedelta(days=2)))
+    await gw.render()
+    before = len(written)
+    await stream._on_snapshot()
+    assert [_type_of(w, delta) for w in written[before:]] == [EXTENSION]
+
+    # both expiring keys gone: the credentials change first, then the routes
+    for key in gw.store.list_objects("api_key"):
+        if key.expires_at is not None:  # type: ignore[attr-defined]
+            gw.store.delete("api_key", key.name)
+    snap = await gw.render()
+    assert KEY_EXPIRY_SWITCH not in snap.route_switches
+    before = len(written)
+    await stream._on_snapshot()
+    pushed = [_type_of(w, delta) for w in written[before:]]
+    assert pushed == [EXTENSION, ROUTE], pushed
+    gw.store.close()
+
+
+def test_push_order_reverses_only_for_a_switch_turning_on() -> None:
+    on = Snapshot("gw", 2, 2, {}, route_switches=frozenset({KEY_EXPIRY_SWITCH}))
+    off = Snapshot("gw", 3, 3, {})
+    assert push_order(on, frozenset()) == ROUTES_FIRST
+    assert push_order(on, frozenset({KEY_EXPIRY_SWITCH})).index(EXTENSION) < (
+        push_order(on, frozenset({KEY_EXPIRY_SWITCH})).index(ROUTE)
+    )
+    assert push_order(off, frozenset({KEY_EXPIRY_SWITCH})).index(EXTENSION) < (
+        push_order(off, frozenset({KEY_EXPIRY_SWITCH})).index(ROUTE)
+    )
+    # nothing sent yet: the proxy has no routes a change could race
+    assert push_order(on, None).index(EXTENSION) < push_order(on, None).index(ROUTE)
