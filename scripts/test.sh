@@ -35,8 +35,9 @@ fi
 
 # Two workers by default (TEST_WORKERS=1 runs in one process); a file's tests stay in one
 # worker, so module fixtures (one controller and Envoy per file) are started once. Three
-# took 16:28 instead of 18:17 of pytest time on 2 cores, but their contention once let a
-# test meet a window between two xDS updates (an API key's ECDS before its routes' RDS).
+# took 16:28-17:14 instead of 18:17-19:13 of pytest time on 2 cores. Their contention once
+# let a test meet a window between two xDS updates (an API key's ECDS before its routes'
+# RDS, fixed since: ADR 0058); two are kept for the margin on a CI machine others share.
 workers="${TEST_WORKERS:-2}"
 if [ "$workers" -gt 1 ]; then
     exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"

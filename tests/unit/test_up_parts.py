@@ -116,6 +116,9 @@ def test_stop_signals_name_the_signal(sig: signal.Signals) -> None:
         return stop.name
 
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    # a terminal's SIGHUP, whatever the suite inherited (``nohup`` passes it down ignored,
+    # and StopSignals rightly leaves an ignored SIGHUP alone)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     try:
         assert asyncio.run(main()) == sig.name
     finally:
@@ -128,6 +131,7 @@ _SIGNAL_TO_A_THREAD = textwrap.dedent(
     import asyncio, os, signal, sys, threading, time
     from controlplane.supervise import StopSignals
 
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # a terminal's, even under nohup
     seen = threading.Event()
 
     def worker():
