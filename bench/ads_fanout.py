@@ -47,7 +47,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from bench.harness import GATEWAY, Stack, make_route, route_name
+from bench.harness import GATEWAY, Stack, cpu_seconds, make_route, route_name
 from bench.stats import summary
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
@@ -448,6 +448,10 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
     began = time.time()
     if args.profile:
         stack.profile_toggle()
+    # CPU of the controller and of the simulated proxies' processes over the samples: steadier
+    # than a percentile from one run, and what two cores are asked for per write
+    sims = [proc.pid for proc in fleet.procs]
+    cpu_before = (cpu_seconds(stack.controller_pid), sum(cpu_seconds(pid) for pid in sims))
     for i in range(args.samples):
         time.sleep(args.pause)
         revision, start, returned = _put(conn, token, name, _change(args.change, i))
@@ -460,6 +464,7 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
         series["first_rx"].append(min(received) - returned)
         series["last_rx"].append(max(received) - min(received))
         loads.append(os.getloadavg()[0])
+    cpu_after = (cpu_seconds(stack.controller_pid), sum(cpu_seconds(pid) for pid in sims))
     if args.profile:
         stack.profile_toggle()
         deadline = time.monotonic() + 60
@@ -493,6 +498,13 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
         + ")"
     )
     print(f"load average (1 min) during the samples: {min(loads):.2f}-{max(loads):.2f}")
+    controller_ms = (cpu_after[0] - cpu_before[0]) / args.samples * 1e3
+    sims_ms = (cpu_after[1] - cpu_before[1]) / args.samples * 1e3
+    print(
+        f"CPU per write: controller {controller_ms:.1f} ms"
+        + (f", simulated proxies {sims_ms:.1f} ms" if sims else " (proxies in this process)")
+        + f" (pauses of {args.pause} s between writes included)"
+    )
     if args.gc_log:
         pauses = stack.full_gc_pauses(began, ended)
         print(
