@@ -1,5 +1,6 @@
 """The order of a push when a gateway's first API key that expires comes (and when its last
-one goes), over both ADS protocols, with the controller's own translator.
+one goes), over both ADS protocols, on one route table and on a sharded gateway (scopes and
+several RouteConfigurations), with the controller's own translator.
 
 The key filter's credentials (ECDS) and the keyed routes' settings (RDS) change together:
 the credentials carry "<consumer> <expiry>", and the routes forward that to the expiry check
@@ -21,7 +22,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from controlplane.policy import Bundle, new_api_key
 from controlplane.runner import Runner
 from controlplane.store import Store
-from controlplane.translate import CLUSTER, ENDPOINT, EXTENSION, LISTENER, ROUTE
+from controlplane.translate import CLUSTER, ENDPOINT, EXTENSION, LISTENER, ROUTE, SCOPED
 from controlplane.translate.auth import KEY_EXPIRY_SWITCH
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.delta import DeltaEncoder, DeltaStream
@@ -63,12 +64,24 @@ def _type_of(data: bytes, delta: bool) -> str:
 class _Gateway:
     """The policy in a store, translated by the controller's runner into its cache."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, shard_from: int) -> None:
         self.store = Store(str(tmp_path / "gateway.db"), create=True)
-        self.store.apply(Bundle.from_text(POLICY, "policy.yaml"))
+        # public routes beside the keyed one, enough for the sharded case to shard
+        public = "".join(
+            f"  - {{name: p{i:02d}, gateway: public, match: {{path_prefix: /p{i:02d}/}}, "
+            "cluster: alpha}\n"
+            for i in range(40)
+        )
+        self.store.apply(Bundle.from_text(POLICY + public, "policy.yaml"))
         self.store.create(new_api_key("acme"))  # a key that never expires
         self.cache = SnapshotCache()
-        self.runner = Runner(self.store, self.cache, controller="test", xds_address="127.0.0.1:1")
+        self.runner = Runner(
+            self.store,
+            self.cache,
+            controller="test",
+            xds_address="127.0.0.1:1",
+            shard_from=shard_from,
+        )
 
     async def render(self) -> Snapshot:
         """The gateway's snapshot as of the store's newest revision (as ``serve`` polls)."""
@@ -94,8 +107,11 @@ async def _sync(gw: _Gateway, delta: bool, written: list[bytes]) -> AdsStream | 
         stream = AdsStream(gw.cache, _Recorder(), write, "peer")  # type: ignore[arg-type]
     stream.proxy = ProxyState(node_id="n", gateway="public", address="a", envoy_version="1.40.0")
     snap = gw.cache.get("public")
-    for type_url in (CLUSTER, ENDPOINT, LISTENER, EXTENSION, ROUTE):
-        names = [] if type_url in (CLUSTER, LISTENER) else sorted(snap.types[type_url].fragments)
+    for type_url in (CLUSTER, ENDPOINT, LISTENER, SCOPED, EXTENSION, ROUTE):
+        if type_url == SCOPED and not snap.types[SCOPED].fragments:
+            continue  # one route table: no scopes to ask for
+        wildcard = type_url in (CLUSTER, LISTENER, SCOPED)
+        names = [] if wildcard else sorted(snap.types[type_url].fragments)
         if delta:
             await stream._on_request(
                 discovery_pb2.DeltaDiscoveryRequest(
@@ -109,16 +125,29 @@ async def _sync(gw: _Gateway, delta: bool, written: list[bytes]) -> AdsStream | 
     return stream
 
 
+def _order(pushed: list[str]) -> list[str]:
+    """The types of a push in order, each once (a sharded gateway's routes are several
+    RouteConfigurations, possibly in several responses)."""
+    out: list[str] = []
+    for type_url in pushed:
+        if not out or out[-1] != type_url:
+            out.append(type_url)
+    return out
+
+
+@pytest.mark.parametrize("shard_from", [2000, 1], ids=["one-table", "sharded"])
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 def test_the_first_expiring_key_reaches_the_routes_before_the_credentials(
-    tmp_path: Path, delta: bool
+    tmp_path: Path, delta: bool, shard_from: int
 ) -> None:
-    asyncio.run(_first_and_last(tmp_path, delta))
+    asyncio.run(_first_and_last(tmp_path, delta, shard_from))
 
 
-async def _first_and_last(tmp_path: Path, delta: bool) -> None:
-    gw = _Gateway(tmp_path)
-    assert KEY_EXPIRY_SWITCH not in (await gw.render()).route_switches
+async def _first_and_last(tmp_path: Path, delta: bool, shard_from: int) -> None:
+    gw = _Gateway(tmp_path, shard_from)
+    first = await gw.render()
+    assert KEY_EXPIRY_SWITCH not in first.route_switches
+    assert bool(first.types[SCOPED].fragments) == (shard_from == 1)
     written: list[bytes] = []
     stream = await _sync(gw, delta, written)
     assert {_type_of(w, delta) for w in written} >= {EXTENSION, ROUTE}
@@ -131,7 +160,7 @@ async def _first_and_last(tmp_path: Path, delta: bool) -> None:
     before = len(written)
     await stream._on_snapshot()
     pushed = [_type_of(w, delta) for w in written[before:]]
-    assert pushed == [ROUTE, EXTENSION], pushed
+    assert _order(pushed) == [ROUTE, EXTENSION], pushed
 
     # another expiring key: the routes are unchanged, the credentials alone are pushed
     gw.store.create(new_api_key("acme", datetime.now(UTC) + timedelta(days=2)))
@@ -149,7 +178,7 @@ async def _first_and_last(tmp_path: Path, delta: bool) -> None:
     before = len(written)
     await stream._on_snapshot()
     pushed = [_type_of(w, delta) for w in written[before:]]
-    assert pushed == [EXTENSION, ROUTE], pushed
+    assert _order(pushed) == [EXTENSION, ROUTE], pushed
     gw.store.close()
 
 
