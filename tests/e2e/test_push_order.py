@@ -3,7 +3,7 @@ check on (a gateway's first key that expires) or off (its last one revoked), ove
 protocols: whatever it serves in that window, the backend reads the consumer's name and
 nothing else, and no key goes past the check.
 
-The controller runs in this process (``serve``'s own :class:`Controller`, in a thread) so the
+The controller runs in this process (``serve`` itself, in a thread) so the
 test can stop its streams after the first of the two responses: the window is then as long
 as the test needs, not the microseconds it lasts between two writes. The unit test
 (tests/unit/test_push_order.py) checks the order itself; this one checks that the order is
@@ -12,6 +12,7 @@ the one a real Envoy needs."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from controlplane.controller import Controller
-from controlplane.envoy_launcher import stats
+from controlplane.controller import serve
+from controlplane.envoy_launcher import free_port, stats
 from controlplane.policy import Bundle, new_api_key
 from controlplane.settings import Settings
 from controlplane.store import Store
@@ -81,21 +82,22 @@ class _Hold:
 
 
 class _InProcess:
-    """``serve``'s controller on an ephemeral loopback port, in a thread of its own."""
+    """``serve`` itself on a free loopback port, in a thread of its own; stopped by
+    cancellation, as the command is by a signal."""
 
     def __init__(self, db: str) -> None:
+        self.xds_port = free_port()
         self.settings = Settings(
             db=db,
-            xds_address="127.0.0.1:0",
+            xds_address=f"127.0.0.1:{self.xds_port}",
             health_address=None,
             admin_address=None,
             validate_mode="never",
         )
-        self.xds_port = 0
         self._started = threading.Event()
         self._failed: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
         self._thread = threading.Thread(target=self._main, name="controller", daemon=True)
 
     def __enter__(self) -> _InProcess:
@@ -105,30 +107,31 @@ class _InProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._loop is not None and self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
         self._thread.join(30)
+        gc.unfreeze()  # serve froze the heap it started with: this test process's
 
     def _main(self) -> None:
         try:
             asyncio.run(self._run())
+        except asyncio.CancelledError:
+            pass  # stopped by __exit__
         except BaseException as exc:  # reported by __enter__
             self._failed = exc
             self._started.set()
 
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        controller = Controller(self.settings)
-        await controller.start()
-        self.xds_port = controller.xds_port
-        task = asyncio.create_task(controller.run())
+        started = asyncio.Event()
+        self._task = asyncio.create_task(serve(self.settings, started, hard_exit=False))
+        ready = asyncio.create_task(started.wait())
+        await asyncio.wait({self._task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if self._task.done():  # failed to start: its exception goes to __enter__
+            ready.cancel()
+            await self._task
         self._started.set()
-        try:
-            await self._stop.wait()
-        finally:
-            task.cancel()
-            await controller.stop()
+        await self._task
 
 
 def _applied(envoy: Envoy, type_url: str) -> int:
