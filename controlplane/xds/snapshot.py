@@ -46,8 +46,8 @@ __all__ = [
 #: certificates (SDS) before the listeners that serve them; a sharded gateway's scopes
 #: (SRDS) name the RouteConfigurations Envoy then asks for
 PUSH_ORDER = (CLUSTER, ENDPOINT, EXTENSION, SECRET, LISTENER, SCOPED, ROUTE)
-#: the same with the routes before the extension configs (``push_order``)
-ROUTES_FIRST = (CLUSTER, ENDPOINT, SECRET, LISTENER, SCOPED, ROUTE, EXTENSION)
+#: the same with the extension configs last, after the routes (``push_order``)
+ROUTES_FIRST = (*(t for t in PUSH_ORDER if t != EXTENSION), EXTENSION)
 #: types whose requests name no resources and whose responses carry all of them
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER, SCOPED})
 #: wildcard types only some listeners ask for (scopes: sharded gateways). A proxy is in
