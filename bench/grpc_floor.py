@@ -5,6 +5,8 @@ Run from the repository root with the project's venv::
     python -m bench.grpc_floor                          # 100 streams, 3 writes each, 30 pushes
     python -m bench.grpc_floor --streams 1000 --writes 1
     python -m bench.grpc_floor --size 200
+    python -m bench.grpc_floor --server grpclib          # pip install grpclib
+    python -m bench.grpc_floor --uvloop                  # pip install uvloop
 
 No controller code: a server process holds ``--streams`` bidirectional streams (one channel,
 so one connection, each) from a client process, as ``bench.ads_fanout``'s simulated Envoys
@@ -15,6 +17,11 @@ the push to the server having read every answer, and the server's CPU time for i
 its threads), and the server's RSS growth per connection once every stream is open. Set
 beside ``bench.ads_fanout`` and ``bench.reconnect`` it says how much of a push, and of a
 proxy's memory, is gRPC's own, which no change to the stream code can remove.
+
+``--server grpclib`` serves the same streams with grpclib (pure-Python HTTP/2 on asyncio's
+own transports, no completion-queue threads) instead of grpcio's C core, and ``--uvloop``
+runs the grpcio server on uvloop: the two alternatives to grpc.aio's per-message cost that
+do not change the protocol (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -35,24 +42,107 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
+class _Pushes:
+    """What both servers share: each stream's push queue, and the answers awaited."""
+
+    def __init__(self) -> None:
+        self.streams: list[asyncio.Queue[int]] = []
+        self.answered = asyncio.Event()
+        self.answers = 0
+        self.want = -1
+
+    def answer(self) -> None:
+        self.answers += 1
+        if self.answers == self.want:
+            self.answered.set()
+
+
+async def _push(args: argparse.Namespace, state: _Pushes, results: Queue[Any], before: int) -> None:
+    """Every stream open: time ``--pushes`` pushes, then report (server side)."""
+    while len(state.streams) < args.streams:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(2)  # every stream has its first message and answer
+    opened = rss_kib(os.getpid())
+    took, cpu = [], []
+    for _ in range(args.pushes):
+        state.answers, state.want = 0, args.streams * args.writes
+        state.answered.clear()
+        cpu0, start = time.process_time(), time.perf_counter()
+        for pushes in state.streams:
+            pushes.put_nowait(1)
+        await state.answered.wait()
+        took.append((time.perf_counter() - start) * 1e3)
+        cpu.append((time.process_time() - cpu0) * 1e3)
+        await asyncio.sleep(args.pause)
+    results.put((took, cpu, (opened - before) / args.streams))
+    await asyncio.sleep(3600)  # ended by the benchmark (a stop would log every cancelled call)
+
+
+class _RawCodec:
+    """grpclib's codec for messages that are already bytes."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: bytes, message_type: Any) -> bytes:
+        return message
+
+    def decode(self, data: bytes, message_type: Any) -> bytes:
+        return data
+
+
+async def _grpclib_server(args: argparse.Namespace, ports: Queue[Any], results: Queue[Any]) -> None:
+    from grpclib.const import Cardinality, Handler
+    from grpclib.server import Server
+
+    state = _Pushes()
+    message = b"x" * args.size
+
+    async def handler(stream: Any) -> None:
+        pushes: asyncio.Queue[int] = asyncio.Queue()
+        state.streams.append(pushes)
+
+        async def read() -> None:
+            async for _ in stream:
+                state.answer()
+
+        reader = asyncio.create_task(read())
+        await stream.send_initial_metadata()
+        try:
+            while True:
+                await pushes.get()
+                for _ in range(args.writes):
+                    await stream.send_message(message)
+        finally:
+            reader.cancel()
+
+    class Floor:
+        def __mapping__(self) -> dict[str, Any]:
+            return {
+                "/floor.Floor/Stream": Handler(handler, Cardinality.STREAM_STREAM, bytes, bytes)
+            }
+
+    server = Server([Floor()], codec=_RawCodec())  # type: ignore[arg-type]
+    await server.start("127.0.0.1", 0)
+    await asyncio.sleep(0.5)
+    before = rss_kib(os.getpid())
+    ports.put(server._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    await _push(args, state, results, before)
+
+
 async def _server(args: argparse.Namespace, ports: Queue[Any], results: Queue[Any]) -> None:
     import grpc
 
     server = grpc.aio.server()
-    streams: list[asyncio.Queue[int]] = []
-    answered = asyncio.Event()
-    count = {"answers": 0, "want": -1}
+    state = _Pushes()
     message = b"x" * args.size
 
     async def handler(requests: Any, context: Any) -> None:
         pushes: asyncio.Queue[int] = asyncio.Queue()
-        streams.append(pushes)
+        state.streams.append(pushes)
 
         async def read() -> None:
             async for _ in requests:
-                count["answers"] += 1
-                if count["answers"] == count["want"]:
-                    answered.set()
+                state.answer()
 
         reader = asyncio.create_task(read())
         try:
@@ -80,23 +170,7 @@ async def _server(args: argparse.Namespace, ports: Queue[Any], results: Queue[An
     await asyncio.sleep(0.5)
     before = rss_kib(os.getpid())
     ports.put(port)
-    while len(streams) < args.streams:
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(2)  # every stream has its first message and answer
-    opened = rss_kib(os.getpid())
-    took, cpu = [], []
-    for _ in range(args.pushes):
-        count["answers"], count["want"] = 0, args.streams * args.writes
-        answered.clear()
-        cpu0, start = time.process_time(), time.perf_counter()
-        for pushes in streams:
-            pushes.put_nowait(1)
-        await answered.wait()
-        took.append((time.perf_counter() - start) * 1e3)
-        cpu.append((time.process_time() - cpu0) * 1e3)
-        await asyncio.sleep(args.pause)
-    results.put((took, cpu, (opened - before) / args.streams))
-    await asyncio.sleep(3600)  # ended by the benchmark (a stop would log every cancelled call)
+    await _push(args, state, results, before)
 
 
 async def _client(port: int, streams: int) -> None:
@@ -115,7 +189,14 @@ async def _client(port: int, streams: int) -> None:
 
 
 def _run_server(args: argparse.Namespace, ports: Queue[Any], results: Queue[Any]) -> None:
-    asyncio.run(_server(args, ports, results))
+    if args.server == "grpclib":
+        asyncio.run(_grpclib_server(args, ports, results))
+    elif args.uvloop:
+        import uvloop
+
+        uvloop.run(_server(args, ports, results))
+    else:
+        asyncio.run(_server(args, ports, results))
 
 
 def _run_client(port: int, streams: int) -> None:
@@ -129,6 +210,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=3000, help="bytes per message")
     parser.add_argument("--pushes", type=int, default=30)
     parser.add_argument("--pause", type=float, default=0.2, help="seconds between pushes")
+    parser.add_argument("--server", choices=("grpcio", "grpclib"), default="grpcio")
+    parser.add_argument("--uvloop", action="store_true", help="the grpcio server on uvloop")
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
     ports: Queue[Any] = ctx.Queue()
@@ -144,6 +227,7 @@ def main() -> None:
     server.join(10)
     messages = args.streams * args.writes
     print(
+        f"{args.server}{' on uvloop' if args.uvloop else ''}: "
         f"{args.streams} streams x {args.writes} write(s) of {args.size} B, "
         f"{args.pushes} pushes: push -> every answer read "
         f"p50 {percentile(took, 50):.1f} ms, p99 {percentile(took, 99):.1f} ms; "
