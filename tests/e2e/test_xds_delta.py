@@ -229,6 +229,7 @@ def test_delta_envoys_over_mutual_tls_get_only_what_their_certificate_names(
             xds,
             tmp_path,
             xds_api_type="DELTA_GRPC",
+            wait=False,  # refused, it never gets a configuration to be ready with
             **pki.client("intruder", gateways=("public",)),
         )
         envoys.append(intruder)
