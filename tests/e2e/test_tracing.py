@@ -132,13 +132,29 @@ def test_spans_carry_one_trace_id_route_and_consumer(
             interval=0.2,
         )
 
+        # three requests, then one wait: Envoy flushes spans every 5 s (or every 5 spans)
         # a request of its own: the backend receives a W3C traceparent
         status, echoed = _get(gateway_port, "/orders/1", {"x-api-key": key})
         assert status == 200
         version, trace_id, parent_id, flags = echoed["headers"]["traceparent"].split("-")
         assert version == "00" and len(trace_id) == 32 and flags == "01"
-        # Envoy flushes spans every 5 s (or every 5 spans)
-        wait_until(lambda: len(receiver.of(trace_id)) >= 2, timeout=30, interval=0.2)
+        # a trace the client started is continued: same trace id, the client's span as parent
+        client_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+        client_span = "00f067aa0ba902b7"
+        status, echoed = _get(
+            gateway_port,
+            "/orders/2",
+            {"x-api-key": key, "traceparent": f"00-{client_trace}-{client_span}-01"},
+        )
+        assert status == 200
+        assert echoed["headers"]["traceparent"].split("-")[1] == client_trace
+        # an API key sent in the query is removed before the span records the URL
+        status, echoed = _get(gateway_port, f"/orders/3?api_key={key}&b=2", {})
+        assert status == 200
+        query_trace = echoed["headers"]["traceparent"].split("-")[1]
+        traces = (trace_id, client_trace, query_trace)
+        wait_until(lambda: all(len(receiver.of(t)) >= 2 for t in traces), timeout=30, interval=0.2)
+
         spans = receiver.of(trace_id)
         server = [s for s in spans if s["parent_span_id"] == ""]
         assert len(server) == 1, spans
@@ -152,27 +168,11 @@ def test_spans_carry_one_trace_id_route_and_consumer(
             assert span["attributes"]["gateway.name"] == "public"
             assert span["service"] == "public"
 
-        # a trace the client started is continued: same trace id, the client's span as parent
-        client_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
-        client_span = "00f067aa0ba902b7"
-        status, echoed = _get(
-            gateway_port,
-            "/orders/2",
-            {"x-api-key": key, "traceparent": f"00-{client_trace}-{client_span}-01"},
-        )
-        assert status == 200
-        assert echoed["headers"]["traceparent"].split("-")[1] == client_trace
-        wait_until(lambda: len(receiver.of(client_trace)) >= 2, timeout=30, interval=0.2)
         joined = receiver.of(client_trace)
         assert any(s["parent_span_id"] == client_span for s in joined), joined
         assert all(s["trace_id"] == client_trace for s in joined)
 
-        # an API key sent in the query is removed before the span records the URL
-        status, echoed = _get(gateway_port, f"/orders/3?api_key={key}&b=2", {})
-        assert status == 200
-        trace_id = echoed["headers"]["traceparent"].split("-")[1]
-        wait_until(lambda: len(receiver.of(trace_id)) >= 2, timeout=30, interval=0.2)
-        spans = receiver.of(trace_id)
+        spans = receiver.of(query_trace)
         assert any("/orders/3" in str(s["attributes"]) for s in spans), spans
         assert key not in json.dumps(receiver.spans)
     finally:
