@@ -33,12 +33,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     fi
 fi
 
-# Two workers by default (TEST_WORKERS=1 runs in one process); a file's tests stay in one
-# worker, so module fixtures (one controller and Envoy per file) are started once. Three
-# took 16:28-17:14 instead of 18:17-19:13 of pytest time on 2 cores. Their contention once
-# let a test meet a window between two xDS updates (an API key's ECDS before its routes'
-# RDS, fixed since: ADR 0058); two are kept for the margin on a CI machine others share.
-workers="${TEST_WORKERS:-2}"
+# Three workers by default (TEST_WORKERS=1 runs in one process); a file's tests stay in one
+# worker, so module fixtures (one controller and Envoy per file) are started once. Most of
+# a test's time is spent waiting on Envoy, the controller or a CLI process, so three keep
+# two cores busier: 15:50 of pytest time against 17:28-18:08 with two (2026-12-05).
+workers="${TEST_WORKERS:-3}"
 if [ "$workers" -gt 1 ]; then
     exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
 fi
