@@ -43,22 +43,48 @@ def _identity(data: bytes) -> bytes:
 
 
 class _Pushes:
-    """What both servers share: each stream's push queue, and the answers awaited."""
+    """What both servers share: each stream's push queue and loop, and the answers awaited."""
 
-    def __init__(self) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
         self.streams: list[asyncio.Queue[int]] = []
         self.answered = asyncio.Event()
         self.answers = 0
         self.want = -1
+        self.writes = args.writes
+        self.message = b"x" * args.size
 
     def answer(self) -> None:
         self.answers += 1
         if self.answers == self.want:
             self.answered.set()
 
+    async def serve(self, requests: Any, write: Any) -> None:
+        """One stream: count what it reads, write ``--writes`` messages at each push."""
+        pushes: asyncio.Queue[int] = asyncio.Queue()
+        self.streams.append(pushes)
 
-async def _push(args: argparse.Namespace, state: _Pushes, results: Queue[Any], before: int) -> None:
-    """Every stream open: time ``--pushes`` pushes, then report (server side)."""
+        async def read() -> None:
+            async for _ in requests:
+                self.answer()
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                await pushes.get()
+                for _ in range(self.writes):
+                    await write(self.message)
+        finally:
+            reader.cancel()
+
+
+async def _push(
+    args: argparse.Namespace, state: _Pushes, port: int, ports: Queue[Any], results: Queue[Any]
+) -> None:
+    """The server listens on ``port``: once every stream is open, time ``--pushes`` pushes,
+    then report (server side)."""
+    await asyncio.sleep(0.5)
+    before = rss_kib(os.getpid())
+    ports.put(port)
     while len(state.streams) < args.streams:
         await asyncio.sleep(0.05)
     await asyncio.sleep(2)  # every stream has its first message and answer
@@ -94,26 +120,11 @@ async def _grpclib_server(args: argparse.Namespace, ports: Queue[Any], results: 
     from grpclib.const import Cardinality, Handler
     from grpclib.server import Server
 
-    state = _Pushes()
-    message = b"x" * args.size
+    state = _Pushes(args)
 
     async def handler(stream: Any) -> None:
-        pushes: asyncio.Queue[int] = asyncio.Queue()
-        state.streams.append(pushes)
-
-        async def read() -> None:
-            async for _ in stream:
-                state.answer()
-
-        reader = asyncio.create_task(read())
         await stream.send_initial_metadata()
-        try:
-            while True:
-                await pushes.get()
-                for _ in range(args.writes):
-                    await stream.send_message(message)
-        finally:
-            reader.cancel()
+        await state.serve(stream, stream.send_message)
 
     class Floor:
         def __mapping__(self) -> dict[str, Any]:
@@ -123,35 +134,18 @@ async def _grpclib_server(args: argparse.Namespace, ports: Queue[Any], results: 
 
     server = Server([Floor()], codec=_RawCodec())  # type: ignore[arg-type]
     await server.start("127.0.0.1", 0)
-    await asyncio.sleep(0.5)
-    before = rss_kib(os.getpid())
-    ports.put(server._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-    await _push(args, state, results, before)
+    port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await _push(args, state, port, ports, results)
 
 
 async def _server(args: argparse.Namespace, ports: Queue[Any], results: Queue[Any]) -> None:
     import grpc
 
     server = grpc.aio.server()
-    state = _Pushes()
-    message = b"x" * args.size
+    state = _Pushes(args)
 
     async def handler(requests: Any, context: Any) -> None:
-        pushes: asyncio.Queue[int] = asyncio.Queue()
-        state.streams.append(pushes)
-
-        async def read() -> None:
-            async for _ in requests:
-                state.answer()
-
-        reader = asyncio.create_task(read())
-        try:
-            while True:
-                await pushes.get()
-                for _ in range(args.writes):
-                    await context.write(message)
-        finally:
-            reader.cancel()
+        await state.serve(requests, context.write)
 
     server.add_generic_rpc_handlers(
         [
@@ -167,10 +161,7 @@ async def _server(args: argparse.Namespace, ports: Queue[Any], results: Queue[An
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    await asyncio.sleep(0.5)
-    before = rss_kib(os.getpid())
-    ports.put(port)
-    await _push(args, state, results, before)
+    await _push(args, state, port, ports, results)
 
 
 async def _client(port: int, streams: int) -> None:
