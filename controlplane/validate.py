@@ -499,10 +499,11 @@ def rejection(culprit: tuple[str, str] | None, gateway: str, output: str) -> str
 
 
 def _run(
-    envoy: str, folder: str, bootstraps: list[bytes], warm: WarmEnvoy | None = None
+    envoy: str, folder: Callable[[], str], bootstraps: list[bytes], warm: WarmEnvoy | None = None
 ) -> list[tuple[int, str]]:
     """``envoy --mode validate`` on each bootstrap, all at once: (exit code, output). The
-    first goes to ``warm``'s process started ahead when there is one."""
+    first goes to ``warm``'s process started ahead when there is one; the others are
+    written to files in ``folder()`` (made only then: the usual write needs none)."""
     procs: list[subprocess.Popen[str]] = []
     first: tuple[int, str] | None = None
     try:
@@ -511,7 +512,7 @@ def _run(
             first = warm.validate(bootstraps[0])
             start = 1 if first is not None else 0
         for data in bootstraps[start:]:
-            fd, path = tempfile.mkstemp(suffix=".pb", dir=folder)  # mode 0600
+            fd, path = tempfile.mkstemp(suffix=".pb", dir=folder())  # mode 0600
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             procs.append(_validate_process(envoy, path))
@@ -691,7 +692,7 @@ class WarmEnvoy:
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
                 return None
-            time.sleep(0.001)
+            time.sleep(0.0001)  # Envoy, blocked reading, takes it within ~0.1 ms
         current.close_fd()
         return _verdict(proc, deadline)
 
@@ -787,8 +788,16 @@ def _check_all(
 ) -> None:
     """Validate every rendered gateway; on a refusal find the changed object at fault (each
     changed route of the gateway alone, when several changed) and refuse the write."""
-    # the bootstraps may hold private keys and API keys: a directory only we can read
-    with tempfile.TemporaryDirectory(prefix="gateway-validate-") as folder:
+    # the bootstraps may hold private keys and API keys: a directory only we can read,
+    # made when an Envoy not started ahead needs a file
+    made: list[str] = []
+
+    def folder() -> str:
+        if not made:
+            made.append(tempfile.mkdtemp(prefix="gateway-validate-"))  # mode 0700
+        return made[0]
+
+    try:
         results = _run(envoy, folder, [item.bootstrap for item, _ in rendered], warm)
         for (item, _names), (code, out) in zip(rendered, results, strict=True):
             if code == 0:
@@ -810,6 +819,9 @@ def _check_all(
             if culprit is None and changed:
                 culprit = changed[0]
             raise PolicyRejected(rejection(culprit, item.gateway, out))
+    finally:
+        if made:
+            shutil.rmtree(made[0], ignore_errors=True)
 
 
 def _refs(item: _Rendered) -> set[tuple[str, str]]:

@@ -395,11 +395,11 @@ def test_the_verdict_is_envoys_ok_line_not_its_shutdown(tmp_path: Path) -> None:
     os.chmod(fake, 0o755)
     folder = tmp_path / "work"
     folder.mkdir()
-    [(code, out)] = _run(str(fake), str(folder), [b"good"])
+    [(code, out)] = _run(str(fake), lambda: str(folder), [b"good"])
     assert code == 0 and out.strip().endswith("' OK"), out
     bad = tmp_path / "bad"
     bad.mkdir()
-    [(code, out)] = _run(str(fake), str(bad), [b"x"])
+    [(code, out)] = _run(str(fake), lambda: str(bad), [b"x"])
     assert (code, out.strip()) == (1, "error: bad listener")
 
 
