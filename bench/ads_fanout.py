@@ -68,6 +68,8 @@ class Proxy:
         self._pb = discovery_pb2
         self.port = port
         self.node = f"sim-{os.getpid()}-{index}"
+        #: the next request is the stream's first (the only one that carries the node)
+        self.first = True
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.subscribed: dict[str, list[str]] = {}
         #: revision -> (RouteConfiguration of that revision received, its ACK queued)
@@ -87,10 +89,12 @@ class Proxy:
         req = self._pb.DiscoveryRequest(
             type_url=type_url, resource_names=names, version_info=version, response_nonce=nonce
         )
-        req.node.id, req.node.cluster = self.node, GATEWAY
-        req.node.user_agent_name = "envoy"
-        v = req.node.user_agent_build_version.version
-        v.major_number, v.minor_number, v.patch = 1, 40, 0
+        if self.first:  # the bootstrap's set_node_on_first_message_only, as Envoy does
+            self.first = False
+            req.node.id, req.node.cluster = self.node, GATEWAY
+            req.node.user_agent_name = "envoy"
+            v = req.node.user_agent_build_version.version
+            v.major_number, v.minor_number, v.patch = 1, 40, 0
         return req
 
     def _subscribe(self, type_url: str, names: list[str]) -> None:
@@ -472,6 +476,9 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
             time.sleep(0.1)
         print(f"controller profile: {args.profile} (pstat), {args.profile}.txt")
     conn.close()
+    # a write that drops a cluster sends it after the routes the samples wait for: let the
+    # last one arrive before counting
+    time.sleep(args.pause)
     after, bytes_after = _counts(fleet)
     ended = time.time()
     per_write = {k: (n - before.get(k, 0)) / args.samples / args.proxies for k, n in after.items()}
