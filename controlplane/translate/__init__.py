@@ -28,7 +28,7 @@ from .aggregate import (
     parts_listener,
     parts_listener_name,
 )
-from .auth import KEY_EXPIRY_SWITCH, jwks_clusters, keys_expire, route_context
+from .auth import API_KEY_FILTER, KEY_EXPIRY_SWITCH, jwks_clusters, keys_expire, route_context
 from .cluster import cluster_resource, is_eds, load_assignment
 from .common import blame, pack
 from .edge import apply_client_auth, client_ca_secret
@@ -125,6 +125,10 @@ class Resources:
     #: ``"key_expiry"``, the keyed routes run the expiry check that reads what the key
     #: filter forwards
     route_switches: frozenset[str] = frozenset()
+    #: the extension configs whose content follows those switches (the key filter's
+    #: credentials): the push that turns a switch on sends them after the routes and every
+    #: other config before them, as usual (a new JWT provider the routes name)
+    switched: frozenset[str] = frozenset()
 
     def add(
         self,
@@ -253,6 +257,7 @@ class Translator:
         out.divides_by_replicas = RATE_LIMIT_FILTER in dynamic
         if context.key_expiry:
             out.route_switches = frozenset({KEY_EXPIRY_SWITCH})
+            out.switched = frozenset({API_KEY_FILTER})
         routes_needed = [(ROUTE, gw.name)] if length is None else []
         out.add(
             LISTENER,

@@ -289,7 +289,7 @@ class DeltaStream(_Stream):
             return
         snap = self.cache.get(self.gateway)
         cds = self.types[CLUSTER]
-        for type_url in push_order(snap, self._route_switches):
+        for type_url, later in push_order(snap, self._route_switches):
             if not self.types[type_url].subscribed:
                 continue
             if type_url == CLUSTER:
@@ -300,7 +300,7 @@ class DeltaStream(_Stream):
                 if self.types[ENDPOINT].subscribed and cds.last_nonce != nonce:
                     await self._send_endpoints_ahead(snap, before)
             else:
-                await self._send(type_url, snap, force=False)
+                await self._send(type_url, snap, force=False, later=later)
         if cds.subscribed:
             await self._send(CLUSTER, snap, force=False)
         self._record_push(snap.revision)
@@ -332,19 +332,25 @@ class DeltaStream(_Stream):
         return st.names & fragments.keys()
 
     async def _send(
-        self, type_url: str, snap: Snapshot, *, force: bool, remove: bool = True
+        self,
+        type_url: str,
+        snap: Snapshot,
+        *,
+        force: bool,
+        remove: bool = True,
+        later: frozenset[str] = frozenset(),
     ) -> None:
         """What the Envoy lacks of this type (changed or new), and, with ``remove``, the
         names of a wildcard subscription it has that are gone; ``force``: a response even
         when that is nothing (the answer to a first subscription, which Envoy waits for
-        before it starts)."""
+        before it starts); ``later``: names a later step of the same push sends."""
         st = self.types[type_url]
         ts = snap.types[type_url]
         if type_url == ROUTE:
             self._route_switches = snap.route_switches
         if not force and (st.synced_to is ts or (not remove and st.added_to is ts)):
             return
-        wanted = self._wanted(type_url, snap)
+        wanted = self._wanted(type_url, snap) - later
         changed = sorted(
             n
             for n in wanted
@@ -361,8 +367,9 @@ class DeltaStream(_Stream):
         if early or removed or (force and not late):
             await self._respond(type_url, snap, early, removed)
         if not late:
-            st.added_to = ts
-            st.synced_to = ts if remove else None
+            if not later:  # else the names left to a later step are still owed
+                st.added_to = ts
+                st.synced_to = ts if remove else None
             return
         wait = st.late_at + LATE_INTERVAL - time.monotonic()
         if force or wait <= 0:

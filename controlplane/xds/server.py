@@ -363,7 +363,7 @@ class AdsStream(_Stream):
         snap = self.cache.get(self.proxy.gateway)  # type: ignore[union-attr]
         dropped = self._dropped_clusters(snap)
         cds_before = self.types[CLUSTER].sent_version
-        for type_url in push_order(snap, self._route_switches):
+        for type_url, later in push_order(snap, self._route_switches):
             if not self.types[type_url].subscribed:
                 continue
             if type_url == ENDPOINT and self.types[CLUSTER].sent_version != cds_before:
@@ -380,7 +380,7 @@ class AdsStream(_Stream):
                     keep = TypeSnapshot(f"{ts.version}~keep", kept, ts.late)
                     await self._respond(CLUSTER, keep, None)
             else:
-                await self._send(type_url, snap, force=False)
+                await self._send(type_url, snap, force=False, later=later)
         if dropped:
             await self._send(CLUSTER, snap, force=False)
         self._record_push(snap.revision)
@@ -437,7 +437,11 @@ class AdsStream(_Stream):
                 break
         return self._hold(reason)
 
-    async def _send(self, type_url: str, snap: Snapshot, *, force: bool) -> None:
+    async def _send(
+        self, type_url: str, snap: Snapshot, *, force: bool, later: frozenset[str] = frozenset()
+    ) -> None:
+        """What Envoy asked for of this type and lacks (``force``: all of it), but the names
+        ``later`` (a later step of the same push sends them: ``push_order``)."""
         st = self.types[type_url]
         ts = snap.types[type_url]
         if type_url == ROUTE:
@@ -449,7 +453,7 @@ class AdsStream(_Stream):
                 return
             await self._respond(type_url, ts, None)
             return
-        wanted = sorted(n for n in st.names if n in ts.fragments)
+        wanted = sorted(n for n in st.names if n in ts.fragments and n not in later)
         if not force:
             wanted = [n for n in wanted if st.sent.get(n) is not ts.fragments[n]]
         # Envoy applies one response after the other: what serving listeners use first,

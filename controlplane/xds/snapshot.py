@@ -32,10 +32,13 @@ from ..translate import (
 from .guard import parse_version, type_version
 
 __all__ = [
+    "CONFIGS_LAST",
     "OPTIONAL_TYPES",
     "PUSH_ORDER",
+    "USUAL",
     "FragmentCache",
     "Snapshot",
+    "Step",
     "TypeSnapshot",
     "build_snapshot",
     "push_order",
@@ -46,8 +49,16 @@ __all__ = [
 #: certificates (SDS) before the listeners that serve them; a sharded gateway's scopes
 #: (SRDS) name the RouteConfigurations Envoy then asks for
 PUSH_ORDER = (CLUSTER, ENDPOINT, EXTENSION, SECRET, LISTENER, SCOPED, ROUTE)
-#: the same with the extension configs last, after the routes (``push_order``)
-ROUTES_FIRST = (*(t for t in PUSH_ORDER if t != EXTENSION), EXTENSION)
+#: one step of a push: a type, and the names of that type left to a later step
+Step = tuple[str, frozenset[str]]
+_NONE: frozenset[str] = frozenset()
+#: the usual push (``push_order``)
+USUAL: tuple[Step, ...] = tuple((t, _NONE) for t in PUSH_ORDER)
+#: every extension config after the routes
+CONFIGS_LAST: tuple[Step, ...] = (
+    *((t, _NONE) for t in PUSH_ORDER if t != EXTENSION),
+    (EXTENSION, _NONE),
+)
 #: types whose requests name no resources and whose responses carry all of them
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER, SCOPED})
 #: wildcard types only some listeners ask for (scopes: sharded gateways). A proxy is in
@@ -106,6 +117,8 @@ class Snapshot:
     #: what its routes switch on that its extension configs rely on
     #: (``Resources.route_switches``, ``push_order``)
     route_switches: frozenset[str] = frozenset()
+    #: the extension configs that follow those switches (``Resources.switched``)
+    switched: frozenset[str] = frozenset()
 
     def type_version(self, type_url: str) -> str:
         return self.types[type_url].version
@@ -122,21 +135,25 @@ class Snapshot:
         return dataclasses.replace(self, types={**self.types, type_url: added})
 
 
-def push_order(snap: Snapshot, running: frozenset[str] | None) -> tuple[str, ...]:
-    """The order of one push to a proxy whose routes carry the switches ``running`` (None:
+def push_order(snap: Snapshot, running: frozenset[str] | None) -> tuple[Step, ...]:
+    """The steps of one push to a proxy whose routes carry the switches ``running`` (None:
     not known, none sent yet).
 
     Extension configs usually go before the routes, which may name a filter config they add
-    (a new JWT provider). A switch the routes turn on reverses that for the push that turns
-    it on: the new extension configs rely on it (the first key that expires makes the key
-    filter forward "<consumer> <expiry>", which only the expiry check the keyed routes now
-    run may read), so a request served between the two responses must meet the new routes
-    with the old configs (which they handle), never the reverse. A switch turning off keeps
-    the usual order: the old routes handle the new configs. Envoy applies a stream's
-    responses in order, so sending one before the other is enough."""
-    if running is not None and snap.route_switches - running:
-        return ROUTES_FIRST
-    return PUSH_ORDER
+    (a new JWT provider). A switch the routes turn on reverses that for the configs that
+    follow it (``Snapshot.switched``): the first key that expires makes the key filter
+    forward "<consumer> <expiry>", which only the expiry check the keyed routes now run may
+    read, so a request served between the two responses must meet the new routes with the
+    old credentials (which they handle), never the reverse. The other configs of that push
+    still go first: a route it makes name a new one is served as soon as it arrives. A
+    switch turning off keeps the usual order: the old routes handle the new configs. Envoy
+    applies a stream's responses in order, so sending one before the other is enough."""
+    if running is None or not snap.route_switches - running:
+        return USUAL
+    if not snap.switched:  # not said which: all of them after the routes (fails closed)
+        return CONFIGS_LAST
+    later = snap.switched
+    return (*((t, later if t == EXTENSION else _NONE) for t in PUSH_ORDER), (EXTENSION, _NONE))
 
 
 def resource_fragment(type_url: str, value: bytes) -> bytes:
@@ -160,6 +177,10 @@ class FragmentCache:
         else:
             value = message.SerializeToString(deterministic=True)
         data = resource_fragment(type_url, value)
+        if hit is not None and hit[1] == data:
+            # a new message with the same content (a filter config built again): keep the
+            # bytes the streams have, which they compare by identity, so it is not resent
+            data = hit[1]
         self._by_key[key] = (message, data)
         return data
 
@@ -271,4 +292,5 @@ def build_snapshot(
         resources.sources,
         resources.divides_by_replicas,
         resources.route_switches,
+        resources.switched,
     )

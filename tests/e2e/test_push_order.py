@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ import pytest
 
 from controlplane.controller import serve
 from controlplane.envoy_launcher import free_port, stats
-from controlplane.policy import Bundle, new_api_key
+from controlplane.policy import ApiKey, Bundle, JwtProvider, Route, new_api_key
 from controlplane.settings import Settings
 from controlplane.store import Store
 from controlplane.translate import EXTENSION, ROUTE
@@ -31,6 +32,7 @@ from controlplane.xds.delta import DeltaStream
 from controlplane.xds.server import AdsStream
 
 from .harness import Envoy, request, wait_until
+from .test_auth import ISSUER, Signer
 
 pytestmark = pytest.mark.e2e
 
@@ -56,12 +58,14 @@ class _Hold:
 
     def __init__(self) -> None:
         self.armed = False
+        self.types: tuple[str, ...] = (ROUTE, EXTENSION)
         self.first: str | None = None
         self.reached = threading.Event()
         self.released = threading.Event()
 
-    def arm(self) -> None:
+    def arm(self, types: tuple[str, ...] = (ROUTE, EXTENSION)) -> None:
         self.first = None
+        self.types = types
         self.reached.clear()
         self.released.clear()
         self.armed = True
@@ -72,7 +76,7 @@ class _Hold:
     def wrap(self, original: Any) -> Any:
         async def respond(stream: Any, type_url: str, *args: Any) -> None:
             await original(stream, type_url, *args)
-            if self.armed and type_url in (ROUTE, EXTENSION):
+            if self.armed and type_url in self.types:
                 self.armed = False
                 self.first = type_url
                 self.reached.set()
@@ -161,6 +165,17 @@ def _check_window(port: int, keys: dict[str, str]) -> dict[str, int]:
     return out
 
 
+def _policy(tmp_path: Path, gateway_port: int, backend: int) -> tuple[str, Store, ApiKey]:
+    """The test's database: the policy above and a key of acme's that never expires."""
+    db = str(tmp_path / "gateway.db")
+    store = Store(db, create=True)
+    policy = POLICY.format(port=gateway_port, backend=backend)
+    store.apply(Bundle.from_text(policy, "policy.yaml"))
+    lasting = new_api_key("acme")
+    store.create(lasting)
+    return db, store, lasting
+
+
 @pytest.fixture
 def hold(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Hold]:
     h = _Hold()
@@ -174,12 +189,7 @@ def hold(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Hold]:
 def test_no_request_meets_the_expiry_switch_half_applied(  # type: ignore[no-untyped-def]
     hold: _Hold, backends, gateway_port: int, tmp_path: Path, api_type: str
 ) -> None:
-    db = str(tmp_path / "gateway.db")
-    store = Store(db, create=True)
-    policy = POLICY.format(port=gateway_port, backend=backends["alpha"].port)
-    store.apply(Bundle.from_text(policy, "policy.yaml"))
-    lasting = new_api_key("acme")
-    store.create(lasting)
+    db, store, lasting = _policy(tmp_path, gateway_port, backends["alpha"].port)
     assert lasting.key is not None
     with _InProcess(db) as controller:
         envoy = Envoy("public", "held", controller.xds_port, tmp_path, xds_api_type=api_type)
@@ -223,6 +233,56 @@ def test_no_request_meets_the_expiry_switch_half_applied(  # type: ignore[no-unt
             wait_until(lambda: _seen_by_backend(gateway_port, expiring.key or "")[0] == 401, 15)
             wait_until(lambda: all(_applied(envoy, t) > applied[t] for t in applied), 15)
             assert _check_window(gateway_port, {"lasting": lasting.key}) == {"lasting": 200}
+        finally:
+            hold.release()
+            envoy.stop()
+    store.close()
+
+
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"], ids=["sotw", "delta"])
+def test_a_new_jwt_provider_serves_as_soon_as_the_routes_name_it(  # type: ignore[no-untyped-def]
+    hold: _Hold, backends, gateway_port: int, tmp_path: Path, api_type: str
+) -> None:
+    """One revision makes the keyed route accept a new JWT provider and adds the first key
+    that expires. Held between the routes and the key filter's credentials (the push's last
+    step), Envoy already has the JWT filter's new config: a token of the new provider is
+    accepted, not refused for an unknown requirement, and no key goes past the check."""
+    db, store, lasting = _policy(tmp_path, gateway_port, backends["alpha"].port)
+    assert lasting.key is not None
+    signer = Signer("k1")
+    bearer = {"authorization": f"Bearer {signer.token()}"}
+    with _InProcess(db) as controller:
+        envoy = Envoy("public", "held", controller.xds_port, tmp_path, xds_api_type=api_type)
+        try:
+            wait_until(lambda: _seen_by_backend(gateway_port, lasting.key or "")[0] == 200, 30)
+            assert request(gateway_port, "/keyed", headers=bearer)[0] == 401  # no JWT yet
+            keyed = store.get("route", "keyed")
+            assert isinstance(keyed, Route)
+            spec = {**keyed.spec(), "auth": {"api_key": True, "jwt": ["corp"]}}
+            corp = JwtProvider(
+                name="corp",
+                issuer=ISSUER,
+                audiences=["api"],
+                jwks=json.dumps({"keys": [signer.jwk()]}),
+            )
+            expiring = new_api_key("acme", datetime.now(UTC) + timedelta(days=1))
+            assert expiring.key is not None
+            applied = {t: _applied(envoy, t) for t in (ROUTE, EXTENSION)}
+            hold.arm((ROUTE,))
+            store.apply_objects([corp, Route.model_validate(spec), expiring])
+            assert hold.reached.wait(30), "no RDS response after the change"
+            wait_until(lambda: _applied(envoy, ROUTE) > applied[ROUTE], 15)
+            # held after the routes: the JWT filter's config came before them (one ECDS
+            # update), the key filter's credentials wait for the release
+            assert _applied(envoy, EXTENSION) == applied[EXTENSION] + 1
+            status, _headers, body = request(gateway_port, "/keyed", headers=bearer)
+            assert status == 200, (status, body)
+            during = _check_window(gateway_port, {"lasting": lasting.key, "new": expiring.key})
+            assert during == {"lasting": 200, "new": 401}
+            hold.release()
+            wait_until(lambda: _seen_by_backend(gateway_port, expiring.key or "")[0] == 200, 15)
+            assert _check_window(gateway_port, {"new": expiring.key}) == {"new": 200}
+            assert request(gateway_port, "/keyed", headers=bearer)[0] == 200
         finally:
             hold.release()
             envoy.stop()

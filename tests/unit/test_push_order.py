@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane.policy import Bundle, new_api_key
+from controlplane.policy import Bundle, JwtProvider, Route, new_api_key
 from controlplane.runner import Runner
 from controlplane.store import Store
 from controlplane.translate import CLUSTER, ENDPOINT, EXTENSION, LISTENER, ROUTE, SCOPED
-from controlplane.translate.auth import KEY_EXPIRY_SWITCH
+from controlplane.translate.auth import API_KEY_FILTER, JWT_FILTER, KEY_EXPIRY_SWITCH
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.delta import DeltaEncoder, DeltaStream
 from controlplane.xds.server import AdsStream
-from controlplane.xds.snapshot import ROUTES_FIRST, Snapshot, push_order
+from controlplane.xds.snapshot import CONFIGS_LAST, USUAL, Snapshot, push_order
 from controlplane.xds.status import ProxyState
 
 POLICY = """
@@ -182,15 +182,78 @@ async def _first_and_last(tmp_path: Path, delta: bool, shard_from: int) -> None:
     gw.store.close()
 
 
+def _types(steps: tuple[tuple[str, frozenset[str]], ...]) -> list[str]:
+    return [t for t, _ in steps]
+
+
 def test_push_order_reverses_only_for_a_switch_turning_on() -> None:
-    on = Snapshot("gw", 2, 2, {}, route_switches=frozenset({KEY_EXPIRY_SWITCH}))
+    switch = frozenset({KEY_EXPIRY_SWITCH})
+    on = Snapshot("gw", 2, 2, {}, route_switches=switch, switched=frozenset({API_KEY_FILTER}))
     off = Snapshot("gw", 3, 3, {})
-    assert push_order(on, frozenset()) == ROUTES_FIRST
-    assert push_order(on, frozenset({KEY_EXPIRY_SWITCH})).index(EXTENSION) < (
-        push_order(on, frozenset({KEY_EXPIRY_SWITCH})).index(ROUTE)
-    )
-    assert push_order(off, frozenset({KEY_EXPIRY_SWITCH})).index(EXTENSION) < (
-        push_order(off, frozenset({KEY_EXPIRY_SWITCH})).index(ROUTE)
-    )
+    steps = push_order(on, frozenset())
+    # the configs that follow the switch after the routes, every other one before them
+    assert steps.index((EXTENSION, frozenset({API_KEY_FILTER}))) < _types(steps).index(ROUTE)
+    assert steps[-1] == (EXTENSION, frozenset()) and _types(steps)[-2] == ROUTE
+    assert push_order(on, switch) == USUAL
+    assert push_order(off, switch) == USUAL
+    assert _types(USUAL).index(EXTENSION) < _types(USUAL).index(ROUTE)
     # nothing sent yet: the proxy has no routes a change could race
-    assert push_order(on, None).index(EXTENSION) < push_order(on, None).index(ROUTE)
+    assert push_order(on, None) == USUAL
+    # a switch without the configs that follow it named: all of them after the routes
+    unnamed = Snapshot("gw", 2, 2, {}, route_switches=switch)
+    assert push_order(unnamed, frozenset()) == CONFIGS_LAST
+    assert _types(CONFIGS_LAST)[-2:] == [ROUTE, EXTENSION]
+
+
+def _names(data: bytes, delta: bool) -> tuple[str, list[str]]:
+    if delta:
+        d = discovery_pb2.DeltaDiscoveryResponse.FromString(data)
+        return d.type_url, sorted(r.name for r in d.resources)
+    m = discovery_pb2.DiscoveryResponse.FromString(data)
+    if m.type_url != EXTENSION:
+        return m.type_url, []
+    from envoy.config.core.v3 import extension_pb2
+
+    names = []
+    for any_ in m.resources:
+        config = extension_pb2.TypedExtensionConfig()
+        any_.Unpack(config)
+        names.append(config.name)
+    return m.type_url, sorted(names)
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_a_new_jwt_provider_goes_before_the_routes_as_the_check_turns_on(
+    tmp_path: Path, delta: bool
+) -> None:
+    """One revision makes the keyed route accept a new JWT provider and adds the first key
+    that expires: the JWT filter's config goes before the routes that name the provider
+    (else that route fails closed until it comes), the key filter's credentials after them
+    (else a key's expiry goes unchecked)."""
+    asyncio.run(_provider_and_first_key(tmp_path, delta))
+
+
+async def _provider_and_first_key(tmp_path: Path, delta: bool) -> None:
+    gw = _Gateway(tmp_path, 2000)
+    await gw.render()
+    written: list[bytes] = []
+    stream = await _sync(gw, delta, written)
+    keyed = gw.store.get("route", "keyed")
+    assert isinstance(keyed, Route)
+    spec = keyed.spec()
+    spec["auth"] = {"api_key": True, "jwt": ["corp"]}
+    corp = JwtProvider(name="corp", issuer="https://i.test", jwks_uri="https://i.test/k")
+    key = new_api_key("acme", datetime.now(UTC) + timedelta(days=1))
+    gw.store.apply_objects([corp, Route.model_validate(spec), key])
+    snap = await gw.render()
+    assert KEY_EXPIRY_SWITCH in snap.route_switches
+    assert {JWT_FILTER, API_KEY_FILTER} <= set(snap.types[EXTENSION].fragments)
+    before = len(written)
+    await stream._on_snapshot()
+    pushed = [_names(w, delta) for w in written[before:]]
+    order = _order([t for t, _ in pushed])
+    assert order[-3:] == [EXTENSION, ROUTE, EXTENSION], order
+    configs = [names for t, names in pushed if t == EXTENSION]
+    assert JWT_FILTER in configs[0] and API_KEY_FILTER not in configs[0], configs
+    assert configs[-1] == [API_KEY_FILTER], configs
+    gw.store.close()
