@@ -499,20 +499,24 @@ def rejection(culprit: tuple[str, str] | None, gateway: str, output: str) -> str
 
 
 def _run(
-    envoy: str, folder: Callable[[], str], bootstraps: list[bytes], warm: WarmEnvoy | None = None
+    envoy: str, bootstraps: list[bytes], warm: WarmEnvoy | None = None
 ) -> list[tuple[int, str]]:
     """``envoy --mode validate`` on each bootstrap, all at once: (exit code, output). The
-    first goes to ``warm``'s process started ahead when there is one; the others are
-    written to files in ``folder()`` (made only then: the usual write needs none)."""
+    first goes to ``warm``'s process started ahead when there is one; the others are read
+    from files in a folder made for them (the usual write, checked ahead, needs none)."""
     procs: list[subprocess.Popen[str]] = []
     first: tuple[int, str] | None = None
+    folder: str | None = None
     try:
         start = 0
         if warm is not None and bootstraps:
             first = warm.validate(bootstraps[0])
             start = 1 if first is not None else 0
         for data in bootstraps[start:]:
-            fd, path = tempfile.mkstemp(suffix=".pb", dir=folder())  # mode 0600
+            if folder is None:
+                # the bootstraps may hold private keys and API keys: only we can read it
+                folder = tempfile.mkdtemp(prefix="gateway-validate-")  # mode 0700
+            fd, path = tempfile.mkstemp(suffix=".pb", dir=folder)  # mode 0600
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             procs.append(_validate_process(envoy, path))
@@ -528,6 +532,8 @@ def _run(
             proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _validate_process(envoy: str, path: str, tie: Sequence[str] = ()) -> subprocess.Popen[str]:
@@ -788,40 +794,27 @@ def _check_all(
 ) -> None:
     """Validate every rendered gateway; on a refusal find the changed object at fault (each
     changed route of the gateway alone, when several changed) and refuse the write."""
-    # the bootstraps may hold private keys and API keys: a directory only we can read,
-    # made when an Envoy not started ahead needs a file
-    made: list[str] = []
-
-    def folder() -> str:
-        if not made:
-            made.append(tempfile.mkdtemp(prefix="gateway-validate-"))  # mode 0700
-        return made[0]
-
-    try:
-        results = _run(envoy, folder, [item.bootstrap for item, _ in rendered], warm)
-        for (item, _names), (code, out) in zip(rendered, results, strict=True):
-            if code == 0:
-                continue
-            changed = [
-                (c.kind, c.name)
-                for c in view.changes
-                if c.after is not None and (c.kind, c.name) in _refs(item)
-            ]
-            culprit = changed[0] if len(changed) == 1 else None
-            routes = [n for k, n in changed if k == "route"]
-            if culprit is None and len(routes) > 1:
-                singles = [render_static(view, item.gateway, {n}, settings) for n in routes]
-                alone = _run(envoy, folder, [r.bootstrap for r in singles if r is not None])
-                for name, (code1, out1) in zip(routes, alone, strict=False):
-                    if code1 != 0:
-                        culprit, out = ("route", name), out1
-                        break
-            if culprit is None and changed:
-                culprit = changed[0]
-            raise PolicyRejected(rejection(culprit, item.gateway, out))
-    finally:
-        if made:
-            shutil.rmtree(made[0], ignore_errors=True)
+    results = _run(envoy, [item.bootstrap for item, _ in rendered], warm)
+    for (item, _names), (code, out) in zip(rendered, results, strict=True):
+        if code == 0:
+            continue
+        changed = [
+            (c.kind, c.name)
+            for c in view.changes
+            if c.after is not None and (c.kind, c.name) in _refs(item)
+        ]
+        culprit = changed[0] if len(changed) == 1 else None
+        routes = [n for k, n in changed if k == "route"]
+        if culprit is None and len(routes) > 1:
+            singles = [render_static(view, item.gateway, {n}, settings) for n in routes]
+            alone = _run(envoy, [r.bootstrap for r in singles if r is not None])
+            for name, (code1, out1) in zip(routes, alone, strict=False):
+                if code1 != 0:
+                    culprit, out = ("route", name), out1
+                    break
+        if culprit is None and changed:
+            culprit = changed[0]
+        raise PolicyRejected(rejection(culprit, item.gateway, out))
 
 
 def _refs(item: _Rendered) -> set[tuple[str, str]]:

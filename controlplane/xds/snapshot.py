@@ -152,8 +152,8 @@ def push_order(snap: Snapshot, running: frozenset[str] | None) -> tuple[Step, ..
         return USUAL
     if not snap.switched:  # not said which: all of them after the routes (fails closed)
         return CONFIGS_LAST
-    later = snap.switched
-    return (*((t, later if t == EXTENSION else _NONE) for t in PUSH_ORDER), (EXTENSION, _NONE))
+    held = snap.switched
+    return (*((t, held if t == EXTENSION else _NONE) for t in PUSH_ORDER), (EXTENSION, _NONE))
 
 
 def resource_fragment(type_url: str, value: bytes) -> bytes:
