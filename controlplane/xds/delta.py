@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from ..translate import CLUSTER, ENDPOINT, ROUTE, wire
+from ..translate import CLUSTER, ENDPOINT, EXTENSION, ROUTE, wire
 from .admission import InitialSyncGate
 from .cache import SnapshotCache
-from .guard import parse_version, rollback_reason, type_version
+from .guard import mark_switches, parse_version, rollback_reason, type_version, version_switches
 from .metrics import XdsMetrics
 from .server import LATE_INTERVAL, Admit, _Stream
 from .snapshot import (
@@ -62,7 +62,7 @@ def _digest(fragment: bytes) -> str:
 
 def _digest_of(version: str) -> str:
     """The content part of a resource version this controller gave (else the whole)."""
-    return version.rsplit("-", 1)[-1]
+    return version.split("+", 1)[0].rsplit("-", 1)[-1]
 
 
 class DeltaEncoder:
@@ -83,12 +83,17 @@ class DeltaEncoder:
         if hit is not None and hit[0] is fragment:
             return hit[1], hit[3]
         digest = _digest(fragment)
-        if hit is not None and hit[1] == digest:
+        # a route's version also says which switches the gateway's routes carry, as the
+        # SotW version does (``guard.mark_switches``): a reconnecting Envoy reports it
+        switches = version_switches(ts.version) if type_url == ROUTE else None
+        if hit is not None and hit[1] == digest and version_switches(hit[2]) == switches:
             version = hit[2]  # same content rebuilt: same version, same entry
         else:
             parsed = parse_version(ts.version)
             db, revision = (parsed[0] or "", parsed[1]) if parsed else ("", 0)
             version = type_version(revision, db, digest)
+            if switches is not None:
+                version = mark_switches(version, switches)
         data = wire.field(
             2, wire.field(3, name.encode()) + wire.field(1, version.encode()) + fragment
         )
@@ -226,13 +231,27 @@ class DeltaStream(_Stream):
                 self._update_sync(snap)
         if self._held():
             return
-        if first or resubscribed or added or req.resource_names_unsubscribe:
+        if req.type_url == ROUTE and self._routes_wait(self._reported(req), snap):
+            pass  # answered after the extension configs (_answer_owed_routes)
+        elif first or resubscribed or added or req.resource_names_unsubscribe:
             before = dict(self.types[CLUSTER].have)
             await self._send(req.type_url, snap, force=first)
+            if req.type_url == EXTENSION:
+                await self._answer_owed_routes()
             if req.type_url == CLUSTER and self.types[ENDPOINT].subscribed:
                 # a reconnect's CDS answer adding a cluster: its endpoints before the routes
                 await self._send_endpoints_ahead(snap, before)
         self._record_push(snap.revision)
+
+    @staticmethod
+    def _reported(req: discovery_pb2.DeltaDiscoveryRequest) -> frozenset[str] | None:
+        """The switches the routes a reconnecting Envoy has carry (None: not said)."""
+        found = [version_switches(v) for v in req.initial_resource_versions.values()]
+        said = [s for s in found if s is not None]
+        return frozenset().union(*said) if said else None
+
+    def _answered(self, type_url: str) -> bool:
+        return bool(self.types[type_url].last_nonce)
 
     def _on_ack(
         self, type_url: str, st: DeltaTypeState, pending: tuple[dict[str, str], list[str], str]
@@ -290,7 +309,7 @@ class DeltaStream(_Stream):
         snap = self.cache.get(self.gateway)
         cds = self.types[CLUSTER]
         for type_url, later in push_order(snap, self._route_switches):
-            if not self.types[type_url].subscribed:
+            if not self.types[type_url].subscribed or (type_url == ROUTE and self._routes_owed):
                 continue
             if type_url == CLUSTER:
                 # make-before-break: clusters the new configuration drops stay until the

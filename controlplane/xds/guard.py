@@ -14,11 +14,38 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
-__all__ = ["parse_version", "rollback_reason", "type_version"]
+__all__ = [
+    "mark_switches",
+    "parse_version",
+    "rollback_reason",
+    "type_version",
+    "version_switches",
+]
+
+#: what follows a route version's digest: the switches those routes carry
+#: (``Snapshot.route_switches``), so a proxy reconnecting to a controller that never sent it
+#: anything says which it runs (``snapshot.first_sync_holds``)
+_SWITCHES = "+on="
 
 
 def type_version(revision: int, database_id: str, digest: str) -> str:
     return f"{revision}-{database_id}-{digest}"
+
+
+def mark_switches(version: str, switches: frozenset[str]) -> str:
+    """A route version that says which switches its routes carry (none: ``+on=``)."""
+    return f"{version}{_SWITCHES}{','.join(sorted(switches))}"
+
+
+def version_switches(version: str) -> frozenset[str] | None:
+    """The switches a route version of ours says its routes carry; None when it says
+    nothing (empty, foreign, or built before versions said it)."""
+    if parse_version(version) is None:
+        return None
+    _, found, rest = version.partition(_SWITCHES)
+    if not found:
+        return None
+    return frozenset(n for n in rest.split("+", 1)[0].split(",") if n)
 
 
 @functools.lru_cache(maxsize=1024)

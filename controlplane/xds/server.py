@@ -19,10 +19,10 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
-from ..translate import CLUSTER, ENDPOINT, ROUTE
+from ..translate import CLUSTER, ENDPOINT, EXTENSION, ROUTE
 from .admission import InitialSyncGate, Slot
 from .cache import CHANGED, SnapshotCache
-from .guard import parse_version, rollback_reason
+from .guard import parse_version, rollback_reason, version_switches
 from .metrics import XdsMetrics
 from .mtls import StreamAuthorizer, client_identity
 from .snapshot import (
@@ -32,6 +32,7 @@ from .snapshot import (
     Snapshot,
     TypeSnapshot,
     push_order,
+    routes_wait_for_configs,
 )
 from .status import ProxyState, StatusRecorder
 
@@ -49,6 +50,12 @@ _LATE = object()
 #: that serving listeners wait for. A proxy is in sync without them: that listener's
 #: connections close after their next response (run-envoy.sh: --drain-strategy immediate).
 LATE_INTERVAL = 1.0
+#: seconds a reconnecting proxy's first routes wait for its extension configs to be asked
+#: for and answered (``routes_wait_for_configs``); Envoy asks for both at once, so this
+#: only bounds a proxy that never asks for them
+ROUTES_WAIT = 1.0
+#: the ``_later`` key that ends that wait
+_ROUTES_DUE = "routes-due"
 
 
 @dataclass
@@ -124,6 +131,8 @@ class _Stream:
         self._slot: Slot | None = None
         #: the switches of the routes last sent (``Snapshot.route_switches``); None: none
         self._route_switches: frozenset[str] | None = None
+        #: the first routes asked for on this stream wait for the extension configs' answer
+        self._routes_owed = False
         self._start()
 
     def _start(self) -> None:
@@ -173,7 +182,10 @@ class _Stream:
                     sub.taken()
                     await self._on_snapshot()
                 elif isinstance(item, tuple) and item[0] is _LATE:
-                    await self._on_late(item[1])
+                    if item[1] == _ROUTES_DUE:
+                        await self._answer_owed_routes()
+                    else:
+                        await self._on_late(item[1])
                 elif isinstance(item, self._request_type):
                     await self._on_request(item)
         finally:
@@ -195,6 +207,44 @@ class _Stream:
 
     async def _on_late(self, type_url: str) -> None:
         """Resources only a draining listener uses are due (``LATE_INTERVAL``)."""
+        raise NotImplementedError
+
+    async def _send(self, type_url: str, snap: Snapshot, *, force: bool) -> None:
+        raise NotImplementedError
+
+    def _answered(self, type_url: str) -> bool:
+        """Whether this stream sent a response of this type."""
+        raise NotImplementedError
+
+    def _routes_wait(self, reported: frozenset[str] | None, snap: Snapshot) -> bool:
+        """Whether the routes this request asks for wait for the extension configs (a
+        reconnecting proxy whose routes carry a switch ``snap`` turns off), the wait owed
+        and bounded by ``ROUTES_WAIT``. Nothing was sent on this stream yet: a push keeps
+        the order of ``push_order`` by itself."""
+        if self._routes_owed:
+            return True
+        if self._route_switches is not None or self._answered(EXTENSION):
+            return False
+        if not routes_wait_for_configs(reported, snap):
+            return False
+        self._routes_owed = True
+        self._later(ROUTES_WAIT, _ROUTES_DUE)
+        return True
+
+    async def _answer_owed_routes(self) -> None:
+        """The routes that waited for the extension configs (``_routes_wait``): due now,
+        the configs answered or the wait over."""
+        if not self._routes_owed:
+            return
+        self._routes_owed = False
+        gateway = self.proxy.gateway  # type: ignore[union-attr]
+        if self.cache.withheld(gateway) or self._held():
+            return
+        snap = self.cache.get(gateway)
+        await self._send(ROUTE, snap, force=True)
+        self._record_push(snap.revision)
+
+    def _held(self) -> bool:
         raise NotImplementedError
 
     def _later(self, wait: float, type_url: str) -> None:
@@ -315,8 +365,12 @@ class AdsStream(_Stream):
             self._update_sync(snap)
         if self._held():
             return
-        if first or not req.response_nonce:
+        if req.type_url == ROUTE and self._routes_wait(version_switches(req.version_info), snap):
+            pass  # answered after the extension configs (_answer_owed_routes)
+        elif first or not req.response_nonce:
             await self._send(req.type_url, snap, force=True)
+            if req.type_url == EXTENSION:
+                await self._answer_owed_routes()
         elif req.type_url == ENDPOINT and self._cds_since_eds:
             # A cluster that CDS changed warms until it gets its endpoints again, even when
             # they are unchanged: answer, or Envoy waits for its 15 s fetch timeout.
@@ -364,7 +418,7 @@ class AdsStream(_Stream):
         dropped = self._dropped_clusters(snap)
         cds_before = self.types[CLUSTER].sent_version
         for type_url, later in push_order(snap, self._route_switches):
-            if not self.types[type_url].subscribed:
+            if not self.types[type_url].subscribed or (type_url == ROUTE and self._routes_owed):
                 continue
             if type_url == ENDPOINT and self.types[CLUSTER].sent_version != cds_before:
                 await self._send_new_endpoints(snap)  # only after a CDS response of this push
@@ -400,6 +454,9 @@ class AdsStream(_Stream):
         if new:
             names = sorted((eds.names & fragments.keys()) | new)
             await self._respond(ENDPOINT, snap.types[ENDPOINT], names)
+
+    def _answered(self, type_url: str) -> bool:
+        return bool(self.types[type_url].nonce)
 
     def _runs(self, type_url: str, fragments: dict[str, bytes]) -> bool:
         """Whether the last response of this type sent exactly these resources."""

@@ -29,7 +29,7 @@ from ..translate import (
     Resources,
     wire,
 )
-from .guard import parse_version, type_version
+from .guard import mark_switches, parse_version, type_version, version_switches
 
 __all__ = [
     "CONFIGS_LAST",
@@ -43,6 +43,7 @@ __all__ = [
     "build_snapshot",
     "push_order",
     "resource_fragment",
+    "routes_wait_for_configs",
 ]
 
 #: make-before-break: clusters and their endpoints exist before anything routes to them,
@@ -154,6 +155,18 @@ def push_order(snap: Snapshot, running: frozenset[str] | None) -> tuple[Step, ..
         return CONFIGS_LAST
     held = snap.switched
     return (*((t, held if t == EXTENSION else _NONE) for t in PUSH_ORDER), (EXTENSION, _NONE))
+
+
+def routes_wait_for_configs(reported: frozenset[str] | None, snap: Snapshot) -> bool:
+    """Whether a proxy's first route request on a new stream is answered only once its
+    extension configs were: its routes carry a switch ``snap`` turns off (the route version
+    it reports says which, ``guard.version_switches``), so, as in ``push_order``, the
+    configs go first. A reconnecting Envoy asks for its routes before its extension configs,
+    so answering in the order asked would give it the new routes while it still runs the
+    old credentials: the last expiring key revoked while no controller ran, and for that
+    moment the routes forward "<consumer> <expiry>" unchecked. A switch turning on needs
+    nothing: the routes go first as asked."""
+    return reported is not None and bool(reported - snap.route_switches)
 
 
 def resource_fragment(type_url: str, value: bytes) -> bytes:
@@ -268,11 +281,13 @@ def build_snapshot(
             fragments.prune(gateway, type_url, frags)
         late = frozenset(n for t, n in resources.late if t == type_url)
         old = previous.types.get(type_url) if previous else None
+        marked = type_url == ROUTE
         if (
             old is not None
             and old.fragments == frags
             and old.late == late
             and _database_of(old.version) == database_id
+            and (not marked or version_switches(old.version) == resources.route_switches)
         ):
             types[type_url] = old
             continue
@@ -282,6 +297,8 @@ def build_snapshot(
             digest.update(name.encode())
             digest.update(frags[name])
         version = type_version(revision, database_id, digest.hexdigest())
+        if marked:
+            version = mark_switches(version, resources.route_switches)
         types[type_url] = TypeSnapshot(version, frags, late)
     changed_revision = revision if changed or previous is None else previous.changed_revision
     return Snapshot(

@@ -89,8 +89,8 @@ class _InProcess:
     """``serve`` itself on a free loopback port, in a thread of its own; stopped by
     cancellation, as the command is by a signal."""
 
-    def __init__(self, db: str) -> None:
-        self.xds_port = free_port()
+    def __init__(self, db: str, xds_port: int | None = None) -> None:
+        self.xds_port = xds_port or free_port()
         self.settings = Settings(
             db=db,
             xds_address=f"127.0.0.1:{self.xds_port}",
@@ -287,3 +287,46 @@ def test_a_new_jwt_provider_serves_as_soon_as_the_routes_name_it(  # type: ignor
             hold.release()
             envoy.stop()
     store.close()
+
+
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"], ids=["sotw", "delta"])
+def test_the_last_expiring_key_revoked_while_no_controller_ran(  # type: ignore[no-untyped-def]
+    hold: _Hold, backends, gateway_port: int, tmp_path: Path, api_type: str
+) -> None:
+    """The controller stops, the last key that expires is revoked, a controller starts: the
+    Envoy, which asks for its routes before its extension configs when it reconnects, gets
+    the credentials first. Held between the two, it serves the old routes (check on) with
+    the new credentials: the revoked key is refused, the other reaches the backend as the
+    consumer's name alone."""
+    db, store, lasting = _policy(tmp_path, gateway_port, backends["alpha"].port)
+    assert lasting.key is not None
+    expiring = new_api_key("acme", datetime.now(UTC) + timedelta(days=1))
+    assert expiring.key is not None
+    store.create(expiring)
+    envoy: Envoy | None = None
+    try:
+        with _InProcess(db) as controller:
+            xds_port = controller.xds_port
+            envoy = Envoy("public", "held", xds_port, tmp_path, xds_api_type=api_type)
+            wait_until(lambda: _seen_by_backend(gateway_port, expiring.key or "")[0] == 200, 30)
+        store.delete("api_key", expiring.name)
+        # no controller: the Envoy serves what it ran, the revoked key included
+        assert _check_window(gateway_port, {"revoked": expiring.key}) == {"revoked": 200}
+        applied = {t: _applied(envoy, t) for t in (ROUTE, EXTENSION)}
+        hold.arm()
+        with _InProcess(db, xds_port):
+            assert hold.reached.wait(60), "no RDS or ECDS response after the reconnect"
+            assert hold.first == EXTENSION
+            wait_until(lambda: _applied(envoy, EXTENSION) > applied[EXTENSION], 15)
+            assert _applied(envoy, ROUTE) == applied[ROUTE]
+            during = _check_window(gateway_port, {"lasting": lasting.key, "revoked": expiring.key})
+            assert during == {"lasting": 200, "revoked": 401}
+            hold.release()
+            wait_until(lambda: _applied(envoy, ROUTE) > applied[ROUTE], 15)
+            assert _check_window(gateway_port, {"lasting": lasting.key}) == {"lasting": 200}
+            assert _seen_by_backend(gateway_port, expiring.key)[0] == 401
+    finally:
+        hold.release()
+        if envoy is not None:
+            envoy.stop()
+        store.close()

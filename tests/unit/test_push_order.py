@@ -94,9 +94,7 @@ class _Gateway:
         return snap
 
 
-async def _sync(gw: _Gateway, delta: bool, written: list[bytes]) -> AdsStream | DeltaStream:
-    """A stream that ran its first sync of every type the gateway has."""
-
+def _new_stream(gw: _Gateway, delta: bool, written: list[bytes]) -> AdsStream | DeltaStream:
     async def write(data: bytes) -> None:
         written.append(data)
 
@@ -106,6 +104,12 @@ async def _sync(gw: _Gateway, delta: bool, written: list[bytes]) -> AdsStream | 
     else:
         stream = AdsStream(gw.cache, _Recorder(), write, "peer")  # type: ignore[arg-type]
     stream.proxy = ProxyState(node_id="n", gateway="public", address="a", envoy_version="1.40.0")
+    return stream
+
+
+async def _sync(gw: _Gateway, delta: bool, written: list[bytes]) -> AdsStream | DeltaStream:
+    """A stream that ran its first sync of every type the gateway has."""
+    stream = _new_stream(gw, delta, written)
     snap = gw.cache.get("public")
     for type_url in (CLUSTER, ENDPOINT, LISTENER, SCOPED, EXTENSION, ROUTE):
         if type_url == SCOPED and not snap.types[SCOPED].fragments:
@@ -257,3 +261,129 @@ async def _provider_and_first_key(tmp_path: Path, delta: bool) -> None:
     assert JWT_FILTER in configs[0] and API_KEY_FILTER not in configs[0], configs
     assert configs[-1] == [API_KEY_FILTER], configs
     gw.store.close()
+
+
+# -- a stream's first sync: a proxy reconnecting to a controller that never sent it anything
+
+
+async def _reconnect(
+    stream: AdsStream | DeltaStream, ran: Snapshot, delta: bool, types: tuple[str, ...]
+) -> None:
+    """The first requests of an Envoy that ran ``ran`` and reconnects, in the order Envoy
+    1.40 sends them (routes before extension configs), each carrying what it runs."""
+    encoder = DeltaEncoder()
+    for type_url in types:
+        ts = ran.types[type_url]
+        wildcard = type_url in (CLUSTER, LISTENER, SCOPED)
+        names = [] if wildcard else sorted(ts.fragments)
+        if delta:
+            versions = {}
+            for name in ts.fragments:
+                encoder.entry("public", type_url, ts, name)
+                versions[name] = encoder._entries[("public", type_url, name)][2]
+            await stream._on_request(
+                discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=type_url,
+                    resource_names_subscribe=names,
+                    initial_resource_versions=versions,
+                )
+            )
+        else:
+            await stream._on_request(
+                discovery_pb2.DiscoveryRequest(
+                    type_url=type_url, resource_names=names, version_info=ts.version
+                )
+            )
+
+
+RECONNECT = (ENDPOINT, CLUSTER, LISTENER, ROUTE, EXTENSION)
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_a_reconnecting_proxy_gets_the_credentials_first_when_the_check_turned_off(
+    tmp_path: Path, delta: bool
+) -> None:
+    """The last key that expires revoked while no controller ran: the proxy reconnects
+    running routes with the check on, asks for its routes first, and gets the credentials
+    (which its old routes handle) before the new routes; the first key added while no
+    controller ran: the routes first, as asked."""
+    asyncio.run(_across_a_restart(tmp_path, delta))
+
+
+async def _across_a_restart(tmp_path: Path, delta: bool) -> None:
+    gw = _Gateway(tmp_path, 2000)
+    off = await gw.render()
+    expiring = new_api_key("acme", datetime.now(UTC) + timedelta(days=1))
+    gw.store.create(expiring)
+    on = await gw.render()
+    assert KEY_EXPIRY_SWITCH in on.route_switches
+
+    # the check turned off while the proxy was away (it runs ``on``)
+    gw.store.delete("api_key", expiring.name)
+    now = await gw.render()
+    assert not now.route_switches
+    written: list[bytes] = []
+    stream = _new_stream(gw, delta, written)
+    await _reconnect(stream, on, delta, RECONNECT)
+    answered = _order([_type_of(w, delta) for w in written])
+    assert answered.index(EXTENSION) < answered.index(ROUTE), answered
+    assert not stream._routes_owed
+
+    # the check turned on while it was away (it runs ``off``): routes as asked, first
+    gw.store.create(new_api_key("acme", datetime.now(UTC) + timedelta(days=1)))
+    assert KEY_EXPIRY_SWITCH in (await gw.render()).route_switches
+    written = []
+    stream = _new_stream(gw, delta, written)
+    await _reconnect(stream, off, delta, RECONNECT)
+    answered = _order([_type_of(w, delta) for w in written])
+    assert answered.index(ROUTE) < answered.index(EXTENSION), answered
+    gw.store.close()
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_routes_that_wait_for_configs_never_asked_for_go_after_the_wait(
+    tmp_path: Path, delta: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asyncio.run(_configs_never_asked(tmp_path, delta, monkeypatch))
+
+
+async def _configs_never_asked(
+    tmp_path: Path, delta: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controlplane.xds import server
+
+    monkeypatch.setattr(server, "ROUTES_WAIT", 0.01)
+    gw = _Gateway(tmp_path, 2000)
+    await gw.render()
+    expiring = new_api_key("acme", datetime.now(UTC) + timedelta(days=1))
+    gw.store.create(expiring)
+    on = await gw.render()
+    gw.store.delete("api_key", expiring.name)
+    await gw.render()
+    written: list[bytes] = []
+    stream = _new_stream(gw, delta, written)
+    await _reconnect(stream, on, delta, (ENDPOINT, CLUSTER, LISTENER, ROUTE))
+    assert ROUTE not in {_type_of(w, delta) for w in written}
+    # a new revision meanwhile does not send them either
+    await stream._on_snapshot()
+    assert ROUTE not in {_type_of(w, delta) for w in written}
+    # the wait ends in the stream's turn: its queue gets the item that answers them
+    item = await asyncio.wait_for(stream._queue.get(), 5)
+    assert isinstance(item, tuple) and item[1] == server._ROUTES_DUE
+    await stream._answer_owed_routes()
+    assert [_type_of(w, delta) for w in written][-1] == ROUTE
+    gw.store.close()
+
+
+def test_a_route_version_says_which_switches_its_routes_carry() -> None:
+    from controlplane.xds.guard import mark_switches, parse_version, version_switches
+
+    plain = "12-db1-abcdef"
+    marked = mark_switches(plain, frozenset({KEY_EXPIRY_SWITCH}))
+    assert version_switches(marked) == frozenset({KEY_EXPIRY_SWITCH})
+    assert version_switches(mark_switches(plain, frozenset())) == frozenset()
+    assert parse_version(marked) == parse_version(plain) == ("db1", 12)
+    # said nothing: unknown, not "none"
+    assert version_switches(plain) is None
+    assert version_switches("") is None
+    assert version_switches("foreign+on=x") is None
