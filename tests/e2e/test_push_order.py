@@ -290,41 +290,52 @@ def test_a_new_jwt_provider_serves_as_soon_as_the_routes_name_it(  # type: ignor
 
 
 @pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"], ids=["sotw", "delta"])
-def test_the_last_expiring_key_revoked_while_no_controller_ran(  # type: ignore[no-untyped-def]
-    hold: _Hold, backends, gateway_port: int, tmp_path: Path, api_type: str
+@pytest.mark.parametrize("turns", ["off", "on"])
+def test_a_switch_turned_while_no_controller_ran(  # type: ignore[no-untyped-def]
+    hold: _Hold, backends, gateway_port: int, tmp_path: Path, api_type: str, turns: str
 ) -> None:
-    """The controller stops, the last key that expires is revoked, a controller starts: the
-    Envoy, which asks for its routes before its extension configs when it reconnects, gets
-    the credentials first. Held between the two, it serves the old routes (check on) with
-    the new credentials: the revoked key is refused, the other reaches the backend as the
-    consumer's name alone."""
+    """The controller stops; the last key that expires is revoked (``off``), or the first
+    one comes (``on``); a controller starts. The Envoy asks for its routes before its
+    extension configs when it reconnects. Off: it gets the credentials first and, held
+    between the two answers, serves the old routes (check on) with them: the revoked key is
+    refused. On: the routes first, as asked, served with the old credentials: the new key
+    is not known yet. Either way the other key reaches the backend as the consumer's name
+    alone, and the state after both answers is the new policy's."""
     db, store, lasting = _policy(tmp_path, gateway_port, backends["alpha"].port)
     assert lasting.key is not None
     expiring = new_api_key("acme", datetime.now(UTC) + timedelta(days=1))
     assert expiring.key is not None
-    store.create(expiring)
+    if turns == "off":
+        store.create(expiring)
+    first, then = (EXTENSION, ROUTE) if turns == "off" else (ROUTE, EXTENSION)
     envoy: Envoy | None = None
     try:
         with _InProcess(db) as controller:
             xds_port = controller.xds_port
             envoy = Envoy("public", "held", xds_port, tmp_path, xds_api_type=api_type)
-            wait_until(lambda: _seen_by_backend(gateway_port, expiring.key or "")[0] == 200, 30)
-        store.delete("api_key", expiring.name)
-        # no controller: the Envoy serves what it ran, the revoked key included
-        assert _check_window(gateway_port, {"revoked": expiring.key}) == {"revoked": 200}
+            wait_until(lambda: _seen_by_backend(gateway_port, lasting.key or "")[0] == 200, 30)
+        if turns == "off":
+            store.delete("api_key", expiring.name)
+            # no controller: the Envoy serves what it ran, the revoked key included
+            assert _check_window(gateway_port, {"revoked": expiring.key}) == {"revoked": 200}
+        else:
+            store.create(expiring)
         applied = {t: _applied(envoy, t) for t in (ROUTE, EXTENSION)}
         hold.arm()
         with _InProcess(db, xds_port):
             assert hold.reached.wait(60), "no RDS or ECDS response after the reconnect"
-            assert hold.first == EXTENSION
-            wait_until(lambda: _applied(envoy, EXTENSION) > applied[EXTENSION], 15)
-            assert _applied(envoy, ROUTE) == applied[ROUTE]
-            during = _check_window(gateway_port, {"lasting": lasting.key, "revoked": expiring.key})
-            assert during == {"lasting": 200, "revoked": 401}
+            assert hold.first == first
+            wait_until(lambda: _applied(envoy, first) > applied[first], 15)
+            assert _applied(envoy, then) == applied[then]
+            during = _check_window(gateway_port, {"lasting": lasting.key, "changed": expiring.key})
+            assert during == {"lasting": 200, "changed": 401}
             hold.release()
-            wait_until(lambda: _applied(envoy, ROUTE) > applied[ROUTE], 15)
+            wait_until(lambda: _applied(envoy, then) > applied[then], 15)
             assert _check_window(gateway_port, {"lasting": lasting.key}) == {"lasting": 200}
-            assert _seen_by_backend(gateway_port, expiring.key)[0] == 401
+            now = 401 if turns == "off" else 200
+            wait_until(lambda: _seen_by_backend(gateway_port, expiring.key or "")[0] == now, 15)
+            if turns == "on":
+                assert _check_window(gateway_port, {"new": expiring.key}) == {"new": 200}
     finally:
         hold.release()
         if envoy is not None:
