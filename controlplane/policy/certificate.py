@@ -13,17 +13,20 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import Field, field_validator, model_validator
 
 from .bounds import Port
 from .common import Name, PolicyModel
 from .edge import ClientAuth
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# ``cryptography`` is imported where a certificate or key is read, not with the models:
+# every command that loads the policy would pay for it (~35-60 ms of a local command's
+# start-up, most of it ``cryptography.x509``), and most policies hold no certificate
 
 __all__ = ["CertInfo", "Certificate", "GatewayTls", "cert_info", "cert_summary"]
 
@@ -51,6 +54,8 @@ def _normalise(pem: str) -> str:
 
 @lru_cache(maxsize=256)
 def _chain(pem: str) -> tuple[x509.Certificate, ...]:
+    from cryptography import x509
+
     try:
         return tuple(x509.load_pem_x509_certificates(pem.encode()))
     except ValueError:
@@ -62,6 +67,8 @@ def _chain(pem: str) -> tuple[x509.Certificate, ...]:
 @lru_cache(maxsize=256)
 def cert_info(pem: str) -> CertInfo:
     """Subject, SANs and validity of the first certificate of a PEM chain."""
+    from cryptography import x509
+
     leaf = _chain(pem)[0]
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -79,6 +86,9 @@ def cert_info(pem: str) -> CertInfo:
 
 
 def _load_key(pem: str) -> Any:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     try:
         return serialization.load_pem_private_key(pem.encode(), password=None)
     except TypeError:
@@ -92,6 +102,8 @@ def _load_key(pem: str) -> Any:
 
 def _key_problem(key: Any) -> str | None:
     """Why Envoy would refuse this key type, or None."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     if isinstance(key, rsa.RSAPrivateKey):
         if key.key_size < _MIN_RSA_BITS:
             return f"RSA keys need {_MIN_RSA_BITS} bits or more (Envoy's rule), got {key.key_size}"
@@ -106,6 +118,8 @@ def _key_problem(key: Any) -> str | None:
 
 
 def _public_der(public_key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return bytes(
         public_key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -127,6 +141,8 @@ class Certificate(PolicyModel):
     @field_validator("cert")
     @classmethod
     def _cert(cls, value: str) -> str:
+        from cryptography.hazmat.primitives import serialization
+
         value = _normalise(value)
         chain = _chain(value)
         # the canonical text: just the certificates, whatever came around them

@@ -14,8 +14,6 @@ import json
 import re
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-
 __all__ = ["MAX_JWKS_BYTES", "check_jwks", "loads_strict"]
 
 #: an inline key set is a handful of public keys; Envoy holds it in every filter config
@@ -27,10 +25,11 @@ _MIN_RSA_BITS = 512
 _MAX_RSA_BITS = 16384
 _RSA_EXPONENTS = (3, 65537)
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
-_CURVES: dict[str, tuple[type[ec.EllipticCurve], str]] = {
-    "P-256": (ec.SECP256R1, "ES256"),
-    "P-384": (ec.SECP384R1, "ES384"),
-    "P-521": (ec.SECP521R1, "ES512"),
+#: JWK curve -> (``cryptography``'s curve class name, its ``alg``)
+_CURVES = {
+    "P-256": ("SECP256R1", "ES256"),
+    "P-384": ("SECP384R1", "ES384"),
+    "P-521": ("SECP521R1", "ES512"),
 }
 _ALGS = {
     "RSA": {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"},
@@ -71,6 +70,9 @@ def _bytes(key: dict[str, Any], param: str) -> bytes:
 
 
 def _check_key(key: Any) -> None:
+    # imported here, not with the policy models: most policies hold no inline key set
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     if not isinstance(key, dict):
         raise ValueError("must be a JSON object")
     kty = key.get("kty")
@@ -95,7 +97,8 @@ def _check_key(key: Any) -> None:
         crv = key.get("crv")
         if crv not in _CURVES:
             raise ValueError(f"crv must be one of {', '.join(_CURVES)}")
-        curve, ec_alg = _CURVES[crv]
+        curve_name, ec_alg = _CURVES[crv]
+        curve = getattr(ec, curve_name)
         x = int.from_bytes(_bytes(key, "x"), "big")
         y = int.from_bytes(_bytes(key, "y"), "big")
         try:

@@ -33,12 +33,12 @@ import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
+
+if TYPE_CHECKING:  # imported on first use: a store without secrets never loads it
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "ENV_KEY",
@@ -150,6 +150,8 @@ class KeyRing:
         """The cipher of one key, made once (loading thousands of rows reuses it)."""
         cipher = self._aeads.get(kid)
         if cipher is None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
             cipher = self._aeads[kid] = AESGCM(self.keys[kid])
         return cipher
 
@@ -345,6 +347,8 @@ class SecretKeys:
         return Sealed(kid, _VERSION + base64.urlsafe_b64encode(nonce + ct).decode())
 
     def open(self, kind: str, name: str, sealed: Sealed) -> dict[str, Any]:
+        from cryptography.exceptions import InvalidTag
+
         what = f"{kind} {name!r}"
         ring = self._ring_with(sealed.key_id, what)
         if not sealed.blob.startswith(_VERSION):
