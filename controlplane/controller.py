@@ -26,7 +26,7 @@ from .api.app import create_app, create_health_app
 from .api.server import HttpService, warm_routes
 from .api.status import HealthSource
 from .errors import GatewayError
-from .metrics import Registry
+from .metrics import CheckMetrics, Registry
 from .runner import Runner
 from .settings import Settings
 from .store import Store
@@ -112,6 +112,7 @@ class Controller:
         )
         self.runner.allow_rollback = self.cache.allow_rollback = settings.allow_rollback
         self.metrics = Registry()
+        self.validator.observer = CheckMetrics(self.metrics)
         #: with mutual TLS, each ADS and access-log stream's certificate must permit the
         #: gateway and node id it claims (ADR 0018); without it, every client is trusted
         self.authorizer = StreamAuthorizer(required=tls)

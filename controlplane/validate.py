@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
@@ -96,6 +96,22 @@ class _Rendered:
     sources: dict[str, list[tuple[str, str]]]  # resource name -> policy objects
 
 
+class ValidationObserver(Protocol):
+    """Where a long-lived writer's checks are counted (the controller's ``/metrics``,
+    ``metrics.CheckMetrics``): every write waits for Envoy's verdict on its way to every
+    proxy, so that wait and the share of refusals are what an operator watches."""
+
+    def checked(self, result: str, render: float, envoy: float | None) -> None:
+        """One write checked: ``result`` accepted, refused, failed (no verdict) or
+        unvalidated (no Envoy installed); the seconds spent rendering the affected
+        configuration, and in Envoy (None: not run)."""
+
+
+class _Uncounted:
+    def checked(self, result: str, render: float, envoy: float | None) -> None:
+        pass
+
+
 class EnvoyValidator:
     """A :data:`controlplane.store.Validator` running ``envoy --mode validate``."""
 
@@ -107,6 +123,7 @@ class EnvoyValidator:
         envoy: str | None = None,
         warn: Callable[[str], None] | None = None,
         warm: bool = False,
+        observer: ValidationObserver | None = None,
     ) -> None:
         if mode not in MODES:
             raise PolicyInvalid(f"--validate: {mode!r} is not one of {', '.join(MODES)}")
@@ -120,6 +137,7 @@ class EnvoyValidator:
         #: a long-lived writer (the controller's admin API) keeps one Envoy started ahead
         self._warm = warm
         self._spare: WarmEnvoy | None = None
+        self.observer: ValidationObserver = observer or _Uncounted()
 
     def close(self) -> None:
         """Stop the Envoy kept waiting for the next write (if any)."""
@@ -165,7 +183,9 @@ class EnvoyValidator:
             if self._warn is not None and not self._warned:
                 self._warn(NOT_VALIDATED)
             self._warned = True
+            self.observer.checked("unvalidated", 0.0, None)
             return [NOT_VALIDATED]
+        started = time.perf_counter()
         if self.settings is None:  # read from the environment once, not per gateway rendered
             self.settings = Settings()
         rendered = []
@@ -181,9 +201,21 @@ class EnvoyValidator:
                 ) from exc
             if item is not None:
                 rendered.append((item, routes))
-        if rendered:
-            self.runs += len(rendered)
+        render = time.perf_counter() - started
+        if not rendered:
+            self.observer.checked("accepted", render, None)
+            return []
+        self.runs += len(rendered)
+        started = time.perf_counter()
+        result = "failed"  # Envoy did not answer in time, or could not run
+        try:
             _check_all(envoy, rendered, view, self.settings, self._spare_for(envoy))
+            result = "accepted"
+        except PolicyRejected:
+            result = "refused"
+            raise
+        finally:
+            self.observer.checked(result, render, time.perf_counter() - started)
         return []
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from controlplane.demo.echo import EchoServer
+from controlplane.envoy_launcher import free_port
 from controlplane.store import Store
 from controlplane.store.tokens import add_token, revoke_token
 
@@ -105,6 +107,38 @@ def test_route_added_over_http_with_wait_answers_through_envoy(
     health = httpx.get(f"http://127.0.0.1:{controller.health_port}/metrics", timeout=10)
     assert health.status_code == 200 and "gateway_policy_revision" in health.text
     assert httpx.get(f"{admin_url}/readyz", timeout=10).json() == {"ok": True}
+
+
+def test_a_validating_controller_counts_each_writes_check(
+    cli: Cli, tmp_path: Path, tokens: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``gatewayctl --validate always serve``: each API write is checked by Envoy before commit, and
+    /metrics counts the checks and the time they took, Envoy's run only where the write
+    changes what a proxy would run (a cluster no route uses renders nothing)."""
+    monkeypatch.setenv("GATEWAY_VALIDATE", "always")  # the suite's default is never
+    controller = Controller(cli, tmp_path)
+    controller.start()
+    try:
+        api = _client(f"http://127.0.0.1:{controller.admin_port}", tokens("ops", "admin"))
+        for path, body in (
+            ("/v1/gateways", {"name": "public", "port": free_port(), "address": "127.0.0.1"}),
+            ("/v1/clusters", {"name": "alpha", "endpoints": ["127.0.0.1:9"]}),
+            ("/v1/routes", {"name": "hello", "gateways": ["public"], "cluster": "alpha"}),
+        ):
+            r = api.post(path, json=body)
+            assert r.status_code == 201, r.text
+        url = f"http://127.0.0.1:{controller.health_port}/metrics"
+        metrics = dict(
+            line.rsplit(" ", 1)
+            for line in httpx.get(url, timeout=10).text.splitlines()
+            if line.startswith("gateway_policy_check")
+        )
+        assert float(metrics['gateway_policy_checks_total{result="accepted"}']) == 3
+        assert float(metrics['gateway_policy_check_seconds_count{stage="render"}']) == 3
+        assert float(metrics['gateway_policy_check_seconds_count{stage="envoy"}']) == 2
+        assert float(metrics['gateway_policy_check_seconds_sum{stage="envoy"}']) > 0
+    finally:
+        controller.stop()
 
 
 def test_tokens_roles_scopes_and_revocation(

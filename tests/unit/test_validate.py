@@ -535,3 +535,37 @@ def test_the_checked_bootstrap_inlines_the_route_table_proxies_receive(tmp_path:
             r.match.path or r.match.prefix for v in hcm.route_config.virtual_hosts for r in v.routes
         }
         assert {"/two", "/"} <= paths, paths
+
+
+@needs_envoy
+def test_checks_are_counted_by_result_and_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller's /metrics count each write's check: an accepted one, one Envoy
+    refuses, one that renders nothing Envoy would run (a cluster no route uses), and one
+    with no Envoy installed; the time in Envoy only for the two it ran."""
+    from controlplane.metrics import CheckMetrics, Registry
+
+    registry = Registry()
+    validator = EnvoyValidator("auto", observer=CheckMetrics(registry))
+    store = _store(tmp_path / "p.db", validator)
+    try:
+        fine = parse_object("route", {"name": "r", "gateway": "gw", "cluster": "app"})
+        store.write([("create", "route", "r", fine)])
+        with pytest.raises(PolicyRejected):
+            store.write([("create", "route", "long", _long_header_route(monkeypatch))])  # type: ignore[list-item]
+        store.update("cluster", "spare", lambda s: {**s, "connect_timeout": "2s"})
+        validator.envoy = lambda: None  # type: ignore[method-assign]
+        store.update("route", "r", lambda s: {**s, "timeout": "3s"})
+    finally:
+        store.close()
+    text = registry.render()
+    lines = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert float(lines['gateway_policy_checks_total{result="accepted"}']) == 2
+    assert float(lines['gateway_policy_checks_total{result="refused"}']) == 1
+    assert float(lines['gateway_policy_checks_total{result="unvalidated"}']) == 1
+    assert float(lines['gateway_policy_check_seconds_count{stage="envoy"}']) == 2
+    assert float(lines['gateway_policy_check_seconds_count{stage="render"}']) == 3
+    assert float(lines['gateway_policy_check_seconds_sum{stage="envoy"}']) > 0
