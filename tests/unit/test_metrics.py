@@ -28,6 +28,8 @@ LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 
 #: family name (as the parser names it: counters without ``_total``) -> (type, label names)
 CONTROLLER_FAMILIES = {
+    "gateway_policy_checks": ("counter", {"result"}),
+    "gateway_policy_check_seconds": ("histogram", {"stage"}),
     "gateway_xds_pushes": ("counter", {"gateway", "type"}),
     "gateway_xds_acks": ("counter", {"gateway", "type"}),
     "gateway_xds_nacks": ("counter", {"gateway", "type"}),
@@ -121,6 +123,9 @@ def test_controller_metrics_parse_with_documented_names_and_move(
         xds.nacked("public", LISTENER)
         xds.held("public")
         controller.sink.m_refused.labels(reason="unknown_gateway").inc(7)
+        controller.validator.observer.checked("accepted", 0.002, 0.012)
+        controller.validator.observer.checked("refused", 0.003, 0.020)
+        controller.validator.observer.checked("unvalidated", 0.0, None)
         text = http.get("/metrics").text
 
     for family in text_string_to_metric_families(text):
@@ -139,6 +144,15 @@ def test_controller_metrics_parse_with_documented_names_and_move(
     assert _value(text, f"{latency}_bucket", type="Cluster", le="+Inf") == 2
     assert _value(text, "gateway_analytics_refused_total", reason="unknown_gateway") == 7
     assert _value(text, "gateway_policy_revision") == controller.runner.revision
+    assert _value(text, "gateway_policy_checks_total", result="accepted") == 1
+    assert _value(text, "gateway_policy_checks_total", result="refused") == 1
+    assert _value(text, "gateway_policy_checks_total", result="unvalidated") == 1
+    checks = "gateway_policy_check_seconds"
+    assert _value(text, f"{checks}_count", stage="render") == 2  # not the unvalidated one
+    assert _value(text, f"{checks}_count", stage="envoy") == 2
+    assert _value(text, f"{checks}_sum", stage="envoy") == pytest.approx(0.032)
+    assert _value(text, f"{checks}_bucket", stage="envoy", le="0.01") == 0
+    assert _value(text, f"{checks}_bucket", stage="envoy", le="0.025") == 2
 
 
 def test_sink_metrics_move_with_ingest_and_flush(tmp_path: Path) -> None:
