@@ -26,6 +26,9 @@ it (its ACK is queued at once).
     python -m bench.ads_fanout --proxies 100 --protocol delta   # incremental xDS streams
     python -m bench.ads_fanout --proxies 100 --change timeout   # writes that change routes only
 
+The controller's own count of the writes' checks (render and Envoy's run, from its
+/metrics) is printed with the figures: the part of each write spent waiting for a verdict.
+
 ``--protocol delta`` opens ``DeltaAggregatedResources`` streams instead, subscribing as an
 Envoy with ``api_type: DELTA_GRPC`` does (wildcard CDS and LDS, named EDS, RDS and ECDS
 changed with ``resource_names_subscribe``/``_unsubscribe`` as clusters and listeners come
@@ -428,6 +431,43 @@ def _put(
     return int(body["revision"]), start, returned
 
 
+def _check_series(stack: Stack) -> dict[str, float]:
+    """The controller's ``gateway_policy_check_seconds`` series, from its /metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", stack.ports["health"], timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("gateway_policy_check_seconds"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def _check_report(before: dict[str, float], after: dict[str, float]) -> str:
+    """Mean render and Envoy time of the writes' checks, and how many Envoy took > 25 ms."""
+
+    def moved(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    parts = []
+    for stage in ("render", "envoy"):
+        count = moved(f'gateway_policy_check_seconds_count{{stage="{stage}"}}')
+        if count:
+            mean = moved(f'gateway_policy_check_seconds_sum{{stage="{stage}"}}') / count
+            parts.append(f"{stage} mean {mean * 1e3:.1f} ms")
+    count = moved('gateway_policy_check_seconds_count{stage="envoy"}')
+    within = moved('gateway_policy_check_seconds_bucket{le="0.025",stage="envoy"}')
+    if count:
+        parts.append(f"Envoy over 25 ms in {count - within:.0f} of {count:.0f}")
+    if not after:
+        return "not reported (a controller without gateway_policy_check_seconds)"
+    return ", ".join(parts) or "none (not validated)"
+
+
 def _measure(stack: Stack, args: argparse.Namespace) -> None:
     opened = time.perf_counter()
     fleet = Fleet(stack.ports["xds"], args.proxies, args.workers, args.protocol)
@@ -455,6 +495,7 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
     # CPU of the controller and of the simulated proxies' processes over the samples: steadier
     # than a percentile from one run, and what two cores are asked for per write
     sims = [proc.pid for proc in fleet.procs]
+    checks_before = _check_series(stack)
     cpu_before = (cpu_seconds(stack.controller_pid), sum(cpu_seconds(pid) for pid in sims))
     for i in range(args.samples):
         time.sleep(args.pause)
@@ -469,6 +510,7 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
         series["last_rx"].append(max(received) - min(received))
         loads.append(os.getloadavg()[0])
     cpu_after = (cpu_seconds(stack.controller_pid), sum(cpu_seconds(pid) for pid in sims))
+    checks_after = _check_series(stack)
     if args.profile:
         stack.profile_toggle()
         deadline = time.monotonic() + 60
@@ -512,6 +554,8 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
         + (f", simulated proxies {sims_ms:.1f} ms" if sims else " (proxies in this process)")
         + f" (pauses of {args.pause} s between writes included)"
     )
+    print(f"the writes' checks before commit (controller /metrics): "
+          f"{_check_report(checks_before, checks_after)}")  # fmt: skip
     if args.gc_log:
         pauses = stack.full_gc_pauses(began, ended)
         print(
