@@ -231,7 +231,7 @@ class DeltaStream(_Stream):
                 self._update_sync(snap)
         if self._held():
             return
-        if req.type_url == ROUTE and self._routes_wait(self._reported(req), snap):
+        if req.type_url == ROUTE and self._routes_wait(req, snap):
             pass  # answered after the extension configs (_answer_owed_routes)
         elif first or resubscribed or added or req.resource_names_unsubscribe:
             before = dict(self.types[CLUSTER].have)

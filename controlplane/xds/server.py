@@ -216,16 +216,21 @@ class _Stream:
         """Whether this stream sent a response of this type."""
         raise NotImplementedError
 
-    def _routes_wait(self, reported: frozenset[str] | None, snap: Snapshot) -> bool:
+    @staticmethod
+    def _reported(req: Any) -> frozenset[str] | None:
+        """The switches a route request says the proxy's routes carry (None: not said)."""
+        raise NotImplementedError
+
+    def _routes_wait(self, req: Any, snap: Snapshot) -> bool:
         """Whether the routes this request asks for wait for the extension configs (a
         reconnecting proxy whose routes carry a switch ``snap`` turns off), the wait owed
-        and bounded by ``ROUTES_WAIT``. Nothing was sent on this stream yet: a push keeps
-        the order of ``push_order`` by itself."""
+        and bounded by ``ROUTES_WAIT``. Only before anything was sent on this stream: a
+        push keeps the order of ``push_order`` by itself, and an ACK costs no parsing."""
         if self._routes_owed:
             return True
         if self._route_switches is not None or self._answered(EXTENSION):
             return False
-        if not routes_wait_for_configs(reported, snap):
+        if not routes_wait_for_configs(self._reported(req), snap):
             return False
         self._routes_owed = True
         self._later(ROUTES_WAIT, _ROUTES_DUE)
@@ -248,7 +253,8 @@ class _Stream:
         raise NotImplementedError
 
     def _later(self, wait: float, type_url: str) -> None:
-        """Have ``_on_late(type_url)`` called in ``wait`` seconds, in the stream's turn."""
+        """Have ``_on_late(type_url)`` called in ``wait`` seconds, in the stream's turn
+        (``_ROUTES_DUE``: ``_answer_owed_routes``)."""
         asyncio.get_running_loop().call_later(wait, self._queue.put_nowait, (_LATE, type_url))
 
     def _hold(self, reason: str | None) -> bool:
@@ -365,7 +371,7 @@ class AdsStream(_Stream):
             self._update_sync(snap)
         if self._held():
             return
-        if req.type_url == ROUTE and self._routes_wait(version_switches(req.version_info), snap):
+        if req.type_url == ROUTE and self._routes_wait(req, snap):
             pass  # answered after the extension configs (_answer_owed_routes)
         elif first or not req.response_nonce:
             await self._send(req.type_url, snap, force=True)
@@ -457,6 +463,10 @@ class AdsStream(_Stream):
 
     def _answered(self, type_url: str) -> bool:
         return bool(self.types[type_url].nonce)
+
+    @staticmethod
+    def _reported(req: discovery_pb2.DiscoveryRequest) -> frozenset[str] | None:
+        return version_switches(req.version_info)
 
     def _runs(self, type_url: str, fragments: dict[str, bytes]) -> bool:
         """Whether the last response of this type sent exactly these resources."""
