@@ -362,9 +362,9 @@ class Runner:
             )
             return False
         assert ident is not None
-        self.store.reopen()  # pooled connections still read the old file
         if self._probe is not None:
-            self._probe.close()  # and so does the probe's: it reconnects on its next call
+            self._probe.close()  # it reads the old file: it reconnects on its next call
+        self.store.reopen()  # so do pooled connections; and new ones may open the new file
         self.store.paused = None
         log.warning(
             "database file %s was replaced: now %s (was %s); reloading it",

@@ -39,6 +39,9 @@ fi
 # two cores busier: 15:50 of pytest time against 17:28-18:08 with two (2026-12-05).
 workers="${TEST_WORKERS:-3}"
 if [ "$workers" -gt 1 ]; then
-    exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
+    # --max-worker-restart=0: a crashed worker ends the run, failed, with its traceback;
+    # pytest-xdist 3.8's loadfile scheduler deadlocks when it replaces a crashed worker
+    # (pytest-xdist issues 784 and 1313), which held a run until CI's limit.
+    exec .venv/bin/python -m pytest -n "$workers" --dist loadfile --max-worker-restart=0 "$@"
 fi
 exec .venv/bin/python -m pytest "$@"

@@ -22,6 +22,7 @@ from sqlalchemy.pool import NullPool
 from ..errors import StoreError
 
 __all__ = [
+    "FilePin",
     "FileWatch",
     "RevisionProbe",
     "create_sqlite_file",
@@ -74,19 +75,62 @@ def create_sqlite_file(path: str) -> bool:
     return True
 
 
-def _open_existing(path: str) -> sqlite3.Connection:
+class FilePin:
+    """The SQLite file (device, inode) a Store's connections may open.
+
+    After a file was put in place of the database, a new connection of this process
+    would open the new file with the old one's ``-wal`` and ``-shm`` still beside it:
+    SQLite would take the old WAL's frames for the new file's, and, being the first
+    connection of this process to the new file (POSIX locks never conflict within one
+    process), truncate the ``-shm`` that the old file's connections still have mapped;
+    their next read of it is a SIGBUS that kills the process. So a connection to a file
+    other than the pinned one is refused until the controller has checked the new file
+    and accepted it (:meth:`accept`).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.identity = self.current()
+
+    def current(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def accept(self) -> None:
+        """Let connections open the file now at the path."""
+        self.identity = self.current()
+
+    def moved(self) -> bool:
+        """The path no longer names the pinned file (replaced or removed)."""
+        return self.current() != self.identity
+
+
+def _open_existing(path: str, pin: FilePin | None = None) -> sqlite3.Connection:
     """Open a database file that must exist: ``mode=rw`` makes SQLite fail instead of
     creating an empty one (a controller re-connecting after the file was removed must not
-    create a new database in its place)."""
-    return sqlite3.connect(
+    create a new database in its place). With a ``pin``, only the pinned file: SQLite
+    opens the file itself here but its ``-wal`` and ``-shm`` only on the first statement,
+    so a connection found on another file is closed before it touched either."""
+    conn = sqlite3.connect(
         f"file:{quote(path)}?mode=rw", uri=True, check_same_thread=False, timeout=10
     )
+    if pin is not None and pin.moved():
+        conn.close()
+        raise StoreError(
+            f"database file {path} was replaced or removed under this process: not opening "
+            "it before the controller has checked what it holds"
+        )
+    return conn
 
 
-def make_engines(url: str) -> tuple[Engine, Engine]:
+def make_engines(url: str, pin: FilePin | None = None) -> tuple[Engine, Engine]:
     """(writer, reader) engines; they differ only in how SQLite transactions begin.
 
-    SQLite files are opened read-write but never created (see :func:`create_sqlite_file`).
+    SQLite files are opened read-write but never created (see :func:`create_sqlite_file`),
+    and with a ``pin`` only while the path still names the pinned file.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -101,7 +145,7 @@ def make_engines(url: str) -> tuple[Engine, Engine]:
         if path is None:
             engine = create_engine(url, poolclass=NullPool if not parsed.database else None)
         else:
-            engine = create_engine(url, creator=lambda: _open_existing(path))
+            engine = create_engine(url, creator=lambda: _open_existing(path, pin))
 
         @event.listens_for(engine, "connect")
         def _connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

@@ -45,7 +45,14 @@ from ..policy import (
     references,
 )
 from .actor import current_actor
-from .db import RevisionProbe, create_sqlite_file, make_engines, normalize_url, sqlite_path
+from .db import (
+    FilePin,
+    RevisionProbe,
+    create_sqlite_file,
+    make_engines,
+    normalize_url,
+    sqlite_path,
+)
 from .secrets import Sealed, SecretKeys
 from .tables import (
     Change,
@@ -284,8 +291,10 @@ class Store:
                 self.created = create_sqlite_file(path)
             except OSError as exc:
                 raise StoreError(f"cannot create database file {path}: {exc.strerror}") from None
+        #: the file this store's connections may open (None: not a SQLite file)
+        self.pin = FilePin(path) if path is not None else None
         try:
-            self._writer, self._reader = make_engines(self.url)
+            self._writer, self._reader = make_engines(self.url, self.pin)
         except ImportError as exc:
             raise StoreError(
                 f"cannot open database {display_url(self.url)}: {_missing_driver(self.url, exc)}"
@@ -312,10 +321,12 @@ class Store:
             ) from None
 
     def reopen(self) -> None:
-        """Drop every pooled connection: the next query opens the file again (after the
-        file was replaced, pooled connections still read the old one)."""
+        """Drop every pooled connection: the next query opens the file now at the path
+        (after the file was replaced, pooled connections still read the old one)."""
         self._writer.dispose()
         self._reader.dispose()
+        if self.pin is not None:
+            self.pin.accept()
 
     @property
     def writer_engine(self) -> Engine:
@@ -904,13 +915,19 @@ class Store:
         """Run one status transaction of ``_upsert`` statements. Each is a single
         ``INSERT ... ON CONFLICT DO UPDATE``, atomic in both dialects, so two controllers
         writing the same new row at once need no retry."""
-        if self.paused:
+        if self._no_status():
             return
         with self._writer.begin() as conn:
             write(conn)
 
+    def _no_status(self) -> bool:
+        """Status and housekeeping writes are skipped while writes are paused, and when
+        the file was replaced or removed but the controller has yet to notice (they are
+        best effort; the pin would refuse their connection anyway)."""
+        return bool(self.paused) or (self.pin is not None and self.pin.moved())
+
     def disconnect_controller_proxies(self, controller: str) -> None:
-        if self.paused:
+        if self._no_status():
             return
         with self._writer.begin() as conn:
             conn.execute(
@@ -924,7 +941,7 @@ class Store:
         that disconnected before it, and those of controllers presumed dead (silent for
         ``dead_after`` seconds) since then - a controller that died without marking its
         proxies disconnected. Returns how many."""
-        if self.paused:
+        if self._no_status():
             return 0
         live = select(ControllerRow.id).where(ControllerRow.heartbeat_at >= before - dead_after)
         with self._writer.begin() as conn:
@@ -942,7 +959,7 @@ class Store:
         """Delete the rows of controllers presumed dead (silent for ``dead_after`` seconds)
         since ``before`` (epoch seconds), so ``status`` stops counting them. A controller
         that comes back writes its row again with its next heartbeat. Returns how many."""
-        if self.paused:
+        if self._no_status():
             return 0
         with self._writer.begin() as conn:
             result = conn.execute(
@@ -1009,7 +1026,7 @@ class Store:
 
     def add_events(self, events: list[dict[str, Any]], keep: int = _EVENTS_KEPT) -> None:
         """Append events; beyond ``keep`` rows the oldest are deleted (checked now and then)."""
-        if self.paused or not events:
+        if self._no_status() or not events:
             return
         with self._writer.begin() as conn:
             _add_events(conn, events, keep)
@@ -1054,7 +1071,7 @@ class Store:
     def checkpoint(self) -> None:
         """SQLite: move the WAL into the database file and empty it (best effort: a busy
         database is checkpointed next time)."""
-        if self._writer.dialect.name != "sqlite" or self.paused:
+        if self._writer.dialect.name != "sqlite" or self._no_status():
             return
         conn = self._writer.raw_connection()
         raw: Any = conn.driver_connection
