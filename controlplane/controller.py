@@ -200,6 +200,7 @@ class Controller:
             registry=self.metrics,
             retention_s=settings.analytics_retention_days * 86400,
             authorizer=self.authorizer,
+            engine=self.store.writer_engine,  # one pool, pinned to the store's file
         )
         #: the quota service (RLQS) of shared budgets and calendar quotas, on the xDS port
         from .quota.service import QuotaService

@@ -115,12 +115,16 @@ class RollupWriter:
     """Adds cells to the sink's rows: one transaction per :meth:`write` (the sink calls it
     with batches of a bounded size)."""
 
-    def __init__(self, db: str | None, sink: str) -> None:
+    def __init__(self, db: str | None, sink: str, engine: Engine | None = None) -> None:
+        """``engine``: a store's writer engine to share (the controller's sink: its
+        connections then follow the store's file pin, ADR 0059), else one of its own."""
         self.sink = sink
-        self._writer, _ = make_engines(normalize_url(db))
+        self._owned = engine is None
+        self._writer = engine if engine is not None else make_engines(normalize_url(db))[0]
 
     def close(self) -> None:
-        self._writer.dispose()
+        if self._owned:
+            self._writer.dispose()
 
     def write(self, cells: dict[Key, Cell]) -> None:
         if not cells:

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from envoy.data.accesslog.v3 import accesslog_pb2
@@ -30,6 +31,9 @@ from ..metrics import Registry
 from ..xds.mtls import StreamAuthorizer
 from .rollup import Cell, Key, Rollups, RollupWriter, rollup_class, usage_class
 from .scope import OTHER, Scope, StoreScope
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["ALS_SERVICE", "AccessLogSink", "Bounds", "serve_sink"]
 
@@ -81,6 +85,7 @@ class AccessLogSink:
         retention_s: float = 30 * 86400,
         bounds: Bounds | None = None,
         authorizer: StreamAuthorizer | None = None,
+        engine: Engine | None = None,
     ) -> None:
         #: with mutual TLS, a stream's certificate must permit the node it names (ADR 0018)
         self.authorizer = authorizer
@@ -88,7 +93,7 @@ class AccessLogSink:
         self.scope = scope
         self.bounds = bounds or Bounds()
         self.rollups = Rollups(self.bounds.max_cells)
-        self.writer = RollupWriter(db, self.sink_id)
+        self.writer = RollupWriter(db, self.sink_id, engine)
         self.flush_interval = flush_interval
         self.retention_s = retention_s
         self.streams: dict[int, str] = {}

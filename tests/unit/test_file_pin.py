@@ -9,6 +9,7 @@ in a backup of the replaced database taken while a status write opened the new f
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import time
@@ -97,3 +98,31 @@ def test_the_file_it_opened_stays_usable(store: Store) -> None:
         store._writer.dispose()
         assert {o.name for o in store.load_state()[1]} == {"a"}
         store.apply_objects([Cluster(name="a", endpoints=["127.0.0.1:10"])])
+
+
+def test_the_controllers_access_log_sink_writes_through_the_pinned_engine(
+    store: Store, tmp_path: Path
+) -> None:
+    """The controller's sink shares the store's writer engine: after the file was replaced
+    it keeps its rollups for a later flush instead of opening the new file."""
+    from controlplane.analytics.scope import Scope
+    from controlplane.analytics.sink import AccessLogSink
+    from tests.unit.test_sink_scope import _entry, _policy
+
+    sink = AccessLogSink(store.url, Scope(*_policy()), sink_id="s", engine=store.writer_engine)
+    sink.ingest("public", [_entry("api", "a")])
+    asyncio.run(sink.flush())
+    assert 'gateway_analytics_flushes_total{result="ok"} 1' in sink.registry.render()
+
+    store.checkpoint()
+    _other_database(store, tmp_path / "incoming.db")
+    os.replace(tmp_path / "incoming.db", tmp_path / "gateway.db")
+    store._writer.dispose()
+    sink.ingest("public", [_entry("api", "a")])
+    asyncio.run(sink.flush())
+    assert 'gateway_analytics_flushes_total{result="error"} 1' in sink.registry.render()
+    assert sum(c.requests for c in sink.rollups.cells.values()) == 1  # kept
+    sink.close()  # the store's engine is the store's to close
+    store.reopen()
+    asyncio.run(sink.flush())
+    assert 'gateway_analytics_flushes_total{result="ok"} 2' in sink.registry.render()
