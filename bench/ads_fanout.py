@@ -25,6 +25,11 @@ it (its ACK is queued at once).
     python -m bench.ads_fanout --proxies 1000 --workers 2 --limit  # + a divided rate limit
     python -m bench.ads_fanout --proxies 100 --protocol delta   # incremental xDS streams
     python -m bench.ads_fanout --proxies 100 --change timeout   # writes that change routes only
+    python -m bench.ads_fanout --proxies 100 --sim node  # proxies on Node's gRPC (ads_sim/)
+
+``--sim node`` runs the same proxies in Node.js (``ads_sim/sim.js``, @grpc/grpc-js): on a
+small machine the proxies' CPU comes out of the controller's cores, and these take under
+half of what the grpc.aio ones do (docs/decisions/0061).
 
 The controller's own count of the writes' checks (render and Envoy's run, from its
 /metrics) is printed with the figures: the part of each write spent waiting for a verdict.
@@ -396,7 +401,97 @@ class Fleet:
         return errors
 
 
-def _counts(fleet: Fleet) -> tuple[dict[str, int], dict[str, int]]:
+SIM_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ads_sim")
+
+
+def _descriptor_set(path: str) -> None:
+    """The FileDescriptorSet of the messages the Node proxies read and write, from the
+    xds-protos this benchmark runs with (so both sides agree on every field)."""
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2,
+    )
+    from envoy.service.discovery.v3 import discovery_pb2
+    from google.protobuf import descriptor_pb2
+
+    out = descriptor_pb2.FileDescriptorSet()
+    seen: set[str] = set()
+
+    def add(file: Any) -> None:
+        if file.name in seen:
+            return
+        seen.add(file.name)
+        for dep in file.dependencies:
+            add(dep)
+        file.CopyToProto(out.file.add())
+
+    for module in (discovery_pb2, cluster_pb2, listener_pb2, http_connection_manager_pb2):
+        add(module.DESCRIPTOR)
+    with open(path, "wb") as f:
+        f.write(out.SerializeToString())
+
+
+class NodeFleet:
+    """The simulated proxies as Node processes (``ads_sim/sim.js``, @grpc/grpc-js): the
+    same behaviour as :class:`Proxy`, at a fraction of its CPU per message. Installs the
+    simulator's packages (``npm ci``) on first use."""
+
+    def __init__(self, port: int, proxies: int, workers: int) -> None:
+        import shutil
+        import subprocess
+        import tempfile
+
+        node, npm = shutil.which("node"), shutil.which("npm")
+        if node is None or npm is None:
+            raise SystemExit("--sim node needs Node.js (node and npm on PATH)")
+        if not os.path.isdir(os.path.join(SIM_DIR, "node_modules")):
+            subprocess.run([npm, "ci", "--silent", "--no-audit", "--no-fund"], cwd=SIM_DIR,
+                           check=True)  # fmt: skip
+        self._dir = tempfile.TemporaryDirectory(prefix="ads-sim-")
+        desc = os.path.join(self._dir.name, "envoy.desc")
+        _descriptor_set(desc)
+        shares = max(1, workers)
+        self.procs: list[Any] = []
+        for w in range(shares):
+            first = w * proxies // shares
+            count = (w + 1) * proxies // shares - first
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        node,
+                        os.path.join(SIM_DIR, "sim.js"),
+                        desc,
+                        *map(str, (port, first, count)),
+                        GATEWAY,
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+
+    def ask(self, *command: Any) -> list[Any]:
+        for proc in self.procs:
+            proc.stdin.write(json.dumps(command) + "\n")
+            proc.stdin.flush()
+        out = []
+        for proc in self.procs:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"simulated proxies exited {proc.wait()}")
+            out.append(json.loads(line))
+        return out
+
+    def close(self) -> int:
+        errors = sum(self.ask("stop"))
+        for proc in self.procs:
+            proc.wait(10)
+        self._dir.cleanup()
+        return errors
+
+
+def _counts(fleet: Fleet | NodeFleet) -> tuple[dict[str, int], dict[str, int]]:
     """(responses, bytes) received per type, summed over the fleet."""
     total: dict[str, int] = {}
     size: dict[str, int] = {}
@@ -476,7 +571,11 @@ def _check_report(before: dict[str, float], after: dict[str, float]) -> str:
 
 def _measure(stack: Stack, args: argparse.Namespace) -> None:
     opened = time.perf_counter()
-    fleet = Fleet(stack.ports["xds"], args.proxies, args.workers, args.protocol)
+    fleet: Fleet | NodeFleet
+    if args.sim == "node":
+        fleet = NodeFleet(stack.ports["xds"], args.proxies, args.workers)
+    else:
+        fleet = Fleet(stack.ports["xds"], args.proxies, args.workers, args.protocol)
     fleet.ask("synced")
     print(
         f"{args.proxies} {args.protocol} proxies synced in "
@@ -537,6 +636,7 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
     errors = fleet.close()
     validated = "never" if args.no_validate else "auto (validated)"
     where = f"{args.workers} worker process(es)" if args.workers else "the benchmark process"
+    where += f" ({args.sim})"
     print(
         f"{args.protocol}: {args.routes} routes, {args.samples} writes of the route's "
         f"{args.change}, validate={validated}, "
@@ -594,6 +694,13 @@ def main() -> None:
         default=1,
         help="processes the proxies run in (0: a thread of the benchmark process)",
     )
+    parser.add_argument(
+        "--sim",
+        choices=("python", "node"),
+        default="python",
+        help="what the simulated proxies run on: grpc.aio, or Node's @grpc/grpc-js "
+        "(ads_sim/sim.js: a fraction of the CPU per message; state of the world only)",
+    )
     parser.add_argument("--no-validate", action="store_true")
     parser.add_argument(
         "--change",
@@ -631,6 +738,8 @@ def main() -> None:
     )
     raw = sys.argv[1:]
     args = parser.parse_args(raw)
+    if args.sim == "node" and (args.protocol != "sotw" or not args.workers):
+        parser.error("--sim node: state-of-the-world streams in --workers >= 1 processes only")
     from bench.run import code_of
 
     code_of(args.code, raw, "bench.ads_fanout")
