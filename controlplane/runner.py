@@ -364,7 +364,8 @@ class Runner:
         assert ident is not None
         if self._probe is not None:
             self._probe.close()  # it reads the old file: it reconnects on its next call
-        self.store.reopen()  # so do pooled connections; and new ones may open the new file
+        # so do pooled connections; new ones may open the file checked above, and only it
+        self.store.reopen(current)
         self.store.paused = None
         log.warning(
             "database file %s was replaced: now %s (was %s); reloading it",

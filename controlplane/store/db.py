@@ -99,9 +99,11 @@ class FilePin:
             return None
         return st.st_dev, st.st_ino
 
-    def accept(self) -> None:
-        """Let connections open the file now at the path."""
-        self.identity = self.current()
+    def accept(self, identity: tuple[int, int] | None = None) -> None:
+        """Let connections open the file with this (device, inode): the one the caller
+        checked (a file replaced again since then stays refused), else the one at the
+        path now."""
+        self.identity = identity if identity is not None else self.current()
 
     def moved(self) -> bool:
         """The path no longer names the pinned file (replaced or removed)."""

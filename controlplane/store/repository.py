@@ -320,13 +320,14 @@ class Store:
                 f"cannot open database {display_url(self.url)}: {_one_line(exc.orig)}"
             ) from None
 
-    def reopen(self) -> None:
-        """Drop every pooled connection: the next query opens the file now at the path
-        (after the file was replaced, pooled connections still read the old one)."""
+    def reopen(self, file: tuple[int, int] | None = None) -> None:
+        """Drop every pooled connection: the next query opens the file at the path
+        (after the file was replaced, pooled connections still read the old one). ``file``:
+        the (device, inode) the caller checked; new connections open only that file."""
         self._writer.dispose()
         self._reader.dispose()
         if self.pin is not None:
-            self.pin.accept()
+            self.pin.accept(file)
 
     @property
     def writer_engine(self) -> Engine:

@@ -126,3 +126,19 @@ def test_the_controllers_access_log_sink_writes_through_the_pinned_engine(
     store.reopen()
     asyncio.run(sink.flush())
     assert 'gateway_analytics_flushes_total{result="ok"} 2' in sink.registry.render()
+
+
+def test_only_the_file_the_controller_checked_is_accepted(store: Store, tmp_path: Path) -> None:
+    """The controller checks a new file, then reopens the store on that file: one put in
+    its place in between is refused like any other replacement."""
+    db = tmp_path / "gateway.db"
+    store.checkpoint()
+    _other_database(store, tmp_path / "checked.db")
+    os.replace(tmp_path / "checked.db", db)
+    st = os.stat(db)
+    checked = (st.st_dev, st.st_ino)
+    _other_database(store, tmp_path / "later.db")
+    os.replace(tmp_path / "later.db", db)  # after the check, before the reopen
+    store.reopen(checked)
+    with pytest.raises(StoreError, match="was replaced or removed"):
+        store.load_state()
