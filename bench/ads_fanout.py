@@ -368,17 +368,21 @@ async def _until(check, timeout: float) -> None:  # type: ignore[no-untyped-def]
         await asyncio.sleep(0.002)
 
 
+def _shares(proxies: int, workers: int) -> list[tuple[int, int]]:
+    """(first index, count) of the proxies each of ``workers`` processes runs (one at
+    least)."""
+    n = max(1, workers)
+    return [(w * proxies // n, (w + 1) * proxies // n - w * proxies // n) for w in range(n)]
+
+
 class Fleet:
     """The simulated proxies, split over ``workers`` processes (0: one thread here)."""
 
     def __init__(self, port: int, proxies: int, workers: int, protocol: str = "sotw") -> None:
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
-        shares = max(1, workers)
         ctx = multiprocessing.get_context("spawn")  # grpc does not survive fork
-        for w in range(shares):
-            first = w * proxies // shares
-            count = (w + 1) * proxies // shares - first
+        for first, count in _shares(proxies, workers):
             mine, theirs = ctx.Pipe()
             if workers:
                 proc: Any = ctx.Process(target=_worker, args=(port, first, count, theirs, protocol))
@@ -451,11 +455,8 @@ class NodeFleet:
         self._dir = tempfile.TemporaryDirectory(prefix="ads-sim-")
         desc = os.path.join(self._dir.name, "envoy.desc")
         _descriptor_set(desc)
-        shares = max(1, workers)
         self.procs: list[Any] = []
-        for w in range(shares):
-            first = w * proxies // shares
-            count = (w + 1) * proxies // shares - first
+        for first, count in _shares(proxies, workers):
             self.procs.append(
                 subprocess.Popen(
                     [

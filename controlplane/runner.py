@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from datetime import UTC, datetime
 from typing import cast
@@ -29,7 +28,7 @@ from .policy.ratelimit import Plan
 from .quota.budgets import next_quota_boundary
 from .store import Identity, Store, Unloadable
 from .store.backup import file_identity, save_from
-from .store.db import FileWatch, RevisionProbe, sqlite_path
+from .store.db import FileWatch, RevisionProbe, file_id, sqlite_path
 from .store.history import Retention, prune_history
 from .translate import AggregationTarget, GatewayView, Resources, Translator
 from .translate.auth import next_key_expiry
@@ -322,13 +321,7 @@ class Runner:
 
     def _stat(self) -> tuple[int, int] | None:
         """(device, inode) of the SQLite file, None if it is gone (or not SQLite)."""
-        if self._file is None:
-            return None
-        try:
-            st = os.stat(self._file)
-        except FileNotFoundError:
-            return None
-        return st.st_dev, st.st_ino
+        return None if self._file is None else file_id(self._file)
 
     async def _file_replaced(self) -> bool:
         """The database file was removed or replaced under us: follow the new file only if

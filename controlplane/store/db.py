@@ -27,6 +27,7 @@ __all__ = [
     "RevisionProbe",
     "create_sqlite_file",
     "default_db_path",
+    "file_id",
     "make_engines",
     "normalize_url",
     "sqlite_path",
@@ -75,6 +76,15 @@ def create_sqlite_file(path: str) -> bool:
     return True
 
 
+def file_id(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a file, None if it is gone: what tells a replaced file apart."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class FilePin:
     """The SQLite file (device, inode) a Store's connections may open.
 
@@ -90,24 +100,17 @@ class FilePin:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.identity = self.current()
-
-    def current(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return st.st_dev, st.st_ino
+        self.identity = file_id(path)
 
     def accept(self, identity: tuple[int, int] | None = None) -> None:
         """Let connections open the file with this (device, inode): the one the caller
         checked (a file replaced again since then stays refused), else the one at the
         path now."""
-        self.identity = identity if identity is not None else self.current()
+        self.identity = identity if identity is not None else file_id(self.path)
 
     def moved(self) -> bool:
         """The path no longer names the pinned file (replaced or removed)."""
-        return self.current() != self.identity
+        return file_id(self.path) != self.identity
 
 
 def _open_existing(path: str, pin: FilePin | None = None) -> sqlite3.Connection:

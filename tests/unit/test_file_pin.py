@@ -42,10 +42,6 @@ def _other_database(store: Store, at: Path) -> None:
         other.close()
 
 
-def _builds(store: Store) -> dict[str, tuple[int, int, str | None]]:
-    return store.gateway_builds()
-
-
 def test_no_new_connection_to_a_replaced_file_until_it_is_accepted(
     store: Store, tmp_path: Path
 ) -> None:
@@ -77,7 +73,7 @@ def test_no_new_connection_to_a_replaced_file_until_it_is_accepted(
     names = {o.name for o in store.load_state()[1] if o.kind == "cluster"}
     assert names == {"b"}
     store.save_builds("c1", "-", 1, {"web": (1, None)}, time.time())
-    assert _builds(store)["web"][0] == 1
+    assert store.gateway_builds()["web"][0] == 1
 
 
 def test_a_removed_file_is_not_opened_again_when_one_appears_at_its_path(
