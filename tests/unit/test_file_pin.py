@@ -21,6 +21,7 @@ import pytest
 from controlplane.errors import StoreError
 from controlplane.policy import Cluster
 from controlplane.store import Store
+from controlplane.store.db import file_id
 
 
 @pytest.fixture
@@ -131,8 +132,7 @@ def test_only_the_file_the_controller_checked_is_accepted(store: Store, tmp_path
     store.checkpoint()
     _other_database(store, tmp_path / "checked.db")
     os.replace(tmp_path / "checked.db", db)
-    st = os.stat(db)
-    checked = (st.st_dev, st.st_ino)
+    checked = file_id(str(db))
     _other_database(store, tmp_path / "later.db")
     os.replace(tmp_path / "later.db", db)  # after the check, before the reopen
     store.reopen(checked)
