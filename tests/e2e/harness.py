@@ -340,6 +340,15 @@ def wait_until(predicate: Any, timeout: float = 10, interval: float = 0.02) -> A
     raise AssertionError(f"condition not met within {timeout}s (last value {last!r})")
 
 
+def clear_of_boundary(period: int, margin: float) -> None:
+    """Wait for the UTC ``period`` (3600: the hour, 86400: the day) to turn if it would
+    within ``margin`` seconds. A test that spends an hour's or a day's quota, or reads "this
+    hour" back, would otherwise see the quota reset or the period change half way."""
+    left = period - time.time() % period
+    if left < margin:
+        time.sleep(left + 1)
+
+
 def backend_of(port: int, path: str) -> str | int:
     """Which echo backend answered, or the status when none did."""
     status, headers, _ = request(port, path)

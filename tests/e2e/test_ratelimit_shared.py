@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .harness import Cli, Controller, Envoy, request, wait_until
+from .harness import Cli, Controller, Envoy, clear_of_boundary, request, wait_until
 from .test_ratelimit_fleet import ISSUER, EcSigner
 
 pytestmark = pytest.mark.e2e
@@ -223,18 +223,10 @@ def test_fallback_while_the_controller_is_away_then_exact_again(  # type: ignore
     assert 95 <= statuses.count(200) <= 102, statuses.count(200)
 
 
-def _clear_of_midnight(margin: float = 180.0) -> None:
-    """Wait for the UTC day to turn if it would within ``margin`` seconds: a test that
-    spends a day's quota over a minute would otherwise see it reset half way."""
-    left = 86400 - time.time() % 86400
-    if left < margin:
-        time.sleep(left + 1)
-
-
 def test_a_day_quota_survives_controller_and_envoy_restarts(  # type: ignore[no-untyped-def]
     cli, controller, envoy_factory, backends, gateway_port, tmp_path
 ) -> None:
-    _clear_of_midnight()
+    clear_of_boundary(86400, 180)  # the test takes 45-56 s: the day's quota, in one day
     signer = EcSigner()
     apply(cli, tmp_path, policy(gateway_port, backends["alpha"].port, signer, "local"))
     envoy = envoy_factory("public")
