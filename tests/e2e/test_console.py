@@ -516,7 +516,10 @@ def test_key_issued_once_and_usage_counted_per_minute_with_csv(
     card = page.locator("[data-consumer=acme]")
     used = card.get_by_test_id("plan-usage").inner_text()
     # admitted against the limit, throttled beside it: never "15 of 10"
-    assert "10 of 10 requests this minute, 5 throttled" in used, used
+    if datetime.fromtimestamp(time.time() // 60 * 60, UTC).isoformat() == minute:
+        assert "10 of 10 requests this minute, 5 throttled" in used, used
+    else:  # a slow machine: the minute turned while the page loaded; either answer is right
+        assert any(f"{n} of 10 requests this minute" in used for n in (10, 0)), used
 
     page.goto(f"{env.url}/ui/#/usage?range=15m&consumer=acme")
     page.wait_for_selector("main[data-page=usage]")
