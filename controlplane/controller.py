@@ -97,7 +97,7 @@ class Controller:
         #: token already existed)
         self.admin_token_file = bootstrap_admin(self.store, settings.admin_token_file)
         self.cache = SnapshotCache()
-        self.recorder = StatusRecorder(self.store, self.id)
+        self.recorder = StatusRecorder(self.store, self.id, pushes_done=self.cache.pushes_done)
         self.runner = Runner(
             self.store,
             self.cache,

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 HISTORY_PRUNE_EVERY = 600.0
 #: seconds between liveness records; readers presume a controller dead after 15 s
 HEARTBEAT = 5.0
+#: at most this long a build record waits for the streams to send the build
+RECORD_WAIT = 0.1
 #: a controller silent this long is presumed dead and its proxies no longer count (the
 #: same limit ``status`` and ``--wait`` apply)
 DEAD_AFTER = 15.0
@@ -673,7 +675,10 @@ class Runner:
             self._record_task = asyncio.create_task(self._record())
 
     async def _record(self) -> None:
-        """Tell CLIs waiting on ``--wait`` which revision this controller has translated."""
+        """Tell CLIs waiting on ``--wait`` which revision this controller has translated:
+        once the streams have sent it (within ``RECORD_WAIT``), as ``--wait`` also waits for
+        the proxies' ACKs, and this write would otherwise slow that push down."""
+        await self.cache.pushes_done(RECORD_WAIT)
         recorded = None
         while recorded != self.revision:
             recorded = self.revision

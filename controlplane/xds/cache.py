@@ -21,6 +21,7 @@ they do, changes are coalesced (:func:`membership_delay`) into one update per bu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from ..store import Identity
 from ..translate import ENDPOINT, Resources
@@ -61,6 +62,11 @@ class Subscription:
         """Called when the stream dequeues the token, before it reads the snapshot."""
         self._pending = False
 
+    @property
+    def pending(self) -> bool:
+        """A wake-up token is queued and not yet taken."""
+        return self._pending
+
 
 class SnapshotCache:
     def __init__(self) -> None:
@@ -83,6 +89,10 @@ class SnapshotCache:
         self.identity: Identity | None = None
         #: ``serve --allow-rollback``: answer every proxy, whatever it runs
         self.allow_rollback = False
+        #: streams woken by a change that have not yet sent what it asks for
+        self._pushing: set[Subscription] = set()
+        self._pushed = asyncio.Event()
+        self._pushed.set()
 
     def get(self, gateway: str) -> Snapshot:
         """The newest snapshot; an unknown gateway gets an empty one so Envoy starts at once."""
@@ -136,6 +146,7 @@ class SnapshotCache:
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
+        self._done(sub)
         subs = self._subscribers.get(sub.gateway)
         if subs is not None and sub in subs:
             subs.discard(sub)
@@ -213,6 +224,34 @@ class SnapshotCache:
         if before is None or before.types[ENDPOINT].version != after.types[ENDPOINT].version:
             self._notify(gateway)
 
+    # -- pushes in flight ---------------------------------------------------------------------
+
+    def pushed(self, sub: Subscription) -> None:
+        """The stream of ``sub`` sent what its last wake-up asked for (unless it was woken
+        again meanwhile: then it still owes that push)."""
+        if not sub.pending:
+            self._done(sub)
+
+    def _done(self, sub: Subscription) -> None:
+        self._pushing.discard(sub)
+        if not self._pushing:
+            self._pushed.set()
+
+    async def pushes_done(self, timeout: float) -> None:
+        """Return once every stream woken by a change has sent it, or after ``timeout``
+        seconds. Bookkeeping that can wait (status rows, build records: a database write
+        in a thread, holding the GIL for milliseconds) waits for this, so that it does not
+        slow the push it records down; a stream stuck behind a slow proxy delays it at most
+        ``timeout``."""
+        if self._pushed.is_set() or timeout <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._pushed.wait(), timeout)
+
     def _notify(self, gateway: str) -> None:
-        for sub in self._subscribers.get(gateway, ()):
+        subs = self._subscribers.get(gateway, ())
+        for sub in subs:
             sub.notify()
+        if subs:
+            self._pushing.update(subs)
+            self._pushed.clear()

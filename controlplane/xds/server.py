@@ -181,6 +181,7 @@ class _Stream:
                 if item is CHANGED:
                     sub.taken()
                     await self._on_snapshot()
+                    self.cache.pushed(sub)
                 elif isinstance(item, tuple) and item[0] is _LATE:
                     if item[1] == _ROUTES_DUE:
                         await self._answer_owed_routes()

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from ..store import ProxyStatus, Store
 
@@ -99,9 +100,10 @@ def _leaf_strings(value: object) -> list[str]:
     return []
 
 
-#: the recorder writes once no change came for this many seconds: the ACKs of one push to
-#: a fleet arrive within tens of milliseconds and are then written together, after the
-#: push rather than during it (the write holds the GIL the streams need)
+#: the recorder writes once no change came for this many seconds and no stream has a push
+#: left to send: the ACKs of one push to a fleet arrive within tens of milliseconds and are
+#: then written together, after the push rather than during it (the write holds the GIL
+#: the streams need)
 COALESCE = 0.01
 #: ... but never later than this after the first change it holds (a fleet that never
 #: stops changing is still recorded)
@@ -119,11 +121,15 @@ class StatusRecorder:
         controller: str,
         coalesce: float = COALESCE,
         max_delay: float = MAX_DELAY,
+        pushes_done: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.controller = controller
         self.coalesce = coalesce
         self.max_delay = max_delay
+        #: waits (at most the given seconds) until no stream has a push to send
+        #: (:meth:`SnapshotCache.pushes_done`)
+        self._pushes_done = pushes_done
         self._dirty: dict[str, ProxyState] = {}
         self._events: list[dict[str, object]] = []
         self._wake = asyncio.Event()
@@ -156,6 +162,9 @@ class StatusRecorder:
                 await asyncio.sleep(self.coalesce)
                 if not self._wake.is_set() or loop.time() - first >= self.max_delay:
                     break
+            if self._pushes_done is not None:
+                # a push still going to some streams: it goes first (within `max_delay`)
+                await self._pushes_done(self.max_delay - (loop.time() - first))
             self._wake.clear()
             await self.flush()
 
