@@ -36,19 +36,11 @@ from controlplane.xds.admission import SERVER_OPTIONS, InitialSyncGate
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.server import ADS_SERVICE, AdsServer
 from controlplane.xds.snapshot import FragmentCache, build_snapshot
-from controlplane.xds.status import ProxyState
+from tests.unit.xds_fakes import NullRecorder
 
 ADS = f"/{ADS_SERVICE}/StreamAggregatedResources"
 DELTA = f"/{ADS_SERVICE}/DeltaAggregatedResources"
 FULL = {CLUSTER, LISTENER, ENDPOINT, ROUTE}
-
-
-class _Recorder:
-    def event(self, *args: Any) -> None:
-        pass
-
-    def changed(self, state: ProxyState) -> None:
-        pass
 
 
 def _cache() -> SnapshotCache:
@@ -73,7 +65,7 @@ async def _server(
     gate: InitialSyncGate, cache: SnapshotCache | None = None
 ) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    ads = AdsServer(cache or _cache(), _Recorder(), gate=gate)  # type: ignore[arg-type]
+    ads = AdsServer(cache or _cache(), NullRecorder(), gate=gate)  # type: ignore[arg-type]
     server.add_generic_rpc_handlers((ads.handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_pb2
@@ -17,14 +16,7 @@ from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.server import AdsStream
 from controlplane.xds.snapshot import FragmentCache, Snapshot, build_snapshot
 from controlplane.xds.status import ProxyState
-
-
-class _Recorder:
-    def event(self, *args: Any) -> None:
-        pass
-
-    def changed(self, state: ProxyState) -> None:
-        pass
+from tests.unit.xds_fakes import NullRecorder
 
 
 def _snapshot(
@@ -61,7 +53,7 @@ async def _dropped_cluster() -> None:
     async def write(data: bytes) -> None:
         written.append(data)
 
-    stream = AdsStream(cache, _Recorder(), write, "peer")  # type: ignore[arg-type]
+    stream = AdsStream(cache, NullRecorder(), write, "peer")  # type: ignore[arg-type]
     stream.proxy = ProxyState(node_id="n", gateway="gw", address="a", envoy_version="1.40.0")
     await stream._on_request(discovery_pb2.DiscoveryRequest(type_url=CLUSTER))
     await stream._on_request(
@@ -125,7 +117,7 @@ async def _asked_again() -> None:
     async def write(data: bytes) -> None:
         written.append(data)
 
-    stream = AdsStream(cache, _Recorder(), write, "peer")  # type: ignore[arg-type]
+    stream = AdsStream(cache, NullRecorder(), write, "peer")  # type: ignore[arg-type]
     stream.proxy = ProxyState(node_id="n", gateway="gw", address="a", envoy_version="1.40.0")
 
     def names(data: bytes) -> list[str]:
@@ -224,7 +216,7 @@ async def _new_cluster() -> None:
         requests.put_nowait(req)
 
     cache.ready.set()
-    stream = AdsStream(cache, _Recorder(), write, "peer")  # type: ignore[arg-type]
+    stream = AdsStream(cache, NullRecorder(), write, "peer")  # type: ignore[arg-type]
     runner = asyncio.create_task(stream.run(envoy()))
     ask(CLUSTER, [])
     ask(ENDPOINT, ["alpha"])

@@ -4,7 +4,6 @@ own, after the others, at most once per LATE_INTERVAL, and do not hold a proxy's
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from envoy.config.route.v3 import route_pb2
@@ -16,14 +15,7 @@ from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.server import AdsStream
 from controlplane.xds.snapshot import WILDCARD_TYPES, FragmentCache, Snapshot, build_snapshot
 from controlplane.xds.status import ProxyState
-
-
-class _Recorder:
-    def event(self, *args: Any) -> None:
-        pass
-
-    def changed(self, state: ProxyState) -> None:
-        pass
+from tests.unit.xds_fakes import NullRecorder
 
 
 def _snapshot(revision: int, previous: Snapshot | None, frags: FragmentCache) -> Snapshot:
@@ -59,7 +51,7 @@ async def _late_resources() -> None:
     async def write(data: bytes) -> None:
         written.append(data)
 
-    stream = AdsStream(cache, _Recorder(), write, "peer")  # type: ignore[arg-type]
+    stream = AdsStream(cache, NullRecorder(), write, "peer")  # type: ignore[arg-type]
     stream.proxy = ProxyState(node_id="n", gateway="gw", address="a", envoy_version="1.40.0")
     await stream._on_request(
         discovery_pb2.DiscoveryRequest(type_url=ROUTE, resource_names=["shard", "whole"])

@@ -20,6 +20,7 @@ from controlplane.translate import CLUSTER, LISTENER, ROUTE
 from controlplane.xds.cache import SnapshotCache, Subscription
 from controlplane.xds.server import AdsStream
 from controlplane.xds.status import ProxyState, StatusRecorder
+from tests.unit.xds_fakes import NullRecorder
 
 POLICY = """
 gateways:
@@ -29,14 +30,6 @@ clusters:
 routes:
   - {name: api, gateway: public, match: {path_prefix: /api}, cluster: alpha}
 """
-
-
-class _Recorder:
-    def event(self, *args: Any) -> None:
-        pass
-
-    def changed(self, state: ProxyState) -> None:
-        pass
 
 
 async def _finished(task: asyncio.Task[Any], turns: int = 50) -> bool:
@@ -163,7 +156,7 @@ def test_a_stream_reports_its_push_sent_once_its_writes_are_done(tmp_path: Path)
 
         streams = [
             asyncio.create_task(
-                AdsStream(cache, _Recorder(), writer(n), n).run(requests(n))  # type: ignore[arg-type]
+                AdsStream(cache, NullRecorder(), writer(n), n).run(requests(n))  # type: ignore[arg-type]
             )
             for n in ("fast", "slow")
         ]

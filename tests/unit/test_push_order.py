@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
@@ -29,6 +28,7 @@ from controlplane.xds.delta import DeltaEncoder, DeltaStream
 from controlplane.xds.server import AdsStream
 from controlplane.xds.snapshot import CONFIGS_LAST, USUAL, Snapshot, push_order
 from controlplane.xds.status import ProxyState
+from tests.unit.xds_fakes import NullRecorder
 
 POLICY = """
 gateways:
@@ -44,14 +44,6 @@ routes:
     cluster: alpha
     auth: {api_key: true}
 """
-
-
-class _Recorder:
-    def event(self, *args: Any) -> None:
-        pass
-
-    def changed(self, state: ProxyState) -> None:
-        pass
 
 
 def _type_of(data: bytes, delta: bool) -> str:
@@ -100,9 +92,9 @@ def _new_stream(gw: _Gateway, delta: bool, written: list[bytes]) -> AdsStream | 
 
     stream: AdsStream | DeltaStream
     if delta:
-        stream = DeltaStream(gw.cache, _Recorder(), DeltaEncoder(), write, "peer")  # type: ignore[arg-type]
+        stream = DeltaStream(gw.cache, NullRecorder(), DeltaEncoder(), write, "peer")  # type: ignore[arg-type]
     else:
-        stream = AdsStream(gw.cache, _Recorder(), write, "peer")  # type: ignore[arg-type]
+        stream = AdsStream(gw.cache, NullRecorder(), write, "peer")  # type: ignore[arg-type]
     stream.proxy = ProxyState(node_id="n", gateway="public", address="a", envoy_version="1.40.0")
     return stream
 
