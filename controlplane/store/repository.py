@@ -293,6 +293,9 @@ class Store:
                 raise StoreError(f"cannot create database file {path}: {exc.strerror}") from None
         #: the file this store's connections may open (None: not a SQLite file)
         self.pin = FilePin(path) if path is not None else None
+        #: called in the writing thread with the revision of each commit of a change: a
+        #: watcher in this process looks at once instead of at its next file event or poll
+        self.on_commit: list[Callable[[int], None]] = []
         try:
             self._writer, self._reader = make_engines(self.url, self.pin)
         except ImportError as exc:
@@ -627,7 +630,7 @@ class Store:
         self.check_writable()
         try:
             with self._writer.begin() as conn:
-                return self._commit_in(
+                result = self._commit_in(
                     conn,
                     plan,
                     keys,
@@ -637,6 +640,13 @@ class Store:
                 )
         except OperationalError as exc:
             raise StoreError(f"database error: {exc.orig}") from None
+        if result.changes and not dry_run and not compare_only:  # a new revision
+            for hook in list(self.on_commit):
+                try:
+                    hook(result.revision)
+                except Exception:  # committed all the same: the watcher's poll still sees it
+                    log.exception("after-commit hook failed")
+        return result
 
     def _commit_in(
         self,
