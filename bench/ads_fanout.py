@@ -26,6 +26,7 @@ it (its ACK is queued at once).
     python -m bench.ads_fanout --proxies 100 --protocol delta   # incremental xDS streams
     python -m bench.ads_fanout --proxies 100 --change timeout   # writes that change routes only
     python -m bench.ads_fanout --proxies 100 --sim node  # proxies on Node's gRPC (ads_sim/)
+    python -m bench.ads_fanout --proxies 100 --samples 1000 --raw s.json  # + every sample
 
 ``--sim node`` runs the same proxies in Node.js (``ads_sim/sim.js``, @grpc/grpc-js): on a
 small machine the proxies' CPU comes out of the controller's cores, and these take under
@@ -669,6 +670,9 @@ def _measure(stack: Stack, args: argparse.Namespace) -> None:
             f"controller full GCs during the samples: {len(pauses)}"
             + (f", longest {max(pauses):.1f} ms" if pauses else "")
         )
+    if args.raw:
+        with open(args.raw, "w") as out:
+            json.dump({k: [round(v * 1e3, 3) for v in series[k]] for k in series}, out)
     for label, key in (
         ("write -> last of N proxies ACKed", "last"),
         ("write -> each proxy ACKed", "each"),
@@ -731,6 +735,11 @@ def main() -> None:
         "--code",
         default="worktree",
         help="run the controller of this git revision (a snapshot, see bench.run)",
+    )
+    parser.add_argument(
+        "--raw",
+        metavar="FILE",
+        help="also write every sample (ms, in order) to FILE as JSON, to pool runs",
     )
     parser.add_argument(
         "--profile",
