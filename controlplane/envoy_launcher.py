@@ -88,6 +88,20 @@ def find_envoy_binary() -> str:
 _handed_out: set[int] = set()
 
 
+def _port_slot() -> tuple[int, int]:
+    """``GATEWAY_PORT_SLOT`` ("i/n") as (i, n); (0, 1) when unset."""
+    value = os.environ.get("GATEWAY_PORT_SLOT", "").strip()
+    if not value:
+        return 0, 1
+    try:
+        slot, slots = (int(part) for part in value.split("/"))
+    except ValueError:
+        slot, slots = -1, 0
+    if not 0 <= slot < slots:
+        raise ValueError(f"GATEWAY_PORT_SLOT: expected i/n with 0 <= i < n, not {value!r}")
+    return slot, slots
+
+
 def _ephemeral_range() -> tuple[int, int]:
     try:
         low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
@@ -105,12 +119,16 @@ def free_port() -> int:
     also a candidate source port for every outgoing connection on the machine, and a test
     run opens tens of thousands of those (an Envoy whose listener port was taken that way
     fails the bind and serves nothing). A port is never handed out twice by one process.
+    With ``GATEWAY_PORT_SLOT=i/n`` only ports ``p`` with ``p % n == i`` are handed out: the
+    test suite gives each of its parallel workers (and their child processes) a slot of
+    its own, so two workers never pick the same port between the check and the bind.
     """
     low, _ = _ephemeral_range()
     if low > 12000:
+        slot, slots = _port_slot()
         for _ in range(200):
-            port = random.randrange(10000, low)
-            if port in _handed_out:
+            port = random.randrange(10000 // slots, low // slots) * slots + slot
+            if port in _handed_out or not 10000 <= port < low:
                 continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 try:

@@ -14,6 +14,15 @@ import pytest
 os.environ.setdefault("GATEWAY_VALIDATE", "never")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A parallel worker (pytest-xdist) and the processes it starts pick free ports from a
+    slot of their own (``free_port``): two workers never race for the same port."""
+    worker = getattr(config, "workerinput", None)
+    if worker is not None:
+        index = int(str(worker["workerid"]).removeprefix("gw"))
+        os.environ["GATEWAY_PORT_SLOT"] = f"{index}/{worker['workercount']}"
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--update-golden",
