@@ -6,7 +6,6 @@ otherwise wait up to the poll interval."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -16,10 +15,7 @@ from controlplane import runner as runner_module
 from controlplane.policy import Cluster
 from controlplane.runner import Runner
 from controlplane.store import Store
-from controlplane.xds.cache import SnapshotCache
-
-#: generous: the hook wakes the watcher in microseconds, but the machine may be loaded
-PATIENCE = 20.0
+from tests.unit.watching import until, watcher_running
 
 
 def _cluster(name: str) -> Cluster:
@@ -57,14 +53,6 @@ def test_a_failing_hook_does_not_undo_or_fail_the_write(store: Store) -> None:
     assert store.get("cluster", "b").name == "b"
 
 
-async def _until(condition: Callable[[], object], what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + PATIENCE
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not within {PATIENCE} s: {what}")
-        await asyncio.sleep(0.005)
-
-
 def _beside_a_watcher(
     store: Store,
     monkeypatch: pytest.MonkeyPatch,
@@ -75,16 +63,8 @@ def _beside_a_watcher(
     monkeypatch.setattr(runner_module.FileWatch, "for_url", staticmethod(lambda url: None))
 
     async def main() -> None:
-        runner = Runner(store, SnapshotCache(), controller="t", xds_address="-", poll_interval=60)
-        await runner.load()
-        task = asyncio.create_task(runner.run())
-        try:
-            await asyncio.sleep(0.1)  # the loop waits for its wake now
+        async with watcher_running(store) as runner:
             await scenario(runner)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         assert store.on_commit == []  # the stopped watcher took its hook away
 
     asyncio.run(main())
@@ -96,7 +76,7 @@ def test_a_write_of_this_process_is_applied_without_waiting_for_the_poll(
     async def scenario(runner: Runner) -> None:
         for name in ("b", "c"):
             rev = (await asyncio.to_thread(store.apply_objects, [_cluster(name)])).revision
-            await _until(lambda rev=rev: runner.revision == rev, f"cluster {name} applied")
+            await until(lambda rev=rev: runner.revision == rev, f"cluster {name} applied")
             assert name in runner.objects["cluster"]
 
     _beside_a_watcher(store, monkeypatch, scenario)
@@ -118,7 +98,7 @@ def test_a_write_of_another_process_still_waits_for_the_poll(
         await asyncio.sleep(1.0)
         assert runner.revision == before
         result = await asyncio.to_thread(store.apply_objects, [_cluster("c")])
-        await _until(lambda: runner.revision == result.revision, "both applied")
+        await until(lambda: runner.revision == result.revision, "both applied")
         assert {"b", "c"} <= set(runner.objects["cluster"])
 
     _beside_a_watcher(store, monkeypatch, scenario)

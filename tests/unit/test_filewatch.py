@@ -6,26 +6,21 @@ other files in the database's folder do not wake it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import select
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from controlplane.policy import Cluster
-from controlplane.runner import Runner
 from controlplane.store import Store
 from controlplane.store.db import FileWatch
-from controlplane.xds.cache import SnapshotCache
+from tests.unit.watching import PATIENCE, until, watcher_running
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux only")
-
-#: generous: an event arrives in microseconds, but the machine may be loaded
-PATIENCE = 20.0
 
 
 def _cluster(name: str) -> Cluster:
@@ -108,14 +103,6 @@ def test_replacing_or_removing_the_file_wakes_the_watch(
     assert watch.drain() is True
 
 
-async def _until(condition: Callable[[], object], what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + PATIENCE
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not within {PATIENCE} s: {what}")
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("how", ["older copy renamed over it", "removed"])
 def test_the_watcher_notices_without_waiting_for_its_poll(
     store: Store, tmp_path: Path, how: str
@@ -128,33 +115,25 @@ def test_the_watcher_notices_without_waiting_for_its_poll(
     _copy(store, older)
 
     async def scenario() -> None:
-        runner = Runner(store, SnapshotCache(), controller="t", xds_address="-", poll_interval=60)
-        await runner.load()
-        task = asyncio.create_task(runner.run())
-        try:
-            await asyncio.sleep(0.2)  # the loop is waiting on the watch now
+        async with watcher_running(store) as runner:
             before = runner.revision
             writer = Store(str(db))
             try:
                 writer.apply_objects([_cluster("b")])
             finally:
                 writer.close()
-            await _until(lambda: runner.revision > before, "the commit applied")
+            await until(lambda: runner.revision > before, "the commit applied")
             assert "b" in runner.objects["cluster"]
             if how == "removed":
                 db.unlink()
             else:
                 os.replace(older, db)
-            await _until(lambda: runner.store_problem is not None, "the file refused")
+            await until(lambda: runner.store_problem is not None, "the file refused")
             assert "refusing" in (runner.store_problem or "")
             if how == "removed":
                 assert "was removed" in (runner.store_problem or "")
             else:
                 assert "holds revision" in (runner.store_problem or "")
             assert "b" in runner.objects["cluster"]  # the newer policy stays in memory
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     asyncio.run(scenario())
