@@ -340,6 +340,20 @@ def wait_until(predicate: Any, timeout: float = 10, interval: float = 0.02) -> A
     raise AssertionError(f"condition not met within {timeout}s (last value {last!r})")
 
 
+def wait_connected(cli: Cli, proxies: int, timeout: float = 30) -> None:
+    """Wait until ``proxies`` proxies have a stream to a running controller. A write's
+    ``--wait`` waits only for connected proxies: right after a controller (re)starts, an
+    Envoy still in its reconnect backoff is not waited for, and would answer from the
+    configuration it had."""
+
+    def connected() -> list[bool]:
+        # exit 8 (a proxy out of sync) still prints the proxies
+        status = json.loads(cli.run("-o", "json", "status", check=False).stdout)
+        return [p["connected"] for p in status["proxies"]]
+
+    wait_until(lambda: connected() == [True] * proxies, timeout, 0.1)
+
+
 def clear_of_boundary(period: int, margin: float) -> None:
     """Wait for the UTC ``period`` (3600: the hour, 86400: the day) to turn if it would
     within ``margin`` seconds. A test that spends an hour's or a day's quota, or reads "this

@@ -17,7 +17,7 @@ import pytest
 from controlplane.envoy_launcher import free_port
 from tests.unit.test_confinement import corrupt
 
-from .harness import Cli, Controller, backend_of, wait_until
+from .harness import Cli, Controller, backend_of, wait_connected, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -76,6 +76,7 @@ def test_bad_row_is_confined_to_its_gateway(  # type: ignore[no-untyped-def]
     controller.stop()
     controller.start()
     assert _controller_status(controller)["gateways"]["web"]["error"].startswith(FAULT)
+    wait_connected(cli, 2)
     cli.run("route", "add", "api-later", "--gateway", "api", "--path-prefix", "/later",
             "--cluster", "beta", "--wait")  # fmt: skip
     assert backend_of(api_port, "/later") == "beta"

@@ -15,7 +15,7 @@ import pytest
 
 from controlplane.store.secrets import ENV_KEY, format_key, new_key
 
-from .harness import wait_until
+from .harness import wait_connected, wait_until
 from .tlsutil import TestCA, tls_connect
 
 pytestmark = pytest.mark.e2e
@@ -82,6 +82,7 @@ def test_keys_and_certificates_survive_rotation_restarts_and_a_wrong_key(  # typ
     assert [k["rows"] for k in status["keys"]] == [3] and status["clear_rows"] == 0
     controller.stop()
     controller.start()
+    wait_connected(cli, 1)
     cli.run("consumer", "key", "revoke", _id_of(second), "--wait")  # a push from the new controller
     assert _status(gateway_port, ca.pem, second) == 401
     assert _status(gateway_port, ca.pem, first) == 200  # decrypted key, decrypted TLS key
@@ -98,6 +99,7 @@ def test_keys_and_certificates_survive_rotation_restarts_and_a_wrong_key(  # typ
     monkeypatch.delenv(ENV_KEY)
     controller.start()
     assert _status(gateway_port, ca.pem, first) == 200
+    wait_connected(cli, 1)
 
     # a ciphertext copied into another row: the controller keeps serving what it has
     third = cli.run("consumer", "key", "add", "acme", "--wait").stdout.strip()
