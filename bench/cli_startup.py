@@ -97,9 +97,14 @@ def load_remote(env: dict[str, str], routes: int, workdir: str) -> None:
 
 
 def canned_api(routes: int) -> tuple[str, Callable[[], None]]:
-    """An HTTP server in a thread answering ``GET /v1/routes`` with ``routes`` routes."""
+    """An HTTP server in a thread answering ``GET /v1/routes`` with ``routes`` routes, in
+    both of the controller's shapes: the envelope, and ``?view=specs&pretty=true`` (the
+    specs as ``-o json`` prints them, which the CLI copies to stdout undecoded)."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlsplit
+
+    import orjson
 
     from bench.harness import GATEWAY, route_name, route_path
 
@@ -116,12 +121,18 @@ def canned_api(routes: int) -> tuple[str, Callable[[], None]]:
         }
         for i in range(routes)
     ]
-    body = json.dumps({"revision": 2, "items": items}).encode()
+    envelope = orjson.dumps({"revision": 2, "items": items})
+    # what the controller's listing encodes for the CLI (controlplane/api/policy.py)
+    specs = orjson.dumps(
+        [item["spec"] for item in items], option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+    )
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
+            query = parse_qs(urlsplit(self.path).query)
+            body = specs if query.get("view") == ["specs"] else envelope
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
