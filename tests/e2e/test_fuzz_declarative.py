@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from controlplane.demo.echo import EchoServer
 from controlplane.envoy_launcher import free_port
 
-from .harness import Cli, Controller, Envoy
+from .harness import Cli, Controller, Envoy, wait_connected
 
 pytestmark = pytest.mark.e2e
 
@@ -998,6 +998,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     controller = Controller(cli, tmp)
     controller.start()
     envoy = Envoy(GATEWAY, "fuzz-1", controller.xds_port, tmp)
+    # connected before the first document: every accepted one's --wait then waits for its ACK
+    wait_connected(cli, 1, timeout=60)
     cli.run("gateway", "update", GATEWAY, "--hostname", "fuzz.test", "--wait=60s")
     rig = Rig(cli, envoy, tmp / "doc", (port, aggregation_port, f"127.0.0.1:{backend.port}"))
     rig.revision, rig.export = rig.state()
