@@ -88,6 +88,13 @@ def find_envoy_binary() -> str:
 _handed_out: set[int] = set()
 
 
+#: the product's default ports (xDS, health, analytics sink and its health, admin API, a
+#: gateway's aggregation listener): a port picked for a gateway or a controller must not be
+#: one a default elsewhere in the same configuration already claims (a gateway on 18081
+#: clashes with its own default aggregation port and is refused)
+DEFAULT_PORTS = frozenset({18000, 18001, 18002, 18003, 18004, 18081})
+
+
 def _port_slot() -> tuple[int, int]:
     """``GATEWAY_PORT_SLOT`` ("i/n") as (i, n); (0, 1) when unset."""
     value = os.environ.get("GATEWAY_PORT_SLOT", "").strip()
@@ -122,13 +129,14 @@ def free_port() -> int:
     With ``GATEWAY_PORT_SLOT=i/n`` only ports ``p`` with ``p % n == i`` are handed out: the
     test suite gives each of its parallel workers (and their child processes) a slot of
     its own, so two workers never pick the same port between the check and the bind.
+    The product's default ports (``DEFAULT_PORTS``) are never handed out.
     """
     low, _ = _ephemeral_range()
     if low > 12000:
         slot, slots = _port_slot()
         for _ in range(200):
             port = random.randrange(10000 // slots, low // slots) * slots + slot
-            if port in _handed_out or not 10000 <= port < low:
+            if port in _handed_out or port in DEFAULT_PORTS or not 10000 <= port < low:
                 continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 try:

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from controlplane import envoy_launcher
-from controlplane.envoy_launcher import free_port
+from controlplane.envoy_launcher import DEFAULT_PORTS, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -42,3 +42,27 @@ def test_a_malformed_slot_is_refused_naming_the_variable(
     monkeypatch.setenv("GATEWAY_PORT_SLOT", value)
     with pytest.raises(ValueError, match="GATEWAY_PORT_SLOT"):
         free_port()
+
+
+def test_the_defaults_are_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway given port 18081 clashes with its own default aggregation port: a run
+    failed so ("aggregation_port: must differ from the gateway's other ports")."""
+    monkeypatch.setenv("GATEWAY_PORT_SLOT", "1/2")
+    monkeypatch.setattr(envoy_launcher, "_handed_out", set())
+    # the first candidates drawn are the defaults of this slot, then any other port
+    defaults = sorted(p for p in DEFAULT_PORTS if p % 2 == 1)
+    draws = iter([p // 2 for p in defaults] + [12345 // 2])
+    monkeypatch.setattr(envoy_launcher.random, "randrange", lambda *_: next(draws))
+    assert defaults and free_port() == 12345
+
+
+def test_the_reserved_ports_are_the_products_defaults() -> None:
+    from controlplane.policy.gateway import Gateway
+    from controlplane.settings import Settings
+
+    defaults = {Gateway.model_fields["aggregation_port"].default}
+    settings = Settings()
+    for address in (settings.xds_address, settings.health_address, settings.admin_address):
+        assert address is not None
+        defaults.add(int(address.rsplit(":", 1)[1]))
+    assert defaults <= DEFAULT_PORTS, defaults - DEFAULT_PORTS
