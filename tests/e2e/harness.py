@@ -347,9 +347,7 @@ def wait_connected(cli: Cli, proxies: int, timeout: float = 30) -> None:
     configuration it had."""
 
     def connected() -> list[bool]:
-        # exit 8 (a proxy out of sync) still prints the proxies
-        status = json.loads(cli.run("-o", "json", "status", check=False).stdout)
-        return [p["connected"] for p in status["proxies"]]
+        return [p["connected"] for p in cli.json("status")["proxies"]]  # exit 8 accepted
 
     wait_until(lambda: connected() == [True] * proxies, timeout, 0.1)
 
